@@ -1,0 +1,54 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+VENV ?= .venv
+# Debian's python3 sees Debian's Mininet; use it when it can make virtual environments.
+PYTHON ?= $(shell /usr/bin/python3 -c 'import ensurepip' 2>/dev/null && echo /usr/bin/python3 || echo python3)
+BIN := $(VENV)/bin
+SYSTEM_PACKAGES := mininet openvswitch-switch iperf3 ethtool iputils-ping iproute2 cgroup-tools \
+	prometheus prometheus-node-exporter python3-venv python3-pip
+IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
+
+.PHONY: demo test install install-test system ovs lint clean
+
+demo: install
+	$(BIN)/mlfo demo
+
+test: system install-test
+	$(BIN)/python -m pytest
+
+$(BIN)/python:
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+
+# As root: the system pieces the integration tests need (Open vSwitch in userspace mode,
+# Mininet, iperf3, Prometheus). Without root this says so and the tests needing them skip.
+system:
+ifeq ($(IS_ROOT),yes)
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@$(MAKE) --no-print-directory ovs
+else
+	@echo "not root: skipping system packages (Open vSwitch, Mininet, iperf3, Prometheus); tests needing them will skip"
+endif
+
+# Open vSwitch's userspace datapath: this kernel may have no openvswitch module.
+ovs:
+	@if ovs-vsctl --timeout=2 show >/dev/null 2>&1; then echo "Open vSwitch is running"; \
+	else /usr/share/openvswitch/scripts/ovs-ctl --system-id=random start >/dev/null 2>&1 || true; \
+	ovs-vsctl --timeout=5 show >/dev/null && echo "Open vSwitch started (userspace datapath)"; fi
+
+lint: install-test
+	$(BIN)/python -m pip install --quiet ruff mypy
+	$(BIN)/ruff check mlfo_toolkit tests
+	$(BIN)/mypy mlfo_toolkit
+
+clean:
+	rm -rf $(VENV) .pytest_cache

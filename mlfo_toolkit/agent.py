@@ -1,0 +1,360 @@
+"""The node agent: starts Flower SuperLinks (FL servers) and SuperNodes (FL clients) on request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import MlfoError, ValidationError
+from mlfo_toolkit.fl.data import LOADERS
+from mlfo_toolkit.fl.models import MODEL_KINDS
+from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.httpapi import HttpError, JsonApi, Request, Response
+from mlfo_toolkit.processes import ManagedProcess, find_tool, free_port, tool_env, wait_for_port
+from mlfo_toolkit.resources import resource_path
+from mlfo_toolkit.yamlutil import validate
+
+log = logging.getLogger(__name__)
+
+FEDERATION = "mlfo"
+SUPERLINK_START_SECONDS = 60.0
+# A SuperNode gives up when its SuperLink stays unreachable this long.
+SUPERNODE_MAX_WAIT_SECONDS = 300
+
+
+class ServParams(BaseModel):
+    """POST /serv form fields (the prototype's names; source/model/deployment added)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algo: str = "FedAvg"
+    fracfit: float = Field(0.5, gt=0, le=1)
+    minfit: int = Field(1, ge=1)
+    minav: int = Field(1, ge=1)
+    numround: int = Field(20, ge=1, le=10_000)
+    source: str = "handmnist"
+    model: str = "complex"
+    deployment: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.-]*$")
+
+
+class CliParams(BaseModel):
+    """POST /cli form fields (the prototype's names; deployment and partitioning added)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    model: str
+    server: str = Field(pattern=r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+    cohsize: int = Field(ge=1, le=10_000)
+    part: int = Field(ge=0)
+    deployment: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.-]*$")
+    partitioning: str | None = None
+
+
+def _check_pipeline(source: str, model: str) -> None:
+    if source not in LOADERS:
+        raise ValidationError(f"unknown dataset '{source}'", field="source", hint=f"known: {', '.join(LOADERS)}")
+    if model not in MODEL_KINDS:
+        raise ValidationError(f"unknown model '{model}'", field="model", hint=f"known: {', '.join(MODEL_KINDS)}")
+
+
+@dataclass
+class FlServer:
+    """One SuperLink and the `flwr run` that submitted its FL run."""
+
+    params: ServParams
+    address: str
+    superlink: ManagedProcess
+    submitter: ManagedProcess | None
+    metrics_file: Path
+    started: float = field(default_factory=time.time)
+
+    def events(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.metrics_file.read_text().splitlines()
+        except OSError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue  # a line being written right now
+        return events
+
+    def status(self) -> dict[str, Any]:
+        events = self.events()
+        rounds = [
+            {"round": e["round"], "loss": e["loss"], "accuracy": e["accuracy"], "time": e["time"]}
+            for e in events
+            if e.get("event") == "round"
+        ]
+        kinds = {e.get("event") for e in events}
+        failure = next((e.get("reason") for e in events if e.get("event") == "failed"), None)
+        state, reason = "running", None
+        if "finished" in kinds:
+            state = "done"
+        elif failure:
+            state, reason = "failed", failure
+        elif self.submitter is not None and self.submitter.returncode() not in (None, 0):
+            state, reason = "failed", f"flwr run exited with {self.submitter.returncode()}: {self.submitter.tail(5)}"
+        elif not self.superlink.running():
+            state, reason = "failed", f"SuperLink exited with {self.superlink.returncode()}: {self.superlink.tail(5)}"
+        elif "started" not in kinds:
+            state = "starting"
+        return {
+            "address": self.address,
+            "deployment": self.params.deployment,
+            "strategy": self.params.algo,
+            "rounds_total": self.params.numround,
+            "state": state,
+            "reason": reason,
+            "rounds": [r for r in rounds if r["round"] > 0],
+            "initial": next(({"loss": r["loss"], "accuracy": r["accuracy"]} for r in rounds if r["round"] == 0), None),
+            "pids": [self.superlink.pid] + ([self.submitter.pid] if self.submitter else []),
+        }
+
+    def stop(self) -> None:
+        if self.submitter is not None:
+            self.submitter.stop()
+        self.superlink.stop()
+
+
+@dataclass
+class FlClient:
+    """One SuperNode serving partition `part` of a cohort."""
+
+    params: CliParams
+    process: ManagedProcess
+    started: float = field(default_factory=time.time)
+
+    def status(self) -> dict[str, Any]:
+        running = self.process.running()
+        return {
+            "deployment": self.params.deployment,
+            "server": self.params.server,
+            "part": self.params.part,
+            "cohsize": self.params.cohsize,
+            "state": "running" if running else "exited",
+            "returncode": self.process.returncode(),
+            "pid": self.process.pid,
+            "log_tail": None if running else self.process.tail(5),
+        }
+
+
+class NodeAgent:
+    """The agent's core, callable from Python; `api()` wraps it in HTTP."""
+
+    def __init__(self, config: Config, *, work_dir: Path, advertise_host: str | None = None) -> None:
+        self.config = config
+        self.work_dir = work_dir.resolve()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        bind = config.agent.host
+        self.advertise_host = advertise_host or ("127.0.0.1" if bind in ("0.0.0.0", "") else bind)
+        self._lock = threading.Lock()
+        self.server: FlServer | None = None
+        self.clients: list[FlClient] = []
+        self._runs = 0
+        self.app_dir = self.work_dir / "flwr-app"
+        if not self.app_dir.exists():
+            shutil.copytree(resource_path("mlfo_toolkit/fl/app_template"), self.app_dir)
+
+    # --- FL server ---------------------------------------------------------------------------
+    def start_server(self, params: ServParams) -> dict[str, Any]:
+        """Start a SuperLink and submit the FL run; answer the address clients connect to."""
+        params.algo = canonical_strategy(params.algo, "algo")
+        _check_pipeline(params.source, params.model)
+        with self._lock:
+            if self.server is not None:
+                current = self.server.status()
+                if current["state"] in ("starting", "running"):
+                    raise HttpError(
+                        409,
+                        f"an FL server is already running here ({current['address']}, deployment "
+                        f"'{current['deployment']}')",
+                        hint="POST /stop first, or ask the cloud MLFO for another server",
+                    )
+                self.server.stop()
+                self.server = None
+            self._runs += 1
+            run_dir = self.work_dir / f"server-{self._runs}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            port = self.config.agent.fl_server_port or free_port(self.config.agent.host)
+            bind = self.config.agent.host
+            connect = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
+            flwr_home = run_dir / "flwr-home"
+            flwr_home.mkdir(exist_ok=True)
+            (flwr_home / "config.toml").write_text(
+                tomli_w.dumps(
+                    {"superlink": {"default": FEDERATION, FEDERATION: {"address": f"{connect}:{port}", "insecure": True}}}
+                )
+            )
+            env = tool_env({"FLWR_HOME": str(flwr_home)})
+            superlink = ManagedProcess(
+                "flower-superlink",
+                [
+                    find_tool("flower-superlink"),
+                    "--insecure",
+                    "--host",
+                    bind,
+                    "--port",
+                    str(port),
+                    "--disable-runtime-dependency-installation",
+                    "--database",
+                    str(run_dir / "superlink.db"),
+                ],
+                log_path=run_dir / "superlink.log",
+                env=env,
+                cwd=run_dir,
+            )
+            metrics_file = run_dir / "metrics.jsonl"
+            server = FlServer(params, f"{self.advertise_host}:{port}", superlink, None, metrics_file)
+            self.server = server
+            try:
+                wait_for_port(connect, port, SUPERLINK_START_SECONDS, superlink)
+            except MlfoError:
+                server.stop()
+                self.server = None
+                raise
+            overrides = {
+                "strategy": params.algo,
+                "num-rounds": params.numround,
+                "fraction-fit": params.fracfit,
+                "min-fit": params.minfit,
+                "min-available": params.minav,
+                "source": params.source,
+                "model": params.model,
+                "local-epochs": self.config.fl.local_epochs,
+                "learning-rate": self.config.fl.learning_rate,
+                "batch-size": self.config.fl.batch_size,
+                "seed": self.config.fl.seed,
+                "data-dir": str(self.config.fl.data_dir.resolve()),
+                "metrics-file": str(metrics_file),
+                "round-timeout": self.config.fl.round_timeout,
+            }
+            run_config = run_dir / "run-config.toml"
+            run_config.write_text(tomli_w.dumps(overrides))
+            server.submitter = ManagedProcess(
+                "flwr run",
+                [find_tool("flwr"), "run", str(self.app_dir), FEDERATION, "--run-config", str(run_config), "--stream"],
+                log_path=run_dir / "flwr-run.log",
+                env=env,
+                cwd=run_dir,
+            )
+            log.info("FL server %s started for deployment '%s'", server.address, params.deployment)
+            return {"server": server.address, "deployment": params.deployment, "pid": superlink.pid}
+
+    # --- FL client ---------------------------------------------------------------------------
+    def start_client(self, params: CliParams) -> dict[str, Any]:
+        """Start a SuperNode for partition `part` of `cohsize` that connects to `server`."""
+        _check_pipeline(params.source, params.model)
+        if params.part >= params.cohsize:
+            raise ValidationError(f"part {params.part} must be below cohsize {params.cohsize}", field="part")
+        partitioning = params.partitioning or self.config.fl.partitioning
+        if partitioning not in ("iid", "dirichlet"):
+            raise ValidationError(f"unknown partitioning '{partitioning}'", field="partitioning", hint="iid or dirichlet")
+        with self._lock:
+            index = len(self.clients) + 1
+            run_dir = self.work_dir / f"client-{index}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            node_config = " ".join(
+                [
+                    f"partition-id={params.part}",
+                    f"num-partitions={params.cohsize}",
+                    f'source="{params.source}"',
+                    f'model="{params.model}"',
+                    f'data-dir="{self.config.fl.data_dir.resolve()}"',
+                    f'partitioning="{partitioning}"',
+                    f"alpha={self.config.fl.dirichlet_alpha}",
+                    f"seed={self.config.fl.seed}",
+                ]
+            )
+            process = ManagedProcess(
+                f"flower-supernode part {params.part}",
+                [
+                    find_tool("flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    params.server,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(free_port()),
+                    "--max-wait-time",
+                    str(SUPERNODE_MAX_WAIT_SECONDS),
+                    "--node-config",
+                    node_config,
+                ],
+                log_path=run_dir / "supernode.log",
+                env=tool_env({"FLWR_HOME": str(run_dir / "flwr-home")}),
+                cwd=run_dir,
+            )
+            self.clients.append(FlClient(params, process))
+            log.info("FL client part %d/%d -> %s started", params.part, params.cohsize, params.server)
+            return {"client": index, "pid": process.pid, "server": params.server}
+
+    # --- status and stop ---------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "node": self.advertise_host,
+                "server": self.server.status() if self.server else None,
+                "clients": [c.status() for c in self.clients],
+            }
+
+    def stop(self, deployment: str | None = None) -> dict[str, Any]:
+        """Stop every FL process here, or only those of one deployment."""
+        with self._lock:
+            stopped = []
+            if self.server is not None and deployment in (None, self.server.params.deployment):
+                self.server.stop()
+                stopped.append(self.server.address)
+                self.server = None
+            keep = []
+            for client in self.clients:
+                if deployment in (None, client.params.deployment):
+                    client.process.stop()
+                    stopped.append(f"client part {client.params.part}")
+                else:
+                    keep.append(client)
+            self.clients = keep
+            return {"stopped": stopped}
+
+    close = stop
+
+    # --- HTTP --------------------------------------------------------------------------------
+    def api(self) -> JsonApi:
+        api = JsonApi("agent", token=self.config.api.token, max_body=self.config.api.max_upload_bytes)
+
+        @api.route("POST", "/serv")
+        def serv(request: Request) -> Response:
+            fields, _ = request.form() if request.content_type != "application/json" else (request.json(), {})
+            params = validate(ServParams, fields, {}, "POST /serv")
+            return Response(201, self.start_server(params))
+
+        @api.route("POST", "/cli")
+        def cli(request: Request) -> Response:
+            fields, _ = request.form() if request.content_type != "application/json" else (request.json(), {})
+            params = validate(CliParams, fields, {}, "POST /cli")
+            return Response(201, self.start_client(params))
+
+        @api.route("GET", "/status")
+        def status(request: Request) -> dict[str, Any]:
+            return self.status()
+
+        @api.route("POST", "/stop")
+        def stop(request: Request) -> dict[str, Any]:
+            deployment = request.query.get("deployment")
+            return self.stop(deployment)
+
+        return api

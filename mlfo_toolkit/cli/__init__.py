@@ -1,0 +1,1 @@
+"""The `mlfo` command line: one Click group, one module per command."""

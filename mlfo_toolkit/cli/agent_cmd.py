@@ -1,0 +1,28 @@
+"""`mlfo agent`: run a node agent in the foreground."""
+
+from __future__ import annotations
+
+import click
+
+from mlfo_toolkit.cli.main import pass_config
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.service import run_agent
+
+
+@click.command()
+@click.option("--host", help="Bind address (default: agent.host).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: agent.port, 5000).")
+@click.option("--fl-port", type=click.IntRange(0, 65535), help="Flower SuperLink port (default: agent.fl_server_port, 6000; 0 = any free).")
+@pass_config
+def agent(cfg: Config, host: str | None, port: int | None, fl_port: int | None) -> None:
+    """Run a node agent until Ctrl-C or SIGTERM; it stops every Flower process it started.
+
+    \b
+    POST /serv   algo, fracfit, minfit, minav, numround[, source, model]: start a Flower
+                 SuperLink and submit the FL run; answers {"server": "HOST:PORT"}
+    POST /cli    source, model, server, cohsize, part: start a Flower SuperNode on
+                 partition `part` of `cohsize`
+    GET  /status the FL server's rounds (loss, accuracy) and the clients' processes
+    POST /stop   stop them (?deployment=ID: only that deployment's)
+    """
+    run_agent(cfg.with_overrides({"agent.host": host, "agent.port": port, "agent.fl_server_port": fl_port}))

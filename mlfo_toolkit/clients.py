@@ -1,0 +1,122 @@
+"""Southbound HTTP clients (agent, MLFO, Mo-Mo): one method per endpoint, errors with HTTP status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from mlfo_toolkit.errors import AuthError, NotFoundError, RemoteError, UnreachableError
+
+
+class ApiClient:
+    """Base: a requests session with bearer token, timeouts and retried connects."""
+
+    service = "service"
+
+    def __init__(self, address: str, *, token: str | None = None, timeout: float = 10.0, retries: int = 2):
+        self.address = address
+        self.base_url = address if address.startswith(("http://", "https://")) else f"http://{address}"
+        self.timeout = timeout
+        self.session = requests.Session()
+        # Retry only the connect: a POST that reached the server must not be sent twice.
+        retry = Retry(total=retries, connect=retries, read=0, status=0, backoff_factor=0.3, allowed_methods=None)
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        url = self.base_url.rstrip("/") + path
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self.session.request(method, url, **kwargs)
+        except requests.ConnectionError:
+            raise UnreachableError(
+                f"cannot reach the {self.service} at {self.address}",
+                hint=f"is it running? (check the address and port; {method} {path})",
+            ) from None
+        except requests.Timeout:
+            raise UnreachableError(
+                f"the {self.service} at {self.address} did not answer within {self.timeout:.0f} s"
+            ) from None
+        return self._handle(response, method, path)
+
+    def _handle(self, response: requests.Response, method: str, path: str) -> Any:
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        if response.ok:
+            return body
+        message = body.get("message") if isinstance(body, dict) else str(body)[:300]
+        text = f"{self.service} at {self.address} answered {response.status_code} to {method} {path}: {message}"
+        if response.status_code in (401, 403):
+            raise AuthError(text, status=response.status_code, body=body, hint="check api.token (MLFO_API__TOKEN)")
+        if response.status_code == 404:
+            raise NotFoundError(text)
+        hint = body.get("hint") if isinstance(body, dict) else None
+        raise RemoteError(text, status=response.status_code, body=body, hint=hint)
+
+
+class AgentClient(ApiClient):
+    """The node agent: POST /serv, POST /cli, GET /status, POST /stop."""
+
+    service = "node agent"
+
+    def start_server(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/serv", data=_form(fields)))
+
+    def start_client(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/cli", data=_form(fields)))
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/status"))
+
+    def stop(self) -> dict[str, Any]:
+        return dict(self.request("POST", "/stop"))
+
+
+class MomoClient(ApiClient):
+    """The cloud MLFO's Mo-Mo API."""
+
+    service = "cloud MLFO"
+
+    def deploy(self, intent: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/momo/deploy", json=intent))
+
+    def release(self, deployment_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/momo/release/{deployment_id}"))
+
+
+class MlfoClient(ApiClient):
+    """The campus MLFO's intent API."""
+
+    service = "MLFO"
+
+    def send_intent(self, intent_yaml: bytes, fields: Mapping[str, Any], filename: str = "intent.yaml") -> dict[str, Any]:
+        files = {"file": (filename, intent_yaml, "application/yaml")}
+        return dict(self.request("POST", "/receive", data=_form(fields), files=files))
+
+    def deployments(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/deployments")["deployments"])
+
+    def deployment(self, deployment_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/deployments/{deployment_id}"))
+
+
+def _form(fields: Mapping[str, Any]) -> dict[str, str]:
+    """Form fields as the prototype sent them: plain strings, booleans as true/false."""
+    out = {}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out

@@ -1,0 +1,292 @@
+"""Cohort files (readable per-cohort form and the prototype's parallel lists) and planning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.intents import Intent, load_intent_file, parse_intent
+from mlfo_toolkit.yamlutil import load_yaml, validate
+
+PROTOTYPE_LISTS = {
+    "intentdist": "intent",
+    "sameserverdist": "sameserver",
+    "avgalgodist": "strategy",
+    "fracfitdist": "fraction_fit",
+    "minfitdist": "min_fit",
+    "minavdist": "min_available",
+    "numrounddist": "rounds",
+}
+
+
+class CohortSpec(BaseModel):
+    """One cohort as written in the readable form; unset values come from `defaults` or fl.*."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    size: int = Field(ge=1)
+    intent: str | dict[str, Any]
+    sameserver: StrictBool = False
+    strategy: str | None = None
+    fraction_fit: float | None = Field(None, gt=0, le=1)
+    min_fit: int | None = Field(None, ge=1)
+    min_available: int | None = Field(None, ge=1)
+    rounds: int | None = Field(None, ge=1, le=10_000)
+
+
+class CohortDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str | None = None
+    fraction_fit: float | None = Field(None, gt=0, le=1)
+    min_fit: int | None = Field(None, ge=1)
+    min_available: int | None = Field(None, ge=1)
+    rounds: int | None = Field(None, ge=1, le=10_000)
+
+
+class ReadableCohortFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mlfo: str | None = None
+    defaults: CohortDefaults = Field(default_factory=CohortDefaults)
+    cohorts: list[CohortSpec] = Field(min_length=1)
+
+
+class PrototypeCohortFile(BaseModel):
+    """The prototype's sendintent.py settings: parallel lists, one entry per cohort."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mlfoadd: str | None = None
+    cohortdistr: list[int] = Field(min_length=1)
+    intentdist: list[str]
+    sameserverdist: list[StrictBool] | None = None
+    avgalgodist: list[str] | None = None
+    fracfitdist: list[float] | None = None
+    minfitdist: list[int] | None = None
+    minavdist: list[int] | None = None
+    numrounddist: list[int] | None = None
+
+
+@dataclass
+class Cohort:
+    """A fully resolved cohort, ready to send to a campus MLFO."""
+
+    name: str
+    size: int
+    intent: Intent
+    intent_yaml: str
+    sameserver: bool
+    strategy: str
+    fraction_fit: float
+    min_fit: int
+    min_available: int
+    rounds: int
+
+    def form_fields(self, ipstart: int) -> dict[str, Any]:
+        """The prototype's /receive form fields for this cohort."""
+        return {
+            "ipstart": ipstart,
+            "cohortsize": self.size,
+            "sameserver": self.sameserver,
+            "avgalgo": self.strategy,
+            "fracfit": self.fraction_fit,
+            "minfit": self.min_fit,
+            "minav": self.min_available,
+            "numround": self.rounds,
+            "name": self.name,
+        }
+
+
+@dataclass
+class CohortFile:
+    """A parsed cohort file: the cohorts in order and the MLFO address it names, if any."""
+
+    cohorts: list[Cohort]
+    mlfo: str | None
+    source: str
+    form: str  # "readable" or "prototype"
+
+
+def _split_list(value: Any) -> Any:
+    # The prototype wrote lists as comma-separated strings ("30,10,10").
+    if isinstance(value, str) and "," in value:
+        return [part.strip() for part in value.split(",")]
+    if isinstance(value, (str, int, float, bool)):
+        return [value]
+    return value
+
+
+def _load_intent(ref: str | dict[str, Any], base: Path, field_name: str, source: str) -> tuple[Intent, str]:
+    import yaml
+
+    if isinstance(ref, dict):
+        text = yaml.safe_dump(ref, sort_keys=False)
+        return parse_intent(text, f"{source}: {field_name}"), text
+    path = Path(ref)
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise ValidationError(f"intent file '{ref}' not found (looked in {path.parent})", field=field_name, source=source)
+    intent = load_intent_file(path)
+    return intent, path.read_text()
+
+
+def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Config) -> CohortFile:
+    """Parse either cohort-file form; relative intent paths resolve against `base_dir`."""
+    data, lines = load_yaml(text, source)
+    if not isinstance(data, dict):
+        raise ValidationError("a cohort file must be a mapping (with 'cohorts:' or 'cohortdistr:')", source=source, line=1)
+    fl = config.fl
+    cohorts: list[Cohort] = []
+    if "cohortdistr" in data:
+        data = {k: _split_list(v) if k != "mlfoadd" else v for k, v in data.items()}
+        spec = validate(PrototypeCohortFile, data, lines, source)
+        count = len(spec.cohortdistr)
+        for key in PROTOTYPE_LISTS:
+            values = getattr(spec, key)
+            if values is not None and len(values) != count:
+                raise ValidationError(
+                    f"has {len(values)} entries but cohortdistr has {count}",
+                    field=key,
+                    line=lines.get((key,)),
+                    source=source,
+                )
+        for i, size in enumerate(spec.cohortdistr):
+            intent, intent_text = _load_intent(spec.intentdist[i], base_dir, f"intentdist[{i}]", source)
+            cohorts.append(
+                Cohort(
+                    name=f"cohort{i + 1}",
+                    size=size,
+                    intent=intent,
+                    intent_yaml=intent_text,
+                    sameserver=spec.sameserverdist[i] if spec.sameserverdist else False,
+                    strategy=canonical_strategy(spec.avgalgodist[i] if spec.avgalgodist else fl.strategy, f"avgalgodist[{i}]"),
+                    fraction_fit=spec.fracfitdist[i] if spec.fracfitdist else fl.fraction_fit,
+                    min_fit=spec.minfitdist[i] if spec.minfitdist else fl.min_fit,
+                    min_available=spec.minavdist[i] if spec.minavdist else fl.min_available,
+                    rounds=spec.numrounddist[i] if spec.numrounddist else fl.rounds,
+                )
+            )
+        mlfo, form = spec.mlfoadd, "prototype"
+    else:
+        readable = validate(ReadableCohortFile, data, lines, source)
+        d = readable.defaults
+        for i, c in enumerate(readable.cohorts):
+            intent, intent_text = _load_intent(c.intent, base_dir, f"cohorts[{i}].intent", source)
+            strategy = c.strategy or d.strategy or fl.strategy
+            cohorts.append(
+                Cohort(
+                    name=c.name or f"cohort{i + 1}",
+                    size=c.size,
+                    intent=intent,
+                    intent_yaml=intent_text,
+                    sameserver=c.sameserver,
+                    strategy=canonical_strategy(strategy, f"cohorts[{i}].strategy"),
+                    fraction_fit=c.fraction_fit or d.fraction_fit or fl.fraction_fit,
+                    min_fit=c.min_fit or d.min_fit or fl.min_fit,
+                    min_available=c.min_available or d.min_available or fl.min_available,
+                    rounds=c.rounds or d.rounds or fl.rounds,
+                )
+            )
+        mlfo, form = readable.mlfo, "readable"
+    names = [c.name for c in cohorts]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValidationError(f"cohort names must be unique: {', '.join(duplicates)}", field="cohorts", source=source)
+    if cohorts and cohorts[0].sameserver:
+        raise ValidationError("the first cohort has no previous cohort's server to share", field="sameserver", source=source)
+    return CohortFile(cohorts, mlfo, source, form)
+
+
+def load_cohort_file(path: Path, config: Config) -> CohortFile:
+    try:
+        text = path.read_bytes()
+    except OSError as err:
+        raise ValidationError(f"cannot read cohort file: {err.strerror}", source=str(path)) from None
+    return parse_cohort_file(text, str(path), path.parent, config)
+
+
+@dataclass
+class CohortPlan:
+    """Which FL server and which client agents one cohort gets."""
+
+    name: str
+    intent_id: str
+    ipstart: int
+    clients: list[str]
+    server: str
+    shares_server_with: str | None
+    strategy: str
+    rounds: int
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "intent_id": self.intent_id,
+            "ipstart": self.ipstart,
+            "clients": self.clients,
+            "server": self.server,
+            "shares_server_with": self.shares_server_with,
+            "strategy": self.strategy,
+            "rounds": self.rounds,
+            "fields": self.fields,
+        }
+
+
+def client_range(config: Config, ipstart: int, size: int) -> list[str]:
+    """Client agents ipstart .. ipstart+size-1 (ipstart is the prototype's last octet)."""
+    pool = config.client_agents()
+    first = ipstart - config.ip_plan.first_client_octet
+    if first < 0 or first + size > len(pool):
+        raise ValidationError(
+            f"clients {ipstart}..{ipstart + size - 1} are outside the IP plan "
+            f"({config.ip_plan.first_client_octet}..{config.ip_plan.first_client_octet + len(pool) - 1})",
+            field="cohortsize",
+            hint="make the cohorts smaller or add clients to ip_plan",
+        )
+    return pool[first : first + size]
+
+
+def plan_cohorts(cohort_file: CohortFile, config: Config) -> list[CohortPlan]:
+    """Assign client ranges in order and FL servers as a fresh cloud MLFO would; contacts nothing."""
+    servers = config.server_agents()
+    plans: list[CohortPlan] = []
+    ipstart = config.ip_plan.first_client_octet
+    next_server = 0
+    for cohort in cohort_file.cohorts:
+        clients = client_range(config, ipstart, cohort.size)
+        if cohort.sameserver and plans:
+            server, shares = plans[-1].server, plans[-1].name
+        else:
+            if next_server >= len(servers):
+                raise ValidationError(
+                    f"cohort '{cohort.name}' needs an FL server but the pool of {len(servers)} is used up",
+                    field="ip_plan.servers",
+                    hint="add servers to ip_plan.servers or set sameserver on a cohort",
+                )
+            server, shares = servers[next_server], None
+            next_server += 1
+        plans.append(
+            CohortPlan(
+                name=cohort.name,
+                intent_id=cohort.intent.intentID,
+                ipstart=ipstart,
+                clients=clients,
+                server=server,
+                shares_server_with=shares,
+                strategy=cohort.strategy,
+                rounds=cohort.rounds,
+                fields=cohort.form_fields(ipstart),
+            )
+        )
+        ipstart += cohort.size
+    return plans

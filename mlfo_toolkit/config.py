@@ -1,0 +1,240 @@
+"""The one config model: defaults < mlfo.yaml < MLFO_* environment < flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlfo_toolkit.errors import ConfigError
+
+ENV_PREFIX = "MLFO_"
+ENV_CONFIG_FILE = "MLFO_CONFIG"
+DEFAULT_CONFIG_FILE = "mlfo.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ApiSettings(_Section):
+    """Settings shared by every HTTP API (MLFO, Mo-Mo, node agent)."""
+
+    token: str | None = Field(
+        None, description="bearer token every HTTP API requires when set (prefer MLFO_API__TOKEN)"
+    )
+    max_upload_bytes: int = Field(1_048_576, gt=0, description="largest request body accepted")
+    timeout_seconds: float = Field(10.0, gt=0, description="timeout of one southbound HTTP call")
+
+
+class MlfoSettings(_Section):
+    """The MLFO processes (campus and cloud)."""
+
+    host: str = Field("127.0.0.1", description="address the MLFO intent API binds to")
+    port: int = Field(8000, ge=0, le=65535, description="intent API port (prototype: 8000)")
+    momo_port: int = Field(9000, ge=0, le=65535, description="Mo-Mo API port of the cloud MLFO")
+    cloud: str = Field("127.0.0.1:9000", description="HOST:PORT of the cloud MLFO's Mo-Mo API")
+    catalog: Path | None = Field(None, description="operand catalog; default: intents/catalog.yaml")
+    poll_seconds: float = Field(1.0, gt=0, description="how often a deployment's agents are polled")
+
+
+class AgentSettings(_Section):
+    """The node agent (the prototype's REST front on every FL node)."""
+
+    host: str = Field("127.0.0.1", description="address the agent binds to")
+    port: int = Field(5000, ge=0, le=65535, description="agent API port (prototype: 5000)")
+    fl_server_port: int = Field(6000, ge=0, le=65535, description="Flower SuperLink port")
+
+
+class FlSettings(_Section):
+    """Defaults of a federated-learning run; cohort files override them per cohort."""
+
+    strategy: str = "FedAvg"
+    fraction_fit: float = Field(0.5, gt=0, le=1)
+    min_fit: int = Field(1, ge=1)
+    min_available: int = Field(1, ge=1)
+    rounds: int = Field(20, ge=1, le=10_000)
+    local_epochs: int = Field(5, ge=1, le=1000)
+    learning_rate: float = Field(0.1, gt=0)
+    batch_size: int = Field(32, ge=1)
+    partitioning: Literal["iid", "dirichlet"] = "iid"
+    dirichlet_alpha: float = Field(0.5, gt=0)
+    seed: int = 42
+    data_dir: Path = Field(Path("data"), description="folder holding fashionmnist/ and cifar/")
+    round_timeout: float = Field(600.0, gt=0, description="seconds to wait for clients per round")
+
+
+class IpPlan(_Section):
+    """Where the FL clients and FL servers are (agent addresses)."""
+
+    clients: list[str] = Field(
+        default_factory=list,
+        description="client agents in order, HOST[:PORT]; empty: client_prefix + octets",
+    )
+    client_prefix: str = "10.0.1."
+    first_client_octet: int = Field(10, ge=0, le=255)
+    num_clients: int = Field(50, ge=0)
+    servers: list[str] = Field(
+        default_factory=lambda: [f"10.0.{10 + n}.100" for n in range(1, 6)],
+        description="FL server agents the cloud MLFO allocates from, HOST[:PORT]",
+    )
+
+
+class PathSettings(_Section):
+    """Where mlfo keeps its state and its runs."""
+
+    state_dir: Path = Path(".mlfo")
+    runs_dir: Path = Path("runs")
+
+
+class OnosSettings(_Section):
+    """The ONOS controller (REST)."""
+
+    url: str = "http://127.0.0.1:8181/onos/v1"
+    user: str = "onos"
+    password: str = "rocks"
+
+
+class Config(_Section):
+    """The effective configuration of every mlfo command and process."""
+
+    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
+    mlfo: MlfoSettings = Field(default_factory=MlfoSettings)  # type: ignore[arg-type]
+    agent: AgentSettings = Field(default_factory=AgentSettings)  # type: ignore[arg-type]
+    fl: FlSettings = Field(default_factory=FlSettings)  # type: ignore[arg-type]
+    ip_plan: IpPlan = Field(default_factory=IpPlan)
+    paths: PathSettings = Field(default_factory=PathSettings)
+    onos: OnosSettings = Field(default_factory=OnosSettings)
+
+    def client_agents(self) -> list[str]:
+        """Client agent addresses HOST:PORT, in IP-plan order."""
+        plan = self.ip_plan
+        if plan.clients:
+            hosts = list(plan.clients)
+        else:
+            hosts = [
+                f"{plan.client_prefix}{plan.first_client_octet + i}" for i in range(plan.num_clients)
+            ]
+        return [with_port(h, self.agent.port) for h in hosts]
+
+    def server_agents(self) -> list[str]:
+        """FL server agent addresses HOST:PORT the cloud MLFO allocates from."""
+        return [with_port(h, self.agent.port) for h in self.ip_plan.servers]
+
+    def with_overrides(
+        self, overrides: Mapping[str, Any], origin: str = "command-line flags"
+    ) -> Config:
+        """A new validated config with dotted keys (`mlfo.port`) set; None values are skipped."""
+        data = self.model_dump()
+        for key, value in overrides.items():
+            if value is not None:
+                _set_dotted(data, key, value)
+        return _validate(data, origin)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data with secrets masked, for display."""
+        data = self.model_dump(mode="json")
+        if data["api"]["token"]:
+            data["api"]["token"] = "***"
+        data["onos"]["password"] = "***"
+        return data
+
+
+def with_port(address: str, default_port: int) -> str:
+    """`host` -> `host:default_port`; `host:port` and `[v6]:port` unchanged."""
+    if address.startswith("["):
+        return address if "]:" in address else f"{address}:{default_port}"
+    return address if address.count(":") == 1 else f"{address}:{default_port}"
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    if not name:
+        raise ConfigError(f"config key '{key}' must be SECTION.KEY, e.g. mlfo.port")
+    if section not in data or not isinstance(data[section], dict):
+        raise ConfigError(
+            f"unknown config section '{section}'", hint=f"known sections: {', '.join(data)}"
+        )
+    data[section][name] = value
+
+
+def _validate(data: Mapping[str, Any], origin: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except pydantic.ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {_describe(e)}" for e in err.errors()
+        )
+        raise ConfigError(
+            f"invalid configuration from {origin}: {problems}",
+            hint="run `mlfo config show` to see the effective config and its keys",
+        ) from None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(error["msg"])
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`MLFO_SECTION__KEY=value` variables as dotted keys; values parsed as YAML scalars."""
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+            continue
+        section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not sep or not key:
+            raise ConfigError(
+                f"environment variable {name} is not of the form MLFO_SECTION__KEY",
+                hint="e.g. MLFO_MLFO__PORT=8001 or MLFO_API__TOKEN=secret",
+            )
+        try:
+            value = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            value = raw
+        # Tokens and passwords stay strings even when they look like numbers.
+        if key in {"token", "password", "user"}:
+            value = raw
+        overrides[f"{section}.{key}"] = value
+    return overrides
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective config: defaults < file < environment < overrides (flags)."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = Config().model_dump()
+    explicit = path or (Path(environ[ENV_CONFIG_FILE]) if environ.get(ENV_CONFIG_FILE) else None)
+    file_path = explicit or Path(DEFAULT_CONFIG_FILE)
+    origin = "defaults"
+    if file_path.is_file():
+        origin = str(file_path)
+        try:
+            loaded = yaml.safe_load(file_path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{file_path} is not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file_path} must hold a mapping of sections, e.g. 'mlfo: {{port: 8000}}'")
+        for section, values in loaded.items():
+            if section not in data:
+                raise ConfigError(
+                    f"{file_path}: unknown config section '{section}'",
+                    hint=f"known sections: {', '.join(data)}",
+                )
+            if not isinstance(values, dict):
+                raise ConfigError(f"{file_path}: section '{section}' must be a mapping")
+            data[section].update(values)
+    elif explicit is not None:
+        raise ConfigError(f"config file {explicit} does not exist")
+    config = _validate(data, origin)
+    config = config.with_overrides(env_overrides(environ), "MLFO_* environment")
+    return config.with_overrides(overrides or {})

@@ -1,0 +1,1 @@
+"""Federated learning: datasets, NumPy models, strategies and the Flower apps that run them."""

@@ -1,0 +1,131 @@
+"""The Flower ServerApp and ClientApp that train mlfo's NumPy models (Flower 1.42 Message API)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from mlfo_toolkit.fl import data, models
+from mlfo_toolkit.fl.strategies import make_strategy
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+
+def _append_event(path: str, event: dict[str, Any]) -> None:
+    """One JSON line per event in the metrics file that the node agent reads."""
+    if not path:
+        return
+    event = {"time": time.time(), **event}
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(event) + "\n")
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    """Run the configured strategy; evaluate the global model on the held-out split each round."""
+    cfg = context.run_config
+    metrics_file = str(cfg.get("metrics-file", ""))
+    try:
+        dataset = data.load_dataset(str(cfg["source"]), Path(str(cfg["data-dir"])))
+        initial = models.init_params(
+            str(cfg["model"]), dataset.num_features, dataset.num_classes, seed=int(cfg["seed"])
+        )
+        strategy = make_strategy(
+            str(cfg["strategy"]),
+            fraction_train=float(cfg["fraction-fit"]),
+            fraction_evaluate=0.0,  # the server evaluates on held-out data instead
+            min_train_nodes=int(cfg["min-fit"]),
+            min_evaluate_nodes=0,
+            min_available_nodes=int(cfg["min-available"]),
+            proximal_mu=float(cfg["proximal-mu"]),
+            client_learning_rate=float(cfg["learning-rate"]),
+        )
+
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            loss, accuracy = models.evaluate(arrays.to_numpy_ndarrays(), dataset.x_test, dataset.y_test)
+            _append_event(
+                metrics_file,
+                {"event": "round", "round": server_round, "loss": loss, "accuracy": accuracy},
+            )
+            return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+        _append_event(metrics_file, {"event": "started", "rounds": int(cfg["num-rounds"])})
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial),
+            num_rounds=int(cfg["num-rounds"]),
+            timeout=float(cfg["round-timeout"]),
+            train_config=ConfigRecord(
+                {
+                    "local-epochs": int(cfg["local-epochs"]),
+                    "learning-rate": float(cfg["learning-rate"]),
+                    "batch-size": int(cfg["batch-size"]),
+                }
+            ),
+            evaluate_fn=evaluate,
+        )
+    except Exception as err:
+        _append_event(metrics_file, {"event": "failed", "reason": f"{type(err).__name__}: {err}"})
+        raise
+    _append_event(metrics_file, {"event": "finished"})
+
+
+def _local_data(context: Context) -> tuple[data.Dataset, np.ndarray]:
+    node = context.node_config
+    dataset = data.load_dataset(str(node.get("source", "handmnist")), Path(str(node.get("data-dir", "data"))))
+    indices = data.partition_indices(
+        dataset.y_train,
+        num_partitions=int(node["num-partitions"]),
+        partition_id=int(node["partition-id"]),
+        scheme=str(node.get("partitioning", "iid")),
+        alpha=float(node.get("alpha", 0.5)),
+        seed=int(node.get("seed", 42)),
+    )
+    return dataset, indices
+
+
+@client_app.train()
+def client_train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this node's partition and send it back."""
+    dataset, indices = _local_data(context)
+    config = msg.content["config"]
+    params, loss = models.train(
+        msg.content["arrays"].to_numpy_ndarrays(),
+        dataset.x_train[indices],
+        dataset.y_train[indices],
+        epochs=int(config.get("local-epochs", 5)),
+        learning_rate=float(config.get("learning-rate", 0.1)),
+        batch_size=int(config.get("batch-size", 32)),
+        seed=int(config.get("server-round", 0)),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(params),
+            "metrics": MetricRecord({"train_loss": loss, "num-examples": int(len(indices))}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@client_app.evaluate()
+def client_evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this node's share of the held-out split."""
+    dataset, _ = _local_data(context)
+    node = context.node_config
+    share = np.array_split(np.arange(len(dataset.y_test)), int(node["num-partitions"]))[
+        int(node["partition-id"])
+    ]
+    loss, accuracy = models.evaluate(
+        msg.content["arrays"].to_numpy_ndarrays(), dataset.x_test[share], dataset.y_test[share]
+    )
+    metrics = MetricRecord({"eval_loss": loss, "eval_acc": accuracy, "num-examples": int(len(share))})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,0 +1,194 @@
+"""Datasets of the FL pipelines and how they are partitioned among a cohort's clients."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mlfo_toolkit.errors import MissingDependencyError, ValidationError
+
+# The held-out split is fixed so every client and the server agree on it.
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Flat float features in [0, 1] and integer labels, split into train and held-out test."""
+
+    name: str
+    x_train: NDArray[np.float64]
+    y_train: NDArray[np.int64]
+    x_test: NDArray[np.float64]
+    y_test: NDArray[np.int64]
+    num_classes: int
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def _split(name: str, x: NDArray[Any], y: NDArray[Any], num_classes: int) -> Dataset:
+    from sklearn.model_selection import train_test_split
+
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
+    )
+    return Dataset(name, x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), num_classes)
+
+
+def load_handmnist(data_dir: Path) -> Dataset:
+    """scikit-learn's 1,797 real 8x8 handwritten digits (ships with the wheel, works offline)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return _split("handmnist", digits.data.astype(np.float64) / 16.0, digits.target, 10)
+
+
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def read_idx(path: Path) -> NDArray[np.uint8]:
+    """Read one (optionally gzipped) IDX file of unsigned bytes, as MNIST ships them."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValidationError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValidationError(f"{path} is truncated: header says {dims}, found {data.size} bytes")
+    return data.reshape(dims)
+
+
+def load_fashionmnist(data_dir: Path) -> Dataset:
+    """Fashion-MNIST from the four IDX files in DATA_DIR/fashionmnist/."""
+    folder = data_dir / "fashionmnist"
+    missing = [f for f in FASHION_FILES.values() if not (folder / f).is_file()]
+    if missing:
+        raise MissingDependencyError(
+            f"Fashion-MNIST is not in {folder} (missing {', '.join(missing)})",
+            hint="download the four *-ubyte.gz files from "
+            "https://github.com/zalandoresearch/fashion-mnist (data/fashion) into that folder, "
+            "or set fl.data_dir",
+        )
+    parts = {key: read_idx(folder / name) for key, name in FASHION_FILES.items()}
+    x_train = parts["train_images"].reshape(len(parts["train_images"]), -1) / 255.0
+    x_test = parts["test_images"].reshape(len(parts["test_images"]), -1) / 255.0
+    return Dataset(
+        "fashionmnist",
+        x_train,
+        parts["train_labels"].astype(np.int64),
+        x_test,
+        parts["test_labels"].astype(np.int64),
+        10,
+    )
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches only: plain containers and numpy arrays, nothing callable."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+
+
+def _read_cifar_batch(path: Path) -> tuple[NDArray[Any], NDArray[Any]]:
+    batch = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    return data, labels
+
+
+def load_cifar(data_dir: Path) -> Dataset:
+    """CIFAR-10 from the python batches in DATA_DIR/cifar/cifar-10-batches-py/."""
+    folder = data_dir / "cifar" / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise MissingDependencyError(
+            f"CIFAR-10 is not in {folder} (missing {', '.join(missing)})",
+            hint="download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+            "and unpack it into DATA_DIR/cifar/, or set fl.data_dir",
+        )
+    train = [_read_cifar_batch(folder / n) for n in names[:-1]]
+    x_test, y_test = _read_cifar_batch(folder / "test_batch")
+    x_train = np.concatenate([x for x, _ in train]) / 255.0
+    y_train = np.concatenate([y for _, y in train])
+    return Dataset("cifar", x_train, y_train, x_test / 255.0, y_test, 10)
+
+
+LOADERS: dict[str, Callable[[Path], Dataset]] = {
+    "handmnist": load_handmnist,
+    "fashionmnist": load_fashionmnist,
+    "cifar": load_cifar,
+}
+
+
+def load_dataset(name: str, data_dir: Path | str = Path("data")) -> Dataset:
+    """Load a dataset by its catalog name."""
+    try:
+        loader = LOADERS[name]
+    except KeyError:
+        raise ValidationError(
+            f"unknown dataset '{name}'", field="source", hint=f"known: {', '.join(LOADERS)}"
+        ) from None
+    return loader(Path(data_dir))
+
+
+def partition_indices(
+    labels: NDArray[np.int64],
+    num_partitions: int,
+    partition_id: int,
+    scheme: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 42,
+) -> NDArray[np.int64]:
+    """Indices of partition `partition_id` of `num_partitions`; every caller gets the same split."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValidationError(
+            f"partition {partition_id} is outside 0..{num_partitions - 1}", field="part"
+        )
+    rng = np.random.default_rng(seed)
+    if scheme == "iid":
+        order = rng.permutation(len(labels))
+        return np.sort(np.array_split(order, num_partitions)[partition_id]).astype(np.int64)
+    if scheme != "dirichlet":
+        raise ValidationError(f"unknown partitioning '{scheme}'", hint="use iid or dirichlet")
+    classes = np.unique(labels)
+    # Redraw until every partition holds at least a few samples, as common FL benchmarks do.
+    min_size = min(10, len(labels) // (num_partitions * 2) or 1)
+    for _ in range(100):
+        buckets: list[list[int]] = [[] for _ in range(num_partitions)]
+        for cls in classes:
+            members = rng.permutation(np.flatnonzero(labels == cls))
+            shares = rng.dirichlet(np.full(num_partitions, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for bucket, chunk in zip(buckets, np.split(members, cuts)):
+                bucket.extend(chunk.tolist())
+        if min(len(b) for b in buckets) >= min_size:
+            break
+    return np.sort(np.array(buckets[partition_id], dtype=np.int64))

@@ -1,0 +1,205 @@
+"""Intents (ITU-T Y.3172 style YAML), the operand catalog, and the MLFO-to-MLFO (Mo-Mo) intent."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.fl.data import LOADERS
+from mlfo_toolkit.fl.models import MODEL_KINDS
+from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.resources import resource_path
+from mlfo_toolkit.yamlutil import load_yaml, validate
+
+USER_OPERATIONS = ("maximise", "minimise", "maximize", "minimize")
+MOMO_OPERATION = "aggregate.global"
+MOMO_OPERAND = "model.federated"
+
+Scalar = str | int | float | bool
+
+
+class Target(BaseModel):
+    """One target of an intent."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str = Field(min_length=1)
+    operation: str = Field(min_length=1)
+    operand: str = Field(min_length=1)
+    constraints: dict[str, Scalar] = Field(default_factory=dict)
+
+
+class Intent(BaseModel):
+    """An intent as the prototype wrote it: intentID and a list of targets."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    intentID: str = Field(min_length=1)  # noqa: N815 - the prototype's field name
+    targets: list[Target] = Field(min_length=1)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def parse_intent(text: str | bytes, source: str = "intent") -> Intent:
+    """Parse and validate intent YAML; errors name the field and line."""
+    data, lines = load_yaml(text, source)
+    if not isinstance(data, dict):
+        raise ValidationError("an intent must be a mapping with intentID and targets", source=source, line=1)
+    intent = validate(Intent, data, lines, source)
+    for index, target in enumerate(intent.targets):
+        if target.operation not in (*USER_OPERATIONS, MOMO_OPERATION):
+            raise ValidationError(
+                f"unknown operation '{target.operation}'",
+                field=f"targets[{index}].operation",
+                line=lines.get(("targets", index, "operation")),
+                source=source,
+                hint=f"use one of {', '.join((*USER_OPERATIONS, MOMO_OPERATION))}",
+            )
+    return intent
+
+
+def load_intent_file(path: Path) -> Intent:
+    try:
+        return parse_intent(path.read_bytes(), str(path))
+    except OSError as err:
+        raise ValidationError(f"cannot read intent file: {err.strerror}", source=str(path)) from None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What an operand resolves to: source dataset, model, sink, and whether FL is needed."""
+
+    operand: str
+    source: str
+    model: str
+    sink: str
+    federated: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CatalogEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    model: str
+    sink: str = "none"
+    description: str = ""
+
+
+class CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    federated_when: dict[str, list[Scalar]] = Field(default_factory=lambda: {"privacylevel": ["high"]})
+    operands: dict[str, CatalogEntry] = Field(min_length=1)
+
+
+class Catalog:
+    """The operand -> pipeline mapping, read from a YAML file (intents/catalog.yaml by default)."""
+
+    def __init__(self, spec: CatalogFile, source: str) -> None:
+        self.spec = spec
+        self.source = source
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Catalog:
+        path = path or resource_path("intents/catalog.yaml")
+        try:
+            data, lines = load_yaml(path.read_bytes(), str(path))
+        except OSError as err:
+            raise ValidationError(f"cannot read the operand catalog: {err.strerror}", source=str(path)) from None
+        spec = validate(CatalogFile, data, lines, str(path))
+        for operand, entry in spec.operands.items():
+            if entry.source not in LOADERS:
+                raise ValidationError(
+                    f"unknown dataset '{entry.source}'",
+                    field=f"operands.{operand}.source",
+                    line=lines.get(("operands", operand, "source")),
+                    source=str(path),
+                    hint=f"known: {', '.join(LOADERS)}",
+                )
+            if entry.model not in MODEL_KINDS:
+                raise ValidationError(
+                    f"unknown model '{entry.model}'",
+                    field=f"operands.{operand}.model",
+                    line=lines.get(("operands", operand, "model")),
+                    source=str(path),
+                    hint=f"known: {', '.join(MODEL_KINDS)}",
+                )
+        return cls(spec, str(path))
+
+    @property
+    def operands(self) -> list[str]:
+        return list(self.spec.operands)
+
+    def resolve(self, intent: Intent, target_index: int = 0) -> Pipeline:
+        """The pipeline for one target; ValidationError naming the operand if unknown."""
+        target = intent.targets[target_index]
+        entry = self.spec.operands.get(target.operand)
+        if entry is None:
+            raise ValidationError(
+                f"unknown operand '{target.operand}'",
+                field=f"targets[{target_index}].operand",
+                hint=f"known operands: {', '.join(self.operands)} (add more in {self.source})",
+            )
+        federated = any(
+            str(target.constraints.get(key, "")).lower() in {str(v).lower() for v in values}
+            for key, values in self.spec.federated_when.items()
+        )
+        return Pipeline(target.operand, entry.source, entry.model, entry.sink, federated)
+
+
+class MomoConstraints(BaseModel):
+    """Constraints of the Mo-Mo aggregation intent (the prototype's names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sourcekind: str
+    modelkind: str
+    avgalgo: str = "FedAvg"
+    fracfit: float = Field(0.5, gt=0, le=1)
+    minfit: int = Field(1, ge=1)
+    minav: int = Field(1, ge=1)
+    numround: int = Field(20, ge=1, le=10_000)
+    sameserv: StrictBool = False
+    deployment: str = ""
+
+
+def build_momo_intent(intent_id: str, pipeline: Pipeline, constraints: MomoConstraints) -> Intent:
+    """The aggregation intent a campus MLFO sends to the cloud MLFO."""
+    return Intent(
+        intentID=f"{intent_id}.momo",
+        targets=[
+            Target(
+                id="cloud.fl",
+                operation=MOMO_OPERATION,
+                operand=MOMO_OPERAND,
+                constraints=constraints.model_dump(),
+            )
+        ],
+    )
+
+
+def parse_momo_intent(data: Any, source: str = "Mo-Mo intent") -> tuple[Intent, MomoConstraints]:
+    """Validate a Mo-Mo intent (mapping or YAML) and its typed constraints."""
+    if isinstance(data, (str, bytes)):
+        intent = parse_intent(data, source)
+    else:
+        intent = validate(Intent, data, {}, source)
+    target = intent.targets[0]
+    if target.operation != MOMO_OPERATION or target.operand != MOMO_OPERAND:
+        raise ValidationError(
+            f"a Mo-Mo intent must have operation {MOMO_OPERATION} and operand {MOMO_OPERAND}",
+            field="targets[0].operation",
+            source=source,
+        )
+    constraints = validate(MomoConstraints, target.constraints, {}, source, prefix=("targets", 0, "constraints"))
+    constraints.avgalgo = canonical_strategy(constraints.avgalgo, "targets[0].constraints.avgalgo")
+    return intent, constraints

@@ -1,0 +1,437 @@
+"""The ML Function Orchestrator: campus (intents -> FL clients) and cloud (Mo-Mo -> FL servers)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from mlfo_toolkit.clients import AgentClient, MomoClient
+from mlfo_toolkit.cohorts import client_range
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import MlfoError, NotFoundError, ValidationError
+from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.httpapi import HttpError, JsonApi, Request, Response
+from mlfo_toolkit.intents import Catalog, Intent, MomoConstraints, Pipeline, build_momo_intent, parse_intent, parse_momo_intent
+from mlfo_toolkit.store import Store
+from mlfo_toolkit.yamlutil import validate
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATES = ("done", "failed")
+DEPLOYMENT = "deployment"
+ALLOCATION = "allocation"
+
+
+class ReceiveParams(BaseModel):
+    """The prototype's /receive form fields, typed; `name` is mlfo's addition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ipstart: int | None = Field(None, ge=0, le=255)
+    cohortsize: int = Field(1, ge=1, le=10_000)
+    sameserver: StrictBool = False
+    avgalgo: str | None = None
+    fracfit: float | None = Field(None, gt=0, le=1)
+    minfit: int | None = Field(None, ge=1)
+    minav: int | None = Field(None, ge=1)
+    numround: int | None = Field(None, ge=1, le=10_000)
+    name: str | None = Field(None, max_length=64)
+
+    @field_validator("sameserver", mode="before")
+    @classmethod
+    def _form_bool(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        return value
+
+
+def _client(cls: type, address: str, config: Config) -> Any:
+    return cls(address, token=config.api.token, timeout=config.api.timeout_seconds)
+
+
+class CampusMlfo:
+    """Receives user intents, asks the cloud MLFO for an FL server, starts the cohort's clients."""
+
+    def __init__(self, config: Config, store: Store, catalog: Catalog | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.catalog = catalog or Catalog.load(config.mlfo.catalog)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._recover()
+
+    # --- intents in ----------------------------------------------------------------------------
+    def receive(self, intent: Intent, params: ReceiveParams) -> dict[str, Any]:
+        """Validate an intent and its cohort parameters, record the deployment, deploy in the background."""
+        pipeline = self.catalog.resolve(intent)
+        if not pipeline.federated:
+            raise ValidationError(
+                "this intent does not ask for federated learning; the MLFO orchestrates FL pipelines only",
+                field="targets[0].constraints.privacylevel",
+                hint="set 'privacylevel: high' in the target's constraints",
+            )
+        fl = self.config.fl
+        strategy = canonical_strategy(params.avgalgo or fl.strategy, "avgalgo")
+        ipstart = params.ipstart if params.ipstart is not None else self.config.ip_plan.first_client_octet
+        clients = client_range(self.config, ipstart, params.cohortsize)
+        deployment_id = uuid.uuid4().hex[:12]
+        now = time.time()
+        record = {
+            "id": deployment_id,
+            "name": params.name or intent.intentID,
+            "intent_id": intent.intentID,
+            "intent": intent.model_dump(),
+            "pipeline": pipeline.to_dict(),
+            "params": {
+                "ipstart": ipstart,
+                "cohortsize": params.cohortsize,
+                "sameserver": params.sameserver,
+                "strategy": strategy,
+                "fraction_fit": params.fracfit or fl.fraction_fit,
+                "min_fit": params.minfit or fl.min_fit,
+                "min_available": params.minav or fl.min_available,
+                "rounds": params.numround or fl.rounds,
+            },
+            "state": "planned",
+            "reason": None,
+            "created": now,
+            "updated": now,
+            "server": None,
+            "clients": [{"agent": a, "part": i, "state": "planned", "error": None} for i, a in enumerate(clients)],
+            "rounds": [],
+            "orchestration_seconds": None,
+            "finished": None,
+        }
+        self._save(record)
+        self._spawn(self._deploy, deployment_id)
+        return {"id": deployment_id, "state": "planned", "name": record["name"]}
+
+    # --- deployments -------------------------------------------------------------------------
+    def deployments(self) -> list[dict[str, Any]]:
+        return self.store.all(DEPLOYMENT)
+
+    def deployment(self, deployment_id: str) -> dict[str, Any]:
+        record = self.store.get(DEPLOYMENT, deployment_id)
+        if record is None:
+            raise NotFoundError(f"no deployment '{deployment_id}'")
+        return record
+
+    def _save(self, record: dict[str, Any]) -> None:
+        record["updated"] = time.time()
+        self.store.put(DEPLOYMENT, record["id"], record, record["created"])
+
+    def _update(self, deployment_id: str, **changes: Any) -> dict[str, Any]:
+        with self._lock:
+            record = self.deployment(deployment_id)
+            record.update(changes)
+            self._save(record)
+            return record
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=f"{target.__name__}-{args[0]}")
+        self._threads.append(thread)
+        thread.start()
+
+    def _recover(self) -> None:
+        """After a restart: resume watching running deployments, fail the half-deployed ones."""
+        for record in self.store.all(DEPLOYMENT):
+            if record["state"] == "running":
+                self._spawn(self._watch, record["id"])
+            elif record["state"] in ("planned", "deploying"):
+                record.update(state="failed", reason="the MLFO restarted while deploying; send the intent again")
+                self._save(record)
+
+    # --- the deployment itself -----------------------------------------------------------------
+    def _deploy(self, deployment_id: str) -> None:
+        started = time.monotonic()
+        record = self._update(deployment_id, state="deploying")
+        params, pipeline = record["params"], record["pipeline"]
+        try:
+            constraints = MomoConstraints(
+                sourcekind=pipeline["source"],
+                modelkind=pipeline["model"],
+                avgalgo=params["strategy"],
+                fracfit=params["fraction_fit"],
+                minfit=params["min_fit"],
+                minav=params["min_available"],
+                numround=params["rounds"],
+                sameserv=params["sameserver"],
+                deployment=deployment_id,
+            )
+            momo = build_momo_intent(record["intent_id"], _pipeline(pipeline), constraints)
+            cloud = _client(MomoClient, self.config.mlfo.cloud, self.config)
+            try:
+                server = cloud.deploy(momo.model_dump())
+            finally:
+                cloud.close()
+            self._update(deployment_id, server=server)
+            clients = record["clients"]
+            for client in clients:
+                agent = _client(AgentClient, client["agent"], self.config)
+                try:
+                    agent.start_client(
+                        {
+                            "source": pipeline["source"],
+                            "model": pipeline["model"],
+                            "server": server["server"],
+                            "cohsize": params["cohortsize"],
+                            "part": client["part"],
+                            "deployment": deployment_id,
+                        }
+                    )
+                    client["state"] = "running"
+                except MlfoError as err:
+                    client["state"], client["error"] = "failed", err.message
+                finally:
+                    agent.close()
+                self._update(deployment_id, clients=clients)
+            failed = [c for c in clients if c["state"] == "failed"]
+            usable = len(clients) - len(failed)
+            elapsed = time.monotonic() - started
+            log.info("HTTP Intent took %.3f s (deployment %s)", elapsed, deployment_id)
+            if usable < params["min_available"]:
+                raise MlfoError(
+                    f"only {usable} of {len(clients)} clients started, the run needs {params['min_available']}: "
+                    + "; ".join(f"{c['agent']}: {c['error']}" for c in failed)
+                )
+            self._update(deployment_id, state="running", orchestration_seconds=elapsed)
+        except MlfoError as err:
+            self._finish(deployment_id, "failed", err.message)
+            return
+        except Exception as err:  # never let a deployment thread die silently
+            log.exception("deployment %s failed", deployment_id)
+            self._finish(deployment_id, "failed", f"internal error: {err}")
+            return
+        self._watch(deployment_id)
+
+    def _watch(self, deployment_id: str) -> None:
+        """Follow the FL run on the server's agent until it ends; record rounds as they come."""
+        misses = 0
+        while not self._stopping.wait(self.config.mlfo.poll_seconds):
+            record = self.deployment(deployment_id)
+            if record["state"] in TERMINAL_STATES:
+                return
+            agent = _client(AgentClient, record["server"]["agent"], self.config)
+            try:
+                status = agent.status()
+                misses = 0
+            except MlfoError as err:
+                misses += 1
+                if misses >= 30:
+                    self._finish(deployment_id, "failed", f"lost contact with the FL server's agent: {err.message}")
+                    return
+                continue
+            finally:
+                agent.close()
+            server = status.get("server") or {}
+            if server.get("address") != record["server"]["server"]:
+                self._finish(deployment_id, "failed", "the FL server is no longer running on its agent")
+                return
+            self._update(deployment_id, rounds=server.get("rounds", []), initial=server.get("initial"))
+            if server.get("state") in TERMINAL_STATES:
+                self._finish(deployment_id, server["state"], server.get("reason"))
+                return
+
+    def _finish(self, deployment_id: str, state: str, reason: str | None) -> None:
+        record = self._update(deployment_id, state=state, reason=reason, finished=time.time())
+        log.info("deployment %s %s%s", deployment_id, state, f": {reason}" if reason else "")
+        # Stop this deployment's FL processes and free the server (best effort).
+        for client in record["clients"]:
+            if client["state"] == "running":
+                agent = _client(AgentClient, client["agent"], self.config)
+                try:
+                    agent.request("POST", f"/stop?deployment={deployment_id}")
+                except MlfoError as err:
+                    log.warning("could not stop client %s: %s", client["agent"], err.message)
+                finally:
+                    agent.close()
+        if record.get("server"):
+            cloud = _client(MomoClient, self.config.mlfo.cloud, self.config)
+            try:
+                cloud.release(deployment_id)
+            except MlfoError as err:
+                log.warning("could not release the FL server of %s: %s", deployment_id, err.message)
+            finally:
+                cloud.close()
+
+    def close(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    # --- HTTP --------------------------------------------------------------------------------
+    def api(self) -> JsonApi:
+        api = JsonApi("campus MLFO", token=self.config.api.token, max_body=self.config.api.max_upload_bytes)
+
+        @api.route("POST", "/receive")
+        def receive(request: Request) -> Response:
+            intent, fields = _read_intent_request(request)
+            params = validate(ReceiveParams, fields, {}, "form")
+            accepted = self.receive(intent, params)
+            return Response(202, accepted, {"Location": f"/deployments/{accepted['id']}"})
+
+        @api.route("GET", "/deployments")
+        def deployments(request: Request) -> dict[str, Any]:
+            return {"deployments": self.deployments()}
+
+        @api.route("GET", "/deployments/{deployment_id}")
+        def deployment(request: Request) -> dict[str, Any]:
+            return self.deployment(request.params["deployment_id"])
+
+        @api.route("GET", "/health")
+        def health(request: Request) -> dict[str, Any]:
+            return {"role": "campus", "ok": True}
+
+        api.public_paths.add("/health")
+        return api
+
+
+def _pipeline(data: dict[str, Any]) -> Pipeline:
+    return Pipeline(**data)
+
+
+def _read_intent_request(request: Request) -> tuple[Intent, dict[str, Any]]:
+    """The intent and form fields of a /receive request: multipart (the prototype), YAML or JSON."""
+    if request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        fields, files = request.form()
+        upload = files.get("file")
+        if upload is None:
+            if "file" in fields:  # curl -F file=<intent.yaml sends it as a field
+                upload = fields.pop("file").encode()
+            else:
+                raise HttpError(400, "the form has no 'file' field holding the intent YAML", field="file")
+        return parse_intent(upload, "file"), fields
+    if request.content_type in ("application/json",):
+        body = request.json()
+        if not isinstance(body, dict) or "intent" not in body:
+            raise HttpError(400, "a JSON body must be {\"intent\": {...}, ...form fields}", field="intent")
+        intent_data = body.pop("intent")
+        text = intent_data if isinstance(intent_data, str) else yaml.safe_dump(intent_data)
+        return parse_intent(text, "intent"), body
+    if request.content_type in ("application/yaml", "application/x-yaml", "text/yaml", "text/plain", ""):
+        return parse_intent(request.body(), "body"), dict(request.query)
+    raise HttpError(415, f"unsupported Content-Type '{request.content_type}'",
+                    hint="send multipart/form-data (curl -F file=@intent.yaml), YAML or JSON")
+
+
+class CloudMlfo:
+    """Allocates FL servers from the configured pool for Mo-Mo intents and starts them."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self._lock = threading.Lock()
+
+    def allocations(self) -> list[dict[str, Any]]:
+        return self.store.all(ALLOCATION)
+
+    def deploy(self, momo: Any) -> dict[str, Any]:
+        """Pick a free server (or the previous cohort's with sameserv), start it, return its address."""
+        intent, constraints = parse_momo_intent(momo)
+        deployment = constraints.deployment or uuid.uuid4().hex[:12]
+        with self._lock:
+            allocations = self.allocations()
+            if constraints.sameserv:
+                previous = [a for a in allocations if a["active"]]
+                if not previous:
+                    raise HttpError(409, "sameserver asked to share the previous cohort's server, but none is active",
+                                    field="targets[0].constraints.sameserv")
+                shared = previous[-1]
+                record = {**shared, "deployment": deployment, "shares": shared["deployment"], "created": time.time()}
+                self.store.put(ALLOCATION, deployment, record, record["created"])
+                return {"server": shared["server"], "agent": shared["agent"], "shared_with": shared["deployment"]}
+            busy = {a["agent"] for a in allocations if a["active"]}
+            free = [s for s in self.config.server_agents() if s not in busy]
+            if not free:
+                raise HttpError(409, f"all {len(self.config.server_agents())} FL servers of the pool are busy",
+                                field="ip_plan.servers", hint="wait for a cohort to finish or add servers")
+            agent_address = free[0]
+            record = {"deployment": deployment, "agent": agent_address, "server": None, "active": True,
+                      "intent_id": intent.intentID, "created": time.time(), "shares": None}
+            self.store.put(ALLOCATION, deployment, record, record["created"])
+        agent = _client(AgentClient, agent_address, self.config)
+        started = time.monotonic()
+        try:
+            answer = agent.start_server(
+                {
+                    "algo": constraints.avgalgo,
+                    "fracfit": constraints.fracfit,
+                    "minfit": constraints.minfit,
+                    "minav": constraints.minav,
+                    "numround": constraints.numround,
+                    "source": constraints.sourcekind,
+                    "model": constraints.modelkind,
+                    "deployment": deployment,
+                }
+            )
+        except MlfoError as err:
+            record["active"] = False
+            self.store.put(ALLOCATION, deployment, record, record["created"])
+            raise HttpError(502, f"FL server agent {agent_address} failed: {err.message}", agent=agent_address) from None
+        finally:
+            agent.close()
+        log.info("MoMo Intent took %.3f s (deployment %s -> %s)", time.monotonic() - started, deployment, answer["server"])
+        record["server"] = answer["server"]
+        self.store.put(ALLOCATION, deployment, record, record["created"])
+        return {"server": answer["server"], "agent": agent_address, "shared_with": None}
+
+    def release(self, deployment: str) -> dict[str, Any]:
+        """Mark a deployment's server free; stop it when no other active deployment shares it."""
+        with self._lock:
+            record = self.store.get(ALLOCATION, deployment)
+            if record is None:
+                raise NotFoundError(f"no allocation for deployment '{deployment}'")
+            record["active"] = False
+            self.store.put(ALLOCATION, deployment, record, record["created"])
+            still_used = [a for a in self.allocations() if a["active"] and a["agent"] == record["agent"]]
+        stopped = False
+        if not still_used:
+            agent = _client(AgentClient, record["agent"], self.config)
+            try:
+                agent.stop()
+                stopped = True
+            except MlfoError as err:
+                log.warning("could not stop FL server on %s: %s", record["agent"], err.message)
+            finally:
+                agent.close()
+        return {"released": deployment, "stopped": stopped}
+
+    def api(self) -> JsonApi:
+        api = JsonApi("cloud MLFO", token=self.config.api.token, max_body=self.config.api.max_upload_bytes)
+
+        @api.route("POST", "/momo/deploy")
+        def deploy(request: Request) -> Response:
+            body = request.json() if request.content_type == "application/json" else request.body()
+            return Response(201, self.deploy(body))
+
+        @api.route("POST", "/momo/release/{deployment}")
+        def release(request: Request) -> dict[str, Any]:
+            return self.release(request.params["deployment"])
+
+        @api.route("GET", "/momo/allocations")
+        def allocations(request: Request) -> dict[str, Any]:
+            return {"allocations": self.allocations()}
+
+        @api.route("GET", "/health")
+        def health(request: Request) -> dict[str, Any]:
+            return {"role": "cloud", "ok": True}
+
+        api.public_paths.add("/health")
+        return api
+
+    def close(self) -> None:
+        pass
+
+
+def open_store(config: Config, role: str) -> Store:
+    """The SQLite file of an MLFO role under paths.state_dir."""
+    return Store(Path(config.paths.state_dir) / f"mlfo-{role}.sqlite3")
+

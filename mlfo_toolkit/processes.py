@@ -1,0 +1,151 @@
+"""Child processes started without a shell and stopped by PID with their whole tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from mlfo_toolkit.errors import MissingDependencyError, UnreachableError
+
+
+def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower and other tools: this interpreter's bin first, telemetry off."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(extra or {})
+    return env
+
+
+def find_tool(name: str) -> str:
+    """Absolute path of a console script beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    from shutil import which
+
+    found = which(name)
+    if not found:
+        raise MissingDependencyError(f"'{name}' is not installed", hint="run `make install`")
+    return found
+
+
+class ManagedProcess:
+    """One child in its own session; `stop()` ends it and every descendant it spawned."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        # A list argv and no shell: request data can never become shell syntax.
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+        self._known: dict[int, psutil.Process] = {}
+        self._lock = threading.Lock()
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def _remember_tree(self) -> None:
+        # Flower detaches its SuperExec into a new session, so the process group is not enough:
+        # remember every descendant by PID while the parent links still exist.
+        try:
+            root = psutil.Process(self.pid)
+            for proc in [root, *root.children(recursive=True)]:
+                self._known.setdefault(proc.pid, proc)
+        except psutil.Error:
+            pass
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM the tree, wait, then SIGKILL whatever of it is left."""
+        with self._lock:
+            self._remember_tree()
+            if self.running():
+                try:
+                    os.killpg(self.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            for proc in list(self._known.values()):
+                _signal(proc, signal.SIGTERM)
+            _, alive = psutil.wait_procs(list(self._known.values()), timeout=timeout)
+            for proc in alive:
+                _signal(proc, signal.SIGKILL)
+            psutil.wait_procs(alive, timeout=2)
+            try:
+                self.popen.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=2)
+            self._log.close()
+
+    def tail(self, lines: int = 20) -> str:
+        """The last lines of the child's log, for error messages."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _signal(proc: psutil.Process, sig: int) -> None:
+    try:
+        if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            proc.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, process: ManagedProcess | None = None) -> None:
+    """Block until host:port accepts TCP connections; fail early if `process` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and not process.running():
+            raise UnreachableError(
+                f"{process.name} exited with code {process.returncode()} before listening on "
+                f"{host}:{port}",
+                hint=f"its log ({process.log_path}) ends with:\n{process.tail()}",
+            )
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise UnreachableError(f"nothing listens on {host}:{port} after {timeout:.0f} s")

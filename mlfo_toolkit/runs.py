@@ -1,0 +1,101 @@
+"""Run records: one folder per run with run.json, the manifest and a plot of accuracy and loss."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from mlfo_toolkit.sending import SentCohort
+
+
+def new_run_dir(runs_dir: Path, kind: str) -> Path:
+    """runs/KIND-YYYYmmdd-HHMMSS (suffixed when two runs start in the same second)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in [""] + [f"-{i}" for i in range(2, 100)]:
+        candidate = runs_dir / f"{kind}-{stamp}{suffix}"
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"too many runs named {kind}-{stamp} in {runs_dir}")
+
+
+def cohort_summary(cohort: SentCohort) -> dict[str, Any]:
+    """The per-cohort part of `mlfo demo --json`."""
+    record = cohort.record
+    rounds = sorted(record.get("rounds", []), key=lambda r: r["round"])
+    return {
+        "name": cohort.name,
+        "deployment": cohort.deployment_id,
+        "state": record.get("state"),
+        "reason": record.get("reason"),
+        "strategy": record.get("params", {}).get("strategy"),
+        "clients": len(record.get("clients", [])),
+        "server": (record.get("server") or {}).get("server"),
+        "accuracy": [float(r["accuracy"]) for r in rounds],
+        "loss": [float(r["loss"]) for r in rounds],
+        "orchestration_seconds": record.get("orchestration_seconds"),
+    }
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest(inputs: dict[str, Path | None], seeds: dict[str, int]) -> dict[str, Any]:
+    """Versions, seeds and input hashes, so a run can be reproduced and compared."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def _version(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "mlfo": _version("mlfo-toolkit"),
+        "flwr": _version("flwr"),
+        "numpy": _version("numpy"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "seeds": seeds,
+        "inputs": {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in inputs.items() if p and p.is_file()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_run(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """run.json plus accuracy-loss.png in `run_dir`; returns the JSON path."""
+    path = run_dir / "run.json"
+    path.write_text(json.dumps(summary, indent=2))
+    plot_rounds(summary["cohorts"], run_dir / "accuracy-loss.png")
+    return path
+
+
+def plot_rounds(cohorts: list[dict[str, Any]], out: Path) -> Path:
+    """Accuracy and loss by round, one line per cohort, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for cohort in cohorts:
+        rounds = list(range(1, len(cohort["accuracy"]) + 1))
+        label = f"{cohort['name']} ({cohort['strategy']}, {cohort['clients']} clients)"
+        acc_ax.plot(rounds, cohort["accuracy"], marker="o", label=label)
+        loss_ax.plot(rounds, cohort["loss"], marker="o", label=label)
+    acc_ax.set(title="Held-out accuracy of the global model", xlabel="round", ylabel="accuracy", ylim=(0, 1))
+    loss_ax.set(title="Held-out loss of the global model", xlabel="round", ylabel="cross-entropy loss")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

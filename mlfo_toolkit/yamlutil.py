@@ -1,0 +1,83 @@
+"""YAML loading that remembers line numbers, so validation errors can name the line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import pydantic
+import yaml
+
+from mlfo_toolkit.errors import ValidationError
+
+Model = TypeVar("Model", bound=pydantic.BaseModel)
+
+
+def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _lines(value_node, (*path, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _lines(item, (*path, index), out)
+
+
+def load_yaml(text: str | bytes, source: str = "<input>") -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """Parsed data and a map from key path to line number; ValidationError on bad YAML."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError("is not UTF-8 text", source=source) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ValidationError(
+            f"malformed YAML: {problem}",
+            line=mark.line + 1 if mark else None,
+            source=source,
+        ) from None
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _lines(node, (), lines)
+    return data, lines
+
+
+def field_name(loc: Sequence[Any]) -> str:
+    """('targets', 0, 'operand') -> 'targets[0].operand'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def line_of(loc: Sequence[Any], lines: dict[tuple[Any, ...], int]) -> int | None:
+    """The line of the deepest known prefix of a key path."""
+    for end in range(len(loc), -1, -1):
+        if tuple(loc[:end]) in lines:
+            return lines[tuple(loc[:end])]
+    return None
+
+
+def validate(model: type[Model], data: Any, lines: dict[tuple[Any, ...], int], source: str, prefix: Sequence[Any] = ()) -> Model:
+    """model.model_validate(data), turning the first error into a ValidationError with field and line."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        loc = (*prefix, *first["loc"])
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        if first["type"] == "missing":
+            message = "is required but missing"
+        more = len(err.errors()) - 1
+        if more:
+            message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise ValidationError(
+            message, field=field_name(loc) or None, line=line_of(loc, lines), source=source
+        ) from None
