@@ -92,7 +92,10 @@ def plot_rounds(cohorts: list[dict[str, Any]], out: Path) -> Path:
         loss_ax.plot(rounds, cohort["loss"], marker="o", label=label)
     acc_ax.set(title="Held-out accuracy of the global model", xlabel="round", ylabel="accuracy", ylim=(0, 1))
     loss_ax.set(title="Held-out loss of the global model", xlabel="round", ylabel="cross-entropy loss")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (acc_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

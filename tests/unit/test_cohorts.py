@@ -1,0 +1,81 @@
+"""Cohort files in both forms, and planning."""
+
+from pathlib import Path
+
+import pytest
+
+from mlfo_toolkit.cohorts import load_cohort_file, parse_cohort_file, plan_cohorts
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import ValidationError
+from tests.conftest import REPO
+
+INTENTS = REPO / "intents"
+
+
+def test_readable_form_with_defaults(config: Config) -> None:
+    parsed = load_cohort_file(INTENTS / "cohorts.yaml", config)
+    assert parsed.form == "readable" and parsed.mlfo == "127.0.0.1:8000"
+    a, b = parsed.cohorts
+    assert (a.name, a.size, a.strategy, a.rounds, a.min_available, a.fraction_fit) == ("welding-a", 5, "FedAvg", 5, 5, 0.5)
+    assert b.strategy == "FedProx" and a.intent.intentID == "edgeintent01"
+
+
+def test_prototype_form_with_comma_lists(config: Config) -> None:
+    text = (
+        "mlfoadd: localhost:8001\ncohortdistr: 30,10,10\nintentdist: welding.yaml,drilling.yaml,cutting.yaml\n"
+        "avgalgodist: FedAvg,fedyogi,Krum\nnumrounddist: [20, 10, 5]\nsameserverdist: [false, true, false]\n"
+    )
+    parsed = parse_cohort_file(text, "sendintent", INTENTS, config)
+    assert parsed.form == "prototype" and parsed.mlfo == "localhost:8001"
+    assert [c.size for c in parsed.cohorts] == [30, 10, 10]
+    assert [c.strategy for c in parsed.cohorts] == ["FedAvg", "FedYogi", "Krum"]
+    assert [c.rounds for c in parsed.cohorts] == [20, 10, 5]
+    assert [c.intent.intentID for c in parsed.cohorts] == ["edgeintent01", "edgeintent02", "edgeintent03"]
+    assert parsed.cohorts[1].form_fields(40) == {
+        "ipstart": 40, "cohortsize": 10, "sameserver": True, "avgalgo": "FedYogi", "fracfit": 0.5,
+        "minfit": 1, "minav": 1, "numround": 10, "name": "cohort2",
+    }
+
+
+def test_plan_tracks_client_ranges_and_servers(config: Config) -> None:
+    text = "cohortdistr: [30, 10, 10]\nintentdist: [welding.yaml, welding.yaml, welding.yaml]\nsameserverdist: [false, true, false]\n"
+    plans = plan_cohorts(parse_cohort_file(text, "c", INTENTS, config), config)
+    assert [p.ipstart for p in plans] == [10, 40, 50]
+    assert plans[0].clients[0] == "10.0.1.10:5000" and plans[0].clients[-1] == "10.0.1.39:5000"
+    assert plans[2].clients == [f"10.0.1.{i}:5000" for i in range(50, 60)]
+    assert [p.server for p in plans] == ["10.0.11.100:5000", "10.0.11.100:5000", "10.0.12.100:5000"]
+    assert plans[1].shares_server_with == "cohort1"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cohortdistr: [5, 5]\nintentdist: [welding.yaml]\n", r"field 'intentdist': has 1 entries but cohortdistr has 2"),
+        ("cohortdistr: [5]\nintentdist: [nothere.yaml]\n", "intent file 'nothere.yaml' not found"),
+        ("cohortdistr: [five]\nintentdist: [welding.yaml]\n", r"c:1, field 'cohortdistr\[0\]'"),
+        ("cohorts:\n  - size: 2\n    intent: welding.yaml\n    strategy: FedMagic\n", "unknown FL strategy 'FedMagic'"),
+        ("cohorts:\n  - size: 2\n    intent: welding.yaml\n    rounds: lots\n", r"c:4, field 'cohorts\[0\]\.rounds'"),
+        ("cohorts:\n  - {size: 2, intent: welding.yaml, sameserver: true}\n", "first cohort has no previous"),
+        ("cohorts:\n  - {size: 2, intent: welding.yaml, name: a}\n  - {size: 2, intent: welding.yaml, name: a}\n", "unique"),
+        ("- a\n", "must be a mapping"),
+    ],
+)
+def test_bad_cohort_files(config: Config, text: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        parse_cohort_file(text, "c", INTENTS, config)
+
+
+def test_plan_refuses_what_does_not_fit(config: Config) -> None:
+    too_many = parse_cohort_file("cohortdistr: [45, 10]\nintentdist: [welding.yaml, welding.yaml]\n", "c", INTENTS, config)
+    with pytest.raises(ValidationError, match="outside the IP plan"):
+        plan_cohorts(too_many, config)
+    one_server = config.with_overrides({"ip_plan.servers": ["127.0.0.1:7000"]})
+    two = parse_cohort_file("cohortdistr: [1, 1]\nintentdist: [welding.yaml, welding.yaml]\n", "c", INTENTS, one_server)
+    with pytest.raises(ValidationError, match="pool of 1 is used up"):
+        plan_cohorts(two, one_server)
+
+
+def test_inline_intent(config: Config, tmp_path: Path) -> None:
+    text = "cohorts:\n  - size: 3\n    intent: {intentID: inl, targets: [{id: a, operation: maximise, operand: robots.welding.accuracy}]}\n"
+    parsed = parse_cohort_file(text, "c", tmp_path, config)
+    assert parsed.cohorts[0].intent.intentID == "inl" and "robots.welding.accuracy" in parsed.cohorts[0].intent_yaml

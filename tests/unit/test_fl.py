@@ -1,0 +1,137 @@
+"""Datasets, partitioning and the NumPy models, without Flower processes."""
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlfo_toolkit.errors import MissingDependencyError, ValidationError
+from mlfo_toolkit.fl import data, models
+from mlfo_toolkit.fl.strategies import KNOWN_STRATEGIES, canonical_strategy, make_strategy
+
+
+def test_handmnist_is_real_and_split() -> None:
+    digits = data.load_dataset("handmnist")
+    assert len(digits.y_train) + len(digits.y_test) == 1797
+    assert digits.num_features == 64 and digits.num_classes == 10
+    assert 0.0 <= digits.x_train.min() and digits.x_train.max() <= 1.0
+    assert set(np.unique(digits.y_test)) == set(range(10))
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
+def test_partitions_are_disjoint_and_cover(scheme: str) -> None:
+    labels = data.load_dataset("handmnist").y_train
+    parts = [data.partition_indices(labels, 5, i, scheme=scheme, alpha=0.3, seed=1) for i in range(5)]
+    joined = np.concatenate(parts)
+    assert len(joined) == len(labels) and len(np.unique(joined)) == len(labels)
+    assert min(len(p) for p in parts) >= 10
+    again = data.partition_indices(labels, 5, 2, scheme=scheme, alpha=0.3, seed=1)
+    assert np.array_equal(again, parts[2])  # every client computes the same split
+
+
+def test_dirichlet_is_skewed_iid_is_not() -> None:
+    labels = data.load_dataset("handmnist").y_train
+
+    def skew(scheme: str) -> float:
+        shares = []
+        for i in range(5):
+            counts = np.bincount(labels[data.partition_indices(labels, 5, i, scheme=scheme, alpha=0.1)], minlength=10)
+            shares.append(counts.max() / counts.sum())
+        return float(np.mean(shares))
+
+    assert skew("dirichlet") > 2 * skew("iid")
+
+
+def test_bad_partition_requests() -> None:
+    with pytest.raises(ValidationError, match="outside"):
+        data.partition_indices(np.zeros(10, dtype=np.int64), 2, 2)
+    with pytest.raises(ValidationError, match="unknown partitioning"):
+        data.partition_indices(np.zeros(10, dtype=np.int64), 2, 0, scheme="zipf")
+
+
+def _idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_fashionmnist_loader_on_generated_files(tmp_path: Path) -> None:
+    with pytest.raises(MissingDependencyError, match="Fashion-MNIST is not in"):
+        data.load_dataset("fashionmnist", tmp_path)
+    folder = tmp_path / "fashionmnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    _idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
+    _idx(folder / "train-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    _idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28)))
+    _idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(10))
+    fashion = data.load_dataset("fashionmnist", tmp_path)
+    assert fashion.x_train.shape == (20, 784) and fashion.x_test.shape == (10, 784)
+    assert fashion.x_train.max() <= 1.0 and list(fashion.y_test) == list(range(10))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not idx")
+    with pytest.raises(ValidationError, match="not an IDX file"):
+        data.load_dataset("fashionmnist", tmp_path)
+
+
+def test_cifar_loader_on_generated_files(tmp_path: Path) -> None:
+    with pytest.raises(MissingDependencyError, match="CIFAR-10 is not in"):
+        data.load_dataset("cifar", tmp_path)
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    cifar = data.load_dataset("cifar", tmp_path)
+    assert cifar.x_train.shape == (20, 3072) and cifar.x_test.shape == (4, 3072)
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("pwned",))
+
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        data.load_dataset("cifar", tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["simple", "complex"])
+def test_training_raises_held_out_accuracy(kind: str) -> None:
+    digits = data.load_dataset("handmnist")
+    params = models.init_params(kind, digits.num_features, digits.num_classes, seed=0)
+    loss_before, before = models.evaluate(params, digits.x_test, digits.y_test)
+    trained, _ = models.train(params, digits.x_train, digits.y_train, epochs=5, learning_rate=0.1, batch_size=32)
+    loss, after = models.evaluate(trained, digits.x_test, digits.y_test)
+    assert before < 0.3 and after > 0.9 and loss < loss_before / 2
+
+
+def test_gradients_match_finite_differences() -> None:
+    rng = np.random.default_rng(3)
+    x, y = rng.random((6, 5)), rng.integers(0, 3, 6)
+    params = models.init_params("complex", 5, 3, seed=1)
+    _, grads = models.loss_and_grads(params, x, y)
+    for p, g in zip(params, grads):
+        index = tuple(rng.integers(0, s) for s in p.shape)
+        old = p[index]
+        p[index] = old + 1e-6
+        up, _ = models.loss_and_grads(params, x, y)
+        p[index] = old - 1e-6
+        down, _ = models.loss_and_grads(params, x, y)
+        p[index] = old
+        assert abs((up - down) / 2e-6 - g[index]) < 1e-5
+
+
+def test_unknown_model_kind() -> None:
+    with pytest.raises(ValidationError, match="unknown model 'mobilenet'"):
+        models.init_params("mobilenet", 4, 2)
+
+
+def test_every_known_strategy_exists_in_flower() -> None:
+    for name in KNOWN_STRATEGIES:
+        strategy = make_strategy(name, fraction_train=0.5, min_available_nodes=1, client_learning_rate=0.1, proximal_mu=0.1)
+        assert type(strategy).__name__ == name
+    assert canonical_strategy("fedavg") == "FedAvg"
+    with pytest.raises(ValidationError) as err:
+        canonical_strategy("FedMagic", "avgalgo")
+    assert err.value.field == "avgalgo" and "FedAvg" in (err.value.hint or "")
