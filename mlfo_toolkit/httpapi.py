@@ -185,9 +185,6 @@ class JsonApi:
         except Exception:  # a handler bug must not take the server down
             log.exception("%s: unhandled error on %s %s", self.name, environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             response = Response(500, {"error": "Internal Server Error", "message": "see the server log"})
-        if response.status >= 400:
-            # Drain what is left of a refused body (within the limit) so the client sees the answer.
-            _drain(environ, self.max_body)
         if isinstance(response.body, (bytes, str)):
             payload = response.body.encode() if isinstance(response.body, str) else response.body
             content_type = response.headers.pop("Content-Type", "text/plain; charset=utf-8")
@@ -200,18 +197,7 @@ class JsonApi:
         return [payload]
 
 
-def _drain(environ: WsgiEnviron, limit: int) -> None:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        stream = environ["wsgi.input"]
-        remaining = min(length, limit * 16)
-        while remaining > 0:
-            chunk = stream.read(min(65536, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-    except (ValueError, OSError, KeyError):
-        pass
+WAITRESS_SPOOL_LIMIT = 64 * 1024 * 1024
 
 
 class HttpServer:
@@ -220,13 +206,15 @@ class HttpServer:
     def __init__(self, app: JsonApi, host: str, port: int, *, threads: int = 8) -> None:
         from waitress.server import create_server
 
-        # waitress refuses larger bodies itself; ours answers in JSON first (see Request.check_size).
+        # waitress buffers a whole body (spooling large ones to disk) before the app sees it, and
+        # answers 413 in plain text past its own limit; below that, Request.check_size answers in
+        # JSON naming the limit.
         self._server = create_server(
             app,
             host=host,
             port=port,
             threads=threads,
-            max_request_body_size=app.max_body * 16,
+            max_request_body_size=app.max_body + WAITRESS_SPOOL_LIMIT,
             ident="mlfo",
             clear_untrusted_proxy_headers=True,
         )

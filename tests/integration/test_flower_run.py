@@ -1,0 +1,97 @@
+"""Real Flower on loopback: `mlfo demo` trains, reports, and leaves nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from mlfo_toolkit.agent import NodeAgent
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.httpapi import HttpServer
+
+pytestmark = [pytest.mark.flower, pytest.mark.slow]
+
+
+def processes_under(folder: Path) -> list[psutil.Process]:
+    """Live processes whose FLWR_HOME or command line points into `folder`."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+                continue
+            text = " ".join(proc.info["cmdline"] or []) + " " + proc.environ().get("FLWR_HOME", "")
+        except psutil.Error:
+            continue
+        if str(folder) in text:
+            found.append(proc)
+    return found
+
+
+def test_demo_json_trains_and_cleans_up(workdir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mlfo_toolkit", "demo", "--json", "--cohorts", "1", "--clients", "3", "--rounds", "3"],
+        capture_output=True, text=True, timeout=400, cwd=workdir,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    assert set(summary) >= {"cohorts", "orchestration_seconds", "run_dir"}
+    (cohort,) = summary["cohorts"]
+    assert isinstance(cohort["name"], str) and cohort["strategy"] == "FedAvg" and cohort["clients"] == 3
+    assert len(cohort["accuracy"]) == len(cohort["loss"]) == 3
+    assert cohort["accuracy"][-1] >= 0.85
+    assert cohort["accuracy"][-1] > cohort["accuracy"][0] and cohort["loss"][-1] < cohort["loss"][0]
+    assert all(isinstance(s, float) and s > 0 for s in summary["orchestration_seconds"])
+    run_dir = workdir / summary["run_dir"]
+    assert (run_dir / "run.json").is_file()
+    assert (run_dir / "accuracy-loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert processes_under(workdir) == []
+
+
+@pytest.fixture
+def agent(config: Config, workdir: Path):  # type: ignore[no-untyped-def]
+    node = NodeAgent(config.with_overrides({"agent.fl_server_port": 0}), work_dir=workdir / "agent")
+    server = HttpServer(node.api(), "127.0.0.1", 0).start()
+    yield f"http://{server.address}", node
+    node.stop()
+    server.close()
+
+
+def test_agent_contract_and_typed_validation(agent, workdir: Path) -> None:  # type: ignore[no-untyped-def]
+    url, node = agent
+    bad = [
+        ("/serv", {"algo": "FedMagic"}, "algo"),
+        ("/serv", {"numround": "ten"}, "numround"),
+        ("/serv", {"source": "handmnist; rm -rf /"}, "source"),
+        ("/cli", {"source": "handmnist", "model": "simple", "server": "127.0.0.1", "cohsize": "2", "part": "0"}, "server"),
+        ("/cli", {"source": "handmnist", "model": "simple", "server": "$(reboot):1", "cohsize": "2", "part": "0"}, "server"),
+        ("/cli", {"source": "handmnist", "model": "simple", "server": "127.0.0.1:6000", "cohsize": "2", "part": "2"}, "part"),
+        ("/cli", {"source": "handmnist", "model": "resnet", "server": "127.0.0.1:6000", "cohsize": "2", "part": "0"}, "model"),
+    ]
+    for path, fields, field in bad:
+        answer = requests.post(url + path, data=fields, timeout=10)
+        assert answer.status_code == 400, (path, fields, answer.text)
+        assert answer.json()["field"] == field
+    assert requests.get(url + "/status", timeout=5).json() == {"node": "127.0.0.1", "server": None, "clients": []}
+
+    started = requests.post(url + "/serv", data={"algo": "fedavg", "numround": "1", "model": "simple", "minav": "1"}, timeout=90)
+    assert started.status_code == 201, started.text
+    address = started.json()["server"]
+    again = requests.post(url + "/serv", data={"numround": "1"}, timeout=10)
+    assert again.status_code == 409  # one FL server per node at a time
+    client = requests.post(
+        url + "/cli", data={"source": "handmnist", "model": "simple", "server": address, "cohsize": "1", "part": "0"}, timeout=10
+    )
+    assert client.status_code == 201
+    status = requests.get(url + "/status", timeout=5).json()
+    assert status["server"]["address"] == address and status["server"]["strategy"] == "FedAvg"
+    assert status["clients"][0]["state"] == "running"
+    stopped = requests.post(url + "/stop", timeout=60).json()
+    assert address in stopped["stopped"]
+    assert processes_under(workdir) == []

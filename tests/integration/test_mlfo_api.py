@@ -1,0 +1,226 @@
+"""The MLFO HTTP APIs against stand-in agents: the prototype's upload, bad input, auth, persistence."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.httpapi import HttpServer
+from mlfo_toolkit.mlfo import CampusMlfo, CloudMlfo
+from mlfo_toolkit.store import Store
+from tests.conftest import REPO
+from tests.integration.fakes import FakeAgent
+
+WELDING = (REPO / "intents" / "welding.yaml").read_bytes()
+
+
+@dataclass
+class Orchestra:
+    campus: CampusMlfo
+    cloud: CloudMlfo
+    url: str
+    cloud_url: str
+    servers: list[FakeAgent]
+    clients: list[FakeAgent]
+    config: Config
+
+    def wait(self, deployment_id: str, timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = requests.get(f"{self.url}/deployments/{deployment_id}", headers=self.headers, timeout=5).json()
+            if record["state"] in ("done", "failed"):
+                return record
+            time.sleep(0.1)
+        raise AssertionError(f"deployment {deployment_id} did not finish: {record}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.api.token}"} if self.config.api.token else {}
+
+
+def start_orchestra(config: Config, workdir: Path, servers: int = 2, clients: int = 6, token: str | None = None) -> tuple[Orchestra, list[Any]]:
+    server_agents = [FakeAgent(token) for _ in range(servers)]
+    client_agents = [FakeAgent(token) for _ in range(clients)]
+    config = config.with_overrides(
+        {
+            "api.token": token,
+            "api.max_upload_bytes": 65536,
+            "ip_plan.servers": [a.address for a in server_agents],
+            "ip_plan.clients": [a.address for a in client_agents],
+            "mlfo.poll_seconds": 0.1,
+        }
+    )
+    cloud = CloudMlfo(config, Store(workdir / "cloud.sqlite3"))
+    cloud_http = HttpServer(cloud.api(), "127.0.0.1", 0).start()
+    config = config.with_overrides({"mlfo.cloud": cloud_http.address})
+    campus = CampusMlfo(config, Store(workdir / "campus.sqlite3"))
+    campus_http = HttpServer(campus.api(), "127.0.0.1", 0).start()
+    orchestra = Orchestra(campus, cloud, f"http://{campus_http.address}", f"http://{cloud_http.address}", server_agents, client_agents, config)
+    return orchestra, [campus, campus_http, cloud_http, *server_agents, *client_agents]
+
+
+@pytest.fixture
+def orchestra(config: Config, workdir: Path) -> Iterator[Orchestra]:
+    built, closables = start_orchestra(config, workdir)
+    yield built
+    for thing in closables:
+        thing.close()
+
+
+def send(orchestra: Orchestra, intent: bytes = WELDING, **fields: Any) -> requests.Response:
+    form = {"cohortsize": "3", "ipstart": "10", "numround": "2"} | {k: str(v) for k, v in fields.items()}
+    return requests.post(f"{orchestra.url}/receive", files={"file": ("intent.yaml", intent)}, data=form, headers=orchestra.headers, timeout=10)
+
+
+def test_prototype_curl_upload_deploys_a_cohort(orchestra: Orchestra, tmp_path: Path) -> None:
+    intent_file = tmp_path / "intent.yaml"
+    intent_file.write_bytes(WELDING)
+    out = subprocess.run(
+        ["curl", "-s", "-F", f"file=@{intent_file}", "-F", "cohortsize=3", "-F", "avgalgo=FedAvg", "-F", "fracfit=0.5",
+         "-F", "minfit=1", "-F", "minav=1", "-F", "numround=2", "-F", "ipstart=11", "-F", "sameserver=False",
+         f"{orchestra.url}/receive", "-w", "\n%{http_code}"],
+        capture_output=True, text=True, check=True, timeout=20,
+    )
+    body, status = out.stdout.rsplit("\n", 1)
+    assert status == "202", out.stdout
+    import json
+
+    record = orchestra.wait(json.loads(body)["id"])
+    assert record["state"] == "done", record
+    assert [r["accuracy"] for r in record["rounds"]] == [0.7, 0.9]
+    assert record["orchestration_seconds"] > 0
+    # ipstart 11 -> the 2nd, 3rd and 4th client agents, parts 0..2, all pointed at the cloud's server.
+    called = [i for i, agent in enumerate(orchestra.clients) if agent.cli_calls]
+    assert called == [1, 2, 3]
+    calls = [orchestra.clients[i].cli_calls[0] for i in called]
+    assert [c["part"] for c in calls] == ["0", "1", "2"]
+    assert {c["server"] for c in calls} == {record["server"]["server"]}
+    assert calls[0]["source"] == "handmnist" and calls[0]["cohsize"] == "3"
+    serv = orchestra.servers[0].serv_calls[0]
+    assert (serv["algo"], serv["numround"], serv["source"], serv["model"]) == ("FedAvg", "2", "handmnist", "complex")
+    # When the run ended, the clients of this deployment were told to stop and the server released.
+    assert all(orchestra.clients[i].stop_calls == [record["id"]] for i in called)
+    assert orchestra.servers[0].stop_calls == [None]
+
+
+@pytest.mark.parametrize(
+    ("intent", "fields", "status", "field", "words"),
+    [
+        (b"intentID: [broken\n", {}, 400, None, "malformed YAML"),
+        (b"targets:\n  - {id: a, operation: maximise, operand: robots.welding.accuracy}\n", {}, 400, "intentID", "required"),
+        (WELDING.replace(b"welding", b"painting"), {}, 400, "targets[0].operand", "unknown operand"),
+        (WELDING, {"avgalgo": "FedMagic"}, 400, "avgalgo", "FedYogi"),
+        (WELDING, {"cohortsize": "three"}, 400, "cohortsize", "integer"),
+        (WELDING, {"fracfit": "2.5"}, 400, "fracfit", "less than or equal"),
+        (WELDING, {"colour": "blue"}, 400, "colour", "unknown field"),
+        (WELDING, {"cohortsize": "45"}, 400, "cohortsize", "outside the IP plan"),
+        (WELDING.replace(b"high", b"low"), {}, 400, "targets[0].constraints.privacylevel", "federated"),
+    ],
+)
+def test_bad_input_gets_4xx_naming_the_problem_and_server_keeps_serving(
+    orchestra: Orchestra, intent: bytes, fields: dict[str, str], status: int, field: str | None, words: str
+) -> None:
+    answer = send(orchestra, intent, **fields)
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert words in body["message"] + body.get("hint", "")
+    if field:
+        assert body["field"] == field
+    assert send(orchestra).status_code == 202
+
+
+def test_oversized_upload_is_refused_and_server_keeps_serving(orchestra: Orchestra) -> None:
+    huge = WELDING + b"#" * (10 * 1024 * 1024)
+    answer = send(orchestra, huge)
+    assert answer.status_code == 413
+    assert answer.json()["field"] == "body" and "exceeds the limit" in answer.json()["message"]
+    assert send(orchestra).status_code == 202
+
+
+def test_missing_file_field_and_other_bodies(orchestra: Orchestra) -> None:
+    answer = requests.post(f"{orchestra.url}/receive", data={"cohortsize": "2"}, timeout=5)
+    assert answer.status_code == 400 and answer.json()["field"] == "file"
+    as_yaml = requests.post(f"{orchestra.url}/receive?cohortsize=2", data=WELDING, headers={"Content-Type": "application/yaml"}, timeout=5)
+    assert as_yaml.status_code == 202
+    as_json = requests.post(f"{orchestra.url}/receive", json={"intent": WELDING.decode(), "cohortsize": 2}, timeout=5)
+    assert as_json.status_code == 202
+    assert orchestra.wait(as_json.json()["id"])["state"] == "done"
+    assert requests.get(f"{orchestra.url}/deployments/nope", timeout=5).status_code == 404
+    assert requests.delete(f"{orchestra.url}/receive", timeout=5).status_code == 405
+
+
+def test_sameserver_shares_the_previous_cohorts_server(orchestra: Orchestra) -> None:
+    first = send(orchestra, cohortsize=2, ipstart=10).json()["id"]
+    second = send(orchestra, cohortsize=2, ipstart=12, sameserver="true").json()["id"]
+    a, b = orchestra.wait(first), orchestra.wait(second)
+    assert a["server"]["server"] == b["server"]["server"]
+    assert len(orchestra.servers[0].serv_calls) == 1 and not orchestra.servers[1].serv_calls
+
+
+def test_exhausted_server_pool_fails_the_deployment_with_a_reason(config: Config, workdir: Path) -> None:
+    built, closables = start_orchestra(config, workdir, servers=1)
+    try:
+        built.servers[0].final_state = "running"  # the first cohort keeps its server
+        first = send(built, cohortsize=2).json()["id"]
+        time.sleep(0.5)
+        second = send(built, cohortsize=2, ipstart=12).json()["id"]
+        record = built.wait(second)
+        assert record["state"] == "failed" and "all 1 FL servers of the pool are busy" in record["reason"]
+        assert built.campus.deployment(first)["state"] == "running"
+    finally:
+        for thing in closables:
+            thing.close()
+
+
+def test_unreachable_client_is_named(config: Config, workdir: Path) -> None:
+    built, closables = start_orchestra(config, workdir, clients=2)
+    try:
+        built.clients[1].close()
+        record = built.wait(send(built, cohortsize=2, minav=2).json()["id"])
+        assert record["state"] == "failed"
+        assert f"cannot reach the node agent at {built.clients[1].address}" in record["reason"]
+        assert [c["state"] for c in record["clients"]] == ["running", "failed"]
+    finally:
+        for thing in closables:
+            thing.close()
+
+
+def test_token_auth_on_every_api(config: Config, workdir: Path) -> None:
+    built, closables = start_orchestra(config, workdir, token="t0ken")
+    try:
+        no_token = requests.post(f"{built.url}/receive", files={"file": WELDING}, data={"cohortsize": "2"}, timeout=5)
+        assert no_token.status_code == 401
+        wrong = requests.get(f"{built.url}/deployments", headers={"Authorization": "Bearer nope"}, timeout=5)
+        assert wrong.status_code == 401
+        assert requests.get(f"{built.cloud_url}/momo/allocations", timeout=5).status_code == 401
+        assert requests.get(f"{built.servers[0].address.join(['http://', '/status'])}", timeout=5).status_code == 401
+        assert requests.get(f"{built.url}/health", timeout=5).status_code == 200
+        # With the token the whole chain works, since every hop sends it.
+        record = built.wait(send(built, cohortsize=2).json()["id"])
+        assert record["state"] == "done", record
+    finally:
+        for thing in closables:
+            thing.close()
+
+
+def test_restarted_mlfo_keeps_its_deployments(config: Config, workdir: Path) -> None:
+    built, closables = start_orchestra(config, workdir)
+    try:
+        ids = [send(built, cohortsize=2, ipstart=10 + 2 * i).json()["id"] for i in range(3)]
+        before = [built.wait(i) for i in ids]
+        built.campus.close()
+        restarted = CampusMlfo(built.config, Store(workdir / "campus.sqlite3"))
+        assert [d["id"] for d in restarted.deployments()] == ids
+        assert restarted.deployments() == before
+        restarted.close()
+    finally:
+        for thing in closables:
+            thing.close()
