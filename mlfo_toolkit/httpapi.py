@@ -235,6 +235,19 @@ class HttpServer:
         return self
 
     def close(self) -> None:
-        self._server.close()
+        def close_all() -> None:
+            # waitress's loop runs while anything is in its map: the listener, keep-alive
+            # connections and its own wake-up trigger. Closing them all, in the loop's own
+            # thread, ends it at once.
+            for channel in list(getattr(self._server, "_map", {}).values()):
+                try:
+                    channel.close()
+                except OSError:
+                    pass
+
+        if self._thread is not None and self._thread.is_alive():
+            self._server.trigger.pull_trigger(close_all)  # type: ignore[union-attr]
+        else:
+            close_all()
         if self._thread is not None:
             self._thread.join(timeout=5)

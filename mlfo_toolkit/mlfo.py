@@ -337,18 +337,10 @@ class CloudMlfo:
         """Pick a free server (or the previous cohort's with sameserv), start it, return its address."""
         intent, constraints = parse_momo_intent(momo)
         deployment = constraints.deployment or uuid.uuid4().hex[:12]
+        if constraints.sameserv:
+            return self._share(deployment)
         with self._lock:
-            allocations = self.allocations()
-            if constraints.sameserv:
-                previous = [a for a in allocations if a["active"]]
-                if not previous:
-                    raise HttpError(409, "sameserver asked to share the previous cohort's server, but none is active",
-                                    field="targets[0].constraints.sameserv")
-                shared = previous[-1]
-                record = {**shared, "deployment": deployment, "shares": shared["deployment"], "created": time.time()}
-                self.store.put(ALLOCATION, deployment, record, record["created"])
-                return {"server": shared["server"], "agent": shared["agent"], "shared_with": shared["deployment"]}
-            busy = {a["agent"] for a in allocations if a["active"]}
+            busy = {a["agent"] for a in self.allocations() if a["active"]}
             free = [s for s in self.config.server_agents() if s not in busy]
             if not free:
                 raise HttpError(409, f"all {len(self.config.server_agents())} FL servers of the pool are busy",
@@ -382,6 +374,34 @@ class CloudMlfo:
         record["server"] = answer["server"]
         self.store.put(ALLOCATION, deployment, record, record["created"])
         return {"server": answer["server"], "agent": agent_address, "shared_with": None}
+
+    def _share(self, deployment: str) -> dict[str, Any]:
+        """Give `deployment` the server of the most recent active allocation (sameserver)."""
+        with self._lock:
+            previous = [a for a in self.allocations() if a["active"]]
+            if not previous:
+                raise HttpError(409, "sameserver asked to share the previous cohort's server, but none is active",
+                                field="targets[0].constraints.sameserv")
+            shared = previous[-1]
+            record = {**shared, "deployment": deployment, "shares": shared["deployment"], "created": time.time()}
+            self.store.put(ALLOCATION, deployment, record, record["created"])
+        # The shared server may still be starting: its address comes when its agent answers.
+        record["server"] = self._server_of(shared["deployment"])
+        self.store.put(ALLOCATION, deployment, record, record["created"])
+        return {"server": record["server"], "agent": shared["agent"], "shared_with": shared["deployment"]}
+
+    def _server_of(self, deployment: str, timeout: float = 120.0) -> str:
+        """The server address of an allocation, waiting while its agent is still starting it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.store.get(ALLOCATION, deployment) or {}
+            if record.get("server"):
+                return str(record["server"])
+            if not record.get("active"):
+                break
+            time.sleep(0.2)
+        raise HttpError(409, f"the server of deployment {deployment} to share did not start",
+                        field="targets[0].constraints.sameserv")
 
     def release(self, deployment: str) -> dict[str, Any]:
         """Mark a deployment's server free; stop it when no other active deployment shares it."""

@@ -1,0 +1,364 @@
+"""Topologies as pure data: load a YAML spec, expand its templates, check it, number the ports.
+
+Nothing here needs root or touches the kernel; builders (mlfo_toolkit.emulation) realise a spec.
+"""
+
+from __future__ import annotations
+
+import ast
+import ipaddress
+import itertools
+import operator
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.resources import resource_path
+from mlfo_toolkit.yamlutil import load_yaml, validate
+
+Role = Literal["cloud-mlfo", "campus-mlfo", "fl-server", "fl-client", "app-server", "app-client", "prometheus"]
+ROLES: tuple[str, ...] = Role.__args__  # type: ignore[attr-defined]
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9.]{0,8}$"  # "<name>-ethNN" fits the 15 characters of an interface name
+MAX_PORT = 99
+
+
+class HostSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    role: Role
+    ip: str
+    switch: str
+    cpus: float | None = Field(None, gt=0, le=256)
+    cohort: int | None = Field(None, ge=1)
+    campus: int | None = Field(None, ge=1)
+    publish: dict[int, int] = Field(default_factory=dict)
+    bandwidth_mbit: float | None = Field(None, gt=0)
+
+
+class SwitchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    dpid: int = Field(ge=1, le=2**48 - 1)
+
+
+class LinkSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    a: str
+    b: str
+    bandwidth_mbit: float | None = Field(None, gt=0)
+    delay_ms: float = Field(0.0, ge=0)
+
+
+class LinkDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bandwidth_mbit: float | None = Field(None, gt=0)
+    delay_ms: float = Field(0.0, ge=0)
+
+
+class TopologyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    parameters: dict[str, int] = Field(default_factory=dict)
+    link_defaults: LinkDefaults = Field(default_factory=LinkDefaults)
+    subnet_prefix_len: int = Field(8, ge=1, le=30)
+    switches: list[dict[str, Any]]
+    hosts: list[dict[str, Any]]
+    links: list[dict[str, Any]] = Field(default_factory=list)
+
+
+# --- template expansion ----------------------------------------------------------------------
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+
+
+def _arith(expression: str, variables: dict[str, int]) -> int:
+    """Evaluate `n+10`, `(s-1)*3+i` and the like: integers, names, + - * // only."""
+
+    def walk(node: ast.AST) -> int:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id not in variables:
+                raise KeyError(node.id)
+            return variables[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            return int(_OPERATORS[type(node.op)](walk(node.left), walk(node.right)))
+        raise ValueError(f"unsupported expression '{expression}'")
+
+    return walk(ast.parse(expression.strip(), mode="eval"))
+
+
+def substitute(value: Any, variables: dict[str, int], where: str) -> Any:
+    """Replace every `{expr}` in strings (recursively); a string that is one `{expr}` becomes an int."""
+    if isinstance(value, dict):
+        return {substitute(k, variables, where): substitute(v, variables, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, variables, where) for v in value]
+    if not isinstance(value, str) or "{" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        try:
+            return str(_arith(match.group(1), variables))
+        except KeyError as err:
+            raise ValidationError(f"unknown variable {err} in '{value}'", field=where) from None
+        except (ValueError, SyntaxError):
+            raise ValidationError(f"bad expression '{match.group(1)}' in '{value}'", field=where) from None
+
+    text = re.sub(r"\{([^{}]+)\}", replace, value)
+    return int(text) if re.fullmatch(r"\{[^{}]+\}", value) else text
+
+
+def expand(entries: list[dict[str, Any]], parameters: dict[str, int], section: str) -> list[dict[str, Any]]:
+    """Entries with `repeat: {var, from, to}` (or a list of them, nested) become one entry each."""
+    out = []
+    for index, entry in enumerate(entries):
+        where = f"{section}[{index}]"
+        if not isinstance(entry, dict):
+            raise ValidationError("must be a mapping", field=where)
+        repeat = entry.get("repeat")
+        body = {k: v for k, v in entry.items() if k != "repeat"}
+        if repeat is None:
+            out.append(substitute(body, parameters, where))
+            continue
+        loops = repeat if isinstance(repeat, list) else [repeat]
+        ranges = []
+        for loop in loops:
+            if not isinstance(loop, dict) or set(loop) != {"var", "from", "to"}:
+                raise ValidationError("repeat needs {var, from, to}", field=f"{where}.repeat")
+            low = substitute(loop["from"], parameters, where)
+            high = substitute(loop["to"], parameters, where)
+            if not isinstance(low, int) or not isinstance(high, int):
+                raise ValidationError("repeat bounds must be integers", field=f"{where}.repeat")
+            ranges.append([(loop["var"], v) for v in range(low, high + 1)])
+        for combination in itertools.product(*ranges):
+            out.append(substitute(body, {**parameters, **dict(combination)}, where))
+    return out
+
+
+# --- the checked, numbered topology -----------------------------------------------------------
+@dataclass
+class Host:
+    name: str
+    role: str
+    ip: str
+    prefix_len: int
+    switch: str
+    port: int  # the switch port this host hangs on
+    interface: str
+    cpus: float | None = None
+    cohort: int | None = None
+    campus: int | None = None
+    publish: dict[int, int] = field(default_factory=dict)
+    bandwidth_mbit: float | None = None
+
+
+@dataclass
+class Switch:
+    name: str
+    dpid: int
+
+    @property
+    def dpid_hex(self) -> str:
+        return f"{self.dpid:016x}"
+
+    @property
+    def onos_id(self) -> str:
+        return f"of:{self.dpid:016x}"
+
+
+@dataclass
+class Link:
+    a: str
+    b: str
+    port_a: int
+    port_b: int
+    interface_a: str
+    interface_b: str
+    bandwidth_mbit: float | None
+    delay_ms: float
+
+
+@dataclass
+class Topology:
+    """A realisable network: hosts, switches with fixed DPIDs, links with numbered ports."""
+
+    name: str
+    parameters: dict[str, int]
+    hosts: list[Host]
+    switches: list[Switch]
+    links: list[Link]
+    source: str = ""
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise ValidationError(f"no host '{name}' in topology {self.name}", hint=f"hosts: {', '.join(h.name for h in self.hosts)}")
+
+    def switch(self, name: str) -> Switch:
+        for switch in self.switches:
+            if switch.name == name:
+                return switch
+        raise ValidationError(f"no switch '{name}' in topology {self.name}")
+
+    def by_role(self, role: str) -> list[Host]:
+        return [h for h in self.hosts if h.role == role]
+
+    def one(self, role: str) -> Host:
+        hosts = self.by_role(role)
+        if len(hosts) != 1:
+            raise ValidationError(f"topology {self.name} needs exactly one {role} host, has {len(hosts)}")
+        return hosts[0]
+
+    def links_of(self, switch: str) -> list[tuple[int, str]]:
+        """(port, peer) pairs of a switch, hosts and switches alike, by port."""
+        ports = [(h.port, h.name) for h in self.hosts if h.switch == switch]
+        for link in self.links:
+            if link.a == switch:
+                ports.append((link.port_a, link.b))
+            elif link.b == switch:
+                ports.append((link.port_b, link.a))
+        return sorted(ports)
+
+    def port_towards(self, switch: str, peer: str) -> int:
+        for port, name in self.links_of(switch):
+            if name == peer:
+                return port
+        raise ValidationError(f"switch {switch} has no link to {peer}")
+
+    def fl_clients(self) -> list[Host]:
+        """FL clients in IP order: the campus MLFO's client pool."""
+        return sorted(self.by_role("fl-client"), key=lambda h: ipaddress.ip_address(h.ip))
+
+    def fl_servers(self) -> list[Host]:
+        return sorted(self.by_role("fl-server"), key=lambda h: (h.cohort or 0, ipaddress.ip_address(h.ip)))
+
+    def cohort_switch(self, cohort: int) -> Switch:
+        """The campus switch whose clients form cohort N (the prototype's meter port N)."""
+        names = sorted({h.switch for h in self.by_role("fl-client") if h.campus == cohort})
+        if len(names) != 1:
+            known = sorted({h.campus for h in self.by_role("fl-client") if h.campus})
+            raise ValidationError(f"no campus switch for cohort {cohort}", field="port", hint=f"cohorts: {known}")
+        return self.switch(names[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "parameters": self.parameters,
+            "hosts": [asdict(h) for h in self.hosts],
+            "switches": [{"name": s.name, "dpid": s.dpid, "dpid_hex": s.dpid_hex, "onos_id": s.onos_id, "ports": self.links_of(s.name)} for s in self.switches],
+            "links": [asdict(link) for link in self.links],
+        }
+
+    def mlfo_config(self, config: Config) -> Config:
+        """The config every mlfo process inside this network runs with: addresses from the topology."""
+        cloud = self.one("cloud-mlfo")
+        return config.with_overrides(
+            {
+                "mlfo.cloud": f"{cloud.ip}:{config.mlfo.momo_port}",
+                "ip_plan.clients": [h.ip for h in self.fl_clients()],
+                "ip_plan.servers": [h.ip for h in self.fl_servers()],
+            },
+            origin=f"topology {self.name}",
+        )
+
+
+def interface_name(node: str, port: int) -> str:
+    return f"{node}-eth{port}"
+
+
+def build_topology(spec: TopologyFile, source: str, parameters: dict[str, int] | None = None) -> Topology:
+    """Expand templates, validate references and addresses, and number every switch port."""
+    params = {**spec.parameters, **(parameters or {})}
+    unknown = set(parameters or {}) - set(spec.parameters)
+    if unknown:
+        raise ValidationError(f"topology {spec.name} has no parameter {', '.join(sorted(unknown))}", source=source,
+                              hint=f"parameters: {', '.join(spec.parameters) or 'none'}")
+    switches = [validate(SwitchSpec, s, {}, source, ("switches", i)) for i, s in enumerate(expand(spec.switches, params, "switches"))]
+    hosts = [validate(HostSpec, h, {}, source, ("hosts", i)) for i, h in enumerate(expand(spec.hosts, params, "hosts"))]
+    links = [validate(LinkSpec, link, {}, source, ("links", i)) for i, link in enumerate(expand(spec.links, params, "links"))]
+
+    names = [s.name for s in switches] + [h.name for h in hosts]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValidationError(f"duplicate node names: {', '.join(duplicates)}", source=source)
+    dpids = [s.dpid for s in switches]
+    if len(set(dpids)) != len(dpids):
+        raise ValidationError("two switches share a DPID", field="switches", source=source)
+    switch_names = {s.name for s in switches}
+    seen_ips: dict[str, str] = {}
+    for i, host in enumerate(hosts):
+        try:
+            ipaddress.IPv4Address(host.ip)
+        except ValueError:
+            raise ValidationError(f"'{host.ip}' is not an IPv4 address", field=f"hosts[{i}].ip ({host.name})", source=source) from None
+        if host.ip in seen_ips:
+            raise ValidationError(f"{host.name} and {seen_ips[host.ip]} share the address {host.ip}", field=f"hosts[{i}].ip", source=source)
+        seen_ips[host.ip] = host.name
+        if host.switch not in switch_names:
+            raise ValidationError(f"{host.name} hangs on unknown switch '{host.switch}'", field=f"hosts[{i}].switch", source=source)
+    for i, link in enumerate(links):
+        for end in (link.a, link.b):
+            if end not in switch_names:
+                raise ValidationError(f"link end '{end}' is not a switch (hosts attach with 'switch:')", field=f"links[{i}]", source=source)
+
+    # Ports: per switch, hosts first in spec order, then switch links in spec order.
+    next_port = {s.name: 1 for s in switches}
+
+    def take(switch: str) -> int:
+        port = next_port[switch]
+        if port > MAX_PORT:
+            raise ValidationError(f"switch {switch} has more than {MAX_PORT} ports", source=source)
+        next_port[switch] = port + 1
+        return port
+
+    default_bw = spec.link_defaults.bandwidth_mbit
+    built_hosts = []
+    for h in hosts:
+        port = take(h.switch)
+        built_hosts.append(
+            Host(h.name, h.role, h.ip, spec.subnet_prefix_len, h.switch, port, interface_name(h.name, 0), h.cpus, h.cohort,
+                 h.campus, dict(h.publish), h.bandwidth_mbit or default_bw)
+        )
+    built_links = []
+    for link in links:
+        pa, pb = take(link.a), take(link.b)
+        built_links.append(
+            Link(link.a, link.b, pa, pb, interface_name(link.a, pa), interface_name(link.b, pb),
+                 link.bandwidth_mbit or default_bw, link.delay_ms or spec.link_defaults.delay_ms)
+        )
+    return Topology(spec.name, params, built_hosts, [Switch(s.name, s.dpid) for s in switches], built_links, source)
+
+
+def load_topology(path: Path | None = None, parameters: dict[str, int] | None = None) -> Topology:
+    """Load topologies/NAME.yaml (or any path); `parameters` overrides e.g. {'cohorts': 3}."""
+    path = path or resource_path("topologies/prototype.yaml")
+    if not path.exists() and not path.suffix:
+        path = resource_path(f"topologies/{path.name}.yaml")
+    try:
+        text = path.read_bytes()
+    except OSError as err:
+        raise ValidationError(f"cannot read topology: {err.strerror}", source=str(path)) from None
+    data, lines = load_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise ValidationError("a topology must be a mapping", source=str(path), line=1)
+    spec = validate(TopologyFile, data, lines, str(path))
+    return build_topology(spec, str(path), parameters)
+
+
+def shipped_topologies() -> list[Path]:
+    return sorted(resource_path("topologies").glob("*.yaml"))
