@@ -87,13 +87,15 @@ def echo_json(data: Any) -> None:
 
 
 def _register() -> None:
-    from mlfo_toolkit.cli import agent_cmd, config_cmd, demo_cmd, intent_cmd, serve_cmd
+    from mlfo_toolkit.cli import agent_cmd, config_cmd, demo_cmd, init_cmd, intent_cmd, serve_cmd, topo_cmd
 
     cli.add_command(config_cmd.config)
     cli.add_command(intent_cmd.intent)
     cli.add_command(serve_cmd.serve)
     cli.add_command(agent_cmd.agent)
     cli.add_command(demo_cmd.demo)
+    cli.add_command(topo_cmd.topo)
+    cli.add_command(init_cmd.init)
 
 
 _register()

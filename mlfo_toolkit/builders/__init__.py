@@ -1,0 +1,31 @@
+"""Builders realise a topology spec: each backend in its own module, chosen by name."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.netstate import NetworkState
+from mlfo_toolkit.topology import Topology
+
+BACKENDS = ("mininet",)
+
+
+class Builder(Protocol):
+    """Creates the switches, hosts and links of a topology and records them in the state."""
+
+    name: str
+
+    def build(self, topology: Topology, state: NetworkState, controller: str | None) -> None:
+        """Create everything; append every bridge, interface and host to `state` before making it."""
+
+    def stop(self) -> None:
+        """Remove what build() made (the state-file teardown covers anything left)."""
+
+
+def get_builder(name: str) -> Builder:
+    if name == "mininet":
+        from mlfo_toolkit.builders.mininet import MininetBuilder
+
+        return MininetBuilder()
+    raise ValidationError(f"unknown backend '{name}'", field="backend", hint=f"known: {', '.join(BACKENDS)}")

@@ -1,0 +1,147 @@
+"""The Mininet builder: OVS switches (userspace datapath where the kernel has no OVS module), hosts in
+network namespaces, HTB-shaped links. The only module of mlfo that imports Mininet."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from mlfo_toolkit.errors import MissingDependencyError, MlfoError, NeedsRootError
+from mlfo_toolkit.netstate import HostRecord, NetworkState
+from mlfo_toolkit.topology import Topology
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+
+def ovs_kernel_datapath() -> bool:
+    """True when the kernel has the openvswitch module (else the userspace datapath is used)."""
+    return Path("/sys/module/openvswitch").exists()
+
+
+def netem_available() -> bool:
+    """Try a netem qdisc on a throwaway veth pair of our own."""
+    name = f"mlfonetem{uuid.uuid4().hex[:5]}"
+    if _run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"]).returncode != 0:
+        return False
+    try:
+        return _run(["tc", "qdisc", "add", "dev", name, "root", "netem", "delay", "1ms"]).returncode == 0
+    finally:
+        _run(["ip", "link", "del", name])
+
+
+def check_prerequisites() -> None:
+    if os.geteuid() != 0:
+        raise NeedsRootError("building an emulated network needs root", hint="run it with sudo")
+    try:
+        import mininet  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(
+            "Mininet is not importable from this Python",
+            hint="install Debian's mininet (`sudo make system`) and use a venv made with --system-site-packages",
+        ) from None
+    if _run(["ovs-vsctl", "--timeout=5", "show"]).returncode != 0:
+        raise MissingDependencyError("Open vSwitch is not running", hint="start it with `sudo make ovs`")
+
+
+class MininetBuilder:
+    """Realise a Topology with Mininet."""
+
+    name = "mininet"
+
+    def __init__(self) -> None:
+        self.net: Any = None
+
+    def build(self, topology: Topology, state: NetworkState, controller: str | None) -> None:
+        check_prerequisites()
+        from mininet.link import TCLink
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+        from mininet.node import OVSSwitch, RemoteController
+
+        setLogLevel("error")
+        bridges = [s.name for s in topology.switches]
+        interfaces = [f"{h.switch}-eth{h.port}" for h in topology.hosts]
+        interfaces += [i for link in topology.links for i in (link.interface_a, link.interface_b)]
+        existing = set(_run(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split())
+        stale = [b for b in bridges if b in existing] + [i for i in interfaces if Path(f"/sys/class/net/{i}").exists()]
+        if stale:
+            raise MlfoError(
+                f"leftovers of an earlier network are in the way: {', '.join(stale[:8])}",
+                hint="`mlfo topo down` removes what an earlier run recorded; otherwise delete them by name "
+                "(`ovs-vsctl del-br NAME`, `ip link del NAME`)",
+            )
+        kernel = ovs_kernel_datapath()
+        delays = any(link.delay_ms for link in topology.links)
+        netem = netem_available() if delays else True
+        if delays and not netem:
+            state.warnings.append(
+                "this kernel has no netem qdisc: link delays ("
+                + ", ".join(f"{l.a}-{l.b} {l.delay_ms:g} ms" for l in topology.links if l.delay_ms)
+                + ") are not emulated; bandwidth limits are"
+            )
+        if not kernel:
+            state.warnings.append("no openvswitch kernel module: switches use OVS's userspace datapath (netdev)")
+        state.bridges = bridges
+        state.interfaces = interfaces
+
+        switch_class = partial(
+            OVSSwitch,
+            datapath="kernel" if kernel else "user",
+            protocols="OpenFlow13",
+            failMode="secure" if controller else "standalone",
+        )
+        net = Mininet(topo=None, build=False, controller=None, switch=switch_class, link=TCLink, autoSetMacs=False, waitConnected=False)
+        self.net = net
+        if controller:
+            host, _, port = controller.rpartition(":")
+            net.addController("c0", controller=RemoteController, ip=host, port=int(port))
+        for switch in topology.switches:
+            net.addSwitch(switch.name, dpid=switch.dpid_hex)
+        for host in topology.hosts:
+            net.addHost(host.name, ip=f"{host.ip}/{host.prefix_len}")
+
+        def shaping(bandwidth: float | None, delay: float) -> dict[str, Any]:
+            params: dict[str, Any] = {}
+            if bandwidth:
+                params["bw"] = bandwidth
+            if delay and netem:
+                params["delay"] = f"{delay:g}ms"
+            return params
+
+        for host in topology.hosts:
+            net.addLink(
+                host.name, host.switch, port1=0, port2=host.port,
+                intfName1=host.interface, intfName2=f"{host.switch}-eth{host.port}",
+                **shaping(host.bandwidth_mbit, 0.0),
+            )
+        for link in topology.links:
+            net.addLink(
+                link.a, link.b, port1=link.port_a, port2=link.port_b,
+                intfName1=link.interface_a, intfName2=link.interface_b,
+                **shaping(link.bandwidth_mbit, link.delay_ms),
+            )
+        net.build()
+        net.start()
+        for host in topology.hosts:
+            node = net.get(host.name)
+            # The userspace datapath drops TCP segments with offloaded checksums: compute them in software.
+            node.cmd("ethtool", "-K", host.interface, "tx", "off")
+            state.hosts.append(
+                HostRecord(host.name, host.role, host.ip, node.pid, psutil.Process(node.pid).create_time(), host.interface)
+            )
+        if not kernel:
+            time.sleep(0.5)  # let the userspace datapath pick up its ports
+
+    def stop(self) -> None:
+        if self.net is not None:
+            self.net.stop()
+            self.net = None

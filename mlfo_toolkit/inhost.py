@@ -1,0 +1,54 @@
+"""Run a program inside an emulated host: join its CPU cgroup and network namespace, then exec.
+
+Usage: python -m mlfo_toolkit.inhost --pid HOST_PID [--cgroup DIR] -- PROGRAM [ARGS...]
+No shell is involved: PROGRAM and ARGS are passed to execvp as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+
+CLONE_NEWNET = 0x40000000
+
+
+def enter_network_namespace(pid: int) -> None:
+    """setns(2) into the network namespace of `pid` (the calling thread; call before any threads)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns into the network namespace of {pid}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+def join_cgroup(directory: str) -> None:
+    with open(os.path.join(directory, "cgroup.procs"), "w", encoding="ascii") as procs:
+        procs.write(str(os.getpid()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlfo_toolkit.inhost", description=__doc__)
+    parser.add_argument("--pid", type=int, required=True, help="PID of a process in the host's network namespace")
+    parser.add_argument("--cgroup", help="cgroup directory to join first (CPU limits)")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    if args.cgroup:
+        join_cgroup(args.cgroup)
+    enter_network_namespace(args.pid)
+    try:
+        os.execvp(command[0], command)
+    except OSError as err:
+        print(f"inhost: cannot run {command[0]}: {err.strerror}", file=sys.stderr)
+        sys.exit(127)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The state file of a running emulated network: everything `topo up` made, so `topo down` can remove exactly that."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from mlfo_toolkit.errors import MlfoError, NotFoundError
+
+STATE_FILE = "network.json"
+
+
+@dataclass
+class ProcessRecord:
+    """A process we started (inside a host or on the machine), by PID and start time."""
+
+    name: str
+    pid: int
+    host: str | None
+    create_time: float
+    argv: list[str] = field(default_factory=list)
+    log: str | None = None
+
+    def alive(self) -> bool:
+        """True only for the very process we started (PIDs are reused)."""
+        try:
+            proc = psutil.Process(self.pid)
+            return abs(proc.create_time() - self.create_time) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+
+@dataclass
+class HostRecord:
+    name: str
+    role: str
+    ip: str
+    pid: int  # the host's shell: its network namespace lives as long as it does
+    create_time: float
+    interface: str
+    cgroup: str | None = None
+
+
+@dataclass
+class NetworkState:
+    """What one `mlfo topo up` created; written before and while building, read by every other topo command."""
+
+    topology: str
+    topology_file: str
+    parameters: dict[str, int]
+    backend: str
+    owner_pid: int
+    owner_create_time: float
+    phase: str = "building"  # building, up, stopping
+    created: float = field(default_factory=time.time)
+    bridges: list[str] = field(default_factory=list)
+    interfaces: list[str] = field(default_factory=list)
+    hosts: list[HostRecord] = field(default_factory=list)
+    processes: list[ProcessRecord] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    published: dict[str, str] = field(default_factory=dict)
+    config_file: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def host(self, name: str) -> HostRecord:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise NotFoundError(f"no host '{name}' in the running network", hint=f"hosts: {', '.join(h.name for h in self.hosts)}")
+
+    def owner_alive(self) -> bool:
+        try:
+            return abs(psutil.Process(self.owner_pid).create_time() - self.owner_create_time) < 0.5
+        except psutil.Error:
+            return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NetworkState:
+        data = dict(data)
+        data["hosts"] = [HostRecord(**h) for h in data.get("hosts", [])]
+        data["processes"] = [ProcessRecord(**p) for p in data.get("processes", [])]
+        return cls(**data)
+
+
+def state_path(state_dir: Path) -> Path:
+    return Path(state_dir) / STATE_FILE
+
+
+def save_state(state: NetworkState, state_dir: Path) -> None:
+    """Write atomically, so a SIGKILL mid-write never leaves a torn file."""
+    path = state_path(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(state.to_dict(), indent=2))
+    os.replace(temporary, path)
+
+
+def load_state(state_dir: Path) -> NetworkState:
+    path = state_path(state_dir)
+    if not path.exists():
+        raise NotFoundError("no emulated network is running (no state file)", hint="start one with `mlfo topo up N`")
+    try:
+        return NetworkState.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:
+        raise MlfoError(f"the state file {path} is damaged: {err}", hint="remove leftovers by hand, then delete it") from None
+
+
+def _stop_pid(pid: int, create_time: float, timeout: float = 5.0) -> bool:
+    """SIGTERM, then SIGKILL, the process and its descendants, if it is still the one we started."""
+    try:
+        root = psutil.Process(pid)
+        if abs(root.create_time() - create_time) >= 0.5:
+            return False  # the PID now belongs to someone else
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for proc in tree:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=2)
+    return True
+
+
+def stop_processes(records: list[ProcessRecord]) -> list[str]:
+    """Stop recorded processes (with their descendants), newest first; names of those stopped."""
+    return [f"{r.name} ({r.pid})" for r in reversed(records) if _stop_pid(r.pid, r.create_time)]
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+
+def teardown(state: NetworkState) -> dict[str, list[str]]:
+    """Remove exactly what the state lists: processes, host namespaces, bridges, interfaces, cgroups."""
+    removed: dict[str, list[str]] = {"processes": stop_processes(state.processes), "hosts": [], "bridges": [], "interfaces": [], "cgroups": []}
+    for host in state.hosts:
+        if _stop_pid(host.pid, host.create_time, timeout=2):
+            removed["hosts"].append(host.name)
+    for bridge in state.bridges:
+        if _run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge]).returncode == 0:
+            removed["bridges"].append(bridge)
+    for interface in state.interfaces:
+        if Path(f"/sys/class/net/{interface}").exists() and _run(["ip", "link", "del", interface]).returncode == 0:
+            removed["interfaces"].append(interface)
+    for cgroup in state.cgroups:
+        path = Path(cgroup)
+        if path.is_dir():
+            try:
+                path.rmdir()
+                removed["cgroups"].append(cgroup)
+            except OSError:
+                pass
+    return removed
+
+
+def leftovers(state: NetworkState) -> dict[str, list[str]]:
+    """What of the state still exists (empty lists after a clean teardown)."""
+    bridges = set(_run(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split()) if state.bridges else set()
+    return {
+        "processes": [p.name for p in state.processes if p.alive()],
+        "hosts": [h.name for h in state.hosts if ProcessRecord(h.name, h.pid, h.name, h.create_time).alive()],
+        "bridges": [b for b in state.bridges if b in bridges],
+        "interfaces": [i for i in state.interfaces if Path(f"/sys/class/net/{i}").exists()],
+        "cgroups": [c for c in state.cgroups if Path(c).is_dir()],
+    }

@@ -1,0 +1,404 @@
+"""A running emulated network: bring it up with mlfo's services inside, inspect it, load it, tear it down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from mlfo_toolkit.builders import get_builder
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import MlfoError, UnreachableError, ValidationError
+from mlfo_toolkit.processes import wait_for_port
+from mlfo_toolkit.netstate import (
+    NetworkState,
+    ProcessRecord,
+    leftovers,
+    load_state,
+    save_state,
+    state_path,
+    stop_processes,
+    teardown,
+)
+from mlfo_toolkit.topology import Topology
+
+Progress = Callable[[str], None]
+SERVICE_START_SECONDS = 180.0
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+CFS_PERIOD_US = 100_000
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+# --- processes inside hosts ------------------------------------------------------------------
+def spawn_in_host(
+    state: NetworkState, host: str, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None
+) -> ProcessRecord:
+    """Start argv in a host's namespace and CPU cgroup (no shell) and record it in the state."""
+    record = state.host(host)
+    launcher = [sys.executable, "-m", "mlfo_toolkit.inhost", "--pid", str(record.pid)]
+    if record.cgroup:
+        launcher += ["--cgroup", record.cgroup]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{host}-{name}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [*launcher, "--", *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    process = ProcessRecord(name, proc.pid, host, psutil.Process(proc.pid).create_time(), list(argv), str(log_path))
+    state.processes.append(process)
+    return process
+
+
+def listening(host_pid: int, port: int) -> bool:
+    """Whether anything listens on TCP `port` in the network namespace of `host_pid`."""
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{host_pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def wait_listening(state: NetworkState, waits: list[tuple[str, int, ProcessRecord]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(waits)
+    while pending and time.monotonic() < deadline:
+        for item in list(pending):
+            host, port, process = item
+            if listening(state.host(host).pid, port):
+                pending.remove(item)
+            elif not process.alive():
+                tail = Path(process.log or "").read_text(errors="replace").splitlines()[-5:] if process.log else []
+                raise MlfoError(f"{process.name} on {host} exited before listening on port {port}", hint="\n".join(tail))
+        time.sleep(0.3)
+    if pending:
+        raise UnreachableError(
+            f"not listening after {timeout:.0f} s: " + ", ".join(f"{h}:{p}" for h, p, _ in pending),
+            hint="see the logs under paths.state_dir/logs",
+        )
+
+
+# --- cgroups ----------------------------------------------------------------------------------
+def make_cgroups(state: NetworkState) -> None:
+    """One CPU cgroup per host (cgroup v1 cpu controller), recorded for removal."""
+    if not CGROUP_V1_CPU.is_dir():
+        state.warnings.append("no cgroup v1 cpu controller: CPU limits are not available")
+        return
+    parent = CGROUP_V1_CPU / f"mlfo-{state.owner_pid}"
+    parent.mkdir(exist_ok=True)
+    for host in state.hosts:
+        path = parent / host.name
+        path.mkdir(exist_ok=True)
+        host.cgroup = str(path)
+        state.cgroups.append(str(path))
+    state.cgroups.append(str(parent))
+
+
+def set_cpu_limit(cgroup: str, cpus: float | None) -> None:
+    """CFS quota of `cpus` cores (None: unlimited)."""
+    directory = Path(cgroup)
+    (directory / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+    (directory / "cpu.cfs_quota_us").write_text(str(int(cpus * CFS_PERIOD_US)) if cpus else "-1")
+
+
+def cpu_limit(cgroup: str) -> float | None:
+    quota = int((Path(cgroup) / "cpu.cfs_quota_us").read_text())
+    period = int((Path(cgroup) / "cpu.cfs_period_us").read_text())
+    return None if quota < 0 else quota / period
+
+
+# --- up ---------------------------------------------------------------------------------------
+def _service_config(config: Config, topology: Topology, state_dir: Path) -> Path:
+    """The config file every mlfo process in the network reads (no secrets: the token goes by env)."""
+    inner = topology.mlfo_config(config).with_overrides({"api.token": None}, origin="topology")
+    data = inner.model_dump(mode="json")
+    data["fl"]["data_dir"] = str(Path(config.fl.data_dir).resolve())
+    path = state_dir / "network-config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def start_services(state: NetworkState, topology: Topology, config: Config, state_dir: Path, progress: Progress) -> None:
+    """MLFOs on their hosts, an agent on every FL host, the published ports on loopback."""
+    config_file = _service_config(config, topology, state_dir)
+    state.config_file = str(config_file)
+    log_dir = state_dir / "logs"
+    mlfo = [sys.executable, "-m", "mlfo_toolkit", "--config", str(config_file)]
+    env_base = {"MLFO_API__TOKEN": config.api.token} if config.api.token else {}
+    waits: list[tuple[str, int, ProcessRecord]] = []
+
+    def start(host: str, name: str, argv: list[str], port: int) -> None:
+        env = {**env_base, "MLFO_PATHS__STATE_DIR": str((state_dir / "nodes" / host).resolve())}
+        waits.append((host, port, spawn_in_host(state, host, name, argv, log_dir, env)))
+
+    for host in topology.hosts:
+        if host.role == "cloud-mlfo":
+            start(host.name, "mlfo-cloud", [*mlfo, "serve", "--role", "cloud", "--host", host.ip, "--port", str(config.mlfo.momo_port)], config.mlfo.momo_port)
+        elif host.role == "campus-mlfo":
+            start(host.name, "mlfo-campus", [*mlfo, "serve", "--role", "campus", "--host", host.ip, "--port", str(config.mlfo.port)], config.mlfo.port)
+        elif host.role in ("fl-server", "fl-client"):
+            start(host.name, "agent", [*mlfo, "agent", "--host", host.ip, "--port", str(config.agent.port)], config.agent.port)
+    progress(f"starting {len(waits)} mlfo services inside the hosts")
+    wait_listening(state, waits, SERVICE_START_SECONDS)
+    for host in topology.hosts:
+        for inner_port, outer_port in host.publish.items():
+            listen = f"127.0.0.1:{outer_port}"
+            relay = [sys.executable, "-m", "mlfo_toolkit.relay", "--listen", listen, "--pid", str(state.host(host.name).pid), "--target", f"{host.ip}:{inner_port}"]
+            log = log_dir / f"relay-{outer_port}.log"
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(relay, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            state.processes.append(ProcessRecord(f"publish {host.name}:{inner_port}", proc.pid, None, psutil.Process(proc.pid).create_time(), relay, str(log)))
+            state.published[f"{host.name}:{inner_port}"] = listen
+            wait_for_port("127.0.0.1", outer_port, 30)
+            progress(f"published {host.name} {host.ip}:{inner_port} on {listen}")
+
+
+def network_up(
+    config: Config,
+    topology: Topology,
+    *,
+    backend: str = "mininet",
+    controller: str | None = None,
+    progress: Progress = _quiet,
+) -> tuple[NetworkState, Any]:
+    """Build the network and start its services; returns the state and the builder (to stop it)."""
+    state_dir = Path(config.paths.state_dir)
+    if state_path(state_dir).exists():
+        existing = load_state(state_dir)
+        alive = "is running" if existing.owner_alive() else "was left behind by a run that was killed"
+        raise MlfoError(f"a network ({existing.topology}) {alive}", hint="`mlfo topo down` removes it first")
+    me = psutil.Process()
+    state = NetworkState(topology.name, topology.source, topology.parameters, backend, me.pid, me.create_time())
+    builder = get_builder(backend)
+    save_state(state, state_dir)
+    try:
+        progress(f"building {len(topology.switches)} switches, {len(topology.hosts)} hosts, {len(topology.links)} switch links ({backend})")
+        started = time.monotonic()
+        builder.build(topology, state, controller)
+        save_state(state, state_dir)
+        progress(f"network built in {time.monotonic() - started:.1f} s")
+        for warning in state.warnings:
+            progress(f"warning: {warning}")
+        make_cgroups(state)
+        save_state(state, state_dir)
+        start_services(state, topology, config, state_dir, progress)
+        state.phase = "up"
+        save_state(state, state_dir)
+    except BaseException:
+        save_state(state, state_dir)
+        network_stop(state_dir, builder)
+        raise
+    return state, builder
+
+
+def network_stop(state_dir: Path, builder: Any = None) -> dict[str, list[str]]:
+    """Tear down from the state file (re-read: `mlfo init` adds processes), then the builder's own stop."""
+    state = load_state(state_dir)
+    state.phase = "stopping"
+    save_state(state, state_dir)
+    removed = {"processes": stop_processes(state.processes)}
+    if builder is not None:
+        try:
+            builder.stop()
+        except Exception as err:  # the state-file teardown below still removes what is left
+            state.warnings.append(f"builder stop failed: {err}")
+    for key, values in teardown(state).items():
+        removed.setdefault(key, []).extend(values)
+    left = leftovers(state)
+    if any(left.values()):
+        save_state(state, state_dir)
+        raise MlfoError(f"could not remove: {left}", hint="remove them by name; the state file is kept")
+    state_path(state_dir).unlink(missing_ok=True)
+    return removed
+
+
+def network_down(config: Config, timeout: float = 90.0) -> dict[str, Any]:
+    """Stop the owner of the running network (or, if it was killed, tear down from the state file)."""
+    state_dir = Path(config.paths.state_dir)
+    state = load_state(state_dir)
+    if state.owner_alive() and state.owner_pid != os.getpid():
+        os.kill(state.owner_pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while state.owner_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not state_path(state_dir).exists():
+            return {"stopped_by": "owner", "owner_pid": state.owner_pid}
+    removed = network_stop(state_dir)
+    return {"stopped_by": "state file", "removed": removed}
+
+
+# --- inspect and use ----------------------------------------------------------------------------
+def network_status(config: Config) -> dict[str, Any]:
+    state = load_state(Path(config.paths.state_dir))
+    left = leftovers(state)
+    return {
+        "topology": state.topology,
+        "parameters": state.parameters,
+        "phase": state.phase,
+        "owner": {"pid": state.owner_pid, "alive": state.owner_alive()},
+        "hosts": [{"name": h.name, "role": h.role, "ip": h.ip, "alive": h.name in left["hosts"]} for h in state.hosts],
+        "processes": [{"name": p.name, "host": p.host, "pid": p.pid, "alive": p.name in left["processes"] and p.alive()} for p in state.processes],
+        "bridges": state.bridges,
+        "published": state.published,
+        "warnings": state.warnings,
+        "cpu_limits": state.extra.get("cpu_limits", {}),
+    }
+
+
+def host_command(state: NetworkState, host: str, argv: Sequence[str]) -> list[str]:
+    """argv that runs a command in a host's network namespace (nsenter, no shell)."""
+    return ["nsenter", "--target", str(state.host(host).pid), "--net", "--", *argv]
+
+
+def host_exec(config: Config, host: str, argv: Sequence[str]) -> int:
+    """Run a command in a host, with this terminal; returns its exit code."""
+    if not argv:
+        raise ValidationError("no command given", hint="e.g. mlfo topo exec fed.1 -- ip addr")
+    state = load_state(Path(config.paths.state_dir))
+    return subprocess.call(host_command(state, host, argv))
+
+
+def ping(state: NetworkState, source: str, destination_ip: str, timeout_s: int = 2) -> bool:
+    argv = host_command(state, source, ["ping", "-c", "1", "-W", str(timeout_s), "-q", destination_ip])
+    return subprocess.run(argv, capture_output=True, timeout=timeout_s + 10, check=False).returncode == 0
+
+
+def ping_mesh(config: Config, workers: int = 32, retries: int = 1) -> dict[str, Any]:
+    """Every host pings every other once, in parallel (a failed pair is retried once: ARP warm-up)."""
+    state = load_state(Path(config.paths.state_dir))
+    pairs = [(a.name, b.name, b.ip) for a in state.hosts for b in state.hosts if a.name != b.name]
+    started = time.monotonic()
+
+    def attempt(pair: tuple[str, str, str]) -> bool:
+        return any(ping(state, pair[0], pair[2]) for _ in range(1 + retries))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(attempt, pairs))
+    failed = [[a, b] for (a, b, _), ok in zip(pairs, results) if not ok]
+    return {
+        "pairs": len(pairs),
+        "loss_percent": round(100.0 * len(failed) / len(pairs), 2) if pairs else 0.0,
+        "failed": failed,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: str | None) -> dict[str, Any]:
+    """The prototype's init.sh: CPU limits, FL-server reachability from the cloud MLFO, background traffic."""
+    state_dir = Path(config.paths.state_dir)
+    state = load_state(state_dir)
+    if state.phase != "up":
+        raise MlfoError(f"the network is {state.phase}, not up", hint="wait for `mlfo topo up` to finish")
+    from mlfo_toolkit.topology import load_topology
+
+    topology = load_topology(Path(state.topology_file), state.parameters)
+    limits: dict[str, float | None] = {}
+    for host in topology.hosts:
+        if host.role == "fl-server" or (clients and host.role == "fl-client"):
+            record = state.host(host.name)
+            if not record.cgroup:
+                raise MlfoError("CPU limits need the cgroup v1 cpu controller", hint="see `mlfo topo status` warnings")
+            limits[host.name] = cpus if cpus is not None else host.cpus
+            set_cpu_limit(record.cgroup, limits[host.name])
+    state.extra["cpu_limits"] = limits
+    cloud = topology.one("cloud-mlfo")
+    reachable = {h.name: ping(state, cloud.name, h.ip) for h in topology.fl_servers()}
+    background: dict[str, Any] = {"rate": None}
+    old = [p for p in state.processes if p.name.startswith("iperf3")]
+    if old:
+        stop_processes(old)
+        state.processes = [p for p in state.processes if p not in old]
+    if bg_rate and bg_rate not in ("0", "off"):
+        sink, source = topology.one("app-server"), topology.one("app-client")
+        log_dir = state_dir / "logs"
+        server = spawn_in_host(state, sink.name, "iperf3-server", ["iperf3", "-s", "-B", sink.ip, "-p", "5201"], log_dir)
+        wait_listening(state, [(sink.name, 5201, server)], 20)
+        spawn_in_host(
+            state, source.name, "iperf3-client",
+            ["iperf3", "-c", sink.ip, "-p", "5201", "-b", bg_rate, "-t", "86400", "--connect-timeout", "5000"], log_dir,
+        )
+        background = {"rate": bg_rate, "from": f"{source.name} ({source.ip})", "to": f"{sink.name} ({sink.ip}):5201"}
+    save_state(state, state_dir)
+    return {"cpu_limits": limits, "reachable": reachable, "background": background}
+
+
+def serve_network(
+    config: Config,
+    topology: Topology,
+    *,
+    backend: str = "mininet",
+    controller: str | None = None,
+    progress: Progress = _quiet,
+    on_ready: Callable[[NetworkState], None] | None = None,
+) -> dict[str, Any]:
+    """`topo up` in the foreground: build, report ready, wait for Ctrl-C or SIGTERM, tear down."""
+    stop = threading.Event()
+
+    def _handle(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    builder = None
+    try:
+        state, builder = network_up(config, topology, backend=backend, controller=controller, progress=progress)
+        if on_ready:
+            on_ready(state)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    progress("tearing down")
+    if builder is None:
+        return {}
+    return network_stop(Path(config.paths.state_dir), builder)
+
+
+def detach_network(argv: list[str], config: Config, progress: Progress, timeout: float = 900.0) -> NetworkState:
+    """Run `topo up` (argv without --detach) in the background and wait until it is up."""
+    state_dir = Path(config.paths.state_dir)
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "topo-up.log"
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mlfo_toolkit", *argv], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-8:])
+            raise MlfoError(f"`topo up` exited with code {child.returncode} before the network was up", hint=tail)
+        try:
+            state = load_state(state_dir)
+            if state.phase == "up" and state.owner_pid == child.pid:
+                return state
+        except MlfoError:
+            pass
+        time.sleep(0.5)
+    raise UnreachableError(f"the network was not up after {timeout:.0f} s", hint=f"see {log_path}")
