@@ -117,18 +117,22 @@ def load_state(state_dir: Path) -> NetworkState:
         raise MlfoError(f"the state file {path} is damaged: {err}", hint="remove leftovers by hand, then delete it") from None
 
 
-def _stop_pid(pid: int, create_time: float, timeout: float = 5.0) -> bool:
-    """SIGTERM, then SIGKILL, the process and its descendants, if it is still the one we started."""
-    try:
-        root = psutil.Process(pid)
-        if abs(root.create_time() - create_time) >= 0.5:
-            return False  # the PID now belongs to someone else
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return False
+def _stop_all(targets: list[tuple[int, float]], timeout: float = 5.0, first_signal: int = signal.SIGTERM) -> list[int]:
+    """Signal each (pid, start time) still running as the process we started, and its descendants;
+    wait once for all, SIGKILL what is left. Returns the PIDs that were ours and stopped."""
+    roots, tree = [], []
+    for pid, create_time in targets:
+        try:
+            root = psutil.Process(pid)
+            if abs(root.create_time() - create_time) >= 0.5:
+                continue  # the PID now belongs to someone else
+            roots.append(pid)
+            tree += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
     for proc in tree:
         try:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(first_signal)
         except psutil.Error:
             pass
     _, alive = psutil.wait_procs(tree, timeout=timeout)
@@ -138,12 +142,13 @@ def _stop_pid(pid: int, create_time: float, timeout: float = 5.0) -> bool:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=2)
-    return True
+    return roots
 
 
 def stop_processes(records: list[ProcessRecord]) -> list[str]:
-    """Stop recorded processes (with their descendants), newest first; names of those stopped."""
-    return [f"{r.name} ({r.pid})" for r in reversed(records) if _stop_pid(r.pid, r.create_time)]
+    """Stop recorded processes with their descendants; names of those stopped."""
+    stopped = set(_stop_all([(r.pid, r.create_time) for r in records]))
+    return [f"{r.name} ({r.pid})" for r in records if r.pid in stopped]
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -153,9 +158,9 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 def teardown(state: NetworkState) -> dict[str, list[str]]:
     """Remove exactly what the state lists: processes, host namespaces, bridges, interfaces, cgroups."""
     removed: dict[str, list[str]] = {"processes": stop_processes(state.processes), "hosts": [], "bridges": [], "interfaces": [], "cgroups": []}
-    for host in state.hosts:
-        if _stop_pid(host.pid, host.create_time, timeout=2):
-            removed["hosts"].append(host.name)
+    # A host is an interactive shell holding a namespace; it ignores SIGTERM and has nothing to save.
+    gone = set(_stop_all([(h.pid, h.create_time) for h in state.hosts], timeout=2, first_signal=signal.SIGKILL))
+    removed["hosts"] = [h.name for h in state.hosts if h.pid in gone]
     for bridge in state.bridges:
         if _run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge]).returncode == 0:
             removed["bridges"].append(bridge)

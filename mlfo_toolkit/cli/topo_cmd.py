@@ -20,8 +20,22 @@ TOPOLOGY = click.option(
 )
 
 
-def _load(topology_file: Path | None, cohorts: int | None) -> Any:
-    return load_topology(topology_file, {"cohorts": cohorts} if cohorts else None)
+PARAM = click.option(
+    "--param", "params", multiple=True, metavar="KEY=VALUE",
+    help="Set a topology parameter (integer), e.g. --param publish_port=8101. Repeatable.",
+)
+
+
+def _load(topology_file: Path | None, cohorts: int | None, params: tuple[str, ...] = ()) -> Any:
+    parameters: dict[str, int] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            raise click.BadParameter(f"'{item}' is not KEY=INTEGER", param_hint="--param")
+        parameters[key.strip()] = int(value)
+    if cohorts:
+        parameters["cohorts"] = cohorts
+    return load_topology(topology_file, parameters or None)
 
 
 def _progress(message: str) -> None:
@@ -36,10 +50,11 @@ def topo() -> None:
 @topo.command()
 @click.argument("topology_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--cohorts", type=click.IntRange(1, 89), help="Number of cohorts (FL servers) for a parameterised topology.")
+@PARAM
 @click.option("--json", "as_json", is_flag=True, help="Print the expanded topology as JSON.")
-def show(topology_file: Path | None, cohorts: int | None, as_json: bool) -> None:
+def show(topology_file: Path | None, cohorts: int | None, params: tuple[str, ...], as_json: bool) -> None:
     """Print a topology's hosts, addresses, switch ports and DPIDs (no root needed)."""
-    topology = _load(topology_file, cohorts)
+    topology = _load(topology_file, cohorts, params)
     if as_json:
         echo_json(topology.to_dict())
         return
@@ -58,11 +73,15 @@ def show(topology_file: Path | None, cohorts: int | None, as_json: bool) -> None
 @topo.command()
 @click.argument("cohorts", required=False, type=click.IntRange(1, 89))
 @TOPOLOGY
+@PARAM
 @click.option("--backend", type=click.Choice(BACKENDS), default="mininet", show_default=True, help="Builder that realises the topology.")
 @click.option("--controller", metavar="HOST:PORT", help="OpenFlow controller (e.g. ONOS at 127.0.0.1:6653); default: switches learn on their own.")
 @click.option("--detach", is_flag=True, help="Keep the network running in the background and return once it is up.")
 @pass_config
-def up(cfg: Config, cohorts: int | None, topology_file: Path | None, backend: str, controller: str | None, detach: bool) -> None:
+def up(
+    cfg: Config, cohorts: int | None, topology_file: Path | None, params: tuple[str, ...], backend: str,
+    controller: str | None, detach: bool,
+) -> None:
     """Build the network for COHORTS cohorts and start the MLFOs and agents inside it.
 
     Stays in the foreground until Ctrl-C (then tears everything down), or with --detach runs in
@@ -72,7 +91,7 @@ def up(cfg: Config, cohorts: int | None, topology_file: Path | None, backend: st
     """
     from mlfo_toolkit.network import detach_network, serve_network
 
-    topology = _load(topology_file, cohorts)
+    topology = _load(topology_file, cohorts, params)
     if detach:
         argv = [a for a in sys.argv[1:] if a != "--detach"]
         state = detach_network(argv, cfg, _progress)

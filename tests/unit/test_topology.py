@@ -1,0 +1,106 @@
+"""Every shipped topology loads, expands and numbers its ports without root."""
+
+from pathlib import Path
+
+import pytest
+
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.topology import TopologyFile, build_topology, load_topology, shipped_topologies, substitute
+
+
+@pytest.mark.parametrize("path", shipped_topologies(), ids=lambda p: p.name)
+def test_every_shipped_topology_is_consistent(path: Path) -> None:
+    topology = load_topology(path)
+    assert len({h.ip for h in topology.hosts}) == len(topology.hosts)
+    assert len({s.dpid for s in topology.switches}) == len(topology.switches)
+    for switch in topology.switches:
+        ports = [port for port, _ in topology.links_of(switch.name)]
+        assert ports == list(range(1, len(ports) + 1)), f"{switch.name} ports are not 1..n"
+    interfaces = [h.interface for h in topology.hosts] + [i for link in topology.links for i in (link.interface_a, link.interface_b)]
+    assert len(set(interfaces)) == len(interfaces) and max(len(i) for i in interfaces) <= 15
+    for role in ("cloud-mlfo", "campus-mlfo", "app-server", "app-client"):
+        assert topology.one(role)
+    assert topology.fl_servers() and topology.fl_clients()
+
+
+def test_prototype_layout_and_ip_plan() -> None:
+    topology = load_topology(None)  # topologies/prototype.yaml, 5 cohorts
+    assert topology.host("cloud.0").ip == "10.0.0.1" and topology.host("mo.1").ip == "10.0.1.1"
+    assert topology.host("prom.0").ip == "10.0.0.100" and topology.host("appserv.0").ip == "10.0.0.2"
+    clients = topology.fl_clients()
+    assert len(clients) == 50 and clients[0].ip == "10.0.1.10" and clients[-1].ip == "10.0.1.59"
+    assert topology.host("fc.37").ip == "10.0.1.37" and topology.host("fc.37").switch == "swCampus3"
+    assert [h.ip for h in topology.fl_servers()] == [f"10.0.{10 + n}.100" for n in range(1, 6)]
+    assert topology.host("fed.3").cpus == 2
+    assert topology.switch("swCampus1").onos_id == "of:0000000000000004"
+    # campus switch: clients on ports 1..10, uplink to the edge on 11
+    assert topology.port_towards("swCampus2", "swEdge0") == 11
+    assert topology.links_of("swCampus2")[0] == (1, "fc.20")
+    assert {(l.a, l.b): l.delay_ms for l in topology.links}[("swEdge0", "satsw0")] == 12
+    assert all(l.bandwidth_mbit == 500 for l in topology.links)
+    assert topology.cohort_switch(4).name == "swCampus4"
+    with pytest.raises(ValidationError, match="no campus switch for cohort 6"):
+        topology.cohort_switch(6)
+
+
+@pytest.mark.parametrize("cohorts", [1, 3, 8])
+def test_prototype_is_parameterised_by_cohorts(cohorts: int) -> None:
+    topology = load_topology(None, {"cohorts": cohorts})
+    servers = topology.fl_servers()
+    assert len(servers) == cohorts and servers[-1].name == f"fed.{cohorts}"
+    assert len([s for s in topology.switches if s.name.startswith("csw")]) == cohorts
+
+
+def test_small_topology() -> None:
+    topology = load_topology(Path("small"))
+    assert [h.ip for h in topology.fl_clients()] == [f"10.0.1.{i}" for i in range(10, 16)]
+    assert [h.name for h in topology.fl_clients() if h.campus == 2] == ["fc.20", "fc.21", "fc.22"]
+    assert len(topology.fl_servers()) == 2
+
+
+def test_mlfo_config_comes_from_the_topology(config: Config) -> None:
+    inner = load_topology(Path("small")).mlfo_config(config)
+    assert inner.mlfo.cloud == "10.0.0.1:9000"
+    assert inner.client_agents()[:2] == ["10.0.1.10:5000", "10.0.1.11:5000"]
+    assert inner.server_agents() == ["10.0.11.100:5000", "10.0.12.100:5000"]
+
+
+def _spec(**changes: object) -> TopologyFile:
+    base: dict[str, object] = {
+        "name": "t",
+        "switches": [{"name": "s1", "dpid": 1}],
+        "hosts": [{"name": "h1", "role": "fl-client", "ip": "10.0.0.1", "switch": "s1"}, {"name": "h2", "role": "fl-server", "ip": "10.0.0.2", "switch": "s1"}],
+    }
+    return TopologyFile.model_validate({**base, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"hosts": [{"name": "h1", "role": "fl-client", "ip": "10.0.0.1", "switch": "s9"}]}, "unknown switch 's9'"),
+        ({"hosts": [{"name": "h1", "role": "fl-client", "ip": "10.0.0.300", "switch": "s1"}]}, "not an IPv4 address"),
+        ({"hosts": [{"name": "h1", "role": "fl-client", "ip": "10.0.0.1", "switch": "s1"}, {"name": "h2", "role": "fl-client", "ip": "10.0.0.1", "switch": "s1"}]}, "share the address"),
+        ({"hosts": [{"name": "h1", "role": "router", "ip": "10.0.0.1", "switch": "s1"}]}, "role"),
+        ({"hosts": [{"name": "averyveryverylongname", "role": "fl-client", "ip": "10.0.0.1", "switch": "s1"}]}, "name"),
+        ({"switches": [{"name": "s1", "dpid": 1}, {"name": "s2", "dpid": 1}]}, "share a DPID"),
+        ({"links": [{"a": "s1", "b": "h1"}]}, "not a switch"),
+        ({"switches": [{"repeat": {"var": "n", "from": 1, "to": "{cohorts}"}, "name": "s{n}", "dpid": "{n}"}]}, "unknown variable"),
+        ({"hosts": [{"name": "h1; rm", "role": "fl-client", "ip": "10.0.0.1", "switch": "s1"}]}, "name"),
+    ],
+)
+def test_bad_topologies(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        build_topology(_spec(**changes), "t.yaml")
+
+
+def test_unknown_parameter_is_reported() -> None:
+    with pytest.raises(ValidationError, match="no parameter clients"):
+        load_topology(None, {"clients": 3})
+
+
+def test_template_arithmetic_is_safe() -> None:
+    assert substitute("10.0.{n+10}.{(s-1)*3+i}", {"n": 2, "s": 2, "i": 1}, "x") == "10.0.12.4"
+    assert substitute("{n*2}", {"n": 4}, "x") == 8
+    with pytest.raises(ValidationError, match="bad expression"):
+        substitute("{__import__('os')}", {}, "x")
