@@ -98,6 +98,12 @@ class OnosSettings(_Section):
     url: str = "http://127.0.0.1:8181/onos/v1"
     user: str = "onos"
     password: str = "rocks"
+    openflow: str = Field("127.0.0.1:6653", description="HOST:PORT switches connect to when ONOS controls them")
+    app_id: str = Field("org.mlfo.meters", description="application id of the flows mlfo adds")
+    apps: list[str] = Field(
+        default_factory=lambda: ["org.onosproject.openflow", "org.onosproject.fwd"],
+        description="ONOS apps `topo up --controller onos` activates",
+    )
 
 
 class Config(_Section):

@@ -44,12 +44,13 @@ def _quiet(message: str) -> None:
 
 # --- processes inside hosts ------------------------------------------------------------------
 def spawn_in_host(
-    state: NetworkState, host: str, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None
+    state: NetworkState, host: str, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None,
+    *, cpu_limited: bool = True,
 ) -> ProcessRecord:
-    """Start argv in a host's namespace and CPU cgroup (no shell) and record it in the state."""
+    """Start argv in a host's namespace and (unless told not to) its CPU cgroup, without a shell; record it."""
     record = state.host(host)
     launcher = [sys.executable, "-m", "mlfo_toolkit.inhost", "--pid", str(record.pid)]
-    if record.cgroup:
+    if record.cgroup and cpu_limited:
         launcher += ["--cgroup", record.cgroup]
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{host}-{name}.log"
@@ -164,6 +165,9 @@ def start_services(state: NetworkState, topology: Topology, config: Config, stat
     wait_listening(state, waits, SERVICE_START_SECONDS)
     for host in topology.hosts:
         for inner_port, outer_port in host.publish.items():
+            if not outer_port:
+                progress(f"not publishing {host.name}:{inner_port} (publish port 0)")
+                continue
             listen = f"127.0.0.1:{outer_port}"
             relay = [sys.executable, "-m", "mlfo_toolkit.relay", "--listen", listen, "--pid", str(state.host(host.name).pid), "--target", f"{host.ip}:{inner_port}"]
             log = log_dir / f"relay-{outer_port}.log"
@@ -231,6 +235,8 @@ def network_stop(state_dir: Path, builder: Any = None) -> dict[str, list[str]]:
         save_state(state, state_dir)
         raise MlfoError(f"could not remove: {left}", hint="remove them by name; the state file is kept")
     state_path(state_dir).unlink(missing_ok=True)
+    # Meters lived on the bridges just removed (or on a controller's view of them).
+    (state_dir / "meters.json").unlink(missing_ok=True)
     return removed
 
 

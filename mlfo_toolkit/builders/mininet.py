@@ -67,7 +67,7 @@ class MininetBuilder:
         from mininet.net import Mininet
         from mininet.node import OVSSwitch, RemoteController
 
-        setLogLevel("error")
+        setLogLevel("critical")  # tc prints r2q notices as errors
         bridges = [s.name for s in topology.switches]
         interfaces = [f"{h.switch}-eth{h.port}" for h in topology.hosts]
         interfaces += [i for link in topology.links for i in (link.interface_a, link.interface_b)]

@@ -87,7 +87,7 @@ def echo_json(data: Any) -> None:
 
 
 def _register() -> None:
-    from mlfo_toolkit.cli import agent_cmd, config_cmd, demo_cmd, init_cmd, intent_cmd, serve_cmd, topo_cmd
+    from mlfo_toolkit.cli import agent_cmd, config_cmd, demo_cmd, init_cmd, intent_cmd, meter_cmd, serve_cmd, topo_cmd
 
     cli.add_command(config_cmd.config)
     cli.add_command(intent_cmd.intent)
@@ -96,6 +96,7 @@ def _register() -> None:
     cli.add_command(demo_cmd.demo)
     cli.add_command(topo_cmd.topo)
     cli.add_command(init_cmd.init)
+    cli.add_command(meter_cmd.meter)
 
 
 _register()

@@ -1,0 +1,77 @@
+"""Benchmark (run on demand, as root): time `topo up` and `topo down` of the prototype's full layout
+(5 cohorts, 50 clients) and report memory. Not a test.
+
+    sudo .venv/bin/python bench/topo_bench.py [--cohorts 5] [--repeat 1]
+
+Prints build/teardown seconds, the ping mesh, and the memory of every process the network
+started (RSS summed over each process tree), plus the machine's used memory before and during.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+
+def mlfo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlfo_toolkit", *args], env=env, capture_output=True, text=True, timeout=1800)
+
+
+def tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cohorts", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: the benchmark builds a real Mininet network")
+    for run in range(args.repeat):
+        workdir = Path(tempfile.mkdtemp(prefix="mlfo-bench-"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")}
+        env["MLFO_PATHS__STATE_DIR"] = str(workdir / "state")
+        used_before = psutil.virtual_memory().used
+        started = time.monotonic()
+        up = mlfo(env, "topo", "up", str(args.cohorts), "--param", "publish_port=0", "--detach")
+        up_seconds = time.monotonic() - started
+        if up.returncode != 0:
+            sys.exit(f"topo up failed:\n{up.stderr}")
+        state = json.loads((workdir / "state" / "network.json").read_text())
+        time.sleep(2)
+        used_during = psutil.virtual_memory().used
+        services = sum(tree_rss(p["pid"]) for p in state["processes"])
+        owner = tree_rss(state["owner_pid"]) - services
+        vswitchd = sum(p.memory_info().rss for p in psutil.process_iter() if p.name() == "ovs-vswitchd")
+        started = time.monotonic()
+        ping = mlfo(env, "topo", "ping", "--json")
+        ping_seconds = time.monotonic() - started
+        mesh = json.loads(ping.stdout) if ping.stdout else {"error": ping.stderr}
+        started = time.monotonic()
+        down = mlfo(env, "topo", "down")
+        down_seconds = time.monotonic() - started
+        mib = 1024 * 1024
+        print(f"run {run + 1}: prototype layout, {args.cohorts} cohorts: {len(state['hosts'])} hosts, {len(state['bridges'])} switches, {len(state['processes'])} mlfo processes")
+        print(f"  topo up (to all services listening): {up_seconds:7.1f} s")
+        print(f"  topo ping ({mesh.get('pairs')} pairs, {mesh.get('loss_percent')}% loss): {ping_seconds:7.1f} s")
+        print(f"  topo down:                           {down_seconds:7.1f} s  (exit {down.returncode})")
+        print(f"  memory: mlfo services {services / mib:7.0f} MiB ({services / mib / max(1, len(state['processes'])):.0f} MiB each)")
+        print(f"          topo up process (Mininet, host shells) {owner / mib:7.0f} MiB, ovs-vswitchd {vswitchd / mib:.0f} MiB")
+        print(f"          machine used before {used_before / mib:.0f} MiB, during {used_during / mib:.0f} MiB (+{(used_during - used_before) / mib:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
