@@ -179,6 +179,24 @@ def start_services(state: NetworkState, topology: Topology, config: Config, stat
             progress(f"published {host.name} {host.ip}:{inner_port} on {listen}")
 
 
+def resolve_controller(config: Config, controller: str | None, progress: Progress = _quiet) -> str | None:
+    """`onos`: activate onos.apps over REST and return onos.openflow; HOST:PORT as given; None: no controller."""
+    if controller is None:
+        return None
+    if controller == "onos":
+        from mlfo_toolkit.meters.onos import OnosClient
+
+        client = OnosClient(config.onos)
+        for app in config.onos.apps:
+            client.activate(app)
+            progress(f"ONOS app {app} active")
+        return config.onos.openflow
+    host, sep, port = controller.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValidationError(f"'{controller}' is not HOST:PORT or 'onos'", field="controller")
+    return controller
+
+
 def network_up(
     config: Config,
     topology: Topology,
@@ -196,6 +214,7 @@ def network_up(
     me = psutil.Process()
     state = NetworkState(topology.name, topology.source, topology.parameters, backend, me.pid, me.create_time())
     builder = get_builder(backend)
+    controller = resolve_controller(config, controller, progress)
     save_state(state, state_dir)
     try:
         progress(f"building {len(topology.switches)} switches, {len(topology.hosts)} hosts, {len(topology.links)} switch links ({backend})")

@@ -75,7 +75,9 @@ def show(topology_file: Path | None, cohorts: int | None, params: tuple[str, ...
 @TOPOLOGY
 @PARAM
 @click.option("--backend", type=click.Choice(BACKENDS), default="mininet", show_default=True, help="Builder that realises the topology.")
-@click.option("--controller", metavar="HOST:PORT", help="OpenFlow controller (e.g. ONOS at 127.0.0.1:6653); default: switches learn on their own.")
+@click.option("--controller", metavar="onos|HOST:PORT",
+              help="OpenFlow 1.3 controller. 'onos': activate onos.apps (openflow, fwd) over REST and connect the "
+              "switches to onos.openflow. Default: none, the switches learn on their own.")
 @click.option("--detach", is_flag=True, help="Keep the network running in the background and return once it is up.")
 @pass_config
 def up(

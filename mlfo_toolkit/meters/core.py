@@ -119,7 +119,8 @@ def show_meters(config: Config) -> dict[str, Any]:
 IPERF_PORT = 5202
 
 
-def _iperf_mbit(state: NetworkState, client: str, server_ip: str, seconds: int) -> float:
+def measure_mbit(state: NetworkState, client: str, server_ip: str, seconds: int) -> float:
+    """iperf3 from `client` to an iperf3 server already listening on server_ip:IPERF_PORT (Mbit/s received)."""
     from mlfo_toolkit.network import host_command
 
     argv = host_command(state, client, ["iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", "--connect-timeout", "5000"])
@@ -158,10 +159,10 @@ def verify_meter(config: Config, cohort: int, rate: str, burst: str | None, cont
             wait_listening(state, [(host.name, IPERF_PORT, proc)], 20)
         if str(cohort) in load_meters(config):
             clear_meters(config, cohort)
-        unmetered = _iperf_mbit(state, clients[0].name, servers[cohort].ip, seconds)
+        unmetered = measure_mbit(state, clients[0].name, servers[cohort].ip, seconds)
         installed = set_meter(config, cohort, rate, burst, "both", controller)
-        metered = _iperf_mbit(state, clients[0].name, servers[cohort].ip, seconds)
-        other_mbit = _iperf_mbit(state, other.name, servers[other.campus].ip, seconds)  # type: ignore[index]
+        metered = measure_mbit(state, clients[0].name, servers[cohort].ip, seconds)
+        other_mbit = measure_mbit(state, other.name, servers[other.campus].ip, seconds)  # type: ignore[index]
     finally:
         stop_processes(iperf_servers)
     return {

@@ -118,6 +118,42 @@ def test_init_limits_cpu_and_starts_background_traffic(network: dict[str, Any]) 
     assert interface_bytes(app["pid"], "app.1-eth0") > 500_000  # 5 Mbit/s for 2 s is ~1.2 MB
 
 
+def test_meter_limits_the_cohort_and_only_it(network: dict[str, Any]) -> None:
+    env, workdir = network["env"], network["workdir"]
+    result = mlfo(env, workdir, "meter", "verify", "--port", "1", "--rate", "10mbit", "--controller", "ovs", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["port"] == 1 and report["rate_mbit"] == 10
+    assert report["unmetered_mbit"] >= 200, report
+    assert report["metered_mbit"] <= 12, report
+    assert report["other_cohort_mbit"] >= 200, report
+
+    def our_flows(switch: str) -> list[str]:
+        dump = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch], capture_output=True, text=True, check=True).stdout
+        return [line for line in dump.splitlines() if "cookie=0x6d6c666f" in line]
+
+    assert len(our_flows("swCampus1")) == 3 and len(our_flows("swEdge0")) == 3
+    again = mlfo(env, workdir, "meter", "set", "--port", "1", "--rate", "50mbit")
+    assert again.returncode == 0, again.stderr
+    assert len(our_flows("swCampus1")) == 3 and all("meter:1" in f for f in our_flows("swCampus1"))  # replaced
+    meters = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-meters", "swCampus1"], capture_output=True, text=True, check=True).stdout
+    assert "rate=50000" in meters and "rate=10000" not in meters
+    cleared = mlfo(env, workdir, "meter", "clear")
+    assert cleared.returncode == 0 and our_flows("swCampus1") == [] and our_flows("swEdge0") == []
+
+    from mlfo_toolkit.meters.core import IPERF_PORT, measure_mbit
+    from mlfo_toolkit.netstate import load_state, stop_processes
+    from mlfo_toolkit.network import spawn_in_host, wait_listening
+
+    state = load_state(workdir / "state")
+    server = spawn_in_host(state, "fed.1", "iperf3-test", ["iperf3", "-s", "-B", "10.0.11.100", "-p", str(IPERF_PORT)], workdir, cpu_limited=False)
+    try:
+        wait_listening(state, [("fed.1", IPERF_PORT, server)], 20)
+        assert measure_mbit(state, "fc.10", "10.0.11.100", 3) >= 200
+    finally:
+        stop_processes([server])
+
+
 def test_fl_runs_across_the_network(network: dict[str, Any]) -> None:
     state = network["state"]
     servers = {h["name"]: h["pid"] for h in state["hosts"] if h["role"] == "fl-server"}
