@@ -20,8 +20,10 @@ from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.httpapi import HttpError, JsonApi, Request, Response
+from mlfo_toolkit.metrics import AgentCollector, FlowTraffic, ServiceMetrics, process_tree
 from mlfo_toolkit.processes import ManagedProcess, find_tool, free_port, tool_env, wait_for_port
 from mlfo_toolkit.resources import resource_path
+from mlfo_toolkit.sockets import ByteTotals, TcpConnection, tcp_connections
 from mlfo_toolkit.yamlutil import validate
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class ServParams(BaseModel):
     source: str = "handmnist"
     model: str = "complex"
     deployment: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.-]*$")
+    cohort: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
 
 
 class CliParams(BaseModel):
@@ -58,6 +61,7 @@ class CliParams(BaseModel):
     cohsize: int = Field(ge=1, le=10_000)
     part: int = Field(ge=0)
     deployment: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.-]*$")
+    cohort: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
     partitioning: str | None = None
 
 
@@ -165,6 +169,7 @@ class NodeAgent:
         self.server: FlServer | None = None
         self.clients: list[FlClient] = []
         self._runs = 0
+        self._byte_totals: dict[tuple[str, str, int], ByteTotals] = {}
         self.app_dir = self.work_dir / "flwr-app"
         if not self.app_dir.exists():
             shutil.copytree(resource_path("mlfo_toolkit/fl/app_template"), self.app_dir)
@@ -305,12 +310,13 @@ class NodeAgent:
 
     # --- status and stop ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        traffic = {(t.side, t.deployment): t for t in self.traffic()}
         with self._lock:
-            return {
-                "node": self.advertise_host,
-                "server": self.server.status() if self.server else None,
-                "clients": [c.status() for c in self.clients],
-            }
+            server = self.server.status() if self.server else None
+            if server is not None and ("server", server["deployment"]) in traffic:
+                sample = traffic[("server", server["deployment"])]
+                server["traffic"] = {"bytes_sent": sample.bytes_sent, "bytes_received": sample.bytes_received}
+            return {"node": self.advertise_host, "server": server, "clients": [c.status() for c in self.clients]}
 
     def stop(self, deployment: str | None = None) -> dict[str, Any]:
         """Stop every FL process here, or only those of one deployment."""
@@ -333,8 +339,50 @@ class NodeAgent:
     close = stop
 
     # --- HTTP --------------------------------------------------------------------------------
+    # --- traffic and metrics ------------------------------------------------------------------
+    def _flows(self) -> list[tuple[str, str, str, int, Any]]:
+        """(side, deployment, cohort, root PID, connection filter) of every FL process here."""
+        out: list[tuple[str, str, str, int, Any]] = []
+        if self.server is not None:
+            port = int(self.server.address.rsplit(":", 1)[1])
+
+            def server_side(c: TcpConnection, tree: set[int], every: list[TcpConnection]) -> bool:
+                # The SuperLink's end of a client's connection; its own ServerApp's connections are internal.
+                return c.local_port == port and not any(o.local == c.peer and set(o.pids) & tree for o in every)
+
+            out.append(("server", self.server.params.deployment, self.server.params.cohort, self.server.superlink.pid, server_side))
+        for client in self.clients:
+
+            def client_side(c: TcpConnection, tree: set[int], every: list[TcpConnection], target: str = client.params.server) -> bool:
+                return c.peer == target
+
+            out.append(("client", client.params.deployment, client.params.cohort, client.process.pid, client_side))
+        return out
+
+    def traffic(self) -> list[FlowTraffic]:
+        """Sample the FL connections now (ss): current TCP state and bytes accumulated over the run."""
+        with self._lock:
+            flows = self._flows()
+        connections = tcp_connections()
+        samples = []
+        for side, deployment, cohort, pid, mine in flows:
+            tree = process_tree(pid)
+            pids = {p.pid for p in tree}
+            chosen = [c for c in connections if set(c.pids) & pids and mine(c, pids, connections)]
+            totals = self._byte_totals.setdefault((side, deployment, pid), ByteTotals())
+            sent, received = totals.update(chosen)
+            samples.append(FlowTraffic(side, deployment, cohort, chosen, sent, received, tree))
+        return samples
+
+    def runs(self) -> list[tuple[str, str, dict[str, Any]]]:
+        with self._lock:
+            server = self.server
+        return [(server.params.deployment, server.params.cohort, server.status())] if server else []
+
     def api(self) -> JsonApi:
-        api = JsonApi("agent", token=self.config.api.token, max_body=self.config.api.max_upload_bytes)
+        metrics = ServiceMetrics("agent")
+        metrics.add(AgentCollector(self))
+        api = JsonApi("agent", token=self.config.api.token, max_body=self.config.api.max_upload_bytes, metrics=metrics)
 
         @api.route("POST", "/serv")
         def serv(request: Request) -> Response:

@@ -106,6 +106,18 @@ class OnosSettings(_Section):
     )
 
 
+class MonitorSettings(_Section):
+    """Prometheus, exporters and Grafana (`mlfo monitor`)."""
+
+    prometheus_port: int = Field(9090, ge=1, le=65535, description="Prometheus port (on loopback)")
+    node_exporter_port: int = Field(9100, ge=1, le=65535)
+    app_exporter_port: int = Field(9200, ge=1, le=65535, description="the background app's socket exporter (prototype: 9200)")
+    scrape_interval: str = Field("5s", pattern=r"^\d+(ms|s|m)$")
+    exporters_on_clients: bool = Field(False, description="also run node_exporter in every FL client host")
+    grafana_port: int = Field(3000, ge=1, le=65535)
+    grafana_image: str = "grafana/grafana"
+
+
 class Config(_Section):
     """The effective configuration of every mlfo command and process."""
 
@@ -116,6 +128,7 @@ class Config(_Section):
     ip_plan: IpPlan = Field(default_factory=IpPlan)
     paths: PathSettings = Field(default_factory=PathSettings)
     onos: OnosSettings = Field(default_factory=OnosSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)  # type: ignore[arg-type]
 
     def client_agents(self) -> list[str]:
         """Client agent addresses HOST:PORT, in IP-plan order."""

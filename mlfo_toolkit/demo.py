@@ -14,6 +14,7 @@ from mlfo_toolkit.cohorts import CohortFile, load_cohort_file
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.httpapi import HttpServer
 from mlfo_toolkit.mlfo import CampusMlfo, CloudMlfo
+from mlfo_toolkit.monitor import write_targets
 from mlfo_toolkit.processes import free_port
 from mlfo_toolkit.resources import resource_path
 from mlfo_toolkit.runs import cohort_summary, manifest, new_run_dir, write_run
@@ -56,19 +57,22 @@ class LoopbackNetwork:
     servers: list[HttpServer] = field(default_factory=list)
     agents: list[NodeAgent] = field(default_factory=list)
     cores: list[Any] = field(default_factory=list)
+    agent_labels: list[tuple[str, str, str]] = field(default_factory=list)
+    target_files: list[Path] = field(default_factory=list)
     campus_address: str = ""
 
-    def _agent(self, name: str, fl_port: int) -> str:
+    def _agent(self, name: str, fl_port: int, role: str) -> str:
         config = self.config.with_overrides({"agent.host": LOOPBACK, "agent.port": 0, "agent.fl_server_port": fl_port})
         agent = NodeAgent(config, work_dir=self.work_dir / "nodes" / name)
         self.agents.append(agent)
         server = HttpServer(agent.api(), LOOPBACK, 0, threads=4).start()
         self.servers.append(server)
+        self.agent_labels.append((server.address, role, name))
         return server.address
 
     def start(self, num_servers: int, num_clients: int) -> None:
-        server_agents = [self._agent(f"fed.{n + 1}", free_port()) for n in range(num_servers)]
-        client_agents = [self._agent(f"fc.{n + 1}", 0) for n in range(num_clients)]
+        server_agents = [self._agent(f"fed.{n + 1}", free_port(), "fl-server") for n in range(num_servers)]
+        client_agents = [self._agent(f"fc.{n + 1}", 0, "fl-client") for n in range(num_clients)]
         state_dir = self.work_dir / "state"
         cloud_config = self.config.with_overrides({"ip_plan.servers": server_agents, "paths.state_dir": str(state_dir)})
         cloud = CloudMlfo(cloud_config, Store(state_dir / "mlfo-cloud.sqlite3"))
@@ -88,10 +92,21 @@ class LoopbackNetwork:
         campus_server = HttpServer(campus.api(), LOOPBACK, 0).start()
         self.servers.append(campus_server)
         self.campus_address = campus_server.address
+        # Where Prometheus (`mlfo monitor up`, loopback mode) finds this run's services.
+        self.target_files.append(write_targets(self.config, "mlfo-demo", [
+            {"targets": [cloud_server.address], "labels": {"role": "cloud-mlfo", "host": "cloud.0"}},
+            {"targets": [campus_server.address], "labels": {"role": "campus-mlfo", "host": "mo.1"}},
+        ]))
+        self.target_files.append(write_targets(self.config, "agent-demo", [
+            {"targets": [address], "labels": {"role": role, "host": name}}
+            for address, role, name in self.agent_labels
+        ]))
         # The campus config is what `intent send` needs: its IP plan names the client agents.
         self.config = campus_config
 
     def close(self) -> None:
+        for path in self.target_files:
+            path.unlink(missing_ok=True)
         for core in self.cores:
             core.close()
         for agent in self.agents:

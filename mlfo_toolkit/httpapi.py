@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 import multipart
 
 from mlfo_toolkit.errors import MlfoError, NotFoundError, ValidationError
+from mlfo_toolkit.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +127,21 @@ Handler = Callable[[Request], Response | Any]
 class JsonApi:
     """A WSGI app: routes, bearer-token auth, a body limit and JSON errors; never dies on input."""
 
-    def __init__(self, name: str, *, token: str | None, max_body: int) -> None:
+    def __init__(self, name: str, *, token: str | None, max_body: int, metrics: ServiceMetrics | None = None) -> None:
         self.name = name
         self.token = token
         self.max_body = max_body
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self.public_paths: set[str] = set()
+        self.metrics = metrics
+        if metrics is not None:
+            registry = metrics.registry
+
+            @self.route("GET", "/metrics")
+            def _metrics(request: Request) -> Response:
+                from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+                return Response(200, generate_latest(registry), {"Content-Type": CONTENT_TYPE_LATEST})
 
     def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
         """Register a handler; `{name}` in the pattern becomes a path parameter."""
@@ -191,6 +201,12 @@ class JsonApi:
         else:
             payload = json.dumps(response.body, default=str).encode()
             content_type = "application/json"
+        if self.metrics is not None:
+            try:
+                received = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                received = 0
+            self.metrics.observe_http(response.status, received, len(payload))
         headers = [("Content-Type", content_type), ("Content-Length", str(len(payload)))]
         headers += list(response.headers.items())
         start_response(f"{response.status} {_REASONS.get(response.status, 'OK')}", headers)

@@ -170,6 +170,7 @@ class MomoConstraints(BaseModel):
     numround: int = Field(20, ge=1, le=10_000)
     sameserv: StrictBool = False
     deployment: str = ""
+    cohort: str = ""
 
 
 def build_momo_intent(intent_id: str, pipeline: Pipeline, constraints: MomoConstraints) -> Intent:

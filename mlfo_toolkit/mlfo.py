@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, NotFoundError, ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.httpapi import HttpError, JsonApi, Request, Response
+from mlfo_toolkit.metrics import DeploymentStates, MlfoMetrics
 from mlfo_toolkit.intents import Catalog, Intent, MomoConstraints, Pipeline, build_momo_intent, parse_intent, parse_momo_intent
 from mlfo_toolkit.store import Store
 from mlfo_toolkit.yamlutil import validate
@@ -42,7 +44,7 @@ class ReceiveParams(BaseModel):
     minfit: int | None = Field(None, ge=1)
     minav: int | None = Field(None, ge=1)
     numround: int | None = Field(None, ge=1, le=10_000)
-    name: str | None = Field(None, max_length=64)
+    name: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
     @field_validator("sameserver", mode="before")
     @classmethod
@@ -63,6 +65,8 @@ class CampusMlfo:
         self.config = config
         self.store = store
         self.catalog = catalog or Catalog.load(config.mlfo.catalog)
+        self.metrics = MlfoMetrics("campus")
+        self.metrics.add(DeploymentStates(self.deployments))
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -71,6 +75,7 @@ class CampusMlfo:
     # --- intents in ----------------------------------------------------------------------------
     def receive(self, intent: Intent, params: ReceiveParams) -> dict[str, Any]:
         """Validate an intent and its cohort parameters, record the deployment, deploy in the background."""
+        self.metrics.intents.labels("campus").inc()
         pipeline = self.catalog.resolve(intent)
         if not pipeline.federated:
             raise ValidationError(
@@ -165,11 +170,16 @@ class CampusMlfo:
                 numround=params["rounds"],
                 sameserv=params["sameserver"],
                 deployment=deployment_id,
+                cohort=record["name"],
             )
             momo = build_momo_intent(record["intent_id"], _pipeline(pipeline), constraints)
             cloud = _client(MomoClient, self.config.mlfo.cloud, self.config)
             try:
                 server = cloud.deploy(momo.model_dump())
+                self.metrics.momo.labels("campus", "ok").inc()
+            except MlfoError:
+                self.metrics.momo.labels("campus", "error").inc()
+                raise
             finally:
                 cloud.close()
             self._update(deployment_id, server=server)
@@ -185,6 +195,7 @@ class CampusMlfo:
                             "cohsize": params["cohortsize"],
                             "part": client["part"],
                             "deployment": deployment_id,
+                            "cohort": record["name"],
                         }
                     )
                     client["state"] = "running"
@@ -202,6 +213,7 @@ class CampusMlfo:
                     f"only {usable} of {len(clients)} clients started, the run needs {params['min_available']}: "
                     + "; ".join(f"{c['agent']}: {c['error']}" for c in failed)
                 )
+            self.metrics.orchestration.labels("campus").observe(elapsed)
             self._update(deployment_id, state="running", orchestration_seconds=elapsed)
         except MlfoError as err:
             self._finish(deployment_id, "failed", err.message)
@@ -235,7 +247,7 @@ class CampusMlfo:
             if server.get("address") != record["server"]["server"]:
                 self._finish(deployment_id, "failed", "the FL server is no longer running on its agent")
                 return
-            self._update(deployment_id, rounds=server.get("rounds", []), initial=server.get("initial"))
+            self._update(deployment_id, rounds=server.get("rounds", []), initial=server.get("initial"), traffic=server.get("traffic"))
             if server.get("state") in TERMINAL_STATES:
                 self._finish(deployment_id, server["state"], server.get("reason"))
                 return
@@ -269,13 +281,18 @@ class CampusMlfo:
 
     # --- HTTP --------------------------------------------------------------------------------
     def api(self) -> JsonApi:
-        api = JsonApi("campus MLFO", token=self.config.api.token, max_body=self.config.api.max_upload_bytes)
+        api = JsonApi("campus MLFO", token=self.config.api.token, max_body=self.config.api.max_upload_bytes, metrics=self.metrics)
 
         @api.route("POST", "/receive")
         def receive(request: Request) -> Response:
-            intent, fields = _read_intent_request(request)
-            params = validate(ReceiveParams, fields, {}, "form")
-            accepted = self.receive(intent, params)
+            try:
+                intent, fields = _read_intent_request(request)
+                params = validate(ReceiveParams, fields, {}, "form")
+                accepted = self.receive(intent, params)
+            except (ValidationError, HttpError) as err:
+                field = getattr(err, "field", None) or (err.body.get("field") if isinstance(err, HttpError) else None)
+                self.metrics.rejected.labels("campus", _reason(field, err)).inc()
+                raise
             return Response(202, accepted, {"Location": f"/deployments/{accepted['id']}"})
 
         @api.route("GET", "/deployments")
@@ -292,6 +309,13 @@ class CampusMlfo:
 
         api.public_paths.add("/health")
         return api
+
+
+def _reason(field: str | None, err: Exception) -> str:
+    """A low-cardinality rejection reason: the field without indices ('targets.operand'), or the kind."""
+    if field:
+        return re.sub(r"\[\d+\]", "", field)
+    return "malformed" if isinstance(err, ValidationError) else f"http_{getattr(err, 'status', 400)}"
 
 
 def _pipeline(data: dict[str, Any]) -> Pipeline:
@@ -329,6 +353,7 @@ class CloudMlfo:
         self.config = config
         self.store = store
         self._lock = threading.Lock()
+        self.metrics = MlfoMetrics("cloud")
 
     def allocations(self) -> list[dict[str, Any]]:
         return self.store.all(ALLOCATION)
@@ -362,6 +387,7 @@ class CloudMlfo:
                     "source": constraints.sourcekind,
                     "model": constraints.modelkind,
                     "deployment": deployment,
+                    "cohort": constraints.cohort,
                 }
             )
         except MlfoError as err:
@@ -425,12 +451,18 @@ class CloudMlfo:
         return {"released": deployment, "stopped": stopped}
 
     def api(self) -> JsonApi:
-        api = JsonApi("cloud MLFO", token=self.config.api.token, max_body=self.config.api.max_upload_bytes)
+        api = JsonApi("cloud MLFO", token=self.config.api.token, max_body=self.config.api.max_upload_bytes, metrics=self.metrics)
 
         @api.route("POST", "/momo/deploy")
         def deploy(request: Request) -> Response:
             body = request.json() if request.content_type == "application/json" else request.body()
-            return Response(201, self.deploy(body))
+            try:
+                answer = self.deploy(body)
+            except Exception:
+                self.metrics.momo.labels("cloud", "error").inc()
+                raise
+            self.metrics.momo.labels("cloud", "ok").inc()
+            return Response(201, answer)
 
         @api.route("POST", "/momo/release/{deployment}")
         def release(request: Request) -> dict[str, Any]:

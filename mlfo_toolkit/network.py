@@ -351,7 +351,7 @@ def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: 
     cloud = topology.one("cloud-mlfo")
     reachable = {h.name: ping(state, cloud.name, h.ip) for h in topology.fl_servers()}
     background: dict[str, Any] = {"rate": None}
-    old = [p for p in state.processes if p.name.startswith("iperf3")]
+    old = [p for p in state.processes if p.name.startswith("iperf3") or p.name == "app-exporter"]
     if old:
         stop_processes(old)
         state.processes = [p for p in state.processes if p not in old]
@@ -364,7 +364,17 @@ def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: 
             state, source.name, "iperf3-client",
             ["iperf3", "-c", sink.ip, "-p", "5201", "-b", bg_rate, "-t", "86400", "--connect-timeout", "5000"], log_dir,
         )
-        background = {"rate": bg_rate, "from": f"{source.name} ({source.ip})", "to": f"{sink.name} ({sink.ip}):5201"}
+        exporter_port = config.monitor.app_exporter_port
+        exporter = spawn_in_host(
+            state, source.name, "app-exporter",
+            [sys.executable, "-m", "mlfo_toolkit", "exporter", "--app", "background", "--match-port", "5201",
+             "--host", source.ip, "--port", str(exporter_port)], log_dir,
+        )
+        wait_listening(state, [(source.name, exporter_port, exporter)], 60)
+        background = {
+            "rate": bg_rate, "from": f"{source.name} ({source.ip})", "to": f"{sink.name} ({sink.ip}):5201",
+            "exporter": f"{source.ip}:{exporter_port}",
+        }
     save_state(state, state_dir)
     return {"cpu_limits": limits, "reachable": reachable, "background": background}
 

@@ -40,6 +40,9 @@ def cohort_summary(cohort: SentCohort) -> dict[str, Any]:
         "accuracy": [float(r["accuracy"]) for r in rounds],
         "loss": [float(r["loss"]) for r in rounds],
         "orchestration_seconds": record.get("orchestration_seconds"),
+        "traffic": record.get("traffic"),
+        "created": record.get("created"),
+        "finished": record.get("finished"),
     }
 
 

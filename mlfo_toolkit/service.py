@@ -58,3 +58,20 @@ def run_agent(config: Config) -> None:
     agent = NodeAgent(config, work_dir=Path(config.paths.state_dir) / f"agent-{config.agent.port}")
     server = HttpServer(agent.api(), config.agent.host, config.agent.port)
     _serve(server, agent, "node agent")
+
+
+def run_exporter(config: Config, app: str, match_port: int, host: str, port: int) -> None:
+    """Serve the socket exporter of one app in the foreground."""
+    from mlfo_toolkit.httpapi import JsonApi
+    from mlfo_toolkit.metrics import ServiceMetrics, SocketCollector
+
+    metrics = ServiceMetrics(f"{app} exporter")
+    metrics.add(SocketCollector(app, match_port))
+    api = JsonApi(f"{app} exporter", token=None, max_body=1024, metrics=metrics)
+    api.public_paths.add("/metrics")  # carries no secrets; Prometheus scrapes it like node_exporter
+
+    class _Nothing:
+        def close(self) -> None:
+            pass
+
+    _serve(HttpServer(api, host, port), _Nothing(), f"{app} socket exporter")

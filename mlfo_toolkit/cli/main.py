@@ -87,7 +87,18 @@ def echo_json(data: Any) -> None:
 
 
 def _register() -> None:
-    from mlfo_toolkit.cli import agent_cmd, config_cmd, demo_cmd, init_cmd, intent_cmd, meter_cmd, serve_cmd, topo_cmd
+    from mlfo_toolkit.cli import (
+        agent_cmd,
+        config_cmd,
+        demo_cmd,
+        init_cmd,
+        intent_cmd,
+        meter_cmd,
+        monitor_cmd,
+        report_cmd,
+        serve_cmd,
+        topo_cmd,
+    )
 
     cli.add_command(config_cmd.config)
     cli.add_command(intent_cmd.intent)
@@ -97,6 +108,9 @@ def _register() -> None:
     cli.add_command(topo_cmd.topo)
     cli.add_command(init_cmd.init)
     cli.add_command(meter_cmd.meter)
+    cli.add_command(monitor_cmd.monitor)
+    cli.add_command(monitor_cmd.exporter)
+    cli.add_command(report_cmd.report)
 
 
 _register()

@@ -1,0 +1,34 @@
+"""`mlfo report RUN_DIR`: plots and a manifest a paper can use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mlfo_toolkit.cli.main import echo_json, pass_config
+from mlfo_toolkit.config import Config
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["png", "html"]), default="png", show_default=True, help="html adds index.html with the plots and a table.")
+@click.option("--prometheus", metavar="URL", help="Prometheus to add traffic over time (default: http://127.0.0.1:monitor.prometheus_port if it answers).")
+@click.option("--topology", "topology_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Topology file to hash into the manifest.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_config
+def report(cfg: Config, run_dir: Path, fmt: str, prometheus: str | None, topology_file: Path | None, as_json: bool) -> None:
+    """Write RUN_DIR/report/: accuracy and loss per round per cohort, orchestration time per cohort,
+    traffic per cohort (PNG), and manifest.json (mlfo, Flower and Python versions, seeds, input hashes)."""
+    from mlfo_toolkit.report import build_report
+
+    url = prometheus or f"http://127.0.0.1:{cfg.monitor.prometheus_port}"
+    result = build_report(run_dir, fmt, url, {"topology": topology_file} if topology_file else None)
+    if as_json:
+        echo_json(result)
+        return
+    for plot in result["plots"]:
+        click.echo(f"plot: {plot}")
+    click.echo(f"manifest: {result['manifest']}")
+    if "html" in result:
+        click.echo(f"page: {result['html']}")

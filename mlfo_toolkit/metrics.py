@@ -1,0 +1,164 @@
+"""Prometheus metrics of mlfo's services: one registry per service, values computed at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from mlfo_toolkit.sockets import ByteTotals, TcpConnection, tcp_connections
+
+ORCHESTRATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
+
+
+class ServiceMetrics:
+    """The registry of one HTTP service and the metrics every service has (HTTP traffic)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter("mlfo_http_requests", "HTTP requests served", ["service", "status"], registry=self.registry)
+        self.http_in = Counter("mlfo_http_request_bytes", "Bytes of HTTP request bodies received", ["service"], registry=self.registry)
+        self.http_out = Counter("mlfo_http_response_bytes", "Bytes of HTTP response bodies sent", ["service"], registry=self.registry)
+
+    def observe_http(self, status: int, request_bytes: int, response_bytes: int) -> None:
+        self.http_requests.labels(self.service, str(status)).inc()
+        self.http_in.labels(self.service).inc(request_bytes)
+        self.http_out.labels(self.service).inc(response_bytes)
+
+    def add(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+
+class MlfoMetrics(ServiceMetrics):
+    """What an MLFO counts: intents, rejections by reason, orchestration time, Mo-Mo calls."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__(f"{role} MLFO")
+        self.role = role
+        self.intents = Counter("mlfo_intents_received", "Intents received", ["role"], registry=self.registry)
+        self.rejected = Counter("mlfo_intents_rejected", "Intents rejected, by reason", ["role", "reason"], registry=self.registry)
+        self.orchestration = Histogram(
+            "mlfo_orchestration_seconds", "Time from an intent to its FL clients started", ["role"],
+            buckets=ORCHESTRATION_BUCKETS, registry=self.registry,
+        )
+        self.momo = Counter("mlfo_momo_calls", "Mo-Mo calls (campus: sent, cloud: served), by result", ["role", "result"], registry=self.registry)
+
+
+class DeploymentStates(Collector):
+    """mlfo_deployments{state}: how many deployments are in each state (from the store)."""
+
+    def __init__(self, deployments: Callable[[], list[dict[str, Any]]]) -> None:
+        self.deployments = deployments
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("mlfo_deployments", "Deployments by state", labels=["state"])
+        counts = {state: 0 for state in ("planned", "deploying", "running", "done", "failed")}
+        for record in self.deployments():
+            counts[record["state"]] = counts.get(record["state"], 0) + 1
+        for state, count in counts.items():
+            family.add_metric([state], count)
+        yield family
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (Flower detaches some: the parent link still holds)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _cpu_and_memory(processes: list[psutil.Process]) -> tuple[float, int]:
+    cpu, memory = 0.0, 0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+            cpu += times.user + times.system
+            memory += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return cpu, memory
+
+
+@dataclass
+class FlowTraffic:
+    """One FL process's connections at a sample, and its bytes accumulated so far."""
+
+    side: str
+    deployment: str
+    cohort: str
+    connections: list[TcpConnection]
+    bytes_sent: int
+    bytes_received: int
+    processes: list[psutil.Process]
+
+
+class AgentCollector(Collector):
+    """An agent's FL processes: model_loss / model_accuracy per round, TCP stats, bytes, CPU, memory."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["deployment", "cohort", "side"]
+        accuracy = GaugeMetricFamily("model_accuracy", "Held-out accuracy of the global model after the last round", labels=labels[:2])
+        loss = GaugeMetricFamily("model_loss", "Held-out loss of the global model after the last round", labels=labels[:2])
+        round_ = GaugeMetricFamily("mlfo_fl_round", "Last finished FL round", labels=labels[:2])
+        rtt = GaugeMetricFamily("mlfo_tcp_rtt_seconds", "Smoothed RTT of FL connections", labels=[*labels, "peer"])
+        cwnd = GaugeMetricFamily("mlfo_tcp_cwnd_segments", "Congestion window of FL connections", labels=[*labels, "peer"])
+        rate = GaugeMetricFamily("mlfo_tcp_delivery_rate_bytes", "Delivery rate of FL connections (bytes/s)", labels=[*labels, "peer"])
+        sent = CounterMetricFamily("mlfo_fl_bytes_sent", "Bytes sent on FL connections", labels=labels)
+        received = CounterMetricFamily("mlfo_fl_bytes_received", "Bytes received on FL connections", labels=labels)
+        cpu = CounterMetricFamily("mlfo_fl_process_cpu_seconds", "CPU time of the Flower processes", labels=labels)
+        memory = GaugeMetricFamily("mlfo_fl_process_memory_bytes", "Resident memory of the Flower processes", labels=labels)
+        for flow in self.agent.traffic():
+            values = [flow.deployment, flow.cohort, flow.side]
+            for c in flow.connections:
+                rtt.add_metric([*values, c.peer], c.rtt_seconds)
+                cwnd.add_metric([*values, c.peer], c.cwnd)
+                rate.add_metric([*values, c.peer], c.delivery_rate_bytes)
+            sent.add_metric(values, flow.bytes_sent)
+            received.add_metric(values, flow.bytes_received)
+            cpu_seconds, rss = _cpu_and_memory(flow.processes)
+            cpu.add_metric(values, cpu_seconds)
+            memory.add_metric(values, rss)
+        for deployment, cohort, status in self.agent.runs():
+            if status["rounds"]:
+                last = status["rounds"][-1]
+                accuracy.add_metric([deployment, cohort], last["accuracy"])
+                loss.add_metric([deployment, cohort], last["loss"])
+                round_.add_metric([deployment, cohort], last["round"])
+        yield from (accuracy, loss, round_, rtt, cwnd, rate, sent, received, cpu, memory)
+
+
+class SocketCollector(Collector):
+    """TCP statistics of the connections to or from one port (the prototype's ss exporter, e.g. for the
+    background app's iperf3 flow), labelled app=..."""
+
+    def __init__(self, app: str, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.totals = ByteTotals()
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["app", "peer"]
+        rtt = GaugeMetricFamily("mlfo_app_tcp_rtt_seconds", "Smoothed RTT of the app's connections", labels=labels)
+        cwnd = GaugeMetricFamily("mlfo_app_tcp_cwnd_segments", "Congestion window of the app's connections", labels=labels)
+        sent = CounterMetricFamily("mlfo_app_bytes_sent", "Bytes the app's connections sent", labels=["app"])
+        received = CounterMetricFamily("mlfo_app_bytes_received", "Bytes the app's connections received", labels=["app"])
+        # The app's own end of each flow: on loopback both ends are visible, count one.
+        chosen = [c for c in tcp_connections() if c.peer_port == self.port]
+        for c in chosen:
+            rtt.add_metric([self.app, c.peer], c.rtt_seconds)
+            cwnd.add_metric([self.app, c.peer], c.cwnd)
+        total_sent, total_received = self.totals.update(chosen)
+        sent.add_metric([self.app], total_sent)
+        received.add_metric([self.app], total_received)
+        yield from (rtt, cwnd, sent, received)

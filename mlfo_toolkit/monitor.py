@@ -1,0 +1,313 @@
+"""Monitoring: prometheus.yml from the topology (or loopback targets), Prometheus, exporters and Grafana."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import MissingDependencyError, MlfoError, ValidationError
+from mlfo_toolkit.netstate import NetworkState, ProcessRecord, load_state, save_state, state_path, stop_processes
+from mlfo_toolkit.processes import wait_for_port
+from mlfo_toolkit.resources import resource_path
+from mlfo_toolkit.topology import Topology, load_topology
+
+MONITOR_FILE = "monitor.json"
+LOOPBACK = "127.0.0.1"
+
+
+def prometheus_dir(config: Config) -> Path:
+    return Path(config.paths.state_dir).resolve() / "prometheus"
+
+
+def targets_dir(config: Config) -> Path:
+    return prometheus_dir(config) / "targets"
+
+
+def write_targets(config: Config, name: str, groups: list[dict[str, Any]]) -> Path:
+    """A Prometheus file_sd file (targets + labels); Prometheus notices it without a restart."""
+    directory = targets_dir(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(groups, indent=2))
+    os.replace(temporary, path)
+    return path
+
+
+def _auth(config: Config) -> dict[str, Any]:
+    if not config.api.token:
+        return {}
+    token_file = prometheus_dir(config) / "token"
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(config.api.token)
+    token_file.chmod(0o600)
+    return {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
+
+
+def prometheus_config(config: Config, topology: Topology | None) -> dict[str, Any]:
+    """prometheus.yml: static in-network targets for a topology, file_sd targets on loopback otherwise."""
+    monitor = config.monitor
+    auth = _auth(config)
+    jobs: list[dict[str, Any]] = []
+    if topology is not None:
+        inner = topology.mlfo_config(config)
+        mlfo_targets = []
+        for host in topology.hosts:
+            port = {"cloud-mlfo": inner.mlfo.momo_port, "campus-mlfo": inner.mlfo.port}.get(host.role)
+            if port:
+                mlfo_targets.append({"targets": [f"{host.ip}:{port}"], "labels": {"role": host.role, "host": host.name}})
+        agent_targets = []
+        for host in topology.hosts:
+            if host.role in ("fl-server", "fl-client"):
+                cohort = host.cohort if host.role == "fl-server" else host.campus
+                labels = {"role": host.role, "host": host.name, **({"cohort_index": str(cohort)} if cohort else {})}
+                agent_targets.append({"targets": [f"{host.ip}:{inner.agent.port}"], "labels": labels})
+        node_targets = [
+            {"targets": [f"{h.ip}:{monitor.node_exporter_port}"], "labels": {"role": h.role, "host": h.name}}
+            for h in node_exporter_hosts(config, topology)
+        ]
+        app = topology.one("app-client")
+        app_targets = [{"targets": [f"{app.ip}:{monitor.app_exporter_port}"], "labels": {"role": app.role, "host": app.name}}]
+        jobs = [
+            {"job_name": "mlfo", **auth, "static_configs": mlfo_targets},
+            {"job_name": "mlfo_agent", **auth, "static_configs": agent_targets},
+            {"job_name": "node", "static_configs": node_targets},
+            {"job_name": "app", "static_configs": app_targets},
+        ]
+    else:
+        directory = str(targets_dir(config))
+
+        def discovered(pattern: str) -> list[dict[str, Any]]:
+            # inotify picks up new files at once; the refresh interval is the fallback
+            return [{"files": [f"{directory}/{pattern}"], "refresh_interval": "5s"}]
+
+        jobs = [
+            {"job_name": "mlfo", **auth, "file_sd_configs": discovered("mlfo-*.json")},
+            {"job_name": "mlfo_agent", **auth, "file_sd_configs": discovered("agent-*.json")},
+            {"job_name": "node", "static_configs": [{"targets": [f"{LOOPBACK}:{monitor.node_exporter_port}"], "labels": {"role": "machine"}}]},
+            {"job_name": "app", "file_sd_configs": discovered("app-*.json")},
+        ]
+    return {
+        "global": {"scrape_interval": monitor.scrape_interval, "evaluation_interval": monitor.scrape_interval},
+        "scrape_configs": jobs,
+    }
+
+
+def node_exporter_hosts(config: Config, topology: Topology) -> list[Any]:
+    return [h for h in topology.hosts if config.monitor.exporters_on_clients or h.role != "fl-client"]
+
+
+def render_config(config: Config, topology: Topology | None) -> str:
+    header = "# prometheus.yml written by `mlfo monitor config`; regenerate it rather than editing it.\n"
+    return header + yaml.safe_dump(prometheus_config(config, topology), sort_keys=False)
+
+
+def check_config(path: Path) -> None:
+    """`promtool check config`; ValidationError with its output when it fails."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        return
+    done = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise ValidationError(f"promtool rejects {path}: {(done.stdout + done.stderr).strip()}")
+
+
+def running_topology(config: Config) -> tuple[NetworkState, Topology] | None:
+    if not state_path(Path(config.paths.state_dir)).exists():
+        return None
+    state = load_state(Path(config.paths.state_dir))
+    return state, load_topology(Path(state.topology_file), state.parameters)
+
+
+def _binary(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        raise MissingDependencyError(f"'{name}' is not installed", hint=f"install Debian's {package} (`sudo make system`)")
+    return path
+
+
+def _spawn(argv: list[str], log: Path, name: str) -> ProcessRecord:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return ProcessRecord(name, proc.pid, None, psutil.Process(proc.pid).create_time(), argv, str(log))
+
+
+def _monitor_file(config: Config) -> Path:
+    return prometheus_dir(config) / MONITOR_FILE
+
+
+def monitor_up(config: Config) -> dict[str, Any]:
+    """Start Prometheus (and node_exporter) for the running network, or on loopback; Grafana if Docker can."""
+    directory = prometheus_dir(config)
+    targets_dir(config).mkdir(parents=True, exist_ok=True)  # Prometheus watches it from the start
+    if _monitor_file(config).exists():
+        raise MlfoError("monitoring is already up", hint="`mlfo monitor down` first")
+    running = running_topology(config)
+    topology = running[1] if running else None
+    config_path = directory / "prometheus.yml"
+    config_path.write_text(render_config(config, topology))
+    check_config(config_path)
+    prometheus = _binary("prometheus", "prometheus")
+    node_exporter = _binary("prometheus-node-exporter", "prometheus-node-exporter")
+    port = config.monitor.prometheus_port
+    started: dict[str, Any] = {"mode": "network" if topology else "loopback", "config": str(config_path), "processes": []}
+    records: list[ProcessRecord] = []
+    storage = ["--storage.tsdb.path", str(directory / "data"), "--storage.tsdb.retention.time", "15d"]
+    if running and topology:
+        from mlfo_toolkit.network import spawn_in_host, wait_listening
+
+        state, _ = running
+        log_dir = Path(config.paths.state_dir) / "logs"
+        prom_host = topology.one("prometheus")
+        proc = spawn_in_host(state, prom_host.name, "prometheus",
+                             [prometheus, "--config.file", str(config_path), *storage, "--web.listen-address", f"{prom_host.ip}:{port}"],
+                             log_dir, cpu_limited=False)
+        waits = [(prom_host.name, port, proc)]
+        for host in node_exporter_hosts(config, topology):
+            exporter = spawn_in_host(state, host.name, "node-exporter",
+                                     [node_exporter, "--web.listen-address", f"{host.ip}:{config.monitor.node_exporter_port}"],
+                                     log_dir, cpu_limited=False)
+            waits.append((host.name, config.monitor.node_exporter_port, exporter))
+        wait_listening(state, waits, 60)
+        relay = [sys.executable, "-m", "mlfo_toolkit.relay", "--listen", f"{LOOPBACK}:{port}", "--pid", str(state.host(prom_host.name).pid), "--target", f"{prom_host.ip}:{port}"]
+        state.processes.append(_spawn(relay, log_dir / f"relay-{port}.log", f"publish {prom_host.name}:{port}"))
+        state.published[f"{prom_host.name}:{port}"] = f"{LOOPBACK}:{port}"
+        save_state(state, Path(config.paths.state_dir))
+        records = [p for p in state.processes if p.name in ("prometheus", "node-exporter") or p.name.startswith(f"publish {prom_host.name}")]
+    else:
+        records.append(_spawn([prometheus, "--config.file", str(config_path), *storage, "--web.listen-address", f"{LOOPBACK}:{port}"],
+                              directory / "prometheus.log", "prometheus"))
+        records.append(_spawn([node_exporter, "--web.listen-address", f"{LOOPBACK}:{config.monitor.node_exporter_port}"],
+                              directory / "node-exporter.log", "node-exporter"))
+    _monitor_file(config).write_text(json.dumps({"processes": [vars(r) for r in records], "grafana": None}))
+    try:
+        wait_for_port(LOOPBACK, port, 60)
+    except MlfoError:
+        monitor_down(config)
+        raise
+    started["processes"] = [f"{r.name} ({r.pid})" for r in records]
+    started["prometheus"] = f"http://{LOOPBACK}:{port}"
+    started["grafana"] = start_grafana(config, f"http://{LOOPBACK}:{port}")
+    data = json.loads(_monitor_file(config).read_text())
+    data["grafana"] = started["grafana"].get("container")
+    _monitor_file(config).write_text(json.dumps(data))
+    return started
+
+
+def start_grafana(config: Config, prometheus_url: str) -> dict[str, Any]:
+    """Grafana in Docker, provisioned with the data source and the dashboard, when Docker and the image are here."""
+    try:
+        import docker
+    except ImportError:
+        return {"started": False, "why": "the docker Python package is missing (pip install 'mlfo-toolkit[containers]')"}
+    try:
+        client = docker.from_env(timeout=5)
+        client.ping()
+    except Exception:
+        return {"started": False, "why": "no Docker engine is reachable (start dockerd)"}
+    try:
+        client.images.get(config.monitor.grafana_image)
+    except Exception:
+        return {"started": False, "why": f"the image {config.monitor.grafana_image} is not present (docker pull it where a registry is reachable)"}
+    provisioning = provisioning_dir(config, prometheus_url)
+    container = client.containers.run(
+        config.monitor.grafana_image,
+        detach=True,
+        name=f"mlfo-grafana-{os.getpid()}",
+        network_mode="host",
+        environment={"GF_SERVER_HTTP_ADDR": LOOPBACK, "GF_SERVER_HTTP_PORT": str(config.monitor.grafana_port)},
+        volumes={str(provisioning): {"bind": "/etc/grafana/provisioning", "mode": "ro"}},
+    )
+    return {"started": True, "container": container.name, "url": f"http://{LOOPBACK}:{config.monitor.grafana_port}"}
+
+
+def provisioning_dir(config: Config, prometheus_url: str) -> Path:
+    """monitoring/provisioning with the data source URL filled in, and the dashboard beside it."""
+    target = prometheus_dir(config) / "grafana-provisioning"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(resource_path("monitoring/provisioning"), target)
+    datasource = target / "datasources" / "prometheus.yaml"
+    datasource.write_text(datasource.read_text().replace("http://127.0.0.1:9090", prometheus_url))
+    (target / "dashboards" / "mlfo.json").write_text(resource_path("monitoring/dashboard.json").read_text())
+    return target
+
+
+def monitor_down(config: Config) -> dict[str, Any]:
+    """Stop exactly what `monitor up` started."""
+    path = _monitor_file(config)
+    if not path.exists():
+        raise MlfoError("monitoring is not up", hint="start it with `mlfo monitor up`")
+    data = json.loads(path.read_text())
+    records = [ProcessRecord(**p) for p in data["processes"]]
+    stopped = stop_processes(records)
+    running = running_topology(config)
+    if running:
+        state, _ = running
+        names = {(r.pid, r.create_time) for r in records}
+        state.processes = [p for p in state.processes if (p.pid, p.create_time) not in names]
+        state.published = {k: v for k, v in state.published.items() if v != f"{LOOPBACK}:{config.monitor.prometheus_port}"}
+        save_state(state, Path(config.paths.state_dir))
+    if data.get("grafana"):
+        try:
+            import docker
+
+            docker.from_env(timeout=5).containers.get(data["grafana"]).remove(force=True)
+            stopped.append(data["grafana"])
+        except Exception as err:
+            raise MlfoError(f"could not remove the Grafana container {data['grafana']}: {err}") from None
+    path.unlink()
+    return {"stopped": stopped}
+
+
+def query(prometheus_url: str, promql: str, at: float | None = None, timeout: float = 10) -> list[dict[str, Any]]:
+    """An instant PromQL query; the result vector."""
+    import requests
+
+    params: dict[str, Any] = {"query": promql}
+    if at is not None:
+        params["time"] = at
+    answer = requests.get(f"{prometheus_url.rstrip('/')}/api/v1/query", params=params, timeout=timeout)
+    body = answer.json()
+    if body.get("status") != "success":
+        raise ValidationError(f"Prometheus rejected '{promql}': {body.get('error')}")
+    return list(body["data"]["result"])
+
+
+def query_range(prometheus_url: str, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+    import requests
+
+    answer = requests.get(
+        f"{prometheus_url.rstrip('/')}/api/v1/query_range",
+        params={"query": promql, "start": start, "end": end, "step": step},
+        timeout=30,
+    )
+    body = answer.json()
+    if body.get("status") != "success":
+        raise ValidationError(f"Prometheus rejected '{promql}': {body.get('error')}")
+    return list(body["data"]["result"])
+
+
+def wait_for_prometheus(prometheus_url: str, timeout: float = 30) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{prometheus_url}/-/ready", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise MlfoError(f"Prometheus at {prometheus_url} is not ready after {timeout:.0f} s")

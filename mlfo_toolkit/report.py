@@ -1,0 +1,158 @@
+"""`mlfo report`: plots and a manifest from a run folder (and from Prometheus when it is reachable)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from mlfo_toolkit.errors import NotFoundError, ValidationError
+from mlfo_toolkit.runs import file_sha256, plot_rounds
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise NotFoundError(f"{run_dir} holds no run.json", hint="pass a folder written by `mlfo demo` or `mlfo intent send --wait`")
+    try:
+        run = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValidationError(f"{path} is not JSON: {err}") from None
+    if not isinstance(run, dict) or not isinstance(run.get("cohorts"), list):
+        raise ValidationError(f"{path} has no 'cohorts' list")
+    return run
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_orchestration(cohorts: list[dict[str, Any]], out: Path) -> Path:
+    """Seconds from intent to running FL clients, one bar per cohort."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = [c["name"] for c in cohorts]
+    ax.bar(names, [c.get("orchestration_seconds") or 0 for c in cohorts], color="tab:blue")
+    ax.set(title="Orchestration time per cohort", ylabel="seconds (intent -> clients started)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_traffic(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
+    """Bytes the FL server of each cohort sent and received over the run (from the run records)."""
+    measured = [c for c in cohorts if c.get("traffic")]
+    if not measured:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = [c["name"] for c in measured]
+    sent = [c["traffic"]["bytes_sent"] / 1e6 for c in measured]
+    received = [c["traffic"]["bytes_received"] / 1e6 for c in measured]
+    positions = range(len(names))
+    ax.bar([p - 0.2 for p in positions], sent, width=0.4, label="server sent")
+    ax.bar([p + 0.2 for p in positions], received, width=0.4, label="server received")
+    ax.set_xticks(list(positions), names)
+    ax.set(title="FL traffic per cohort (at the FL server)", ylabel="MB")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_traffic_rate(prometheus_url: str, cohorts: list[dict[str, Any]], out: Path) -> Path | None:
+    """FL traffic rate over time per cohort, from Prometheus, over the run's time window."""
+    from mlfo_toolkit.monitor import query_range
+
+    starts = [c["created"] for c in cohorts if c.get("created")]
+    ends = [c["finished"] for c in cohorts if c.get("finished")]
+    if not starts or not ends:
+        return None
+    promql = (
+        'sum by (cohort) (rate(mlfo_fl_bytes_sent_total{side="server"}[30s]) + '
+        'rate(mlfo_fl_bytes_received_total{side="server"}[30s]))'
+    )
+    series = query_range(prometheus_url, promql, min(starts) - 10, max(ends) + 10, 2)
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    t0 = min(starts)
+    for item in series:
+        points = [(float(t) - t0, float(v) / 1e3) for t, v in item["values"]]
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=item["metric"].get("cohort", "?"))
+    ax.set(title="FL traffic rate per cohort (Prometheus)", xlabel="seconds since the first intent", ylabel="kB/s")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def build_report(run_dir: Path, fmt: str = "png", prometheus_url: str | None = None, extra_inputs: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Write RUN_DIR/report/: PNG plots, manifest.json, and index.html with --format html."""
+    run = load_run(run_dir)
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    cohorts = run["cohorts"]
+    plots = [plot_rounds(cohorts, out / "accuracy-loss.png"), plot_orchestration(cohorts, out / "orchestration.png")]
+    traffic = plot_traffic(cohorts, out / "traffic.png")
+    if traffic:
+        plots.append(traffic)
+    prometheus_used = None
+    if prometheus_url:
+        try:
+            rate_plot = plot_traffic_rate(prometheus_url, cohorts, out / "traffic-rate.png")
+            if rate_plot:
+                plots.append(rate_plot)
+                prometheus_used = prometheus_url
+        except Exception as err:  # Prometheus is optional: the records alone make a report
+            prometheus_used = f"unreachable: {err.__class__.__name__}"
+    manifest = dict(run.get("manifest") or {})
+    inputs = dict(manifest.get("inputs", {}))
+    for name, path in (extra_inputs or {}).items():
+        inputs[name] = {"path": str(path), "sha256": file_sha256(path)}
+    manifest.update({
+        "inputs": inputs,
+        "run": str(run_dir),
+        "run_json_sha256": file_sha256(run_dir / "run.json"),
+        "cohorts": [{k: c.get(k) for k in ("name", "deployment", "strategy", "clients", "state")} for c in cohorts],
+        "plots": [p.name for p in plots],
+        "prometheus": prometheus_used,
+    })
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    result: dict[str, Any] = {"report_dir": str(out), "plots": [str(p) for p in plots], "manifest": str(out / "manifest.json")}
+    if fmt == "html":
+        result["html"] = str(write_html(out, run, plots, manifest))
+    return result
+
+
+def write_html(out: Path, run: dict[str, Any], plots: list[Path], manifest: dict[str, Any]) -> Path:
+    rows = "".join(
+        f"<tr><td>{html.escape(str(c['name']))}</td><td>{html.escape(str(c.get('strategy')))}</td><td>{c.get('clients')}</td>"
+        f"<td>{(c['accuracy'] or [float('nan')])[-1]:.3f}</td><td>{(c['loss'] or [float('nan')])[-1]:.3f}</td>"
+        f"<td>{c.get('orchestration_seconds') or 0:.2f}</td></tr>"
+        for c in run["cohorts"]
+    )
+    images = "".join(f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"></figure>' for p in plots)
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>mlfo run report</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}img{max-width:100%}</style>"
+        f"<h1>mlfo run {html.escape(str(run.get('run_dir', '')))}</h1>"
+        "<table><tr><th>cohort</th><th>strategy</th><th>clients</th><th>final accuracy</th><th>final loss</th><th>orchestration s</th></tr>"
+        f"{rows}</table>{images}<h2>Manifest</h2><pre>{html.escape(json.dumps(manifest, indent=2))}</pre>"
+    )
+    path = out / "index.html"
+    path.write_text(page)
+    return path
