@@ -46,8 +46,8 @@ ovs:
 	ovs-vsctl --timeout=5 show >/dev/null && echo "Open vSwitch started (userspace datapath)"; fi
 
 lint: install-test
-	$(BIN)/python -m pip install --quiet ruff mypy
-	$(BIN)/ruff check mlfo_toolkit tests
+	$(BIN)/python -m pip install --quiet ruff mypy types-PyYAML types-requests types-psutil
+	$(BIN)/ruff check mlfo_toolkit tests bench
 	$(BIN)/mypy mlfo_toolkit
 
 clean:

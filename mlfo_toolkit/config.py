@@ -121,14 +121,14 @@ class MonitorSettings(_Section):
 class Config(_Section):
     """The effective configuration of every mlfo command and process."""
 
-    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
-    mlfo: MlfoSettings = Field(default_factory=MlfoSettings)  # type: ignore[arg-type]
-    agent: AgentSettings = Field(default_factory=AgentSettings)  # type: ignore[arg-type]
-    fl: FlSettings = Field(default_factory=FlSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    mlfo: MlfoSettings = Field(default_factory=MlfoSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    fl: FlSettings = Field(default_factory=FlSettings)
     ip_plan: IpPlan = Field(default_factory=IpPlan)
     paths: PathSettings = Field(default_factory=PathSettings)
     onos: OnosSettings = Field(default_factory=OnosSettings)
-    monitor: MonitorSettings = Field(default_factory=MonitorSettings)  # type: ignore[arg-type]
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     def client_agents(self) -> list[str]:
         """Client agent addresses HOST:PORT, in IP-plan order."""

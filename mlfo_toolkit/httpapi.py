@@ -235,7 +235,7 @@ class HttpServer:
             clear_untrusted_proxy_headers=True,
         )
         self.host = host
-        self.port = int(self._server.effective_port)  # type: ignore[union-attr]
+        self.port = int(self._server.effective_port)
         self._thread: threading.Thread | None = None
 
     @property
@@ -262,7 +262,7 @@ class HttpServer:
                     pass
 
         if self._thread is not None and self._thread.is_alive():
-            self._server.trigger.pull_trigger(close_all)  # type: ignore[union-attr]
+            self._server.trigger.pull_trigger(close_all)
         else:
             close_all()
         if self._thread is not None:

@@ -97,7 +97,7 @@ class CatalogEntry(BaseModel):
 class CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    federated_when: dict[str, list[Scalar]] = Field(default_factory=lambda: {"privacylevel": ["high"]})
+    federated_when: dict[str, list[Scalar]] = Field(default_factory=lambda: {"privacylevel": list[Scalar](["high"])})
     operands: dict[str, CatalogEntry] = Field(min_length=1)
 
 

@@ -19,8 +19,16 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, NotFoundError, ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.httpapi import HttpError, JsonApi, Request, Response
+from mlfo_toolkit.intents import (
+    Catalog,
+    Intent,
+    MomoConstraints,
+    Pipeline,
+    build_momo_intent,
+    parse_intent,
+    parse_momo_intent,
+)
 from mlfo_toolkit.metrics import DeploymentStates, MlfoMetrics
-from mlfo_toolkit.intents import Catalog, Intent, MomoConstraints, Pipeline, build_momo_intent, parse_intent, parse_momo_intent
 from mlfo_toolkit.store import Store
 from mlfo_toolkit.yamlutil import validate
 
@@ -371,7 +379,7 @@ class CloudMlfo:
                 raise HttpError(409, f"all {len(self.config.server_agents())} FL servers of the pool are busy",
                                 field="ip_plan.servers", hint="wait for a cohort to finish or add servers")
             agent_address = free[0]
-            record = {"deployment": deployment, "agent": agent_address, "server": None, "active": True,
+            record: dict[str, Any] = {"deployment": deployment, "agent": agent_address, "server": None, "active": True,
                       "intent_id": intent.intentID, "created": time.time(), "shares": None}
             self.store.put(ALLOCATION, deployment, record, record["created"])
         agent = _client(AgentClient, agent_address, self.config)

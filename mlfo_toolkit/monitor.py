@@ -288,9 +288,10 @@ def query(prometheus_url: str, promql: str, at: float | None = None, timeout: fl
 def query_range(prometheus_url: str, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
     import requests
 
+    params: dict[str, Any] = {"query": promql, "start": start, "end": end, "step": step}
     answer = requests.get(
         f"{prometheus_url.rstrip('/')}/api/v1/query_range",
-        params={"query": promql, "start": start, "end": end, "step": step},
+        params=params,
         timeout=30,
     )
     body = answer.json()

@@ -19,7 +19,6 @@ import yaml
 from mlfo_toolkit.builders import get_builder
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, UnreachableError, ValidationError
-from mlfo_toolkit.processes import wait_for_port
 from mlfo_toolkit.netstate import (
     NetworkState,
     ProcessRecord,
@@ -30,6 +29,7 @@ from mlfo_toolkit.netstate import (
     stop_processes,
     teardown,
 )
+from mlfo_toolkit.processes import wait_for_port
 from mlfo_toolkit.topology import Topology
 
 Progress = Callable[[str], None]

@@ -62,6 +62,7 @@ class LinkDefaults(BaseModel):
 
     bandwidth_mbit: float | None = Field(None, gt=0)
     delay_ms: float = Field(0.0, ge=0)
+    mtu: int = Field(1500, ge=576, le=9000)
 
 
 class TopologyFile(BaseModel):
@@ -201,6 +202,7 @@ class Topology:
     switches: list[Switch]
     links: list[Link]
     source: str = ""
+    mtu: int = 1500
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -259,6 +261,7 @@ class Topology:
             "name": self.name,
             "source": self.source,
             "parameters": self.parameters,
+            "mtu": self.mtu,
             "hosts": [asdict(h) for h in self.hosts],
             "switches": [{"name": s.name, "dpid": s.dpid, "dpid_hex": s.dpid_hex, "onos_id": s.onos_id, "ports": self.links_of(s.name)} for s in self.switches],
             "links": [asdict(link) for link in self.links],
@@ -341,7 +344,7 @@ def build_topology(spec: TopologyFile, source: str, parameters: dict[str, int] |
             Link(link.a, link.b, pa, pb, interface_name(link.a, pa), interface_name(link.b, pb),
                  link.bandwidth_mbit or default_bw, link.delay_ms or spec.link_defaults.delay_ms)
         )
-    return Topology(spec.name, params, built_hosts, [Switch(s.name, s.dpid) for s in switches], built_links, source)
+    return Topology(spec.name, params, built_hosts, [Switch(s.name, s.dpid) for s in switches], built_links, source, spec.link_defaults.mtu)
 
 
 def load_topology(path: Path | None = None, parameters: dict[str, int] | None = None) -> Topology:

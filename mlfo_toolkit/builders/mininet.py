@@ -85,7 +85,7 @@ class MininetBuilder:
         if delays and not netem:
             state.warnings.append(
                 "this kernel has no netem qdisc: link delays ("
-                + ", ".join(f"{l.a}-{l.b} {l.delay_ms:g} ms" for l in topology.links if l.delay_ms)
+                + ", ".join(f"{link.a}-{link.b} {link.delay_ms:g} ms" for link in topology.links if link.delay_ms)
                 + ") are not emulated; bandwidth limits are"
             )
         if not kernel:
@@ -102,8 +102,8 @@ class MininetBuilder:
         net = Mininet(topo=None, build=False, controller=None, switch=switch_class, link=TCLink, autoSetMacs=False, waitConnected=False)
         self.net = net
         if controller:
-            host, _, port = controller.rpartition(":")
-            net.addController("c0", controller=RemoteController, ip=host, port=int(port))
+            address, _, port = controller.rpartition(":")
+            net.addController("c0", controller=RemoteController, ip=address, port=int(port))
         for switch in topology.switches:
             net.addSwitch(switch.name, dpid=switch.dpid_hex)
         for host in topology.hosts:
@@ -131,10 +131,18 @@ class MininetBuilder:
             )
         net.build()
         net.start()
+        if topology.mtu != 1500:
+            for interface in interfaces:
+                _run(["ip", "link", "set", "dev", interface, "mtu", str(topology.mtu)])
+            for bridge in bridges:
+                for port in _run(["ovs-vsctl", "--timeout=10", "list-ports", bridge]).stdout.split():
+                    _run(["ovs-vsctl", "--timeout=10", "set", "interface", port, f"mtu_request={topology.mtu}"])
         for host in topology.hosts:
             node = net.get(host.name)
             # The userspace datapath drops TCP segments with offloaded checksums: compute them in software.
             node.cmd("ethtool", "-K", host.interface, "tx", "off")
+            if topology.mtu != 1500:
+                node.cmd("ip", "link", "set", "dev", host.interface, "mtu", str(topology.mtu))
             state.hosts.append(
                 HostRecord(host.name, host.role, host.ip, node.pid, psutil.Process(node.pid).create_time(), host.interface)
             )

@@ -11,7 +11,7 @@ from mlfo_toolkit.meters.plan import DIRECTIONS
 
 PORT = click.option("--port", "cohort", type=click.IntRange(min=1), required=True, help="Cohort N: the clients of campus switch N (the prototype's IN_PORT N).")
 RATE = click.option("--rate", default="100mbit", show_default=True, help="Meter rate: 100mbit, 10M, 500kbit, ...")
-BURST = click.option("--burst", help="Burst size in bits (e.g. 1mbit; default: a tenth of a second of the rate).")
+BURST = click.option("--burst", help="Burst size in bits (e.g. 1mbit; default: a fifth of a second of the rate).")
 CONTROLLER = click.option("--controller", type=click.Choice(CONTROLLERS), default="ovs", show_default=True,
                           help="ovs: ovs-ofctl on the bridges; onos: ONOS REST (onos.url, onos.user, onos.password).")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -96,16 +96,17 @@ def _local_data(context: Context) -> tuple[data.Dataset, np.ndarray]:
 def client_train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition and send it back."""
     dataset, indices = _local_data(context)
-    config = msg.content["config"]
+    config = cast(ConfigRecord, msg.content["config"])
+    arrays = cast(ArrayRecord, msg.content["arrays"])
     params, loss = models.train(
-        msg.content["arrays"].to_numpy_ndarrays(),
+        arrays.to_numpy_ndarrays(),
         dataset.x_train[indices],
         dataset.y_train[indices],
-        epochs=int(config.get("local-epochs", 5)),
-        learning_rate=float(config.get("learning-rate", 0.1)),
-        batch_size=int(config.get("batch-size", 32)),
-        seed=int(config.get("server-round", 0)),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        epochs=int(cast(int, config.get("local-epochs", 5))),
+        learning_rate=float(cast(float, config.get("learning-rate", 0.1))),
+        batch_size=int(cast(int, config.get("batch-size", 32))),
+        seed=int(cast(int, config.get("server-round", 0))),
+        proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))),
     )
     content = RecordDict(
         {
@@ -124,8 +125,7 @@ def client_evaluate(msg: Message, context: Context) -> Message:
     share = np.array_split(np.arange(len(dataset.y_test)), int(node["num-partitions"]))[
         int(node["partition-id"])
     ]
-    loss, accuracy = models.evaluate(
-        msg.content["arrays"].to_numpy_ndarrays(), dataset.x_test[share], dataset.y_test[share]
-    )
+    arrays = cast(ArrayRecord, msg.content["arrays"])
+    loss, accuracy = models.evaluate(arrays.to_numpy_ndarrays(), dataset.x_test[share], dataset.y_test[share])
     metrics = MetricRecord({"eval_loss": loss, "eval_acc": accuracy, "num-examples": int(len(share))})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

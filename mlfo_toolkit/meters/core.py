@@ -134,8 +134,8 @@ def measure_mbit(state: NetworkState, client: str, server_ip: str, seconds: int)
 
 def verify_meter(config: Config, cohort: int, rate: str, burst: str | None, controller: str, seconds: int = 3) -> dict[str, Any]:
     """Measure a cohort client's throughput to its FL server without and with the meter, and another cohort's with it."""
-    from mlfo_toolkit.network import spawn_in_host, wait_listening
     from mlfo_toolkit.netstate import stop_processes
+    from mlfo_toolkit.network import spawn_in_host, wait_listening
 
     state, topology = running_topology(config)
     clients = [h for h in topology.fl_clients() if h.campus == cohort]
@@ -146,7 +146,7 @@ def verify_meter(config: Config, cohort: int, rate: str, burst: str | None, cont
     if not others:
         raise ValidationError(f"{topology.name} has no other cohort to compare with", field="port")
     other = others[0]
-    servers_used = {servers[cohort].name: servers[cohort], servers[other.campus].name: servers[other.campus]}  # type: ignore[index]
+    servers_used = {servers[cohort].name: servers[cohort], servers[other.campus].name: servers[other.campus]}
     log_dir = Path(config.paths.state_dir) / "logs"
     iperf_servers = []
     try:
@@ -162,7 +162,7 @@ def verify_meter(config: Config, cohort: int, rate: str, burst: str | None, cont
         unmetered = measure_mbit(state, clients[0].name, servers[cohort].ip, seconds)
         installed = set_meter(config, cohort, rate, burst, "both", controller)
         metered = measure_mbit(state, clients[0].name, servers[cohort].ip, seconds)
-        other_mbit = measure_mbit(state, other.name, servers[other.campus].ip, seconds)  # type: ignore[index]
+        other_mbit = measure_mbit(state, other.name, servers[other.campus].ip, seconds)
     finally:
         stop_processes(iperf_servers)
     return {

@@ -17,7 +17,7 @@ def test_handmnist_is_real_and_split() -> None:
     digits = data.load_dataset("handmnist")
     assert len(digits.y_train) + len(digits.y_test) == 1797
     assert digits.num_features == 64 and digits.num_classes == 10
-    assert 0.0 <= digits.x_train.min() and digits.x_train.max() <= 1.0
+    assert digits.x_train.min() >= 0.0 and digits.x_train.max() <= 1.0
     assert set(np.unique(digits.y_test)) == set(range(10))
 
 

@@ -30,7 +30,7 @@ def test_bad_rates(text: str) -> None:
 
 def test_plan_on_the_small_topology() -> None:
     up, down = plan_meters(load_topology(Path("small")), 2, 10_000, None, "both")
-    assert (up.switch, up.direction, up.rate_kbps, up.burst_kbits) == ("swCampus2", "up", 10_000, 1_000)
+    assert (up.switch, up.direction, up.rate_kbps, up.burst_kbits) == ("swCampus2", "up", 10_000, 2_000)
     assert [(f.in_port, f.output_port) for f in up.flows] == [(1, 4), (2, 4), (3, 4)]  # clients -> uplink port 4
     assert (down.switch, down.device_id) == ("swEdge0", "of:0000000000000003")
     assert [(f.ipv4_dst, f.output_port) for f in down.flows] == [("10.0.1.13", 4), ("10.0.1.14", 4), ("10.0.1.15", 4)]

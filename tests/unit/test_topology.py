@@ -37,8 +37,8 @@ def test_prototype_layout_and_ip_plan() -> None:
     # campus switch: clients on ports 1..10, uplink to the edge on 11
     assert topology.port_towards("swCampus2", "swEdge0") == 11
     assert topology.links_of("swCampus2")[0] == (1, "fc.20")
-    assert {(l.a, l.b): l.delay_ms for l in topology.links}[("swEdge0", "satsw0")] == 12
-    assert all(l.bandwidth_mbit == 500 for l in topology.links)
+    assert {(link.a, link.b): link.delay_ms for link in topology.links}[("swEdge0", "satsw0")] == 12
+    assert all(link.bandwidth_mbit == 500 for link in topology.links)
     assert topology.cohort_switch(4).name == "swCampus4"
     with pytest.raises(ValidationError, match="no campus switch for cohort 6"):
         topology.cohort_switch(6)
