@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -229,17 +229,7 @@ class CohortPlan:
     fields: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "intent_id": self.intent_id,
-            "ipstart": self.ipstart,
-            "clients": self.clients,
-            "server": self.server,
-            "shares_server_with": self.shares_server_with,
-            "strategy": self.strategy,
-            "rounds": self.rounds,
-            "fields": self.fields,
-        }
+        return asdict(self)
 
 
 def client_range(config: Config, ipstart: int, size: int) -> list[str]:

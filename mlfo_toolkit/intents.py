@@ -117,22 +117,15 @@ class Catalog:
             raise ValidationError(f"cannot read the operand catalog: {err.strerror}", source=str(path)) from None
         spec = validate(CatalogFile, data, lines, str(path))
         for operand, entry in spec.operands.items():
-            if entry.source not in LOADERS:
-                raise ValidationError(
-                    f"unknown dataset '{entry.source}'",
-                    field=f"operands.{operand}.source",
-                    line=lines.get(("operands", operand, "source")),
-                    source=str(path),
-                    hint=f"known: {', '.join(LOADERS)}",
-                )
-            if entry.model not in MODEL_KINDS:
-                raise ValidationError(
-                    f"unknown model '{entry.model}'",
-                    field=f"operands.{operand}.model",
-                    line=lines.get(("operands", operand, "model")),
-                    source=str(path),
-                    hint=f"known: {', '.join(MODEL_KINDS)}",
-                )
+            for key, value, known in (("source", entry.source, tuple(LOADERS)), ("model", entry.model, MODEL_KINDS)):
+                if value not in known:
+                    raise ValidationError(
+                        f"unknown {'dataset' if key == 'source' else 'model'} '{value}'",
+                        field=f"operands.{operand}.{key}",
+                        line=lines.get(("operands", operand, key)),
+                        source=str(path),
+                        hint=f"known: {', '.join(known)}",
+                    )
         return cls(spec, str(path))
 
     @property
