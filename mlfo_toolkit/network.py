@@ -284,7 +284,7 @@ def network_status(config: Config) -> dict[str, Any]:
         "phase": state.phase,
         "owner": {"pid": state.owner_pid, "alive": state.owner_alive()},
         "hosts": [{"name": h.name, "role": h.role, "ip": h.ip, "alive": h.name in left["hosts"]} for h in state.hosts],
-        "processes": [{"name": p.name, "host": p.host, "pid": p.pid, "alive": p.name in left["processes"] and p.alive()} for p in state.processes],
+        "processes": [{"name": p.name, "host": p.host, "pid": p.pid, "alive": p.alive()} for p in state.processes],
         "bridges": state.bridges,
         "published": state.published,
         "warnings": state.warnings,
