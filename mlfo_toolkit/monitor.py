@@ -6,17 +6,24 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, ValidationError
-from mlfo_toolkit.netstate import NetworkState, ProcessRecord, load_state, save_state, state_path, stop_processes
+from mlfo_toolkit.netstate import (
+    NetworkState,
+    ProcessRecord,
+    load_state,
+    save_state,
+    spawn_recorded,
+    state_path,
+    stop_processes,
+    write_json_atomically,
+)
 from mlfo_toolkit.processes import wait_for_port
 from mlfo_toolkit.resources import resource_path
 from mlfo_toolkit.topology import Topology, load_topology
@@ -35,13 +42,7 @@ def targets_dir(config: Config) -> Path:
 
 def write_targets(config: Config, name: str, groups: list[dict[str, Any]]) -> Path:
     """A Prometheus file_sd file (targets + labels); Prometheus notices it without a restart."""
-    directory = targets_dir(config)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.json"
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(groups, indent=2))
-    os.replace(temporary, path)
-    return path
+    return write_json_atomically(targets_dir(config) / f"{name}.json", groups)
 
 
 def _auth(config: Config) -> dict[str, Any]:
@@ -136,13 +137,6 @@ def _binary(name: str, package: str) -> str:
     return path
 
 
-def _spawn(argv: list[str], log: Path, name: str) -> ProcessRecord:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    return ProcessRecord(name, proc.pid, None, psutil.Process(proc.pid).create_time(), argv, str(log))
-
-
 def _monitor_file(config: Config) -> Path:
     return prometheus_dir(config) / MONITOR_FILE
 
@@ -165,7 +159,7 @@ def monitor_up(config: Config) -> dict[str, Any]:
     records: list[ProcessRecord] = []
     storage = ["--storage.tsdb.path", str(directory / "data"), "--storage.tsdb.retention.time", "15d"]
     if running and topology:
-        from mlfo_toolkit.network import spawn_in_host, wait_listening
+        from mlfo_toolkit.network import publish_port, spawn_in_host, wait_listening
 
         state, _ = running
         log_dir = Path(config.paths.state_dir) / "logs"
@@ -180,15 +174,13 @@ def monitor_up(config: Config) -> dict[str, Any]:
                                      log_dir, cpu_limited=False)
             waits.append((host.name, config.monitor.node_exporter_port, exporter))
         wait_listening(state, waits, 60)
-        relay = [sys.executable, "-m", "mlfo_toolkit.relay", "--listen", f"{LOOPBACK}:{port}", "--pid", str(state.host(prom_host.name).pid), "--target", f"{prom_host.ip}:{port}"]
-        state.processes.append(_spawn(relay, log_dir / f"relay-{port}.log", f"publish {prom_host.name}:{port}"))
-        state.published[f"{prom_host.name}:{port}"] = f"{LOOPBACK}:{port}"
+        publish_port(state, prom_host.name, prom_host.ip, port, port, log_dir)
         save_state(state, Path(config.paths.state_dir))
         records = [p for p in state.processes if p.name in ("prometheus", "node-exporter") or p.name.startswith(f"publish {prom_host.name}")]
     else:
-        records.append(_spawn([prometheus, "--config.file", str(config_path), *storage, "--web.listen-address", f"{LOOPBACK}:{port}"],
+        records.append(spawn_recorded([prometheus, "--config.file", str(config_path), *storage, "--web.listen-address", f"{LOOPBACK}:{port}"],
                               directory / "prometheus.log", "prometheus"))
-        records.append(_spawn([node_exporter, "--web.listen-address", f"{LOOPBACK}:{config.monitor.node_exporter_port}"],
+        records.append(spawn_recorded([node_exporter, "--web.listen-address", f"{LOOPBACK}:{config.monitor.node_exporter_port}"],
                               directory / "node-exporter.log", "node-exporter"))
     _monitor_file(config).write_text(json.dumps({"processes": [vars(r) for r in records], "grafana": None}))
     try:

@@ -98,13 +98,30 @@ def state_path(state_dir: Path) -> Path:
     return Path(state_dir) / STATE_FILE
 
 
-def save_state(state: NetworkState, state_dir: Path) -> None:
-    """Write atomically, so a SIGKILL mid-write never leaves a torn file."""
-    path = state_path(state_dir)
+def write_json_atomically(path: Path, data: Any) -> Path:
+    """Write JSON through a temporary file and a rename, so a SIGKILL mid-write never leaves a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(state.to_dict(), indent=2))
+    temporary.write_text(json.dumps(data, indent=2))
     os.replace(temporary, path)
+    return path
+
+
+def save_state(state: NetworkState, state_dir: Path) -> None:
+    write_json_atomically(state_path(state_dir), state.to_dict())
+
+
+def spawn_recorded(
+    argv: list[str], log: Path, name: str, *, host: str | None = None, env: dict[str, str] | None = None
+) -> ProcessRecord:
+    """Start a process (no shell) in its own session, output to `log`, and return its record."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **env} if env else None,
+        )
+    return ProcessRecord(name, proc.pid, host, psutil.Process(proc.pid).create_time(), argv, str(log))
 
 
 def load_state(state_dir: Path) -> NetworkState:

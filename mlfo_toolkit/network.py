@@ -25,6 +25,7 @@ from mlfo_toolkit.netstate import (
     leftovers,
     load_state,
     save_state,
+    spawn_recorded,
     state_path,
     stop_processes,
     teardown,
@@ -52,18 +53,8 @@ def spawn_in_host(
     launcher = [sys.executable, "-m", "mlfo_toolkit.inhost", "--pid", str(record.pid)]
     if record.cgroup and cpu_limited:
         launcher += ["--cgroup", record.cgroup]
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{host}-{name}.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [*launcher, "--", *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-    process = ProcessRecord(name, proc.pid, host, psutil.Process(proc.pid).create_time(), list(argv), str(log_path))
+    process = spawn_recorded([*launcher, "--", *argv], log_dir / f"{host}-{name}.log", name, host=host, env=env)
+    process.argv = list(argv)  # what runs inside the host, without the launcher
     state.processes.append(process)
     return process
 
@@ -141,6 +132,16 @@ def _service_config(config: Config, topology: Topology, state_dir: Path) -> Path
     return path
 
 
+def publish_port(state: NetworkState, host: str, ip: str, inner_port: int, outer_port: int, log_dir: Path) -> str:
+    """Relay 127.0.0.1:outer_port to ip:inner_port inside a host; recorded in the state. Returns the address."""
+    listen = f"127.0.0.1:{outer_port}"
+    relay = [sys.executable, "-m", "mlfo_toolkit.relay", "--listen", listen, "--pid", str(state.host(host).pid), "--target", f"{ip}:{inner_port}"]
+    state.processes.append(spawn_recorded(relay, log_dir / f"relay-{outer_port}.log", f"publish {host}:{inner_port}"))
+    state.published[f"{host}:{inner_port}"] = listen
+    wait_for_port("127.0.0.1", outer_port, 30)
+    return listen
+
+
 def start_services(state: NetworkState, topology: Topology, config: Config, state_dir: Path, progress: Progress) -> None:
     """MLFOs on their hosts, an agent on every FL host, the published ports on loopback."""
     config_file = _service_config(config, topology, state_dir)
@@ -168,14 +169,7 @@ def start_services(state: NetworkState, topology: Topology, config: Config, stat
             if not outer_port:
                 progress(f"not publishing {host.name}:{inner_port} (publish port 0)")
                 continue
-            listen = f"127.0.0.1:{outer_port}"
-            relay = [sys.executable, "-m", "mlfo_toolkit.relay", "--listen", listen, "--pid", str(state.host(host.name).pid), "--target", f"{host.ip}:{inner_port}"]
-            log = log_dir / f"relay-{outer_port}.log"
-            with open(log, "ab") as out:
-                proc = subprocess.Popen(relay, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            state.processes.append(ProcessRecord(f"publish {host.name}:{inner_port}", proc.pid, None, psutil.Process(proc.pid).create_time(), relay, str(log)))
-            state.published[f"{host.name}:{inner_port}"] = listen
-            wait_for_port("127.0.0.1", outer_port, 30)
+            listen = publish_port(state, host.name, host.ip, inner_port, outer_port, log_dir)
             progress(f"published {host.name} {host.ip}:{inner_port} on {listen}")
 
 

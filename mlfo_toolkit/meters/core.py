@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from mlfo_toolkit.errors import MlfoError, ValidationError
 from mlfo_toolkit.meters.onos import OnosMeterDriver
 from mlfo_toolkit.meters.ovs import OvsMeterDriver
 from mlfo_toolkit.meters.plan import MeterSpec, parse_rate_kbps, plan_meters
-from mlfo_toolkit.netstate import NetworkState, load_state
+from mlfo_toolkit.netstate import NetworkState, load_state, write_json_atomically
 from mlfo_toolkit.topology import Topology, load_topology
 
 METER_FILE = "meters.json"
@@ -52,11 +51,7 @@ def load_meters(config: Config) -> dict[str, Any]:
 
 
 def _save_meters(config: Config, meters: dict[str, Any]) -> None:
-    path = _meter_file(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(meters, indent=2))
-    os.replace(temporary, path)
+    write_json_atomically(_meter_file(config), meters)
 
 
 def set_meter(config: Config, cohort: int, rate: str, burst: str | None, direction: str, controller: str) -> dict[str, Any]:
