@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 import threading
 import time
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
 from mlfo_toolkit.fl.data import LOADERS
+from mlfo_toolkit.fl.executor import Registration, register, start_executor, unregister
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.httpapi import HttpError, JsonApi, Request, Response
@@ -32,6 +35,7 @@ FEDERATION = "mlfo"
 SUPERLINK_START_SECONDS = 60.0
 # A SuperNode gives up when its SuperLink stays unreachable this long.
 SUPERNODE_MAX_WAIT_SECONDS = 300
+SUPERNODE_START_SECONDS = 120.0
 
 
 class ServParams(BaseModel):
@@ -98,11 +102,8 @@ class FlServer:
 
     def status(self) -> dict[str, Any]:
         events = self.events()
-        rounds = [
-            {"round": e["round"], "loss": e["loss"], "accuracy": e["accuracy"], "time": e["time"]}
-            for e in events
-            if e.get("event") == "round"
-        ]
+        kept = ("round", "loss", "accuracy", "time", "sampled", "results", "failures", "phases")
+        rounds = [{k: e[k] for k in kept if k in e} for e in events if e.get("event") == "round"]
         kinds = {e.get("event") for e in events}
         failure = next((e.get("reason") for e in events if e.get("event") == "failed"), None)
         state, reason = "running", None
@@ -124,7 +125,7 @@ class FlServer:
             "state": state,
             "reason": reason,
             "rounds": [r for r in rounds if r["round"] > 0],
-            "initial": next(({"loss": r["loss"], "accuracy": r["accuracy"]} for r in rounds if r["round"] == 0), None),
+            "initial": next(({k: r[k] for k in ("loss", "accuracy", "time")} for r in rounds if r["round"] == 0), None),
             "pids": [self.superlink.pid] + ([self.submitter.pid] if self.submitter else []),
         }
 
@@ -140,11 +141,15 @@ class FlClient:
 
     params: CliParams
     process: ManagedProcess
+    name: str
+    runtime_port: int | None = None  # the Runtime API a shared executor polls (isolation: shared)
     started: float = field(default_factory=time.time)
+    ready_seconds: float | None = None
 
     def status(self) -> dict[str, Any]:
         running = self.process.running()
         return {
+            "name": self.name,
             "deployment": self.params.deployment,
             "server": self.params.server,
             "part": self.params.part,
@@ -152,6 +157,7 @@ class FlClient:
             "state": "running" if running else "exited",
             "returncode": self.process.returncode(),
             "pid": self.process.pid,
+            "ready_seconds": self.ready_seconds,
             "log_tail": None if running else self.process.tail(5),
         }
 
@@ -169,7 +175,11 @@ class NodeAgent:
         self.server: FlServer | None = None
         self.clients: list[FlClient] = []
         self._runs = 0
+        self._client_runs = 0
+        self._executor: ManagedProcess | None = None
         self._byte_totals: dict[tuple[str, str, int], ByteTotals] = {}
+        # Unique among every agent that registers with one shared executor (host and folder).
+        self._label = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.advertise_host}-{self.work_dir.parent.name}-{self.work_dir.name}")
         self.app_dir = self.work_dir / "flwr-app"
         if not self.app_dir.exists():
             shutil.copytree(resource_path("mlfo_toolkit/fl/app_template"), self.app_dir)
@@ -215,8 +225,8 @@ class NodeAgent:
                     "--port",
                     str(port),
                     "--disable-runtime-dependency-installation",
-                    "--database",
-                    str(run_dir / "superlink.db"),
+                    # No --database: Flower keeps the SuperLink's state in memory, which rules out the
+                    # "database is locked" errors that lost messages at 50 clients.
                 ],
                 log_path=run_dir / "superlink.log",
                 env=env,
@@ -246,6 +256,7 @@ class NodeAgent:
                 "data-dir": str(self.config.fl.data_dir.resolve()),
                 "metrics-file": str(metrics_file),
                 "round-timeout": self.config.fl.round_timeout,
+                "server-poll-seconds": self.config.fl.server_poll_seconds,
             }
             run_config = run_dir / "run-config.toml"
             run_config.write_text(tomli_w.dumps(overrides))
@@ -260,17 +271,34 @@ class NodeAgent:
             return {"server": server.address, "deployment": params.deployment, "pid": superlink.pid}
 
     # --- FL client ---------------------------------------------------------------------------
+    def registration_dir(self) -> Path:
+        """Where this agent registers its SuperNodes: the shared executor's folder, or its own."""
+        shared = self.config.fl.executor_dir
+        return Path(shared).resolve() if shared is not None else self.work_dir / "executor"
+
+    def _ensure_executor(self) -> None:
+        """Without a shared executor, run a private one (it stops when this agent's process ends)."""
+        if self.config.fl.executor_dir is not None or (self._executor is not None and self._executor.running()):
+            return
+        self._executor = start_executor(self.registration_dir(), self.work_dir / "executor.log", parent_pid=os.getpid())
+
     def start_client(self, params: CliParams) -> dict[str, Any]:
-        """Start a SuperNode for partition `part` of `cohsize` that connects to `server`."""
+        """Start a SuperNode for partition `part` of `cohsize` that connects to `server`.
+
+        Answers once the SuperNode is up (its Runtime API listens), so a caller that limits how many
+        starts run at once really limits how many Python processes start at once.
+        """
         _check_pipeline(params.source, params.model)
         if params.part >= params.cohsize:
             raise ValidationError(f"part {params.part} must be below cohsize {params.cohsize}", field="part")
         partitioning = params.partitioning or self.config.fl.partitioning
         if partitioning not in ("iid", "dirichlet"):
             raise ValidationError(f"unknown partitioning '{partitioning}'", field="partitioning", hint="iid or dirichlet")
+        shared = self.config.fl.isolation == "shared"
         with self._lock:
-            index = len(self.clients) + 1
-            run_dir = self.work_dir / f"client-{index}"
+            self._client_runs += 1  # never reused, so no run folder is ever written twice
+            name = f"{self._label}-client-{self._client_runs}"
+            run_dir = self.work_dir / f"client-{self._client_runs}"
             run_dir.mkdir(parents=True, exist_ok=True)
             node_config = " ".join(
                 [
@@ -284,33 +312,60 @@ class NodeAgent:
                     f"seed={self.config.fl.seed}",
                 ]
             )
+            runtime_port = free_port()
+            argv = [
+                find_tool("flower-supernode"),
+                "--insecure",
+                "--superlink",
+                params.server,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(runtime_port),
+                "--max-wait-time",
+                str(SUPERNODE_MAX_WAIT_SECONDS),
+                "--node-config",
+                node_config,
+            ]
+            if shared:
+                argv += ["--isolation", "process"]
+            flwr_home = run_dir / "flwr-home"
             process = ManagedProcess(
                 f"flower-supernode part {params.part}",
-                [
-                    find_tool("flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    params.server,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(free_port()),
-                    "--max-wait-time",
-                    str(SUPERNODE_MAX_WAIT_SECONDS),
-                    "--node-config",
-                    node_config,
-                ],
+                argv,
                 log_path=run_dir / "supernode.log",
-                env=tool_env({"FLWR_HOME": str(run_dir / "flwr-home")}),
+                env=tool_env({"FLWR_HOME": str(flwr_home)}),
                 cwd=run_dir,
             )
-            self.clients.append(FlClient(params, process))
-            log.info("FL client part %d/%d -> %s started", params.part, params.cohsize, params.server)
-            return {"client": index, "pid": process.pid, "server": params.server}
+            client = FlClient(params, process, name, runtime_port if shared else None)
+            self.clients.append(client)
+            if shared:
+                self._ensure_executor()
+                register(
+                    self.registration_dir(),
+                    Registration(name, f"127.0.0.1:{runtime_port}", process.pid, str(flwr_home),
+                                 str(run_dir / "clientapp.log"), watch=str(process.log_path)),
+                )
+        try:
+            wait_for_port("127.0.0.1", runtime_port, SUPERNODE_START_SECONDS, process)
+        except MlfoError:
+            self._stop_client(client)
+            with self._lock:
+                self.clients = [c for c in self.clients if c is not client]
+            raise
+        client.ready_seconds = round(time.time() - client.started, 3)
+        log.info("FL client part %d/%d -> %s started", params.part, params.cohsize, params.server)
+        return {"client": name, "pid": process.pid, "server": params.server, "ready_seconds": client.ready_seconds}
+
+    def _stop_client(self, client: FlClient) -> None:
+        if client.runtime_port is not None:
+            unregister(self.registration_dir(), client.name)
+        client.process.stop()
 
     # --- status and stop ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        traffic = {(t.side, t.deployment): t for t in self.traffic()}
+        # Only the FL server's traffic goes into the answer: a client-only agent need not sample sockets.
+        traffic = {(t.side, t.deployment): t for t in self.traffic()} if self.server is not None else {}
         with self._lock:
             server = self.server.status() if self.server else None
             if server is not None and ("server", server["deployment"]) in traffic:
@@ -329,14 +384,20 @@ class NodeAgent:
             keep = []
             for client in self.clients:
                 if deployment in (None, client.params.deployment):
-                    client.process.stop()
+                    self._stop_client(client)
                     stopped.append(f"client part {client.params.part}")
                 else:
                     keep.append(client)
             self.clients = keep
+            if not keep and self._executor is not None:
+                # A private executor serves only this agent's clients: none left, nothing to serve.
+                self._executor.stop()
+                self._executor = None
             return {"stopped": stopped}
 
-    close = stop
+    def close(self) -> None:
+        """Stop every FL process (and with the last client, this agent's own executor)."""
+        self.stop()
 
     # --- HTTP --------------------------------------------------------------------------------
     # --- traffic and metrics ------------------------------------------------------------------

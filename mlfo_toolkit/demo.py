@@ -12,10 +12,11 @@ from typing import Any
 from mlfo_toolkit.agent import NodeAgent
 from mlfo_toolkit.cohorts import CohortFile, load_cohort_file
 from mlfo_toolkit.config import Config
+from mlfo_toolkit.fl.executor import start_executor
 from mlfo_toolkit.httpapi import HttpServer
 from mlfo_toolkit.mlfo import CampusMlfo, CloudMlfo
 from mlfo_toolkit.monitor import write_targets
-from mlfo_toolkit.processes import free_port
+from mlfo_toolkit.processes import ManagedProcess, free_port
 from mlfo_toolkit.resources import resource_path
 from mlfo_toolkit.runs import cohort_summary, manifest, new_run_dir, write_run
 from mlfo_toolkit.sending import ProgressCallback, raise_for_failures, send_cohorts, wait_for_deployments
@@ -60,6 +61,7 @@ class LoopbackNetwork:
     agent_labels: list[tuple[str, str, str]] = field(default_factory=list)
     target_files: list[Path] = field(default_factory=list)
     campus_address: str = ""
+    executor: ManagedProcess | None = None
 
     def _agent(self, name: str, fl_port: int, role: str) -> str:
         config = self.config.with_overrides({"agent.host": LOOPBACK, "agent.port": 0, "agent.fl_server_port": fl_port})
@@ -71,13 +73,18 @@ class LoopbackNetwork:
         return server.address
 
     def start(self, num_servers: int, num_clients: int) -> None:
+        if self.config.fl.isolation == "shared":
+            # One executor runs the ClientApps of every client agent of the demo.
+            executor_dir = self.work_dir / "executor"
+            self.executor = start_executor(executor_dir, self.work_dir / "executor.log")
+            self.config = self.config.with_overrides({"fl.executor_dir": str(executor_dir)})
         server_agents = [self._agent(f"fed.{n + 1}", free_port(), "fl-server") for n in range(num_servers)]
         client_agents = [self._agent(f"fc.{n + 1}", 0, "fl-client") for n in range(num_clients)]
         state_dir = self.work_dir / "state"
         cloud_config = self.config.with_overrides({"ip_plan.servers": server_agents, "paths.state_dir": str(state_dir)})
         cloud = CloudMlfo(cloud_config, Store(state_dir / "mlfo-cloud.sqlite3"))
         self.cores.append(cloud)
-        cloud_server = HttpServer(cloud.api(), LOOPBACK, 0).start()
+        cloud_server = HttpServer(cloud.api(), LOOPBACK, 0, threads=16).start()
         self.servers.append(cloud_server)
         campus_config = self.config.with_overrides(
             {
@@ -89,7 +96,7 @@ class LoopbackNetwork:
         )
         campus = CampusMlfo(campus_config, Store(state_dir / "mlfo-campus.sqlite3"))
         self.cores.append(campus)
-        campus_server = HttpServer(campus.api(), LOOPBACK, 0).start()
+        campus_server = HttpServer(campus.api(), LOOPBACK, 0, threads=16).start()
         self.servers.append(campus_server)
         self.campus_address = campus_server.address
         # Where Prometheus (`mlfo monitor up`, loopback mode) finds this run's services.
@@ -110,9 +117,11 @@ class LoopbackNetwork:
         for core in self.cores:
             core.close()
         for agent in self.agents:
-            agent.stop()
+            agent.close()
         for server in self.servers:
             server.close()
+        if self.executor is not None:
+            self.executor.stop()
 
 
 def run_demo(

@@ -14,14 +14,21 @@ import sys
 CLONE_NEWNET = 0x40000000
 
 
+def setns(fd: int, nstype: int) -> None:
+    """setns(2) of the calling thread into the namespace open as `fd`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, nstype) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
+
+
 def enter_network_namespace(pid: int) -> None:
     """setns(2) into the network namespace of `pid` (the calling thread; call before any threads)."""
-    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
     try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"setns into the network namespace of {pid}: {os.strerror(errno)}")
+        setns(fd, CLONE_NEWNET)
+    except OSError as err:
+        raise OSError(err.errno, f"setns into the network namespace of {pid}: {err.strerror}") from None
     finally:
         os.close(fd)
 

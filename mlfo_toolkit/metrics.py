@@ -8,9 +8,10 @@ from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mlfo_toolkit.fl.anatomy import PHASES
 from mlfo_toolkit.sockets import ByteTotals, TcpConnection, tcp_connections
 
 ORCHESTRATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
@@ -129,13 +130,33 @@ class AgentCollector(Collector):
             cpu_seconds, rss = _cpu_and_memory(flow.processes)
             cpu.add_metric(values, cpu_seconds)
             memory.add_metric(values, rss)
+        phases = HistogramMetricFamily(
+            "mlfo_fl_round_phase_seconds", "Seconds each FL round spent per phase (see README: round anatomy)",
+            labels=[*labels[:2], "phase"],
+        )
+        short = CounterMetricFamily("mlfo_fl_short_rounds", "Rounds that got fewer results than they sampled", labels=labels[:2])
         for deployment, cohort, status in self.agent.runs():
             if status["rounds"]:
                 last = status["rounds"][-1]
                 accuracy.add_metric([deployment, cohort], last["accuracy"])
                 loss.add_metric([deployment, cohort], last["loss"])
                 round_.add_metric([deployment, cohort], last["round"])
-        yield from (accuracy, loss, round_, rtt, cwnd, rate, sent, received, cpu, memory)
+            for phase in PHASES:
+                seconds = [r["phases"][phase] for r in status["rounds"] if r.get("phases")]
+                buckets, total = histogram_buckets(seconds, PHASE_BUCKETS)
+                phases.add_metric([deployment, cohort, phase], buckets, total)
+            short.add_metric([deployment, cohort], sum(1 for r in status["rounds"] if r.get("results", 0) < r.get("sampled", 0)))
+        yield from (accuracy, loss, round_, rtt, cwnd, rate, sent, received, cpu, memory, phases, short)
+
+
+PHASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def histogram_buckets(values: list[float], bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative Prometheus buckets (and the sum) of `values`, recomputed at each scrape from the run's record."""
+    buckets = [(str(bound), float(sum(1 for v in values if v <= bound))) for bound in bounds]
+    buckets.append(("+Inf", float(len(values))))
+    return buckets, float(sum(values))
 
 
 class SocketCollector(Collector):

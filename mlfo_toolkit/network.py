@@ -127,9 +127,27 @@ def _service_config(config: Config, topology: Topology, state_dir: Path) -> Path
     inner = topology.mlfo_config(config).with_overrides({"api.token": None}, origin="topology")
     data = inner.model_dump(mode="json")
     data["fl"]["data_dir"] = str(Path(config.fl.data_dir).resolve())
+    if config.fl.isolation == "shared":
+        data["fl"]["executor_dir"] = str(executor_dir(state_dir))
     path = state_dir / "network-config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def executor_dir(state_dir: Path) -> Path:
+    """Where the network's client agents register their SuperNodes with the shared executor."""
+    return (state_dir / "executor").resolve()
+
+
+def start_executor(state: NetworkState, state_dir: Path, log_dir: Path) -> None:
+    """One ClientApp executor for every client host, in the root namespace (see mlfo_toolkit.fl.executor).
+
+    Each task runs in a child that joins its SuperNode's host: its network namespace (the Runtime API is
+    on that host's loopback) and its CPU cgroup (`mlfo init --cpus` limits training there too). The FL
+    traffic itself is the SuperNode's, from its own host.
+    """
+    argv = [sys.executable, "-m", "mlfo_toolkit.fl.executor", "--dir", str(executor_dir(state_dir))]
+    state.processes.append(spawn_recorded(argv, log_dir / "executor.log", "clientapp executor"))
 
 
 def publish_port(state: NetworkState, host: str, ip: str, inner_port: int, outer_port: int, log_dir: Path) -> str:
@@ -150,6 +168,8 @@ def start_services(state: NetworkState, topology: Topology, config: Config, stat
     mlfo = [sys.executable, "-m", "mlfo_toolkit", "--config", str(config_file)]
     env_base = {"MLFO_API__TOKEN": config.api.token} if config.api.token else {}
     waits: list[tuple[str, int, ProcessRecord]] = []
+    if config.fl.isolation == "shared":
+        start_executor(state, state_dir, log_dir)
 
     def start(host: str, name: str, argv: list[str], port: int) -> None:
         env = {**env_base, "MLFO_PATHS__STATE_DIR": str((state_dir / "nodes" / host).resolve())}

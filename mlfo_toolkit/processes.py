@@ -70,10 +70,16 @@ class ManagedProcess:
         )
         self.pid = self.popen.pid
         self._known: dict[int, psutil.Process] = {}
+        self._remembered = 0.0
         self._lock = threading.Lock()
 
     def running(self) -> bool:
-        return self.popen.poll() is None
+        alive = self.popen.poll() is None
+        if alive and time.monotonic() - self._remembered >= 1.0:
+            # Keep the tree known while it is whole: after a SIGKILL of this process its children are
+            # re-parented and could no longer be found from it.
+            self._remember_tree()
+        return alive
 
     def returncode(self) -> int | None:
         return self.popen.poll()
@@ -81,6 +87,7 @@ class ManagedProcess:
     def _remember_tree(self) -> None:
         # Flower detaches its SuperExec into a new session, so the process group is not enough:
         # remember every descendant by PID while the parent links still exist.
+        self._remembered = time.monotonic()
         try:
             root = psutil.Process(self.pid)
             for proc in [root, *root.children(recursive=True)]:
@@ -126,11 +133,25 @@ def _signal(proc: psutil.Process, sig: int) -> None:
         pass
 
 
+_handed_out: set[tuple[str, int]] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free on `host` right now and that this process has not handed out before.
+
+    The kernel may give the same ephemeral port to two quick callers before either binds it (at 50
+    SuperNodes started at once that happened); remembering what was handed out rules that out here.
+    """
+    with _handed_out_lock:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+            if (host, port) not in _handed_out:
+                _handed_out.add((host, port))
+                return port
+    raise OSError(f"no free TCP port on {host} that was not handed out already")
 
 
 def wait_for_port(host: str, port: int, timeout: float, process: ManagedProcess | None = None) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import NotFoundError, ValidationError
+from mlfo_toolkit.fl.anatomy import PHASES
 from mlfo_toolkit.runs import file_sha256, plot_rounds
 
 
@@ -100,6 +101,44 @@ def plot_traffic_rate(prometheus_url: str, cohorts: list[dict[str, Any]], out: P
     return out
 
 
+PHASE_COLORS = {
+    "sampling": "tab:gray", "send": "tab:purple", "receive": "tab:orange", "train": "tab:green",
+    "upload": "tab:cyan", "aggregate": "tab:brown", "evaluate": "tab:olive", "idle": "lightgray",
+}
+
+
+def plot_round_anatomy(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
+    """Where each round's time went: a stacked bar per round (phases), a panel per cohort.
+
+    A round marked with a red count got fewer results than it sampled.
+    """
+    measured = [c for c in cohorts if any(c.get("phases") or [])]
+    if not measured:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(measured), 1, figsize=(8, 2.6 * len(measured)), squeeze=False, sharex=True)
+    for ax, cohort in zip(axes[:, 0], measured):
+        rounds = [(i + 1, p) for i, p in enumerate(cohort["phases"]) if p]
+        positions = [r for r, _ in rounds]
+        bottom = [0.0] * len(rounds)
+        for phase in PHASES:
+            heights = [p.get(phase, 0.0) for _, p in rounds]
+            ax.bar(positions, heights, bottom=bottom, color=PHASE_COLORS[phase], label=phase, width=0.8)
+            bottom = [b + h for b, h in zip(bottom, heights)]
+        for index, (results, sampled) in enumerate(zip(cohort.get("results") or [], cohort.get("sampled") or [])):
+            if sampled and results is not None and results < sampled:
+                top = sum((cohort["phases"][index] or {}).values())
+                ax.annotate(f"{results}/{sampled}", (index + 1, top), ha="center", va="bottom", color="red", fontsize=8)
+        ax.set(title=f"{cohort['name']}: time per round by phase", ylabel="seconds")
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1, 0].set_xlabel("round (red: results/sampled when fewer clients answered)")
+    axes[0, 0].legend(ncol=4, fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def build_report(run_dir: Path, fmt: str = "png", prometheus_url: str | None = None, extra_inputs: dict[str, Path] | None = None) -> dict[str, Any]:
     """Write RUN_DIR/report/: PNG plots, manifest.json, and index.html with --format html."""
     run = load_run(run_dir)
@@ -107,9 +146,9 @@ def build_report(run_dir: Path, fmt: str = "png", prometheus_url: str | None = N
     out.mkdir(exist_ok=True)
     cohorts = run["cohorts"]
     plots = [plot_rounds(cohorts, out / "accuracy-loss.png"), plot_orchestration(cohorts, out / "orchestration.png")]
-    traffic = plot_traffic(cohorts, out / "traffic.png")
-    if traffic:
-        plots.append(traffic)
+    for optional in (plot_round_anatomy(cohorts, out / "round-anatomy.png"), plot_traffic(cohorts, out / "traffic.png")):
+        if optional:
+            plots.append(optional)
     prometheus_used = None
     if prometheus_url:
         try:

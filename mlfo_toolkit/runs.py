@@ -39,11 +39,27 @@ def cohort_summary(cohort: SentCohort) -> dict[str, Any]:
         "server": (record.get("server") or {}).get("server"),
         "accuracy": [float(r["accuracy"]) for r in rounds],
         "loss": [float(r["loss"]) for r in rounds],
+        "round_seconds": round_seconds(record),
+        "sampled": [r.get("sampled") for r in rounds],
+        "results": [r.get("results") for r in rounds],
+        "short_rounds": record.get("short_rounds", []),
+        "phases": [r.get("phases") for r in rounds],
+        "lost_clients": [
+            {k: c.get(k) for k in ("agent", "part", "lost_at", "error")} for c in record.get("clients", []) if c.get("state") == "lost"
+        ],
         "orchestration_seconds": record.get("orchestration_seconds"),
+        "client_ready_seconds": record.get("client_ready_seconds"),
         "traffic": record.get("traffic"),
         "created": record.get("created"),
         "finished": record.get("finished"),
     }
+
+
+def round_seconds(record: dict[str, Any]) -> list[float | None]:
+    """Wall seconds of each round: from the previous round's evaluation (round 0: the initial one) to its own."""
+    times = [r.get("time") for r in sorted(record.get("rounds", []), key=lambda r: r["round"])]
+    previous = [(record.get("initial") or {}).get("time"), *times[:-1]]
+    return [round(t - p, 3) if t is not None and p is not None else None for t, p in zip(times, previous)]
 
 
 def file_sha256(path: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 
 _FIELDS = {
@@ -73,13 +74,27 @@ def parse_ss(text: str) -> list[TcpConnection]:
     return connections
 
 
+# `ss -tinp` walks every process's file descriptors: at 50 FL clients, running it on every status
+# call cost a good share of a core. Samples this recent are reused (status polls, scrapes).
+SS_REUSE_SECONDS = 2.0
+_ss_cache: tuple[float, list[TcpConnection]] = (-SS_REUSE_SECONDS, [])
+_ss_lock = threading.Lock()
+
+
 def tcp_connections() -> list[TcpConnection]:
-    """Established TCP connections of this network namespace (empty if ss is missing)."""
-    try:
-        done = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True, text=True, timeout=10, check=False)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return []
-    return parse_ss(done.stdout)
+    """Established TCP connections of this network namespace (empty if ss is missing), at most 2 s old."""
+    global _ss_cache
+    with _ss_lock:
+        taken, connections = _ss_cache
+        if time.monotonic() - taken < SS_REUSE_SECONDS:
+            return connections
+        try:
+            done = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True, text=True, timeout=10, check=False)
+            connections = parse_ss(done.stdout)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            connections = []
+        _ss_cache = (time.monotonic(), connections)
+        return connections
 
 
 class ByteTotals:

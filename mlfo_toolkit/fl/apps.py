@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from mlfo_toolkit.fl import data, models
+from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_START, RoundClock
 from mlfo_toolkit.fl.strategies import make_strategy
 
 server_app = ServerApp()
@@ -38,28 +39,34 @@ def server_main(grid: Grid, context: Context) -> None:
         initial = models.init_params(
             str(cfg["model"]), dataset.num_features, dataset.num_classes, seed=int(cfg["seed"])
         )
-        strategy = make_strategy(
-            str(cfg["strategy"]),
-            fraction_train=float(cfg["fraction-fit"]),
-            fraction_evaluate=0.0,  # the server evaluates on held-out data instead
-            min_train_nodes=int(cfg["min-fit"]),
-            min_evaluate_nodes=0,
-            min_available_nodes=int(cfg["min-available"]),
-            proximal_mu=float(cfg["proximal-mu"]),
-            client_learning_rate=float(cfg["learning-rate"]),
+        clock = RoundClock(grid, poll_seconds=float(cfg["server-poll-seconds"]))
+        strategy = clock.instrument(
+            make_strategy(
+                str(cfg["strategy"]),
+                fraction_train=float(cfg["fraction-fit"]),
+                fraction_evaluate=0.0,  # the server evaluates on held-out data instead
+                min_train_nodes=int(cfg["min-fit"]),
+                min_evaluate_nodes=0,
+                min_available_nodes=int(cfg["min-available"]),
+                proximal_mu=float(cfg["proximal-mu"]),
+                client_learning_rate=float(cfg["learning-rate"]),
+            )
         )
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            started = time.time()
             loss, accuracy = models.evaluate(arrays.to_numpy_ndarrays(), dataset.x_test, dataset.y_test)
+            anatomy = clock.summary(server_round, started, time.time())
             _append_event(
                 metrics_file,
-                {"event": "round", "round": server_round, "loss": loss, "accuracy": accuracy},
+                {"event": "round", "round": server_round, "loss": loss, "accuracy": accuracy, **anatomy},
             )
             return MetricRecord({"loss": loss, "accuracy": accuracy})
 
         _append_event(metrics_file, {"event": "started", "rounds": int(cfg["num-rounds"])})
+        _wait_for_nodes(grid, int(cfg["min-available"]), float(cfg["round-timeout"]), metrics_file)
         strategy.start(
-            grid=grid,
+            grid=clock,
             initial_arrays=ArrayRecord(initial),
             num_rounds=int(cfg["num-rounds"]),
             timeout=float(cfg["round-timeout"]),
@@ -76,6 +83,20 @@ def server_main(grid: Grid, context: Context) -> None:
         _append_event(metrics_file, {"event": "failed", "reason": f"{type(err).__name__}: {err}"})
         raise
     _append_event(metrics_file, {"event": "finished"})
+
+
+def _wait_for_nodes(grid: Grid, wanted: int, timeout: float, metrics_file: str) -> None:
+    """Wait until `wanted` SuperNodes are connected before round 1.
+
+    Flower's strategies size the sample from the nodes connected when a round starts, so a run that
+    starts while its clients are still connecting would train round 1 on one or two of them.
+    """
+    started = time.time()
+    connected = len(list(grid.get_node_ids()))
+    while connected < wanted and time.time() - started < timeout:
+        time.sleep(0.5)
+        connected = len(list(grid.get_node_ids()))
+    _append_event(metrics_file, {"event": "nodes", "connected": connected, "waited": round(time.time() - started, 3)})
 
 
 def _local_data(context: Context) -> tuple[data.Dataset, np.ndarray]:
@@ -95,6 +116,7 @@ def _local_data(context: Context) -> tuple[data.Dataset, np.ndarray]:
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition and send it back."""
+    train_start = time.time()
     dataset, indices = _local_data(context)
     config = cast(ConfigRecord, msg.content["config"])
     arrays = cast(ArrayRecord, msg.content["arrays"])
@@ -111,7 +133,14 @@ def client_train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {
             "arrays": ArrayRecord(params),
-            "metrics": MetricRecord({"train_loss": loss, "num-examples": int(len(indices))}),
+            "metrics": MetricRecord(
+                {
+                    "train_loss": loss,
+                    "num-examples": int(len(indices)),
+                    TRAIN_START: train_start,
+                    TRAIN_END: time.time(),
+                }
+            ),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import pickle
@@ -150,7 +151,23 @@ LOADERS: dict[str, Callable[[Path], Dataset]] = {
 
 
 def load_dataset(name: str, data_dir: Path | str = Path("data")) -> Dataset:
-    """Load a dataset by its catalog name."""
+    """Load a dataset by its catalog name, once per process while its files are unchanged.
+
+    The shared executor loads the data once; every ClientApp task it forks inherits it.
+    """
+    folder = Path(data_dir).resolve()
+    return _load_cached(name, str(folder), _fingerprint(folder / name))
+
+
+def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and mtime of every file of a dataset's folder (none for the built-in digits)."""
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, data_dir: str, fingerprint: tuple[tuple[str, int, int], ...]) -> Dataset:
     try:
         loader = LOADERS[name]
     except KeyError:

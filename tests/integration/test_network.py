@@ -169,6 +169,13 @@ def test_fl_runs_across_the_network(network: dict[str, Any]) -> None:
         assert cohort["state"] == "done" and len(cohort["accuracy"]) == ROUNDS
         assert cohort["accuracy"][-1] >= 0.85
         assert cohort["server"].split(":")[0] in ("10.0.11.100", "10.0.12.100")
+    # The shared executor ran every ClientApp task inside its client's host: its namespace and CPU cgroup.
+    for host in (h for h in state["hosts"] if h["role"] == "fl-client"):
+        logs = list((network["workdir"] / "state" / "nodes" / host["name"]).rglob("clientapp.log"))
+        tasks = [line for log in logs for line in log.read_text().splitlines() if line.startswith("mlfo executor: task")]
+        assert tasks, f"no ClientApp task ran for {host['name']}"
+        namespace = os.stat(f"/proc/{host['pid']}/ns/net").st_ino
+        assert all(f"network namespace {namespace}," in t and t.endswith(host["cgroup"]) for t in tasks), tasks
     grown = {name: interface_bytes(pid, f"{name}-eth0") - before[name] for name, pid in servers.items()}
     # each round the server sends the model to 3 clients and receives 3 back
     assert all(g >= ROUNDS * MODEL_BYTES for g in grown.values()), grown

@@ -1,0 +1,171 @@
+"""Where a Flower round's time goes: a Grid that polls replies fast and times every phase.
+
+`RoundClock` sits between a Flower strategy and its `Grid`. It pushes messages and pulls the
+replies with the public Grid API (the same push-then-pull loop as Flower's `send_and_receive`, with
+a configurable interval instead of Flower's fixed 3 s), and records per round:
+
+* `sampling`: the strategy choosing and configuring its clients (waits for enough nodes);
+* `send`: pushing the messages to the SuperLink;
+* `receive`: until the slowest client starts training (SuperNode poll, ClientApp start, message pull);
+* `train`: that client's local training;
+* `upload`: from its end of training until its reply reached the SuperLink (to half a poll interval);
+* `aggregate`: the strategy aggregating the replies;
+* `evaluate`: the server evaluating the new global model on the held-out split;
+* `idle`: everything else in the round (poll granularity, the strategy's own bookkeeping).
+
+The phases add up to the round's wall time. Clients report `train-start`/`train-end` (wall clock;
+every process of an emulated network shares the host's clock) in their reply's metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+PHASES = ("sampling", "send", "receive", "train", "upload", "aggregate", "evaluate", "idle")
+TRAIN_START = "train-start"
+TRAIN_END = "train-end"
+Message = Any  # flwr.app.Message; kept untyped so this module imports without Flower
+
+
+@dataclass
+class RoundRecord:
+    """What one training round did and how long each part took."""
+
+    started: float = 0.0
+    configured: float = 0.0
+    pushed: tuple[float, float] = (0.0, 0.0)
+    sampled: int = 0
+    results: int = 0
+    failures: int = 0
+    polls: list[float] = field(default_factory=list)
+    arrivals: dict[str, float] = field(default_factory=dict)  # reply id -> poll that found it
+    previous_poll: dict[str, float] = field(default_factory=dict)
+    client_times: dict[str, tuple[float, float]] = field(default_factory=dict)  # reply id -> train start/end
+    aggregate: tuple[float, float] = (0.0, 0.0)
+
+    def phases(self, evaluate_started: float, evaluate_ended: float) -> dict[str, float]:
+        """Seconds per phase; they add up to the round's wall time."""
+        push_start, push_end = self.pushed
+        out = dict.fromkeys(PHASES, 0.0)
+        out["sampling"] = max(0.0, self.configured - self.started)
+        out["send"] = max(0.0, push_end - push_start)
+        critical = max(self.client_times, key=lambda k: self.client_times[k][1], default=None)
+        if critical is not None:
+            train_start, train_end = self.client_times[critical]
+            found = self.arrivals.get(critical, train_end)
+            before = max(self.previous_poll.get(critical, push_end), train_end)
+            out["receive"] = max(0.0, train_start - push_end)
+            out["train"] = max(0.0, train_end - train_start)
+            out["upload"] = max(0.0, (before + found) / 2 - train_end)
+        out["aggregate"] = max(0.0, self.aggregate[1] - self.aggregate[0])
+        out["evaluate"] = max(0.0, evaluate_ended - evaluate_started)
+        total = max(0.0, evaluate_ended - self.started)
+        out["idle"] = max(0.0, total - sum(out.values()))
+        return {k: round(v, 4) for k, v in out.items()}
+
+
+class RoundClock:
+    """Wraps a Flower Grid and a strategy; `record(round)` gives that round's anatomy."""
+
+    def __init__(self, grid: Any, poll_seconds: float, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.grid = grid
+        self.poll_seconds = poll_seconds
+        self.clock = clock
+        self.sleep = sleep
+        self.rounds: dict[int, RoundRecord] = {}
+        self._current: RoundRecord | None = None
+
+    # --- the strategy side --------------------------------------------------------------------
+    def instrument(self, strategy: Any) -> Any:
+        """Time the strategy's configure_train and aggregate_train (its other methods are untouched)."""
+        configure, aggregate = strategy.configure_train, strategy.aggregate_train
+
+        def configure_train(server_round: int, *args: Any, **kwargs: Any) -> Any:
+            record = RoundRecord(started=self.clock())
+            self.rounds[server_round] = self._current = record
+            messages = configure(server_round, *args, **kwargs)
+            record.configured = self.clock()
+            return messages
+
+        def aggregate_train(server_round: int, *args: Any, **kwargs: Any) -> Any:
+            started = self.clock()
+            try:
+                return aggregate(server_round, *args, **kwargs)
+            finally:
+                if server_round in self.rounds:
+                    self.rounds[server_round].aggregate = (started, self.clock())
+
+        strategy.configure_train = configure_train
+        strategy.aggregate_train = aggregate_train
+        return strategy
+
+    # --- the Grid side: what the strategy calls -------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """Push, then pull every `poll_seconds` until every reply is in or `timeout` passes."""
+        messages = list(messages)
+        if not messages:
+            return []
+        record = self._current if self._current is not None and not self._current.sampled else None
+        push_start = self.clock()
+        if self.poll_seconds <= 0:  # Flower's own loop (3 s polls): coarse anatomy only
+            answered = list(self.grid.send_and_receive(messages, timeout=timeout))
+            if record is not None:
+                now = self.clock()
+                record.pushed, record.sampled = (push_start, push_start), len(messages)
+                record.polls.append(now)
+                self._note(record, answered, now, push_start)
+            return answered
+        pending = set(self.grid.push_messages(messages))
+        push_end = self.clock()
+        if record is not None:
+            record.pushed, record.sampled = (push_start, push_end), len(messages)
+        deadline = None if timeout is None else push_end + timeout
+        replies: list[Message] = []
+        previous = push_end
+        while pending:
+            found = list(self.grid.pull_messages(pending))
+            now = self.clock()
+            if record is not None:
+                record.polls.append(now)
+                self._note(record, found, now, previous)
+            replies.extend(found)
+            pending.difference_update(m.metadata.reply_to_message_id for m in found)
+            previous = now
+            if not pending or (deadline is not None and now >= deadline):
+                break
+            self.sleep(self.poll_seconds)
+        return replies
+
+    @staticmethod
+    def _note(record: RoundRecord, replies: list[Message], found_at: float, previous_poll: float) -> None:
+        for reply in replies:
+            key = reply.metadata.reply_to_message_id
+            record.arrivals[key] = found_at
+            record.previous_poll[key] = previous_poll
+            if reply.has_error():
+                record.failures += 1
+                continue
+            record.results += 1
+            metrics = reply.content.get("metrics")
+            if metrics is not None and TRAIN_START in metrics and TRAIN_END in metrics:
+                record.client_times[key] = (float(metrics[TRAIN_START]), float(metrics[TRAIN_END]))
+
+    def summary(self, server_round: int, evaluate_started: float, evaluate_ended: float) -> dict[str, Any]:
+        """The round event's anatomy fields: sampled, results, failures, phases."""
+        record = self.rounds.get(server_round)
+        if record is None:
+            return {}
+        return {
+            "sampled": record.sampled,
+            "results": record.results,
+            "failures": record.failures,
+            "phases": record.phases(evaluate_started, evaluate_ended),
+        }
+

@@ -1,0 +1,377 @@
+"""One long-lived ClientApp executor for many SuperNodes (`mlfo executor`).
+
+Flower's default deployment gives every SuperNode its own `flower-superexec`, which starts a fresh
+`flwr-clientapp` process for every message: a Python start, the Flower, NumPy and scikit-learn
+imports and a dataset load, each time (see SCALE.md: about 2.5 s and 220 MB per message). With
+`flower-supernode --isolation process` Flower lets the executor be started by someone else. This is
+that executor, shared by every SuperNode that registers with it:
+
+* a node agent starts a SuperNode with `--isolation process` and writes a registration file (its
+  Runtime API address and PID) into the executor's folder;
+* the executor polls each registered SuperNode's Runtime API with Flower's own `AcquireTask`, as
+  `flower-superexec` does;
+* for each task it forks a child from itself (Flower, NumPy, the app and the datasets are already
+  imported and loaded) that joins the SuperNode's CPU cgroup and network namespace and runs Flower's
+  own `run_clientapp`, which pulls the message from the SuperNode and pushes the reply back.
+
+So the FL traffic still leaves from each client's own host (the SuperNode runs there and talks to
+the SuperLink), the training CPU is charged to the client host's cgroup, and the Runtime API stays on
+the host's loopback: nothing of it crosses the emulated links.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlfo_toolkit.inhost import CLONE_NEWNET, join_cgroup, setns
+
+log = logging.getLogger(__name__)
+
+REGISTRATION_SUFFIX = ".json"
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+# Each loop looks at every SuperNode's log size (cheap); one whose log grew is asked for a task at
+# once, the others every DEFAULT_IDLE_POLL_SECONDS. Asking all 50 every 0.25 s cost half a core.
+DEFAULT_POLL_SECONDS = 0.1
+DEFAULT_IDLE_POLL_SECONDS = 2.0
+DEFAULT_MAX_CHILDREN = 64
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A SuperNode the executor serves."""
+
+    name: str
+    runtime: str  # HOST:PORT of its Runtime API, as seen from inside its own network namespace
+    pid: int  # the SuperNode's PID: its network namespace and CPU cgroup are its host's
+    flwr_home: str  # where the child installs the run's FAB
+    log: str  # the child's output goes here
+    watch: str = ""  # the SuperNode's own log: when it grows, a message may have arrived (poll it now)
+
+
+def register(directory: Path, registration: Registration) -> Path:
+    """Announce a SuperNode to the executor serving `directory` (atomic: never half-read)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{registration.name}{REGISTRATION_SUFFIX}"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(asdict(registration)))
+    os.replace(temporary, path)
+    return path
+
+
+def unregister(directory: Path, name: str) -> None:
+    (directory / f"{name}{REGISTRATION_SUFFIX}").unlink(missing_ok=True)
+
+
+def start_executor(directory: Path, log_path: Path, *, parent_pid: int | None = None) -> Any:
+    """Start `mlfo executor` serving `directory` as a managed child (a ManagedProcess)."""
+    from mlfo_toolkit.processes import ManagedProcess, tool_env
+
+    argv = [sys.executable, "-m", "mlfo_toolkit.fl.executor", "--dir", str(directory.resolve())]
+    if parent_pid is not None:
+        argv += ["--parent-pid", str(parent_pid)]
+    return ManagedProcess("clientapp executor", argv, log_path=log_path, env=tool_env(), cwd=log_path.parent)
+
+
+def _namespace_inode(pid: int | str) -> int:
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+def cpu_cgroup(pid: int | str) -> str | None:
+    """The cgroup v1 cpu directory of `pid`, or None without one."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            directory = CGROUP_V1_CPU / path.lstrip("/")
+            return str(directory) if directory.is_dir() else None
+    return None
+
+
+@dataclass
+class _Served:
+    """One registration and what the executor keeps for it."""
+
+    registration: Registration
+    mtime: int
+    namespace_fd: int | None  # None: the executor's own namespace
+    cgroup: str | None  # None: the executor's own cgroup
+    client: Any = None
+    retry_at: float = 0.0
+    next_poll: float = 0.0
+    watched_size: int = -1
+    children: set[int] = field(default_factory=set)
+
+    def due(self, now: float) -> bool:
+        """Poll now if the SuperNode's log grew (it logs every message it pulls) or it was idle too long."""
+        if self.retry_at > now:
+            return False
+        if self.registration.watch:
+            try:
+                size = os.stat(self.registration.watch).st_size
+            except OSError:
+                size = -1
+            if size != self.watched_size:
+                self.watched_size = size
+                return True
+            return now >= self.next_poll
+        return True
+
+
+class Executor:
+    """Polls every registered SuperNode and runs each task in a forked child."""
+
+    def __init__(self, directory: Path, *, poll_seconds: float = DEFAULT_POLL_SECONDS,
+                 idle_poll_seconds: float = DEFAULT_IDLE_POLL_SECONDS,
+                 max_children: int = DEFAULT_MAX_CHILDREN, parent_pid: int | None = None) -> None:
+        self.directory = directory
+        self.poll_seconds = poll_seconds
+        self.idle_poll_seconds = idle_poll_seconds
+        self.max_children = max_children
+        self.parent_pid = parent_pid
+        self.served: dict[str, _Served] = {}
+        self.children: dict[int, str] = {}
+        self.tasks_started = 0
+        self._stop = False
+        self._home_namespace = os.open("/proc/self/ns/net", os.O_RDONLY)
+        self._home_inode = _namespace_inode("self")
+        self._home_cgroup = cpu_cgroup("self")
+
+    # --- start-up: everything a child needs, imported once --------------------------------------
+    @staticmethod
+    def preload() -> None:
+        """Import Flower's ClientApp runtime, NumPy and the app, and load the built-in dataset."""
+        import flwr.cli.install  # noqa: F401
+        import flwr.supernode.runtime.run_clientapp  # noqa: F401
+
+        from mlfo_toolkit.fl import apps, data  # noqa: F401
+
+        data.load_dataset("handmnist")
+
+    # --- registrations ------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Follow the folder: new registrations in, removed ones (or dead SuperNodes) out."""
+        seen: dict[str, int] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.directory):
+                if entry.name.endswith(REGISTRATION_SUFFIX):
+                    with contextlib.suppress(OSError):
+                        seen[entry.name] = entry.stat().st_mtime_ns
+        for name in list(self.served):
+            served = self.served[name]
+            if seen.get(name) != served.mtime or not Path(f"/proc/{served.registration.pid}").exists():
+                self._forget(name)
+        for name, mtime in seen.items():
+            if name not in self.served:
+                self._add(name, mtime)
+
+    def _add(self, name: str, mtime: int) -> None:
+        try:
+            registration = Registration(**json.loads((self.directory / name).read_text()))
+            namespace_fd = None
+            if _namespace_inode(registration.pid) != self._home_inode:
+                namespace_fd = os.open(f"/proc/{registration.pid}/ns/net", os.O_RDONLY)
+        except (OSError, ValueError, TypeError) as err:
+            log.warning("ignoring registration %s: %s", name, err)
+            return
+        cgroup = cpu_cgroup(registration.pid)
+        self.served[name] = _Served(registration, mtime, namespace_fd, None if cgroup == self._home_cgroup else cgroup)
+        log.info("serving SuperNode %s (Runtime API %s, PID %d)", registration.name, registration.runtime, registration.pid)
+
+    def _forget(self, name: str) -> None:
+        served = self.served.pop(name)
+        if served.client is not None:
+            with contextlib.suppress(Exception):
+                served.client.close()
+        if served.namespace_fd is not None:
+            os.close(served.namespace_fd)
+        log.info("no longer serving %s", served.registration.name)
+
+    # --- the loop -----------------------------------------------------------------------------
+    def _client(self, served: _Served) -> Any:
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        if served.client is None:
+            served.client = RuntimeHttpClient.from_server_address(
+                server_address=served.registration.runtime,
+                insecure=True,
+                root_certificates=None,
+                interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+            )
+        return served.client
+
+    def poll_once(self) -> int:
+        """Ask every served SuperNode for a task; fork a child per task. Returns how many started."""
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+        from flwr.supercore.constant import TaskType
+
+        started = 0
+        now = time.monotonic()
+        switched = False
+        try:
+            for served in list(self.served.values()):
+                if len(self.children) >= self.max_children:
+                    break
+                if not served.due(now):
+                    continue
+                served.next_poll = now + self.idle_poll_seconds
+                if served.namespace_fd is not None:
+                    # Connections opened now belong to the SuperNode's namespace (its loopback).
+                    setns(served.namespace_fd, CLONE_NEWNET)
+                    switched = True
+                elif switched:
+                    setns(self._home_namespace, CLONE_NEWNET)
+                    switched = False
+                try:
+                    answer = self._client(served).AcquireTask(
+                        AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
+                    )
+                except Exception as err:  # a SuperNode starting or gone: try it again a little later
+                    log.debug("AcquireTask on %s failed: %s", served.registration.name, err)
+                    served.retry_at = now + 1.0
+                    if served.client is not None:
+                        with contextlib.suppress(Exception):
+                            served.client.close()
+                        served.client = None
+                    continue
+                if answer.HasField("task") and answer.token:
+                    self._fork(served, answer.token)
+                    served.watched_size = -1  # look again at the next tick: more tasks may be queued
+                    started += 1
+        finally:
+            if switched:
+                setns(self._home_namespace, CLONE_NEWNET)
+        return started
+
+    def _fork(self, served: _Served, token: str) -> None:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the loop
+            code = 1
+            try:
+                code = _run_task(served, token)
+            except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
+                with contextlib.suppress(Exception):
+                    import traceback
+
+                    traceback.print_exc()
+            finally:
+                os._exit(code)
+        self.children[pid] = served.registration.name
+        served.children.add(pid)
+        self.tasks_started += 1
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            name = self.children.pop(pid, "")
+            for served in self.served.values():
+                served.children.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                log.warning("ClientApp task of %s ended with %d", name, code)
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (or the parent process is gone)."""
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        self.preload()
+        log.info("executor ready, serving registrations in %s", self.directory)
+        last_refresh = 0.0
+        while not self._stop:
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                log.info("parent %d is gone: stopping", self.parent_pid)
+                break
+            if time.monotonic() - last_refresh >= 0.5:
+                self.refresh()
+                last_refresh = time.monotonic()
+            self.reap()
+            self.poll_once()
+            time.sleep(self.poll_seconds)
+        self.close()
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._stop = True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End every running child, then release the namespaces."""
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.05)
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.reap()
+        for name in list(self.served):
+            self._forget(name)
+
+
+def _run_task(served: _Served, token: str) -> int:
+    """In the forked child: become part of the SuperNode's host, then run Flower's ClientApp runtime."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    registration = served.registration
+    out = os.open(registration.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    if served.cgroup is not None:
+        join_cgroup(served.cgroup)
+    if served.namespace_fd is not None:
+        setns(served.namespace_fd, CLONE_NEWNET)
+    os.environ["FLWR_HOME"] = registration.flwr_home
+    served.client = None  # the parent's connection is not the child's to use
+    # Where this task runs, for anyone checking that the work stayed on the client's host.
+    print(f"mlfo executor: task for {registration.name} in network namespace {_namespace_inode('self')}, "
+          f"cpu cgroup {cpu_cgroup('self') or '(the executor s own)'}", flush=True)
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    try:
+        run_clientapp(runtime_api_address=registration.runtime, token=token, insecure=True)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlfo_toolkit.fl.executor", description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, required=True, help="folder the agents write registrations into")
+    parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help="loop interval")
+    parser.add_argument("--idle-poll-seconds", type=float, default=DEFAULT_IDLE_POLL_SECONDS,
+                        help="how often a SuperNode whose log did not grow is asked for a task")
+    parser.add_argument("--max-children", type=int, default=DEFAULT_MAX_CHILDREN)
+    parser.add_argument("--parent-pid", type=int, help="stop when this process is no longer the parent")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s executor %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    Executor(args.dir, poll_seconds=args.poll_seconds, idle_poll_seconds=args.idle_poll_seconds,
+             max_children=args.max_children, parent_pid=args.parent_pid).run()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Round anatomy: phases add up to the round, fewer results are counted, replies are polled fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from mlfo_toolkit.fl.anatomy import PHASES, TRAIN_END, TRAIN_START, RoundClock
+from mlfo_toolkit.stats import percentile, spread
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Metadata:
+    reply_to_message_id: str
+
+
+@dataclass
+class Reply:
+    metadata: Metadata
+    content: dict[str, Any] = field(default_factory=dict)
+    error: bool = False
+
+    def has_error(self) -> bool:
+        return self.error
+
+
+class FakeGrid:
+    """Replies arrive at given clock times; a message without an arrival time is never answered."""
+
+    def __init__(self, clock: FakeClock, arrivals: dict[str, tuple[float, Reply]]) -> None:
+        self.clock = clock
+        self.arrivals = arrivals
+        self.pulls = 0
+
+    def push_messages(self, messages: list[str]) -> list[str]:
+        self.clock.now += 0.1  # pushing takes 0.1 s
+        return list(messages)
+
+    def pull_messages(self, ids: set[str]) -> list[Reply]:
+        self.pulls += 1
+        return [reply for key, (at, reply) in self.arrivals.items() if key in ids and at <= self.clock.now]
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2, 3]
+
+
+class FakeStrategy:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> list[str]:
+        self.clock.now += 0.2  # sampling
+        return ["m1", "m2", "m3"]
+
+    def aggregate_train(self, server_round: int, replies: list[Reply]) -> str:
+        self.clock.now += 0.05
+        return "aggregated"
+
+
+def reply(key: str, start: float, end: float, error: bool = False) -> Reply:
+    return Reply(Metadata(key), {"metrics": {TRAIN_START: start, TRAIN_END: end}}, error)
+
+
+def run_round(arrivals: dict[str, tuple[float, Reply]], timeout: float | None = None) -> tuple[RoundClock, list[Reply], FakeClock]:
+    clock = FakeClock()
+    grid = FakeGrid(clock, arrivals)
+    timed = RoundClock(grid, poll_seconds=0.25, clock=clock, sleep=clock.sleep)
+    strategy = timed.instrument(FakeStrategy(clock))
+    messages = strategy.configure_train(1, None, None, timed)
+    replies = timed.send_and_receive(messages=messages, timeout=timeout)
+    strategy.aggregate_train(1, replies)
+    return timed, replies, clock
+
+
+def test_phases_add_up_to_the_round_and_name_the_slowest_client() -> None:
+    arrivals = {
+        "m1": (1001.0, reply("m1", 1000.8, 1000.9)),
+        "m2": (1003.0, reply("m2", 1002.0, 1002.5)),  # the slowest: trains 1002.0 .. 1002.5
+        "m3": (1001.5, reply("m3", 1001.0, 1001.2)),
+    }
+    timed, replies, clock = run_round(arrivals)
+    assert len(replies) == 3
+    evaluate_start = clock.now
+    clock.now += 0.01
+    summary = timed.summary(1, evaluate_start, clock.now)
+    phases = summary["phases"]
+    assert set(phases) == set(PHASES)
+    assert summary["sampled"] == 3 and summary["results"] == 3 and summary["failures"] == 0
+    assert phases["sampling"] == pytest.approx(0.2)
+    assert phases["send"] == pytest.approx(0.1)
+    assert phases["receive"] == pytest.approx(2.0 - 0.3)  # push ended at 1000.3, m2 started at 1002.0
+    assert phases["train"] == pytest.approx(0.5)
+    assert phases["aggregate"] == pytest.approx(0.05)
+    assert phases["evaluate"] == pytest.approx(0.01)
+    assert sum(phases.values()) == pytest.approx(clock.now - 1000.0, abs=1e-3)
+    # Replies are pulled every 0.25 s, not Flower's 3 s: m2 (at 1003.0) is seen by 1003.3 at the latest.
+    assert phases["upload"] + phases["idle"] < 0.85
+
+
+def test_fewer_results_than_sampled_are_counted_and_the_round_ends_at_its_timeout() -> None:
+    arrivals = {
+        "m1": (1000.5, reply("m1", 1000.4, 1000.45)),
+        "m2": (1000.6, reply("m2", 0, 0, error=True)),  # a ClientApp that failed
+        # m3 never answers (its SuperNode is gone)
+    }
+    timed, replies, clock = run_round(arrivals, timeout=5.0)
+    summary = timed.summary(1, clock.now, clock.now)
+    assert (summary["sampled"], summary["results"], summary["failures"]) == (3, 1, 1)
+    assert 5.0 <= clock.now - 1000.3 < 5.3  # waited the timeout, then gave up
+
+
+def test_flower_own_loop_when_poll_seconds_is_zero() -> None:
+    clock = FakeClock()
+
+    class FlowerGrid(FakeGrid):
+        def send_and_receive(self, messages: list[str], *, timeout: float | None = None) -> list[Reply]:
+            clock.now += 3.0
+            return [reply(m, 1000.5, 1000.6) for m in messages]
+
+    timed = RoundClock(FlowerGrid(clock, {}), poll_seconds=0, clock=clock, sleep=clock.sleep)
+    strategy = timed.instrument(FakeStrategy(clock))
+    replies = timed.send_and_receive(messages=strategy.configure_train(1, None, None, timed), timeout=10)
+    assert len(replies) == 3
+    assert timed.summary(1, clock.now, clock.now)["results"] == 3
+
+
+def test_no_messages_means_no_round_record() -> None:
+    clock = FakeClock()
+    timed = RoundClock(FakeGrid(clock, {}), poll_seconds=0.25, clock=clock, sleep=clock.sleep)
+    assert timed.send_and_receive(messages=[], timeout=1) == []
+    assert timed.summary(7, 0, 0) == {}
+    assert timed.get_node_ids() == [1, 2, 3]  # everything else is the wrapped Grid's
+
+
+def test_percentiles() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile(list(range(1, 101)), 95) == 95
+    assert spread([1.0, 2.0, 10.0]) == {"p50": 2.0, "p95": 10.0}
