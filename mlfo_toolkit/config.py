@@ -40,7 +40,19 @@ class MlfoSettings(_Section):
     momo_port: int = Field(9000, ge=0, le=65535, description="Mo-Mo API port of the cloud MLFO")
     cloud: str = Field("127.0.0.1:9000", description="HOST:PORT of the cloud MLFO's Mo-Mo API")
     catalog: Path | None = Field(None, description="operand catalog; default: intents/catalog.yaml")
-    poll_seconds: float = Field(1.0, gt=0, description="how often a deployment's agents are polled")
+    poll_seconds: float = Field(1.0, gt=0, description="how often a deployment's FL server agent is polled")
+    client_check_seconds: float = Field(3.0, gt=0, description="how often each FL client's agent is checked")
+    lost_after_seconds: float = Field(
+        10.0, gt=0, description="an agent silent this long is lost: its client shows lost, its server fails the run"
+    )
+    start_concurrency: int = Field(
+        4, ge=1, le=256, description="FL clients started at once across all deployments (each is a Python process)"
+    )
+    client_memory_mb: int = Field(
+        170, ge=0, description="memory one FL client takes (measured: SuperNode ~143 MB); 0 turns admission control off"
+    )
+    server_memory_mb: int = Field(650, ge=0, description="memory one FL server takes (SuperLink, ServerApp, flwr run)")
+    memory_reserve_mb: int = Field(1024, ge=0, description="MemAvailable that admission control always leaves free")
 
 
 class AgentSettings(_Section):
@@ -67,6 +79,17 @@ class FlSettings(_Section):
     seed: int = 42
     data_dir: Path = Field(Path("data"), description="folder holding fashionmnist/ and cifar/")
     round_timeout: float = Field(600.0, gt=0, description="seconds to wait for clients per round")
+    isolation: Literal["shared", "subprocess"] = Field(
+        "shared",
+        description="shared: one long-lived executor forks every ClientApp task (fast, light); "
+        "subprocess: Flower's default, a SuperExec per SuperNode and a new process per message",
+    )
+    executor_dir: Path | None = Field(
+        None, description="registration folder of a shared executor run by `topo up`/`demo`; unset: each agent runs its own"
+    )
+    server_poll_seconds: float = Field(
+        0.25, ge=0, description="how often the ServerApp pulls replies (Flower's own loop: 3 s; 0 uses Flower's)"
+    )
 
 
 class IpPlan(_Section):

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     NEEDS_ROOT = 8
     MISSING_DEPENDENCY = 9
     AUTH = 10
+    CAPACITY = 11
     INTERRUPTED = 130
 
 
@@ -34,6 +35,7 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.NEEDS_ROOT: "the command needs root privileges",
     ExitCode.MISSING_DEPENDENCY: "a required program or package is missing",
     ExitCode.AUTH: "authentication failed (check the API token or controller credentials)",
+    ExitCode.CAPACITY: "the machine cannot hold what was asked (memory): shrink the cohort or wait for others to end",
     ExitCode.INTERRUPTED: "interrupted by the user (Ctrl-C); everything started was stopped",
 }
 
@@ -131,6 +133,12 @@ class DeploymentFailed(MlfoError):
     """A deployment or FL run ended in failure."""
 
     exit_code = ExitCode.DEPLOYMENT_FAILED
+
+
+class CapacityError(MlfoError):
+    """The machine has too little memory left for what was asked."""
+
+    exit_code = ExitCode.CAPACITY
 
 
 class NeedsRootError(MlfoError):

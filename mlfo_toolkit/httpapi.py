@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import multipart
 
-from mlfo_toolkit.errors import MlfoError, NotFoundError, ValidationError
+from mlfo_toolkit.errors import CapacityError, MlfoError, NotFoundError, ValidationError
 from mlfo_toolkit.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ _REASONS = {
     415: "Unsupported Media Type",
     500: "Internal Server Error",
     502: "Bad Gateway",
+    503: "Service Unavailable",
 }
 
 
@@ -190,6 +191,8 @@ class JsonApi:
             response = Response(404, err.to_dict())
         except ValidationError as err:
             response = Response(400, err.to_dict())
+        except CapacityError as err:
+            response = Response(503, err.to_dict())
         except MlfoError as err:
             response = Response(409, err.to_dict())
         except Exception:  # a handler bug must not take the server down

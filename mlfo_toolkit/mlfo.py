@@ -7,16 +7,18 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from mlfo_toolkit.clients import AgentClient, MomoClient
 from mlfo_toolkit.cohorts import client_range
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import MlfoError, NotFoundError, ValidationError
+from mlfo_toolkit.errors import CapacityError, MlfoError, NotFoundError, UnreachableError, ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.httpapi import HttpError, JsonApi, Request, Response
 from mlfo_toolkit.intents import (
@@ -29,12 +31,18 @@ from mlfo_toolkit.intents import (
     parse_momo_intent,
 )
 from mlfo_toolkit.metrics import DeploymentStates, MlfoMetrics
+from mlfo_toolkit.stats import spread
 from mlfo_toolkit.store import Store
 from mlfo_toolkit.yamlutil import validate
 
 log = logging.getLogger(__name__)
 
 TERMINAL_STATES = ("done", "failed")
+# An agent answers /cli once its SuperNode is up, the cloud answers /momo/deploy once the SuperLink
+# is: under load (50 clients starting on 2 cores) both take a while.
+CLIENT_START_TIMEOUT = 130.0
+MOMO_DEPLOY_TIMEOUT = 90.0
+MOMO_ATTEMPTS = 3
 DEPLOYMENT = "deployment"
 ALLOCATION = "allocation"
 
@@ -76,6 +84,9 @@ class CampusMlfo:
         self.metrics = MlfoMetrics("campus")
         self.metrics.add(DeploymentStates(self.deployments))
         self._lock = threading.Lock()
+        self._admission = threading.Lock()
+        # Starting a client starts a Python process that imports Flower: a few at a time, machine-wide.
+        self._start_slots = threading.BoundedSemaphore(config.mlfo.start_concurrency)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._recover()
@@ -96,10 +107,12 @@ class CampusMlfo:
         ipstart = params.ipstart if params.ipstart is not None else self.config.ip_plan.first_client_octet
         clients = client_range(self.config, ipstart, params.cohortsize)
         deployment_id = uuid.uuid4().hex[:12]
+        name = params.name or intent.intentID
+        memory_mb = self._memory_estimate(params.cohortsize, params.sameserver)
         now = time.time()
         record = {
             "id": deployment_id,
-            "name": params.name or intent.intentID,
+            "name": name,
             "intent_id": intent.intentID,
             "intent": intent.model_dump(),
             "pipeline": pipeline.to_dict(),
@@ -122,10 +135,37 @@ class CampusMlfo:
             "rounds": [],
             "orchestration_seconds": None,
             "finished": None,
+            "memory_mb": memory_mb,
         }
-        self._save(record)
+        with self._admission:
+            self._admit(name, memory_mb, params.cohortsize, params.sameserver)
+            self._save(record)
         self._spawn(self._deploy, deployment_id)
         return {"id": deployment_id, "state": "planned", "name": record["name"]}
+
+    # --- admission: refuse what the machine cannot hold -------------------------------------
+    def _memory_estimate(self, cohortsize: int, sameserver: bool) -> int:
+        cfg = self.config.mlfo
+        return cohortsize * cfg.client_memory_mb + (0 if sameserver else cfg.server_memory_mb)
+
+    def _admit(self, name: str, need_mb: int, cohortsize: int, sameserver: bool) -> None:
+        """Refuse a cohort whose estimated memory exceeds what is left (measured per-client costs)."""
+        cfg = self.config.mlfo
+        if cfg.client_memory_mb == 0:
+            return
+        starting = [r for r in self.deployments() if r["state"] in ("planned", "deploying")]
+        promised = sum(int(r.get("memory_mb") or 0) for r in starting)
+        available = psutil.virtual_memory().available // 2**20
+        if need_mb + promised + cfg.memory_reserve_mb <= available:
+            return
+        server = "" if sameserver else f" + FL server {cfg.server_memory_mb} MB"
+        raise CapacityError(
+            f"cohort '{name}' needs about {need_mb} MB ({cohortsize} clients x {cfg.client_memory_mb} MB{server}); "
+            f"MemAvailable is {available} MB, of which {promised} MB is promised to {len(starting)} deployment(s) "
+            f"still starting and {cfg.memory_reserve_mb} MB is kept free",
+            hint="send a smaller cohort, wait for running cohorts to finish, or change mlfo.client_memory_mb / "
+            "mlfo.memory_reserve_mb if your measurements differ",
+        )
 
     # --- deployments -------------------------------------------------------------------------
     def deployments(self) -> list[dict[str, Any]]:
@@ -181,37 +221,10 @@ class CampusMlfo:
                 cohort=record["name"],
             )
             momo = build_momo_intent(record["intent_id"], _pipeline(pipeline), constraints)
-            cloud = _client(MomoClient, self.config.mlfo.cloud, self.config)
-            try:
-                server = cloud.deploy(momo.model_dump())
-                self.metrics.momo.labels("campus", "ok").inc()
-            except MlfoError:
-                self.metrics.momo.labels("campus", "error").inc()
-                raise
-            finally:
-                cloud.close()
+            server = self._momo_deploy(momo.model_dump())
             self._update(deployment_id, server=server)
             clients = record["clients"]
-            for client in clients:
-                agent = _client(AgentClient, client["agent"], self.config)
-                try:
-                    agent.start_client(
-                        {
-                            "source": pipeline["source"],
-                            "model": pipeline["model"],
-                            "server": server["server"],
-                            "cohsize": params["cohortsize"],
-                            "part": client["part"],
-                            "deployment": deployment_id,
-                            "cohort": record["name"],
-                        }
-                    )
-                    client["state"] = "running"
-                except MlfoError as err:
-                    client["state"], client["error"] = "failed", err.message
-                finally:
-                    agent.close()
-                self._update(deployment_id, clients=clients)
+            self._start_clients(deployment_id, record, server["server"], started)
             failed = [c for c in clients if c["state"] == "failed"]
             usable = len(clients) - len(failed)
             elapsed = time.monotonic() - started
@@ -222,7 +235,8 @@ class CampusMlfo:
                     + "; ".join(f"{c['agent']}: {c['error']}" for c in failed)
                 )
             self.metrics.orchestration.labels("campus").observe(elapsed)
-            self._update(deployment_id, state="running", orchestration_seconds=elapsed)
+            ready = [c["ready_seconds"] for c in clients if c.get("ready_seconds") is not None]
+            self._update(deployment_id, state="running", orchestration_seconds=elapsed, client_ready_seconds=spread(ready))
         except MlfoError as err:
             self._finish(deployment_id, "failed", err.message)
             return
@@ -232,21 +246,121 @@ class CampusMlfo:
             return
         self._watch(deployment_id)
 
-    def _watch(self, deployment_id: str) -> None:
-        """Follow the FL run on the server's agent until it ends; record rounds as they come."""
-        misses = 0
-        while not self._stopping.wait(self.config.mlfo.poll_seconds):
+    def _momo_deploy(self, momo: dict[str, Any]) -> dict[str, Any]:
+        """Ask the cloud MLFO for an FL server; a lost answer is asked again (deploy is idempotent per deployment)."""
+        cloud = MomoClient(self.config.mlfo.cloud, token=self.config.api.token,
+                           timeout=max(self.config.api.timeout_seconds, MOMO_DEPLOY_TIMEOUT))
+        try:
+            for attempt in range(1, MOMO_ATTEMPTS + 1):
+                try:
+                    server: dict[str, Any] = cloud.deploy(momo)
+                    self.metrics.momo.labels("campus", "ok").inc()
+                    return server
+                except UnreachableError as err:
+                    self.metrics.momo.labels("campus", "error").inc()
+                    if attempt == MOMO_ATTEMPTS or self._stopping.is_set():
+                        raise
+                    log.warning("Mo-Mo deploy attempt %d: %s; asking again", attempt, err.message)
+                    time.sleep(2.0 * attempt)
+                except MlfoError:
+                    self.metrics.momo.labels("campus", "error").inc()
+                    raise
+        finally:
+            cloud.close()
+        raise AssertionError("unreachable")
+
+    def _start_clients(self, deployment_id: str, record: dict[str, Any], server: str, started: float) -> None:
+        """Start the cohort's clients through a machine-wide pool; record when each one was up."""
+        clients, params, pipeline = record["clients"], record["params"], record["pipeline"]
+        timeout = max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)
+
+        def start_one(client: dict[str, Any]) -> None:
+            with self._start_slots:
+                if self._stopping.is_set():
+                    client["state"], client["error"] = "failed", "the MLFO is stopping"
+                    return
+                agent = AgentClient(client["agent"], token=self.config.api.token, timeout=timeout)
+                try:
+                    answer = agent.start_client(
+                        {
+                            "source": pipeline["source"],
+                            "model": pipeline["model"],
+                            "server": server,
+                            "cohsize": params["cohortsize"],
+                            "part": client["part"],
+                            "deployment": deployment_id,
+                            "cohort": record["name"],
+                        }
+                    )
+                    client.update(state="running", name=answer.get("client"), since=time.time(),
+                                  ready_seconds=round(time.monotonic() - started, 3))
+                except MlfoError as err:
+                    client["state"], client["error"] = "failed", err.message
+                finally:
+                    agent.close()
+            self._update(deployment_id, clients=clients)
+
+        with ThreadPoolExecutor(max_workers=self.config.mlfo.start_concurrency, thread_name_prefix="start") as pool:
+            list(pool.map(start_one, clients))
+
+    def _check_clients(self, deployment_id: str) -> None:
+        """Ask each client's agent about its SuperNode; a gone one (or a silent agent) shows `lost`."""
+        clients = self.deployment(deployment_id)["clients"]
+        timeout = min(self.config.api.timeout_seconds, self.config.mlfo.lost_after_seconds / 2)
+
+        def check(client: dict[str, Any]) -> None:
+            if client["state"] not in ("running", "lost") or client.get("lost_reason") == "exited":
+                return
+            agent = AgentClient(client["agent"], token=self.config.api.token, timeout=timeout, retries=0)
+            try:
+                status = agent.status()
+            except MlfoError as err:
+                silent_since = client.setdefault("silent_since", time.time())
+                if time.time() - silent_since >= self.config.mlfo.lost_after_seconds and client["state"] != "lost":
+                    client.update(state="lost", lost_at=time.time(), lost_reason="unreachable",
+                                  error=f"its agent has not answered for {time.time() - silent_since:.0f} s: {err.message}")
+                return
+            finally:
+                agent.close()
+            client.pop("silent_since", None)
+            mine = next((c for c in status.get("clients", []) if c.get("name") == client.get("name")), None)
+            if mine is None:
+                client.update(state="lost", lost_at=time.time(), lost_reason="exited",
+                              error="its agent no longer runs this client (agent restarted?)")
+            elif mine.get("state") != "running":
+                client.update(state="lost", lost_at=time.time(), lost_reason="exited",
+                              error=f"its SuperNode exited with code {mine.get('returncode')}: {mine.get('log_tail') or ''}".strip())
+            elif client["state"] == "lost":
+                client.update(state="running", error=None, lost_at=None, lost_reason=None)
+
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="check") as pool:
+            list(pool.map(check, clients))
+        with self._lock:
             record = self.deployment(deployment_id)
             if record["state"] in TERMINAL_STATES:
                 return
-            agent = _client(AgentClient, record["server"]["agent"], self.config)
+            record["clients"] = clients
+            self._save(record)
+
+    def _watch(self, deployment_id: str) -> None:
+        """Follow the FL run on the server's agent until it ends; record rounds and lost clients as they come."""
+        cfg = self.config.mlfo
+        last_contact = time.monotonic()
+        next_client_check = time.monotonic() + cfg.client_check_seconds
+        timeout = min(self.config.api.timeout_seconds, cfg.lost_after_seconds / 2)
+        while not self._stopping.wait(cfg.poll_seconds):
+            record = self.deployment(deployment_id)
+            if record["state"] in TERMINAL_STATES:
+                return
+            agent = AgentClient(record["server"]["agent"], token=self.config.api.token, timeout=timeout, retries=0)
             try:
                 status = agent.status()
-                misses = 0
+                last_contact = time.monotonic()
             except MlfoError as err:
-                misses += 1
-                if misses >= 30:
-                    self._finish(deployment_id, "failed", f"lost contact with the FL server's agent: {err.message}")
+                silent = time.monotonic() - last_contact
+                if silent >= cfg.lost_after_seconds:
+                    self._finish(deployment_id, "failed",
+                                 f"lost contact with the FL server's agent {record['server']['agent']} for {silent:.0f} s: {err.message}")
                     return
                 continue
             finally:
@@ -255,7 +369,13 @@ class CampusMlfo:
             if server.get("address") != record["server"]["server"]:
                 self._finish(deployment_id, "failed", "the FL server is no longer running on its agent")
                 return
-            self._update(deployment_id, rounds=server.get("rounds", []), initial=server.get("initial"), traffic=server.get("traffic"))
+            rounds = server.get("rounds", [])
+            short = [r["round"] for r in rounds if r.get("sampled") is not None and r.get("results", 0) < r["sampled"]]
+            self._update(deployment_id, rounds=rounds, initial=server.get("initial"), traffic=server.get("traffic"),
+                         short_rounds=short)
+            if time.monotonic() >= next_client_check:
+                self._check_clients(deployment_id)
+                next_client_check = time.monotonic() + cfg.client_check_seconds
             if server.get("state") in TERMINAL_STATES:
                 self._finish(deployment_id, server["state"], server.get("reason"))
                 return
@@ -265,7 +385,7 @@ class CampusMlfo:
         log.info("deployment %s %s%s", deployment_id, state, f": {reason}" if reason else "")
         # Stop this deployment's FL processes and free the server (best effort).
         for client in record["clients"]:
-            if client["state"] == "running":
+            if client["state"] in ("running", "lost"):
                 agent = _client(AgentClient, client["agent"], self.config)
                 try:
                     agent.request("POST", f"/stop?deployment={deployment_id}")
@@ -372,6 +492,11 @@ class CloudMlfo:
         deployment = constraints.deployment or uuid.uuid4().hex[:12]
         if constraints.sameserv:
             return self._share(deployment)
+        with self._lock:
+            earlier = self.store.get(ALLOCATION, deployment)
+        if earlier is not None and earlier["active"]:
+            # The same deployment asked again (its first answer was lost): the same server, never a second one.
+            return {"server": self._server_of(deployment), "agent": earlier["agent"], "shared_with": earlier.get("shares")}
         with self._lock:
             busy = {a["agent"] for a in self.allocations() if a["active"]}
             free = [s for s in self.config.server_agents() if s not in busy]

@@ -54,6 +54,7 @@ def wait_for_deployments(
     client = MlfoClient(mlfo_address, token=config.api.token, timeout=config.api.timeout_seconds)
     seen: dict[str, int] = {}
     states: dict[str, str] = {}
+    lost: set[str] = set()
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -65,6 +66,14 @@ def wait_for_deployments(
                     if progress:
                         progress("round", {"cohort": cohort.name, "rounds_total": record["params"]["rounds"], **entry})
                 seen[cohort.name] = len(record.get("rounds", []))
+                for entry in record.get("clients", []):
+                    key = f"{cohort.name}/{entry.get('part')}"
+                    if progress and entry.get("state") == "lost" and key not in lost:
+                        progress("lost", {"cohort": cohort.name, **entry})
+                    if entry.get("state") == "lost":
+                        lost.add(key)
+                    else:
+                        lost.discard(key)
                 if progress and states.get(cohort.name) != record["state"]:
                     states[cohort.name] = record["state"]
                     progress("state", {"cohort": cohort.name, **record})

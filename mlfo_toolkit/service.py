@@ -45,7 +45,7 @@ def run_mlfo(config: Config, role: str) -> None:
     else:
         core = CloudMlfo(config, store)
         port = config.mlfo.momo_port
-    server = HttpServer(core.api(), config.mlfo.host, port)
+    server = HttpServer(core.api(), config.mlfo.host, port, threads=16)
     try:
         _serve(server, core, f"{role} MLFO")
     finally:

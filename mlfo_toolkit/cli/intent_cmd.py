@@ -117,11 +117,15 @@ def print_progress(event: str, data: dict[str, Any]) -> None:
         reason = f": {data['reason']}" if data.get("reason") else ""
         click.echo(f"[{data['cohort']}] {data['state']}{reason}", err=True)
     elif event == "round":
+        sampled, results = data.get("sampled"), data.get("results")
+        short = f", only {results} of {sampled} sampled clients answered" if sampled and results is not None and results < sampled else ""
         click.echo(
             f"[{data['cohort']}] round {data['round']}/{data['rounds_total']}: "
-            f"accuracy {data['accuracy']:.3f}, loss {data['loss']:.3f}",
+            f"accuracy {data['accuracy']:.3f}, loss {data['loss']:.3f}{short}",
             err=True,
         )
+    elif event == "lost":
+        click.echo(f"[{data['cohort']}] client {data['agent']} (part {data['part']}) lost: {data.get('error')}", err=True)
 
 
 def print_table(cohorts: list[dict[str, Any]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,5 +117,11 @@ def _register() -> None:
 _register()
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    # SIGTERM ends a command as Ctrl-C does: its finally blocks stop what it started (no orphans).
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     cli(prog_name="mlfo")

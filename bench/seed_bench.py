@@ -1,0 +1,120 @@
+"""Benchmark (run on demand, as root): the seed's experiment in the emulated network.
+
+    sudo .venv/bin/python bench/seed_bench.py [--cohorts 5] [--clients 10] [--rounds 20] [--cpus 2]
+
+As a user would run it: `mlfo topo up N --detach` (the prototype's layout, Mininet + Open vSwitch),
+`mlfo init --cpus C` (CPU limits on the FL servers, reachability check, 20 Mbit/s background
+traffic), then a cohort file of N cohorts x CLIENTS welding clients, fraction_fit 0.5, ROUNDS
+rounds, sent with `mlfo intent send --wait --json` to the campus MLFO published on loopback, and
+`mlfo topo down` at the end. Prints per cohort: final accuracy, rounds done, rounds with fewer
+results, seconds per round (median, p95), the median phase split, orchestration time (and client
+start-up p50/p95), then MemAvailable drop (since before `topo up`, and since the intents were sent)
+and peak load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import MachineWatch, median  # noqa: E402
+
+from mlfo_toolkit.fl.anatomy import PHASES  # noqa: E402
+from mlfo_toolkit.resources import resource_path  # noqa: E402
+from mlfo_toolkit.stats import percentile  # noqa: E402
+
+PUBLISHED_CAMPUS = "127.0.0.1:8001"
+
+
+def mlfo(env: dict[str, str], *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlfo_toolkit", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def cohort_file(path: Path, cohorts: int, clients: int, rounds: int) -> Path:
+    intent = resource_path("intents/welding.yaml")
+    path.write_text(yaml.safe_dump({
+        "defaults": {"strategy": "FedAvg", "fraction_fit": 0.5, "min_fit": 1, "rounds": rounds},
+        "cohorts": [{"name": f"welding-{n + 1}", "size": clients, "intent": str(intent), "min_available": clients}
+                    for n in range(cohorts)],
+    }, sort_keys=False))
+    return path
+
+
+def report(summary: dict[str, object], watch_all: MachineWatch, watch_fl: MachineWatch) -> None:
+    cohorts = summary["cohorts"]
+    assert isinstance(cohorts, list)
+    print(f"{'cohort':<11} {'state':<6} {'final acc':>9} {'rounds':>6} {'short':>5} {'s/round p50':>11} {'p95':>6} "
+          f"{'orch s':>7} {'start p50/p95 s':>16}")
+    for c in cohorts:
+        seconds = [s for s in c["round_seconds"] if s is not None]
+        ready = c.get("client_ready_seconds") or {}
+        print(f"{c['name']:<11} {c['state']:<6} {(c['accuracy'] or [0])[-1]:>9.3f} {len(c['accuracy']):>6} "
+              f"{len(c['short_rounds']):>5} {median(seconds) if seconds else 0:>11.2f} {percentile(seconds, 95) or 0:>6.2f} "
+              f"{c['orchestration_seconds'] or 0:>7.1f} {ready.get('p50')!s:>7}/{ready.get('p95')!s:<8}")
+        if c["state"] != "done":
+            print(f"{'':<11} reason: {c['reason']}")
+    print("median phase split per cohort (seconds):")
+    print(f"{'cohort':<11} " + " ".join(f"{p:>9}" for p in PHASES))
+    for c in cohorts:
+        phases = [p for p in c["phases"] if p]
+        print(f"{c['name']:<11} " + " ".join(f"{median([p[k] for p in phases]) if phases else 0:>9.2f}" for k in PHASES))
+    print(f"MemAvailable drop: {watch_all.drop_gb:.2f} GB since before `topo up`, {watch_fl.drop_gb:.2f} GB since the "
+          f"intents were sent; peak load (1 min) {max(watch_all.peak_load, watch_fl.peak_load):.1f} on {os.cpu_count()} cores")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cohorts", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--cpus", type=float, default=2.0, help="CPU cores of each FL server (mlfo init --cpus)")
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: the benchmark builds a real Mininet network")
+    workdir = Path(tempfile.mkdtemp(prefix="mlfo-seed-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")}
+    env.update({"MLFO_PATHS__STATE_DIR": str(workdir / "state"), "MLFO_PATHS__RUNS_DIR": str(workdir / "runs")})
+    if args.cohorts * args.clients > 50:
+        sys.exit("the prototype's layout has 50 FL clients (five campus switches of ten)")
+    with MachineWatch() as watch_all:
+        started = time.monotonic()
+        up = mlfo(env, "topo", "up", str(args.cohorts), "--detach")
+        if up.returncode != 0:
+            sys.exit(f"topo up failed ({up.returncode}):\n{up.stderr[-3000:]}")
+        print(f"topo up {args.cohorts}: {time.monotonic() - started:.1f} s", flush=True)
+        try:
+            init = mlfo(env, "init", "--cpus", str(args.cpus), "--json")
+            if init.returncode != 0:
+                sys.exit(f"mlfo init failed ({init.returncode}):\n{init.stderr[-3000:]}")
+            path = cohort_file(workdir / "cohorts.yaml", args.cohorts, args.clients, args.rounds)
+            print(f"sending {args.cohorts} cohorts x {args.clients} clients x {args.rounds} rounds ...", flush=True)
+            with MachineWatch() as watch_fl:
+                started = time.monotonic()
+                sent = mlfo(env, "intent", "send", str(path), "--mlfo", PUBLISHED_CAMPUS, "--wait", "--json",
+                            "--timeout", str(args.timeout), timeout=args.timeout + 60)
+                wall = time.monotonic() - started
+            if not sent.stdout.strip():
+                sys.exit(f"intent send failed ({sent.returncode}):\n{sent.stderr[-3000:]}")
+            summary = json.loads(sent.stdout)
+            print(f"intent send --wait: {wall:.1f} s (exit {sent.returncode})")
+        finally:
+            down = mlfo(env, "topo", "down")
+            print(f"topo down: exit {down.returncode}")
+    report(summary, watch_all, watch_fl)
+    (workdir / "seed-bench.json").write_text(json.dumps(summary))
+    print(f"full summary: {workdir / 'seed-bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

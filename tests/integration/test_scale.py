@@ -1,0 +1,106 @@
+"""FL at scale on loopback with real Flower: 20 clients train, a dead SuperLink fails its deployment
+within 10 s, a dead client shows `lost` and the rounds it missed are recorded as short."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlfo_toolkit.clients import MlfoClient
+from mlfo_toolkit.cohorts import CohortFile, load_cohort_file
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.demo import LoopbackNetwork, run_demo, shape_cohorts
+from mlfo_toolkit.fl.anatomy import PHASES
+from mlfo_toolkit.resources import resource_path
+from mlfo_toolkit.sending import send_cohorts
+from tests.integration.test_flower_run import processes_under
+
+pytestmark = [pytest.mark.flower, pytest.mark.slow]
+
+
+def cohort_file(config: Config, cohorts: int, clients: int, rounds: int, **changes: Any) -> CohortFile:
+    shaped = shape_cohorts(load_cohort_file(resource_path("intents/cohorts.yaml"), config), cohorts, clients, rounds)
+    return dataclasses.replace(shaped, cohorts=[dataclasses.replace(c, **changes) for c in shaped.cohorts])
+
+
+@contextmanager
+def loopback(config: Config, workdir: Path, servers: int, clients: int) -> Iterator[LoopbackNetwork]:
+    network = LoopbackNetwork(config, workdir / "net")
+    try:
+        network.start(servers, clients)
+        yield network
+    finally:
+        network.close()
+
+
+def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_twenty_clients_train_with_accuracy_rising(config: Config, workdir: Path) -> None:
+    summary = run_demo(config, cohorts=2, clients=10, rounds=3)
+    assert len(summary["cohorts"]) == 2
+    for cohort in summary["cohorts"]:
+        assert cohort["state"] == "done", cohort["reason"]
+        accuracy = cohort["accuracy"]
+        assert len(accuracy) == 3 and accuracy[-1] > accuracy[0] and accuracy[-1] >= 0.85
+        # fraction_fit 0.5 of 10 clients, every one of them answered
+        assert cohort["sampled"] == [5, 5, 5] and cohort["results"] == [5, 5, 5] and cohort["short_rounds"] == []
+        for phases, seconds in zip(cohort["phases"], cohort["round_seconds"]):
+            assert set(phases) == set(PHASES) and phases["train"] > 0
+            assert sum(phases.values()) == pytest.approx(seconds, abs=0.5)
+        ready = cohort["client_ready_seconds"]
+        assert 0 < ready["p50"] <= ready["p95"] <= cohort["orchestration_seconds"] + 0.01
+    assert processes_under(workdir) == []
+
+
+def test_dead_superlink_fails_the_deployment_with_a_reason_within_10_s(config: Config, workdir: Path) -> None:
+    with loopback(config, workdir, servers=1, clients=2) as network:
+        (sent,) = send_cohorts(cohort_file(config, 1, 2, 500), network.config, network.campus_address)
+        mlfo = MlfoClient(network.campus_address)
+        assert wait_for(lambda: len(mlfo.deployment(sent.deployment_id)["rounds"]) >= 1, 180)
+        server = network.agents[0].server
+        assert server is not None
+        os.kill(server.superlink.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert wait_for(lambda: mlfo.deployment(sent.deployment_id)["state"] == "failed", 10, step=0.1)
+        elapsed = time.monotonic() - killed
+        record = mlfo.deployment(sent.deployment_id)
+        assert "SuperLink exited" in record["reason"] or "flwr run exited" in record["reason"], record["reason"]
+        assert elapsed <= 10
+    assert processes_under(workdir) == []
+
+
+def test_a_killed_client_is_lost_and_its_rounds_come_up_short(config: Config, workdir: Path) -> None:
+    config = config.with_overrides({"fl.round_timeout": 5.0, "mlfo.client_check_seconds": 1.0})
+    cohorts = cohort_file(config, 1, 3, 5, fraction_fit=1.0, min_available=2, min_fit=1)
+    with loopback(config, workdir, servers=1, clients=3) as network:
+        (sent,) = send_cohorts(cohorts, network.config, network.campus_address)
+        mlfo = MlfoClient(network.campus_address)
+        assert wait_for(lambda: len(mlfo.deployment(sent.deployment_id)["rounds"]) >= 1, 180)
+        victim = network.agents[1].clients[0]  # fc.1: partition 0
+        os.kill(victim.process.pid, signal.SIGKILL)
+        killed = time.time()
+        assert wait_for(lambda: mlfo.deployment(sent.deployment_id)["state"] in ("done", "failed"), 240, step=0.5)
+        record = mlfo.deployment(sent.deployment_id)
+    assert record["state"] == "done", record["reason"]  # the run finished with the other two
+    lost = [c for c in record["clients"] if c["state"] == "lost"]
+    assert [c["part"] for c in lost] == [0]
+    assert "exited" in lost[0]["error"] and killed <= lost[0]["lost_at"] <= killed + 10
+    short = [r for r in record["rounds"] if r["results"] < r["sampled"]]
+    assert short and record["short_rounds"] == [r["round"] for r in short]
+    assert all(r["sampled"] == 3 and r["results"] == 2 for r in short)
+    assert len(record["rounds"]) == 5

@@ -1,0 +1,70 @@
+"""The shared executor follows its registration folder; admission control refuses what cannot fit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import CapacityError
+from mlfo_toolkit.fl.executor import Executor, Registration, register, unregister
+from mlfo_toolkit.mlfo import CampusMlfo
+from mlfo_toolkit.store import Store
+
+
+def registration(name: str, pid: int, tmp_path: Path) -> Registration:
+    return Registration(name, "127.0.0.1:1", pid, str(tmp_path / name), str(tmp_path / f"{name}.log"))
+
+
+def test_registrations_come_and_go(tmp_path: Path) -> None:
+    folder = tmp_path / "executor"
+    executor = Executor(folder)
+    executor.refresh()  # no folder yet: nothing served, no error
+    assert executor.served == {}
+    register(folder, registration("a", os.getpid(), tmp_path))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    register(folder, registration("b", sleeper.pid, tmp_path))
+    (folder / "junk.json").write_text("{not json")
+    executor.refresh()
+    assert sorted(s.registration.name for s in executor.served.values()) == ["a", "b"]
+    # Same namespace as the executor: no setns needed (and none allowed without root).
+    assert all(s.namespace_fd is None for s in executor.served.values())
+    sleeper.kill()
+    sleeper.wait()
+    unregister(folder, "a")
+    executor.refresh()
+    assert executor.served == {}  # "a" unregistered, "b"'s SuperNode is gone
+    executor.close()
+
+
+def test_unreachable_supernode_is_retried_later_not_fatal(tmp_path: Path) -> None:
+    folder = tmp_path / "executor"
+    register(folder, registration("a", os.getpid(), tmp_path))
+    executor = Executor(folder)
+    executor.refresh()
+    assert executor.poll_once() == 0  # nothing listens on 127.0.0.1:1
+    (served,) = executor.served.values()
+    assert served.retry_at > 0 and served.client is None
+    executor.close()
+
+
+def campus(config: Config, tmp_path: Path) -> CampusMlfo:
+    return CampusMlfo(config, Store(tmp_path / "campus.sqlite3"))
+
+
+def test_admission_refuses_with_the_numbers(config: Config, tmp_path: Path) -> None:
+    available_mb = psutil.virtual_memory().available // 2**20
+    per_client = available_mb // 4  # five clients cannot fit
+    mlfo = campus(config.with_overrides({"mlfo.client_memory_mb": per_client}), tmp_path)
+    with pytest.raises(CapacityError) as refused:
+        mlfo._admit("big", 5 * per_client + 650, 5, False)
+    message = refused.value.message
+    assert "cohort 'big'" in message and f"5 clients x {per_client} MB" in message and "MemAvailable is" in message
+    mlfo._admit("small", per_client, 1, True)  # one client fits
+    off = campus(config.with_overrides({"mlfo.client_memory_mb": 0}), tmp_path)
+    off._admit("anything", 10**9, 10_000, False)  # 0 turns admission control off
