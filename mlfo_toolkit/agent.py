@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
 from mlfo_toolkit.fl.data import LOADERS
-from mlfo_toolkit.fl.executor import Registration, register, start_executor, unregister
+from mlfo_toolkit.fl.executor import Registration, SpawnedSuperNode, register, start_executor, unregister
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.httpapi import HttpError, JsonApi, Request, Response
@@ -36,6 +36,7 @@ SUPERLINK_START_SECONDS = 60.0
 # A SuperNode gives up when its SuperLink stays unreachable this long.
 SUPERNODE_MAX_WAIT_SECONDS = 300
 SUPERNODE_START_SECONDS = 120.0
+SUPERNODE_SPAWN_SECONDS = 30.0
 
 
 class ServParams(BaseModel):
@@ -140,7 +141,7 @@ class FlClient:
     """One SuperNode serving partition `part` of a cohort."""
 
     params: CliParams
-    process: ManagedProcess
+    process: ManagedProcess | SpawnedSuperNode
     name: str
     runtime_port: int | None = None  # the Runtime API a shared executor polls (isolation: shared)
     started: float = field(default_factory=time.time)
@@ -295,6 +296,7 @@ class NodeAgent:
         if partitioning not in ("iid", "dirichlet"):
             raise ValidationError(f"unknown partitioning '{partitioning}'", field="partitioning", hint="iid or dirichlet")
         shared = self.config.fl.isolation == "shared"
+        requested = time.time()
         with self._lock:
             self._client_runs += 1  # never reused, so no run folder is ever written twice
             name = f"{self._label}-client-{self._client_runs}"
@@ -313,8 +315,7 @@ class NodeAgent:
                 ]
             )
             runtime_port = free_port()
-            argv = [
-                find_tool("flower-supernode"),
+            arguments = [
                 "--insecure",
                 "--superlink",
                 params.server,
@@ -327,25 +328,32 @@ class NodeAgent:
                 "--node-config",
                 node_config,
             ]
-            if shared:
-                argv += ["--isolation", "process"]
             flwr_home = run_dir / "flwr-home"
-            process = ManagedProcess(
-                f"flower-supernode part {params.part}",
-                argv,
-                log_path=run_dir / "supernode.log",
-                env=tool_env({"FLWR_HOME": str(flwr_home)}),
-                cwd=run_dir,
-            )
-            client = FlClient(params, process, name, runtime_port if shared else None)
-            self.clients.append(client)
+            log_path = run_dir / "supernode.log"
+            process: ManagedProcess | SpawnedSuperNode
             if shared:
+                # The shared executor forks the SuperNode into this agent's host (namespace, cgroup):
+                # Flower is imported once for all of them, and a start takes a fraction of a second.
                 self._ensure_executor()
-                register(
-                    self.registration_dir(),
-                    Registration(name, f"127.0.0.1:{runtime_port}", process.pid, str(flwr_home),
-                                 str(run_dir / "clientapp.log"), watch=str(process.log_path)),
+                register(self.registration_dir(), Registration(
+                    name, f"127.0.0.1:{runtime_port}", os.getpid(), str(flwr_home), str(run_dir / "clientapp.log"),
+                    watch=str(log_path), spawn=[*arguments, "--isolation", "process"], cwd=str(run_dir),
+                    env={"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0"},
+                ))
+            else:
+                process = ManagedProcess(
+                    f"flower-supernode part {params.part}", [find_tool("flower-supernode"), *arguments],
+                    log_path=log_path, env=tool_env({"FLWR_HOME": str(flwr_home)}), cwd=run_dir,
                 )
+        if shared:
+            try:
+                process = SpawnedSuperNode.wait_started(self.registration_dir(), name, log_path, SUPERNODE_SPAWN_SECONDS)
+            except MlfoError:
+                unregister(self.registration_dir(), name)
+                raise
+        client = FlClient(params, process, name, runtime_port if shared else None, started=requested)
+        with self._lock:
+            self.clients.append(client)
         try:
             wait_for_port("127.0.0.1", runtime_port, SUPERNODE_START_SECONDS, process)
         except MlfoError:
@@ -358,9 +366,9 @@ class NodeAgent:
         return {"client": name, "pid": process.pid, "server": params.server, "ready_seconds": client.ready_seconds}
 
     def _stop_client(self, client: FlClient) -> None:
+        client.process.stop()
         if client.runtime_port is not None:
             unregister(self.registration_dir(), client.name)
-        client.process.stop()
 
     # --- status and stop ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

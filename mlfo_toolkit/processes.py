@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
@@ -154,7 +155,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise OSError(f"no free TCP port on {host} that was not handed out already")
 
 
-def wait_for_port(host: str, port: int, timeout: float, process: ManagedProcess | None = None) -> None:
+class Watched(Protocol):
+    """A process whose start can be waited for: a ManagedProcess or a SuperNode the executor started."""
+
+    name: str
+    log_path: Path
+
+    def running(self) -> bool: ...
+
+    def returncode(self) -> int | None: ...
+
+    def tail(self, lines: int = 20) -> str: ...
+
+
+def wait_for_port(host: str, port: int, timeout: float, process: Watched | None = None) -> None:
     """Block until host:port accepts TCP connections; fail early if `process` died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

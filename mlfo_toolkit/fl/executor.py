@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import setproctitle
+
 from mlfo_toolkit.inhost import CLONE_NEWNET, join_cgroup, setns
 
 log = logging.getLogger(__name__)
@@ -56,20 +58,98 @@ class Registration:
     flwr_home: str  # where the child installs the run's FAB
     log: str  # the child's output goes here
     watch: str = ""  # the SuperNode's own log: when it grows, a message may have arrived (poll it now)
+    # When set, the executor starts the SuperNode itself (`flower-supernode` with these arguments),
+    # forked like a task: `pid` is then the owner (the agent) whose host the SuperNode joins, and
+    # the SuperNode stops when its owner is gone or the registration is removed.
+    spawn: list[str] = field(default_factory=list)
+    cwd: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def register(directory: Path, registration: Registration) -> Path:
     """Announce a SuperNode to the executor serving `directory` (atomic: never half-read)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{registration.name}{REGISTRATION_SUFFIX}"
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(asdict(registration)))
-    os.replace(temporary, path)
+    _write_json(path, asdict(registration))
     return path
 
 
 def unregister(directory: Path, name: str) -> None:
-    (directory / f"{name}{REGISTRATION_SUFFIX}").unlink(missing_ok=True)
+    for suffix in (REGISTRATION_SUFFIX, ".exited"):
+        (directory / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data))
+    os.replace(temporary, path)
+
+
+class SpawnedSuperNode:
+    """The agent's handle on a SuperNode the executor started: watched and stopped by PID.
+
+    It offers what the agent uses of a ManagedProcess: running(), returncode(), stop(), tail().
+    """
+
+    def __init__(self, name: str, directory: Path, pid: int, create_time: float, log_path: Path) -> None:
+        self.name = f"flower-supernode {name}"
+        self.directory = directory
+        self.registration = name
+        self.pid = pid
+        self.create_time = create_time
+        self.log_path = log_path
+
+    @classmethod
+    def wait_started(cls, directory: Path, name: str, log_path: Path, timeout: float) -> SpawnedSuperNode:
+        """Wait until the executor reports the SuperNode of registration `name` started."""
+        started = directory / f"{name}.started"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = json.loads(started.read_text())
+                return cls(name, directory, int(data["pid"]), float(data["create_time"]), log_path)
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
+        from mlfo_toolkit.errors import UnreachableError
+
+        raise UnreachableError(
+            f"the shared ClientApp executor did not start SuperNode {name} within {timeout:.0f} s",
+            hint=f"is the executor serving {directory} running? its log is executor.log beside that folder",
+        )
+
+    def running(self) -> bool:
+        import psutil
+
+        try:
+            proc = psutil.Process(self.pid)
+            return abs(proc.create_time() - self.create_time) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def returncode(self) -> int | None:
+        if self.running():
+            return None
+        try:
+            return int(json.loads((self.directory / f"{self.registration}.exited").read_text())["code"])
+        except (OSError, ValueError, KeyError):
+            return -1  # gone, and the executor has not said how
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM (Flower's SuperNode leaves its SuperLink cleanly), then SIGKILL after `timeout`."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not self.running():
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            deadline = time.monotonic() + timeout
+            while self.running() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
 
 def start_executor(directory: Path, log_path: Path, *, parent_pid: int | None = None) -> Any:
@@ -113,6 +193,7 @@ class _Served:
     next_poll: float = 0.0
     watched_size: int = -1
     children: set[int] = field(default_factory=set)
+    supernode: int | None = None  # the SuperNode this executor started for the registration
 
     def due(self, now: float) -> bool:
         """Poll now if the SuperNode's log grew (it logs every message it pulls) or it was idle too long."""
@@ -143,6 +224,10 @@ class Executor:
         self.parent_pid = parent_pid
         self.served: dict[str, _Served] = {}
         self.children: dict[int, str] = {}
+        self.supernodes: dict[int, str] = {}  # PID -> registration name of the SuperNodes started here
+        # Registrations whose SuperNode ended (name -> mtime): never started twice, so a SuperNode that
+        # died stays dead (its agent shows it lost) instead of coming back as a second node.
+        self.ended: dict[str, int] = {}
         self.tasks_started = 0
         self._stop = False
         self._home_namespace = os.open("/proc/self/ns/net", os.O_RDONLY)
@@ -154,7 +239,10 @@ class Executor:
     def preload() -> None:
         """Import Flower's ClientApp runtime, NumPy and the app, and load the built-in dataset."""
         import flwr.cli.install  # noqa: F401
+        import flwr.supernode.cli.flower_supernode  # noqa: F401
+        import flwr.supernode.main  # noqa: F401  (the SuperNode's Runtime API app)
         import flwr.supernode.runtime.run_clientapp  # noqa: F401
+        import uvicorn  # noqa: F401
 
         from mlfo_toolkit.fl import apps, data  # noqa: F401
 
@@ -173,8 +261,11 @@ class Executor:
             served = self.served[name]
             if seen.get(name) != served.mtime or not Path(f"/proc/{served.registration.pid}").exists():
                 self._forget(name)
+        for name in list(self.ended):
+            if seen.get(name) != self.ended[name]:
+                del self.ended[name]  # removed or rewritten: a new registration may start a new SuperNode
         for name, mtime in seen.items():
-            if name not in self.served:
+            if name not in self.served and name not in self.ended:
                 self._add(name, mtime)
 
     def _add(self, name: str, mtime: int) -> None:
@@ -187,11 +278,39 @@ class Executor:
             log.warning("ignoring registration %s: %s", name, err)
             return
         cgroup = cpu_cgroup(registration.pid)
-        self.served[name] = _Served(registration, mtime, namespace_fd, None if cgroup == self._home_cgroup else cgroup)
-        log.info("serving SuperNode %s (Runtime API %s, PID %d)", registration.name, registration.runtime, registration.pid)
+        served = _Served(registration, mtime, namespace_fd, None if cgroup == self._home_cgroup else cgroup)
+        self.served[name] = served
+        if registration.spawn:
+            self._spawn_supernode(name, served)
+        log.info("serving SuperNode %s (Runtime API %s, PID %d)", registration.name, registration.runtime,
+                 served.supernode or registration.pid)
+
+    def _spawn_supernode(self, name: str, served: _Served) -> None:
+        """Fork Flower's SuperNode for a registration that asks for it (Flower is already imported here)."""
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _run_supernode(served)
+            except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
+                with contextlib.suppress(Exception):
+                    import traceback
+
+                    traceback.print_exc()
+            finally:
+                os._exit(code)
+        import psutil
+
+        served.supernode = pid
+        self.supernodes[pid] = name
+        stem = name.removesuffix(REGISTRATION_SUFFIX)
+        _write_json(self.directory / f"{stem}.started", {"pid": pid, "create_time": psutil.Process(pid).create_time()})
 
     def _forget(self, name: str) -> None:
         served = self.served.pop(name)
+        if served.supernode is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(served.supernode, signal.SIGTERM)  # reaped (and its exit recorded) in reap()
         if served.client is not None:
             with contextlib.suppress(Exception):
                 served.client.close()
@@ -274,18 +393,32 @@ class Executor:
         self.tasks_started += 1
 
     def reap(self) -> None:
-        while self.children:
+        while self.children or self.supernodes:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
+                self.supernodes.clear()
                 return
             if pid == 0:
                 return
+            code = os.waitstatus_to_exitcode(status)
+            if pid in self.supernodes:
+                name = self.supernodes.pop(pid)
+                stem = name.removesuffix(REGISTRATION_SUFFIX)
+                if (self.directory / name).exists():  # its agent still follows it: say how it ended
+                    _write_json(self.directory / f"{stem}.exited", {"pid": pid, "code": code})
+                else:
+                    (self.directory / f"{stem}.started").unlink(missing_ok=True)
+                log.info("SuperNode %s (PID %d) ended with %d", stem, pid, code)
+                if name in self.served and self.served[name].supernode == pid:
+                    self.ended[name] = self.served[name].mtime
+                    self.served[name].supernode = None
+                    self._forget(name)
+                continue
             name = self.children.pop(pid, "")
             for served in self.served.values():
                 served.children.discard(pid)
-            code = os.waitstatus_to_exitcode(status)
             if code != 0:
                 log.warning("ClientApp task of %s ended with %d", name, code)
 
@@ -312,15 +445,15 @@ class Executor:
         self._stop = True
 
     def close(self, timeout: float = 5.0) -> None:
-        """End every running child, then release the namespaces."""
-        for pid in list(self.children):
+        """End every running child (tasks and SuperNodes started here), then release the namespaces."""
+        for pid in [*self.children, *self.supernodes]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while self.children and time.monotonic() < deadline:
+        while (self.children or self.supernodes) and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)
-        for pid in list(self.children):
+        for pid in [*self.children, *self.supernodes]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.reap()
@@ -328,12 +461,11 @@ class Executor:
             self._forget(name)
 
 
-def _run_task(served: _Served, token: str) -> int:
-    """In the forked child: become part of the SuperNode's host, then run Flower's ClientApp runtime."""
+def _enter_host(served: _Served, output: str) -> None:
+    """In a forked child: default signals, output to `output`, the registration's cgroup and namespace."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    registration = served.registration
-    out = os.open(registration.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
@@ -341,6 +473,32 @@ def _run_task(served: _Served, token: str) -> int:
         join_cgroup(served.cgroup)
     if served.namespace_fd is not None:
         setns(served.namespace_fd, CLONE_NEWNET)
+
+
+def _run_supernode(served: _Served) -> int:
+    """In the forked child: become a SuperNode on the owner's host and run Flower's own `flower-supernode`."""
+    os.setsid()  # its own session: stopping it never signals the executor
+    registration = served.registration
+    _enter_host(served, registration.watch or registration.log)
+    if registration.cwd:
+        os.chdir(registration.cwd)
+    os.environ.update(registration.env)
+    sys.argv = ["flower-supernode", *registration.spawn]
+    setproctitle.setproctitle(f"flower-supernode [mlfo executor] {registration.name}")
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    try:
+        flower_supernode()
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 0
+    return 0
+
+
+def _run_task(served: _Served, token: str) -> int:
+    """In the forked child: become part of the SuperNode's host, then run Flower's ClientApp runtime."""
+    registration = served.registration
+    setproctitle.setproctitle(f"flwr-clientapp [mlfo executor] {registration.name}")
+    _enter_host(served, registration.log)
     os.environ["FLWR_HOME"] = registration.flwr_home
     served.client = None  # the parent's connection is not the child's to use
     # Where this task runs, for anyone checking that the work stayed on the client's host.

@@ -20,13 +20,14 @@ pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
 
 def processes_under(folder: Path) -> list[psutil.Process]:
-    """Live processes whose FLWR_HOME or command line points into `folder`."""
+    """Live processes whose FLWR_HOME, command line or working folder points into `folder`
+    (SuperNodes the shared executor forks carry a process title and work in their run folder)."""
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
             if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
                 continue
-            text = " ".join(proc.info["cmdline"] or []) + " " + proc.environ().get("FLWR_HOME", "")
+            text = " ".join(proc.info["cmdline"] or []) + " " + proc.environ().get("FLWR_HOME", "") + " " + proc.cwd()
         except psutil.Error:
             continue
         if str(folder) in text:

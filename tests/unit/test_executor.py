@@ -68,3 +68,29 @@ def test_admission_refuses_with_the_numbers(config: Config, tmp_path: Path) -> N
     mlfo._admit("small", per_client, 1, True)  # one client fits
     off = campus(config.with_overrides({"mlfo.client_memory_mb": 0}), tmp_path)
     off._admit("anything", 10**9, 10_000, False)  # 0 turns admission control off
+
+
+def test_spawned_supernode_handle_follows_and_stops_by_pid(tmp_path: Path) -> None:
+    import json
+
+    from mlfo_toolkit.fl.executor import SpawnedSuperNode
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / "x.started").write_text(json.dumps({"pid": sleeper.pid, "create_time": psutil.Process(sleeper.pid).create_time()}))
+    (tmp_path / "x.log").write_text("one\ntwo\n")
+    handle = SpawnedSuperNode.wait_started(tmp_path, "x", tmp_path / "x.log", timeout=5)
+    assert handle.running() and handle.returncode() is None and handle.tail(1) == "two"
+    (tmp_path / "x.exited").write_text(json.dumps({"pid": sleeper.pid, "code": 3}))
+    handle.stop(timeout=2)
+    sleeper.wait(5)
+    assert not handle.running() and handle.returncode() == 3
+    unregister(tmp_path, "x")
+    assert not (tmp_path / "x.exited").exists()
+
+
+def test_no_executor_means_a_clear_error(tmp_path: Path) -> None:
+    from mlfo_toolkit.errors import UnreachableError
+    from mlfo_toolkit.fl.executor import SpawnedSuperNode
+
+    with pytest.raises(UnreachableError, match="did not start SuperNode x"):
+        SpawnedSuperNode.wait_started(tmp_path, "x", tmp_path / "x.log", timeout=0.3)
