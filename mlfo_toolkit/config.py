@@ -49,9 +49,13 @@ class MlfoSettings(_Section):
         4, ge=1, le=256, description="FL clients started at once across all deployments (each is a Python process)"
     )
     client_memory_mb: int = Field(
-        170, ge=0, description="memory one FL client takes (measured: SuperNode ~143 MB); 0 turns admission control off"
+        60, ge=0,
+        description="memory one FL client takes (measured: a SuperNode forked by the shared executor ~30 MB of its "
+        "own, its ClientApp tasks ~15 MB; 150 with fl.isolation subprocess); 0 turns admission control off",
     )
-    server_memory_mb: int = Field(650, ge=0, description="memory one FL server takes (SuperLink, ServerApp, flwr run)")
+    server_memory_mb: int = Field(
+        500, ge=0, description="memory one FL server takes (measured ~400 MB: SuperLink, SuperExec, ServerApp, flwr run)"
+    )
     memory_reserve_mb: int = Field(1024, ge=0, description="MemAvailable that admission control always leaves free")
 
 

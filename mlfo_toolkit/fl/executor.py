@@ -44,7 +44,7 @@ CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 # Each loop looks at every SuperNode's log size (cheap); one whose log grew is asked for a task at
 # once, the others every DEFAULT_IDLE_POLL_SECONDS. Asking all 50 every 0.25 s cost half a core.
 DEFAULT_POLL_SECONDS = 0.1
-DEFAULT_IDLE_POLL_SECONDS = 2.0
+DEFAULT_IDLE_POLL_SECONDS = 5.0
 DEFAULT_MAX_CHILDREN = 64
 
 
