@@ -14,6 +14,7 @@ import yaml
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, ValidationError
+from mlfo_toolkit.files import write_json_atomically
 from mlfo_toolkit.netstate import (
     NetworkState,
     ProcessRecord,
@@ -22,7 +23,6 @@ from mlfo_toolkit.netstate import (
     spawn_recorded,
     state_path,
     stop_processes,
-    write_json_atomically,
 )
 from mlfo_toolkit.processes import wait_for_port
 from mlfo_toolkit.resources import resource_path

@@ -14,6 +14,8 @@ from typing import Any
 import psutil
 
 from mlfo_toolkit.errors import MlfoError, NotFoundError
+from mlfo_toolkit.files import write_json_atomically
+from mlfo_toolkit.processes import same_process
 
 STATE_FILE = "network.json"
 
@@ -31,11 +33,7 @@ class ProcessRecord:
 
     def alive(self) -> bool:
         """True only for the very process we started (PIDs are reused)."""
-        try:
-            proc = psutil.Process(self.pid)
-            return abs(proc.create_time() - self.create_time) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+        return same_process(self.pid, self.create_time)
 
 
 @dataclass
@@ -96,15 +94,6 @@ class NetworkState:
 
 def state_path(state_dir: Path) -> Path:
     return Path(state_dir) / STATE_FILE
-
-
-def write_json_atomically(path: Path, data: Any) -> Path:
-    """Write JSON through a temporary file and a rename, so a SIGKILL mid-write never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    os.replace(temporary, path)
-    return path
 
 
 def save_state(state: NetworkState, state_dir: Path) -> None:

@@ -126,6 +126,15 @@ class ManagedProcess:
             return ""
 
 
+def same_process(pid: int, create_time: float) -> bool:
+    """Whether `pid` is still the live process that was created at `create_time` (PIDs are reused)."""
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - create_time) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _signal(proc: psutil.Process, sig: int) -> None:
     try:
         if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:

@@ -1,22 +1,24 @@
-"""One long-lived ClientApp executor for many SuperNodes (`mlfo executor`).
+"""One long-lived executor for every FL client of a machine (`python -m mlfo_toolkit.fl.executor`).
 
-Flower's default deployment gives every SuperNode its own `flower-superexec`, which starts a fresh
-`flwr-clientapp` process for every message: a Python start, the Flower, NumPy and scikit-learn
-imports and a dataset load, each time (see SCALE.md: about 2.5 s and 220 MB per message). With
-`flower-supernode --isolation process` Flower lets the executor be started by someone else. This is
-that executor, shared by every SuperNode that registers with it:
+Flower's default deployment gives every SuperNode a process of its own, a `flower-superexec` next to
+it, and a fresh `flwr-clientapp` process for every message: a Python start and the Flower, NumPy and
+scikit-learn imports each time (SCALE.md: about 2.5 s and 220 MB per message, ~94 MB and ~2.5 CPU-s
+per SuperNode). Flower lets someone else run the ClientApps (`flower-supernode --isolation process`);
+this executor does, and starts the SuperNodes too, with everything imported once:
 
-* a node agent starts a SuperNode with `--isolation process` and writes a registration file (its
-  Runtime API address and PID) into the executor's folder;
-* the executor polls each registered SuperNode's Runtime API with Flower's own `AcquireTask`, as
-  `flower-superexec` does;
-* for each task it forks a child from itself (Flower, NumPy, the app and the datasets are already
-  imported and loaded) that joins the SuperNode's CPU cgroup and network namespace and runs Flower's
+* a node agent writes a registration file (the SuperNode's arguments, its own PID) into the
+  executor's folder;
+* the executor forks Flower's own `flower-supernode` from itself into the agent's host: its network
+  namespace and CPU cgroup (the agent's), in a session of its own;
+* it asks each SuperNode for tasks with Flower's `AcquireTask` (as `flower-superexec` does), at once
+  when the SuperNode's log grew (it logs every message it pulls), else every few seconds;
+* each task runs in a child forked from the executor that joins the same host and calls Flower's
   own `run_clientapp`, which pulls the message from the SuperNode and pushes the reply back.
 
-So the FL traffic still leaves from each client's own host (the SuperNode runs there and talks to
-the SuperLink), the training CPU is charged to the client host's cgroup, and the Runtime API stays on
-the host's loopback: nothing of it crosses the emulated links.
+So the FL traffic still leaves from each client's own host (the SuperNode runs there and talks to the
+SuperLink), the training CPU is charged to the client host's cgroup, and the Runtime API stays on the
+host's loopback: nothing of it crosses the emulated links. A registration without SuperNode
+arguments is served the same way for a SuperNode someone else started.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from typing import Any
 
 import setproctitle
 
+from mlfo_toolkit.files import write_json_atomically
 from mlfo_toolkit.inhost import CLONE_NEWNET, join_cgroup, setns
+from mlfo_toolkit.processes import same_process
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +74,13 @@ def register(directory: Path, registration: Registration) -> Path:
     """Announce a SuperNode to the executor serving `directory` (atomic: never half-read)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{registration.name}{REGISTRATION_SUFFIX}"
-    _write_json(path, asdict(registration))
+    write_json_atomically(path, asdict(registration))
     return path
 
 
 def unregister(directory: Path, name: str) -> None:
     for suffix in (REGISTRATION_SUFFIX, ".exited"):
         (directory / f"{name}{suffix}").unlink(missing_ok=True)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data))
-    os.replace(temporary, path)
 
 
 class SpawnedSuperNode:
@@ -118,13 +116,7 @@ class SpawnedSuperNode:
         )
 
     def running(self) -> bool:
-        import psutil
-
-        try:
-            proc = psutil.Process(self.pid)
-            return abs(proc.create_time() - self.create_time) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+        return same_process(self.pid, self.create_time)
 
     def returncode(self) -> int | None:
         if self.running():
@@ -304,7 +296,7 @@ class Executor:
         served.supernode = pid
         self.supernodes[pid] = name
         stem = name.removesuffix(REGISTRATION_SUFFIX)
-        _write_json(self.directory / f"{stem}.started", {"pid": pid, "create_time": psutil.Process(pid).create_time()})
+        write_json_atomically(self.directory / f"{stem}.started", {"pid": pid, "create_time": psutil.Process(pid).create_time()})
 
     def _forget(self, name: str) -> None:
         served = self.served.pop(name)
@@ -407,7 +399,7 @@ class Executor:
                 name = self.supernodes.pop(pid)
                 stem = name.removesuffix(REGISTRATION_SUFFIX)
                 if (self.directory / name).exists():  # its agent still follows it: say how it ended
-                    _write_json(self.directory / f"{stem}.exited", {"pid": pid, "code": code})
+                    write_json_atomically(self.directory / f"{stem}.exited", {"pid": pid, "code": code})
                 else:
                     (self.directory / f"{stem}.started").unlink(missing_ok=True)
                 log.info("SuperNode %s (PID %d) ended with %d", stem, pid, code)
@@ -459,6 +451,9 @@ class Executor:
         self.reap()
         for name in list(self.served):
             self._forget(name)
+        if self._home_namespace >= 0:
+            os.close(self._home_namespace)
+            self._home_namespace = -1
 
 
 def _enter_host(served: _Served, output: str) -> None:

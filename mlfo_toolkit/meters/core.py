@@ -10,10 +10,11 @@ from typing import Any, Protocol
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
+from mlfo_toolkit.files import write_json_atomically
 from mlfo_toolkit.meters.onos import OnosMeterDriver
 from mlfo_toolkit.meters.ovs import OvsMeterDriver
 from mlfo_toolkit.meters.plan import MeterSpec, parse_rate_kbps, plan_meters
-from mlfo_toolkit.netstate import NetworkState, load_state, write_json_atomically
+from mlfo_toolkit.netstate import NetworkState, load_state
 from mlfo_toolkit.topology import Topology, load_topology
 
 METER_FILE = "meters.json"
