@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from types import TracebackType
 
 import psutil
@@ -44,12 +43,3 @@ def median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def wait_until(condition: object, timeout: float, step: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return True
-        time.sleep(step)
-    return False

@@ -40,7 +40,6 @@ class RoundRecord:
     sampled: int = 0
     results: int = 0
     failures: int = 0
-    polls: list[float] = field(default_factory=list)
     arrivals: dict[str, float] = field(default_factory=dict)  # reply id -> poll that found it
     previous_poll: dict[str, float] = field(default_factory=dict)
     client_times: dict[str, tuple[float, float]] = field(default_factory=dict)  # reply id -> train start/end
@@ -119,7 +118,6 @@ class RoundClock:
             if record is not None:
                 now = self.clock()
                 record.pushed, record.sampled = (push_start, push_start), len(messages)
-                record.polls.append(now)
                 self._note(record, answered, now, push_start)
             return answered
         pending = set(self.grid.push_messages(messages))
@@ -133,7 +131,6 @@ class RoundClock:
             found = list(self.grid.pull_messages(pending))
             now = self.clock()
             if record is not None:
-                record.polls.append(now)
                 self._note(record, found, now, previous)
             replies.extend(found)
             pending.difference_update(m.metadata.reply_to_message_id for m in found)

@@ -184,7 +184,6 @@ class _Served:
     retry_at: float = 0.0
     next_poll: float = 0.0
     watched_size: int = -1
-    children: set[int] = field(default_factory=set)
     supernode: int | None = None  # the SuperNode this executor started for the registration
 
     def due(self, now: float) -> bool:
@@ -220,7 +219,6 @@ class Executor:
         # Registrations whose SuperNode ended (name -> mtime): never started twice, so a SuperNode that
         # died stays dead (its agent shows it lost) instead of coming back as a second node.
         self.ended: dict[str, int] = {}
-        self.tasks_started = 0
         self._stop = False
         self._home_namespace = os.open("/proc/self/ns/net", os.O_RDONLY)
         self._home_inode = _namespace_inode("self")
@@ -381,8 +379,6 @@ class Executor:
             finally:
                 os._exit(code)
         self.children[pid] = served.registration.name
-        served.children.add(pid)
-        self.tasks_started += 1
 
     def reap(self) -> None:
         while self.children or self.supernodes:
@@ -409,8 +405,6 @@ class Executor:
                     self._forget(name)
                 continue
             name = self.children.pop(pid, "")
-            for served in self.served.values():
-                served.children.discard(pid)
             if code != 0:
                 log.warning("ClientApp task of %s ended with %d", name, code)
 
