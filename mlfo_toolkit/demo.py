@@ -112,16 +112,21 @@ class LoopbackNetwork:
         self.config = campus_config
 
     def close(self) -> None:
+        """Stop everything, each piece even when another one fails to stop (nothing is left running)."""
         for path in self.target_files:
             path.unlink(missing_ok=True)
-        for core in self.cores:
-            core.close()
-        for agent in self.agents:
-            agent.close()
-        for server in self.servers:
-            server.close()
+        steps: list[Any] = [*(c.close for c in self.cores), *(a.close for a in self.agents), *(s.close for s in self.servers)]
         if self.executor is not None:
-            self.executor.stop()
+            steps.append(self.executor.stop)
+        failures = []
+        for step in steps:
+            try:
+                step()
+            except Exception as err:  # keep stopping the rest, then say what failed
+                failures.append(err)
+                log.warning("stopping the demo: %s", err)
+        if failures:
+            raise failures[0]
 
 
 def run_demo(
