@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,8 @@ class LoopbackNetwork:
         if self.config.fl.isolation == "shared":
             # One executor runs the ClientApps of every client agent of the demo.
             executor_dir = self.work_dir / "executor"
-            self.executor = start_executor(executor_dir, self.work_dir / "executor.log")
+            # It stops by itself (and its SuperNodes with it) if this process is killed.
+            self.executor = start_executor(executor_dir, self.work_dir / "executor.log", parent_pid=os.getpid())
             self.config = self.config.with_overrides({"fl.executor_dir": str(executor_dir)})
         server_agents = [self._agent(f"fed.{n + 1}", free_port(), "fl-server") for n in range(num_servers)]
         client_agents = [self._agent(f"fc.{n + 1}", 0, "fl-client") for n in range(num_clients)]
