@@ -37,9 +37,3 @@ class MachineWatch:
     def drop_gb(self) -> float:
         """How far MemAvailable fell below its value at the start, in GB."""
         return round((self.available_before - self.min_available) / 1e9, 2)
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

@@ -25,24 +25,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import tomli_w
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import MachineWatch, median  # noqa: E402
+from _measure import MachineWatch  # noqa: E402
 
 from mlfo_toolkit.config import load_config  # noqa: E402
 from mlfo_toolkit.demo import run_demo  # noqa: E402
 from mlfo_toolkit.processes import ManagedProcess, find_tool, free_port, tool_env, wait_for_port  # noqa: E402
 from mlfo_toolkit.resources import resource_path  # noqa: E402
+from mlfo_toolkit.runs import round_seconds  # noqa: E402
 from mlfo_toolkit.stats import percentile  # noqa: E402
 
 
 def round_times(metrics_file: Path) -> list[float]:
-    """Seconds between consecutive round evaluations (round 0 is the initial one)."""
+    """Seconds per round from the ServerApp's events, measured as mlfo measures its own runs."""
     events = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    times = [e["time"] for e in sorted((e for e in events if e.get("event") == "round"), key=lambda e: e["round"])]
-    return [round(b - a, 3) for a, b in zip(times, times[1:])]
+    rounds = [e for e in events if e.get("event") == "round"]
+    record = {"rounds": [e for e in rounds if e["round"] > 0], "initial": next((e for e in rounds if e["round"] == 0), None)}
+    return [s for s in round_seconds(record) if s is not None]
 
 
 def flower_default(clients: int, rounds: int, workdir: Path, fl: dict[str, object]) -> dict[str, object]:

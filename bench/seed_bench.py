@@ -22,11 +22,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import MachineWatch, median  # noqa: E402
+from _measure import MachineWatch  # noqa: E402
 
 from mlfo_toolkit.fl.anatomy import PHASES  # noqa: E402
 from mlfo_toolkit.resources import resource_path  # noqa: E402

@@ -70,8 +70,9 @@ class ReceiveParams(BaseModel):
         return value
 
 
-def _client(cls: type, address: str, config: Config) -> Any:
-    return cls(address, token=config.api.token, timeout=config.api.timeout_seconds)
+def _client(cls: type, address: str, config: Config, *, timeout: float | None = None, retries: int = 2) -> Any:
+    """A southbound client with the config's token; `timeout` defaults to api.timeout_seconds."""
+    return cls(address, token=config.api.token, timeout=timeout or config.api.timeout_seconds, retries=retries)
 
 
 class CampusMlfo:
@@ -248,8 +249,8 @@ class CampusMlfo:
 
     def _momo_deploy(self, momo: dict[str, Any]) -> dict[str, Any]:
         """Ask the cloud MLFO for an FL server; a lost answer is asked again (deploy is idempotent per deployment)."""
-        cloud = MomoClient(self.config.mlfo.cloud, token=self.config.api.token,
-                           timeout=max(self.config.api.timeout_seconds, MOMO_DEPLOY_TIMEOUT))
+        cloud = _client(MomoClient, self.config.mlfo.cloud, self.config,
+                        timeout=max(self.config.api.timeout_seconds, MOMO_DEPLOY_TIMEOUT))
         try:
             for attempt in range(1, MOMO_ATTEMPTS + 1):
                 try:
@@ -279,7 +280,7 @@ class CampusMlfo:
                 if self._stopping.is_set():
                     client["state"], client["error"] = "failed", "the MLFO is stopping"
                     return
-                agent = AgentClient(client["agent"], token=self.config.api.token, timeout=timeout)
+                agent = _client(AgentClient, client["agent"], self.config, timeout=timeout)
                 try:
                     answer = agent.start_client(
                         {
@@ -311,7 +312,7 @@ class CampusMlfo:
         def check(client: dict[str, Any]) -> None:
             if client["state"] not in ("running", "lost") or client.get("lost_reason") == "exited":
                 return
-            agent = AgentClient(client["agent"], token=self.config.api.token, timeout=timeout, retries=0)
+            agent = _client(AgentClient, client["agent"], self.config, timeout=timeout, retries=0)
             try:
                 status = agent.status()
             except MlfoError as err:
@@ -352,7 +353,7 @@ class CampusMlfo:
             record = self.deployment(deployment_id)
             if record["state"] in TERMINAL_STATES:
                 return
-            agent = AgentClient(record["server"]["agent"], token=self.config.api.token, timeout=timeout, retries=0)
+            agent = _client(AgentClient, record["server"]["agent"], self.config, timeout=timeout, retries=0)
             try:
                 status = agent.status()
                 last_contact = time.monotonic()
