@@ -34,9 +34,9 @@ from _measure import MachineWatch  # noqa: E402
 
 from mlfo_toolkit.config import load_config  # noqa: E402
 from mlfo_toolkit.demo import run_demo  # noqa: E402
+from mlfo_toolkit.monitoring.runs import round_seconds  # noqa: E402
 from mlfo_toolkit.processes import ManagedProcess, find_tool, free_port, tool_env, wait_for_port  # noqa: E402
 from mlfo_toolkit.resources import resource_path  # noqa: E402
-from mlfo_toolkit.runs import round_seconds  # noqa: E402
 from mlfo_toolkit.stats import percentile  # noqa: E402
 
 

@@ -10,18 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlfo_toolkit.agent import NodeAgent
-from mlfo_toolkit.cohorts import CohortFile, load_cohort_file
+from mlfo_toolkit.agent.node import NodeAgent
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.fl.executor import start_executor
-from mlfo_toolkit.httpapi import HttpServer
-from mlfo_toolkit.mlfo import CampusMlfo, CloudMlfo
-from mlfo_toolkit.monitor import write_targets
+from mlfo_toolkit.http.routes import agent_app, campus_app, cloud_app
+from mlfo_toolkit.http.server import HttpServer
+from mlfo_toolkit.monitoring.prometheus import write_targets
+from mlfo_toolkit.monitoring.runs import cohort_summary, manifest, new_run_dir, write_run
+from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file
+from mlfo_toolkit.orchestrator.mlfo import CampusMlfo, CloudMlfo, open_store
+from mlfo_toolkit.orchestrator.sending import ProgressCallback, raise_for_failures, send_cohorts, wait_for_deployments
 from mlfo_toolkit.processes import ManagedProcess, free_port
 from mlfo_toolkit.resources import resource_path
-from mlfo_toolkit.runs import cohort_summary, manifest, new_run_dir, write_run
-from mlfo_toolkit.sending import ProgressCallback, raise_for_failures, send_cohorts, wait_for_deployments
-from mlfo_toolkit.store import Store
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
@@ -68,7 +68,7 @@ class LoopbackNetwork:
         config = self.config.with_overrides({"agent.host": LOOPBACK, "agent.port": 0, "agent.fl_server_port": fl_port})
         agent = NodeAgent(config, work_dir=self.work_dir / "nodes" / name)
         self.agents.append(agent)
-        server = HttpServer(agent.api(), LOOPBACK, 0, threads=4).start()
+        server = HttpServer(agent_app(agent), LOOPBACK, 0, threads=4).start()
         self.servers.append(server)
         self.agent_labels.append((server.address, role, name))
         return server.address
@@ -84,9 +84,9 @@ class LoopbackNetwork:
         client_agents = [self._agent(f"fc.{n + 1}", 0, "fl-client") for n in range(num_clients)]
         state_dir = self.work_dir / "state"
         cloud_config = self.config.with_overrides({"ip_plan.servers": server_agents, "paths.state_dir": str(state_dir)})
-        cloud = CloudMlfo(cloud_config, Store(state_dir / "mlfo-cloud.sqlite3"))
+        cloud = CloudMlfo(cloud_config, open_store(cloud_config, "cloud"))
         self.cores.append(cloud)
-        cloud_server = HttpServer(cloud.api(), LOOPBACK, 0, threads=16).start()
+        cloud_server = HttpServer(cloud_app(cloud), LOOPBACK, 0, threads=16).start()
         self.servers.append(cloud_server)
         campus_config = self.config.with_overrides(
             {
@@ -96,9 +96,9 @@ class LoopbackNetwork:
                 "mlfo.poll_seconds": 0.5,
             }
         )
-        campus = CampusMlfo(campus_config, Store(state_dir / "mlfo-campus.sqlite3"))
+        campus = CampusMlfo(campus_config, open_store(campus_config, "campus"))
         self.cores.append(campus)
-        campus_server = HttpServer(campus.api(), LOOPBACK, 0, threads=16).start()
+        campus_server = HttpServer(campus_app(campus), LOOPBACK, 0, threads=16).start()
         self.servers.append(campus_server)
         self.campus_address = campus_server.address
         # Where Prometheus (`mlfo monitor up`, loopback mode) finds this run's services.

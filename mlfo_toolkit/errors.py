@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     MISSING_DEPENDENCY = 9
     AUTH = 10
     CAPACITY = 11
+    CONFLICT = 12
     INTERRUPTED = 130
 
 
@@ -36,6 +37,7 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.MISSING_DEPENDENCY: "a required program or package is missing",
     ExitCode.AUTH: "authentication failed (check the API token or controller credentials)",
     ExitCode.CAPACITY: "the machine cannot hold what was asked (memory): shrink the cohort or wait for others to end",
+    ExitCode.CONFLICT: "the request conflicts with what is running (a server is busy, nothing to share): wait or stop it first",
     ExitCode.INTERRUPTED: "interrupted by the user (Ctrl-C); everything started was stopped",
 }
 
@@ -133,6 +135,12 @@ class DeploymentFailed(MlfoError):
     """A deployment or FL run ended in failure."""
 
     exit_code = ExitCode.DEPLOYMENT_FAILED
+
+
+class ConflictError(MlfoError):
+    """The request conflicts with the current state: a server is busy, there is nothing to share."""
+
+    exit_code = ExitCode.CONFLICT
 
 
 class CapacityError(MlfoError):

@@ -19,7 +19,7 @@ def init(cfg: Config, cpus: float | None, clients: bool, bg_rate: str, as_json: 
 
     Exit code 5 if an FL server cannot be reached from the cloud MLFO host.
     """
-    from mlfo_toolkit.network import init_network
+    from mlfo_toolkit.net.network import init_network
 
     result = init_network(cfg, cpus=cpus, clients=clients, bg_rate=bg_rate)
     if as_json:

@@ -8,11 +8,11 @@ from typing import Any
 import click
 
 from mlfo_toolkit.cli.main import echo_json, pass_config
-from mlfo_toolkit.cohorts import load_cohort_file, plan_cohorts
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.intents import Catalog, load_intent_file
-from mlfo_toolkit.runs import cohort_summary, manifest, new_run_dir, write_run
-from mlfo_toolkit.sending import raise_for_failures, send_cohorts, wait_for_deployments
+from mlfo_toolkit.monitoring.runs import cohort_summary, manifest, new_run_dir, write_run
+from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, plan_cohorts
+from mlfo_toolkit.orchestrator.intents import Catalog, load_intent_file
+from mlfo_toolkit.orchestrator.sending import raise_for_failures, send_cohorts, wait_for_deployments
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 

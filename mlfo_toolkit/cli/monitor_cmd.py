@@ -23,8 +23,8 @@ def monitor() -> None:
 @pass_config
 def config_(cfg: Config, topology_file: Path | None, cohorts: int | None, loopback: bool, output: Path | None) -> None:
     """Write prometheus.yml: every host's mlfo process and exporters, labelled with role and cohort."""
-    from mlfo_toolkit.monitor import check_config, render_config, running_topology
-    from mlfo_toolkit.topology import load_topology
+    from mlfo_toolkit.monitoring.prometheus import check_config, render_config, running_topology
+    from mlfo_toolkit.net.topology import load_topology
 
     topology = None
     if topology_file or cohorts:
@@ -46,7 +46,7 @@ def config_(cfg: Config, topology_file: Path | None, cohorts: int | None, loopba
 def up(cfg: Config, as_json: bool) -> None:
     """Start Prometheus (inside the network's prometheus host, published on loopback; or on loopback for
     `mlfo demo`), node_exporter, and Grafana in Docker when an engine and the image are here."""
-    from mlfo_toolkit.monitor import monitor_up
+    from mlfo_toolkit.monitoring.prometheus import monitor_up
 
     result = monitor_up(cfg)
     if as_json:
@@ -64,7 +64,7 @@ def up(cfg: Config, as_json: bool) -> None:
 @pass_config
 def down(cfg: Config) -> None:
     """Stop what `monitor up` started (Prometheus keeps its data under paths.state_dir)."""
-    from mlfo_toolkit.monitor import monitor_down
+    from mlfo_toolkit.monitoring.prometheus import monitor_down
 
     stopped = monitor_down(cfg)["stopped"]
     click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -78,6 +78,6 @@ def down(cfg: Config) -> None:
 @pass_config
 def exporter(cfg: Config, app: str, match_port: int, host: str | None, port: int | None) -> None:
     """Serve /metrics with TCP RTT, cwnd and bytes of an app's flows (the prototype's ss exporter)."""
-    from mlfo_toolkit.service import run_exporter
+    from mlfo_toolkit.http.service import run_exporter
 
     run_exporter(cfg, app, match_port, host or cfg.agent.host, cfg.monitor.app_exporter_port if port is None else port)

@@ -20,7 +20,7 @@ from mlfo_toolkit.config import Config
 def report(cfg: Config, run_dir: Path, fmt: str, prometheus: str | None, topology_file: Path | None, as_json: bool) -> None:
     """Write RUN_DIR/report/: accuracy and loss per round per cohort, orchestration time per cohort,
     traffic per cohort (PNG), and manifest.json (mlfo, Flower and Python versions, seeds, input hashes)."""
-    from mlfo_toolkit.report import build_report
+    from mlfo_toolkit.monitoring.report import build_report
 
     url = prometheus or f"http://127.0.0.1:{cfg.monitor.prometheus_port}"
     result = build_report(run_dir, fmt, url, {"topology": topology_file} if topology_file else None)

@@ -6,7 +6,7 @@ import click
 
 from mlfo_toolkit.cli.main import pass_config
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.service import run_mlfo
+from mlfo_toolkit.http.service import run_mlfo
 
 
 @click.command()

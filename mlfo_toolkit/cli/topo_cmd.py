@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from mlfo_toolkit.builders import BACKENDS
 from mlfo_toolkit.cli.main import echo_json, pass_config
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.netstate import NetworkState
-from mlfo_toolkit.topology import load_topology
+from mlfo_toolkit.net.builders import BACKENDS
+from mlfo_toolkit.net.state import NetworkState
+from mlfo_toolkit.net.topology import load_topology
 
 TOPOLOGY = click.option(
     "--topology", "topology_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -91,7 +91,7 @@ def up(
     loopback (prototype: 8000 -> 8001), so `mlfo intent send FILE --mlfo 127.0.0.1:8001` works.
     Everything made is recorded in paths.state_dir/network.json.
     """
-    from mlfo_toolkit.network import detach_network, serve_network
+    from mlfo_toolkit.net.network import detach_network, serve_network
 
     topology = _load(topology_file, cohorts, params)
     if detach:
@@ -119,7 +119,7 @@ def down(cfg: Config) -> None:
     Works also after `topo up` was killed with SIGKILL. Never a broad kill, never Mininet's
     global cleanup.
     """
-    from mlfo_toolkit.network import network_down
+    from mlfo_toolkit.net.network import network_down
 
     result = network_down(cfg)
     click.echo(f"network removed (by {result['stopped_by']})", err=True)
@@ -130,7 +130,7 @@ def down(cfg: Config) -> None:
 @pass_config
 def status(cfg: Config, as_json: bool) -> None:
     """Show the running network: hosts, mlfo processes, published ports, warnings."""
-    from mlfo_toolkit.network import network_status
+    from mlfo_toolkit.net.network import network_status
 
     info = network_status(cfg)
     if as_json:
@@ -159,7 +159,7 @@ def exec_(cfg: Config, node: str, command: tuple[str, ...]) -> None:
 
     Example: mlfo topo exec fed.1 -- ip -br addr
     """
-    from mlfo_toolkit.network import host_exec
+    from mlfo_toolkit.net.network import host_exec
 
     sys.exit(host_exec(cfg, node, list(command)))
 
@@ -169,7 +169,7 @@ def exec_(cfg: Config, node: str, command: tuple[str, ...]) -> None:
 @pass_config
 def ping(cfg: Config, as_json: bool) -> None:
     """Every host pings every other host (the prototype's pingtest.sh, in parallel)."""
-    from mlfo_toolkit.network import ping_mesh
+    from mlfo_toolkit.net.network import ping_mesh
 
     result = ping_mesh(cfg)
     if as_json:

@@ -38,7 +38,7 @@ from typing import Any
 import setproctitle
 
 from mlfo_toolkit.files import write_json_atomically
-from mlfo_toolkit.inhost import CLONE_NEWNET, join_cgroup, setns
+from mlfo_toolkit.net.inhost import CLONE_NEWNET, join_cgroup, setns
 from mlfo_toolkit.processes import same_process
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from mlfo_toolkit.files import write_json_atomically
 from mlfo_toolkit.meters.onos import OnosMeterDriver
 from mlfo_toolkit.meters.ovs import OvsMeterDriver
 from mlfo_toolkit.meters.plan import MeterSpec, parse_rate_kbps, plan_meters
-from mlfo_toolkit.netstate import NetworkState, load_state
-from mlfo_toolkit.topology import Topology, load_topology
+from mlfo_toolkit.net.state import NetworkState, load_state
+from mlfo_toolkit.net.topology import Topology, load_topology
 
 METER_FILE = "meters.json"
 CONTROLLERS = ("ovs", "onos")
@@ -117,7 +117,7 @@ IPERF_PORT = 5202
 
 def measure_mbit(state: NetworkState, client: str, server_ip: str, seconds: int) -> float:
     """iperf3 from `client` to an iperf3 server already listening on server_ip:IPERF_PORT (Mbit/s received)."""
-    from mlfo_toolkit.network import host_command
+    from mlfo_toolkit.net.network import host_command
 
     argv = host_command(state, client, ["iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", "--connect-timeout", "5000"])
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
@@ -130,8 +130,8 @@ def measure_mbit(state: NetworkState, client: str, server_ip: str, seconds: int)
 
 def verify_meter(config: Config, cohort: int, rate: str, burst: str | None, controller: str, seconds: int = 3) -> dict[str, Any]:
     """Measure a cohort client's throughput to its FL server without and with the meter, and another cohort's with it."""
-    from mlfo_toolkit.netstate import stop_processes
-    from mlfo_toolkit.network import spawn_in_host, wait_listening
+    from mlfo_toolkit.net.network import spawn_in_host, wait_listening
+    from mlfo_toolkit.net.state import stop_processes
 
     state, topology = running_topology(config)
     clients = [h for h in topology.fl_clients() if h.campus == cohort]

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlfo_toolkit.errors import ValidationError
-from mlfo_toolkit.topology import Topology
+from mlfo_toolkit.net.topology import Topology
 
 METER_PRIORITY = 10000
 COOKIE_BASE = 0x6D6C_666F_0000_0000  # "mlfo" in the high bytes marks every flow mlfo adds

@@ -10,7 +10,7 @@ import base64
 import itertools
 from typing import Any
 
-from mlfo_toolkit.httpapi import HttpServer, JsonApi, Request, Response
+from tests.integration.fakehttp import FakeApi, Request, Response
 
 
 class FakeOnos:
@@ -24,7 +24,7 @@ class FakeOnos:
         self.bodies: list[tuple[str, dict[str, Any]]] = []
         self.calls: list[tuple[str, str]] = []
         self.activated: list[str] = []
-        api = JsonApi("fake onos", token=None, max_body=1 << 20)
+        api = FakeApi()
         base = "/onos/v1"
 
         def error(status: int, message: str) -> Response:
@@ -32,7 +32,7 @@ class FakeOnos:
 
         def guard(request: Request) -> Response | None:
             self.calls.append((request.method, request.path))
-            if request.environ.get("HTTP_AUTHORIZATION") != f"Basic {self.credentials}":
+            if request.headers.get("authorization") != f"Basic {self.credentials}":
                 return error(401, "Unauthorized")
             return None
 
@@ -110,7 +110,7 @@ class FakeOnos:
             self.activated.append(request.params["app"])
             return Response(200, {"name": request.params["app"], "state": "ACTIVE"})
 
-        self.server = HttpServer(api, "127.0.0.1", 0, threads=2).start()
+        self.server = api.serve()
         self.url = f"http://{self.server.address}/onos/v1"
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from mlfo_toolkit.httpapi import HttpServer, JsonApi, Request, Response
+from tests.integration.fakehttp import FakeApi, Request, Response
 
 
 class FakeAgent:
@@ -17,7 +17,7 @@ class FakeAgent:
         self.stop_calls: list[str | None] = []
         self.final_state = final_state
         self.lock = threading.Lock()
-        api = JsonApi("fake agent", token=token, max_body=1 << 20)
+        api = FakeApi(token)
 
         @api.route("POST", "/serv")
         def serv(request: Request) -> Response:
@@ -53,7 +53,7 @@ class FakeAgent:
             self.stop_calls.append(request.query.get("deployment"))
             return {"stopped": []}
 
-        self.server = HttpServer(api, "127.0.0.1", 0, threads=2).start()
+        self.server = api.serve()
         self.address = self.server.address
 
     def close(self) -> None:

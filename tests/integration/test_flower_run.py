@@ -12,9 +12,10 @@ import psutil
 import pytest
 import requests
 
-from mlfo_toolkit.agent import NodeAgent
+from mlfo_toolkit.agent.node import NodeAgent
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.httpapi import HttpServer
+from mlfo_toolkit.http.routes import agent_app
+from mlfo_toolkit.http.server import HttpServer
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
@@ -58,7 +59,7 @@ def test_demo_json_trains_and_cleans_up(workdir: Path) -> None:
 @pytest.fixture
 def agent(config: Config, workdir: Path):  # type: ignore[no-untyped-def]
     node = NodeAgent(config.with_overrides({"agent.fl_server_port": 0}), work_dir=workdir / "agent")
-    server = HttpServer(node.api(), "127.0.0.1", 0).start()
+    server = HttpServer(agent_app(node), "127.0.0.1", 0).start()
     yield f"http://{server.address}", node
     node.stop()
     server.close()

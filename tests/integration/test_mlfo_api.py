@@ -13,9 +13,10 @@ import pytest
 import requests
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.httpapi import HttpServer
-from mlfo_toolkit.mlfo import CampusMlfo, CloudMlfo
-from mlfo_toolkit.store import Store
+from mlfo_toolkit.http.routes import campus_app, cloud_app
+from mlfo_toolkit.http.server import HttpServer
+from mlfo_toolkit.orchestrator.mlfo import CampusMlfo, CloudMlfo
+from mlfo_toolkit.orchestrator.store import Store
 from tests.conftest import REPO
 from tests.integration.fakes import FakeAgent
 
@@ -59,10 +60,10 @@ def start_orchestra(config: Config, workdir: Path, servers: int = 2, clients: in
         }
     )
     cloud = CloudMlfo(config, Store(workdir / "cloud.sqlite3"))
-    cloud_http = HttpServer(cloud.api(), "127.0.0.1", 0).start()
+    cloud_http = HttpServer(cloud_app(cloud), "127.0.0.1", 0).start()
     config = config.with_overrides({"mlfo.cloud": cloud_http.address})
     campus = CampusMlfo(config, Store(workdir / "campus.sqlite3"))
-    campus_http = HttpServer(campus.api(), "127.0.0.1", 0).start()
+    campus_http = HttpServer(campus_app(campus), "127.0.0.1", 0).start()
     orchestra = Orchestra(campus, cloud, f"http://{campus_http.address}", f"http://{cloud_http.address}", server_agents, client_agents, config)
     return orchestra, [campus, campus_http, cloud_http, *server_agents, *client_agents]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from mlfo_toolkit.monitor import query, query_range
+from mlfo_toolkit.monitoring.prometheus import query, query_range
 from mlfo_toolkit.processes import free_port, wait_for_port
 from tests.conftest import REPO, require_binary
 

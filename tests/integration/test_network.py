@@ -142,8 +142,8 @@ def test_meter_limits_the_cohort_and_only_it(network: dict[str, Any]) -> None:
     assert cleared.returncode == 0 and our_flows("swCampus1") == [] and our_flows("swEdge0") == []
 
     from mlfo_toolkit.meters.core import IPERF_PORT, measure_mbit
-    from mlfo_toolkit.netstate import load_state, stop_processes
-    from mlfo_toolkit.network import spawn_in_host, wait_listening
+    from mlfo_toolkit.net.network import spawn_in_host, wait_listening
+    from mlfo_toolkit.net.state import load_state, stop_processes
 
     state = load_state(workdir / "state")
     server = spawn_in_host(state, "fed.1", "iperf3-test", ["iperf3", "-s", "-B", "10.0.11.100", "-p", str(IPERF_PORT)], workdir, cpu_limited=False)

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from mlfo_toolkit.clients import MlfoClient
-from mlfo_toolkit.cohorts import CohortFile, load_cohort_file
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.demo import LoopbackNetwork, run_demo, shape_cohorts
 from mlfo_toolkit.fl.anatomy import PHASES
+from mlfo_toolkit.orchestrator.clients import MlfoClient
+from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file
+from mlfo_toolkit.orchestrator.sending import send_cohorts
 from mlfo_toolkit.resources import resource_path
-from mlfo_toolkit.sending import send_cohorts
 from tests.integration.test_flower_run import processes_under
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mlfo_toolkit.cohorts import load_cohort_file, parse_cohort_file, plan_cohorts
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, parse_cohort_file, plan_cohorts
 from tests.conftest import REPO
 
 INTENTS = REPO / "intents"

@@ -13,8 +13,8 @@ import pytest
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import CapacityError
 from mlfo_toolkit.fl.executor import Executor, Registration, register, unregister
-from mlfo_toolkit.mlfo import CampusMlfo
-from mlfo_toolkit.store import Store
+from mlfo_toolkit.orchestrator.mlfo import CampusMlfo
+from mlfo_toolkit.orchestrator.store import Store
 
 
 def registration(name: str, pid: int, tmp_path: Path) -> Registration:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mlfo_toolkit.errors import ValidationError
-from mlfo_toolkit.intents import (
+from mlfo_toolkit.orchestrator.intents import (
     Catalog,
     MomoConstraints,
     build_momo_intent,

@@ -12,7 +12,7 @@ import pytest
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.meters.onos import flow_body, meter_body
 from mlfo_toolkit.meters.plan import parse_rate_kbps, plan_meters
-from mlfo_toolkit.topology import load_topology
+from mlfo_toolkit.net.topology import load_topology
 
 CONTRACTS = Path(__file__).resolve().parent.parent / "contracts" / "onos"
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.monitor import prometheus_config
-from mlfo_toolkit.sockets import ByteTotals, parse_ss
-from mlfo_toolkit.topology import load_topology
+from mlfo_toolkit.monitoring.prometheus import prometheus_config
+from mlfo_toolkit.monitoring.sockets import ByteTotals, parse_ss
+from mlfo_toolkit.net.topology import load_topology
 from tests.conftest import REPO
 
 SS = """0      0      10.0.11.100:6000 10.0.1.10:45186 users:(("flower-superlin",pid=4242,fd=17))

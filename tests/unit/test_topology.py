@@ -6,7 +6,7 @@ import pytest
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
-from mlfo_toolkit.topology import TopologyFile, build_topology, load_topology, shipped_topologies, substitute
+from mlfo_toolkit.net.topology import TopologyFile, build_topology, load_topology, shipped_topologies, substitute
 
 
 @pytest.mark.parametrize("path", shipped_topologies(), ids=lambda p: p.name)

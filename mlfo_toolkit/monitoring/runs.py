@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlfo_toolkit.sending import SentCohort
+from mlfo_toolkit.orchestrator.sending import SentCohort
 
 
 def new_run_dir(runs_dir: Path, kind: str) -> Path:

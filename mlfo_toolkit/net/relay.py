@@ -1,6 +1,6 @@
 """Publish a port of an emulated host on the machine's loopback (the prototype's 8000 -> 8001).
 
-Usage: python -m mlfo_toolkit.relay --listen 127.0.0.1:8001 --pid HOST_PID --target 10.0.1.1:8000
+Usage: python -m mlfo_toolkit.net.relay --listen 127.0.0.1:8001 --pid HOST_PID --target 10.0.1.1:8000
 The listening socket is made in the machine's namespace; the process then enters the host's
 network namespace, so every upstream connection is made from inside the emulated network.
 """
@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 
-from mlfo_toolkit.inhost import enter_network_namespace
+from mlfo_toolkit.net.inhost import enter_network_namespace
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -49,7 +49,7 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mlfo_toolkit.relay", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mlfo_toolkit.net.relay", description=__doc__)
     parser.add_argument("--listen", required=True, type=_address)
     parser.add_argument("--pid", required=True, type=int)
     parser.add_argument("--target", required=True, type=_address)

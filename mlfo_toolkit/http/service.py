@@ -9,10 +9,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from mlfo_toolkit.agent import NodeAgent
+from mlfo_toolkit.agent.node import NodeAgent
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.httpapi import HttpServer
-from mlfo_toolkit.mlfo import CampusMlfo, CloudMlfo, open_store
+from mlfo_toolkit.http.routes import agent_app, campus_app, cloud_app, exporter_app
+from mlfo_toolkit.http.server import HttpServer
+from mlfo_toolkit.orchestrator.mlfo import CampusMlfo, CloudMlfo, open_store
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,10 @@ def run_mlfo(config: Config, role: str) -> None:
     core: CampusMlfo | CloudMlfo
     if role == "campus":
         core = CampusMlfo(config, store)
-        port = config.mlfo.port
+        server = HttpServer(campus_app(core), config.mlfo.host, config.mlfo.port, threads=16)
     else:
         core = CloudMlfo(config, store)
-        port = config.mlfo.momo_port
-    server = HttpServer(core.api(), config.mlfo.host, port, threads=16)
+        server = HttpServer(cloud_app(core), config.mlfo.host, config.mlfo.momo_port, threads=16)
     try:
         _serve(server, core, f"{role} MLFO")
     finally:
@@ -56,22 +56,15 @@ def run_agent(config: Config) -> None:
     """Serve a node agent in the foreground."""
     logging.getLogger("mlfo_toolkit").setLevel(logging.INFO)
     agent = NodeAgent(config, work_dir=Path(config.paths.state_dir) / f"agent-{config.agent.port}")
-    server = HttpServer(agent.api(), config.agent.host, config.agent.port)
+    server = HttpServer(agent_app(agent), config.agent.host, config.agent.port)
     _serve(server, agent, "node agent")
 
 
 def run_exporter(config: Config, app: str, match_port: int, host: str, port: int) -> None:
     """Serve the socket exporter of one app in the foreground."""
-    from mlfo_toolkit.httpapi import JsonApi
-    from mlfo_toolkit.metrics import ServiceMetrics, SocketCollector
-
-    metrics = ServiceMetrics(f"{app} exporter")
-    metrics.add(SocketCollector(app, match_port))
-    api = JsonApi(f"{app} exporter", token=None, max_body=1024, metrics=metrics)
-    api.public_paths.add("/metrics")  # carries no secrets; Prometheus scrapes it like node_exporter
 
     class _Nothing:
         def close(self) -> None:
             pass
 
-    _serve(HttpServer(api, host, port), _Nothing(), f"{app} socket exporter")
+    _serve(HttpServer(exporter_app(app, match_port), host, port), _Nothing(), f"{app} socket exporter")

@@ -9,7 +9,7 @@ from typing import Any
 
 from mlfo_toolkit.errors import NotFoundError, ValidationError
 from mlfo_toolkit.fl.anatomy import PHASES
-from mlfo_toolkit.runs import file_sha256, plot_rounds
+from mlfo_toolkit.monitoring.runs import file_sha256, plot_rounds
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def plot_traffic(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
 
 def plot_traffic_rate(prometheus_url: str, cohorts: list[dict[str, Any]], out: Path) -> Path | None:
     """FL traffic rate over time per cohort, from Prometheus, over the run's time window."""
-    from mlfo_toolkit.monitor import query_range
+    from mlfo_toolkit.monitoring.prometheus import query_range
 
     starts = [c["created"] for c in cohorts if c.get("created")]
     ends = [c["finished"] for c in cohorts if c.get("finished")]

@@ -14,8 +14,8 @@ from typing import Any
 import psutil
 
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, NeedsRootError
-from mlfo_toolkit.netstate import HostRecord, NetworkState
-from mlfo_toolkit.topology import Topology
+from mlfo_toolkit.net.state import HostRecord, NetworkState
+from mlfo_toolkit.net.topology import Topology
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
 """Run a program inside an emulated host: join its CPU cgroup and network namespace, then exec.
 
-Usage: python -m mlfo_toolkit.inhost --pid HOST_PID [--cgroup DIR] -- PROGRAM [ARGS...]
+Usage: python -m mlfo_toolkit.net.inhost --pid HOST_PID [--cgroup DIR] -- PROGRAM [ARGS...]
 No shell is involved: PROGRAM and ARGS are passed to execvp as they are.
 """
 
@@ -39,7 +39,7 @@ def join_cgroup(directory: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mlfo_toolkit.inhost", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mlfo_toolkit.net.inhost", description=__doc__)
     parser.add_argument("--pid", type=int, required=True, help="PID of a process in the host's network namespace")
     parser.add_argument("--cgroup", help="cgroup directory to join first (CPU limits)")
     parser.add_argument("command", nargs=argparse.REMAINDER)

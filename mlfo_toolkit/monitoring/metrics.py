@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from mlfo_toolkit.fl.anatomy import PHASES
-from mlfo_toolkit.sockets import ByteTotals, TcpConnection, tcp_connections
+from mlfo_toolkit.monitoring.sockets import ByteTotals, TcpConnection, tcp_connections
 
 ORCHESTRATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
 

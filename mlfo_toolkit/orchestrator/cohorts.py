@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.intents import Intent, load_intent_file, parse_intent
+from mlfo_toolkit.orchestrator.intents import Intent, load_intent_file, parse_intent
 from mlfo_toolkit.yamlutil import load_yaml, validate
 
 PROTOTYPE_LISTS = {

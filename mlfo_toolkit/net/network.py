@@ -16,10 +16,10 @@ from typing import Any
 import psutil
 import yaml
 
-from mlfo_toolkit.builders import get_builder
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, UnreachableError, ValidationError
-from mlfo_toolkit.netstate import (
+from mlfo_toolkit.net.builders import get_builder
+from mlfo_toolkit.net.state import (
     NetworkState,
     ProcessRecord,
     leftovers,
@@ -30,8 +30,8 @@ from mlfo_toolkit.netstate import (
     stop_processes,
     teardown,
 )
+from mlfo_toolkit.net.topology import Topology
 from mlfo_toolkit.processes import wait_for_port
-from mlfo_toolkit.topology import Topology
 
 Progress = Callable[[str], None]
 SERVICE_START_SECONDS = 180.0
@@ -50,7 +50,7 @@ def spawn_in_host(
 ) -> ProcessRecord:
     """Start argv in a host's namespace and (unless told not to) its CPU cgroup, without a shell; record it."""
     record = state.host(host)
-    launcher = [sys.executable, "-m", "mlfo_toolkit.inhost", "--pid", str(record.pid)]
+    launcher = [sys.executable, "-m", "mlfo_toolkit.net.inhost", "--pid", str(record.pid)]
     if record.cgroup and cpu_limited:
         launcher += ["--cgroup", record.cgroup]
     process = spawn_recorded([*launcher, "--", *argv], log_dir / f"{host}-{name}.log", name, host=host, env=env)
@@ -153,7 +153,7 @@ def start_executor(state: NetworkState, state_dir: Path, log_dir: Path) -> None:
 def publish_port(state: NetworkState, host: str, ip: str, inner_port: int, outer_port: int, log_dir: Path) -> str:
     """Relay 127.0.0.1:outer_port to ip:inner_port inside a host; recorded in the state. Returns the address."""
     listen = f"127.0.0.1:{outer_port}"
-    relay = [sys.executable, "-m", "mlfo_toolkit.relay", "--listen", listen, "--pid", str(state.host(host).pid), "--target", f"{ip}:{inner_port}"]
+    relay = [sys.executable, "-m", "mlfo_toolkit.net.relay", "--listen", listen, "--pid", str(state.host(host).pid), "--target", f"{ip}:{inner_port}"]
     state.processes.append(spawn_recorded(relay, log_dir / f"relay-{outer_port}.log", f"publish {host}:{inner_port}"))
     state.published[f"{host}:{inner_port}"] = listen
     wait_for_port("127.0.0.1", outer_port, 30)
@@ -350,7 +350,7 @@ def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: 
     state = load_state(state_dir)
     if state.phase != "up":
         raise MlfoError(f"the network is {state.phase}, not up", hint="wait for `mlfo topo up` to finish")
-    from mlfo_toolkit.topology import load_topology
+    from mlfo_toolkit.net.topology import load_topology
 
     topology = load_topology(Path(state.topology_file), state.parameters)
     limits: dict[str, float | None] = {}

@@ -15,7 +15,7 @@ import yaml
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, ValidationError
 from mlfo_toolkit.files import write_json_atomically
-from mlfo_toolkit.netstate import (
+from mlfo_toolkit.net.state import (
     NetworkState,
     ProcessRecord,
     load_state,
@@ -24,9 +24,9 @@ from mlfo_toolkit.netstate import (
     state_path,
     stop_processes,
 )
+from mlfo_toolkit.net.topology import Topology, load_topology
 from mlfo_toolkit.processes import wait_for_port
 from mlfo_toolkit.resources import resource_path
-from mlfo_toolkit.topology import Topology, load_topology
 
 MONITOR_FILE = "monitor.json"
 LOOPBACK = "127.0.0.1"
@@ -159,7 +159,7 @@ def monitor_up(config: Config) -> dict[str, Any]:
     records: list[ProcessRecord] = []
     storage = ["--storage.tsdb.path", str(directory / "data"), "--storage.tsdb.retention.time", "15d"]
     if running and topology:
-        from mlfo_toolkit.network import publish_port, spawn_in_host, wait_listening
+        from mlfo_toolkit.net.network import publish_port, spawn_in_host, wait_listening
 
         state, _ = running
         log_dir = Path(config.paths.state_dir) / "logs"

@@ -17,17 +17,15 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import MlfoError, ValidationError
+from mlfo_toolkit.errors import ConflictError, MlfoError, ValidationError
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.executor import Registration, SpawnedSuperNode, register, start_executor, unregister
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.httpapi import HttpError, JsonApi, Request, Response
-from mlfo_toolkit.metrics import AgentCollector, FlowTraffic, ServiceMetrics, process_tree
+from mlfo_toolkit.monitoring.metrics import FlowTraffic, process_tree
+from mlfo_toolkit.monitoring.sockets import ByteTotals, TcpConnection, tcp_connections
 from mlfo_toolkit.processes import ManagedProcess, find_tool, free_port, tool_env, wait_for_port
 from mlfo_toolkit.resources import resource_path
-from mlfo_toolkit.sockets import ByteTotals, TcpConnection, tcp_connections
-from mlfo_toolkit.yamlutil import validate
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +192,7 @@ class NodeAgent:
             if self.server is not None:
                 current = self.server.status()
                 if current["state"] in ("starting", "running"):
-                    raise HttpError(
-                        409,
+                    raise ConflictError(
                         f"an FL server is already running here ({current['address']}, deployment "
                         f"'{current['deployment']}')",
                         hint="POST /stop first, or ask the cloud MLFO for another server",
@@ -447,31 +444,3 @@ class NodeAgent:
         with self._lock:
             server = self.server
         return [(server.params.deployment, server.params.cohort, server.status())] if server else []
-
-    def api(self) -> JsonApi:
-        metrics = ServiceMetrics("agent")
-        metrics.add(AgentCollector(self))
-        api = JsonApi("agent", token=self.config.api.token, max_body=self.config.api.max_upload_bytes, metrics=metrics)
-
-        @api.route("POST", "/serv")
-        def serv(request: Request) -> Response:
-            fields, _ = request.form() if request.content_type != "application/json" else (request.json(), {})
-            params = validate(ServParams, fields, {}, "POST /serv")
-            return Response(201, self.start_server(params))
-
-        @api.route("POST", "/cli")
-        def cli(request: Request) -> Response:
-            fields, _ = request.form() if request.content_type != "application/json" else (request.json(), {})
-            params = validate(CliParams, fields, {}, "POST /cli")
-            return Response(201, self.start_client(params))
-
-        @api.route("GET", "/status")
-        def status(request: Request) -> dict[str, Any]:
-            return self.status()
-
-        @api.route("POST", "/stop")
-        def stop(request: Request) -> dict[str, Any]:
-            deployment = request.query.get("deployment")
-            return self.stop(deployment)
-
-        return api

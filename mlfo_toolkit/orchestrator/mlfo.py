@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import uuid
@@ -12,28 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from mlfo_toolkit.clients import AgentClient, MomoClient
-from mlfo_toolkit.cohorts import client_range
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import CapacityError, MlfoError, NotFoundError, UnreachableError, ValidationError
+from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, NotFoundError, RemoteError, UnreachableError, ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.httpapi import HttpError, JsonApi, Request, Response
-from mlfo_toolkit.intents import (
+from mlfo_toolkit.monitoring.metrics import DeploymentStates, MlfoMetrics
+from mlfo_toolkit.orchestrator.clients import AgentClient, MomoClient
+from mlfo_toolkit.orchestrator.cohorts import client_range
+from mlfo_toolkit.orchestrator.intents import (
     Catalog,
     Intent,
     MomoConstraints,
     Pipeline,
     build_momo_intent,
-    parse_intent,
     parse_momo_intent,
 )
-from mlfo_toolkit.metrics import DeploymentStates, MlfoMetrics
+from mlfo_toolkit.orchestrator.store import Store
 from mlfo_toolkit.stats import spread
-from mlfo_toolkit.store import Store
-from mlfo_toolkit.yamlutil import validate
 
 log = logging.getLogger(__name__)
 
@@ -408,71 +403,9 @@ class CampusMlfo:
         for thread in self._threads:
             thread.join(timeout=10)
 
-    # --- HTTP --------------------------------------------------------------------------------
-    def api(self) -> JsonApi:
-        api = JsonApi("campus MLFO", token=self.config.api.token, max_body=self.config.api.max_upload_bytes, metrics=self.metrics)
-
-        @api.route("POST", "/receive")
-        def receive(request: Request) -> Response:
-            try:
-                intent, fields = _read_intent_request(request)
-                params = validate(ReceiveParams, fields, {}, "form")
-                accepted = self.receive(intent, params)
-            except (ValidationError, HttpError) as err:
-                field = getattr(err, "field", None) or (err.body.get("field") if isinstance(err, HttpError) else None)
-                self.metrics.rejected.labels("campus", _reason(field, err)).inc()
-                raise
-            return Response(202, accepted, {"Location": f"/deployments/{accepted['id']}"})
-
-        @api.route("GET", "/deployments")
-        def deployments(request: Request) -> dict[str, Any]:
-            return {"deployments": self.deployments()}
-
-        @api.route("GET", "/deployments/{deployment_id}")
-        def deployment(request: Request) -> dict[str, Any]:
-            return self.deployment(request.params["deployment_id"])
-
-        @api.route("GET", "/health")
-        def health(request: Request) -> dict[str, Any]:
-            return {"role": "campus", "ok": True}
-
-        api.public_paths.add("/health")
-        return api
-
-
-def _reason(field: str | None, err: Exception) -> str:
-    """A low-cardinality rejection reason: the field without indices ('targets.operand'), or the kind."""
-    if field:
-        return re.sub(r"\[\d+\]", "", field)
-    return "malformed" if isinstance(err, ValidationError) else f"http_{getattr(err, 'status', 400)}"
-
 
 def _pipeline(data: dict[str, Any]) -> Pipeline:
     return Pipeline(**data)
-
-
-def _read_intent_request(request: Request) -> tuple[Intent, dict[str, Any]]:
-    """The intent and form fields of a /receive request: multipart (the prototype), YAML or JSON."""
-    if request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        fields, files = request.form()
-        upload = files.get("file")
-        if upload is None:
-            if "file" in fields:  # curl -F file=<intent.yaml sends it as a field
-                upload = fields.pop("file").encode()
-            else:
-                raise HttpError(400, "the form has no 'file' field holding the intent YAML", field="file")
-        return parse_intent(upload, "file"), fields
-    if request.content_type in ("application/json",):
-        body = request.json()
-        if not isinstance(body, dict) or "intent" not in body:
-            raise HttpError(400, "a JSON body must be {\"intent\": {...}, ...form fields}", field="intent")
-        intent_data = body.pop("intent")
-        text = intent_data if isinstance(intent_data, str) else yaml.safe_dump(intent_data)
-        return parse_intent(text, "intent"), body
-    if request.content_type in ("application/yaml", "application/x-yaml", "text/yaml", "text/plain", ""):
-        return parse_intent(request.body(), "body"), dict(request.query)
-    raise HttpError(415, f"unsupported Content-Type '{request.content_type}'",
-                    hint="send multipart/form-data (curl -F file=@intent.yaml), YAML or JSON")
 
 
 class CloudMlfo:
@@ -502,8 +435,8 @@ class CloudMlfo:
             busy = {a["agent"] for a in self.allocations() if a["active"]}
             free = [s for s in self.config.server_agents() if s not in busy]
             if not free:
-                raise HttpError(409, f"all {len(self.config.server_agents())} FL servers of the pool are busy",
-                                field="ip_plan.servers", hint="wait for a cohort to finish or add servers")
+                raise ConflictError(f"all {len(self.config.server_agents())} FL servers of the pool are busy",
+                                    hint="wait for a cohort to finish or add servers to ip_plan.servers")
             agent_address = free[0]
             record: dict[str, Any] = {"deployment": deployment, "agent": agent_address, "server": None, "active": True,
                       "intent_id": intent.intentID, "created": time.time(), "shares": None}
@@ -524,10 +457,15 @@ class CloudMlfo:
                     "cohort": constraints.cohort,
                 }
             )
-        except MlfoError as err:
+        except BaseException as err:
+            # Whatever went wrong, the server is not this deployment's: free the allocation.
             record["active"] = False
             self.store.put(ALLOCATION, deployment, record, record["created"])
-            raise HttpError(502, f"FL server agent {agent_address} failed: {err.message}", agent=agent_address) from None
+            if isinstance(err, ValidationError):
+                raise
+            if isinstance(err, MlfoError):
+                raise RemoteError(f"FL server agent {agent_address} failed: {err.message}", status=502) from None
+            raise
         finally:
             agent.close()
         log.info("MoMo Intent took %.3f s (deployment %s -> %s)", time.monotonic() - started, deployment, answer["server"])
@@ -540,8 +478,7 @@ class CloudMlfo:
         with self._lock:
             previous = [a for a in self.allocations() if a["active"]]
             if not previous:
-                raise HttpError(409, "sameserver asked to share the previous cohort's server, but none is active",
-                                field="targets[0].constraints.sameserv")
+                raise ConflictError("sameserver asked to share the previous cohort's server, but none is active")
             shared = previous[-1]
             record = {**shared, "deployment": deployment, "shares": shared["deployment"], "created": time.time()}
             self.store.put(ALLOCATION, deployment, record, record["created"])
@@ -560,8 +497,7 @@ class CloudMlfo:
             if not record.get("active"):
                 break
             time.sleep(0.2)
-        raise HttpError(409, f"the server of deployment {deployment} to share did not start",
-                        field="targets[0].constraints.sameserv")
+        raise ConflictError(f"the server of deployment {deployment} to share did not start")
 
     def release(self, deployment: str) -> dict[str, Any]:
         """Mark a deployment's server free; stop it when no other active deployment shares it."""
@@ -583,35 +519,6 @@ class CloudMlfo:
             finally:
                 agent.close()
         return {"released": deployment, "stopped": stopped}
-
-    def api(self) -> JsonApi:
-        api = JsonApi("cloud MLFO", token=self.config.api.token, max_body=self.config.api.max_upload_bytes, metrics=self.metrics)
-
-        @api.route("POST", "/momo/deploy")
-        def deploy(request: Request) -> Response:
-            body = request.json() if request.content_type == "application/json" else request.body()
-            try:
-                answer = self.deploy(body)
-            except Exception:
-                self.metrics.momo.labels("cloud", "error").inc()
-                raise
-            self.metrics.momo.labels("cloud", "ok").inc()
-            return Response(201, answer)
-
-        @api.route("POST", "/momo/release/{deployment}")
-        def release(request: Request) -> dict[str, Any]:
-            return self.release(request.params["deployment"])
-
-        @api.route("GET", "/momo/allocations")
-        def allocations(request: Request) -> dict[str, Any]:
-            return {"allocations": self.allocations()}
-
-        @api.route("GET", "/health")
-        def health(request: Request) -> dict[str, Any]:
-            return {"role": "cloud", "ok": True}
-
-        api.public_paths.add("/health")
-        return api
 
     def close(self) -> None:
         pass

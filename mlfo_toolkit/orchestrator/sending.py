@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlfo_toolkit.clients import MlfoClient
-from mlfo_toolkit.cohorts import CohortFile
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import DeploymentFailed, UnreachableError
-from mlfo_toolkit.mlfo import TERMINAL_STATES
+from mlfo_toolkit.orchestrator.clients import MlfoClient
+from mlfo_toolkit.orchestrator.cohorts import CohortFile
+from mlfo_toolkit.orchestrator.mlfo import TERMINAL_STATES
 
 ProgressCallback = Callable[[str, dict[str, Any]], None]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from mlfo_toolkit.errors import ValidationError
-from mlfo_toolkit.netstate import NetworkState
-from mlfo_toolkit.topology import Topology
+from mlfo_toolkit.net.state import NetworkState
+from mlfo_toolkit.net.topology import Topology
 
 BACKENDS = ("mininet",)
 
@@ -25,7 +25,7 @@ class Builder(Protocol):
 
 def get_builder(name: str) -> Builder:
     if name == "mininet":
-        from mlfo_toolkit.builders.mininet import MininetBuilder
+        from mlfo_toolkit.net.builders.mininet import MininetBuilder
 
         return MininetBuilder()
     raise ValidationError(f"unknown backend '{name}'", field="backend", hint=f"known: {', '.join(BACKENDS)}")

@@ -1,0 +1,1 @@
+"""The node agent: starts Flower SuperLinks and SuperNodes on its host when an MLFO asks."""

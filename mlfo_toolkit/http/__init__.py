@@ -1,0 +1,1 @@
+"""The HTTP edge (FastAPI on uvicorn): the only package that imports FastAPI; routes call the core."""

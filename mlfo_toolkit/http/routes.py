@@ -1,0 +1,258 @@
+"""The routes of the three mlfo services, on the prototype's wire format.
+
+Each route reads the request (multipart form, JSON or YAML), hands typed values to the core
+(`CampusMlfo`, `CloudMlfo`, `NodeAgent`) and returns what it answers; the core's `MlfoError`s
+become HTTP answers through `app.STATUS`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from mlfo_toolkit.agent.node import CliParams, NodeAgent, ServParams
+from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.http.app import error_response, service_app
+from mlfo_toolkit.monitoring.metrics import AgentCollector, ServiceMetrics
+from mlfo_toolkit.orchestrator.intents import Intent, parse_intent
+from mlfo_toolkit.orchestrator.mlfo import CampusMlfo, CloudMlfo, ReceiveParams
+from mlfo_toolkit.yamlutil import validate
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain", "")
+# A form's text fields hold numbers, names and addresses; only the intent file may be larger.
+MAX_FIELD_BYTES = 64 * 1024
+
+
+class _Unsupported(Exception):
+    def __init__(self, content_type: str, hint: str) -> None:
+        super().__init__(content_type)
+        self.content_type = content_type
+        self.hint = hint
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _form(request: Request, *, upload_field: str | None = None) -> tuple[dict[str, str], bytes | None]:
+    """Text fields of a form, and the bytes of `upload_field` if the form has it (as file or text)."""
+    try:
+        form = await request.form(max_files=4, max_fields=64, max_part_size=request.app.state.max_body)
+    except MultiPartException as err:
+        raise ValidationError(f"malformed form body: {err.message}", field="body") from None
+    fields: dict[str, str] = {}
+    upload: bytes | None = None
+    for name, value in form.multi_items():
+        data = await value.read() if isinstance(value, UploadFile) else value.encode("utf-8", "surrogateescape")
+        if name == upload_field:
+            upload = data
+            continue
+        if len(data) > MAX_FIELD_BYTES:
+            raise ValidationError(f"is {len(data)} bytes; a form field may hold at most {MAX_FIELD_BYTES}", field=name)
+        if name in fields:
+            raise ValidationError("is given twice", field=name)
+        fields[name] = data.decode("utf-8", "replace")
+    await form.close()
+    return fields, upload
+
+
+async def _json(request: Request) -> Any:
+    body = await request.body()
+    try:
+        return json.loads(body or b"null")
+    except (ValueError, RecursionError) as err:
+        raise ValidationError(f"is not valid JSON: {err}" if isinstance(err, ValueError) else "nests too deeply", field="body") from None
+
+
+async def _fields(request: Request) -> dict[str, Any]:
+    """The fields of an agent request: a form (the prototype) or a JSON object."""
+    if _content_type(request) == "application/json":
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ValidationError("a JSON body must be an object of fields", field="body")
+        return body
+    fields, _ = await _form(request)
+    return fields
+
+
+async def _intent_request(request: Request) -> tuple[Intent, dict[str, Any]]:
+    """The intent and form fields of a /receive request: multipart (the prototype), YAML or JSON."""
+    kind = _content_type(request)
+    if kind in FORM_TYPES:
+        fields, upload = await _form(request, upload_field="file")
+        if upload is None:
+            raise ValidationError("the form has no 'file' field holding the intent YAML", field="file")
+        return parse_intent(upload, "file"), fields
+    if kind == "application/json":
+        body = await _json(request)
+        if not isinstance(body, dict) or "intent" not in body:
+            raise ValidationError('a JSON body must be {"intent": {...}, ...form fields}', field="intent")
+        intent_data = body.pop("intent")
+        try:
+            text = intent_data if isinstance(intent_data, str) else yaml.safe_dump(intent_data)
+        except RecursionError:
+            raise ValidationError("nests too deeply", field="intent") from None
+        return parse_intent(text, "intent"), body
+    if kind in YAML_TYPES:
+        return parse_intent(await request.body(), "body"), dict(request.query_params)
+    raise _Unsupported(kind, "send multipart/form-data (curl -F file=@intent.yaml), YAML or JSON")
+
+
+def _unsupported_handler(app: FastAPI) -> None:
+    @app.exception_handler(_Unsupported)
+    async def _unsupported(request: Request, err: _Unsupported) -> JSONResponse:
+        return error_response(415, f"unsupported Content-Type '{err.content_type}'", hint=err.hint)
+
+
+def _form_schema(model: type[Any], *, with_file: bool) -> dict[str, Any]:
+    """OpenAPI request body of a prototype form, generated from the model that validates it."""
+    schema = model.model_json_schema()
+    properties = dict(schema.get("properties", {}))
+    required = list(schema.get("required", []))
+    if with_file:
+        properties["file"] = {"type": "string", "format": "binary", "description": "the intent YAML"}
+        required.append("file")
+    form = {"type": "object", "properties": properties, "required": required}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": form},
+                "application/json": {"schema": {"type": "object", "properties": properties}},
+            },
+        }
+    }
+
+
+def _reason(field: str | None, err: Exception) -> str:
+    """A low-cardinality rejection reason: the field without indices ('targets.operand'), or the kind."""
+    if field:
+        return re.sub(r"\[\d+\]", "", field)
+    return "malformed"
+
+
+def campus_app(core: CampusMlfo) -> FastAPI:
+    """The campus MLFO's northbound API: intents in, deployments out."""
+    config = core.config
+    app, private = service_app("campus MLFO", token=config.api.token, max_body=config.api.max_upload_bytes, metrics=core.metrics)
+    app.state.max_body = config.api.max_upload_bytes
+    _unsupported_handler(app)
+
+    @app.post("/receive", status_code=202, dependencies=[private], openapi_extra=_form_schema(ReceiveParams, with_file=True),
+              summary="Send an intent (the prototype's multipart form, YAML or JSON)")
+    async def receive(request: Request) -> JSONResponse:
+        try:
+            intent, fields = await _intent_request(request)
+            params = validate(ReceiveParams, fields, {}, "form")
+            accepted = await run_in_threadpool(core.receive, intent, params)
+        except ValidationError as err:
+            core.metrics.rejected.labels("campus", _reason(err.field, err)).inc()
+            raise
+        except _Unsupported:
+            core.metrics.rejected.labels("campus", "http_415").inc()
+            raise
+        return JSONResponse(accepted, status_code=202, headers={"Location": f"/deployments/{accepted['id']}"})
+
+    @app.get("/deployments", dependencies=[private], summary="Every deployment, newest last")
+    def deployments() -> dict[str, Any]:
+        return {"deployments": core.deployments()}
+
+    @app.get("/deployments/{deployment_id}", dependencies=[private], summary="One deployment")
+    def deployment(deployment_id: str) -> dict[str, Any]:
+        return core.deployment(deployment_id)
+
+    @app.get("/health", summary="Liveness (public)")
+    def health() -> dict[str, Any]:
+        return {"role": "campus", "ok": True}
+
+    return app
+
+
+def cloud_app(core: CloudMlfo) -> FastAPI:
+    """The cloud MLFO's Mo-Mo API: FL servers from the pool."""
+    config = core.config
+    app, private = service_app("cloud MLFO", token=config.api.token, max_body=config.api.max_upload_bytes, metrics=core.metrics)
+    momo_body = {"requestBody": {"required": True, "content": {
+        "application/yaml": {"schema": {"type": "string"}},
+        "application/json": {"schema": {"type": "object"}},
+    }}}
+
+    @app.post("/momo/deploy", status_code=201, dependencies=[private], openapi_extra=momo_body,
+              summary="Allocate and start an FL server for a Mo-Mo intent")
+    async def deploy(request: Request) -> JSONResponse:
+        body: Any = await _json(request) if _content_type(request) == "application/json" else await request.body()
+        try:
+            answer = await run_in_threadpool(core.deploy, body)
+        except Exception:
+            core.metrics.momo.labels("cloud", "error").inc()
+            raise
+        core.metrics.momo.labels("cloud", "ok").inc()
+        return JSONResponse(answer, status_code=201)
+
+    @app.post("/momo/release/{deployment}", dependencies=[private], summary="Free a deployment's FL server")
+    def release(deployment: str) -> dict[str, Any]:
+        return core.release(deployment)
+
+    @app.get("/momo/allocations", dependencies=[private], summary="Every allocation")
+    def allocations() -> dict[str, Any]:
+        return {"allocations": core.allocations()}
+
+    @app.get("/health", summary="Liveness (public)")
+    def health() -> dict[str, Any]:
+        return {"role": "cloud", "ok": True}
+
+    return app
+
+
+def agent_app(agent: NodeAgent) -> FastAPI:
+    """A node agent's southbound API: FL servers (/serv) and clients (/cli) on this host."""
+    config = agent.config
+    metrics = ServiceMetrics("agent")
+    metrics.add(AgentCollector(agent))
+    app, private = service_app("agent", token=config.api.token, max_body=config.api.max_upload_bytes, metrics=metrics)
+    app.state.max_body = config.api.max_upload_bytes
+
+    @app.post("/serv", status_code=201, dependencies=[private], openapi_extra=_form_schema(ServParams, with_file=False),
+              summary="Start an FL server (SuperLink) and its run")
+    async def serv(request: Request) -> JSONResponse:
+        params = validate(ServParams, await _fields(request), {}, "POST /serv")
+        return JSONResponse(await run_in_threadpool(agent.start_server, params), status_code=201)
+
+    @app.post("/cli", status_code=201, dependencies=[private], openapi_extra=_form_schema(CliParams, with_file=False),
+              summary="Start an FL client (SuperNode)")
+    async def cli(request: Request) -> JSONResponse:
+        params = validate(CliParams, await _fields(request), {}, "POST /cli")
+        return JSONResponse(await run_in_threadpool(agent.start_client, params), status_code=201)
+
+    @app.get("/status", dependencies=[private], summary="The FL server and clients of this agent")
+    def status() -> dict[str, Any]:
+        return agent.status()
+
+    @app.post("/stop", dependencies=[private], summary="Stop this agent's FL processes (of one deployment if given)")
+    def stop(deployment: str | None = None) -> dict[str, Any]:
+        return agent.stop(deployment)
+
+    @app.get("/health", summary="Liveness (public)")
+    def health() -> dict[str, Any]:
+        return {"role": "agent", "ok": True}
+
+    return app
+
+
+def exporter_app(app_name: str, match_port: int) -> FastAPI:
+    """A socket exporter: `/metrics` of the TCP connections of one app (public, like node_exporter)."""
+    from mlfo_toolkit.monitoring.metrics import SocketCollector
+
+    metrics = ServiceMetrics(f"{app_name} exporter")
+    metrics.add(SocketCollector(app_name, match_port))
+    app, _ = service_app(f"{app_name} exporter", token=None, max_body=1024, metrics=metrics, public_metrics=True)
+    return app

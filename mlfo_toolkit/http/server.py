@@ -1,0 +1,130 @@
+"""uvicorn under every mlfo service: in the foreground, or on a thread that `close()` ends at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger(__name__)
+
+# Idle keep-alive connections are closed after this many seconds, and a request has this long to
+# arrive in full once its connection is open (see `_SlowRequestGuard`).
+KEEP_ALIVE_SECONDS = 5
+REQUEST_HEAD_SECONDS = 10.0
+
+
+def _raise_fd_limit() -> None:
+    """Many idle or half-open connections cost a file descriptor each; use all the process may have."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+        except (ValueError, OSError):
+            pass
+
+
+class HttpServer:
+    """One ASGI app on one listening socket; the port is known before serving starts (port 0 works)."""
+
+    def __init__(self, app: Any, host: str, port: int, *, threads: int = 8) -> None:
+        _raise_fd_limit()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self._socket.listen(1024)
+        self._socket.set_inheritable(False)
+        self.host = host
+        self.port = int(self._socket.getsockname()[1])
+        self.threads = threads
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            timeout_graceful_shutdown=2,
+            lifespan="off",
+            server_header=False,
+            proxy_headers=False,
+            ws="none",
+            http="h11",  # _guard_slow_requests reads its connection state
+            h11_max_incomplete_event_size=64 * 1024,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until `close()` (or, in the main thread, SIGINT/SIGTERM)."""
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from anyio import to_thread
+
+        # Sync routes run in anyio's worker threads; size them like the service asks.
+        to_thread.current_default_thread_limiter().total_tokens = max(self.threads, 4)
+        guard = asyncio.get_running_loop().create_task(_guard_slow_requests(self._server))
+        try:
+            await self._server.serve(sockets=[self._socket])
+        finally:
+            guard.cancel()
+
+    def start(self) -> HttpServer:
+        self._thread = threading.Thread(target=self.serve_forever, name=f"http-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._socket.close()
+
+
+async def _guard_slow_requests(server: uvicorn.Server) -> None:
+    """Close connections whose request has not fully arrived `REQUEST_HEAD_SECONDS` after it began.
+
+    uvicorn times out idle keep-alive connections but waits for ever on a request sent a byte at a
+    time (slowloris). Every half-sent request holds a connection; this frees them.
+    """
+    first_seen: dict[int, float] = {}
+    while True:
+        await asyncio.sleep(1.0)
+        now = time.monotonic()
+        alive = set()
+        for protocol in list(server.server_state.connections):
+            key = id(protocol)
+            alive.add(key)
+            waiting = _waiting_for_request(protocol)
+            if not waiting:
+                first_seen.pop(key, None)
+                continue
+            started = first_seen.setdefault(key, now)
+            if now - started > REQUEST_HEAD_SECONDS:
+                transport = getattr(protocol, "transport", None)
+                if transport is not None:
+                    transport.close()
+        for key in set(first_seen) - alive:
+            first_seen.pop(key, None)
+
+
+def _waiting_for_request(protocol: Any) -> bool:
+    """Whether a uvicorn h11 connection is between requests without its keep-alive timer running:
+    a new connection that has sent nothing or part of a head, or a half-sent second request."""
+    cycle = getattr(protocol, "cycle", None)
+    between = cycle is None or bool(getattr(cycle, "response_complete", False))
+    return between and getattr(protocol, "timeout_keep_alive_task", None) is None

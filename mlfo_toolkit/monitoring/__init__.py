@@ -1,0 +1,1 @@
+"""Metrics, Prometheus, socket sampling, run records and reports."""
