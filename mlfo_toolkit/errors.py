@@ -155,6 +155,16 @@ class NeedsRootError(MlfoError):
     exit_code = ExitCode.NEEDS_ROOT
 
 
+def error_for_status(status: int, text: str, *, body: object = None, hint: str | None = None,
+                     auth_hint: str | None = None) -> MlfoError:
+    """The MlfoError for an HTTP error answer of a remote service (mlfo's own or ONOS)."""
+    if status in (401, 403):
+        return AuthError(text, status=status, body=body, hint=auth_hint)
+    if status == 404:
+        return NotFoundError(text)
+    return RemoteError(text, status=status, body=body, hint=hint)
+
+
 class MissingDependencyError(MlfoError):
     """A required program, package or data file is missing."""
 

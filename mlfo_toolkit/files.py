@@ -16,6 +16,6 @@ def write_json_atomically(path: Path, data: Any) -> Path:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2))
+    temporary.write_text(json.dumps(data, indent=2, default=str))
     os.replace(temporary, path)
     return path

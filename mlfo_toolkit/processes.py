@@ -57,18 +57,7 @@ class ManagedProcess:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        # A list argv and no shell: request data can never become shell syntax.
-        self.popen = subprocess.Popen(
-            self.argv,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            start_new_session=True,
-        )
+        self.popen = spawn(self.argv, log_path, env=env, cwd=cwd)
         self.pid = self.popen.pid
         self._known: dict[int, psutil.Process] = {}
         self._remembered = 0.0
@@ -105,18 +94,12 @@ class ManagedProcess:
                     os.killpg(self.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-            for proc in list(self._known.values()):
-                _signal(proc, signal.SIGTERM)
-            _, alive = psutil.wait_procs(list(self._known.values()), timeout=timeout)
-            for proc in alive:
-                _signal(proc, signal.SIGKILL)
-            psutil.wait_procs(alive, timeout=2)
+            end_processes(list(self._known.values()), timeout)
             try:
                 self.popen.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout=2)
-            self._log.close()
 
     def tail(self, lines: int = 20) -> str:
         """The last lines of the child's log, for error messages."""
@@ -124,6 +107,48 @@ class ManagedProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def spawn(argv: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start argv (a list, never a shell: request data cannot become shell syntax) in a session of
+    its own, stdin closed, stdout and stderr appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+
+
+def run_tool(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run a system tool (ip, ovs-vsctl, ...) to completion, output captured, never raising on its exit code."""
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def end_processes(procs: Sequence[psutil.Process], timeout: float = 5.0, first_signal: int = signal.SIGTERM) -> None:
+    """Send `first_signal` to each, wait once for all, SIGKILL whatever is left."""
+    for proc in procs:
+        _signal(proc, first_signal)
+    _, alive = psutil.wait_procs(list(procs), timeout=timeout)
+    for proc in alive:
+        _signal(proc, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=2)
+
+
+def stop_trees(targets: Sequence[tuple[int, float]], timeout: float = 5.0, first_signal: int = signal.SIGTERM) -> list[int]:
+    """Stop each (pid, start time) still running as the process we started, with its descendants.
+    Returns the PIDs that were ours and stopped (a reused PID is left alone)."""
+    roots: list[int] = []
+    tree: list[psutil.Process] = []
+    for pid, create_time in targets:
+        try:
+            root = psutil.Process(pid)
+            if abs(root.create_time() - create_time) >= 0.5:
+                continue  # the PID now belongs to someone else
+            roots.append(pid)
+            tree += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+    end_processes(tree, timeout, first_signal)
+    return roots
 
 
 def same_process(pid: int, create_time: float) -> bool:

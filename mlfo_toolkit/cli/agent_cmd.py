@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from mlfo_toolkit.cli.main import pass_config
-from mlfo_toolkit.config import Config
-from mlfo_toolkit.http.service import run_agent
+from mlfo_toolkit.cli._common import pass_config
+
+if TYPE_CHECKING:
+    from mlfo_toolkit.config import Config
 
 
 @click.command()
@@ -25,4 +28,6 @@ def agent(cfg: Config, host: str | None, port: int | None, fl_port: int | None) 
     GET  /status the FL server's rounds (loss, accuracy) and the clients' processes
     POST /stop   stop them (?deployment=ID: only that deployment's)
     """
-    run_agent(cfg.with_overrides({"agent.host": host, "agent.port": port, "agent.fl_server_port": fl_port}))
+    from mlfo_toolkit import api
+
+    api.serve_agent(cfg.with_overrides({"agent.host": host, "agent.port": port, "agent.fl_server_port": fl_port}))

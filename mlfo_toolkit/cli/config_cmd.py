@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import click
-import yaml
+from typing import TYPE_CHECKING
 
-from mlfo_toolkit.cli.main import echo_json, pass_config
-from mlfo_toolkit.config import Config
+import click
+
+from mlfo_toolkit.cli._common import echo_json, json_option, pass_config
+
+if TYPE_CHECKING:
+    from mlfo_toolkit.config import Config
 
 
 @click.group()
@@ -15,7 +18,7 @@ def config() -> None:
 
 
 @config.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@json_option("Print JSON instead of YAML.")
 @pass_config
 def show(cfg: Config, as_json: bool) -> None:
     """Print the effective config (defaults < mlfo.yaml < MLFO_* environment); secrets masked.
@@ -26,4 +29,6 @@ def show(cfg: Config, as_json: bool) -> None:
     if as_json:
         echo_json(cfg.redacted())
     else:
+        import yaml
+
         click.echo(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())

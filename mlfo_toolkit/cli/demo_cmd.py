@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from mlfo_toolkit.cli.intent_cmd import print_progress, print_table
-from mlfo_toolkit.cli.main import echo_json, pass_config
-from mlfo_toolkit.config import Config
-from mlfo_toolkit.demo import run_demo
+from mlfo_toolkit.cli._common import echo_json, json_option, pass_config
+from mlfo_toolkit.cli._progress import DeployProgress
+
+if TYPE_CHECKING:
+    from mlfo_toolkit.config import Config
 
 
 @click.command()
@@ -18,7 +20,7 @@ from mlfo_toolkit.demo import run_demo
 @click.option("--rounds", type=click.IntRange(1, 1000), help="FL rounds per cohort (default: as in the cohort file, 5).")
 @click.option("--cohort-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Cohort file to run (default: intents/cohorts.yaml).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=900, show_default=True, help="Seconds to wait for the FL runs.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (cohorts, accuracy and loss per round, run_dir).")
+@json_option("Print one JSON object (cohorts, accuracy and loss per round, run_dir).")
 @pass_config
 def demo(cfg: Config, cohorts: int | None, clients: int | None, rounds: int | None, cohort_file: Path | None, timeout: float, as_json: bool) -> None:
     """Run the whole chain on loopback, no root: intents in, trained Flower models out.
@@ -28,17 +30,15 @@ def demo(cfg: Config, cohorts: int | None, clients: int | None, rounds: int | No
     accuracy, writes run.json and accuracy-loss.png to a folder under paths.runs_dir, and
     stops everything it started.
     """
-    summary = run_demo(
-        cfg,
-        cohort_path=cohort_file,
-        cohorts=cohorts,
-        clients=clients,
-        rounds=rounds,
-        timeout=timeout,
-        progress=None if as_json else print_progress,
-    )
+    from mlfo_toolkit import api
+    from mlfo_toolkit.cli.intent_cmd import print_rounds
+
+    with DeployProgress(enabled=not as_json) as progress:
+        result = api.demo(cfg, cohort_file=cohort_file, cohorts=cohorts, clients=clients, rounds=rounds,
+                          timeout=timeout, progress=progress)
     if as_json:
-        echo_json(summary)
-        return
-    print_table(summary["cohorts"])
-    click.echo(f"Took {summary['wall_seconds']:.1f} s. Run written to {summary['run_dir']} (run.json, accuracy-loss.png)")
+        echo_json(result.to_dict())
+    else:
+        print_rounds(result)
+        click.echo(f"Took {result.wall_seconds:.1f} s. Run written to {result.run_dir} (run.json, accuracy-loss.png)")
+    result.check()

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from mlfo_toolkit.cli.main import echo_json, pass_config
-from mlfo_toolkit.config import Config
+from mlfo_toolkit.cli._common import echo_json, json_option, pass_config
+from mlfo_toolkit.errors import ExitCode
+
+if TYPE_CHECKING:
+    from mlfo_toolkit.config import Config
 
 
 @click.command()
 @click.option("--cpus", type=click.FloatRange(min=0.01), help="CPU cores for each FL server (default: the topology's `cpus`, prototype 2).")
 @click.option("--clients", is_flag=True, help="Limit the FL clients' CPU too.")
 @click.option("--bg-rate", default="20M", show_default=True, help="Background traffic app client -> app server (iperf3 -b; 0 = none).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @pass_config
 def init(cfg: Config, cpus: float | None, clients: bool, bg_rate: str, as_json: bool) -> None:
     """Set CPU limits, check the FL servers answer the cloud MLFO, start background traffic.
 
     Exit code 5 if an FL server cannot be reached from the cloud MLFO host.
     """
-    from mlfo_toolkit.net.network import init_network
+    from mlfo_toolkit import api
 
-    result = init_network(cfg, cpus=cpus, clients=clients, bg_rate=bg_rate)
+    result = api.init(cfg, cpus=cpus, clients=clients, bg_rate=bg_rate)
     if as_json:
         echo_json(result)
     else:
@@ -32,4 +37,4 @@ def init(cfg: Config, cpus: float | None, clients: bool, bg_rate: str, as_json: 
         bg = result["background"]
         click.echo(f"background traffic: {bg['rate']} from {bg['from']} to {bg['to']}" if bg["rate"] else "background traffic: none")
     if not all(result["reachable"].values()):
-        raise SystemExit(5)
+        raise SystemExit(int(ExitCode.UNREACHABLE))

@@ -1,4 +1,8 @@
-"""The root `mlfo` group: builds the one config, registers every command, maps errors to exit codes."""
+"""The root `mlfo` group: builds the one config, registers every command, maps errors to exit codes.
+
+Command modules import only Click and `_common` at load time and call `mlfo_toolkit.api` inside
+their functions, so `mlfo --help` does not import Flower, NumPy or FastAPI.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,23 @@ from typing import Any
 import click
 
 from mlfo_toolkit import __version__
-from mlfo_toolkit.config import Config, load_config
+from mlfo_toolkit.cli._common import wants_json
 from mlfo_toolkit.errors import EXIT_CODE_HELP, ExitCode, MlfoError
 
-pass_config = click.make_pass_decorator(Config)
+
+def _fail(ctx: click.Context, code: ExitCode, message: str, *, hint: str | None = None, field: str | None = None,
+          kind: str = "Error") -> None:
+    """Report an error on stderr (or as JSON on stdout with --json) and exit with `code`."""
+    if wants_json(ctx):
+        body: dict[str, Any] = {"error": kind, "message": message, "field": field, "exit_code": int(code)}
+        if hint:
+            body["hint"] = hint
+        click.echo(json.dumps(body))
+    else:
+        click.secho(f"Error: {message}", fg="red", err=True)
+        if hint:
+            click.echo(f"Hint: {hint}", err=True)
+    ctx.exit(int(code))
 
 
 class MlfoGroup(click.Group):
@@ -25,13 +42,13 @@ class MlfoGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MlfoError as err:
-            click.secho(f"Error: {err.message}", fg="red", err=True)
-            if err.hint:
-                click.echo(f"Hint: {err.hint}", err=True)
-            ctx.exit(int(err.exit_code))
+            _fail(ctx, err.exit_code, err.message, hint=err.hint, field=getattr(err, "field", None), kind=type(err).__name__)
+        except click.UsageError as err:
+            if not wants_json(ctx):
+                raise
+            _fail(ctx, ExitCode.USAGE, err.format_message(), kind="UsageError")
         except KeyboardInterrupt:
-            click.echo("Interrupted; everything started was stopped.", err=True)
-            ctx.exit(int(ExitCode.INTERRUPTED))
+            _fail(ctx, ExitCode.INTERRUPTED, "interrupted; everything started was stopped", kind="Interrupted")
 
 
 @click.group(cls=MlfoGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -58,33 +75,19 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
       mlfo exit-codes                what each exit code means
 
     Settings come from defaults < mlfo.yaml (--config) < MLFO_* environment < flags;
-    `mlfo config show` prints the result.
+    `mlfo config show` prints the result. Every command takes --json for scripts (errors too).
     """
+    from mlfo_toolkit.config import load_config
+
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:
+        # Connection retries are part of waiting for a service; the final error says what failed.
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
         ctx.obj = load_config(config_path)
     except MlfoError as err:
-        click.secho(f"Error: {err.message}", fg="red", err=True)
-        if err.hint:
-            click.echo(f"Hint: {err.hint}", err=True)
-        ctx.exit(int(err.exit_code))
-
-
-@cli.command("exit-codes")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
-def exit_codes(as_json: bool) -> None:
-    """List mlfo's exit codes and what each means."""
-    if as_json:
-        click.echo(json.dumps({code.name.lower(): {"code": int(code), "help": EXIT_CODE_HELP[code]} for code in ExitCode}))
-        return
-    for code in ExitCode:
-        click.echo(f"{int(code):>4}  {code.name.lower():<20} {EXIT_CODE_HELP[code]}")
-
-
-def echo_json(data: Any) -> None:
-    """One JSON document on stdout, for scripts."""
-    click.echo(json.dumps(data, indent=2, default=str))
+        _fail(ctx, err.exit_code, err.message, hint=err.hint, kind=type(err).__name__)
 
 
 def _register() -> None:
@@ -92,6 +95,7 @@ def _register() -> None:
         agent_cmd,
         config_cmd,
         demo_cmd,
+        info_cmd,
         init_cmd,
         intent_cmd,
         meter_cmd,
@@ -101,17 +105,10 @@ def _register() -> None:
         topo_cmd,
     )
 
-    cli.add_command(config_cmd.config)
-    cli.add_command(intent_cmd.intent)
-    cli.add_command(serve_cmd.serve)
-    cli.add_command(agent_cmd.agent)
-    cli.add_command(demo_cmd.demo)
-    cli.add_command(topo_cmd.topo)
-    cli.add_command(init_cmd.init)
-    cli.add_command(meter_cmd.meter)
-    cli.add_command(monitor_cmd.monitor)
-    cli.add_command(monitor_cmd.exporter)
-    cli.add_command(report_cmd.report)
+    for command in (config_cmd.config, intent_cmd.intent, serve_cmd.serve, agent_cmd.agent, demo_cmd.demo, topo_cmd.topo,
+                    init_cmd.init, meter_cmd.meter, monitor_cmd.monitor, monitor_cmd.exporter, report_cmd.report,
+                    info_cmd.exit_codes, info_cmd.api_schema, info_cmd.completion):
+        cli.add_command(command)
 
 
 _register()
@@ -125,3 +122,6 @@ def _terminated(signum: int, frame: Any) -> None:
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
     cli(prog_name="mlfo")
+
+
+__all__ = ["EXIT_CODE_HELP", "cli", "main"]

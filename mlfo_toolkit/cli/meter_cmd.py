@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from mlfo_toolkit.cli.main import echo_json, pass_config
-from mlfo_toolkit.config import Config
-from mlfo_toolkit.meters.core import CONTROLLERS
-from mlfo_toolkit.meters.plan import DIRECTIONS
+from mlfo_toolkit.cli._common import echo_json, json_option, pass_config
+
+if TYPE_CHECKING:
+    from mlfo_toolkit.config import Config
+
+CONTROLLERS = ("ovs", "onos")
+DIRECTIONS = ("up", "down", "both")
 
 PORT = click.option("--port", "cohort", type=click.IntRange(min=1), required=True, help="Cohort N: the clients of campus switch N (the prototype's IN_PORT N).")
 RATE = click.option("--rate", default="100mbit", show_default=True, help="Meter rate: 100mbit, 10M, 500kbit, ...")
@@ -28,16 +33,16 @@ def meter() -> None:
 @click.option("--direction", type=click.Choice(DIRECTIONS), default="both", show_default=True,
               help="up: clients -> uplink on the campus switch; down: towards the clients on the edge switch.")
 @CONTROLLER
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @pass_config
 def set_(cfg: Config, cohort: int, rate: str, burst: str | None, direction: str, controller: str, as_json: bool) -> None:
     """Meter cohort N; switches, DPIDs and ports come from the running topology.
 
     Running it again with another rate replaces the meter and its flows.
     """
-    from mlfo_toolkit.meters.core import set_meter
+    from mlfo_toolkit import api
 
-    result = set_meter(cfg, cohort, rate, burst, direction, controller)
+    result = api.meter_set(cohort, rate, cfg, burst=burst, direction=direction, controller=controller).to_dict()
     if as_json:
         echo_json(result)
         return
@@ -47,13 +52,13 @@ def set_(cfg: Config, cohort: int, rate: str, burst: str | None, direction: str,
 
 
 @meter.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @pass_config
 def show(cfg: Config, as_json: bool) -> None:
     """List the meters mlfo set (and, for OVS, what the switches report)."""
-    from mlfo_toolkit.meters.core import show_meters
+    from mlfo_toolkit import api
 
-    meters = show_meters(cfg)
+    meters = api.meter_show(cfg).to_dict()
     if as_json:
         echo_json(meters)
         return
@@ -68,13 +73,17 @@ def show(cfg: Config, as_json: bool) -> None:
 
 @meter.command()
 @click.option("--port", "cohort", type=click.IntRange(min=1), help="Only cohort N (default: every meter mlfo set).")
+@json_option('Print {"cleared": [N, ...]}.')
 @pass_config
-def clear(cfg: Config, cohort: int | None) -> None:
+def clear(cfg: Config, cohort: int | None, as_json: bool) -> None:
     """Remove the meters and flows mlfo added, and nothing else."""
-    from mlfo_toolkit.meters.core import clear_meters
+    from mlfo_toolkit import api
 
-    cleared = clear_meters(cfg, cohort)
-    click.echo(f"cleared cohorts: {', '.join(map(str, cleared)) or 'none'}")
+    cleared = api.meter_clear(cfg, cohort)
+    if as_json:
+        echo_json(cleared.to_dict())
+    else:
+        click.echo(f"cleared cohorts: {', '.join(map(str, cleared.cohorts)) or 'none'}")
 
 
 @meter.command()
@@ -83,14 +92,14 @@ def clear(cfg: Config, cohort: int | None) -> None:
 @BURST
 @CONTROLLER
 @click.option("--seconds", type=click.IntRange(1, 60), default=3, show_default=True, help="Length of each iperf3 measurement.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"port", "rate_mbit", "unmetered_mbit", "metered_mbit", "other_cohort_mbit"}.')
+@json_option('Print {"port", "rate_mbit", "unmetered_mbit", "metered_mbit", "other_cohort_mbit"}.')
 @pass_config
 def verify(cfg: Config, cohort: int, rate: str, burst: str | None, controller: str, seconds: int, as_json: bool) -> None:
     """Measure with iperf3: a client of cohort N to its FL server, unmetered then metered, and a
     client of another cohort while the meter is on. The meter stays set afterwards."""
-    from mlfo_toolkit.meters.core import verify_meter
+    from mlfo_toolkit import api
 
-    result = verify_meter(cfg, cohort, rate, burst, controller, seconds)
+    result = api.meter_verify(cohort, rate, cfg, burst=burst, controller=controller, seconds=seconds).to_dict()
     if as_json:
         echo_json(result)
         return

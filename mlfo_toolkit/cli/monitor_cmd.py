@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from mlfo_toolkit.cli.main import echo_json, pass_config
-from mlfo_toolkit.config import Config
+from mlfo_toolkit.cli._common import echo_json, json_option, pass_config
+
+if TYPE_CHECKING:
+    from mlfo_toolkit.config import Config
 
 
 @click.group()
@@ -20,35 +23,30 @@ def monitor() -> None:
 @click.option("--cohorts", type=click.IntRange(1, 89), help="Cohorts of a parameterised topology.")
 @click.option("--loopback", is_flag=True, help="Loopback targets (what `mlfo demo` writes), even if a network runs.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@json_option('Print {"config": TEXT, "targets": "loopback"|TOPOLOGY, "written": PATH|null}.')
 @pass_config
-def config_(cfg: Config, topology_file: Path | None, cohorts: int | None, loopback: bool, output: Path | None) -> None:
+def config_(cfg: Config, topology_file: Path | None, cohorts: int | None, loopback: bool, output: Path | None, as_json: bool) -> None:
     """Write prometheus.yml: every host's mlfo process and exporters, labelled with role and cohort."""
-    from mlfo_toolkit.monitoring.prometheus import check_config, render_config, running_topology
-    from mlfo_toolkit.net.topology import load_topology
+    from mlfo_toolkit import api
 
-    topology = None
-    if topology_file or cohorts:
-        topology = load_topology(topology_file, {"cohorts": cohorts} if cohorts else None)
-    elif not loopback and (running := running_topology(cfg)):
-        topology = running[1]
-    text = render_config(cfg, topology)
-    if output:
-        output.write_text(text)
-        check_config(output)
-        click.echo(f"wrote {output} ({'topology ' + topology.name if topology else 'loopback'} targets)", err=True)
+    result = api.monitor_config(cfg, topology=topology_file, cohorts=cohorts, loopback=loopback, output=output)
+    if as_json:
+        echo_json(result)
+    elif output:
+        click.echo(f"wrote {output} ({result['targets']} targets)", err=True)
     else:
-        click.echo(text, nl=False)
+        click.echo(result["config"], nl=False)
 
 
 @monitor.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @pass_config
 def up(cfg: Config, as_json: bool) -> None:
     """Start Prometheus (inside the network's prometheus host, published on loopback; or on loopback for
     `mlfo demo`), node_exporter, and Grafana in Docker when an engine and the image are here."""
-    from mlfo_toolkit.monitoring.prometheus import monitor_up
+    from mlfo_toolkit import api
 
-    result = monitor_up(cfg)
+    result = api.monitor_up(cfg).to_dict()
     if as_json:
         echo_json(result)
         return
@@ -61,13 +59,17 @@ def up(cfg: Config, as_json: bool) -> None:
 
 
 @monitor.command()
+@json_option('Print {"stopped": [...]}.')
 @pass_config
-def down(cfg: Config) -> None:
+def down(cfg: Config, as_json: bool) -> None:
     """Stop what `monitor up` started (Prometheus keeps its data under paths.state_dir)."""
-    from mlfo_toolkit.monitoring.prometheus import monitor_down
+    from mlfo_toolkit import api
 
-    stopped = monitor_down(cfg)["stopped"]
-    click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    result = api.monitor_down(cfg)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(f"stopped: {', '.join(result.processes) or 'nothing was running'}")
 
 
 @click.command()
@@ -78,6 +80,6 @@ def down(cfg: Config) -> None:
 @pass_config
 def exporter(cfg: Config, app: str, match_port: int, host: str | None, port: int | None) -> None:
     """Serve /metrics with TCP RTT, cwnd and bytes of an app's flows (the prototype's ss exporter)."""
-    from mlfo_toolkit.http.service import run_exporter
+    from mlfo_toolkit import api
 
-    run_exporter(cfg, app, match_port, host or cfg.agent.host, cfg.monitor.app_exporter_port if port is None else port)
+    api.serve_exporter(cfg, app, match_port, host or cfg.agent.host, cfg.monitor.app_exporter_port if port is None else port)

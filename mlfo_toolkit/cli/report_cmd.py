@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from mlfo_toolkit.cli.main import echo_json, pass_config
-from mlfo_toolkit.config import Config
+from mlfo_toolkit.cli._common import echo_json, json_option, pass_config
+
+if TYPE_CHECKING:
+    from mlfo_toolkit.config import Config
 
 
 @click.command()
@@ -15,20 +18,19 @@ from mlfo_toolkit.config import Config
 @click.option("--format", "fmt", type=click.Choice(["png", "html"]), default="png", show_default=True, help="html adds index.html with the plots and a table.")
 @click.option("--prometheus", metavar="URL", help="Prometheus to add traffic over time (default: http://127.0.0.1:monitor.prometheus_port if it answers).")
 @click.option("--topology", "topology_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Topology file to hash into the manifest.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @pass_config
 def report(cfg: Config, run_dir: Path, fmt: str, prometheus: str | None, topology_file: Path | None, as_json: bool) -> None:
     """Write RUN_DIR/report/: accuracy and loss per round per cohort, orchestration time per cohort,
     traffic per cohort (PNG), and manifest.json (mlfo, Flower and Python versions, seeds, input hashes)."""
-    from mlfo_toolkit.monitoring.report import build_report
+    from mlfo_toolkit import api
 
-    url = prometheus or f"http://127.0.0.1:{cfg.monitor.prometheus_port}"
-    result = build_report(run_dir, fmt, url, {"topology": topology_file} if topology_file else None)
+    result = api.report(run_dir, cfg, fmt=fmt, prometheus=prometheus, topology=topology_file)
     if as_json:
-        echo_json(result)
+        echo_json(result.to_dict())
         return
-    for plot in result["plots"]:
+    for plot in result.plots:
         click.echo(f"plot: {plot}")
-    click.echo(f"manifest: {result['manifest']}")
-    if "html" in result:
-        click.echo(f"page: {result['html']}")
+    click.echo(f"manifest: {result.manifest}")
+    if result.html:
+        click.echo(f"page: {result.html}")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from mlfo_toolkit.cli.main import pass_config
-from mlfo_toolkit.config import Config
-from mlfo_toolkit.http.service import run_mlfo
+from mlfo_toolkit.cli._common import pass_config
+
+if TYPE_CHECKING:
+    from mlfo_toolkit.config import Config
 
 
 @click.command()
@@ -24,5 +27,7 @@ def serve(cfg: Config, role: str, host: str | None, port: int | None) -> None:
     Deployments persist in paths.state_dir; with api.token set every call needs
     'Authorization: Bearer TOKEN'.
     """
+    from mlfo_toolkit import api
+
     port_key = "mlfo.port" if role == "campus" else "mlfo.momo_port"
-    run_mlfo(cfg.with_overrides({"mlfo.host": host, port_key: port}), role)
+    api.serve_mlfo(cfg.with_overrides({"mlfo.host": host, port_key: port}), role)

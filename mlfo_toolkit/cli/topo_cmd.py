@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from mlfo_toolkit.cli.main import echo_json, pass_config
-from mlfo_toolkit.config import Config
-from mlfo_toolkit.net.builders import BACKENDS
-from mlfo_toolkit.net.state import NetworkState
-from mlfo_toolkit.net.topology import load_topology
+from mlfo_toolkit.cli._common import echo_json, json_option, pass_config, print_table
+from mlfo_toolkit.cli._progress import DeployProgress
+from mlfo_toolkit.errors import ExitCode
+
+if TYPE_CHECKING:
+    from mlfo_toolkit.config import Config
+
+BACKENDS = ("mininet",)
 
 TOPOLOGY = click.option(
     "--topology", "topology_file", type=click.Path(dir_okay=False, path_type=Path),
     help="Topology YAML (default: topologies/prototype.yaml; a bare name like 'small' looks in topologies/).",
 )
-
 
 PARAM = click.option(
     "--param", "params", multiple=True, metavar="KEY=VALUE",
@@ -26,20 +28,14 @@ PARAM = click.option(
 )
 
 
-def _load(topology_file: Path | None, cohorts: int | None, params: tuple[str, ...] = ()) -> Any:
+def _params(params: tuple[str, ...]) -> dict[str, int]:
     parameters: dict[str, int] = {}
     for item in params:
         key, sep, value = item.partition("=")
         if not sep or not value.strip().lstrip("-").isdigit():
             raise click.BadParameter(f"'{item}' is not KEY=INTEGER", param_hint="--param")
         parameters[key.strip()] = int(value)
-    if cohorts:
-        parameters["cohorts"] = cohorts
-    return load_topology(topology_file, parameters or None)
-
-
-def _progress(message: str) -> None:
-    click.echo(f"[topo] {message}", err=True)
+    return parameters
 
 
 @click.group()
@@ -51,23 +47,24 @@ def topo() -> None:
 @click.argument("topology_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--cohorts", type=click.IntRange(1, 89), help="Number of cohorts (FL servers) for a parameterised topology.")
 @PARAM
-@click.option("--json", "as_json", is_flag=True, help="Print the expanded topology as JSON.")
+@json_option("Print the expanded topology as JSON.")
 def show(topology_file: Path | None, cohorts: int | None, params: tuple[str, ...], as_json: bool) -> None:
     """Print a topology's hosts, addresses, switch ports and DPIDs (no root needed)."""
-    topology = _load(topology_file, cohorts, params)
+    from mlfo_toolkit import api
+
+    topology = api.topo_show(topology_file, cohorts=cohorts, params=_params(params))
     if as_json:
         echo_json(topology.to_dict())
         return
     click.echo(f"topology {topology.name} {topology.parameters} from {topology.source}")
-    click.echo(f"{'host':<10} {'role':<12} {'ip':<13} switch:port  cpus")
-    for h in topology.hosts:
-        click.echo(f"{h.name:<10} {h.role:<12} {h.ip:<13} {h.switch}:{h.port:<4} {h.cpus or '-'}")
-    for s in topology.switches:
-        ports = ", ".join(f"{port}->{peer}" for port, peer in topology.links_of(s.name))
-        click.echo(f"switch {s.name:<10} dpid {s.dpid_hex} ({s.onos_id})  {ports}")
-    for link in topology.links:
-        delay = f", {link.delay_ms:g} ms" if link.delay_ms else ""
-        click.echo(f"link {link.a}:{link.port_a} <-> {link.b}:{link.port_b}  {link.bandwidth_mbit or '-'} Mbit/s{delay}")
+    print_table(["host", "role", "ip", "switch:port", "cpus"],
+                [(h.name, h.role, h.ip, f"{h.switch}:{h.port}", h.cpus or "-") for h in topology.hosts])
+    print_table(["switch", "dpid", "onos id", "ports"],
+                [(s.name, s.dpid_hex, s.onos_id, ", ".join(f"{port}->{peer}" for port, peer in topology.links_of(s.name)))
+                 for s in topology.switches])
+    print_table(["link", "Mbit/s", "delay ms"],
+                [(f"{link.a}:{link.port_a} <-> {link.b}:{link.port_b}", link.bandwidth_mbit or "-", f"{link.delay_ms:g}" if link.delay_ms else "-")
+                 for link in topology.links])
 
 
 @topo.command()
@@ -79,10 +76,11 @@ def show(topology_file: Path | None, cohorts: int | None, params: tuple[str, ...
               help="OpenFlow 1.3 controller. 'onos': activate onos.apps (openflow, fwd) over REST and connect the "
               "switches to onos.openflow. Default: none, the switches learn on their own.")
 @click.option("--detach", is_flag=True, help="Keep the network running in the background and return once it is up.")
+@json_option("With --detach: print the network's status as JSON once it is up.")
 @pass_config
 def up(
     cfg: Config, cohorts: int | None, topology_file: Path | None, params: tuple[str, ...], backend: str,
-    controller: str | None, detach: bool,
+    controller: str | None, detach: bool, as_json: bool,
 ) -> None:
     """Build the network for COHORTS cohorts and start the MLFOs and agents inside it.
 
@@ -91,57 +89,76 @@ def up(
     loopback (prototype: 8000 -> 8001), so `mlfo intent send FILE --mlfo 127.0.0.1:8001` works.
     Everything made is recorded in paths.state_dir/network.json.
     """
-    from mlfo_toolkit.net.network import detach_network, serve_network
+    from mlfo_toolkit import api
 
-    topology = _load(topology_file, cohorts, params)
+    progress = DeployProgress(enabled=True)
+    result = api.topo_up(cohorts, cfg, topology=topology_file, params=_params(params), backend=backend,
+                         controller=controller, detach=detach, progress=progress, on_ready=_ready)
     if detach:
-        argv = [a for a in sys.argv[1:] if a != "--detach"]
-        state = detach_network(argv, cfg, _progress)
-        _ready(state)
-        return
-    serve_network(cfg, topology, backend=backend, controller=controller, progress=_progress, on_ready=_ready)
+        if as_json:
+            echo_json(result.to_dict())
+        else:
+            _ready_summary(result.to_dict())
+    elif as_json:
+        echo_json(result.to_dict())
 
 
-def _ready(state: NetworkState) -> None:
-    click.echo(f"network {state.topology} is up: {len(state.hosts)} hosts, {len(state.bridges)} switches", err=True)
-    for inner, outer in state.published.items():
+def _ready(state: Any) -> None:
+    _ready_summary({"topology": state.topology, "hosts": state.hosts, "bridges": state.bridges,
+                    "published": state.published, "warnings": state.warnings})
+
+
+def _ready_summary(info: dict[str, Any]) -> None:
+    click.echo(f"network {info['topology']} is up: {len(info['hosts'])} hosts, {len(info['bridges'])} switches", err=True)
+    for inner, outer in info["published"].items():
         click.echo(f"  {inner} published on {outer}", err=True)
-    for warning in state.warnings:
+    for warning in info["warnings"]:
         click.secho(f"  warning: {warning}", fg="yellow", err=True)
     click.echo("  stop it with Ctrl-C (foreground) or `mlfo topo down`", err=True)
 
 
 @topo.command()
+@json_option()
 @pass_config
-def down(cfg: Config) -> None:
+def down(cfg: Config, as_json: bool) -> None:
     """Remove exactly what `topo up` recorded: processes, hosts, bridges, interfaces, cgroups.
 
     Works also after `topo up` was killed with SIGKILL. Never a broad kill, never Mininet's
     global cleanup.
     """
-    from mlfo_toolkit.net.network import network_down
+    from mlfo_toolkit import api
 
-    result = network_down(cfg)
-    click.echo(f"network removed (by {result['stopped_by']})", err=True)
+    result = api.topo_down(cfg)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(f"network removed (by {result.to_dict()['stopped_by']})", err=True)
 
 
 @topo.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @pass_config
 def status(cfg: Config, as_json: bool) -> None:
-    """Show the running network: hosts, mlfo processes, published ports, warnings."""
-    from mlfo_toolkit.net.network import network_status
+    """Show the running network: hosts, mlfo processes, published ports, warnings.
 
-    info = network_status(cfg)
+    Exit code 0 with no network running ("no network"), as `docker ps` does with no container.
+    """
+    from mlfo_toolkit import api
+
+    info = api.topo_status(cfg).to_dict()
     if as_json:
         echo_json(info)
+        return
+    if info["phase"] == "none":
+        click.echo("no network is running (start one with `mlfo topo up`)")
         return
     owner = "running" if info["owner"]["alive"] else "gone (use `mlfo topo down`)"
     click.echo(f"network {info['topology']} {info['parameters']}: {info['phase']}, owner {info['owner']['pid']} {owner}")
     dead = [h["name"] for h in info["hosts"] if not h["alive"]]
     click.echo(f"hosts: {len(info['hosts'])}" + (f" ({len(dead)} gone: {', '.join(dead)})" if dead else ", all alive"))
-    for p in info["processes"]:
-        click.echo(f"  {p['name']:<16} {p['host'] or '(machine)':<10} pid {p['pid']:<8} {'alive' if p['alive'] else 'DEAD'}")
+    print_table(["process", "host", "pid", "state"],
+                [(p["name"], p["host"] or "(machine)", p["pid"], "alive" if p["alive"] else "DEAD") for p in info["processes"]],
+                right=["pid"])
     for inner, outer in info["published"].items():
         click.echo(f"published {inner} on {outer}")
     for host, cpus in info["cpu_limits"].items():
@@ -153,25 +170,30 @@ def status(cfg: Config, as_json: bool) -> None:
 @topo.command(name="exec", context_settings={"ignore_unknown_options": True})
 @click.argument("node")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@json_option('Capture the output and print {"node", "exit_code", "stdout", "stderr"}.')
 @pass_config
-def exec_(cfg: Config, node: str, command: tuple[str, ...]) -> None:
+def exec_(cfg: Config, node: str, command: tuple[str, ...], as_json: bool) -> None:
     """Run COMMAND inside NODE's network namespace (like `docker exec` on the prototype's nodes).
 
-    Example: mlfo topo exec fed.1 -- ip -br addr
+    Exits with COMMAND's exit code. Example: mlfo topo exec fed.1 -- ip -br addr
     """
-    from mlfo_toolkit.net.network import host_exec
+    from mlfo_toolkit import api
 
-    sys.exit(host_exec(cfg, node, list(command)))
+    if as_json:
+        result = api.topo_exec(node, list(command), cfg, capture=True)
+        echo_json(result)
+        sys.exit(int(result["exit_code"]))
+    sys.exit(int(api.topo_exec(node, list(command), cfg)["exit_code"]))
 
 
 @topo.command()
-@click.option("--json", "as_json", is_flag=True, help='Print {"pairs", "loss_percent", "failed": [[src, dst], ...]}.')
+@json_option('Print {"pairs", "loss_percent", "failed": [[src, dst], ...]}.')
 @pass_config
 def ping(cfg: Config, as_json: bool) -> None:
-    """Every host pings every other host (the prototype's pingtest.sh, in parallel)."""
-    from mlfo_toolkit.net.network import ping_mesh
+    """Every host pings every other host (the prototype's pingtest.sh, in parallel). Exit code 5 if a pair failed."""
+    from mlfo_toolkit import api
 
-    result = ping_mesh(cfg)
+    result = api.topo_ping(cfg)
     if as_json:
         echo_json(result)
     else:
@@ -179,4 +201,4 @@ def ping(cfg: Config, as_json: bool) -> None:
         for src, dst in result["failed"]:
             click.echo(f"  {src} -> {dst} failed")
     if result["failed"]:
-        sys.exit(5)
+        sys.exit(int(ExitCode.UNREACHABLE))

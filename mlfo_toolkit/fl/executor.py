@@ -232,7 +232,6 @@ class Executor:
         import flwr.supernode.cli.flower_supernode  # noqa: F401
         import flwr.supernode.main  # noqa: F401  (the SuperNode's Runtime API app)
         import flwr.supernode.runtime.run_clientapp  # noqa: F401
-        import uvicorn  # noqa: F401
 
         from mlfo_toolkit.fl import apps, data  # noqa: F401
 

@@ -14,8 +14,7 @@ from mlfo_toolkit.files import write_json_atomically
 from mlfo_toolkit.meters.onos import OnosMeterDriver
 from mlfo_toolkit.meters.ovs import OvsMeterDriver
 from mlfo_toolkit.meters.plan import MeterSpec, parse_rate_kbps, plan_meters
-from mlfo_toolkit.net.state import NetworkState, load_state
-from mlfo_toolkit.net.topology import Topology, load_topology
+from mlfo_toolkit.net.state import NetworkState, network_topology
 
 METER_FILE = "meters.json"
 CONTROLLERS = ("ovs", "onos")
@@ -37,11 +36,6 @@ def get_driver(name: str, config: Config) -> Driver:
     raise ValidationError(f"unknown controller '{name}'", field="controller", hint="ovs or onos")
 
 
-def running_topology(config: Config) -> tuple[NetworkState, Topology]:
-    state = load_state(Path(config.paths.state_dir))
-    return state, load_topology(Path(state.topology_file), state.parameters)
-
-
 def _meter_file(config: Config) -> Path:
     return Path(config.paths.state_dir) / METER_FILE
 
@@ -57,7 +51,7 @@ def _save_meters(config: Config, meters: dict[str, Any]) -> None:
 
 def set_meter(config: Config, cohort: int, rate: str, burst: str | None, direction: str, controller: str) -> dict[str, Any]:
     """Meter cohort N (replacing any meter mlfo set on it before); returns what was installed."""
-    _, topology = running_topology(config)
+    _, topology = network_topology(Path(config.paths.state_dir))
     rate_kbps = parse_rate_kbps(rate)
     burst_kbits = parse_rate_kbps(burst, "burst") if burst else None
     specs = plan_meters(topology, cohort, rate_kbps, burst_kbits, direction)
@@ -133,7 +127,7 @@ def verify_meter(config: Config, cohort: int, rate: str, burst: str | None, cont
     from mlfo_toolkit.net.network import spawn_in_host, wait_listening
     from mlfo_toolkit.net.state import stop_processes
 
-    state, topology = running_topology(config)
+    state, topology = network_topology(Path(config.paths.state_dir))
     clients = [h for h in topology.fl_clients() if h.campus == cohort]
     servers = {h.cohort: h for h in topology.fl_servers()}
     if not clients or cohort not in servers:

@@ -9,7 +9,7 @@ import requests
 from requests.auth import HTTPBasicAuth
 
 from mlfo_toolkit.config import OnosSettings
-from mlfo_toolkit.errors import AuthError, NotFoundError, RemoteError, UnreachableError
+from mlfo_toolkit.errors import RemoteError, UnreachableError, error_for_status
 from mlfo_toolkit.meters.plan import FlowSpec, MeterSpec
 
 
@@ -37,11 +37,7 @@ class OnosClient:
         except ValueError:
             message = response.text[:300]
         text = f"ONOS answered {response.status_code} to {method} {path}: {message}"
-        if response.status_code == 401:
-            raise AuthError(text, status=401, hint="check onos.user / onos.password (MLFO_ONOS__PASSWORD)")
-        if response.status_code == 404:
-            raise NotFoundError(text)
-        raise RemoteError(text, status=response.status_code)
+        raise error_for_status(response.status_code, text, auth_hint="check onos.user / onos.password (MLFO_ONOS__PASSWORD)")
 
     @staticmethod
     def _device(device_id: str) -> str:

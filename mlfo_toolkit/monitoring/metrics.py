@@ -107,6 +107,10 @@ class AgentCollector(Collector):
     def __init__(self, agent: Any) -> None:
         self.agent = agent
 
+    def describe(self) -> Iterable[Metric]:
+        # Registering must not sample the agent (prometheus_client collects once unless told what to expect).
+        return []
+
     def collect(self) -> Iterable[Metric]:
         labels = ["deployment", "cohort", "side"]
         accuracy = GaugeMetricFamily("model_accuracy", "Held-out accuracy of the global model after the last round", labels=labels[:2])

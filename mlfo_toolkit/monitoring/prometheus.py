@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,13 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, ValidationError
 from mlfo_toolkit.files import write_json_atomically
 from mlfo_toolkit.net.state import (
-    NetworkState,
     ProcessRecord,
-    load_state,
+    running_topology,
     save_state,
     spawn_recorded,
-    state_path,
     stop_processes,
 )
-from mlfo_toolkit.net.topology import Topology, load_topology
+from mlfo_toolkit.net.topology import Topology
 from mlfo_toolkit.processes import wait_for_port
 from mlfo_toolkit.resources import resource_path
 
@@ -123,13 +120,6 @@ def check_config(path: Path) -> None:
         raise ValidationError(f"promtool rejects {path}: {(done.stdout + done.stderr).strip()}")
 
 
-def running_topology(config: Config) -> tuple[NetworkState, Topology] | None:
-    if not state_path(Path(config.paths.state_dir)).exists():
-        return None
-    state = load_state(Path(config.paths.state_dir))
-    return state, load_topology(Path(state.topology_file), state.parameters)
-
-
 def _binary(name: str, package: str) -> str:
     path = shutil.which(name)
     if not path:
@@ -147,7 +137,7 @@ def monitor_up(config: Config) -> dict[str, Any]:
     targets_dir(config).mkdir(parents=True, exist_ok=True)  # Prometheus watches it from the start
     if _monitor_file(config).exists():
         raise MlfoError("monitoring is already up", hint="`mlfo monitor down` first")
-    running = running_topology(config)
+    running = running_topology(Path(config.paths.state_dir))
     topology = running[1] if running else None
     config_path = directory / "prometheus.yml"
     config_path.write_text(render_config(config, topology))
@@ -182,7 +172,7 @@ def monitor_up(config: Config) -> dict[str, Any]:
                               directory / "prometheus.log", "prometheus"))
         records.append(spawn_recorded([node_exporter, "--web.listen-address", f"{LOOPBACK}:{config.monitor.node_exporter_port}"],
                               directory / "node-exporter.log", "node-exporter"))
-    _monitor_file(config).write_text(json.dumps({"processes": [vars(r) for r in records], "grafana": None}))
+    write_json_atomically(_monitor_file(config), {"processes": [vars(r) for r in records], "grafana": None})
     try:
         wait_for_port(LOOPBACK, port, 60)
     except MlfoError:
@@ -193,7 +183,7 @@ def monitor_up(config: Config) -> dict[str, Any]:
     started["grafana"] = start_grafana(config, f"http://{LOOPBACK}:{port}")
     data = json.loads(_monitor_file(config).read_text())
     data["grafana"] = started["grafana"].get("container")
-    _monitor_file(config).write_text(json.dumps(data))
+    write_json_atomically(_monitor_file(config), data)
     return started
 
 
@@ -244,7 +234,7 @@ def monitor_down(config: Config) -> dict[str, Any]:
     data = json.loads(path.read_text())
     records = [ProcessRecord(**p) for p in data["processes"]]
     stopped = stop_processes(records)
-    running = running_topology(config)
+    running = running_topology(Path(config.paths.state_dir))
     if running:
         state, _ = running
         names = {(r.pid, r.create_time) for r in records}
@@ -290,17 +280,3 @@ def query_range(prometheus_url: str, promql: str, start: float, end: float, step
     if body.get("status") != "success":
         raise ValidationError(f"Prometheus rejected '{promql}': {body.get('error')}")
     return list(body["data"]["result"])
-
-
-def wait_for_prometheus(prometheus_url: str, timeout: float = 30) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{prometheus_url}/-/ready", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise MlfoError(f"Prometheus at {prometheus_url} is not ready after {timeout:.0f} s")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import NotFoundError, ValidationError
+from mlfo_toolkit.files import write_json_atomically
 from mlfo_toolkit.fl.anatomy import PHASES
 from mlfo_toolkit.monitoring.runs import file_sha256, plot_rounds
 
@@ -170,7 +171,7 @@ def build_report(run_dir: Path, fmt: str = "png", prometheus_url: str | None = N
         "plots": [p.name for p in plots],
         "prometheus": prometheus_used,
     })
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_json_atomically(out / "manifest.json", manifest)
     result: dict[str, Any] = {"report_dir": str(out), "plots": [str(p) for p in plots], "manifest": str(out / "manifest.json")}
     if fmt == "html":
         result["html"] = str(write_html(out, run, plots, manifest))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
+from mlfo_toolkit.files import write_json_atomically
 from mlfo_toolkit.orchestrator.sending import SentCohort
 
 
@@ -91,7 +91,7 @@ def manifest(inputs: dict[str, Path | None], seeds: dict[str, int]) -> dict[str,
 def write_run(run_dir: Path, summary: dict[str, Any]) -> Path:
     """run.json plus accuracy-loss.png in `run_dir`; returns the JSON path."""
     path = run_dir / "run.json"
-    path.write_text(json.dumps(summary, indent=2))
+    write_json_atomically(path, summary)
     plot_rounds(summary["cohorts"], run_dir / "accuracy-loss.png")
     return path
 

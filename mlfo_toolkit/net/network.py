@@ -24,6 +24,7 @@ from mlfo_toolkit.net.state import (
     ProcessRecord,
     leftovers,
     load_state,
+    network_topology,
     save_state,
     spawn_recorded,
     state_path,
@@ -115,13 +116,6 @@ def set_cpu_limit(cgroup: str, cpus: float | None) -> None:
     (directory / "cpu.cfs_quota_us").write_text(str(int(cpus * CFS_PERIOD_US)) if cpus else "-1")
 
 
-def cpu_limit(cgroup: str) -> float | None:
-    quota = int((Path(cgroup) / "cpu.cfs_quota_us").read_text())
-    period = int((Path(cgroup) / "cpu.cfs_period_us").read_text())
-    return None if quota < 0 else quota / period
-
-
-# --- up ---------------------------------------------------------------------------------------
 def _service_config(config: Config, topology: Topology, state_dir: Path) -> Path:
     """The config file every mlfo process in the network reads (no secrets: the token goes by env)."""
     inner = topology.mlfo_config(config).with_overrides({"api.token": None}, origin="topology")
@@ -311,12 +305,16 @@ def host_command(state: NetworkState, host: str, argv: Sequence[str]) -> list[st
     return ["nsenter", "--target", str(state.host(host).pid), "--net", "--", *argv]
 
 
-def host_exec(config: Config, host: str, argv: Sequence[str]) -> int:
-    """Run a command in a host, with this terminal; returns its exit code."""
+def host_exec(config: Config, host: str, argv: Sequence[str], *, capture: bool = False) -> dict[str, Any]:
+    """Run a command in a host (no shell): with this terminal, or with its output captured."""
     if not argv:
         raise ValidationError("no command given", hint="e.g. mlfo topo exec fed.1 -- ip addr")
     state = load_state(Path(config.paths.state_dir))
-    return subprocess.call(host_command(state, host, argv))
+    command = host_command(state, host, argv)
+    if not capture:
+        return {"node": host, "exit_code": subprocess.call(command)}
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    return {"node": host, "exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
 
 
 def ping(state: NetworkState, source: str, destination_ip: str, timeout_s: int = 2) -> bool:
@@ -347,12 +345,9 @@ def ping_mesh(config: Config, workers: int = 32, retries: int = 1) -> dict[str, 
 def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: str | None) -> dict[str, Any]:
     """The prototype's init.sh: CPU limits, FL-server reachability from the cloud MLFO, background traffic."""
     state_dir = Path(config.paths.state_dir)
-    state = load_state(state_dir)
+    state, topology = network_topology(state_dir)
     if state.phase != "up":
         raise MlfoError(f"the network is {state.phase}, not up", hint="wait for `mlfo topo up` to finish")
-    from mlfo_toolkit.net.topology import load_topology
-
-    topology = load_topology(Path(state.topology_file), state.parameters)
     limits: dict[str, float | None] = {}
     for host in topology.hosts:
         if host.role == "fl-server" or (clients and host.role == "fl-client"):
@@ -427,12 +422,45 @@ def serve_network(
     return network_stop(Path(config.paths.state_dir), builder)
 
 
-def detach_network(argv: list[str], config: Config, progress: Progress, timeout: float = 900.0) -> NetworkState:
-    """Run `topo up` (argv without --detach) in the background and wait until it is up."""
+def state_summary(state: NetworkState) -> dict[str, Any]:
+    """What `topo up --detach --json` prints once the network is up."""
+    return {"topology": state.topology, "parameters": state.parameters, "phase": state.phase, "owner_pid": state.owner_pid,
+            "hosts": [h.name for h in state.hosts], "bridges": state.bridges, "published": state.published,
+            "warnings": state.warnings}
+
+
+def detach_network(
+    config: Config,
+    *,
+    topology: Path | str | None,
+    cohorts: int | None,
+    params: dict[str, int],
+    backend: str,
+    controller: str | None,
+    progress: Progress,
+    timeout: float = 900.0,
+) -> NetworkState:
+    """Run `topo up` in the background, built from these parameters and this config, and wait until it is up."""
     state_dir = Path(config.paths.state_dir)
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "topo-up.log"
+    # The child reads exactly this config (secrets included, so the file is the owner's alone).
+    config_file = state_dir / "topo-up-config.yaml"
+    fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        yaml.safe_dump(config.model_dump(mode="json"), out, sort_keys=False)
+    argv = ["--config", str(config_file), "topo", "up"]
+    if cohorts:
+        argv.append(str(cohorts))
+    if topology:
+        argv += ["--topology", str(topology)]
+    for key, value in params.items():
+        argv += ["--param", f"{key}={value}"]
+    argv += ["--backend", backend]
+    if controller:
+        argv += ["--controller", controller]
+    progress(f"starting `mlfo {' '.join(argv[2:])}` in the background (log: {log_path})")
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "mlfo_toolkit", *argv], stdout=log, stderr=subprocess.STDOUT,

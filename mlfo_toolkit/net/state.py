@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +14,8 @@ import psutil
 
 from mlfo_toolkit.errors import MlfoError, NotFoundError
 from mlfo_toolkit.files import write_json_atomically
-from mlfo_toolkit.processes import same_process
+from mlfo_toolkit.net.topology import Topology, load_topology
+from mlfo_toolkit.processes import run_tool, same_process, spawn, stop_trees
 
 STATE_FILE = "network.json"
 
@@ -104,13 +104,19 @@ def spawn_recorded(
     argv: list[str], log: Path, name: str, *, host: str | None = None, env: dict[str, str] | None = None
 ) -> ProcessRecord:
     """Start a process (no shell) in its own session, output to `log`, and return its record."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, **env} if env else None,
-        )
+    proc = spawn(argv, log, env={**os.environ, **env} if env else None)
     return ProcessRecord(name, proc.pid, host, psutil.Process(proc.pid).create_time(), argv, str(log))
+
+
+def network_topology(state_dir: Path) -> tuple[NetworkState, Topology]:
+    """The running network's state and its topology (as `topo up` expanded it); NotFoundError if none runs."""
+    state = load_state(state_dir)
+    return state, load_topology(Path(state.topology_file), state.parameters)
+
+
+def running_topology(state_dir: Path) -> tuple[NetworkState, Topology] | None:
+    """Like network_topology, but None when no network runs."""
+    return network_topology(state_dir) if state_path(state_dir).exists() else None
 
 
 def load_state(state_dir: Path) -> NetworkState:
@@ -123,55 +129,23 @@ def load_state(state_dir: Path) -> NetworkState:
         raise MlfoError(f"the state file {path} is damaged: {err}", hint="remove leftovers by hand, then delete it") from None
 
 
-def _stop_all(targets: list[tuple[int, float]], timeout: float = 5.0, first_signal: int = signal.SIGTERM) -> list[int]:
-    """Signal each (pid, start time) still running as the process we started, and its descendants;
-    wait once for all, SIGKILL what is left. Returns the PIDs that were ours and stopped."""
-    roots, tree = [], []
-    for pid, create_time in targets:
-        try:
-            root = psutil.Process(pid)
-            if abs(root.create_time() - create_time) >= 0.5:
-                continue  # the PID now belongs to someone else
-            roots.append(pid)
-            tree += [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-    for proc in tree:
-        try:
-            proc.send_signal(first_signal)
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=timeout)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=2)
-    return roots
-
-
 def stop_processes(records: list[ProcessRecord]) -> list[str]:
     """Stop recorded processes with their descendants; names of those stopped."""
-    stopped = set(_stop_all([(r.pid, r.create_time) for r in records]))
+    stopped = set(stop_trees([(r.pid, r.create_time) for r in records]))
     return [f"{r.name} ({r.pid})" for r in records if r.pid in stopped]
-
-
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 
 def teardown(state: NetworkState) -> dict[str, list[str]]:
     """Remove exactly what the state lists: processes, host namespaces, bridges, interfaces, cgroups."""
     removed: dict[str, list[str]] = {"processes": stop_processes(state.processes), "hosts": [], "bridges": [], "interfaces": [], "cgroups": []}
     # A host is an interactive shell holding a namespace; it ignores SIGTERM and has nothing to save.
-    gone = set(_stop_all([(h.pid, h.create_time) for h in state.hosts], timeout=2, first_signal=signal.SIGKILL))
+    gone = set(stop_trees([(h.pid, h.create_time) for h in state.hosts], timeout=2, first_signal=signal.SIGKILL))
     removed["hosts"] = [h.name for h in state.hosts if h.pid in gone]
     for bridge in state.bridges:
-        if _run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge]).returncode == 0:
+        if run_tool(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge]).returncode == 0:
             removed["bridges"].append(bridge)
     for interface in state.interfaces:
-        if Path(f"/sys/class/net/{interface}").exists() and _run(["ip", "link", "del", interface]).returncode == 0:
+        if Path(f"/sys/class/net/{interface}").exists() and run_tool(["ip", "link", "del", interface]).returncode == 0:
             removed["interfaces"].append(interface)
     for cgroup in state.cgroups:
         path = Path(cgroup)
@@ -186,7 +160,7 @@ def teardown(state: NetworkState) -> dict[str, list[str]]:
 
 def leftovers(state: NetworkState) -> dict[str, list[str]]:
     """What of the state still exists (empty lists after a clean teardown)."""
-    bridges = set(_run(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split()) if state.bridges else set()
+    bridges = set(run_tool(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split()) if state.bridges else set()
     return {
         "processes": [p.name for p in state.processes if p.alive()],
         "hosts": [h.name for h in state.hosts if ProcessRecord(h.name, h.pid, h.name, h.create_time).alive()],

@@ -9,7 +9,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from mlfo_toolkit.errors import AuthError, NotFoundError, RemoteError, UnreachableError
+from mlfo_toolkit.errors import UnreachableError, error_for_status
 
 
 class ApiClient:
@@ -58,12 +58,8 @@ class ApiClient:
             return body
         message = body.get("message") if isinstance(body, dict) else str(body)[:300]
         text = f"{self.service} at {self.address} answered {response.status_code} to {method} {path}: {message}"
-        if response.status_code in (401, 403):
-            raise AuthError(text, status=response.status_code, body=body, hint="check api.token (MLFO_API__TOKEN)")
-        if response.status_code == 404:
-            raise NotFoundError(text)
         hint = body.get("hint") if isinstance(body, dict) else None
-        raise RemoteError(text, status=response.status_code, body=body, hint=hint)
+        raise error_for_status(response.status_code, text, body=body, hint=hint, auth_hint="check api.token (MLFO_API__TOKEN)")
 
 
 class AgentClient(ApiClient):

@@ -246,25 +246,32 @@ def client_range(config: Config, ipstart: int, size: int) -> list[str]:
     return pool[first : first + size]
 
 
+def free_server(pool: list[str], busy: set[str]) -> str | None:
+    """The server a cloud MLFO gives the next cohort: the first of the pool not busy (None: all busy).
+    The one allocation rule, used by the cloud MLFO and by `intent plan`."""
+    return next((server for server in pool if server not in busy), None)
+
+
 def plan_cohorts(cohort_file: CohortFile, config: Config) -> list[CohortPlan]:
     """Assign client ranges in order and FL servers as a fresh cloud MLFO would; contacts nothing."""
     servers = config.server_agents()
     plans: list[CohortPlan] = []
     ipstart = config.ip_plan.first_client_octet
-    next_server = 0
+    busy: set[str] = set()
     for cohort in cohort_file.cohorts:
         clients = client_range(config, ipstart, cohort.size)
         if cohort.sameserver and plans:
             server, shares = plans[-1].server, plans[-1].name
         else:
-            if next_server >= len(servers):
+            picked = free_server(servers, busy)
+            if picked is None:
                 raise ValidationError(
                     f"cohort '{cohort.name}' needs an FL server but the pool of {len(servers)} is used up",
                     field="ip_plan.servers",
                     hint="add servers to ip_plan.servers or set sameserver on a cohort",
                 )
-            server, shares = servers[next_server], None
-            next_server += 1
+            server, shares = picked, None
+            busy.add(server)
         plans.append(
             CohortPlan(
                 name=cohort.name,

@@ -18,7 +18,7 @@ from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, NotFoun
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.monitoring.metrics import DeploymentStates, MlfoMetrics
 from mlfo_toolkit.orchestrator.clients import AgentClient, MomoClient
-from mlfo_toolkit.orchestrator.cohorts import client_range
+from mlfo_toolkit.orchestrator.cohorts import client_range, free_server
 from mlfo_toolkit.orchestrator.intents import (
     Catalog,
     Intent,
@@ -433,11 +433,11 @@ class CloudMlfo:
             return {"server": self._server_of(deployment), "agent": earlier["agent"], "shared_with": earlier.get("shares")}
         with self._lock:
             busy = {a["agent"] for a in self.allocations() if a["active"]}
-            free = [s for s in self.config.server_agents() if s not in busy]
-            if not free:
+            picked = free_server(self.config.server_agents(), busy)
+            if picked is None:
                 raise ConflictError(f"all {len(self.config.server_agents())} FL servers of the pool are busy",
                                     hint="wait for a cohort to finish or add servers to ip_plan.servers")
-            agent_address = free[0]
+            agent_address = picked
             record: dict[str, Any] = {"deployment": deployment, "agent": agent_address, "server": None, "active": True,
                       "intent_id": intent.intentID, "created": time.time(), "shares": None}
             self.store.put(ALLOCATION, deployment, record, record["created"])

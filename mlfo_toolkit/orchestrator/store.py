@@ -51,10 +51,6 @@ class Store:
             rows = self._db.execute("SELECT data FROM records WHERE kind = ? ORDER BY created, id", (kind,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def delete(self, kind: str, record_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM records WHERE kind = ? AND id = ?", (kind, record_id))
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -4,7 +4,6 @@ network namespaces, HTB-shaped links. The only module of mlfo that imports Minin
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import uuid
 from functools import partial
@@ -16,10 +15,7 @@ import psutil
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, NeedsRootError
 from mlfo_toolkit.net.state import HostRecord, NetworkState
 from mlfo_toolkit.net.topology import Topology
-
-
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+from mlfo_toolkit.processes import run_tool
 
 
 def ovs_kernel_datapath() -> bool:
@@ -30,12 +26,12 @@ def ovs_kernel_datapath() -> bool:
 def netem_available() -> bool:
     """Try a netem qdisc on a throwaway veth pair of our own."""
     name = f"mlfonetem{uuid.uuid4().hex[:5]}"
-    if _run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"]).returncode != 0:
+    if run_tool(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"]).returncode != 0:
         return False
     try:
-        return _run(["tc", "qdisc", "add", "dev", name, "root", "netem", "delay", "1ms"]).returncode == 0
+        return run_tool(["tc", "qdisc", "add", "dev", name, "root", "netem", "delay", "1ms"]).returncode == 0
     finally:
-        _run(["ip", "link", "del", name])
+        run_tool(["ip", "link", "del", name])
 
 
 def check_prerequisites() -> None:
@@ -48,7 +44,7 @@ def check_prerequisites() -> None:
             "Mininet is not importable from this Python",
             hint="install Debian's mininet (`sudo make system`) and use a venv made with --system-site-packages",
         ) from None
-    if _run(["ovs-vsctl", "--timeout=5", "show"]).returncode != 0:
+    if run_tool(["ovs-vsctl", "--timeout=5", "show"]).returncode != 0:
         raise MissingDependencyError("Open vSwitch is not running", hint="start it with `sudo make ovs`")
 
 
@@ -71,7 +67,7 @@ class MininetBuilder:
         bridges = [s.name for s in topology.switches]
         interfaces = [f"{h.switch}-eth{h.port}" for h in topology.hosts]
         interfaces += [i for link in topology.links for i in (link.interface_a, link.interface_b)]
-        existing = set(_run(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split())
+        existing = set(run_tool(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split())
         stale = [b for b in bridges if b in existing] + [i for i in interfaces if Path(f"/sys/class/net/{i}").exists()]
         if stale:
             raise MlfoError(
@@ -133,10 +129,10 @@ class MininetBuilder:
         net.start()
         if topology.mtu != 1500:
             for interface in interfaces:
-                _run(["ip", "link", "set", "dev", interface, "mtu", str(topology.mtu)])
+                run_tool(["ip", "link", "set", "dev", interface, "mtu", str(topology.mtu)])
             for bridge in bridges:
-                for port in _run(["ovs-vsctl", "--timeout=10", "list-ports", bridge]).stdout.split():
-                    _run(["ovs-vsctl", "--timeout=10", "set", "interface", port, f"mtu_request={topology.mtu}"])
+                for port in run_tool(["ovs-vsctl", "--timeout=10", "list-ports", bridge]).stdout.split():
+                    run_tool(["ovs-vsctl", "--timeout=10", "set", "interface", port, f"mtu_request={topology.mtu}"])
         for host in topology.hosts:
             node = net.get(host.name)
             # The userspace datapath drops TCP segments with offloaded checksums: compute them in software.
