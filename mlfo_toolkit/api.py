@@ -214,7 +214,7 @@ def validate_intent(path: Path, config: Config | None = None) -> IntentCheck:
     return IntentCheck(parsed.intentID, parsed.model_dump(), pipelines)
 
 
-def plan(cohort_file: Path | None = None, config: Config | None = None) -> list[Any]:
+def plan(cohort_file: Path | None = None, config: Config | None = None, *, any_intent_path: bool = False) -> list[Any]:
     """Which FL server and client agents each cohort gets (`CohortPlan`s), contacting nothing.
 
     Without a file: the shipped intents/cohorts.yaml (what `mlfo demo` sends)."""
@@ -222,16 +222,20 @@ def plan(cohort_file: Path | None = None, config: Config | None = None) -> list[
     from mlfo_toolkit.resources import resource_path
 
     cfg = _config(config)
-    return plan_cohorts(load_cohort_file(cohort_file or resource_path("intents/cohorts.yaml"), cfg), cfg)
+    return plan_cohorts(load_cohort_file(cohort_file or resource_path("intents/cohorts.yaml"), cfg, any_intent_path=any_intent_path), cfg)
 
 
-def send_cohorts(cohort_file: Path, config: Config | None = None, *, mlfo: str | None = None) -> SentCohorts:
-    """POST every cohort of the file to the campus MLFO (the prototype's multipart form)."""
-    from mlfo_toolkit.orchestrator.cohorts import load_cohort_file
+def send_cohorts(cohort_file: Path, config: Config | None = None, *, mlfo: str | None = None,
+                 any_intent_path: bool = False) -> SentCohorts:
+    """POST every cohort of the file to the campus MLFO (the prototype's multipart form).
+
+    Checks the whole file, and plans it against the IP plan, before sending anything."""
+    from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, plan_cohorts
     from mlfo_toolkit.orchestrator.sending import send_cohorts as send
 
     cfg = _config(config)
-    parsed = load_cohort_file(cohort_file, cfg)
+    parsed = load_cohort_file(cohort_file, cfg, any_intent_path=any_intent_path)
+    plan_cohorts(parsed, cfg)  # the same checks as `plan`: what plan accepts, send accepts
     address = mlfo or parsed.mlfo or f"{cfg.mlfo.host}:{cfg.mlfo.port}"
     return SentCohorts(address, cohort_file, send(parsed, cfg, address))
 

@@ -28,6 +28,11 @@ class ApiSettings(_Section):
     token: str | None = Field(
         None, description="bearer token every HTTP API requires when set (prefer MLFO_API__TOKEN)"
     )
+    southbound_token: str | None = Field(
+        None,
+        description="token the MLFOs present to node agents and the cloud MLFO, which require it (default: api.token; "
+        "`topo up` generates one when neither is set)",
+    )
     max_upload_bytes: int = Field(1_048_576, gt=0, description="largest request body accepted")
     timeout_seconds: float = Field(10.0, gt=0, description="timeout of one southbound HTTP call")
 
@@ -61,6 +66,8 @@ class MlfoSettings(_Section):
 
 class AgentSettings(_Section):
     """The node agent (the prototype's REST front on every FL node)."""
+
+    max_clients: int = Field(64, ge=1, le=10_000, description="FL clients (SuperNodes) one agent runs at once")
 
     host: str = Field("127.0.0.1", description="address the agent binds to")
     port: int = Field(5000, ge=0, le=65535, description="agent API port (prototype: 5000)")
@@ -182,11 +189,17 @@ class Config(_Section):
                 _set_dotted(data, key, value)
         return _validate(data, origin)
 
+    @property
+    def southbound_token(self) -> str | None:
+        """What agents and the cloud MLFO require, and what the MLFOs present to them."""
+        return self.api.southbound_token or self.api.token
+
     def redacted(self) -> dict[str, Any]:
         """The config as plain data with secrets masked, for display."""
         data = self.model_dump(mode="json")
-        if data["api"]["token"]:
-            data["api"]["token"] = "***"
+        for key in ("token", "southbound_token"):
+            if data["api"][key]:
+                data["api"][key] = "***"
         data["onos"]["password"] = "***"
         return data
 
@@ -245,7 +258,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         except yaml.YAMLError:
             value = raw
         # Tokens and passwords stay strings even when they look like numbers.
-        if key in {"token", "password", "user"}:
+        if key in {"token", "southbound_token", "password", "user"}:
             value = raw
         overrides[f"{section}.{key}"] = value
     return overrides

@@ -53,9 +53,14 @@ class ManagedProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        tied: bool = False,
     ) -> None:
         self.name = name
         self.argv = list(argv)
+        if tied:
+            # Dies with this process, even after a SIGKILL (see mlfo_toolkit.guard).
+            me = psutil.Process()
+            self.argv = [sys.executable, "-m", "mlfo_toolkit.guard", "--owner", f"{me.pid}:{me.create_time()}", "--", *self.argv]
         self.log_path = log_path
         self.popen = spawn(self.argv, log_path, env=env, cwd=cwd)
         self.pid = self.popen.pid
@@ -200,6 +205,15 @@ class Watched(Protocol):
     def returncode(self) -> int | None: ...
 
     def tail(self, lines: int = 20) -> str: ...
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def wait_for_port(host: str, port: int, timeout: float, process: Watched | None = None) -> None:

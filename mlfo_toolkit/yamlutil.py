@@ -25,6 +25,49 @@ def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], in
             _lines(item, (*path, index), out)
 
 
+# Deeper than any intent, cohort file, topology or config needs; deep enough to refuse a bomb early.
+MAX_DEPTH = 32
+
+
+def _check_structure(text: str, source: str) -> None:
+    """Refuse anchors and aliases (a 700-byte alias bomb expands to gigabytes, `&a [*a]` loops) and
+    nesting deeper than MAX_DEPTH, from the event stream, before anything is built."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark else None
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ValidationError(
+                "YAML anchors and aliases (&name, *name) are not allowed here",
+                line=line, source=source, hint="write the values out in full",
+            )
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ValidationError(f"nests deeper than {MAX_DEPTH} levels", line=line, source=source)
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def check_depth(data: Any, source: str, limit: int = MAX_DEPTH) -> None:
+    """ValidationError if parsed data (JSON) nests deeper than `limit` or holds a string that is not
+    valid Unicode (a lone surrogate, which JSON's \\ud800 escapes allow); iterative, so it cannot recurse."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError("holds text that is not valid Unicode (a lone surrogate)", source=source) from None
+        elif isinstance(item, dict):
+            stack.extend((key, depth) for key in item)
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                raise ValidationError(f"nests deeper than {limit} levels", source=source)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
 def load_yaml(text: str | bytes, source: str = "<input>") -> tuple[Any, dict[tuple[Any, ...], int]]:
     """Parsed data and a map from key path to line number; ValidationError on bad YAML."""
     if isinstance(text, bytes):
@@ -33,6 +76,7 @@ def load_yaml(text: str | bytes, source: str = "<input>") -> tuple[Any, dict[tup
         except UnicodeDecodeError:
             raise ValidationError("is not UTF-8 text", source=source) from None
     try:
+        _check_structure(text, source)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -43,6 +87,7 @@ def load_yaml(text: str | bytes, source: str = "<input>") -> tuple[Any, dict[tup
             line=mark.line + 1 if mark else None,
             source=source,
         ) from None
+    check_depth(data, source)  # a "\\ud800" escape in YAML also makes a lone surrogate
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
         _lines(node, (), lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -14,17 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import ConflictError, MlfoError, ValidationError
+from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, ValidationError
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.executor import Registration, SpawnedSuperNode, register, start_executor, unregister
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.monitoring.metrics import FlowTraffic, process_tree
 from mlfo_toolkit.monitoring.sockets import ByteTotals, TcpConnection, tcp_connections
-from mlfo_toolkit.processes import ManagedProcess, find_tool, free_port, tool_env, wait_for_port
+from mlfo_toolkit.names import NAME_MAX, OPTIONAL_NAME
+from mlfo_toolkit.processes import ManagedProcess, find_tool, free_port, port_in_use, tool_env, wait_for_port
 from mlfo_toolkit.resources import resource_path
 
 log = logging.getLogger(__name__)
@@ -42,15 +44,17 @@ class ServParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    algo: str = "FedAvg"
-    fracfit: float = Field(0.5, gt=0, le=1)
-    minfit: int = Field(1, ge=1)
-    minav: int = Field(1, ge=1)
-    numround: int = Field(20, ge=1, le=10_000)
+    # The prototype's five fields are required: a body that carries none of them (an empty or
+    # truncated form) is refused, not run with defaults.
+    algo: str
+    fracfit: float = Field(gt=0, le=1)
+    minfit: int = Field(ge=1, le=10_000)
+    minav: int = Field(ge=1, le=10_000)
+    numround: int = Field(ge=1, le=10_000)
     source: str = "handmnist"
     model: str = "complex"
-    deployment: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.-]*$")
-    cohort: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    deployment: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
+    cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
 
 
 class CliParams(BaseModel):
@@ -60,12 +64,37 @@ class CliParams(BaseModel):
 
     source: str
     model: str
-    server: str = Field(pattern=r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+    server: str = Field(max_length=300)
     cohsize: int = Field(ge=1, le=10_000)
     part: int = Field(ge=0)
-    deployment: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.-]*$")
-    cohort: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    deployment: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
+    cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     partitioning: str | None = None
+
+    @field_validator("server")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return check_address(value)
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def check_address(value: str) -> str:
+    """HOST:PORT with HOST an IP address ([v6] in brackets) or a hostname, PORT 1..65535 (ValueError otherwise):
+    a value like '--help:1' would reach Flower's command line as an option."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        ipaddress.IPv6Address(host[1:-1])
+        return value
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"'{host[:64]}' is not an IP address or host name") from None
+    return value
 
 
 def _check_pipeline(source: str, model: str) -> None:
@@ -213,6 +242,10 @@ class NodeAgent:
                 )
             )
             env = tool_env({"FLWR_HOME": str(flwr_home)})
+            if port_in_use(connect, port):
+                # Not ours (ours were stopped above): never hand clients a SuperLink someone else runs.
+                raise ConflictError(f"port {port} on {connect} is already in use by a process this agent did not start",
+                                    hint="stop that process, or give this agent another --fl-port")
             superlink = ManagedProcess(
                 "flower-superlink",
                 [
@@ -229,6 +262,7 @@ class NodeAgent:
                 log_path=run_dir / "superlink.log",
                 env=env,
                 cwd=run_dir,
+                tied=True,
             )
             metrics_file = run_dir / "metrics.jsonl"
             server = FlServer(params, f"{self.advertise_host}:{port}", superlink, None, metrics_file)
@@ -264,6 +298,7 @@ class NodeAgent:
                 log_path=run_dir / "flwr-run.log",
                 env=env,
                 cwd=run_dir,
+                tied=True,
             )
             log.info("FL server %s started for deployment '%s'", server.address, params.deployment)
             return {"server": server.address, "deployment": params.deployment, "pid": superlink.pid}
@@ -295,6 +330,10 @@ class NodeAgent:
         shared = self.config.fl.isolation == "shared"
         requested = time.time()
         with self._lock:
+            active = [c for c in self.clients if c.process.running()]
+            if len(active) >= self.config.agent.max_clients:
+                raise CapacityError(f"this agent already runs {len(active)} FL clients (agent.max_clients)",
+                                    hint="stop some (POST /stop?deployment=ID) or raise agent.max_clients")
             self._client_runs += 1  # never reused, so no run folder is ever written twice
             name = f"{self._label}-client-{self._client_runs}"
             run_dir = self.work_dir / f"client-{self._client_runs}"
@@ -340,7 +379,7 @@ class NodeAgent:
             else:
                 process = ManagedProcess(
                     f"flower-supernode part {params.part}", [find_tool("flower-supernode"), *arguments],
-                    log_path=log_path, env=tool_env({"FLWR_HOME": str(flwr_home)}), cwd=run_dir,
+                    log_path=log_path, env=tool_env({"FLWR_HOME": str(flwr_home)}), cwd=run_dir, tied=True,
                 )
         if shared:
             try:

@@ -46,11 +46,16 @@ def validate(cfg: Config, file: Path, as_json: bool) -> None:
         )
 
 
+ANY_PATH = click.option("--any-intent-path", is_flag=True,
+                        help="Let the cohort file name intent files outside its folder and the shipped catalog.")
+
+
 @intent.command()
 @click.argument("cohort_file", type=FILE)
+@ANY_PATH
 @json_option("Print the plan as JSON.")
 @pass_config
-def plan(cfg: Config, cohort_file: Path, as_json: bool) -> None:
+def plan(cfg: Config, cohort_file: Path, any_intent_path: bool, as_json: bool) -> None:
     """Show which FL server and client agents each cohort gets, without contacting anything.
 
     Reads both forms of cohort file (readable `cohorts:` list or the prototype's
@@ -59,7 +64,7 @@ def plan(cfg: Config, cohort_file: Path, as_json: bool) -> None:
     """
     from mlfo_toolkit import api
 
-    plans = api.plan(cohort_file, cfg)
+    plans = api.plan(cohort_file, cfg, any_intent_path=any_intent_path)
     if as_json:
         echo_json({"cohorts": [p.to_dict() for p in plans]})
         return
@@ -75,9 +80,11 @@ def plan(cfg: Config, cohort_file: Path, as_json: bool) -> None:
 @click.option("--mlfo", "mlfo_address", metavar="HOST:PORT", help="Campus MLFO (default: the file's mlfo/mlfoadd, else mlfo.host:mlfo.port).")
 @click.option("--wait", is_flag=True, help="Follow every deployment until its FL run ends; write a run record.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=3600, show_default=True, help="Seconds --wait waits.")
+@ANY_PATH
 @json_option("Print the deployments (with --wait: the run summary) as JSON.")
 @pass_config
-def send(cfg: Config, cohort_file: Path, mlfo_address: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+def send(cfg: Config, cohort_file: Path, mlfo_address: str | None, wait: bool, timeout: float, any_intent_path: bool,
+         as_json: bool) -> None:
     """Send each cohort of COHORT_FILE to the campus MLFO, as the prototype's sendintent.py did.
 
     Every cohort is one multipart POST /receive (field `file` = the intent, plus ipstart,
@@ -87,7 +94,7 @@ def send(cfg: Config, cohort_file: Path, mlfo_address: str | None, wait: bool, t
     """
     from mlfo_toolkit import api
 
-    sent = api.send_cohorts(cohort_file, cfg, mlfo=mlfo_address)
+    sent = api.send_cohorts(cohort_file, cfg, mlfo=mlfo_address, any_intent_path=any_intent_path)
     if not as_json:
         for cohort in sent.sent:
             click.echo(f"{cohort.name}: deployment {cohort.deployment_id} (ipstart {cohort.ipstart})", err=wait)

@@ -7,6 +7,7 @@ packages raise `MlfoError` subclasses, and `STATUS` below turns them into HTTP a
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
@@ -73,8 +74,15 @@ def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": REASONS.get(status, "Error"), "message": message, **{k: v for k, v in extra.items() if v is not None}}
 
 
+class JsonAnswer(JSONResponse):
+    """JSON with non-ASCII escaped: an error that quotes bad input stays valid JSON whatever it quotes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":"), default=str).encode("ascii")
+
+
 def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(error_body(status, message, **extra), status_code=status)
+    return JsonAnswer(error_body(status, message, **extra), status_code=status)
 
 
 class BodyLimit:
@@ -140,24 +148,33 @@ class _TooLarge(Exception):
         self.size = size
 
 
-def service_app(name: str, *, token: str | None, max_body: int, metrics: ServiceMetrics | None = None,
+def token_guard(*tokens: str | None) -> Any:
+    """A dependency that lets a request through when it presents one of `tokens` as a bearer token
+    (compared in constant time); with no token configured it lets everything through."""
+    accepted = [t.encode() for t in tokens if t]
+
+    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        if not accepted:
+            return
+        presented = (credentials.credentials if credentials is not None else "").encode()
+        # Compare with every token, always, so the time taken says nothing about which one nearly matched.
+        if not sum(hmac.compare_digest(presented, token) for token in accepted):
+            raise HTTPException(401, "missing or wrong bearer token")
+
+    return Depends(require_token)
+
+
+def service_app(name: str, *, tokens: tuple[str | None, ...], max_body: int, metrics: ServiceMetrics | None = None,
                 public_metrics: bool = False) -> tuple[FastAPI, Any]:
-    """A FastAPI app with mlfo's error format, and the dependency that guards its private routes.
+    """A FastAPI app with mlfo's error format, and the dependency that requires one of `tokens`.
 
     `/health`, `/docs` and `/openapi.json` are public; `/metrics` is public when `public_metrics`
-    (the socket exporter's, which carries no secrets), otherwise behind the token like every route
-    that uses the returned dependency.
+    (the socket exporter's, which carries no secrets), otherwise behind the same tokens.
     """
     app = FastAPI(title=f"mlfo {name}", version=__version__,
                   description=f"The {name} of mlfo. Errors are JSON: {{error, message, field}}.")
     app.state.service = name
-
-    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-        if not token:
-            return
-        presented = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else ""
-        if not hmac.compare_digest(presented.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token")
+    private = token_guard(*tokens)
 
     @app.exception_handler(MlfoError)
     async def _domain_error(request: Request, err: MlfoError) -> JSONResponse:
@@ -166,7 +183,7 @@ def service_app(name: str, *, token: str | None, max_body: int, metrics: Service
             log.error("%s: %s on %s %s", name, err.message, request.method, request.url.path)
         body = {**error_body(status, err.message), **{k: v for k, v in err.to_dict().items() if k != "error"}}
         body["kind"] = type(err).__name__
-        return JSONResponse(body, status_code=status)
+        return JsonAnswer(body, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -184,7 +201,7 @@ def service_app(name: str, *, token: str | None, max_body: int, metrics: Service
         if err.status_code == 405:
             return error_response(405, f"{request.method} is not allowed on {request.url.path}")
         body = err.detail if isinstance(err.detail, dict) else error_body(err.status_code, str(err.detail), **extra)
-        return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
+        return JsonAnswer(body, status_code=err.status_code, headers=getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, err: Exception) -> JSONResponse:
@@ -201,6 +218,6 @@ def service_app(name: str, *, token: str | None, max_body: int, metrics: Service
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
         app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False,
-                          dependencies=[] if public_metrics else [Depends(require_token)])
+                          dependencies=[] if public_metrics else [private])
     app.add_middleware(BodyLimit, limit=max_body, metrics=metrics)
-    return app, Depends(require_token)
+    return app, private

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -20,11 +20,11 @@ from starlette.formparsers import MultiPartException
 
 from mlfo_toolkit.agent.node import CliParams, NodeAgent, ServParams
 from mlfo_toolkit.errors import ValidationError
-from mlfo_toolkit.http.app import error_response, service_app
+from mlfo_toolkit.http.app import error_response, service_app, token_guard
 from mlfo_toolkit.monitoring.metrics import AgentCollector, ServiceMetrics
 from mlfo_toolkit.orchestrator.intents import Intent, parse_intent
 from mlfo_toolkit.orchestrator.mlfo import CampusMlfo, CloudMlfo, ReceiveParams
-from mlfo_toolkit.yamlutil import validate
+from mlfo_toolkit.yamlutil import check_depth, validate
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain", "")
@@ -68,9 +68,11 @@ async def _form(request: Request, *, upload_field: str | None = None) -> tuple[d
 async def _json(request: Request) -> Any:
     body = await request.body()
     try:
-        return json.loads(body or b"null")
+        data = json.loads(body or b"null")
     except (ValueError, RecursionError) as err:
         raise ValidationError(f"is not valid JSON: {err}" if isinstance(err, ValueError) else "nests too deeply", field="body") from None
+    check_depth(data, "body")
+    return data
 
 
 async def _fields(request: Request) -> dict[str, Any]:
@@ -143,7 +145,12 @@ def _reason(field: str | None, err: Exception) -> str:
 def campus_app(core: CampusMlfo) -> FastAPI:
     """The campus MLFO's northbound API: intents in, deployments out."""
     config = core.config
-    app, private = service_app("campus MLFO", token=config.api.token, max_body=config.api.max_upload_bytes, metrics=core.metrics)
+    # The intent API needs api.token only if one is set (the prototype's curl sends none); the
+    # southbound token, which Prometheus presents, is accepted too.
+    app, private = service_app("campus MLFO", tokens=(config.api.token, config.southbound_token),
+                               max_body=config.api.max_upload_bytes, metrics=core.metrics)
+    if not config.api.token:
+        private = token_guard()
     app.state.max_body = config.api.max_upload_bytes
     _unsupported_handler(app)
 
@@ -162,9 +169,11 @@ def campus_app(core: CampusMlfo) -> FastAPI:
             raise
         return JSONResponse(accepted, status_code=202, headers={"Location": f"/deployments/{accepted['id']}"})
 
-    @app.get("/deployments", dependencies=[private], summary="Every deployment, newest last")
-    def deployments() -> dict[str, Any]:
-        return {"deployments": core.deployments()}
+    @app.get("/deployments", dependencies=[private], summary="Deployments, newest last (paged; ?view=summary for a short form)")
+    def deployments(limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+                    state: Annotated[str | None, Query(pattern="^(planned|deploying|running|done|failed)$")] = None,
+                    view: Annotated[str, Query(pattern="^(full|summary)$")] = "full") -> dict[str, Any]:
+        return core.deployment_page(limit=limit, offset=offset, state=state, summary=view == "summary")
 
     @app.get("/deployments/{deployment_id}", dependencies=[private], summary="One deployment")
     def deployment(deployment_id: str) -> dict[str, Any]:
@@ -180,7 +189,7 @@ def campus_app(core: CampusMlfo) -> FastAPI:
 def cloud_app(core: CloudMlfo) -> FastAPI:
     """The cloud MLFO's Mo-Mo API: FL servers from the pool."""
     config = core.config
-    app, private = service_app("cloud MLFO", token=config.api.token, max_body=config.api.max_upload_bytes, metrics=core.metrics)
+    app, private = service_app("cloud MLFO", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes, metrics=core.metrics)
     momo_body = {"requestBody": {"required": True, "content": {
         "application/yaml": {"schema": {"type": "string"}},
         "application/json": {"schema": {"type": "object"}},
@@ -218,7 +227,7 @@ def agent_app(agent: NodeAgent) -> FastAPI:
     config = agent.config
     metrics = ServiceMetrics("agent")
     metrics.add(AgentCollector(agent))
-    app, private = service_app("agent", token=config.api.token, max_body=config.api.max_upload_bytes, metrics=metrics)
+    app, private = service_app("agent", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes, metrics=metrics)
     app.state.max_body = config.api.max_upload_bytes
 
     @app.post("/serv", status_code=201, dependencies=[private], openapi_extra=_form_schema(ServParams, with_file=False),
@@ -254,5 +263,5 @@ def exporter_app(app_name: str, match_port: int) -> FastAPI:
 
     metrics = ServiceMetrics(f"{app_name} exporter")
     metrics.add(SocketCollector(app_name, match_port))
-    app, _ = service_app(f"{app_name} exporter", token=None, max_body=1024, metrics=metrics, public_metrics=True)
+    app, _ = service_app(f"{app_name} exporter", tokens=(), max_body=1024, metrics=metrics, public_metrics=True)
     return app

@@ -18,6 +18,13 @@ from mlfo_toolkit.orchestrator.mlfo import CampusMlfo, CloudMlfo, open_store
 log = logging.getLogger(__name__)
 
 
+def _warn_if_open(host: str, token: str | None, what: str) -> None:
+    """Serving beyond loopback with no token lets anyone who reaches the address start FL processes."""
+    if not token and host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"warning: {what} serves on {host} with no token: anyone who can reach it may use it "
+              "(set api.southbound_token or MLFO_API__SOUTHBOUND_TOKEN)", file=sys.stderr, flush=True)
+
+
 def _serve(server: HttpServer, core: Any, what: str) -> None:
     def _terminate(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -45,6 +52,7 @@ def run_mlfo(config: Config, role: str) -> None:
         server = HttpServer(campus_app(core), config.mlfo.host, config.mlfo.port, threads=16)
     else:
         core = CloudMlfo(config, store)
+        _warn_if_open(config.mlfo.host, config.southbound_token, "the cloud MLFO")
         server = HttpServer(cloud_app(core), config.mlfo.host, config.mlfo.momo_port, threads=16)
     try:
         _serve(server, core, f"{role} MLFO")
@@ -56,6 +64,7 @@ def run_agent(config: Config) -> None:
     """Serve a node agent in the foreground."""
     logging.getLogger("mlfo_toolkit").setLevel(logging.INFO)
     agent = NodeAgent(config, work_dir=Path(config.paths.state_dir) / f"agent-{config.agent.port}")
+    _warn_if_open(config.agent.host, config.southbound_token, "the node agent")
     server = HttpServer(agent_app(agent), config.agent.host, config.agent.port)
     _serve(server, agent, "node agent")
 

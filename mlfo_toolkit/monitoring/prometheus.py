@@ -13,9 +13,10 @@ import yaml
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, ValidationError
-from mlfo_toolkit.files import write_json_atomically
+from mlfo_toolkit.files import write_json_atomically, write_secret
 from mlfo_toolkit.net.state import (
     ProcessRecord,
+    network_token,
     running_topology,
     save_state,
     spawn_recorded,
@@ -43,12 +44,10 @@ def write_targets(config: Config, name: str, groups: list[dict[str, Any]]) -> Pa
 
 
 def _auth(config: Config) -> dict[str, Any]:
-    if not config.api.token:
+    token = config.southbound_token or network_token(Path(config.paths.state_dir))
+    if not token:
         return {}
-    token_file = prometheus_dir(config) / "token"
-    token_file.parent.mkdir(parents=True, exist_ok=True)
-    token_file.write_text(config.api.token)
-    token_file.chmod(0o600)
+    token_file = write_secret(prometheus_dir(config) / "token", token)
     return {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,8 +19,10 @@ import yaml
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, UnreachableError, ValidationError
+from mlfo_toolkit.files import write_secret
 from mlfo_toolkit.net.builders import get_builder
 from mlfo_toolkit.net.state import (
+    TOKEN_FILE,
     NetworkState,
     ProcessRecord,
     leftovers,
@@ -118,13 +121,13 @@ def set_cpu_limit(cgroup: str, cpus: float | None) -> None:
 
 def _service_config(config: Config, topology: Topology, state_dir: Path) -> Path:
     """The config file every mlfo process in the network reads (no secrets: the token goes by env)."""
-    inner = topology.mlfo_config(config).with_overrides({"api.token": None}, origin="topology")
+    inner = topology.mlfo_config(config).with_overrides({"api.token": None, "api.southbound_token": None}, origin="topology")
     data = inner.model_dump(mode="json")
     data["fl"]["data_dir"] = str(Path(config.fl.data_dir).resolve())
     if config.fl.isolation == "shared":
         data["fl"]["executor_dir"] = str(executor_dir(state_dir))
     path = state_dir / "network-config.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_secret(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 
@@ -160,7 +163,13 @@ def start_services(state: NetworkState, topology: Topology, config: Config, stat
     state.config_file = str(config_file)
     log_dir = state_dir / "logs"
     mlfo = [sys.executable, "-m", "mlfo_toolkit", "--config", str(config_file)]
-    env_base = {"MLFO_API__TOKEN": config.api.token} if config.api.token else {}
+    # Agents and the cloud MLFO listen on host addresses: closed by default. Without a configured
+    # token, a random one is made for this network; only the MLFOs (and Prometheus) carry it.
+    southbound = config.southbound_token or secrets.token_urlsafe(32)
+    write_secret(state_dir / TOKEN_FILE, southbound)
+    env_base = {"MLFO_API__SOUTHBOUND_TOKEN": southbound}
+    if config.api.token:
+        env_base["MLFO_API__TOKEN"] = config.api.token
     waits: list[tuple[str, int, ProcessRecord]] = []
     if config.fl.isolation == "shared":
         start_executor(state, state_dir, log_dir)
@@ -264,6 +273,7 @@ def network_stop(state_dir: Path, builder: Any = None) -> dict[str, list[str]]:
     state_path(state_dir).unlink(missing_ok=True)
     # Meters lived on the bridges just removed (or on a controller's view of them).
     (state_dir / "meters.json").unlink(missing_ok=True)
+    (state_dir / TOKEN_FILE).unlink(missing_ok=True)
     return removed
 
 
@@ -447,9 +457,7 @@ def detach_network(
     log_path = log_dir / "topo-up.log"
     # The child reads exactly this config (secrets included, so the file is the owner's alone).
     config_file = state_dir / "topo-up-config.yaml"
-    fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        yaml.safe_dump(config.model_dump(mode="json"), out, sort_keys=False)
+    write_secret(config_file, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     argv = ["--config", str(config_file), "topo", "up"]
     if cohorts:
         argv.append(str(cohorts))

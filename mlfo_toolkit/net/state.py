@@ -92,6 +92,18 @@ class NetworkState:
         return cls(**data)
 
 
+TOKEN_FILE = "southbound-token"
+
+
+def network_token(state_dir: Path) -> str | None:
+    """The southbound token `topo up` generated for the running network, if it did."""
+    path = Path(state_dir) / TOKEN_FILE
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def state_path(state_dir: Path) -> Path:
     return Path(state_dir) / STATE_FILE
 

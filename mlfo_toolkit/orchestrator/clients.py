@@ -9,7 +9,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from mlfo_toolkit.errors import UnreachableError, error_for_status
+from mlfo_toolkit.errors import UnreachableError, ValidationError, error_for_status
 
 
 class ApiClient:
@@ -47,6 +47,10 @@ class ApiClient:
             raise UnreachableError(
                 f"the {self.service} at {self.address} did not answer within {self.timeout:.0f} s"
             ) from None
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+                ValueError) as err:
+            raise ValidationError(f"'{self.address}' is not a usable address of the {self.service}: {err}",
+                                  field="address", hint="write HOST:PORT, e.g. 127.0.0.1:8000 or [::1]:8000") from None
         return self._handle(response, method, path)
 
     def _handle(self, response: requests.Response, method: str, path: str) -> Any:
@@ -76,8 +80,9 @@ class AgentClient(ApiClient):
     def status(self) -> dict[str, Any]:
         return dict(self.request("GET", "/status"))
 
-    def stop(self) -> dict[str, Any]:
-        return dict(self.request("POST", "/stop"))
+    def stop(self, deployment: str | None = None) -> dict[str, Any]:
+        """Stop the agent's FL processes (only one deployment's if given)."""
+        return dict(self.request("POST", "/stop", params={"deployment": deployment} if deployment else None))
 
 
 class MomoClient(ApiClient):

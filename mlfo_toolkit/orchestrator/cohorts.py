@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.orchestrator.intents import Intent, load_intent_file, parse_intent
+from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN
+from mlfo_toolkit.orchestrator.intents import Catalog, Intent, load_intent_file, parse_intent
+from mlfo_toolkit.resources import resource_path
 from mlfo_toolkit.yamlutil import load_yaml, validate
 
 PROTOTYPE_LISTS = {
@@ -30,8 +32,8 @@ class CohortSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = None
-    size: int = Field(ge=1)
+    name: str | None = Field(None, max_length=NAME_MAX, pattern=NAME_PATTERN)
+    size: int = Field(ge=1, le=10_000)
     intent: str | dict[str, Any]
     sameserver: StrictBool = False
     strategy: str | None = None
@@ -89,6 +91,9 @@ class Cohort:
     min_fit: int
     min_available: int
     rounds: int
+    # Where the cohort is written, for errors found later (the IP plan): field path and line.
+    where: str = ""
+    line: int | None = None
 
     def form_fields(self, ipstart: int) -> dict[str, Any]:
         """The prototype's /receive form fields for this cohort."""
@@ -124,22 +129,31 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-def _load_intent(ref: str | dict[str, Any], base: Path, field_name: str, source: str) -> tuple[Intent, str]:
+def _load_intent(ref: str | dict[str, Any], base: Path, field_name: str, source: str, line: int | None,
+                 any_path: bool) -> tuple[Intent, str]:
     import yaml
 
     if isinstance(ref, dict):
         text = yaml.safe_dump(ref, sort_keys=False)
         return parse_intent(text, f"{source}: {field_name}"), text
-    path = Path(ref)
-    if not path.is_absolute():
-        path = base / path
+    path = (base / ref).resolve()
+    # Intents live next to the cohort file or in the shipped catalog: a cohort file (perhaps sent by
+    # someone else) must not make mlfo read /etc/shadow and echo what it found.
+    allowed = (base.resolve(), resource_path("intents").resolve())
+    if not any_path and not any(path.is_relative_to(root) for root in allowed):
+        raise ValidationError(f"intent file '{ref}' is outside the cohort file's folder", field=field_name, line=line,
+                              source=source, hint="move it next to the cohort file, or pass --any-intent-path")
     if not path.is_file():
-        raise ValidationError(f"intent file '{ref}' not found (looked in {path.parent})", field=field_name, source=source)
+        shipped = resource_path("intents") / str(ref)
+        if not Path(ref).is_absolute() and shipped.is_file():
+            path = shipped
+        else:
+            raise ValidationError(f"intent file '{ref}' not found (looked in {path.parent})", field=field_name, line=line, source=source)
     intent = load_intent_file(path)
     return intent, path.read_text()
 
 
-def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Config) -> CohortFile:
+def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Config, *, any_intent_path: bool = False) -> CohortFile:
     """Parse either cohort-file form; relative intent paths resolve against `base_dir`."""
     data, lines = load_yaml(text, source)
     if not isinstance(data, dict):
@@ -160,7 +174,9 @@ def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Co
                     source=source,
                 )
         for i, size in enumerate(spec.cohortdistr):
-            intent, intent_text = _load_intent(spec.intentdist[i], base_dir, f"intentdist[{i}]", source)
+            intent, intent_text = _load_intent(spec.intentdist[i], base_dir, f"intentdist[{i}]", source,
+                                               lines.get(("intentdist", i)) or lines.get(("intentdist",)), any_intent_path)
+            algo = spec.avgalgodist[i] if spec.avgalgodist else fl.strategy
             cohorts.append(
                 Cohort(
                     name=f"cohort{i + 1}",
@@ -168,11 +184,13 @@ def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Co
                     intent=intent,
                     intent_yaml=intent_text,
                     sameserver=spec.sameserverdist[i] if spec.sameserverdist else False,
-                    strategy=canonical_strategy(spec.avgalgodist[i] if spec.avgalgodist else fl.strategy, f"avgalgodist[{i}]"),
+                    strategy=_strategy(algo, f"avgalgodist[{i}]", lines.get(("avgalgodist",)), source),
                     fraction_fit=spec.fracfitdist[i] if spec.fracfitdist else fl.fraction_fit,
                     min_fit=spec.minfitdist[i] if spec.minfitdist else fl.min_fit,
                     min_available=spec.minavdist[i] if spec.minavdist else fl.min_available,
                     rounds=spec.numrounddist[i] if spec.numrounddist else fl.rounds,
+                    where=f"cohortdistr[{i}]",
+                    line=lines.get(("cohortdistr",)),
                 )
             )
         mlfo, form = spec.mlfoadd, "prototype"
@@ -180,7 +198,8 @@ def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Co
         readable = validate(ReadableCohortFile, data, lines, source)
         d = readable.defaults
         for i, c in enumerate(readable.cohorts):
-            intent, intent_text = _load_intent(c.intent, base_dir, f"cohorts[{i}].intent", source)
+            intent, intent_text = _load_intent(c.intent, base_dir, f"cohorts[{i}].intent", source,
+                                               lines.get(("cohorts", i, "intent")), any_intent_path)
             strategy = c.strategy or d.strategy or fl.strategy
             cohorts.append(
                 Cohort(
@@ -189,29 +208,46 @@ def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Co
                     intent=intent,
                     intent_yaml=intent_text,
                     sameserver=c.sameserver,
-                    strategy=canonical_strategy(strategy, f"cohorts[{i}].strategy"),
+                    strategy=_strategy(strategy, f"cohorts[{i}].strategy", lines.get(("cohorts", i, "strategy")), source),
                     fraction_fit=c.fraction_fit or d.fraction_fit or fl.fraction_fit,
                     min_fit=c.min_fit or d.min_fit or fl.min_fit,
                     min_available=c.min_available or d.min_available or fl.min_available,
                     rounds=c.rounds or d.rounds or fl.rounds,
+                    where=f"cohorts[{i}]",
+                    line=lines.get(("cohorts", i)),
                 )
             )
         mlfo, form = readable.mlfo, "readable"
     names = [c.name for c in cohorts]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValidationError(f"cohort names must be unique: {', '.join(duplicates)}", field="cohorts", source=source)
+        again = next(c for i, c in enumerate(cohorts) if c.name in names[:i])
+        raise ValidationError(f"cohort names must be unique: {', '.join(duplicates)}", field=f"{again.where}.name" if form_is_readable(data) else again.where,
+                              line=again.line, source=source)
     if cohorts and cohorts[0].sameserver:
-        raise ValidationError("the first cohort has no previous cohort's server to share", field="sameserver", source=source)
+        field = "cohorts[0].sameserver" if form_is_readable(data) else "sameserverdist[0]"
+        raise ValidationError("the first cohort has no previous cohort's server to share", field=field,
+                              line=lines.get(("cohorts", 0, "sameserver")) or lines.get(("sameserverdist",)), source=source)
     return CohortFile(cohorts, mlfo, source, form)
 
 
-def load_cohort_file(path: Path, config: Config) -> CohortFile:
+def form_is_readable(data: Any) -> bool:
+    return isinstance(data, dict) and "cohortdistr" not in data
+
+
+def _strategy(name: str, field: str, line: int | None, source: str) -> str:
+    try:
+        return canonical_strategy(name, field)
+    except ValidationError as err:
+        raise ValidationError(f"unknown FL strategy '{name}'", field=field, line=line, source=source, hint=err.hint) from None
+
+
+def load_cohort_file(path: Path, config: Config, *, any_intent_path: bool = False) -> CohortFile:
     try:
         text = path.read_bytes()
     except OSError as err:
         raise ValidationError(f"cannot read cohort file: {err.strerror}", source=str(path)) from None
-    return parse_cohort_file(text, str(path), path.parent, config)
+    return parse_cohort_file(text, str(path), path.parent, config, any_intent_path=any_intent_path)
 
 
 @dataclass
@@ -258,8 +294,23 @@ def plan_cohorts(cohort_file: CohortFile, config: Config) -> list[CohortPlan]:
     plans: list[CohortPlan] = []
     ipstart = config.ip_plan.first_client_octet
     busy: set[str] = set()
+    catalog = Catalog.load(config.mlfo.catalog)
     for cohort in cohort_file.cohorts:
-        clients = client_range(config, ipstart, cohort.size)
+        # What the campus MLFO would refuse, plan refuses too, naming the cohort.
+        try:
+            pipeline = catalog.resolve(cohort.intent)
+        except ValidationError as err:
+            raise ValidationError(f"cohort '{cohort.name}': {err.message}", field=cohort.where or None, line=cohort.line,
+                                  source=cohort_file.source, hint=err.hint) from None
+        if not pipeline.federated:
+            raise ValidationError(f"cohort '{cohort.name}': its intent does not ask for federated learning",
+                                  field=cohort.where or None, line=cohort.line, source=cohort_file.source,
+                                  hint="set 'privacylevel: high' in the target's constraints")
+        try:
+            clients = client_range(config, ipstart, cohort.size)
+        except ValidationError as err:
+            raise ValidationError(err.message.split(": ", 1)[-1], field=f"{cohort.where}.size" if cohort.where.startswith("cohorts") else cohort.where,
+                                  line=cohort.line, source=cohort_file.source, hint=err.hint) from None
         if cohort.sameserver and plans:
             server, shares = plans[-1].server, plans[-1].name
         else:

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.names import NAME_MAX, OPTIONAL_NAME
 from mlfo_toolkit.resources import resource_path
 from mlfo_toolkit.yamlutil import load_yaml, validate
 
@@ -21,6 +22,7 @@ MOMO_OPERATION = "aggregate.global"
 MOMO_OPERAND = "model.federated"
 
 Scalar = str | int | float | bool
+
 
 
 class Target(BaseModel):
@@ -158,12 +160,26 @@ class MomoConstraints(BaseModel):
     modelkind: str
     avgalgo: str = "FedAvg"
     fracfit: float = Field(0.5, gt=0, le=1)
-    minfit: int = Field(1, ge=1)
-    minav: int = Field(1, ge=1)
+    minfit: int = Field(1, ge=1, le=10_000)
+    minav: int = Field(1, ge=1, le=10_000)
     numround: int = Field(20, ge=1, le=10_000)
     sameserv: StrictBool = False
-    deployment: str = ""
-    cohort: str = ""
+    deployment: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
+    cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
+
+    @field_validator("sourcekind")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in LOADERS:
+            raise ValueError(f"unknown dataset '{value[:64]}' (known: {', '.join(LOADERS)})")
+        return value
+
+    @field_validator("modelkind")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODEL_KINDS:
+            raise ValueError(f"unknown model '{value[:64]}' (known: {', '.join(MODEL_KINDS)})")
+        return value
 
 
 def build_momo_intent(intent_id: str, pipeline: Pipeline, constraints: MomoConstraints) -> Intent:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, NotFoundError, RemoteError, UnreachableError, ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.monitoring.metrics import DeploymentStates, MlfoMetrics
+from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN, safe_name
 from mlfo_toolkit.orchestrator.clients import AgentClient, MomoClient
 from mlfo_toolkit.orchestrator.cohorts import client_range, free_server
 from mlfo_toolkit.orchestrator.intents import (
@@ -52,10 +53,19 @@ class ReceiveParams(BaseModel):
     sameserver: StrictBool = False
     avgalgo: str | None = None
     fracfit: float | None = Field(None, gt=0, le=1)
-    minfit: int | None = Field(None, ge=1)
-    minav: int | None = Field(None, ge=1)
+    minfit: int | None = Field(None, ge=1, le=10_000)
+    minav: int | None = Field(None, ge=1, le=10_000)
     numround: int | None = Field(None, ge=1, le=10_000)
-    name: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str | None = Field(None, max_length=NAME_MAX, pattern=NAME_PATTERN)
+
+    @field_validator("minfit", "minav")
+    @classmethod
+    def _fits_the_cohort(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # A shared server also counts the previous cohort's clients, so only a cohort of its own is bounded.
+        size, shared = info.data.get("cohortsize"), info.data.get("sameserver")
+        if value is not None and size is not None and not shared and value > size:
+            raise ValueError(f"{value} exceeds cohortsize={size}: the run could never start")
+        return value
 
     @field_validator("sameserver", mode="before")
     @classmethod
@@ -66,8 +76,8 @@ class ReceiveParams(BaseModel):
 
 
 def _client(cls: type, address: str, config: Config, *, timeout: float | None = None, retries: int = 2) -> Any:
-    """A southbound client with the config's token; `timeout` defaults to api.timeout_seconds."""
-    return cls(address, token=config.api.token, timeout=timeout or config.api.timeout_seconds, retries=retries)
+    """A southbound client with the southbound token; `timeout` defaults to api.timeout_seconds."""
+    return cls(address, token=config.southbound_token, timeout=timeout or config.api.timeout_seconds, retries=retries)
 
 
 class CampusMlfo:
@@ -103,7 +113,7 @@ class CampusMlfo:
         ipstart = params.ipstart if params.ipstart is not None else self.config.ip_plan.first_client_octet
         clients = client_range(self.config, ipstart, params.cohortsize)
         deployment_id = uuid.uuid4().hex[:12]
-        name = params.name or intent.intentID
+        name = params.name or safe_name(intent.intentID)
         memory_mb = self._memory_estimate(params.cohortsize, params.sameserver)
         now = time.time()
         record = {
@@ -167,6 +177,16 @@ class CampusMlfo:
     def deployments(self) -> list[dict[str, Any]]:
         return self.store.all(DEPLOYMENT)
 
+    def deployment_page(self, *, limit: int = 100, offset: int = 0, state: str | None = None,
+                        summary: bool = False) -> dict[str, Any]:
+        """The newest `limit` deployments (after skipping `offset` newer ones), oldest first, of one state if given."""
+        records = [r for r in self.store.all(DEPLOYMENT) if state is None or r["state"] == state]
+        end = len(records) - offset
+        page = records[max(0, end - limit): max(0, end)]
+        if summary:
+            page = [_summary(r) for r in page]
+        return {"deployments": page, "total": len(records), "limit": limit, "offset": offset}
+
     def deployment(self, deployment_id: str) -> dict[str, Any]:
         record = self.store.get(DEPLOYMENT, deployment_id)
         if record is None:
@@ -197,6 +217,8 @@ class CampusMlfo:
             elif record["state"] in ("planned", "deploying"):
                 record.update(state="failed", reason="the MLFO restarted while deploying; send the intent again")
                 self._save(record)
+                # What the half-made deployment holds (a cloud allocation, SuperLink, SuperNodes) is freed.
+                self._spawn(self._abandon, record["id"])
 
     # --- the deployment itself -----------------------------------------------------------------
     def _deploy(self, deployment_id: str) -> None:
@@ -384,7 +406,7 @@ class CampusMlfo:
             if client["state"] in ("running", "lost"):
                 agent = _client(AgentClient, client["agent"], self.config)
                 try:
-                    agent.request("POST", f"/stop?deployment={deployment_id}")
+                    agent.stop(deployment_id)
                 except MlfoError as err:
                     log.warning("could not stop client %s: %s", client["agent"], err.message)
                 finally:
@@ -398,10 +420,43 @@ class CampusMlfo:
             finally:
                 cloud.close()
 
+    def _abandon(self, deployment_id: str) -> None:
+        """Stop whatever a deployment interrupted by a restart may have started, and free its server."""
+        record = self.deployment(deployment_id)
+        for client in record["clients"]:
+            if client["state"] == "planned":
+                continue
+            agent = _client(AgentClient, client["agent"], self.config, retries=0)
+            try:
+                agent.stop(deployment_id)
+            except MlfoError as err:
+                log.warning("could not stop client %s of %s: %s", client["agent"], deployment_id, err.message)
+            finally:
+                agent.close()
+        cloud = _client(MomoClient, self.config.mlfo.cloud, self.config)
+        try:
+            cloud.release(deployment_id)
+        except NotFoundError:
+            pass  # the cloud never allocated a server for it
+        except MlfoError as err:
+            log.warning("could not release the FL server of %s: %s", deployment_id, err.message)
+        finally:
+            cloud.close()
+
     def close(self) -> None:
         self._stopping.set()
         for thread in self._threads:
             thread.join(timeout=10)
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    rounds = record.get("rounds") or []
+    return {
+        **{k: record.get(k) for k in ("id", "name", "intent_id", "state", "reason", "created", "updated", "finished")},
+        "clients": len(record.get("clients", [])),
+        "rounds": len(rounds),
+        "accuracy": rounds[-1].get("accuracy") if rounds else None,
+    }
 
 
 def _pipeline(data: dict[str, Any]) -> Pipeline:

@@ -68,9 +68,9 @@ def agent(config: Config, workdir: Path):  # type: ignore[no-untyped-def]
 def test_agent_contract_and_typed_validation(agent, workdir: Path) -> None:  # type: ignore[no-untyped-def]
     url, node = agent
     bad = [
-        ("/serv", {"algo": "FedMagic"}, "algo"),
-        ("/serv", {"numround": "ten"}, "numround"),
-        ("/serv", {"source": "handmnist; rm -rf /"}, "source"),
+        ("/serv", {"algo": "FedMagic", "fracfit": "1", "minfit": "1", "minav": "1", "numround": "1"}, "algo"),
+        ("/serv", {"algo": "FedAvg", "fracfit": "1", "minfit": "1", "minav": "1", "numround": "ten"}, "numround"),
+        ("/serv", {"algo": "FedAvg", "fracfit": "1", "minfit": "1", "minav": "1", "numround": "1", "source": "handmnist; rm -rf /"}, "source"),
         ("/cli", {"source": "handmnist", "model": "simple", "server": "127.0.0.1", "cohsize": "2", "part": "0"}, "server"),
         ("/cli", {"source": "handmnist", "model": "simple", "server": "$(reboot):1", "cohsize": "2", "part": "0"}, "server"),
         ("/cli", {"source": "handmnist", "model": "simple", "server": "127.0.0.1:6000", "cohsize": "2", "part": "2"}, "part"),
@@ -82,10 +82,13 @@ def test_agent_contract_and_typed_validation(agent, workdir: Path) -> None:  # t
         assert answer.json()["field"] == field
     assert requests.get(url + "/status", timeout=5).json() == {"node": "127.0.0.1", "server": None, "clients": []}
 
-    started = requests.post(url + "/serv", data={"algo": "fedavg", "numround": "1", "model": "simple", "minav": "1"}, timeout=90)
+    serv = {"algo": "fedavg", "fracfit": "1", "minfit": "1", "minav": "1", "numround": "1", "model": "simple"}
+    missing = requests.post(url + "/serv", data={"algo": "fedavg", "numround": "1"}, timeout=10)
+    assert missing.status_code == 400 and missing.json()["field"] == "fracfit"  # the prototype's fields are required
+    started = requests.post(url + "/serv", data=serv, timeout=90)
     assert started.status_code == 201, started.text
     address = started.json()["server"]
-    again = requests.post(url + "/serv", data={"numround": "1"}, timeout=10)
+    again = requests.post(url + "/serv", data={**serv, "numround": "2"}, timeout=10)
     assert again.status_code == 409  # one FL server per node at a time
     client = requests.post(
         url + "/cli", data={"source": "handmnist", "model": "simple", "server": address, "cohsize": "1", "part": "0"}, timeout=10

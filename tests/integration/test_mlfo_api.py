@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +46,15 @@ class Orchestra:
         return {"Authorization": f"Bearer {self.config.api.token}"} if self.config.api.token else {}
 
 
-def start_orchestra(config: Config, workdir: Path, servers: int = 2, clients: int = 6, token: str | None = None) -> tuple[Orchestra, list[Any]]:
-    server_agents = [FakeAgent(token) for _ in range(servers)]
-    client_agents = [FakeAgent(token) for _ in range(clients)]
+def start_orchestra(config: Config, workdir: Path, servers: int = 2, clients: int = 6, token: str | None = None,
+                    southbound: str | None = None, max_upload: int = 65536) -> tuple[Orchestra, list[Any]]:
+    server_agents = [FakeAgent(southbound or token) for _ in range(servers)]
+    client_agents = [FakeAgent(southbound or token) for _ in range(clients)]
     config = config.with_overrides(
         {
             "api.token": token,
-            "api.max_upload_bytes": 65536,
+            "api.southbound_token": southbound,
+            "api.max_upload_bytes": max_upload,
             "ip_plan.servers": [a.address for a in server_agents],
             "ip_plan.clients": [a.address for a in client_agents],
             "mlfo.poll_seconds": 0.1,
@@ -66,14 +67,6 @@ def start_orchestra(config: Config, workdir: Path, servers: int = 2, clients: in
     campus_http = HttpServer(campus_app(campus), "127.0.0.1", 0).start()
     orchestra = Orchestra(campus, cloud, f"http://{campus_http.address}", f"http://{cloud_http.address}", server_agents, client_agents, config)
     return orchestra, [campus, campus_http, cloud_http, *server_agents, *client_agents]
-
-
-@pytest.fixture
-def orchestra(config: Config, workdir: Path) -> Iterator[Orchestra]:
-    built, closables = start_orchestra(config, workdir)
-    yield built
-    for thing in closables:
-        thing.close()
 
 
 def send(orchestra: Orchestra, intent: bytes = WELDING, **fields: Any) -> requests.Response:

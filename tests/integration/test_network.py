@@ -85,6 +85,23 @@ def test_up_reports_what_it_could_not_emulate(network: dict[str, Any]) -> None:
     assert state["published"] == {"mo.1:8000": f"127.0.0.1:{network['port']}"}
 
 
+def test_agents_in_the_network_are_closed_by_default(network: dict[str, Any]) -> None:
+    state_dir = network["workdir"] / "state"
+    token_file = state_dir / "southbound-token"
+    for secret in (token_file, state_dir / "network-config.yaml"):
+        assert secret.stat().st_mode & 0o777 == 0o600, secret
+    probe = ("import sys, urllib.request, urllib.error\n"
+             "req = urllib.request.Request('http://10.0.1.10:5000/status', headers=dict(a.split('=', 1) for a in sys.argv[1:]))\n"
+             "try:\n    print(urllib.request.urlopen(req, timeout=10).status)\n"
+             "except urllib.error.HTTPError as err:\n    print(err.code)\n")
+    anonymous = mlfo(network["env"], network["workdir"], "topo", "exec", "mo.1", "--", sys.executable, "-c", probe)
+    assert anonymous.stdout.strip() == "401", anonymous.stdout + anonymous.stderr
+    token = token_file.read_text().strip()
+    carried = mlfo(network["env"], network["workdir"], "topo", "exec", "mo.1", "--", sys.executable, "-c", probe,
+                   f"Authorization=Bearer {token}")
+    assert carried.stdout.strip() == "200", carried.stdout + carried.stderr
+
+
 def test_ping_mesh_has_no_loss(network: dict[str, Any]) -> None:
     result = mlfo(network["env"], network["workdir"], "topo", "ping", "--json")
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,71 @@
+"""`python -m mlfo_toolkit.guard --owner PID:START -- ARGV...`: run ARGV and tie its life to an owner.
+
+The node agent starts Flower's SuperLink and `flwr run` in sessions of their own (Flower detaches
+its SuperExec further still), so a SIGKILLed agent used to leave them training. Each runs under
+this guard instead: it remembers every descendant while the parent links exist and, when the
+owner process is gone (or the child ends, or it gets SIGTERM), stops that whole tree by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+import psutil
+
+from mlfo_toolkit.processes import end_processes, same_process
+
+POLL_SECONDS = 0.5
+
+
+def guard(owner: tuple[int, float], argv: list[str]) -> int:
+    child = subprocess.Popen(argv)
+    known: dict[int, psutil.Process] = {}
+    stopping = False
+
+    def remember() -> None:
+        try:
+            for proc in psutil.Process(os.getpid()).children(recursive=True):
+                known.setdefault(proc.pid, proc)
+        except psutil.Error:
+            pass
+
+    def stop_all() -> None:
+        remember()
+        end_processes(list(known.values()), timeout=5.0)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    while True:
+        remember()
+        code = child.poll()
+        if code is not None or stopping or not same_process(*owner):
+            stop_all()
+            child.wait()
+            return child.returncode if code is not None else -signal.SIGTERM
+        time.sleep(POLL_SECONDS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--owner", required=True, help="PID:START_TIME of the process whose death ends ARGV")
+    parser.add_argument("argv", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    pid, _, start = args.owner.partition(":")
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        parser.error("no command given after --")
+    sys.exit(guard((int(pid), float(start)), argv) & 0xFF)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Fixtures shared by integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlfo_toolkit.config import Config
+from tests.integration.test_mlfo_api import Orchestra, start_orchestra
+
+
+@pytest.fixture
+def orchestra(config: Config, workdir: Path) -> Iterator[Orchestra]:
+    """Campus and cloud MLFOs on loopback with stand-in agents (2 servers, 6 clients)."""
+    built, closables = start_orchestra(config, workdir)
+    yield built
+    for thing in closables:
+        thing.close()
