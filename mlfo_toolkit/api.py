@@ -50,6 +50,9 @@ __all__ = [
     "monitor_down",
     "monitor_up",
     "plan",
+    "plan_experiment",
+    "run_experiment",
+    "ExperimentResult",
     "report",
     "send_cohorts",
     "topo_down",
@@ -435,11 +438,52 @@ def monitor_down(config: Config | None = None) -> MonitorResult:
 def report(run_dir: Path, config: Config | None = None, *, fmt: str = "png", prometheus: str | None = None,
            topology: Path | None = None) -> ReportResult:
     """Plots (accuracy, loss, orchestration, traffic, round anatomy) and a manifest under RUN_DIR/report/."""
+    from mlfo_toolkit.experiments.compare import build_experiment_report, is_experiment
     from mlfo_toolkit.monitoring.report import build_report
 
     cfg = _config(config)
+    if is_experiment(Path(run_dir)):
+        data = build_experiment_report(Path(run_dir))
+        return ReportResult([Path(p) for p in data["plots"]], Path(data["report"]) / "table.json", Path(data["html"]), data)
     url = prometheus or f"http://127.0.0.1:{cfg.monitor.prometheus_port}"
     data = build_report(Path(run_dir), fmt, url, {"topology": topology} if topology else None)
     return ReportResult([Path(p) for p in data["plots"]], Path(data["manifest"]),
                         Path(data["html"]) if data.get("html") else None, data)
+
+
+# --- experiments --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExperimentResult:
+    """An experiment's runs (finished now or earlier) and where they are."""
+
+    name: str
+    folder: Path
+    runs: list[dict[str, Any]]
+    data: dict[str, Any] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+
+def plan_experiment(path: Path, config: Config | None = None) -> dict[str, Any]:
+    """Check an experiment file and list its runs, events and expected duration; starts nothing."""
+    from mlfo_toolkit.experiments.runner import plan_summary
+    from mlfo_toolkit.experiments.spec import load_experiment
+
+    return plan_summary(load_experiment(Path(path)), _config(config))
+
+
+def run_experiment(path: Path, config: Config | None = None, *, out_dir: Path | None = None,
+                   progress: Progress | None = None) -> ExperimentResult:
+    """Run every run of an experiment file not finished yet (a rerun resumes); write runs and index.json.
+
+    The folder defaults to paths.runs_dir/experiments/NAME; `report(folder)` compares the runs."""
+    from mlfo_toolkit.experiments.runner import run_experiment as run
+    from mlfo_toolkit.experiments.spec import load_experiment
+
+    cfg = _config(config)
+    experiment = load_experiment(Path(path))
+    folder = out_dir or Path(cfg.paths.runs_dir) / "experiments" / experiment.name
+    index = run(experiment, cfg, folder, progress=progress or (lambda event, data: None))
+    return ExperimentResult(experiment.name, folder, index["runs"], {**index, "folder": str(folder)})
 

@@ -22,7 +22,8 @@ def _line(event: str, data: dict[str, Any]) -> str | None:
         return (f"[{data['cohort']}] round {data['round']}/{data['rounds_total']}: "
                 f"accuracy {data['accuracy']:.3f}, loss {data['loss']:.3f}{short}")
     if event == "lost":
-        return f"[{data['cohort']}] client {data['agent']} (part {data['part']}) lost: {data.get('error')}"
+        reason = str(data.get("error") or "").splitlines()[0] if data.get("error") else "no answer"
+        return f"[{data['cohort']}] client {data['agent']} (part {data['part']}) lost: {reason}"
     if event == "topo":
         return f"[topo] {data['message']}"
     return None

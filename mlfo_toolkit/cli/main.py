@@ -101,12 +101,13 @@ def _register() -> None:
         meter_cmd,
         monitor_cmd,
         report_cmd,
+        run_cmd,
         serve_cmd,
         topo_cmd,
     )
 
     for command in (config_cmd.config, intent_cmd.intent, serve_cmd.serve, agent_cmd.agent, demo_cmd.demo, topo_cmd.topo,
-                    init_cmd.init, meter_cmd.meter, monitor_cmd.monitor, monitor_cmd.exporter, report_cmd.report,
+                    init_cmd.init, run_cmd.run, meter_cmd.meter, monitor_cmd.monitor, monitor_cmd.exporter, report_cmd.report,
                     info_cmd.exit_codes, info_cmd.api_schema, info_cmd.completion):
         cli.add_command(command)
 

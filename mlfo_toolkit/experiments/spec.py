@@ -1,0 +1,187 @@
+"""The experiment file: what to run, which events to fire at which FL round, how often, over which grid.
+
+    name: kill-a-client
+    cohorts: ../intents/cohorts.yaml        # a cohort file (path relative to this file), or a list inline
+    shape: {cohorts: 1, clients: 4, rounds: 6}
+    fl: {fraction_fit: 1.0, round_timeout: 8}
+    timeline:
+      - at: {cohort: welding-a, round: 3}    # or at: {seconds: 20}
+        kill: {cohort: welding-a, part: 1}
+    repeat: 2                                # seeds 1, 2 unless `seeds:` lists them
+    sweep: {strategy: [FedAvg, FedMedian]}
+
+Validated with field and line before anything starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN
+from mlfo_toolkit.yamlutil import load_yaml, validate
+
+# Events that change the emulated network; on loopback there is nothing to change.
+NETWORK_EVENTS = ("meter", "meter_clear", "link", "cpu", "background")
+SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class At(_Model):
+    """When an event fires: at a round of a cohort (as that round starts), or seconds after the cohorts were sent."""
+
+    cohort: str | None = None
+    round: int | None = Field(None, ge=1, le=10_000)
+    phase: Literal["train"] = "train"
+    seconds: float | None = Field(None, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> At:
+        if (self.round is None) == (self.seconds is None):
+            raise ValueError("give either round (with cohort) or seconds")
+        if self.round is not None and not self.cohort:
+            raise ValueError("a round trigger names its cohort")
+        return self
+
+
+class Kill(_Model):
+    """SIGKILL the SuperNode of one client (partition `part`) of a cohort."""
+
+    cohort: str
+    part: int = Field(ge=0)
+
+
+class Meter(_Model):
+    cohort: int = Field(ge=1)
+    rate: str = "10mbit"
+
+
+class Event(_Model):
+    at: At
+    kill: Kill | None = None
+    meter: Meter | None = None
+    meter_clear: int | None = Field(None, ge=1)
+    link: dict[str, Any] | None = None
+    cpu: dict[str, Any] | None = None
+    background: dict[str, Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("kill", *NETWORK_EVENTS) if getattr(self, k) is not None)
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Event:
+        actions = [k for k in ("kill", *NETWORK_EVENTS) if getattr(self, k) is not None]
+        if len(actions) != 1:
+            raise ValueError(f"an event has exactly one action ({', '.join(('kill', *NETWORK_EVENTS))}), not {len(actions)}")
+        return self
+
+
+class Shape(_Model):
+    cohorts: int | None = Field(None, ge=1, le=20)
+    clients: int | None = Field(None, ge=1, le=50)
+    rounds: int | None = Field(None, ge=1, le=1000)
+
+
+class FlOverrides(_Model):
+    strategy: str | None = None
+    fraction_fit: float | None = Field(None, gt=0, le=1)
+    min_fit: int | None = Field(None, ge=1)
+    round_timeout: float | None = Field(None, gt=0)
+
+
+class ExperimentFile(_Model):
+    name: str = Field(max_length=NAME_MAX, pattern=NAME_PATTERN)
+    backend: Literal["loopback", "network"] = "loopback"
+    cohorts: str | list[dict[str, Any]] = "cohorts.yaml"
+    shape: Shape = Field(default_factory=Shape)
+    fl: FlOverrides = Field(default_factory=FlOverrides)
+    timeline: list[Event] = Field(default_factory=list)
+    repeat: int = Field(1, ge=1, le=100)
+    seeds: list[int] | None = None
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    timeout: float = Field(900, gt=0)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of the experiment: a sweep point and a repetition."""
+
+    key: str  # folder name, unique in the experiment
+    point: dict[str, Any]
+    repetition: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Experiment:
+    spec: ExperimentFile
+    source: Path
+    runs: list[RunPlan]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _where(lines: dict[tuple[Any, ...], int], *path: Any) -> int | None:
+    for end in range(len(path), 0, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Parse and check an experiment file; ValidationError naming field and line, before anything runs."""
+    source = str(path)
+    try:
+        text = path.read_bytes()
+    except OSError as err:
+        raise ValidationError(f"cannot read experiment file: {err.strerror}", source=source) from None
+    data, lines = load_yaml(text, source)
+    if not isinstance(data, dict):
+        raise ValidationError("an experiment file is a mapping (name, cohorts, timeline, ...)", source=source, line=1)
+    spec = validate(ExperimentFile, data, lines, source)
+    for i, event in enumerate(spec.timeline):
+        if spec.backend == "loopback" and event.kind in NETWORK_EVENTS:
+            raise ValidationError(f"a '{event.kind}' event changes the emulated network, which a loopback run does not have",
+                                  field=f"timeline[{i}].{event.kind}", line=_where(lines, "timeline", i, event.kind), source=source,
+                                  hint="set backend: network (needs root and `mlfo topo up`), or drop the event")
+        if spec.backend == "network" and event.kind in ("link", "cpu", "background"):
+            raise ValidationError(f"'{event.kind}' events are not supported yet (kill, meter and meter_clear are)",
+                                  field=f"timeline[{i}].{event.kind}", line=_where(lines, "timeline", i, event.kind), source=source)
+    for key, values in spec.sweep.items():
+        if key not in SWEEPABLE and not key.startswith("meter."):
+            raise ValidationError(f"cannot sweep '{key}'", field=f"sweep.{key}", line=_where(lines, "sweep", key), source=source,
+                                  hint=f"sweepable: {', '.join(SWEEPABLE)}, meter.rate")
+        if not values:
+            raise ValidationError("lists no values", field=f"sweep.{key}", line=_where(lines, "sweep", key), source=source)
+        if key == "strategy":
+            for j, value in enumerate(values):
+                try:
+                    canonical_strategy(str(value), f"sweep.strategy[{j}]")
+                except ValidationError as err:
+                    raise ValidationError(err.message.split(": ", 1)[-1], field=f"sweep.strategy[{j}]",
+                                          line=_where(lines, "sweep", key), source=source, hint=err.hint) from None
+    if spec.seeds is not None and len(spec.seeds) != spec.repeat:
+        raise ValidationError(f"lists {len(spec.seeds)} seeds for repeat: {spec.repeat}", field="seeds",
+                              line=_where(lines, "seeds"), source=source)
+    seeds = spec.seeds or list(range(1, spec.repeat + 1))
+    keys = list(spec.sweep)
+    runs = []
+    points: list[tuple[Any, ...]] = list(itertools.product(*(spec.sweep[k] for k in keys)))
+    for combo in points:
+        point = dict(zip(keys, combo))
+        label = "-".join(f"{k.split('.')[-1]}_{v}" for k, v in point.items()) or "base"
+        for repetition, seed in enumerate(seeds, start=1):
+            runs.append(RunPlan(f"{label}-r{repetition}", point, repetition, seed))
+    return Experiment(spec, path, runs)

@@ -1,0 +1,81 @@
+"""Experiments as files: validated before anything starts, run with events at FL rounds, resumed,
+and compared in one report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlfo_toolkit.cli.main import cli
+from tests.conftest import REPO
+
+KILL = REPO / "experiments" / "kill-a-client.yaml"
+
+
+@pytest.mark.parametrize(("text", "field", "line"), [
+    ("name: x\ntimeline:\n  - at: {cohort: a, round: 2}\n    meter: {cohort: 1}\n", "timeline[0].meter", 4),
+    ("name: x\ntimeline:\n  - at: {round: 2}\n    kill: {cohort: a, part: 0}\n", "timeline[0].at", 3),
+    ("name: x\ntimeline:\n  - at: {seconds: 3}\n    kill: {cohort: a, part: 0}\n    meter_clear: 1\n", "timeline[0]", 3),
+    ("name: x\nsweep:\n  strategy: [FedAvg, FedMagic]\n", "sweep.strategy[1]", 3),
+    ("name: x\nsweep:\n  colour: [red]\n", "sweep.colour", 3),
+    ("name: x\nrepeat: 2\nseeds: [1]\n", "seeds", 3),
+    ("name: 'my experiment'\n", "name", 1),
+    ("name: x\nrepeats: 2\n", "repeats", 2),
+])
+def test_a_bad_experiment_file_names_field_and_line_and_starts_nothing(workdir: Path, text: str, field: str, line: int) -> None:
+    path = workdir / "e.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(cli, ["run", str(path), "--json"])
+    assert result.exit_code == 4, result.output
+    error = json.loads(result.stdout)
+    assert error["field"] == field and f"e.yaml:{line}" in error["message"], error
+    assert not (workdir / "runs").exists()
+
+
+def test_dry_run_lists_runs_events_and_duration(workdir: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "strategies.yaml"), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert [r["key"] for r in plan["runs"]] == ["strategy_FedAvg-r1", "strategy_FedMedian-r1"]
+    assert [r["cohorts"][0]["strategy"] for r in plan["runs"]] == ["FedAvg", "FedMedian"]
+    assert plan["events"][0]["kind"] == "kill" and plan["expected_seconds"] > 0
+    assert not (workdir / "runs").exists()
+
+
+@pytest.mark.flower
+@pytest.mark.slow
+def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
+    out = workdir / "exp"
+    result = CliRunner().invoke(cli, ["run", str(KILL), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    index = json.loads(result.stdout)
+    assert [r["state"] for r in index["runs"]] == ["done", "done"]
+    for key in ("base-r1", "base-r2"):
+        run = json.loads((out / "runs" / key / "run.json").read_text())
+        (cohort,) = run["cohorts"]
+        assert len(cohort["accuracy"]) == 6 and cohort["accuracy"][-1] > cohort["accuracy"][0]
+        (event,) = run["events"]
+        assert event["kind"] == "kill" and event["ok"] and event["round"] == 3, event
+        assert event["effect"]["client_state"] == "lost"
+        assert cohort["short_rounds"] and min(cohort["short_rounds"]) >= 3  # the MLFO's view: rounds after the kill came up short
+        assert [c["part"] for c in cohort["lost_clients"]] == [1]
+    assert json.loads((out / "runs" / "base-r1" / "run.json").read_text())["seed"] == 1
+    assert json.loads((out / "runs" / "base-r2" / "run.json").read_text())["seed"] == 2
+
+    report = CliRunner().invoke(cli, ["report", str(out), "--json"])
+    assert report.exit_code == 0, report.output
+    built = json.loads(report.stdout)
+    assert {Path(p).name for p in built["plots"]} == {"accuracy-loss.png", "round-time.png", "traffic.png"}
+    rows = json.loads((out / "report" / "round-time.json").read_text())
+    assert {r["run"] for r in rows if r.get("event") == "kill" and r["round"] == 3} == {"base-r1", "base-r2"}
+    assert any(r.get("short") for r in rows)
+    (point,) = built["table"]
+    assert point["runs"] == 2 and point["events"] == ["kill"] and point["final_accuracy_mean"] > 0.8
+    assert (out / "report" / "accuracy-loss.csv").read_text().startswith("point,run,cohort,round,accuracy,loss")
+
+    again = CliRunner().invoke(cli, ["run", str(KILL), "-o", str(out), "--json"])
+    assert again.exit_code == 0
+    assert [r["state"] for r in json.loads(again.stdout)["runs"]] == ["skipped (finished earlier)"] * 2
