@@ -136,6 +136,25 @@ def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]
     fig.tight_layout()
     figures["traffic"] = _save(fig, plt, out / "traffic.png", rows)
 
+    # Meter events: the rate the cohort measured just before and just after each one.
+    rows = []
+    for entry in runs:
+        for event in entry["run"].get("events", []):
+            effect = event.get("effect") or {}
+            if "measured_mbit_before" in effect:
+                rows.append({"point": point_label(entry["point"]), "run": entry["key"], "event": event["kind"], "round": event.get("round"),
+                             "rate": effect.get("rate"), "before_mbit": effect["measured_mbit_before"], "after_mbit": effect["measured_mbit_after"]})
+    if rows:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        xs = range(len(rows))
+        ax.bar([x - 0.2 for x in xs], [r["before_mbit"] for r in rows], width=0.4, label="just before")
+        ax.bar([x + 0.2 for x in xs], [r["after_mbit"] for r in rows], width=0.4, label="just after")
+        ax.set_xticks(list(xs), [f"{r['run']}\n{r['event']} {r['rate'] or ''} (round {r['round']})" for r in rows], fontsize=7)
+        ax.set(ylabel="Mbit/s (iperf3, client to FL server)", title="Measured rate around each meter event")
+        ax.legend()
+        fig.tight_layout()
+        figures["meter-rates"] = _save(fig, plt, out / "meter-rates.png", rows)
+
     # The table per sweep point.
     table = []
     for label, entries in points.items():

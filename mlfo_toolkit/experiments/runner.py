@@ -217,14 +217,124 @@ def run_loopback(experiment: Experiment, plan: RunPlan, config: Config, run_dir:
     }
 
 
+def _meter_rate(event: Event, point: dict[str, Any]) -> str:
+    assert event.meter is not None
+    return str(point.get("meter.rate", event.meter.rate))
+
+
+def run_network(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path, progress: Progress,
+                campus: str) -> dict[str, Any]:
+    """One run in the running emulated network: cohorts sent to its campus MLFO, meters set at rounds,
+    the cohort's rate measured with iperf3 just before and after each meter change."""
+    from mlfo_toolkit.meters.core import CohortProbe, clear_meters, set_meter
+    from mlfo_toolkit.monitoring.runs import cohort_summary, manifest
+    from mlfo_toolkit.orchestrator.sending import send_cohorts, wait_for_deployments
+
+    spec = experiment.spec
+    cohort_file = cohorts_for(experiment, config, plan)
+    started = time.monotonic()
+
+    def act(event: Event) -> dict[str, Any]:
+        if event.meter is not None:
+            rate = _meter_rate(event, plan.point)
+            with CohortProbe(config, event.meter.cohort) as probe:
+                before = probe.measure()
+                installed = set_meter(config, event.meter.cohort, rate, None, "both", "ovs")
+                after = probe.measure()
+            return {"cohort": event.meter.cohort, "rate": rate, "rate_kbps": installed["rate_kbps"],
+                    "measured_mbit_before": before, "measured_mbit_after": after, "client": probe.client.name}
+        assert event.meter_clear is not None
+        with CohortProbe(config, event.meter_clear) as probe:
+            before = probe.measure()
+            cleared = clear_meters(config, event.meter_clear)
+            after = probe.measure()
+        return {"cohort": event.meter_clear, "cleared": cleared, "measured_mbit_before": before, "measured_mbit_after": after}
+
+    timeline = Timeline(list(spec.timeline), act)
+
+    def hook(event: str, data: dict[str, Any]) -> None:
+        progress(event, {**data, "run": plan.key})
+        if event == "state" and data.get("state") == "running":
+            timeline.due(cohort=data["cohort"], starting_round=1)
+        elif event == "round":
+            timeline.due(cohort=data["cohort"], starting_round=int(data["round"]) + 1)
+        else:
+            timeline.due()
+
+    sent = send_cohorts(cohort_file, config, campus)
+    timeline.started = time.time()
+    try:
+        wait_for_deployments(sent, config, campus, timeout=spec.timeout, progress=hook, poll_seconds=0.5)
+    finally:
+        clear_meters(config)  # the next run starts unmetered
+    rounds_of = {c.name: c.record.get("rounds", []) for c in sent}
+    for record in timeline.records:
+        rounds: list[dict[str, Any]] = rounds_of.get(str(record["at"].get("cohort"))) or next(iter(rounds_of.values()), [])
+        record["round"], record["phase"] = place_in_rounds(record["fired"], rounds)
+    return {
+        "cohorts": [cohort_summary(c) for c in sent],
+        "events": timeline.records,
+        "run_dir": str(run_dir),
+        "wall_seconds": round(time.monotonic() - started, 2),
+        "point": plan.point,
+        # Agents in the network read fl.seed from the network's config, so every run shares it.
+        "seed": config.fl.seed,
+        "repetition": plan.repetition,
+        "backend": "network",
+        "manifest": manifest({"experiment": experiment.source}, {"fl.seed": config.fl.seed}),
+    }
+
+
+class _Network:
+    """The emulated network an experiment runs in: the one running, or one it brings up and takes down."""
+
+    def __init__(self, experiment: Experiment, config: Config, progress: Progress) -> None:
+        self.experiment, self.config, self.progress = experiment, config, progress
+        self.started_here = False
+        self.campus = ""
+
+    def __enter__(self) -> _Network:
+        from mlfo_toolkit import api
+        from mlfo_toolkit.errors import NeedsRootError
+        from mlfo_toolkit.net.state import load_state, state_path
+
+        if os.geteuid() != 0:
+            raise NeedsRootError("backend: network builds an emulated network, which needs root", hint="run it with sudo")
+        state_dir = Path(self.config.paths.state_dir)
+        if not state_path(state_dir).exists():
+            choice = self.experiment.spec.topology
+            self.progress("run", {"run": "network", "state": f"bringing up topology {choice.file}"})
+            api.topo_up(None, self.config, topology=choice.file, params=choice.params, detach=True)
+            self.started_here = True
+        state = load_state(state_dir)
+        published = next((outer for inner, outer in state.published.items() if inner.endswith(f":{self.config.mlfo.port}")), None)
+        if published is None:
+            raise ValidationError("the running network publishes no campus MLFO port on loopback", field="topology",
+                                  hint="give the topology's campus host a publish port")
+        self.campus = published
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from mlfo_toolkit import api
+
+        if self.started_here:
+            self.progress("run", {"run": "network", "state": "taking the network down"})
+            api.topo_down(self.config)
+
+
 def run_experiment(experiment: Experiment, config: Config, out_dir: Path, *, progress: Progress = _quiet) -> dict[str, Any]:
     """Run every run not already finished; write index.json after each; return the index."""
+    import contextlib
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    network = _Network(experiment, config, progress) if experiment.spec.backend == "network" else None
+    with network if network is not None else contextlib.nullcontext():
+        return _run_all(experiment, config, out_dir, progress, network)
+
+
+def _run_all(experiment: Experiment, config: Config, out_dir: Path, progress: Progress, network: _Network | None) -> dict[str, Any]:
     from mlfo_toolkit.monitoring.runs import write_run
 
-    if experiment.spec.backend != "loopback":
-        raise ValidationError("backend: network runs are not supported yet; use backend: loopback",
-                              field="backend", source=str(experiment.source))
-    out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / "index.json"
     index: dict[str, Any] = {"experiment": experiment.name, "source": str(experiment.source), "runs": []}
     for plan in experiment.runs:
@@ -238,7 +348,10 @@ def run_experiment(experiment: Experiment, config: Config, out_dir: Path, *, pro
         run_dir.mkdir(parents=True, exist_ok=True)
         progress("run", {"run": plan.key, "state": "starting", "point": plan.point, "seed": plan.seed})
         try:
-            summary = run_loopback(experiment, plan, config, run_dir, progress)
+            if network is not None:
+                summary = run_network(experiment, plan, config, run_dir, progress, network.campus)
+            else:
+                summary = run_loopback(experiment, plan, config, run_dir, progress)
         except KeyboardInterrupt:
             entry["state"] = "interrupted"
             index["runs"].append(entry)

@@ -28,6 +28,7 @@ from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN
 from mlfo_toolkit.yamlutil import load_yaml, validate
 
 # Events that change the emulated network; on loopback there is nothing to change.
+# Supported now: kill (loopback), meter and meter_clear (network); the others are refused with a reason.
 NETWORK_EVENTS = ("meter", "meter_clear", "link", "cpu", "background")
 SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients")
 
@@ -99,9 +100,15 @@ class FlOverrides(_Model):
     round_timeout: float | None = Field(None, gt=0)
 
 
+class TopologyChoice(_Model):
+    file: str = "small"
+    params: dict[str, int] = Field(default_factory=dict)
+
+
 class ExperimentFile(_Model):
     name: str = Field(max_length=NAME_MAX, pattern=NAME_PATTERN)
     backend: Literal["loopback", "network"] = "loopback"
+    topology: TopologyChoice = Field(default_factory=TopologyChoice)
     cohorts: str | list[dict[str, Any]] = "cohorts.yaml"
     shape: Shape = Field(default_factory=Shape)
     fl: FlOverrides = Field(default_factory=FlOverrides)
@@ -156,8 +163,9 @@ def load_experiment(path: Path) -> Experiment:
             raise ValidationError(f"a '{event.kind}' event changes the emulated network, which a loopback run does not have",
                                   field=f"timeline[{i}].{event.kind}", line=_where(lines, "timeline", i, event.kind), source=source,
                                   hint="set backend: network (needs root and `mlfo topo up`), or drop the event")
-        if spec.backend == "network" and event.kind in ("link", "cpu", "background"):
-            raise ValidationError(f"'{event.kind}' events are not supported yet (kill, meter and meter_clear are)",
+        if spec.backend == "network" and event.kind in ("kill", "link", "cpu", "background"):
+            raise ValidationError(f"'{event.kind}' events are not supported on backend: network yet (meter and meter_clear are; "
+                                  "kill is, on loopback)",
                                   field=f"timeline[{i}].{event.kind}", line=_where(lines, "timeline", i, event.kind), source=source)
     for key, values in spec.sweep.items():
         if key not in SWEEPABLE and not key.startswith("meter."):

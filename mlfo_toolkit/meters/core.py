@@ -122,6 +122,40 @@ def measure_mbit(state: NetworkState, client: str, server_ip: str, seconds: int)
         raise MlfoError(f"iperf3 from {client} to {server_ip} failed: {(done.stdout + done.stderr)[-300:]}") from None
 
 
+class CohortProbe:
+    """iperf3 from a client of cohort N to its FL server, on demand, for a few seconds each time.
+
+    Used by experiments to record the rate a cohort gets before and after a meter changes."""
+
+    def __init__(self, config: Config, cohort: int) -> None:
+        self.config = config
+        self.state, topology = network_topology(Path(config.paths.state_dir))
+        clients = [h for h in topology.fl_clients() if h.campus == cohort]
+        servers = {h.cohort: h for h in topology.fl_servers()}
+        if not clients or cohort not in servers:
+            raise ValidationError(f"cohort {cohort} has no clients or no FL server in {topology.name}", field="cohort")
+        self.client, self.server = clients[0], servers[cohort]
+        self._iperf: list[Any] = []
+
+    def __enter__(self) -> CohortProbe:
+        from mlfo_toolkit.net.network import spawn_in_host, wait_listening
+
+        log_dir = Path(self.config.paths.state_dir) / "logs"
+        proc = spawn_in_host(self.state, self.server.name, "iperf3-probe",
+                             ["iperf3", "-s", "-B", self.server.ip, "-p", str(IPERF_PORT)], log_dir, cpu_limited=False)
+        self._iperf.append(proc)
+        wait_listening(self.state, [(self.server.name, IPERF_PORT, proc)], 20)
+        return self
+
+    def measure(self, seconds: int = 1) -> float:
+        return round(measure_mbit(self.state, self.client.name, self.server.ip, seconds), 2)
+
+    def __exit__(self, *exc: object) -> None:
+        from mlfo_toolkit.net.state import stop_processes
+
+        stop_processes(self._iperf)
+
+
 def verify_meter(config: Config, cohort: int, rate: str, burst: str | None, controller: str, seconds: int = 3) -> dict[str, Any]:
     """Measure a cohort client's throughput to its FL server without and with the meter, and another cohort's with it."""
     from mlfo_toolkit.net.network import spawn_in_host, wait_listening

@@ -79,3 +79,39 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     again = CliRunner().invoke(cli, ["run", str(KILL), "-o", str(out), "--json"])
     assert again.exit_code == 0
     assert [r["state"] for r in json.loads(again.stdout)["runs"]] == ["skipped (finished earlier)"] * 2
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_meter_sweep_on_the_small_topology_records_rates_around_each_meter(workdir: Path) -> None:
+    import subprocess
+
+    from tests.conftest import require_binary, require_root
+
+    require_root()
+    for tool in ("ovs-vsctl", "iperf3", "ovs-ofctl"):
+        require_binary(tool)
+    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("needs Open vSwitch running (`make ovs` as root)")
+    out = workdir / "exp"
+    env = {"MLFO_PATHS__STATE_DIR": str(workdir / "state")}
+    result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "meter-sweep.yaml"), "-o", str(out), "--json"], env=env)
+    assert result.exit_code == 0, result.output[-3000:]
+    index = json.loads(result.stdout)
+    assert [r["key"] for r in index["runs"]] == ["strategy_FedAvg-rate_5mbit-r1", "strategy_FedAvg-rate_50mbit-r1",
+                                                 "strategy_FedMedian-rate_5mbit-r1", "strategy_FedMedian-rate_50mbit-r1"]
+    assert all(r["state"] == "done" for r in index["runs"]), index
+    for entry in index["runs"]:
+        run = json.loads((out / "runs" / entry["key"] / "run.json").read_text())
+        (event,) = run["events"]
+        effect = event["effect"]
+        assert event["ok"] and event["round"] == 2, event
+        rate = float(effect["rate"].removesuffix("mbit"))
+        assert effect["measured_mbit_after"] <= rate * 1.3, effect  # the meter holds the cohort to its rate
+        assert effect["measured_mbit_before"] > 2 * rate, effect    # and it was faster before
+        assert run["cohorts"][0]["strategy"] == entry["point"]["strategy"]
+    assert not (workdir / "state" / "network.json").exists()  # the run took its network down
+    report = CliRunner().invoke(cli, ["report", str(out), "--json"])
+    assert report.exit_code == 0, report.output
+    assert "meter-rates.png" in {Path(p).name for p in json.loads(report.stdout)["plots"]}
+    assert len(json.loads(report.stdout)["table"]) == 4
