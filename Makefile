@@ -4,10 +4,12 @@ VENV ?= .venv
 PYTHON ?= $(shell /usr/bin/python3 -c 'import ensurepip' 2>/dev/null && echo /usr/bin/python3 || echo python3)
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := mininet openvswitch-switch iperf3 ethtool iputils-ping iproute2 cgroup-tools \
-	prometheus prometheus-node-exporter python3-venv python3-pip
+	prometheus prometheus-node-exporter python3-venv python3-pip docker.io debootstrap
+# Containernet is not on PyPI: its wheel is kept in vendor/ (see vendor/containernet/SOURCE.txt).
+CONTAINERNET_WHEEL := vendor/containernet/mininet-3.0-py3-none-any.whl
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
-.PHONY: demo test install install-test system ovs lint clean
+.PHONY: demo test install install-test system ovs docker lint clean
 
 demo: install
 	$(BIN)/mlfo demo
@@ -23,7 +25,8 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,containers]'
+	$(BIN)/python -m pip install --quiet --no-deps $(CONTAINERNET_WHEEL)
 
 # As root: the system pieces the integration tests need (Open vSwitch in userspace mode,
 # Mininet, iperf3, Prometheus). Without root this says so and the tests needing them skip.
@@ -35,6 +38,7 @@ ifeq ($(IS_ROOT),yes)
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@$(MAKE) --no-print-directory ovs
+	@$(MAKE) --no-print-directory docker
 else
 	@echo "not root: skipping system packages (Open vSwitch, Mininet, iperf3, Prometheus); tests needing them will skip"
 endif
@@ -44,6 +48,13 @@ ovs:
 	@if ovs-vsctl --timeout=2 show >/dev/null 2>&1; then echo "Open vSwitch is running"; \
 	else /usr/share/openvswitch/scripts/ovs-ctl --system-id=random start >/dev/null 2>&1 || true; \
 	ovs-vsctl --timeout=5 show >/dev/null && echo "Open vSwitch started (userspace datapath)"; fi
+
+# The Docker engine for Containernet hosts (started in the background when it is not running).
+docker:
+	@if docker info >/dev/null 2>&1; then echo "Docker engine is running"; \
+	else setsid dockerd >/var/log/mlfo-dockerd.log 2>&1 < /dev/null & \
+	for i in $$(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 1; done; \
+	docker info >/dev/null 2>&1 && echo "Docker engine started (log: /var/log/mlfo-dockerd.log)"; fi
 
 lint: install-test
 	$(BIN)/python -m pip install --quiet ruff mypy types-PyYAML types-requests types-psutil

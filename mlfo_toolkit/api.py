@@ -34,6 +34,7 @@ __all__ = [
     "RunResult",
     "SentCohorts",
     "demo",
+    "image_build",
     "init",
     "monitor_config",
     "serve_agent",
@@ -298,6 +299,13 @@ def topo_up(cohorts: int | None = None, config: Config | None = None, *, topolog
         return _network_result(state_summary(state), state.topology, state.phase)
     removed = serve_network(cfg, built, backend=backend, controller=controller, progress=say, on_ready=on_ready)
     return _network_result({"topology": built.name, "removed": removed}, built.name, "down")
+
+
+def image_build(*, force: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build (or find) the Docker image of Containernet hosts, offline (root); {"image", "id", "built"}."""
+    from mlfo_toolkit.net.image import build_image
+
+    return build_image(force=force, progress=progress or (lambda message: None))
 
 
 def topo_down(config: Config | None = None) -> NetworkResult:

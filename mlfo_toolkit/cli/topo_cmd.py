@@ -11,11 +11,11 @@ import click
 from mlfo_toolkit.cli._common import echo_json, json_option, pass_config, print_table
 from mlfo_toolkit.cli._progress import DeployProgress
 from mlfo_toolkit.errors import ExitCode
+from mlfo_toolkit.net import BACKENDS
 
 if TYPE_CHECKING:
     from mlfo_toolkit.config import Config
 
-BACKENDS = ("mininet",)
 
 TOPOLOGY = click.option(
     "--topology", "topology_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -71,7 +71,9 @@ def show(topology_file: Path | None, cohorts: int | None, params: tuple[str, ...
 @click.argument("cohorts", required=False, type=click.IntRange(1, 89))
 @TOPOLOGY
 @PARAM
-@click.option("--backend", type=click.Choice(BACKENDS), default="mininet", show_default=True, help="Builder that realises the topology.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="mininet", show_default=True,
+              help="mininet: hosts are network namespaces; containernet: FL and MLFO hosts are Docker containers "
+              "(build the image once with `mlfo image build`).")
 @click.option("--controller", metavar="onos|HOST:PORT",
               help="OpenFlow 1.3 controller. 'onos': activate onos.apps (openflow, fwd) over REST and connect the "
               "switches to onos.openflow. Default: none, the switches learn on their own.")
@@ -161,6 +163,10 @@ def status(cfg: Config, as_json: bool) -> None:
                 right=["pid"])
     for inner, outer in info["published"].items():
         click.echo(f"published {inner} on {outer}")
+    if info.get("containers"):
+        print_table(["container", "host", "state", "cpus", "memory MB"],
+                    [(c["container"], c["host"], c["state"], c.get("cpus") or "no limit", c.get("memory_mb", "-")) for c in info["containers"]],
+                    right=["memory MB"])
     for host, cpus in info["cpu_limits"].items():
         click.echo(f"cpu limit {host}: {cpus if cpus else 'none'}")
     for warning in info["warnings"]:

@@ -22,15 +22,19 @@ def setns(fd: int, nstype: int) -> None:
         raise OSError(errno, f"setns: {os.strerror(errno)}")
 
 
-def enter_network_namespace(pid: int) -> None:
-    """setns(2) into the network namespace of `pid` (the calling thread; call before any threads)."""
-    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+def _enter(pid: int, kind: str, nstype: int) -> None:
+    fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY)
     try:
-        setns(fd, CLONE_NEWNET)
+        setns(fd, nstype)
     except OSError as err:
-        raise OSError(err.errno, f"setns into the network namespace of {pid}: {err.strerror}") from None
+        raise OSError(err.errno, f"setns into the {kind} namespace of {pid}: {err.strerror}") from None
     finally:
         os.close(fd)
+
+
+def enter_network_namespace(pid: int) -> None:
+    """setns(2) into the network namespace of `pid` (the calling thread; call before any threads)."""
+    _enter(pid, "net", CLONE_NEWNET)
 
 
 def join_cgroup(directory: str) -> None:

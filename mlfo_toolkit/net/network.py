@@ -57,6 +57,9 @@ def spawn_in_host(
     launcher = [sys.executable, "-m", "mlfo_toolkit.net.inhost", "--pid", str(record.pid)]
     if record.cgroup and cpu_limited:
         launcher += ["--cgroup", record.cgroup]
+    # In a Docker host this is the container's network namespace and its Docker CPU cgroup (what
+    # `docker update --cpus` limits), with the machine's files and /proc: the agent and the shared
+    # executor keep seeing one another's PIDs. `topo exec` enters the container's files too.
     process = spawn_recorded([*launcher, "--", *argv], log_dir / f"{host}-{name}.log", name, host=host, env=env)
     process.argv = list(argv)  # what runs inside the host, without the launcher
     state.processes.append(process)
@@ -105,6 +108,8 @@ def make_cgroups(state: NetworkState) -> None:
     parent = CGROUP_V1_CPU / f"mlfo-{state.owner_pid}"
     parent.mkdir(exist_ok=True)
     for host in state.hosts:
+        if host.container:
+            continue  # a Docker host's processes join its container's cgroup, which Docker limits
         path = parent / host.name
         path.mkdir(exist_ok=True)
         host.cgroup = str(path)
@@ -117,6 +122,14 @@ def set_cpu_limit(cgroup: str, cpus: float | None) -> None:
     directory = Path(cgroup)
     (directory / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
     (directory / "cpu.cfs_quota_us").write_text(str(int(cpus * CFS_PERIOD_US)) if cpus else "-1")
+
+
+def set_container_cpu_limit(container: str, cpus: float | None) -> None:
+    """`docker update --cpus` through the Docker SDK (what the prototype's init.sh did); None: unlimited."""
+    from mlfo_toolkit.net.image import docker_client
+
+    quota = int(cpus * CFS_PERIOD_US) if cpus else -1
+    docker_client().containers.get(container).update(cpu_period=CFS_PERIOD_US, cpu_quota=quota)
 
 
 def _service_config(config: Config, topology: Topology, state_dir: Path) -> Path:
@@ -231,6 +244,8 @@ def network_up(
     me = psutil.Process()
     state = NetworkState(topology.name, topology.source, topology.parameters, backend, me.pid, me.create_time())
     builder = get_builder(backend)
+    builder.checkpoint = lambda: save_state(state, state_dir)
+    builder.prepare(state_dir)
     controller = resolve_controller(config, controller, progress)
     save_state(state, state_dir)
     try:
@@ -307,12 +322,47 @@ def network_status(config: Config) -> dict[str, Any]:
         "published": state.published,
         "warnings": state.warnings,
         "cpu_limits": state.extra.get("cpu_limits", {}),
+        "containers": containers_status(state),
     }
 
 
+def containers_status(state: NetworkState) -> list[dict[str, Any]]:
+    """Each Docker host's container: its state, CPU limit (as `docker update --cpus` set it) and the memory
+    of the mlfo processes running in it."""
+    if not state.containers:
+        return []
+    import docker
+
+    from mlfo_toolkit.net.image import docker_client
+
+    client = docker_client()
+    out: list[dict[str, Any]] = []
+    for host in (h for h in state.hosts if h.container):
+        try:
+            info = client.api.inspect_container(host.container)
+        except docker.errors.NotFound:
+            out.append({"host": host.name, "container": host.container, "state": "gone", "cpus": None, "memory_mb": None})
+            continue
+        config = info.get("HostConfig", {})
+        quota, period = config.get("CpuQuota") or 0, config.get("CpuPeriod") or 0
+        rss = 0
+        for record in (p for p in state.processes if p.host == host.name and p.alive()):
+            try:
+                tree = [psutil.Process(record.pid), *psutil.Process(record.pid).children(recursive=True)]
+                rss += sum(p.memory_info().rss for p in tree)
+            except psutil.Error:
+                continue
+        out.append({"host": host.name, "container": host.container, "state": info.get("State", {}).get("Status"),
+                    "cpus": round(quota / period, 2) if quota > 0 and period else None, "memory_mb": round(rss / 1e6, 1)})
+    return out
+
+
 def host_command(state: NetworkState, host: str, argv: Sequence[str]) -> list[str]:
-    """argv that runs a command in a host's network namespace (nsenter, no shell)."""
-    return ["nsenter", "--target", str(state.host(host).pid), "--net", "--", *argv]
+    """argv that runs a command in a host's network namespace (nsenter, no shell); in a Docker host also in its
+    mount namespace, so the command is the container's own, as with `docker exec`."""
+    record = state.host(host)
+    spaces = ["--net", "--mount"] if record.container else ["--net"]
+    return ["nsenter", "--target", str(record.pid), *spaces, "--", *argv]
 
 
 def host_exec(config: Config, host: str, argv: Sequence[str], *, capture: bool = False) -> dict[str, Any]:
@@ -365,7 +415,10 @@ def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: 
             if not record.cgroup:
                 raise MlfoError("CPU limits need the cgroup v1 cpu controller", hint="see `mlfo topo status` warnings")
             limits[host.name] = cpus if cpus is not None else host.cpus
-            set_cpu_limit(record.cgroup, limits[host.name])
+            if record.container:
+                set_container_cpu_limit(record.container, limits[host.name])
+            else:
+                set_cpu_limit(record.cgroup, limits[host.name])
     state.extra["cpu_limits"] = limits
     cloud = topology.one("cloud-mlfo")
     reachable = {h.name: ping(state, cloud.name, h.ip) for h in topology.fl_servers()}

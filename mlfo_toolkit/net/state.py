@@ -45,6 +45,7 @@ class HostRecord:
     create_time: float
     interface: str
     cgroup: str | None = None
+    container: str | None = None  # a Containernet host: its Docker container's name
 
 
 @dataclass
@@ -64,6 +65,8 @@ class NetworkState:
     hosts: list[HostRecord] = field(default_factory=list)
     processes: list[ProcessRecord] = field(default_factory=list)
     cgroups: list[str] = field(default_factory=list)
+    # Docker containers of Containernet hosts, by name, recorded before each is created.
+    containers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     published: dict[str, str] = field(default_factory=dict)
     config_file: str | None = None
@@ -149,7 +152,8 @@ def stop_processes(records: list[ProcessRecord]) -> list[str]:
 
 def teardown(state: NetworkState) -> dict[str, list[str]]:
     """Remove exactly what the state lists: processes, host namespaces, bridges, interfaces, cgroups."""
-    removed: dict[str, list[str]] = {"processes": stop_processes(state.processes), "hosts": [], "bridges": [], "interfaces": [], "cgroups": []}
+    removed: dict[str, list[str]] = {"processes": stop_processes(state.processes), "hosts": [], "bridges": [], "interfaces": [],
+                                     "cgroups": [], "containers": remove_containers(state.containers)}
     # A host is an interactive shell holding a namespace; it ignores SIGTERM and has nothing to save.
     gone = set(stop_trees([(h.pid, h.create_time) for h in state.hosts], timeout=2, first_signal=signal.SIGKILL))
     removed["hosts"] = [h.name for h in state.hosts if h.pid in gone]
@@ -170,6 +174,40 @@ def teardown(state: NetworkState) -> dict[str, list[str]]:
     return removed
 
 
+def _docker() -> Any:
+    import docker
+
+    return docker.from_env(timeout=60)
+
+
+def _containers(names: list[str], *, remove: bool) -> list[str]:
+    """Of these containers (by name, never by pattern), those that exist; removed first if `remove`."""
+    if not names:
+        return []
+    import docker
+
+    client = _docker()
+    found = []
+    for name in names:
+        try:
+            container = client.containers.get(name)
+        except docker.errors.NotFound:
+            continue
+        if remove:
+            container.remove(force=True)
+        found.append(name)
+    return found
+
+
+def remove_containers(names: list[str]) -> list[str]:
+    """Remove exactly these containers; the names of those removed."""
+    return _containers(names, remove=True)
+
+
+def existing_containers(names: list[str]) -> list[str]:
+    return _containers(names, remove=False)
+
+
 def leftovers(state: NetworkState) -> dict[str, list[str]]:
     """What of the state still exists (empty lists after a clean teardown)."""
     bridges = set(run_tool(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split()) if state.bridges else set()
@@ -179,4 +217,5 @@ def leftovers(state: NetworkState) -> dict[str, list[str]]:
         "bridges": [b for b in state.bridges if b in bridges],
         "interfaces": [i for i in state.interfaces if Path(f"/sys/class/net/{i}").exists()],
         "cgroups": [c for c in state.cgroups if Path(c).is_dir()],
+        "containers": existing_containers(state.containers),
     }

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.net import BACKENDS
 from mlfo_toolkit.net.state import NetworkState
 from mlfo_toolkit.net.topology import Topology
-
-BACKENDS = ("mininet",)
 
 
 class Builder(Protocol):
     """Creates the switches, hosts and links of a topology and records them in the state."""
 
     name: str
+    checkpoint: Any  # set by the caller: saves the state file
+
+    def prepare(self, state_dir: Path) -> None:
+        """Learn the state folder before building (Containernet bind-mounts it into containers)."""
 
     def build(self, topology: Topology, state: NetworkState, controller: str | None) -> None:
         """Create everything; append every bridge, interface and host to `state` before making it."""
@@ -28,4 +32,8 @@ def get_builder(name: str) -> Builder:
         from mlfo_toolkit.net.builders.mininet import MininetBuilder
 
         return MininetBuilder()
+    if name == "containernet":
+        from mlfo_toolkit.net.builders.containernet import ContainernetBuilder
+
+        return ContainernetBuilder()
     raise ValidationError(f"unknown backend '{name}'", field="backend", hint=f"known: {', '.join(BACKENDS)}")

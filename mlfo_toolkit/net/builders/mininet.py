@@ -55,12 +55,28 @@ class MininetBuilder:
 
     def __init__(self) -> None:
         self.net: Any = None
+        # Set by the caller: writes the state file (a builder records what it makes before making it).
+        self.checkpoint: Any = lambda: None
+
+    def prepare(self, state_dir: Path) -> None:
+        """Anything the builder needs to know of the state folder before building (nothing, here)."""
+
+    def _network(self, **params: Any) -> Any:
+        from mininet.net import Mininet
+
+        return Mininet(**params)
+
+    def _add_host(self, net: Any, host: Any, state: NetworkState) -> None:
+        net.addHost(host.name, ip=f"{host.ip}/{host.prefix_len}")
+
+    def _record(self, host: Any, node: Any) -> HostRecord:
+        return HostRecord(host.name, host.role, host.ip, node.pid, psutil.Process(node.pid).create_time(), host.interface)
 
     def build(self, topology: Topology, state: NetworkState, controller: str | None) -> None:
         check_prerequisites()
+        import mininet.net  # noqa: F401  (first: Containernet's mininet.link and mininet.node import each other)
         from mininet.link import TCLink
         from mininet.log import setLogLevel
-        from mininet.net import Mininet
         from mininet.node import OVSSwitch, RemoteController
 
         setLogLevel("critical")  # tc prints r2q notices as errors
@@ -95,7 +111,7 @@ class MininetBuilder:
             protocols="OpenFlow13",
             failMode="secure" if controller else "standalone",
         )
-        net = Mininet(topo=None, build=False, controller=None, switch=switch_class, link=TCLink, autoSetMacs=False, waitConnected=False)
+        net = self._network(topo=None, build=False, controller=None, switch=switch_class, link=TCLink, autoSetMacs=False, waitConnected=False)
         self.net = net
         if controller:
             address, _, port = controller.rpartition(":")
@@ -103,7 +119,7 @@ class MininetBuilder:
         for switch in topology.switches:
             net.addSwitch(switch.name, dpid=switch.dpid_hex)
         for host in topology.hosts:
-            net.addHost(host.name, ip=f"{host.ip}/{host.prefix_len}")
+            self._add_host(net, host, state)
 
         def shaping(bandwidth: float | None, delay: float) -> dict[str, Any]:
             params: dict[str, Any] = {}
@@ -139,9 +155,7 @@ class MininetBuilder:
             node.cmd("ethtool", "-K", host.interface, "tx", "off")
             if topology.mtu != 1500:
                 node.cmd("ip", "link", "set", "dev", host.interface, "mtu", str(topology.mtu))
-            state.hosts.append(
-                HostRecord(host.name, host.role, host.ip, node.pid, psutil.Process(node.pid).create_time(), host.interface)
-            )
+            state.hosts.append(self._record(host, node))
         if not kernel:
             time.sleep(0.5)  # let the userspace datapath pick up its ports
 
