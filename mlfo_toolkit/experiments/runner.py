@@ -8,13 +8,14 @@ interrupted experiment resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,47 @@ class Timeline:
                                  "offset_seconds": round(fired - self.started, 2), "ok": ok, "effect": effect})
 
 
+    def follow(self, progress: Progress, run: str) -> Progress:
+        """A deployment-progress callback that passes events on and fires what each one makes due."""
+
+        def hook(event: str, data: dict[str, Any]) -> None:
+            progress(event, {**data, "run": run})
+            if event == "state" and data.get("state") == "running":
+                self.due(cohort=data["cohort"], starting_round=1)
+            elif event == "round":
+                self.due(cohort=data["cohort"], starting_round=int(data["round"]) + 1)
+            else:
+                self.due()
+
+        return hook
+
+    @contextlib.contextmanager
+    def ticking(self) -> Iterator[None]:
+        """Check time-triggered events twice a second while the block runs (from the cohorts' sending on)."""
+        self.started = time.time()
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(0.5):
+                self.due()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join(timeout=5)
+
+    def place(self, sent: list[Any]) -> None:
+        """Put each fired event in the round (and phase) of its cohort it fell into."""
+        rounds_of = {c.name: c.record.get("rounds", []) for c in sent}
+        for record in self.records:
+            cohort = record["at"].get("cohort") or (record["what"].get("cohort") if isinstance(record["what"], dict) else None)
+            rounds: list[dict[str, Any]] = rounds_of.get(str(cohort)) or next(iter(rounds_of.values()), [])
+            record["round"], record["phase"] = place_in_rounds(record["fired"], rounds)
+
+
 def _jsonable(value: Any) -> Any:
     return value.model_dump() if hasattr(value, "model_dump") else value
 
@@ -168,38 +210,18 @@ def run_loopback(experiment: Experiment, plan: RunPlan, config: Config, run_dir:
 
     timeline = Timeline(list(spec.timeline), kill)
 
-    def hook(event: str, data: dict[str, Any]) -> None:
-        progress(event, {**data, "run": plan.key})
-        if event == "state" and data.get("state") == "running":
-            timeline.due(cohort=data["cohort"], starting_round=1)
-        elif event == "round":
-            timeline.due(cohort=data["cohort"], starting_round=int(data["round"]) + 1)
-        else:
-            timeline.due()
-
-    stop_clock = threading.Event()
-
-    def clock() -> None:
-        while not stop_clock.wait(0.5):
-            timeline.due()
-
-    ticker = threading.Thread(target=clock, daemon=True)
     try:
         num_servers = sum(1 for c in cohort_file.cohorts if not c.sameserver)
         network.start(num_servers, sum(c.size for c in cohort_file.cohorts))
         sent.extend(send_cohorts(cohort_file, network.config, network.campus_address))
-        timeline.started = time.time()
-        ticker.start()
-        wait_for_deployments(sent, network.config, network.campus_address, timeout=spec.timeout, progress=hook, poll_seconds=0.5)
+        with timeline.ticking():
+            wait_for_deployments(sent, network.config, network.campus_address, timeout=spec.timeout,
+                                 progress=timeline.follow(progress, plan.key), poll_seconds=0.5)
     finally:
-        stop_clock.set()
         network.close()
     cohorts = [cohort_summary(c) for c in sent]
-    rounds_of = {c.name: c.record.get("rounds", []) for c in sent}
+    timeline.place(sent)
     for record in timeline.records:
-        cohort = record["at"].get("cohort") or (record["what"].get("cohort") if isinstance(record["what"], dict) else None)
-        rounds: list[dict[str, Any]] = rounds_of.get(str(cohort)) or next(iter(rounds_of.values()), [])
-        record["round"], record["phase"] = place_in_rounds(record["fired"], rounds)
         if record["kind"] == "kill" and record["ok"]:
             target = next(c for c in sent if c.name == record["what"]["cohort"])
             client = next(c for c in target.record.get("clients", []) if c.get("part") == record["what"]["part"])
@@ -252,25 +274,14 @@ def run_network(experiment: Experiment, plan: RunPlan, config: Config, run_dir: 
 
     timeline = Timeline(list(spec.timeline), act)
 
-    def hook(event: str, data: dict[str, Any]) -> None:
-        progress(event, {**data, "run": plan.key})
-        if event == "state" and data.get("state") == "running":
-            timeline.due(cohort=data["cohort"], starting_round=1)
-        elif event == "round":
-            timeline.due(cohort=data["cohort"], starting_round=int(data["round"]) + 1)
-        else:
-            timeline.due()
-
     sent = send_cohorts(cohort_file, config, campus)
-    timeline.started = time.time()
     try:
-        wait_for_deployments(sent, config, campus, timeout=spec.timeout, progress=hook, poll_seconds=0.5)
+        with timeline.ticking():
+            wait_for_deployments(sent, config, campus, timeout=spec.timeout, progress=timeline.follow(progress, plan.key),
+                                 poll_seconds=0.5)
     finally:
         clear_meters(config)  # the next run starts unmetered
-    rounds_of = {c.name: c.record.get("rounds", []) for c in sent}
-    for record in timeline.records:
-        rounds: list[dict[str, Any]] = rounds_of.get(str(record["at"].get("cohort"))) or next(iter(rounds_of.values()), [])
-        record["round"], record["phase"] = place_in_rounds(record["fired"], rounds)
+    timeline.place(sent)
     return {
         "cohorts": [cohort_summary(c) for c in sent],
         "events": timeline.records,
@@ -324,8 +335,6 @@ class _Network:
 
 def run_experiment(experiment: Experiment, config: Config, out_dir: Path, *, progress: Progress = _quiet) -> dict[str, Any]:
     """Run every run not already finished; write index.json after each; return the index."""
-    import contextlib
-
     out_dir.mkdir(parents=True, exist_ok=True)
     network = _Network(experiment, config, progress) if experiment.spec.backend == "network" else None
     with network if network is not None else contextlib.nullcontext():

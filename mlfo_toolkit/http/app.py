@@ -165,10 +165,10 @@ def token_guard(*tokens: str | None) -> Any:
 
 
 def service_app(name: str, *, tokens: tuple[str | None, ...], max_body: int, metrics: ServiceMetrics | None = None,
-                public_metrics: bool = False) -> tuple[FastAPI, Any]:
+                public_metrics: bool = False, role: str | None = None) -> tuple[FastAPI, Any]:
     """A FastAPI app with mlfo's error format, and the dependency that requires one of `tokens`.
 
-    `/health`, `/docs` and `/openapi.json` are public; `/metrics` is public when `public_metrics`
+    `/health` (with a `role`), `/docs` and `/openapi.json` are public; `/metrics` is public when `public_metrics`
     (the socket exporter's, which carries no secrets), otherwise behind the same tokens.
     """
     app = FastAPI(title=f"mlfo {name}", version=__version__,
@@ -219,5 +219,11 @@ def service_app(name: str, *, tokens: tuple[str | None, ...], max_body: int, met
 
         app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False,
                           dependencies=[] if public_metrics else [private])
+    if role is not None:
+
+        @app.get("/health", summary="Liveness (public)")
+        def health() -> dict[str, Any]:
+            return {"role": role, "ok": True}
+
     app.add_middleware(BodyLimit, limit=max_body, metrics=metrics)
     return app, private

@@ -147,7 +147,7 @@ def campus_app(core: CampusMlfo) -> FastAPI:
     config = core.config
     # The intent API needs api.token only if one is set (the prototype's curl sends none); the
     # southbound token, which Prometheus presents, is accepted too.
-    app, private = service_app("campus MLFO", tokens=(config.api.token, config.southbound_token),
+    app, private = service_app("campus MLFO", role="campus", tokens=(config.api.token, config.southbound_token),
                                max_body=config.api.max_upload_bytes, metrics=core.metrics)
     if not config.api.token:
         private = token_guard()
@@ -179,17 +179,13 @@ def campus_app(core: CampusMlfo) -> FastAPI:
     def deployment(deployment_id: str) -> dict[str, Any]:
         return core.deployment(deployment_id)
 
-    @app.get("/health", summary="Liveness (public)")
-    def health() -> dict[str, Any]:
-        return {"role": "campus", "ok": True}
-
     return app
 
 
 def cloud_app(core: CloudMlfo) -> FastAPI:
     """The cloud MLFO's Mo-Mo API: FL servers from the pool."""
     config = core.config
-    app, private = service_app("cloud MLFO", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes, metrics=core.metrics)
+    app, private = service_app("cloud MLFO", role="cloud", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes, metrics=core.metrics)
     momo_body = {"requestBody": {"required": True, "content": {
         "application/yaml": {"schema": {"type": "string"}},
         "application/json": {"schema": {"type": "object"}},
@@ -215,10 +211,6 @@ def cloud_app(core: CloudMlfo) -> FastAPI:
     def allocations() -> dict[str, Any]:
         return {"allocations": core.allocations()}
 
-    @app.get("/health", summary="Liveness (public)")
-    def health() -> dict[str, Any]:
-        return {"role": "cloud", "ok": True}
-
     return app
 
 
@@ -227,7 +219,7 @@ def agent_app(agent: NodeAgent) -> FastAPI:
     config = agent.config
     metrics = ServiceMetrics("agent")
     metrics.add(AgentCollector(agent))
-    app, private = service_app("agent", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes, metrics=metrics)
+    app, private = service_app("agent", role="agent", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes, metrics=metrics)
     app.state.max_body = config.api.max_upload_bytes
 
     @app.post("/serv", status_code=201, dependencies=[private], openapi_extra=_form_schema(ServParams, with_file=False),
@@ -249,10 +241,6 @@ def agent_app(agent: NodeAgent) -> FastAPI:
     @app.post("/stop", dependencies=[private], summary="Stop this agent's FL processes (of one deployment if given)")
     def stop(deployment: str | None = None) -> dict[str, Any]:
         return agent.stop(deployment)
-
-    @app.get("/health", summary="Liveness (public)")
-    def health() -> dict[str, Any]:
-        return {"role": "agent", "ok": True}
 
     return app
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.data import LOADERS
@@ -167,18 +167,12 @@ class MomoConstraints(BaseModel):
     deployment: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
 
-    @field_validator("sourcekind")
+    @field_validator("sourcekind", "modelkind")
     @classmethod
-    def _known_source(cls, value: str) -> str:
-        if value not in LOADERS:
-            raise ValueError(f"unknown dataset '{value[:64]}' (known: {', '.join(LOADERS)})")
-        return value
-
-    @field_validator("modelkind")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value not in MODEL_KINDS:
-            raise ValueError(f"unknown model '{value[:64]}' (known: {', '.join(MODEL_KINDS)})")
+    def _known_kind(cls, value: str, info: ValidationInfo) -> str:
+        what, known = ("dataset", LOADERS) if info.field_name == "sourcekind" else ("model", MODEL_KINDS)
+        if value not in known:
+            raise ValueError(f"unknown {what} '{value[:64]}' (known: {', '.join(known)})")
         return value
 
 
