@@ -1,10 +1,12 @@
 """Benchmark (run on demand, as root): time `topo up` and `topo down` of the prototype's full layout
 (5 cohorts, 50 clients) and report memory. Not a test.
 
-    sudo .venv/bin/python bench/topo_bench.py [--cohorts 5] [--repeat 1]
+    sudo .venv/bin/python bench/topo_bench.py [--cohorts 5] [--repeat 1] [--backend mininet containernet]
 
 Prints build/teardown seconds, the ping mesh, and the memory of every process the network
-started (RSS summed over each process tree), plus the machine's used memory before and during.
+started (RSS summed over each process tree), plus the machine's used memory before and during;
+for the containernet backend also the memory per container (its own processes plus the mlfo
+services running in it), and a ratio line when both backends ran.
 """
 
 from __future__ import annotations
@@ -37,22 +39,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cohorts", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--backend", nargs="+", default=["mininet"], choices=["mininet", "containernet"])
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds a real Mininet network")
-    for run in range(args.repeat):
+    results: dict[str, list[float]] = {}
+    for run, backend in ((r, b) for r in range(args.repeat) for b in args.backend):
         workdir = Path(tempfile.mkdtemp(prefix="mlfo-bench-"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")}
         env["MLFO_PATHS__STATE_DIR"] = str(workdir / "state")
         used_before = psutil.virtual_memory().used
         started = time.monotonic()
-        up = mlfo(env, "topo", "up", str(args.cohorts), "--param", "publish_port=0", "--detach")
+        up = mlfo(env, "topo", "up", str(args.cohorts), "--param", "publish_port=0", "--backend", backend, "--detach")
         up_seconds = time.monotonic() - started
         if up.returncode != 0:
             sys.exit(f"topo up failed:\n{up.stderr}")
         state = json.loads((workdir / "state" / "network.json").read_text())
         time.sleep(2)
         used_during = psutil.virtual_memory().used
+        containers = []
+        for host in (h for h in state["hosts"] if h.get("container")):
+            mine = [p for p in state["processes"] if p["host"] == host["name"]]
+            containers.append(tree_rss(host["pid"]) + sum(tree_rss(p["pid"]) for p in mine))
         services = sum(tree_rss(p["pid"]) for p in state["processes"])
         owner = tree_rss(state["owner_pid"]) - services
         vswitchd = sum(p.memory_info().rss for p in psutil.process_iter() if p.name() == "ovs-vswitchd")
@@ -64,13 +72,21 @@ def main() -> None:
         down = mlfo(env, "topo", "down")
         down_seconds = time.monotonic() - started
         mib = 1024 * 1024
-        print(f"run {run + 1}: prototype layout, {args.cohorts} cohorts: {len(state['hosts'])} hosts, {len(state['bridges'])} switches, {len(state['processes'])} mlfo processes")
+        results.setdefault(backend, []).extend([up_seconds, down_seconds])
+        print(f"run {run + 1} ({backend}): prototype layout, {args.cohorts} cohorts: {len(state['hosts'])} hosts, "
+              f"{len(state['bridges'])} switches, {len(state['processes'])} mlfo processes, {len(containers)} containers")
         print(f"  topo up (to all services listening): {up_seconds:7.1f} s")
         print(f"  topo ping ({mesh.get('pairs')} pairs, {mesh.get('loss_percent')}% loss): {ping_seconds:7.1f} s")
         print(f"  topo down:                           {down_seconds:7.1f} s  (exit {down.returncode})")
         print(f"  memory: mlfo services {services / mib:7.0f} MiB ({services / mib / max(1, len(state['processes'])):.0f} MiB each)")
         print(f"          topo up process (Mininet, host shells) {owner / mib:7.0f} MiB, ovs-vswitchd {vswitchd / mib:.0f} MiB")
         print(f"          machine used before {used_before / mib:.0f} MiB, during {used_during / mib:.0f} MiB (+{(used_during - used_before) / mib:.0f} MiB)")
+        if containers:
+            print(f"          per container (its shell + the mlfo service in it): {sum(containers) / len(containers) / mib:.0f} MiB on average,"
+                  f" {sum(containers) / mib:.0f} MiB summed")
+    if {"mininet", "containernet"} <= set(results):
+        m, c = results["mininet"], results["containernet"]
+        print(f"containernet / mininet: topo up {c[0] / m[0]:.2f}x, topo down {c[1] / m[1]:.2f}x (first run of each)")
 
 
 if __name__ == "__main__":

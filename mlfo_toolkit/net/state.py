@@ -194,6 +194,8 @@ def _containers(names: list[str], *, remove: bool) -> list[str]:
         except docker.errors.NotFound:
             continue
         if remove:
+            if container.status == "paused":
+                container.unpause()  # Docker will not kill a paused container
             container.remove(force=True)
         found.append(name)
     return found

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from mlfo_toolkit.processes import free_port
@@ -61,7 +62,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     try:
         yield info
     finally:
-        # topo up is SIGKILLed; topo down removes exactly the containers it recorded.
+        # topo up is SIGKILLed, one container is stuck (paused); topo down removes exactly the containers it recorded.
+        docker_client().containers.get(state["containers"][-1]).pause()
         os.kill(state["owner_pid"], signal.SIGKILL)
         time.sleep(0.5)
         down = mlfo(env, workdir, "topo", "down")
@@ -74,6 +76,11 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             foreign.remove(force=True)
         bridges = subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True, check=True).stdout.split()
         assert not set(state["bridges"]) & set(bridges)
+        assert [i for i in state["interfaces"] if Path(f"/sys/class/net/{i}").exists()] == []
+        final = json.loads(json.dumps(state))
+        pids = [h["pid"] for h in final["hosts"]] + [p["pid"] for p in final["processes"]]
+        assert [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
+        assert not (workdir / "state" / "network.json").exists()
 
 
 def test_fl_and_mlfo_hosts_are_prefixed_containers(network: dict[str, Any]) -> None:
@@ -119,7 +126,7 @@ def test_init_limits_cpu_through_docker_and_fl_trains_across(network: dict[str, 
     sent = mlfo(env, cwd, "intent", "send", str(cohorts), "--mlfo", f"127.0.0.1:{network['port']}", "--wait", "--json")
     assert sent.returncode == 0, sent.stderr[-2000:]
     for cohort in json.loads(sent.stdout)["cohorts"]:
-        assert cohort["state"] == "done" and cohort["accuracy"][-1] > cohort["accuracy"][0]
+        assert cohort["state"] == "done" and cohort["accuracy"][-1] >= 0.85 and cohort["accuracy"][-1] > cohort["accuracy"][0]
         assert cohort["server"].split(":")[0] in ("10.0.11.100", "10.0.12.100")
 
 
