@@ -272,10 +272,6 @@ def _topology(topology: Path | str | None, cohorts: int | None, params: dict[str
     return load_topology(Path(topology) if topology else None, parameters or None)
 
 
-def _network_result(data: dict[str, Any], topology: str, phase: str) -> NetworkResult:
-    return NetworkResult(topology, phase, data)
-
-
 def topo_up(cohorts: int | None = None, config: Config | None = None, *, topology: Path | str | None = None,
             params: dict[str, int] | None = None, backend: str = "mininet", controller: str | None = None, detach: bool = True,
             progress: Progress | None = None, on_ready: Callable[[Any], None] | None = None) -> NetworkResult:
@@ -296,9 +292,9 @@ def topo_up(cohorts: int | None = None, config: Config | None = None, *, topolog
     if detach:
         state = detach_network(cfg, topology=topology, cohorts=cohorts, params=params or {}, backend=backend,
                                controller=controller, progress=say)
-        return _network_result(state_summary(state), state.topology, state.phase)
+        return NetworkResult(state.topology, state.phase, state_summary(state))
     removed = serve_network(cfg, built, backend=backend, controller=controller, progress=say, on_ready=on_ready)
-    return _network_result({"topology": built.name, "removed": removed}, built.name, "down")
+    return NetworkResult(built.name, "down", {"topology": built.name, "removed": removed})
 
 
 def image_build(*, force: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -313,7 +309,7 @@ def topo_down(config: Config | None = None) -> NetworkResult:
     from mlfo_toolkit.net.network import network_down
 
     data = network_down(_config(config))
-    return _network_result(data, str(data.get("topology", "")), "down")
+    return NetworkResult(str(data.get("topology", "")), "down", data)
 
 
 def topo_status(config: Config | None = None) -> NetworkResult:
@@ -323,9 +319,9 @@ def topo_status(config: Config | None = None) -> NetworkResult:
 
     cfg = _config(config)
     if not state_path(Path(cfg.paths.state_dir)).exists():
-        return _network_result({"topology": None, "phase": "none"}, "", "none")
+        return NetworkResult("", "none", {"topology": None, "phase": "none"})
     data = network_status(cfg)
-    return _network_result(data, data["topology"], data["phase"])
+    return NetworkResult(data["topology"], data["phase"], data)
 
 
 def topo_show(topology: Path | str | None = None, *, cohorts: int | None = None, params: dict[str, int] | None = None) -> Any:

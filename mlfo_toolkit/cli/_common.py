@@ -57,7 +57,7 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, box=None if not sys.stdout.isatty() else None, header_style="bold", pad_edge=False)
+    table = Table(title=title, box=None, header_style="bold", pad_edge=False)
     for column in columns:
         table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
     for row in rows:
