@@ -42,6 +42,10 @@ def find_tool(name: str) -> str:
     return found
 
 
+# How often a running process's descendants are listed (each listing scans every process on the machine).
+REMEMBER_SECONDS = 10.0
+
+
 class ManagedProcess:
     """One child in its own session; `stop()` ends it and every descendant it spawned."""
 
@@ -70,7 +74,7 @@ class ManagedProcess:
 
     def running(self) -> bool:
         alive = self.popen.poll() is None
-        if alive and time.monotonic() - self._remembered >= 1.0:
+        if alive and time.monotonic() - self._remembered >= REMEMBER_SECONDS:
             # Keep the tree known while it is whole: after a SIGKILL of this process its children are
             # re-parented and could no longer be found from it.
             self._remember_tree()
