@@ -9,6 +9,7 @@ owner process is gone (or the child ends, or it gets SIGTERM), stops that whole 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import subprocess
@@ -21,14 +22,21 @@ import psutil
 from mlfo_toolkit.processes import end_processes, same_process
 
 POLL_SECONDS = 1.0
+PR_SET_PDEATHSIG = 1
 # Listing descendants scans every process on the machine (this kernel has no /proc/PID/task/*/children),
 # about 400 at the seed's scale: do it rarely. The tree is walked once more at the end, while the
 # child still holds it together; the periodic walk only covers a child that exits on its own.
 REMEMBER_SECONDS = 10.0
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the guard dies, even by SIGKILL (prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def guard(owner: tuple[int, float], argv: list[str]) -> int:
-    child = subprocess.Popen(argv)
+    child = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads here yet)
     known: dict[int, psutil.Process] = {}
     stopping = False
 

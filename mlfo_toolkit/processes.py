@@ -42,8 +42,9 @@ def find_tool(name: str) -> str:
     return found
 
 
-# How often a running process's descendants are listed (each listing scans every process on the machine).
-REMEMBER_SECONDS = 10.0
+# How often a running process's descendants are listed (each listing scans every process on the
+# machine). Once a second, so a tree whose root is SIGKILLed (re-parenting its children) is still known.
+REMEMBER_SECONDS = 1.0
 
 
 class ManagedProcess:
