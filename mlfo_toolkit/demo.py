@@ -15,7 +15,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.fl.executor import start_executor
 from mlfo_toolkit.http.routes import agent_app, campus_app, cloud_app
 from mlfo_toolkit.http.server import HttpServer
-from mlfo_toolkit.monitoring.prometheus import write_targets
+from mlfo_toolkit.monitoring.prometheus import scraping_seconds, write_targets
 from mlfo_toolkit.monitoring.runs import cohort_summary, manifest, new_run_dir, write_run
 from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file
 from mlfo_toolkit.orchestrator.mlfo import CampusMlfo, CloudMlfo, open_store
@@ -155,6 +155,10 @@ def run_demo(
         network.start(num_servers, num_clients)
         sent = send_cohorts(cohort_file, network.config, network.campus_address)
         wait_for_deployments(sent, network.config, network.campus_address, timeout=timeout, progress=progress, poll_seconds=0.5)
+        # With `mlfo monitor up` running, stay up for one more scrape: the final round reaches Prometheus.
+        linger = scraping_seconds(config)
+        if linger:
+            time.sleep(linger + 0.5)
     finally:
         network.close()
     summary = {

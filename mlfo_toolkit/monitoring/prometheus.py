@@ -130,6 +130,20 @@ def _monitor_file(config: Config) -> Path:
     return prometheus_dir(config) / MONITOR_FILE
 
 
+def scraping_seconds(config: Config) -> float:
+    """One scrape interval if the Prometheus of `mlfo monitor up` is running, else 0: how long a run's
+    services should stay up after it ends so that its last values (the final round) are scraped."""
+    try:
+        records = json.loads(_monitor_file(config).read_text()).get("processes", [])
+    except (OSError, ValueError):
+        return 0.0
+    if not any(ProcessRecord(**r).alive() for r in records if r.get("name") == "prometheus"):
+        return 0.0
+    value = config.monitor.scrape_interval
+    number = float(value.rstrip("ms"))
+    return number / 1000 if value.endswith("ms") else number * 60 if value.endswith("m") else number
+
+
 def monitor_up(config: Config) -> dict[str, Any]:
     """Start Prometheus (and node_exporter) for the running network, or on loopback; Grafana if Docker can."""
     directory = prometheus_dir(config)
