@@ -89,6 +89,7 @@ class ValidationError(MlfoError):
             where.append(f"field '{field}'")
         full = f"{', '.join(where)}: {message}" if where else message
         super().__init__(full, hint=hint)
+        self.reason = message  # without the place
         self.field = field
         self.line = line
         self.source = source

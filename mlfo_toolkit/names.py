@@ -8,6 +8,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # The same, or empty (a field that may be left out).
 OPTIONAL_NAME = r"^([A-Za-z0-9][A-Za-z0-9_.-]*)?$"
 NAME_MAX = 64
+# Seeds travel as form fields and TOML integers: keep them in a signed 32-bit range.
+SEED_MAX = 2**31 - 1
 
 
 def safe_name(text: str) -> str:

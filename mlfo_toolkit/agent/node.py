@@ -25,7 +25,7 @@ from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.monitoring.metrics import FlowTraffic, process_tree
 from mlfo_toolkit.monitoring.sockets import ByteTotals, TcpConnection, tcp_connections
-from mlfo_toolkit.names import NAME_MAX, OPTIONAL_NAME
+from mlfo_toolkit.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
 from mlfo_toolkit.processes import ManagedProcess, find_tool, free_port, port_in_use, tool_env, wait_for_port
 from mlfo_toolkit.resources import resource_path
 
@@ -55,6 +55,8 @@ class ServParams(BaseModel):
     model: str = "complex"
     deployment: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="default: fl.seed")
+    roundtimeout: float | None = Field(None, gt=0, le=86_400, description="default: fl.round_timeout")
 
 
 class CliParams(BaseModel):
@@ -70,6 +72,7 @@ class CliParams(BaseModel):
     deployment: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     partitioning: str | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="default: fl.seed")
 
     @field_validator("server")
     @classmethod
@@ -284,10 +287,10 @@ class NodeAgent:
                 "local-epochs": self.config.fl.local_epochs,
                 "learning-rate": self.config.fl.learning_rate,
                 "batch-size": self.config.fl.batch_size,
-                "seed": self.config.fl.seed,
+                "seed": self.config.fl.seed if params.seed is None else params.seed,
                 "data-dir": str(self.config.fl.data_dir.resolve()),
                 "metrics-file": str(metrics_file),
-                "round-timeout": self.config.fl.round_timeout,
+                "round-timeout": params.roundtimeout or self.config.fl.round_timeout,
                 "server-poll-seconds": self.config.fl.server_poll_seconds,
             }
             run_config = run_dir / "run-config.toml"
@@ -347,7 +350,7 @@ class NodeAgent:
                     f'data-dir="{self.config.fl.data_dir.resolve()}"',
                     f'partitioning="{partitioning}"',
                     f"alpha={self.config.fl.dirichlet_alpha}",
-                    f"seed={self.config.fl.seed}",
+                    f"seed={self.config.fl.seed if params.seed is None else params.seed}",
                 ]
             )
             runtime_port = free_port()

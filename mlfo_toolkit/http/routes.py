@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import yaml
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -178,6 +179,11 @@ def campus_app(core: CampusMlfo) -> FastAPI:
     @app.get("/deployments/{deployment_id}", dependencies=[private], summary="One deployment")
     def deployment(deployment_id: str) -> dict[str, Any]:
         return core.deployment(deployment_id)
+
+    @app.post("/deployments/{deployment_id}/clients/{part}/restart", dependencies=[private],
+              summary="Start a lost client's SuperNode again; it rejoins the running FL server")
+    def restart_client(deployment_id: str, part: Annotated[int, PathParam(ge=0, le=10_000)]) -> dict[str, Any]:
+        return core.restart_client(deployment_id, part)
 
     return app
 

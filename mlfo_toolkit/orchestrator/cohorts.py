@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN
+from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN, SEED_MAX
 from mlfo_toolkit.orchestrator.intents import Catalog, Intent, load_intent_file, parse_intent
 from mlfo_toolkit.resources import resource_path
 from mlfo_toolkit.yamlutil import load_yaml, validate
@@ -41,6 +41,8 @@ class CohortSpec(BaseModel):
     min_fit: int | None = Field(None, ge=1)
     min_available: int | None = Field(None, ge=1)
     rounds: int | None = Field(None, ge=1, le=10_000)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="data split and initial model (default: fl.seed)")
+    round_timeout: float | None = Field(None, gt=0, le=86_400, description="seconds a round waits for clients (default: fl.round_timeout)")
 
 
 class CohortDefaults(BaseModel):
@@ -94,10 +96,12 @@ class Cohort:
     # Where the cohort is written, for errors found later (the IP plan): field path and line.
     where: str = ""
     line: int | None = None
+    seed: int | None = None  # None: the agents' fl.seed
+    round_timeout: float | None = None  # None: the agents' fl.round_timeout
 
     def form_fields(self, ipstart: int) -> dict[str, Any]:
-        """The prototype's /receive form fields for this cohort."""
-        return {
+        """The prototype's /receive form fields for this cohort (seed and roundtimeout, mlfo's, only when set)."""
+        fields = {
             "ipstart": ipstart,
             "cohortsize": self.size,
             "sameserver": self.sameserver,
@@ -107,7 +111,10 @@ class Cohort:
             "minav": self.min_available,
             "numround": self.rounds,
             "name": self.name,
+            "seed": self.seed,
+            "roundtimeout": self.round_timeout,
         }
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 @dataclass
@@ -213,6 +220,8 @@ def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Co
                     min_fit=c.min_fit or d.min_fit or fl.min_fit,
                     min_available=c.min_available or d.min_available or fl.min_available,
                     rounds=c.rounds or d.rounds or fl.rounds,
+                    seed=c.seed,
+                    round_timeout=c.round_timeout,
                     where=f"cohorts[{i}]",
                     line=lines.get(("cohorts", i)),
                 )

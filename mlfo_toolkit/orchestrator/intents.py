@@ -13,7 +13,7 @@ from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.names import NAME_MAX, OPTIONAL_NAME
+from mlfo_toolkit.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
 from mlfo_toolkit.resources import resource_path
 from mlfo_toolkit.yamlutil import load_yaml, validate
 
@@ -166,6 +166,8 @@ class MomoConstraints(BaseModel):
     sameserv: StrictBool = False
     deployment: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    roundtimeout: float | None = Field(None, gt=0, le=86_400)
 
     @field_validator("sourcekind", "modelkind")
     @classmethod
@@ -185,7 +187,7 @@ def build_momo_intent(intent_id: str, pipeline: Pipeline, constraints: MomoConst
                 id="cloud.fl",
                 operation=MOMO_OPERATION,
                 operand=MOMO_OPERAND,
-                constraints=constraints.model_dump(),
+                constraints=constraints.model_dump(exclude_none=True),
             )
         ],
     )

@@ -17,7 +17,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, NotFoundError, RemoteError, UnreachableError, ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.monitoring.metrics import DeploymentStates, MlfoMetrics
-from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN, safe_name
+from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN, SEED_MAX, safe_name
 from mlfo_toolkit.orchestrator.clients import AgentClient, MomoClient
 from mlfo_toolkit.orchestrator.cohorts import client_range, free_server
 from mlfo_toolkit.orchestrator.intents import (
@@ -57,6 +57,8 @@ class ReceiveParams(BaseModel):
     minav: int | None = Field(None, ge=1, le=10_000)
     numround: int | None = Field(None, ge=1, le=10_000)
     name: str | None = Field(None, max_length=NAME_MAX, pattern=NAME_PATTERN)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    roundtimeout: float | None = Field(None, gt=0, le=86_400)
 
     @field_validator("minfit", "minav")
     @classmethod
@@ -95,6 +97,7 @@ class CampusMlfo:
         self._start_slots = threading.BoundedSemaphore(config.mlfo.start_concurrency)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._restarting: set[tuple[str, int]] = set()
         self._recover()
 
     # --- intents in ----------------------------------------------------------------------------
@@ -131,6 +134,9 @@ class CampusMlfo:
                 "min_fit": params.minfit or fl.min_fit,
                 "min_available": params.minav or fl.min_available,
                 "rounds": params.numround or fl.rounds,
+                # None: the agents use their own fl.seed / fl.round_timeout.
+                "seed": params.seed,
+                "round_timeout": params.roundtimeout,
             },
             "state": "planned",
             "reason": None,
@@ -148,6 +154,44 @@ class CampusMlfo:
             self._save(record)
         self._spawn(self._deploy, deployment_id)
         return {"id": deployment_id, "state": "planned", "name": record["name"]}
+
+    # --- a lost client started again ---------------------------------------------------------
+    def restart_client(self, deployment_id: str, part: int) -> dict[str, Any]:
+        """Start a new SuperNode for client `part` of a running deployment whose SuperNode is gone (lost).
+
+        It joins the running FL server; Flower samples it from the next round on."""
+        record = self.deployment(deployment_id)
+        if record["state"] != "running":
+            raise ConflictError(f"deployment {deployment_id} is {record['state']}: only a running deployment's clients restart")
+        client = next((c for c in record["clients"] if c["part"] == part), None)
+        if client is None:
+            raise NotFoundError(f"deployment {deployment_id} has no client part {part} (parts 0-{len(record['clients']) - 1})")
+        with self._lock:
+            if client["state"] != "lost" and client["state"] != "failed":
+                raise ConflictError(f"client part {part} is {client['state']}: only a lost or failed client restarts",
+                                    hint="wait until the MLFO sees it lost (GET /deployments/ID)")
+            if (deployment_id, part) in self._restarting:
+                raise ConflictError(f"client part {part} is already being restarted")
+            self._restarting.add((deployment_id, part))
+        requested = time.time()
+        agent = _client(AgentClient, client["agent"], self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT))
+        try:
+            answer = agent.start_client(_client_fields(record, part, record["server"]["server"]))
+        finally:
+            agent.close()
+            with self._lock:
+                self._restarting.discard((deployment_id, part))
+        with self._lock:
+            record = self.deployment(deployment_id)
+            client = record["clients"][part]
+            earlier = {k: client.get(k) for k in ("name", "pid", "lost_at", "lost_reason", "error")}
+            client.update(state="running", name=answer.get("client"), pid=answer.get("pid"), since=time.time(),
+                          error=None, lost_at=None, lost_reason=None,
+                          restarts=[*client.get("restarts", []), {**earlier, "restarted_at": requested}])
+            self._save(record)
+        log.info("client part %d of %s restarted on %s", part, deployment_id, client["agent"])
+        return {"deployment": deployment_id, "part": part, "agent": client["agent"], "client": client["name"],
+                "pid": client["pid"], "seconds": round(time.time() - requested, 3)}
 
     # --- admission: refuse what the machine cannot hold -------------------------------------
     def _memory_estimate(self, cohortsize: int, sameserver: bool) -> int:
@@ -237,6 +281,8 @@ class CampusMlfo:
                 sameserv=params["sameserver"],
                 deployment=deployment_id,
                 cohort=record["name"],
+                seed=params.get("seed"),
+                roundtimeout=params.get("round_timeout"),
             )
             momo = build_momo_intent(record["intent_id"], _pipeline(pipeline), constraints)
             server = self._momo_deploy(momo.model_dump())
@@ -289,7 +335,7 @@ class CampusMlfo:
 
     def _start_clients(self, deployment_id: str, record: dict[str, Any], server: str, started: float) -> None:
         """Start the cohort's clients through a machine-wide pool; record when each one was up."""
-        clients, params, pipeline = record["clients"], record["params"], record["pipeline"]
+        clients = record["clients"]
         timeout = max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)
 
         def start_one(client: dict[str, Any]) -> None:
@@ -299,18 +345,8 @@ class CampusMlfo:
                     return
                 agent = _client(AgentClient, client["agent"], self.config, timeout=timeout)
                 try:
-                    answer = agent.start_client(
-                        {
-                            "source": pipeline["source"],
-                            "model": pipeline["model"],
-                            "server": server,
-                            "cohsize": params["cohortsize"],
-                            "part": client["part"],
-                            "deployment": deployment_id,
-                            "cohort": record["name"],
-                        }
-                    )
-                    client.update(state="running", name=answer.get("client"), since=time.time(),
+                    answer = agent.start_client(_client_fields(record, client["part"], server))
+                    client.update(state="running", name=answer.get("client"), pid=answer.get("pid"), since=time.time(),
                                   ready_seconds=round(time.monotonic() - started, 3))
                 except MlfoError as err:
                     client["state"], client["error"] = "failed", err.message
@@ -357,7 +393,9 @@ class CampusMlfo:
             record = self.deployment(deployment_id)
             if record["state"] in TERMINAL_STATES:
                 return
-            record["clients"] = clients
+            # A client restarted while the agents were asked keeps its new record.
+            record["clients"] = [checked if checked.get("name") == fresh.get("name") else fresh
+                                 for checked, fresh in zip(clients, record["clients"])]
             self._save(record)
 
     def _watch(self, deployment_id: str) -> None:
@@ -449,6 +487,13 @@ class CampusMlfo:
             thread.join(timeout=10)
 
 
+def _client_fields(record: dict[str, Any], part: int, server: str) -> dict[str, Any]:
+    """The agent's /cli fields for client `part` of a deployment."""
+    params, pipeline = record["params"], record["pipeline"]
+    return {"source": pipeline["source"], "model": pipeline["model"], "server": server, "cohsize": params["cohortsize"],
+            "part": part, "deployment": record["id"], "cohort": record["name"], "seed": params.get("seed")}
+
+
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     rounds = record.get("rounds") or []
     return {
@@ -510,6 +555,8 @@ class CloudMlfo:
                     "model": constraints.modelkind,
                     "deployment": deployment,
                     "cohort": constraints.cohort,
+                    "seed": constraints.seed,
+                    "roundtimeout": constraints.roundtimeout,
                 }
             )
         except BaseException as err:
@@ -526,7 +573,7 @@ class CloudMlfo:
         log.info("MoMo Intent took %.3f s (deployment %s -> %s)", time.monotonic() - started, deployment, answer["server"])
         record["server"] = answer["server"]
         self.store.put(ALLOCATION, deployment, record, record["created"])
-        return {"server": answer["server"], "agent": agent_address, "shared_with": None}
+        return {"server": answer["server"], "agent": agent_address, "shared_with": None, "pid": answer.get("pid")}
 
     def _share(self, deployment: str) -> dict[str, Any]:
         """Give `deployment` the server of the most recent active allocation (sameserver)."""
