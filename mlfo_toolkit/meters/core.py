@@ -127,13 +127,14 @@ class CohortProbe:
 
     Used by experiments to record the rate a cohort gets before and after a meter changes."""
 
-    def __init__(self, config: Config, cohort: int) -> None:
+    def __init__(self, config: Config, cohort: int, client: str | None = None) -> None:
         self.config = config
         self.state, topology = network_topology(Path(config.paths.state_dir))
-        clients = [h for h in topology.fl_clients() if h.campus == cohort]
+        clients = [h for h in topology.fl_clients() if h.campus == cohort and client in (None, h.name)]
         servers = {h.cohort: h for h in topology.fl_servers()}
         if not clients or cohort not in servers:
-            raise ValidationError(f"cohort {cohort} has no clients or no FL server in {topology.name}", field="cohort")
+            raise ValidationError(f"cohort {cohort} has no clients{f' named {client}' if client else ''} or no FL server "
+                                  f"in {topology.name}", field="cohort")
         self.client, self.server = clients[0], servers[cohort]
         self._iperf: list[Any] = []
 
@@ -149,6 +150,12 @@ class CohortProbe:
 
     def measure(self, seconds: int = 1) -> float:
         return round(measure_mbit(self.state, self.client.name, self.server.ip, seconds), 2)
+
+    def reaches(self) -> bool:
+        """Whether the client reaches its FL server (one ping, 1 s)."""
+        from mlfo_toolkit.net.network import ping
+
+        return ping(self.state, self.client.name, self.server.ip, timeout_s=1)
 
     def __exit__(self, *exc: object) -> None:
         from mlfo_toolkit.net.state import stop_processes

@@ -27,7 +27,6 @@ from mlfo_toolkit.net.state import (
     ProcessRecord,
     leftovers,
     load_state,
-    network_topology,
     save_state,
     spawn_recorded,
     state_path,
@@ -404,49 +403,22 @@ def ping_mesh(config: Config, workers: int = 32, retries: int = 1) -> dict[str, 
 
 def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: str | None) -> dict[str, Any]:
     """The prototype's init.sh: CPU limits, FL-server reachability from the cloud MLFO, background traffic."""
-    state_dir = Path(config.paths.state_dir)
-    state, topology = network_topology(state_dir)
-    if state.phase != "up":
-        raise MlfoError(f"the network is {state.phase}, not up", hint="wait for `mlfo topo up` to finish")
+    from mlfo_toolkit.net.changes import running_network, set_cpu, start_background, stop_background
+
+    state, topology, state_dir = running_network(config)
     limits: dict[str, float | None] = {}
     for host in topology.hosts:
         if host.role == "fl-server" or (clients and host.role == "fl-client"):
-            record = state.host(host.name)
-            if not record.cgroup:
-                raise MlfoError("CPU limits need the cgroup v1 cpu controller", hint="see `mlfo topo status` warnings")
             limits[host.name] = cpus if cpus is not None else host.cpus
-            if record.container:
-                set_container_cpu_limit(record.container, limits[host.name])
-            else:
-                set_cpu_limit(record.cgroup, limits[host.name])
+            set_cpu(state, host.name, limits[host.name])
     state.extra["cpu_limits"] = limits
     cloud = topology.one("cloud-mlfo")
     reachable = {h.name: ping(state, cloud.name, h.ip) for h in topology.fl_servers()}
-    background: dict[str, Any] = {"rate": None}
-    old = [p for p in state.processes if p.name.startswith("iperf3") or p.name == "app-exporter"]
-    if old:
-        stop_processes(old)
-        state.processes = [p for p in state.processes if p not in old]
     if bg_rate and bg_rate not in ("0", "off"):
-        sink, source = topology.one("app-server"), topology.one("app-client")
-        log_dir = state_dir / "logs"
-        server = spawn_in_host(state, sink.name, "iperf3-server", ["iperf3", "-s", "-B", sink.ip, "-p", "5201"], log_dir)
-        wait_listening(state, [(sink.name, 5201, server)], 20)
-        spawn_in_host(
-            state, source.name, "iperf3-client",
-            ["iperf3", "-c", sink.ip, "-p", "5201", "-b", bg_rate, "-t", "86400", "--connect-timeout", "5000"], log_dir,
-        )
-        exporter_port = config.monitor.app_exporter_port
-        exporter = spawn_in_host(
-            state, source.name, "app-exporter",
-            [sys.executable, "-m", "mlfo_toolkit", "exporter", "--app", "background", "--match-port", "5201",
-             "--host", source.ip, "--port", str(exporter_port)], log_dir,
-        )
-        wait_listening(state, [(source.name, exporter_port, exporter)], 60)
-        background = {
-            "rate": bg_rate, "from": f"{source.name} ({source.ip})", "to": f"{sink.name} ({sink.ip}):5201",
-            "exporter": f"{source.ip}:{exporter_port}",
-        }
+        background = start_background(state, topology, config, state_dir, bg_rate)
+    else:
+        stop_background(state, state_dir)
+        background = {"rate": None}
     save_state(state, state_dir)
     return {"cpu_limits": limits, "reachable": reachable, "background": background}
 
