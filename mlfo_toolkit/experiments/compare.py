@@ -110,7 +110,8 @@ def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]
                     ax.annotate(f"{event['kind']} ({entry['key']})", (event["round"] - 0.5, ax.get_ylim()[1] * 0.95),
                                 rotation=90, fontsize=7, va="top", ha="right")
                 rows.append({"point": label, "run": entry["key"], "event": event["kind"], "round": event.get("round"),
-                             "phase": event.get("phase"), "offset_seconds": event.get("offset_seconds"), "ok": event.get("ok")})
+                             "phase": event.get("phase"), "offset_seconds": event.get("offset_seconds"), "ok": event.get("ok"),
+                             "effect": effect_text(event.get("effect") or {})})
     ax.set(xlabel="round (dashed: an event fired as this round began; x: fewer results than sampled)", ylabel="seconds",
            title="Time per round")
     fig.tight_layout()
@@ -143,14 +144,14 @@ def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]
             effect = event.get("effect") or {}
             if "measured_mbit_before" in effect:
                 rows.append({"point": point_label(entry["point"]), "run": entry["key"], "event": event["kind"], "round": event.get("round"),
-                             "rate": effect.get("rate"), "before_mbit": effect["measured_mbit_before"], "after_mbit": effect["measured_mbit_after"]})
+                             "rate": effect.get("rate") or effect.get("link"), "before_mbit": effect["measured_mbit_before"], "after_mbit": effect["measured_mbit_after"]})
     if rows:
         fig, ax = plt.subplots(figsize=(8, 4))
         xs = range(len(rows))
         ax.bar([x - 0.2 for x in xs], [r["before_mbit"] for r in rows], width=0.4, label="just before")
         ax.bar([x + 0.2 for x in xs], [r["after_mbit"] for r in rows], width=0.4, label="just after")
         ax.set_xticks(list(xs), [f"{r['run']}\n{r['event']} {r['rate'] or ''} (round {r['round']})" for r in rows], fontsize=7)
-        ax.set(ylabel="Mbit/s (iperf3, client to FL server)", title="Measured rate around each meter event")
+        ax.set(ylabel="Mbit/s (iperf3, client to FL server)", title="Measured rate around each meter or link event")
         ax.legend()
         fig.tight_layout()
         figures["meter-rates"] = _save(fig, plt, out / "meter-rates.png", rows)
@@ -211,3 +212,8 @@ def _html(out: Path, name: str, figures: dict[str, Path], table: list[dict[str, 
     page.write_text(f"<!doctype html><title>{html.escape(name)}</title><h1>Experiment {html.escape(name)}</h1>"
                     f"<table border=1><tr>{head}</tr>{body}</table>{images}")
     return page
+
+
+def effect_text(effect: dict[str, Any]) -> str:
+    """An event's effect in one line for tables: its scalar values, key=value."""
+    return ", ".join(f"{k}={v}" for k, v in effect.items() if isinstance(v, (str, int, float, bool)) or v is None)

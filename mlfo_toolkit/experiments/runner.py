@@ -59,7 +59,32 @@ def cohorts_for(experiment: Experiment, config: Config, plan: RunPlan) -> Cohort
         changes["fraction_fit"] = float(fraction)
     if spec.fl.min_fit:
         changes["min_fit"] = spec.fl.min_fit
+    if spec.fl.min_available:
+        changes["min_available"] = spec.fl.min_available
+    # Per cohort, so agents of a running network (whose config the run cannot change) use them too.
+    changes["seed"] = plan.seed
+    if spec.fl.round_timeout:
+        changes["round_timeout"] = spec.fl.round_timeout
     return dataclasses.replace(shaped, cohorts=[dataclasses.replace(c, **changes) for c in shaped.cohorts])
+
+
+def check_cohorts(experiment: Experiment, cohort_file: CohortFile) -> None:
+    """Events name cohorts (and client parts) a run has: checked for every run before any starts."""
+    from mlfo_toolkit.experiments.spec import where
+
+    sizes = {c.name: c.size for c in cohort_file.cohorts}
+    for i, event in enumerate(experiment.spec.timeline):
+        action = getattr(event, event.kind)
+        for field, name in (("at.cohort", event.at.cohort), (f"{event.kind}.cohort", getattr(action, "cohort", None))):
+            if isinstance(name, str) and name not in sizes:
+                raise ValidationError(f"no cohort '{name}' in this experiment (cohorts: {', '.join(sizes)})",
+                                      field=f"timeline[{i}].{field}", line=where(experiment.lines, "timeline", i, *field.split(".")),
+                                      source=str(experiment.source))
+        part = getattr(action, "part", None)
+        if isinstance(part, int) and isinstance(action.cohort, str) and part >= sizes[action.cohort]:
+            raise ValidationError(f"cohort '{action.cohort}' has {sizes[action.cohort]} clients (parts 0-{sizes[action.cohort] - 1})",
+                                  field=f"timeline[{i}].{event.kind}.part", line=where(experiment.lines, "timeline", i, event.kind, "part"),
+                                  source=str(experiment.source))
 
 
 def plan_summary(experiment: Experiment, config: Config) -> dict[str, Any]:
@@ -67,6 +92,7 @@ def plan_summary(experiment: Experiment, config: Config) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for plan in experiment.runs:
         cohorts = cohorts_for(experiment, config, plan)
+        check_cohorts(experiment, cohorts)
         runs.append({"key": plan.key, "point": plan.point, "seed": plan.seed,
                      "cohorts": [{"name": c.name, "clients": c.size, "rounds": c.rounds, "strategy": c.strategy} for c in cohorts.cohorts]})
     rounds = max((c["rounds"] for r in runs for c in r["cohorts"]), default=0)
@@ -74,7 +100,7 @@ def plan_summary(experiment: Experiment, config: Config) -> dict[str, Any]:
         "experiment": experiment.name,
         "backend": experiment.spec.backend,
         "runs": runs,
-        "events": [{"at": e.at.model_dump(exclude_none=True), "kind": e.kind, "what": getattr(e, e.kind)} for e in experiment.spec.timeline],
+        "events": [{"at": e.at.model_dump(exclude_none=True), "kind": e.kind, "what": _jsonable(getattr(e, e.kind))} for e in experiment.spec.timeline],
         # Measured here (4 clients): about 20 s to start and end a loopback run, 4-8 s per round
         # (a round that waits for a killed client takes fl.round_timeout).
         "expected_seconds": len(runs) * (20 + 5 * rounds),
@@ -153,7 +179,7 @@ class Timeline:
 
 
 def _jsonable(value: Any) -> Any:
-    return value.model_dump() if hasattr(value, "model_dump") else value
+    return value.model_dump(exclude_none=True) if hasattr(value, "model_dump") else value
 
 
 def place_in_rounds(fired: float, rounds: list[dict[str, Any]]) -> tuple[int | None, str | None]:
@@ -173,127 +199,105 @@ def place_in_rounds(fired: float, rounds: list[dict[str, Any]]) -> tuple[int | N
     return None, None
 
 
-def run_loopback(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path, progress: Progress) -> dict[str, Any]:
-    """One run on loopback: MLFOs, agents and Flower in this process's care, events fired at rounds."""
+def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path, progress: Progress,
+            campus: str | None = None) -> dict[str, Any]:
+    """One run: on loopback (MLFOs, agents and Flower in this process's care) or, given the published campus
+    MLFO of the running emulated network, there; the timeline fired at rounds; network changes undone after."""
     from mlfo_toolkit.demo import LoopbackNetwork
+    from mlfo_toolkit.experiments.events import Actions
+    from mlfo_toolkit.meters.core import clear_meters
     from mlfo_toolkit.monitoring.runs import cohort_summary, manifest
     from mlfo_toolkit.orchestrator.sending import send_cohorts, wait_for_deployments
 
     spec = experiment.spec
-    overrides: dict[str, Any] = {"fl.seed": plan.seed, "mlfo.client_check_seconds": 1.0}
-    if spec.fl.round_timeout:
-        overrides["fl.round_timeout"] = spec.fl.round_timeout
-    cfg = config.with_overrides(overrides)
+    loopback = campus is None
+    cfg = config.with_overrides({"fl.seed": plan.seed, "mlfo.client_check_seconds": 1.0}) if loopback else config
     cohort_file = cohorts_for(experiment, cfg, plan)
-    network = LoopbackNetwork(cfg, run_dir)
+    network = LoopbackNetwork(cfg, run_dir) if loopback else None
     started = time.monotonic()
-    sent: list[Any] = []
-
-    def kill(event: Event) -> dict[str, Any]:
-        assert event.kill is not None
-        target = next((c for c in sent if c.name == event.kill.cohort), None)
-        if target is None:
-            raise ValidationError(f"no cohort '{event.kill.cohort}' in this run", field="timeline.kill.cohort")
-        record = target.record
-        client = next((c for c in record.get("clients", []) if c.get("part") == event.kill.part), None)
-        if client is None:
-            raise ValidationError(f"cohort '{target.name}' has no client part {event.kill.part}", field="timeline.kill.part")
-        # The demo network adds an agent and its label together, so the two lists line up.
-        by_address = {label[0]: agent for label, agent in zip(network.agent_labels, network.agents)}
-        agent = by_address.get(client["agent"])
-        if agent is None:
-            raise ValidationError(f"no agent at {client['agent']}", field="timeline.kill")
-        victims = [c for c in agent.clients if c.params.deployment == target.deployment_id and c.process.running()]
-        for victim in victims:
-            os.kill(victim.process.pid, signal.SIGKILL)
-        return {"agent": client["agent"], "part": event.kill.part, "killed_pids": [v.process.pid for v in victims]}
-
-    timeline = Timeline(list(spec.timeline), kill)
-
+    actions = Actions(cfg, campus or "", plan.point, [], network=not loopback)
+    timeline = Timeline(list(spec.timeline), actions)
+    partial = _Partial(run_dir, timeline, actions.sent, cfg)
     try:
-        num_servers = sum(1 for c in cohort_file.cohorts if not c.sameserver)
-        network.start(num_servers, sum(c.size for c in cohort_file.cohorts))
-        sent.extend(send_cohorts(cohort_file, network.config, network.campus_address))
+        if network is not None:
+            num_servers = sum(1 for c in cohort_file.cohorts if not c.sameserver)
+            network.start(num_servers, sum(c.size for c in cohort_file.cohorts))
+            actions.campus = network.campus_address
+        actions.sent.extend(send_cohorts(cohort_file, cfg, actions.campus))
         with timeline.ticking():
-            wait_for_deployments(sent, network.config, network.campus_address, timeout=spec.timeout,
+            wait_for_deployments(actions.sent, cfg, actions.campus, timeout=spec.timeout,
                                  progress=timeline.follow(progress, plan.key), poll_seconds=0.5)
+    except BaseException:
+        partial.keep(actions.campus)
+        raise
     finally:
-        network.close()
-    cohorts = [cohort_summary(c) for c in sent]
-    timeline.place(sent)
-    for record in timeline.records:
-        if record["kind"] == "kill" and record["ok"]:
-            target = next(c for c in sent if c.name == record["what"]["cohort"])
-            client = next(c for c in target.record.get("clients", []) if c.get("part") == record["what"]["part"])
-            record["effect"]["client_state"] = client.get("state")
-            record["effect"]["lost_after_seconds"] = round(client["lost_at"] - record["fired"], 2) if client.get("lost_at") else None
+        undone = actions.restore()
+        if not loopback:
+            clear_meters(cfg)  # the next run starts unmetered
+        if network is not None:
+            network.close()
+    timeline.place(actions.sent)
+    reaction(timeline.records, actions.sent)
     return {
-        "cohorts": cohorts,
+        "cohorts": [cohort_summary(c) for c in actions.sent],
         "events": timeline.records,
         "run_dir": str(run_dir),
         "wall_seconds": round(time.monotonic() - started, 2),
         "point": plan.point,
         "seed": plan.seed,
         "repetition": plan.repetition,
+        "backend": spec.backend,
+        "undo_problems": undone,
         "manifest": manifest({"experiment": experiment.source}, {"fl.seed": plan.seed}),
     }
 
 
-def _meter_rate(event: Event, point: dict[str, Any]) -> str:
-    assert event.meter is not None
-    return str(point.get("meter.rate", event.meter.rate))
+def reaction(records: list[dict[str, Any]], sent: list[Any]) -> None:
+    """Add the MLFO's view to each kill and restart: the client's state, how soon it was seen lost, the deployment's end."""
+    for record in records:
+        what = record["what"]
+        if record["kind"] not in ("kill", "restart") or not record["ok"]:
+            continue
+        target = next((c for c in sent if c.name == what["cohort"]), None)
+        if target is None:
+            continue
+        if record["kind"] == "kill" and what.get("server"):
+            record["effect"].update(deployment_state=target.record.get("state"), deployment_reason=target.record.get("reason"))
+            continue
+        client: dict[str, Any] = next((c for c in target.record.get("clients", []) if c.get("part") == what["part"]), {})
+        record["effect"]["client_state"] = client.get("state")
+        if record["kind"] == "kill":
+            # Seen lost before a restart, or still lost at the end.
+            lost_at = next((r.get("lost_at") for r in client.get("restarts", []) if (r.get("lost_at") or 0) >= record["fired"]),
+                           client.get("lost_at"))
+            record["effect"]["lost_after_seconds"] = round(lost_at - record["fired"], 2) if lost_at else None
+            record["effect"]["client_state"] = "lost" if lost_at else client.get("state")
+            record["effect"]["restarted_later"] = bool(client.get("restarts"))
 
 
-def run_network(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path, progress: Progress,
-                campus: str) -> dict[str, Any]:
-    """One run in the running emulated network: cohorts sent to its campus MLFO, meters set at rounds,
-    the cohort's rate measured with iperf3 just before and after each meter change."""
-    from mlfo_toolkit.meters.core import CohortProbe, clear_meters, set_meter
-    from mlfo_toolkit.monitoring.runs import cohort_summary, manifest
-    from mlfo_toolkit.orchestrator.sending import send_cohorts, wait_for_deployments
+class _Partial:
+    """What an interrupted run had measured: its events and each deployment's rounds so far, in partial.json."""
 
-    spec = experiment.spec
-    cohort_file = cohorts_for(experiment, config, plan)
-    started = time.monotonic()
+    def __init__(self, run_dir: Path, timeline: Timeline, sent: list[Any], config: Config) -> None:
+        self.run_dir, self.timeline, self.sent, self.config = run_dir, timeline, sent, config
 
-    def act(event: Event) -> dict[str, Any]:
-        if event.meter is not None:
-            rate = _meter_rate(event, plan.point)
-            with CohortProbe(config, event.meter.cohort) as probe:
-                before = probe.measure()
-                installed = set_meter(config, event.meter.cohort, rate, None, "both", "ovs")
-                after = probe.measure()
-            return {"cohort": event.meter.cohort, "rate": rate, "rate_kbps": installed["rate_kbps"],
-                    "measured_mbit_before": before, "measured_mbit_after": after, "client": probe.client.name}
-        assert event.meter_clear is not None
-        with CohortProbe(config, event.meter_clear) as probe:
-            before = probe.measure()
-            cleared = clear_meters(config, event.meter_clear)
-            after = probe.measure()
-        return {"cohort": event.meter_clear, "cleared": cleared, "measured_mbit_before": before, "measured_mbit_after": after}
+    def keep(self, campus: str) -> None:
+        from mlfo_toolkit.monitoring.runs import cohort_summary
+        from mlfo_toolkit.orchestrator.clients import MlfoClient
 
-    timeline = Timeline(list(spec.timeline), act)
-
-    sent = send_cohorts(cohort_file, config, campus)
-    try:
-        with timeline.ticking():
-            wait_for_deployments(sent, config, campus, timeout=spec.timeout, progress=timeline.follow(progress, plan.key),
-                                 poll_seconds=0.5)
-    finally:
-        clear_meters(config)  # the next run starts unmetered
-    timeline.place(sent)
-    return {
-        "cohorts": [cohort_summary(c) for c in sent],
-        "events": timeline.records,
-        "run_dir": str(run_dir),
-        "wall_seconds": round(time.monotonic() - started, 2),
-        "point": plan.point,
-        # Agents in the network read fl.seed from the network's config, so every run shares it.
-        "seed": config.fl.seed,
-        "repetition": plan.repetition,
-        "backend": "network",
-        "manifest": manifest({"experiment": experiment.source}, {"fl.seed": config.fl.seed}),
-    }
+        if campus and self.sent:
+            client = MlfoClient(campus, token=self.config.api.token, timeout=5, retries=0)
+            try:
+                for cohort in self.sent:
+                    with contextlib.suppress(MlfoError):
+                        cohort.record = client.deployment(cohort.deployment_id)
+            finally:
+                client.close()
+        self.timeline.place(self.sent)
+        write_json_atomically(self.run_dir / "partial.json", {
+            "interrupted": time.time(), "events": self.timeline.records,
+            "cohorts": [cohort_summary(c) for c in self.sent if c.record],
+        })
 
 
 class _Network:
@@ -335,10 +339,30 @@ class _Network:
 
 def run_experiment(experiment: Experiment, config: Config, out_dir: Path, *, progress: Progress = _quiet) -> dict[str, Any]:
     """Run every run not already finished; write index.json after each; return the index."""
+    for plan in experiment.runs:
+        check_cohorts(experiment, cohorts_for(experiment, config, plan))
     out_dir.mkdir(parents=True, exist_ok=True)
     network = _Network(experiment, config, progress) if experiment.spec.backend == "network" else None
-    with network if network is not None else contextlib.nullcontext():
+    with _terminate_as_interrupt(), network if network is not None else contextlib.nullcontext():
         return _run_all(experiment, config, out_dir, progress, network)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (and SIGHUP) stop a run as Ctrl-C does: what was started is stopped, what was measured is kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _run_all(experiment: Experiment, config: Config, out_dir: Path, progress: Progress, network: _Network | None) -> dict[str, Any]:
@@ -354,13 +378,15 @@ def _run_all(experiment: Experiment, config: Config, out_dir: Path, progress: Pr
             index["runs"].append(entry)
             progress("run", {"run": plan.key, "state": "skipped"})
             continue
+        if run_dir.exists():
+            # An interrupted attempt: keep what it measured beside the new one.
+            attempt = 1 + sum(1 for _ in run_dir.parent.glob(f"{plan.key}.attempt-*"))
+            run_dir.rename(run_dir.with_name(f"{plan.key}.attempt-{attempt}"))
+            entry["earlier_attempts"] = attempt
         run_dir.mkdir(parents=True, exist_ok=True)
         progress("run", {"run": plan.key, "state": "starting", "point": plan.point, "seed": plan.seed})
         try:
-            if network is not None:
-                summary = run_network(experiment, plan, config, run_dir, progress, network.campus)
-            else:
-                summary = run_loopback(experiment, plan, config, run_dir, progress)
+            summary = run_one(experiment, plan, config, run_dir, progress, network.campus if network is not None else None)
         except KeyboardInterrupt:
             entry["state"] = "interrupted"
             index["runs"].append(entry)

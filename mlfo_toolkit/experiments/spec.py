@@ -28,9 +28,13 @@ from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN
 from mlfo_toolkit.yamlutil import load_yaml, validate
 
 # Events that change the emulated network; on loopback there is nothing to change.
-# Supported now: kill (loopback), meter and meter_clear (network); the others are refused with a reason.
 NETWORK_EVENTS = ("meter", "meter_clear", "link", "cpu", "background")
+EVENTS = ("kill", "restart", *NETWORK_EVENTS)
 SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients")
+# An event's value a sweep can vary: `sweep: {meter.rate: [5mbit, 50mbit]}` sets it on every such event.
+SWEEPABLE_EVENT_FIELDS = {"meter.rate": ("meter", "rate"), "link.rate": ("link", "rate"), "cpu.cpus": ("cpu", "cpus"),
+                          "background.rate": ("background", "rate")}
+RATE_PATTERN = r"^\d+(\.\d+)?\s*([kKmMgG]?(bit|bps)?)$"
 
 
 class _Model(BaseModel):
@@ -55,7 +59,21 @@ class At(_Model):
 
 
 class Kill(_Model):
-    """SIGKILL the SuperNode of one client (partition `part`) of a cohort."""
+    """SIGKILL the SuperNode of one client (`part`) of a cohort, or its FL server's SuperLink (`server: true`)."""
+
+    cohort: str
+    part: int | None = Field(None, ge=0)
+    server: bool = False
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Kill:
+        if (self.part is None) == (not self.server):
+            raise ValueError("name either part (a client) or server: true")
+        return self
+
+
+class Restart(_Model):
+    """Start a killed client's SuperNode again, through the campus MLFO (it waits until the MLFO saw it lost)."""
 
     cohort: str
     part: int = Field(ge=0)
@@ -63,27 +81,56 @@ class Kill(_Model):
 
 class Meter(_Model):
     cohort: int = Field(ge=1)
-    rate: str = "10mbit"
+    rate: str = Field("10mbit", pattern=RATE_PATTERN)
+
+
+class Link(_Model):
+    """Change the link between nodes a and b (a host and its switch, or two switches): its rate, or down / up."""
+
+    a: str
+    b: str
+    rate: str | None = Field(None, pattern=RATE_PATTERN)
+    state: Literal["down", "up"] | None = None
+
+    @model_validator(mode="after")
+    def _one_change(self) -> Link:
+        if (self.rate is None) == (self.state is None):
+            raise ValueError("give either rate (e.g. 20mbit) or state (down or up)")
+        return self
+
+
+class Cpu(_Model):
+    """A host's CPU limit in cores; null lifts it."""
+
+    host: str
+    cpus: float | None = Field(..., gt=0, le=256)
+
+
+class Background(_Model):
+    """Background iperf3 traffic from the app-client host to the app-server host at `rate`, or `off`."""
+
+    rate: str = Field(pattern=RATE_PATTERN.replace("^", "^(off|").replace("$", ")$"))
 
 
 class Event(_Model):
     at: At
     kill: Kill | None = None
+    restart: Restart | None = None
     meter: Meter | None = None
     meter_clear: int | None = Field(None, ge=1)
-    link: dict[str, Any] | None = None
-    cpu: dict[str, Any] | None = None
-    background: dict[str, Any] | None = None
+    link: Link | None = None
+    cpu: Cpu | None = None
+    background: Background | None = None
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("kill", *NETWORK_EVENTS) if getattr(self, k) is not None)
+        return next(k for k in EVENTS if getattr(self, k) is not None)
 
     @model_validator(mode="after")
     def _one_action(self) -> Event:
-        actions = [k for k in ("kill", *NETWORK_EVENTS) if getattr(self, k) is not None]
+        actions = [k for k in EVENTS if getattr(self, k) is not None]
         if len(actions) != 1:
-            raise ValueError(f"an event has exactly one action ({', '.join(('kill', *NETWORK_EVENTS))}), not {len(actions)}")
+            raise ValueError(f"an event has exactly one action ({', '.join(EVENTS)}), not {len(actions)}")
         return self
 
 
@@ -97,7 +144,8 @@ class FlOverrides(_Model):
     strategy: str | None = None
     fraction_fit: float | None = Field(None, gt=0, le=1)
     min_fit: int | None = Field(None, ge=1)
-    round_timeout: float | None = Field(None, gt=0)
+    min_available: int | None = Field(None, ge=1)
+    round_timeout: float | None = Field(None, gt=0, le=86_400)
 
 
 class TopologyChoice(_Model):
@@ -134,13 +182,14 @@ class Experiment:
     spec: ExperimentFile
     source: Path
     runs: list[RunPlan]
+    lines: dict[tuple[Any, ...], int]
 
     @property
     def name(self) -> str:
         return self.spec.name
 
 
-def _where(lines: dict[tuple[Any, ...], int], *path: Any) -> int | None:
+def where(lines: dict[tuple[Any, ...], int], *path: Any) -> int | None:
     for end in range(len(path), 0, -1):
         if path[:end] in lines:
             return lines[path[:end]]
@@ -161,28 +210,29 @@ def load_experiment(path: Path) -> Experiment:
     for i, event in enumerate(spec.timeline):
         if spec.backend == "loopback" and event.kind in NETWORK_EVENTS:
             raise ValidationError(f"a '{event.kind}' event changes the emulated network, which a loopback run does not have",
-                                  field=f"timeline[{i}].{event.kind}", line=_where(lines, "timeline", i, event.kind), source=source,
+                                  field=f"timeline[{i}].{event.kind}", line=where(lines, "timeline", i, event.kind), source=source,
                                   hint="set backend: network (needs root and `mlfo topo up`), or drop the event")
-        if spec.backend == "network" and event.kind in ("kill", "link", "cpu", "background"):
-            raise ValidationError(f"'{event.kind}' events are not supported on backend: network yet (meter and meter_clear are; "
-                                  "kill is, on loopback)",
-                                  field=f"timeline[{i}].{event.kind}", line=_where(lines, "timeline", i, event.kind), source=source)
+    if spec.backend == "network":
+        _check_topology(spec, lines, source)
     for key, values in spec.sweep.items():
-        if key not in SWEEPABLE and not key.startswith("meter."):
-            raise ValidationError(f"cannot sweep '{key}'", field=f"sweep.{key}", line=_where(lines, "sweep", key), source=source,
-                                  hint=f"sweepable: {', '.join(SWEEPABLE)}, meter.rate")
+        if key not in SWEEPABLE and key not in SWEEPABLE_EVENT_FIELDS:
+            raise ValidationError(f"cannot sweep '{key}'", field=f"sweep.{key}", line=where(lines, "sweep", key), source=source,
+                                  hint=f"sweepable: {', '.join((*SWEEPABLE, *SWEEPABLE_EVENT_FIELDS))}")
+        if key in SWEEPABLE_EVENT_FIELDS and not any(e.kind == SWEEPABLE_EVENT_FIELDS[key][0] for e in spec.timeline):
+            raise ValidationError(f"sweeps '{key}' but the timeline has no {SWEEPABLE_EVENT_FIELDS[key][0]} event",
+                                  field=f"sweep.{key}", line=where(lines, "sweep", key), source=source)
         if not values:
-            raise ValidationError("lists no values", field=f"sweep.{key}", line=_where(lines, "sweep", key), source=source)
+            raise ValidationError("lists no values", field=f"sweep.{key}", line=where(lines, "sweep", key), source=source)
         if key == "strategy":
             for j, value in enumerate(values):
                 try:
                     canonical_strategy(str(value), f"sweep.strategy[{j}]")
                 except ValidationError as err:
-                    raise ValidationError(err.message.split(": ", 1)[-1], field=f"sweep.strategy[{j}]",
-                                          line=_where(lines, "sweep", key), source=source, hint=err.hint) from None
+                    raise ValidationError(err.reason, field=f"sweep.strategy[{j}]",
+                                          line=where(lines, "sweep", key), source=source, hint=err.hint) from None
     if spec.seeds is not None and len(spec.seeds) != spec.repeat:
         raise ValidationError(f"lists {len(spec.seeds)} seeds for repeat: {spec.repeat}", field="seeds",
-                              line=_where(lines, "seeds"), source=source)
+                              line=where(lines, "seeds"), source=source)
     seeds = spec.seeds or list(range(1, spec.repeat + 1))
     keys = list(spec.sweep)
     runs = []
@@ -192,4 +242,36 @@ def load_experiment(path: Path) -> Experiment:
         label = "-".join(f"{k.split('.')[-1]}_{v}" for k, v in point.items()) or "base"
         for repetition, seed in enumerate(seeds, start=1):
             runs.append(RunPlan(f"{label}-r{repetition}", point, repetition, seed))
-    return Experiment(spec, path, runs)
+    return Experiment(spec, path, runs, lines)
+
+
+def _check_topology(spec: ExperimentFile, lines: dict[tuple[Any, ...], int], source: str) -> None:
+    """Network events name hosts, links and cohorts of the topology: check them before anything starts."""
+    from mlfo_toolkit.net.topology import load_topology
+
+    try:
+        topology = load_topology(Path(spec.topology.file), spec.topology.params or None)
+    except ValidationError as err:
+        raise ValidationError(f"{err.message}", field="topology", line=where(lines, "topology"), source=source, hint=err.hint) from None
+    hosts = {h.name: h for h in topology.hosts}
+    cohorts = {h.cohort for h in topology.fl_servers()}
+    for i, event in enumerate(spec.timeline):
+        problem = None
+        if event.meter is not None or event.meter_clear is not None:
+            number = event.meter.cohort if event.meter is not None else event.meter_clear
+            if number not in cohorts:
+                problem = f"topology {topology.name} has no cohort {number} (it has {', '.join(map(str, sorted(c for c in cohorts if c)))})"
+        elif event.link is not None:
+            from mlfo_toolkit.net.changes import link_ends
+
+            try:
+                link_ends(topology, event.link.a, event.link.b)
+            except ValidationError as err:
+                problem = err.reason
+        elif event.cpu is not None and event.cpu.host not in hosts:
+            problem = f"topology {topology.name} has no host '{event.cpu.host}'"
+        elif event.background is not None and not {"app-client", "app-server"} <= {h.role for h in topology.hosts}:
+            problem = f"topology {topology.name} has no app-client and app-server hosts for background traffic"
+        if problem:
+            raise ValidationError(problem, field=f"timeline[{i}].{event.kind}", line=where(lines, "timeline", i, event.kind),
+                                  source=source, hint="`mlfo topo show` lists the hosts, links and cohorts")

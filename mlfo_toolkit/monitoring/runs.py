@@ -47,6 +47,9 @@ def cohort_summary(cohort: SentCohort) -> dict[str, Any]:
         "lost_clients": [
             {k: c.get(k) for k in ("agent", "part", "lost_at", "error")} for c in record.get("clients", []) if c.get("state") == "lost"
         ],
+        "restarted_clients": [
+            {"agent": c.get("agent"), "part": c.get("part"), **r} for c in record.get("clients", []) for r in c.get("restarts", [])
+        ],
         "orchestration_seconds": record.get("orchestration_seconds"),
         "client_ready_seconds": record.get("client_ready_seconds"),
         "traffic": record.get("traffic"),

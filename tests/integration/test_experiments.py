@@ -4,7 +4,13 @@ and compared in one report."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -57,11 +63,16 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
         run = json.loads((out / "runs" / key / "run.json").read_text())
         (cohort,) = run["cohorts"]
         assert len(cohort["accuracy"]) == 6 and cohort["accuracy"][-1] > cohort["accuracy"][0]
-        (event,) = run["events"]
-        assert event["kind"] == "kill" and event["ok"] and event["round"] == 3, event
-        assert event["effect"]["client_state"] == "lost"
+        kill, restart = run["events"]
+        assert kill["kind"] == "kill" and kill["ok"] and kill["round"] == 3, kill
+        assert kill["effect"]["client_state"] == "lost" and kill["effect"]["lost_after_seconds"] < 5
         assert cohort["short_rounds"] and min(cohort["short_rounds"]) >= 3  # the MLFO's view: rounds after the kill came up short
-        assert [c["part"] for c in cohort["lost_clients"]] == [1]
+        assert cohort["results"][2] < cohort["sampled"][2]
+        # Restarted through the campus MLFO as round 5 began: a new SuperNode, and the last round has its result again.
+        assert restart["kind"] == "restart" and restart["ok"] and restart["round"] == 5, restart
+        assert restart["effect"]["pid"] != kill["effect"]["pid"] and restart["effect"]["client_state"] == "running"
+        assert [c["part"] for c in cohort["restarted_clients"]] == [1] and not cohort["lost_clients"]
+        assert cohort["results"][-1] > cohort["results"][3], cohort
     assert json.loads((out / "runs" / "base-r1" / "run.json").read_text())["seed"] == 1
     assert json.loads((out / "runs" / "base-r2" / "run.json").read_text())["seed"] == 2
 
@@ -71,9 +82,10 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     assert {Path(p).name for p in built["plots"]} == {"accuracy-loss.png", "round-time.png", "traffic.png"}
     rows = json.loads((out / "report" / "round-time.json").read_text())
     assert {r["run"] for r in rows if r.get("event") == "kill" and r["round"] == 3} == {"base-r1", "base-r2"}
+    assert {r["run"] for r in rows if r.get("event") == "restart" and r["round"] == 5} == {"base-r1", "base-r2"}
     assert any(r.get("short") for r in rows)
     (point,) = built["table"]
-    assert point["runs"] == 2 and point["events"] == ["kill"] and point["final_accuracy_mean"] > 0.8
+    assert point["runs"] == 2 and point["events"] == ["kill", "restart"] and point["final_accuracy_mean"] > 0.8
     assert (out / "report" / "accuracy-loss.csv").read_text().startswith("point,run,cohort,round,accuracy,loss")
 
     again = CliRunner().invoke(cli, ["run", str(KILL), "-o", str(out), "--json"])
@@ -81,11 +93,7 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     assert [r["state"] for r in json.loads(again.stdout)["runs"]] == ["skipped (finished earlier)"] * 2
 
 
-@pytest.mark.root
-@pytest.mark.slow
-def test_meter_sweep_on_the_small_topology_records_rates_around_each_meter(workdir: Path) -> None:
-    import subprocess
-
+def _needs_the_network() -> None:
     from tests.conftest import require_binary, require_root
 
     require_root()
@@ -93,6 +101,12 @@ def test_meter_sweep_on_the_small_topology_records_rates_around_each_meter(workd
         require_binary(tool)
     if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True, check=False).returncode != 0:
         pytest.skip("needs Open vSwitch running (`make ovs` as root)")
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_meter_sweep_on_the_small_topology_records_rates_around_each_meter(workdir: Path) -> None:
+    _needs_the_network()
     out = workdir / "exp"
     env = {"MLFO_PATHS__STATE_DIR": str(workdir / "state")}
     result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "meter-sweep.yaml"), "-o", str(out), "--json"], env=env)
@@ -115,3 +129,87 @@ def test_meter_sweep_on_the_small_topology_records_rates_around_each_meter(workd
     assert report.exit_code == 0, report.output
     assert "meter-rates.png" in {Path(p).name for p in json.loads(report.stdout)["plots"]}
     assert len(json.loads(report.stdout)["table"]) == 4
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_network_faults_take_effect_and_are_undone(workdir: Path) -> None:
+    """Link rate, CPU limit, background traffic, link down and up, kill and restart, each at a round of the cohort."""
+    _needs_the_network()
+    out = workdir / "exp"
+    env = {"MLFO_PATHS__STATE_DIR": str(workdir / "state")}
+    result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "network-faults.yaml"), "-o", str(out), "--json"], env=env)
+    assert result.exit_code == 0, result.output[-3000:]
+    run = json.loads((out / "runs" / "base-r1" / "run.json").read_text())
+    (cohort,) = run["cohorts"]
+    assert cohort["state"] == "done" and len(cohort["accuracy"]) == 7 and cohort["accuracy"][-1] > 0.8, cohort
+    events = {(e["kind"], e["round"]): e for e in run["events"]}
+    assert all(e["ok"] for e in run["events"]), [e for e in run["events"] if not e["ok"]]
+    assert len(events) == 7, sorted(events)
+
+    rate = events[("link", 2)]["effect"]  # fc.10's access link from 500 to 20 Mbit/s, measured from fc.10
+    assert rate["client"] == "fc.10" and rate["measured_mbit_before"] > 60 and rate["measured_mbit_after"] < 30, rate
+    assert {end["rate"] for end in rate["after"].values()} == {"20Mbit"}, rate
+    assert events[("cpu", 3)]["effect"]["cpus_after"] == 0.25
+    background = events[("background", 3)]["effect"]
+    assert background["rate"] == "50mbit" and 25 < background["measured_mbit"] < 75, background
+    down, up = events[("link", 4)]["effect"], events[("link", 5)]["effect"]
+    assert down["reaches_before"] and not down["reaches_after"], down
+    assert not up["reaches_before"] and up["reaches_after"], up
+    kill, restart = events[("kill", 4)]["effect"], events[("restart", 6)]["effect"]
+    assert kill["client_state"] == "lost" and kill["restarted_later"], kill
+    assert restart["client_state"] == "running" and restart["pid"] != kill["pid"], restart
+    # The MLFO's view: rounds from the kill on got fewer results than they sampled.
+    assert cohort["short_rounds"] and min(cohort["short_rounds"]) >= 4, cohort
+    assert run["undo_problems"] == [] and run["seed"] == 1
+    assert not (workdir / "state" / "network.json").exists()  # the run took its network down
+    report = CliRunner().invoke(cli, ["report", str(out), "--json"])
+    assert report.exit_code == 0, report.output
+    assert "meter-rates.png" in {Path(p).name for p in json.loads(report.stdout)["plots"]}  # the link rate event, drawn
+
+
+@pytest.mark.flower
+@pytest.mark.slow
+def test_sigterm_stops_the_run_and_keeps_what_it_measured(workdir: Path) -> None:
+    out = workdir / "exp"
+    command = [sys.executable, "-m", "mlfo_toolkit", "run", str(KILL), "-o", str(out), "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        # Wait until the first run has a few rounds behind it (the agent writes its server's metrics).
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            rounds = [line for f in (out / "runs").glob("base-r1/**/metrics.jsonl") for line in f.read_text().splitlines() if '"round"' in line]
+            if len(rounds) >= 3:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("no rounds within 180 s")
+        children = [c.pid for c in psutil_children(process.pid)]
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    index = json.loads((out / "index.json").read_text())
+    assert [r["state"] for r in index["runs"]] == ["interrupted"]
+    partial = json.loads((out / "runs" / "base-r1" / "partial.json").read_text())
+    assert len(partial["cohorts"][0]["accuracy"]) >= 2 and partial["events"], partial
+    time.sleep(1)
+    assert [pid for pid in children if pid_alive(pid)] == [], "left running after SIGTERM"
+
+
+def psutil_children(pid: int) -> list[Any]:
+    import psutil
+
+    return list(psutil.Process(pid).children(recursive=True))
+
+
+def pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

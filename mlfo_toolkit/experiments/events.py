@@ -1,0 +1,221 @@
+"""What each timeline event does, and what it measures, in one run.
+
+A client or server is killed by the PID the MLFO recorded for it (checked to be the process started
+for this deployment), and restarted through the campus MLFO, as a user would. Network events change
+the running emulated network through `net.changes` and `meters.core`, and measure the effect: the
+rate a cohort's client gets to its FL server just before and after (iperf3, 1 s), whether it still
+reaches it, the CPU limit the kernel holds. Every network change is undone when the run ends, so the
+next run starts from the same network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import MlfoError, ValidationError
+from mlfo_toolkit.experiments.spec import SWEEPABLE_EVENT_FIELDS, Event
+from mlfo_toolkit.orchestrator.clients import MlfoClient
+
+# How long a restart waits for the MLFO to see the killed client lost (it checks every client_check_seconds).
+LOST_WAIT_SECONDS = 60.0
+
+
+def event_value(event: Event, point: dict[str, Any]) -> Any:
+    """The event's action, with this run's sweep point applied (e.g. meter.rate)."""
+    action = getattr(event, event.kind)
+    for key, (kind, name) in SWEEPABLE_EVENT_FIELDS.items():
+        if kind == event.kind and key in point:
+            action = action.model_copy(update={name: point[key]})
+    return action
+
+
+def _kill_pid(pid: int | None, what: str, since: float) -> None:
+    """SIGKILL `pid` if it is the process started for this deployment (PIDs are reused)."""
+    if not pid:
+        raise MlfoError(f"the MLFO recorded no PID for {what}")
+    try:
+        process = psutil.Process(pid)
+        if process.create_time() < since - 1:
+            raise MlfoError(f"PID {pid} of {what} now belongs to an older process; not killing it")
+        process.kill()
+    except psutil.NoSuchProcess:
+        raise MlfoError(f"{what} (PID {pid}) is already gone") from None
+
+
+@dataclass
+class Actions:
+    """Carries out a run's events against its campus MLFO (and network, if any); undoes network changes."""
+
+    config: Config
+    campus: str
+    point: dict[str, Any]
+    sent: list[Any]  # SentCohort, filled once the cohorts are sent
+    network: bool = False
+    undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def __call__(self, event: Event) -> dict[str, Any]:
+        action = event_value(event, self.point)
+        handler: Callable[[Any], dict[str, Any]] = getattr(self, f"_{event.kind}")
+        return handler(action)
+
+    def _mlfo(self) -> MlfoClient:
+        return MlfoClient(self.campus, token=self.config.api.token, timeout=self.config.api.timeout_seconds)
+
+    def _deployment(self, cohort: str) -> dict[str, Any]:
+        target = next((c for c in self.sent if c.name == cohort), None)
+        if target is None:
+            raise ValidationError(f"no cohort '{cohort}' in this run (cohorts: {', '.join(c.name for c in self.sent)})",
+                                  field="timeline.cohort")
+        client = self._mlfo()
+        try:
+            return client.deployment(target.deployment_id)
+        finally:
+            client.close()
+
+    # --- FL processes ---------------------------------------------------------------------------
+    def _kill(self, kill: Any) -> dict[str, Any]:
+        record = self._deployment(kill.cohort)
+        if kill.server:
+            server = record.get("server") or {}
+            _kill_pid(server.get("pid"), f"the FL server of {kill.cohort}", record["created"])
+            return {"cohort": kill.cohort, "server": server.get("server"), "pid": server.get("pid")}
+        client = next((c for c in record["clients"] if c["part"] == kill.part), None)
+        if client is None:
+            raise ValidationError(f"cohort '{kill.cohort}' has no client part {kill.part}", field="timeline.kill.part")
+        _kill_pid(client.get("pid"), f"client part {kill.part} of {kill.cohort}", record["created"])
+        return {"cohort": kill.cohort, "part": kill.part, "agent": client["agent"], "pid": client.get("pid")}
+
+    def _restart(self, restart: Any) -> dict[str, Any]:
+        waited = time.monotonic()
+        deadline = waited + LOST_WAIT_SECONDS
+        while True:
+            record = self._deployment(restart.cohort)
+            client = next((c for c in record["clients"] if c["part"] == restart.part), None)
+            if client is None:
+                raise ValidationError(f"cohort '{restart.cohort}' has no client part {restart.part}", field="timeline.restart.part")
+            if client["state"] in ("lost", "failed"):
+                break
+            if record["state"] != "running" or time.monotonic() > deadline:
+                raise MlfoError(f"client part {restart.part} of {restart.cohort} is {client['state']} (deployment "
+                                f"{record['state']}): nothing to restart", hint="kill it first, in an earlier round")
+            time.sleep(0.5)
+        mlfo = self._mlfo()
+        try:
+            answer = mlfo.restart_client(record["id"], restart.part)
+        finally:
+            mlfo.close()
+        return {"cohort": restart.cohort, "part": restart.part, "pid": answer.get("pid"),
+                "waited_for_lost_seconds": round(time.monotonic() - waited, 2), "start_seconds": answer.get("seconds")}
+
+    # --- the network ------------------------------------------------------------------------------
+    def _probe(self, cohort: int, client: str | None = None) -> Any:
+        from mlfo_toolkit.meters.core import CohortProbe
+
+        return CohortProbe(self.config, cohort, client=client)
+
+    def _meter(self, meter: Any) -> dict[str, Any]:
+        from mlfo_toolkit.meters.core import set_meter
+
+        with self._probe(meter.cohort) as probe:
+            before = probe.measure()
+            installed = set_meter(self.config, meter.cohort, meter.rate, None, "both", "ovs")
+            after = probe.measure()
+        return {"cohort": meter.cohort, "rate": meter.rate, "rate_kbps": installed["rate_kbps"],
+                "measured_mbit_before": before, "measured_mbit_after": after, "client": probe.client.name}
+
+    def _meter_clear(self, cohort: int) -> dict[str, Any]:
+        from mlfo_toolkit.meters.core import clear_meters
+
+        with self._probe(cohort) as probe:
+            before = probe.measure()
+            cleared = clear_meters(self.config, cohort)
+            after = probe.measure()
+        return {"cohort": cohort, "cleared": cleared, "measured_mbit_before": before, "measured_mbit_after": after}
+
+    def _link(self, link: Any) -> dict[str, Any]:
+        from mlfo_toolkit.meters.plan import parse_rate_kbps
+        from mlfo_toolkit.net.changes import link_ends, read_link, remove_shaping, running_network, set_link
+
+        state, topology, _ = running_network(self.config)
+        ends, configured = link_ends(topology, link.a, link.b)
+        # Measure through the link where it carries a cohort's FL traffic: from a client at one end,
+        # or to a server at one end.
+        hosts = {h.name: h for h in topology.hosts}
+        measured = next((hosts[n] for n in (link.a, link.b) if n in hosts and hosts[n].role in ("fl-client", "fl-server")), None)
+        probe = None
+        if measured is not None:
+            cohort = measured.campus if measured.role == "fl-client" else measured.cohort
+            probe = self._probe(int(cohort or 0), measured.name if measured.role == "fl-client" else None)
+        effect: dict[str, Any] = {"link": f"{link.a}-{link.b}", "configured_mbit": configured}
+        with contextlib.ExitStack() as stack:
+            if probe is not None:
+                stack.enter_context(probe)
+                effect.update(client=probe.client.name, server=probe.server.name, **_around(probe, link.state, "before"))
+            effect["before"] = read_link(state, ends)
+            if link.rate is not None:
+                set_link(state, ends, rate_mbit=parse_rate_kbps(link.rate) / 1000)
+                self.undo.append(lambda: set_link(state, ends, rate_mbit=configured) if configured else remove_shaping(state, ends))
+            else:
+                set_link(state, ends, up=link.state == "up")
+                self.undo.append(lambda: set_link(state, ends, up=True))
+            effect["after"] = read_link(state, ends)
+            if probe is not None:
+                effect.update(_around(probe, link.state, "after"))
+        return effect
+
+    def _cpu(self, cpu: Any) -> dict[str, Any]:
+        from mlfo_toolkit.net.changes import read_cpu_limit, running_network, set_cpu
+
+        state, _, _ = running_network(self.config)
+        before = read_cpu_limit(state, cpu.host)
+        set_cpu(state, cpu.host, cpu.cpus)
+        self.undo.append(lambda: set_cpu(state, cpu.host, before))
+        return {"host": cpu.host, "cpus_before": before, "cpus_after": read_cpu_limit(state, cpu.host)}
+
+    def _background(self, background: Any) -> dict[str, Any]:
+        from mlfo_toolkit.net.changes import background_mbit, running_network, start_background, stop_background
+
+        state, topology, state_dir = running_network(self.config)
+        before = (state.extra.get("background") or {}).get("rate")
+        if background.rate == "off":
+            stopped = stop_background(state, state_dir)
+            effect: dict[str, Any] = {"rate": "off", "stopped": stopped}
+        else:
+            started = start_background(state, topology, self.config, state_dir, background.rate)
+            effect = {**started, "measured_mbit": background_mbit(state)}
+
+        def restore() -> None:
+            current, _, directory = running_network(self.config)
+            if before:
+                start_background(current, topology, self.config, directory, before)
+            else:
+                stop_background(current, directory)
+
+        self.undo.append(restore)
+        return {**effect, "rate_before": before}
+
+    def restore(self) -> list[str]:
+        """Undo the run's network changes, newest first; what could not be undone."""
+        problems = []
+        while self.undo:
+            step = self.undo.pop()
+            try:
+                step()
+            except MlfoError as err:
+                problems.append(err.message)
+        return problems
+
+
+def _around(probe: Any, state: str | None, key: str) -> dict[str, Any]:
+    """The probe's reading on one side of a link change: throughput, or (for down / up) whether it reaches."""
+    if state is None:
+        return {f"measured_mbit_{key}": probe.measure()}
+    return {f"reaches_{key}": probe.reaches()}
+
