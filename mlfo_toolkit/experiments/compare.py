@@ -93,6 +93,7 @@ def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]
     # Time per round, events marked in the round they fell into, short rounds crossed.
     rows = []
     fig, ax = plt.subplots(figsize=(12, 4.5))
+    marks: dict[int, dict[str, list[str]]] = {}
     for label, entries in points.items():
         for entry in entries:
             for cohort in entry["run"]["cohorts"]:
@@ -106,12 +107,14 @@ def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]
                                  "short": i in cohort.get("short_rounds", [])})
             for event in entry["run"].get("events", []):
                 if event.get("round"):
-                    ax.axvline(event["round"] - 0.5, color="black", linestyle="--", linewidth=1)
-                    ax.annotate(f"{event['kind']} ({entry['key']})", (event["round"] - 0.5, ax.get_ylim()[1] * 0.95),
-                                rotation=90, fontsize=7, va="top", ha="right")
+                    marks.setdefault(int(event["round"]), {}).setdefault(event["kind"], []).append(entry["key"])
                 rows.append({"point": label, "run": entry["key"], "event": event["kind"], "round": event.get("round"),
                              "phase": event.get("phase"), "offset_seconds": event.get("offset_seconds"), "ok": event.get("ok"),
                              "effect": effect_text(event.get("effect") or {})})
+    for number, kinds in marks.items():  # one label per round: labels of one round would overprint
+        ax.axvline(number - 0.5, color="black", linestyle="--", linewidth=1)
+        label = "; ".join(f"{kind} ({', '.join(runs)})" for kind, runs in kinds.items())
+        ax.annotate(label, (number - 0.5, ax.get_ylim()[1] * 0.95), rotation=90, fontsize=7, va="top", ha="right")
     ax.set(xlabel="round (dashed: an event fired as this round began; x: fewer results than sampled)", ylabel="seconds",
            title="Time per round")
     fig.tight_layout()

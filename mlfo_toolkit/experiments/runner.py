@@ -171,20 +171,25 @@ class Timeline:
 
     def place(self, sent: list[Any]) -> None:
         """Put each fired event in the round (and phase) of its cohort it fell into."""
-        rounds_of = {c.name: c.record.get("rounds", []) for c in sent}
+        records = {c.name: c.record for c in sent}
         for record in self.records:
             cohort = record["at"].get("cohort") or (record["what"].get("cohort") if isinstance(record["what"], dict) else None)
-            rounds: list[dict[str, Any]] = rounds_of.get(str(cohort)) or next(iter(rounds_of.values()), [])
-            record["round"], record["phase"] = place_in_rounds(record["fired"], rounds)
+            run: dict[str, Any] = records.get(str(cohort)) or next(iter(records.values()), {})
+            record["round"], record["phase"] = place_in_rounds(record["fired"], run.get("rounds", []),
+                                                               (run.get("params") or {}).get("rounds"))
 
 
 def _jsonable(value: Any) -> Any:
     return value.model_dump(exclude_none=True) if hasattr(value, "model_dump") else value
 
 
-def place_in_rounds(fired: float, rounds: list[dict[str, Any]]) -> tuple[int | None, str | None]:
-    """The round (and phase of it) a wall time fell into, from the rounds' end times and phase durations."""
-    for entry in sorted(rounds, key=lambda r: r["round"]):
+def place_in_rounds(fired: float, rounds: list[dict[str, Any]], total: int | None = None) -> tuple[int | None, str | None]:
+    """The round (and phase of it) a wall time fell into, from the rounds' end times and phase durations.
+    After the last finished round of a run that stopped short of `total`: the round that never finished."""
+    ordered = sorted(rounds, key=lambda r: r["round"])
+    if ordered and total and int(ordered[-1]["round"]) < total and fired > float(ordered[-1].get("time") or 0):
+        return int(ordered[-1]["round"]) + 1, None
+    for entry in ordered:
         end = float(entry.get("time") or 0)
         if fired > end:
             continue

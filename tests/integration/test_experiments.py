@@ -19,6 +19,7 @@ from mlfo_toolkit.cli.main import cli
 from tests.conftest import REPO
 
 KILL = REPO / "experiments" / "kill-a-client.yaml"
+COHORTS = REPO / "intents" / "cohorts.yaml"
 
 
 @pytest.mark.parametrize(("text", "field", "line"), [
@@ -30,6 +31,18 @@ KILL = REPO / "experiments" / "kill-a-client.yaml"
     ("name: x\nrepeat: 2\nseeds: [1]\n", "seeds", 3),
     ("name: 'my experiment'\n", "name", 1),
     ("name: x\nrepeats: 2\n", "repeats", 2),
+    ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a}\n", "timeline[0].kill", 4),
+    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    link: {a: fc.10, b: swCampus1, rate: 5mbit, state: down}\n",
+     "timeline[0].link", 5),
+    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    link: {a: fc.10, b: swCampus2, rate: 5mbit}\n",
+     "timeline[0].link", 5),
+    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    cpu: {host: fed.9, cpus: 0.5}\n", "timeline[0].cpu", 5),
+    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    background: {rate: fast}\n", "timeline[0].background.rate", 5),
+    (f"name: x\ncohorts: {COHORTS}\ntimeline:\n  - at: {{cohort: nope, round: 2}}\n    kill: {{cohort: welding-a, part: 0}}\n",
+     "timeline[0].at.cohort", 4),
+    (f"name: x\ncohorts: {COHORTS}\nshape: {{clients: 4}}\ntimeline:\n  - at: {{seconds: 2}}\n    restart: {{cohort: welding-a, part: 4}}\n",
+     "timeline[0].restart.part", 6),
+    ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a, part: 0}\nsweep:\n  link.rate: [5mbit]\n", "sweep.link.rate", 6),
 ])
 def test_a_bad_experiment_file_names_field_and_line_and_starts_nothing(workdir: Path, text: str, field: str, line: int) -> None:
     path = workdir / "e.yaml"
@@ -213,3 +226,18 @@ def pid_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@pytest.mark.flower
+@pytest.mark.slow
+def test_killing_the_fl_server_fails_the_deployment_with_its_reason(workdir: Path) -> None:
+    path = workdir / "server-kill.yaml"
+    path.write_text(f"name: server-kill\ncohorts: {COHORTS}\nshape: {{cohorts: 1, clients: 2, rounds: 4}}\n"
+                    "timeline:\n  - at: {cohort: welding-a, round: 2}\n    kill: {cohort: welding-a, server: true}\n")
+    result = CliRunner().invoke(cli, ["run", str(path), "-o", str(workdir / "exp"), "--json"])
+    assert result.exit_code == 7, result.output  # a run's deployment failed
+    run = json.loads((workdir / "exp" / "runs" / "base-r1" / "run.json").read_text())
+    (event,) = run["events"]
+    assert event["ok"] and event["round"] == 2 and event["effect"]["pid"], event
+    assert event["effect"]["deployment_state"] == "failed" and "SuperLink" in event["effect"]["deployment_reason"], event
+    assert len(run["cohorts"][0]["accuracy"]) < 4

@@ -224,3 +224,39 @@ def test_restarted_mlfo_keeps_its_deployments(config: Config, workdir: Path) -> 
     finally:
         for thing in closables:
             thing.close()
+
+
+def test_seed_and_round_timeout_reach_the_agents_and_a_lost_client_restarts(config: Config, workdir: Path) -> None:
+    built, closables = start_orchestra(config.with_overrides({"mlfo.client_check_seconds": 0.2}), workdir, servers=1)
+    try:
+        built.servers[0].final_state = "running"
+        deployment = send(built, seed=7, roundtimeout=9).json()["id"]
+        url = f"{built.url}/deployments/{deployment}"
+        deadline = time.monotonic() + 20
+        # The stand-in agents report no SuperNodes: once running, the MLFO sees every client lost.
+        while (record := requests.get(url, timeout=5).json())["clients"][1]["state"] != "lost":
+            assert time.monotonic() < deadline, record
+            time.sleep(0.1)
+        serv = built.servers[0].serv_calls[0]
+        assert (serv["seed"], float(serv["roundtimeout"])) == ("7", 9.0)
+        assert [c["seed"] for a in built.clients for c in a.cli_calls] == ["7", "7", "7"]
+
+        restarted = requests.post(f"{url}/clients/1/restart", timeout=10)
+        assert restarted.status_code == 200, restarted.text
+        assert restarted.json()["part"] == 1
+        agent = next(a for a in built.clients if a.address == record["clients"][1]["agent"])
+        assert [c["part"] for c in agent.cli_calls] == ["1", "1"]  # a second SuperNode on the same agent
+        client = requests.get(url, timeout=5).json()["clients"][1]
+        assert client["restarts"][0]["lost_reason"] == "exited"
+
+        missing = requests.post(f"{url}/clients/9/restart", timeout=10)
+        assert missing.status_code == 404 and "no client part 9" in missing.json()["message"]
+        assert requests.post(f"{built.url}/deployments/nope/clients/0/restart", timeout=10).status_code == 404
+        built.servers[0].final_state = "done"
+        built.wait(deployment)
+        finished = requests.post(f"{url}/clients/1/restart", timeout=10)
+        assert finished.status_code == 409 and "is done" in finished.json()["message"]
+        assert requests.get(f"{built.url}/health", timeout=5).status_code == 200  # and it kept serving
+    finally:
+        for thing in closables:
+            thing.close()
