@@ -610,11 +610,16 @@ class CloudMlfo:
             record["active"] = False
             self.store.put(ALLOCATION, deployment, record, record["created"])
             still_used = [a for a in self.allocations() if a["active"] and a["agent"] == record["agent"]]
+            owner = record  # a shared server runs under the deployment that asked for it first
+            while owner.get("shares"):
+                owner = self.store.get(ALLOCATION, owner["shares"]) or {}
         stopped = False
         if not still_used:
             agent = _client(AgentClient, record["agent"], self.config)
             try:
-                agent.stop()
+                # Only this deployment's server: once the allocation is free the agent may already run the
+                # next deployment's, which a bare /stop would kill (seen as "no longer running on its agent").
+                agent.stop(owner.get("deployment") or deployment)
                 stopped = True
             except MlfoError as err:
                 log.warning("could not stop FL server on %s: %s", record["agent"], err.message)

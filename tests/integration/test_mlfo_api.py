@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ def test_prototype_curl_upload_deploys_a_cohort(orchestra: Orchestra, tmp_path: 
     assert (serv["algo"], serv["numround"], serv["source"], serv["model"]) == ("FedAvg", "2", "handmnist", "complex")
     # When the run ended, the clients of this deployment were told to stop and the server released.
     assert all(orchestra.clients[i].stop_calls == [record["id"]] for i in called)
-    assert orchestra.servers[0].stop_calls == [None]
+    assert orchestra.servers[0].stop_calls == [record["id"]]  # only its own server, never the next deployment's
 
 
 @pytest.mark.parametrize(
@@ -256,6 +257,13 @@ def test_seed_and_round_timeout_reach_the_agents_and_a_lost_client_restarts(conf
         built.wait(deployment)
         finished = requests.post(f"{url}/clients/1/restart", timeout=10)
         assert finished.status_code == 409 and "is done" in finished.json()["message"]
+        from click.testing import CliRunner
+
+        from mlfo_toolkit.cli.main import cli
+
+        mlfo = built.url.removeprefix("http://")
+        by_cli = CliRunner().invoke(cli, ["intent", "restart-client", deployment, "1", "--mlfo", mlfo, "--json"])
+        assert by_cli.exit_code == 12 and "is done" in json.loads(by_cli.stdout)["message"], by_cli.output
         assert requests.get(f"{built.url}/health", timeout=5).status_code == 200  # and it kept serving
     finally:
         for thing in closables:
