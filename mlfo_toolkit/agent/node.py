@@ -107,6 +107,11 @@ def _check_pipeline(source: str, model: str) -> None:
         raise ValidationError(f"unknown model '{model}'", field="model", hint=f"known: {', '.join(MODEL_KINDS)}")
 
 
+def _last_number(work_dir: Path, prefix: str) -> int:
+    numbers = [int(p.name.rsplit("-", 1)[1]) for p in work_dir.glob(f"{prefix}-*") if p.name.rsplit("-", 1)[1].isdigit()]
+    return max(numbers, default=0)
+
+
 @dataclass
 class FlServer:
     """One SuperLink and the `flwr run` that submitted its FL run."""
@@ -205,8 +210,10 @@ class NodeAgent:
         self._lock = threading.Lock()
         self.server: FlServer | None = None
         self.clients: list[FlClient] = []
-        self._runs = 0
-        self._client_runs = 0
+        # Numbered after the folders an earlier agent in this work dir left: a restarted agent never
+        # reuses a run folder, nor a client name the shared executor may still serve.
+        self._runs = _last_number(self.work_dir, "server")
+        self._client_runs = _last_number(self.work_dir, "client")
         self._executor: ManagedProcess | None = None
         self._byte_totals: dict[tuple[str, str, int], ByteTotals] = {}
         # Unique among every agent that registers with one shared executor (host and folder).

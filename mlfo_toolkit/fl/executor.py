@@ -70,6 +70,15 @@ class Registration:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs: a killed agent nobody has reaped yet is a zombie, and gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def register(directory: Path, registration: Registration) -> Path:
     """Announce a SuperNode to the executor serving `directory` (atomic: never half-read)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -248,7 +257,7 @@ class Executor:
                         seen[entry.name] = entry.stat().st_mtime_ns
         for name in list(self.served):
             served = self.served[name]
-            if seen.get(name) != served.mtime or not Path(f"/proc/{served.registration.pid}").exists():
+            if seen.get(name) != served.mtime or not _alive(served.registration.pid):
                 self._forget(name)
         for name in list(self.ended):
             if seen.get(name) != self.ended[name]:

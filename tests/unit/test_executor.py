@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -35,6 +36,12 @@ def test_registrations_come_and_go(tmp_path: Path) -> None:
     # Same namespace as the executor: no setns needed (and none allowed without root).
     assert all(s.namespace_fd is None for s in executor.served.values())
     sleeper.kill()
+    # Killed and not yet reaped, as an agent whose parent does not wait for it: a zombie is gone.
+    deadline = time.monotonic() + 5
+    while psutil.Process(sleeper.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    executor.refresh()
+    assert [s.registration.name for s in executor.served.values()] == ["a"]
     sleeper.wait()
     unregister(folder, "a")
     executor.refresh()
@@ -94,3 +101,12 @@ def test_no_executor_means_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(UnreachableError, match="did not start SuperNode x"):
         SpawnedSuperNode.wait_started(tmp_path, "x", tmp_path / "x.log", timeout=0.3)
+
+
+def test_a_restarted_agent_numbers_its_runs_after_the_last(config: Config, tmp_path: Path) -> None:
+    from mlfo_toolkit.agent.node import NodeAgent
+
+    for name in ("client-1", "client-7", "server-2", "client-x"):
+        (tmp_path / "agent" / name).mkdir(parents=True)
+    agent = NodeAgent(config, work_dir=tmp_path / "agent")
+    assert (agent._client_runs, agent._runs) == (7, 2)  # the next client is client-8: no name is used twice
