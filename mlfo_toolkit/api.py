@@ -262,6 +262,18 @@ def wait(sent: SentCohorts, config: Config | None = None, *, timeout: float = 36
     return _run_result(summary)
 
 
+def restart_client(deployment: str, part: int, config: Config | None = None, *, mlfo: str | None = None) -> dict[str, Any]:
+    """Start a lost client's SuperNode again (POST /deployments/ID/clients/PART/restart); it rejoins the FL run."""
+    from mlfo_toolkit.orchestrator.clients import MlfoClient
+
+    cfg = _config(config)
+    client = MlfoClient(mlfo or f"{cfg.mlfo.host}:{cfg.mlfo.port}", token=cfg.api.token, timeout=cfg.api.timeout_seconds)
+    try:
+        return client.restart_client(deployment, part)
+    finally:
+        client.close()
+
+
 # --- the emulated network (root) ------------------------------------------------------------------
 def _topology(topology: Path | str | None, cohorts: int | None, params: dict[str, int] | None) -> Any:
     from mlfo_toolkit.net.topology import load_topology

@@ -163,6 +163,8 @@ def error_for_status(status: int, text: str, *, body: object = None, hint: str |
         return AuthError(text, status=status, body=body, hint=auth_hint)
     if status == 404:
         return NotFoundError(text)
+    if status == 409:
+        return ConflictError(text, hint=hint)
     return RemoteError(text, status=status, body=body, hint=hint)
 
 

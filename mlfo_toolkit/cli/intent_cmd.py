@@ -1,4 +1,4 @@
-"""`mlfo intent validate|plan|send`: intents and cohort files."""
+"""`mlfo intent validate|plan|send|restart-client`: intents, cohort files, their deployments."""
 
 from __future__ import annotations
 
@@ -73,6 +73,31 @@ def plan(cfg: Config, cohort_file: Path, any_intent_path: bool, as_json: bool) -
         click.echo(f"{p.name}: intent {p.intent_id}, {p.strategy}, {p.rounds} rounds")
         click.echo(f"  FL server agent: {p.server}{shared}")
         click.echo(f"  clients (ipstart {p.ipstart}): {', '.join(p.clients)}")
+
+
+@intent.command("restart-client")
+@click.argument("deployment")
+@click.argument("part", type=click.IntRange(min=0))
+@click.option("--mlfo", "mlfo_address", metavar="HOST:PORT", help="Campus MLFO (default: mlfo.host:mlfo.port).")
+@json_option()
+@pass_config
+def restart_client(cfg: Config, deployment: str, part: int, mlfo_address: str | None, as_json: bool) -> None:
+    """Start client PART of DEPLOYMENT again, once the campus MLFO sees it lost.
+
+    \b
+    Example: mlfo intent restart-client 3f2a9c1b7d4e 1 --mlfo 127.0.0.1:8001
+
+    The agent that ran it starts a new SuperNode, which joins the running FL server; Flower
+    samples it from the next round on. Exit code 12 if the client is not lost or the deployment
+    is not running, 4 if there is no such deployment or part.
+    """
+    from mlfo_toolkit import api
+
+    answer = api.restart_client(deployment, part, cfg, mlfo=mlfo_address)
+    if as_json:
+        echo_json(answer)
+    else:
+        click.echo(f"client part {part} of {deployment} restarted on {answer['agent']} (PID {answer['pid']}, {answer['seconds']} s)")
 
 
 @intent.command()

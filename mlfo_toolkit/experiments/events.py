@@ -11,6 +11,8 @@ next run starts from the same network.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +22,8 @@ import psutil
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
-from mlfo_toolkit.experiments.spec import SWEEPABLE_EVENT_FIELDS, Event
+from mlfo_toolkit.experiments.spec import SWEEPABLE_EVENT_FIELDS, Background, Cpu, Event
+from mlfo_toolkit.net.changes import running_network
 from mlfo_toolkit.orchestrator.clients import MlfoClient
 
 # How long a restart waits for the MLFO to see the killed client lost (it checks every client_check_seconds).
@@ -32,7 +35,7 @@ def event_value(event: Event, point: dict[str, Any]) -> Any:
     action = getattr(event, event.kind)
     for key, (kind, name) in SWEEPABLE_EVENT_FIELDS.items():
         if kind == event.kind and key in point:
-            action = action.model_copy(update={name: point[key]})
+            action = type(action).model_validate({**action.model_dump(), name: point[key]})
     return action
 
 
@@ -58,7 +61,7 @@ class Actions:
     point: dict[str, Any]
     sent: list[Any]  # SentCohort, filled once the cohorts are sent
     network: bool = False
-    undo: list[Callable[[], None]] = field(default_factory=list)
+    undo: list[Callable[[], object]] = field(default_factory=list)
 
     def __call__(self, event: Event) -> dict[str, Any]:
         action = event_value(event, self.point)
@@ -82,6 +85,8 @@ class Actions:
     # --- FL processes ---------------------------------------------------------------------------
     def _kill(self, kill: Any) -> dict[str, Any]:
         record = self._deployment(kill.cohort)
+        if kill.agent:
+            return self._kill_agent(kill, record)
         if kill.server:
             server = record.get("server") or {}
             _kill_pid(server.get("pid"), f"the FL server of {kill.cohort}", record["created"])
@@ -92,7 +97,43 @@ class Actions:
         _kill_pid(client.get("pid"), f"client part {kill.part} of {kill.cohort}", record["created"])
         return {"cohort": kill.cohort, "part": kill.part, "agent": client["agent"], "pid": client.get("pid")}
 
+    def _kill_agent(self, kill: Any, record: dict[str, Any]) -> dict[str, Any]:
+        from mlfo_toolkit.net.network import agent_process
+
+        if kill.server:
+            address = (record.get("server") or {}).get("agent") or ""
+        else:
+            address = next((c["agent"] for c in record["clients"] if c["part"] == kill.part), "")
+        state, _, _ = running_network(self.config)
+        agent = agent_process(state, address)
+        if not agent.alive():
+            raise MlfoError(f"the agent on {agent.host} (PID {agent.pid}) is not running")
+        os.kill(agent.pid, signal.SIGKILL)  # a crash: its Flower processes die with it, nothing stops them cleanly
+        self.undo.append(lambda: self._agent_back(str(agent.host)))
+        return {"cohort": kill.cohort, "host": agent.host, "agent": address, "pid": agent.pid, "part": kill.part,
+                "server": kill.server or None}
+
+    def _agent_back(self, host: str) -> dict[str, Any] | None:
+        """Start a host's killed agent again (at a restart event, or when the run ends)."""
+        from mlfo_toolkit.net.network import restart_agent
+
+        state, _, _ = running_network(self.config)
+        current = next(p for p in state.processes if p.host == host and p.name == "agent")
+        if current.alive():
+            return None
+        started = time.monotonic()
+        new = restart_agent(self.config, host)
+        return {"agent_pid": new.pid, "agent_start_seconds": round(time.monotonic() - started, 2)}
+
     def _restart(self, restart: Any) -> dict[str, Any]:
+        agent_effect: dict[str, Any] = {}
+        if restart.agent:
+            record = self._deployment(restart.cohort)
+            address = next((c["agent"] for c in record["clients"] if c["part"] == restart.part), "")
+            from mlfo_toolkit.net.network import agent_process
+
+            state, _, _ = running_network(self.config)
+            agent_effect = self._agent_back(str(agent_process(state, address).host)) or {"agent": "was running"}
         waited = time.monotonic()
         deadline = waited + LOST_WAIT_SECONDS
         while True:
@@ -111,7 +152,7 @@ class Actions:
             answer = mlfo.restart_client(record["id"], restart.part)
         finally:
             mlfo.close()
-        return {"cohort": restart.cohort, "part": restart.part, "pid": answer.get("pid"),
+        return {"cohort": restart.cohort, "part": restart.part, "pid": answer.get("pid"), **agent_effect,
                 "waited_for_lost_seconds": round(time.monotonic() - waited, 2), "start_seconds": answer.get("seconds")}
 
     # --- the network ------------------------------------------------------------------------------
@@ -141,7 +182,7 @@ class Actions:
 
     def _link(self, link: Any) -> dict[str, Any]:
         from mlfo_toolkit.meters.plan import parse_rate_kbps
-        from mlfo_toolkit.net.changes import link_ends, read_link, remove_shaping, running_network, set_link
+        from mlfo_toolkit.net.changes import link_ends, read_link, remove_shaping, set_link
 
         state, topology, _ = running_network(self.config)
         ends, configured = link_ends(topology, link.a, link.b)
@@ -171,7 +212,7 @@ class Actions:
         return effect
 
     def _cpu(self, cpu: Any) -> dict[str, Any]:
-        from mlfo_toolkit.net.changes import read_cpu_limit, running_network, set_cpu
+        from mlfo_toolkit.net.changes import read_cpu_limit, set_cpu
 
         state, _, _ = running_network(self.config)
         before = read_cpu_limit(state, cpu.host)
@@ -180,7 +221,7 @@ class Actions:
         return {"host": cpu.host, "cpus_before": before, "cpus_after": read_cpu_limit(state, cpu.host)}
 
     def _background(self, background: Any) -> dict[str, Any]:
-        from mlfo_toolkit.net.changes import background_mbit, running_network, start_background, stop_background
+        from mlfo_toolkit.net.changes import background_mbit, start_background, stop_background
 
         state, topology, state_dir = running_network(self.config)
         before = (state.extra.get("background") or {}).get("rate")
@@ -200,6 +241,16 @@ class Actions:
 
         self.undo.append(restore)
         return {**effect, "rate_before": before}
+
+    def init(self, init: Any) -> dict[str, Any]:
+        """`mlfo init` for this run: CPU limits of the FL servers (and clients), background traffic; undone after it."""
+        state, topology, _ = running_network(self.config)
+        limits = {}
+        for host in topology.hosts:
+            if host.role == "fl-server" or (init.clients and host.role == "fl-client"):
+                limits[host.name] = self._cpu(Cpu(host=host.name, cpus=init.cpus if init.cpus is not None else host.cpus))
+        background = self._background(Background(rate=init.background)) if init.background else None
+        return {"cpu_limits": {name: effect["cpus_after"] for name, effect in limits.items()}, "background": background}
 
     def restore(self) -> list[str]:
         """Undo the run's network changes, newest first; what could not be undone."""

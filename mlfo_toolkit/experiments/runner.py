@@ -23,7 +23,7 @@ import yaml
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
-from mlfo_toolkit.experiments.spec import Event, Experiment, RunPlan
+from mlfo_toolkit.experiments.spec import NETWORK_EVENTS, Event, Experiment, RunPlan
 from mlfo_toolkit.files import write_json_atomically
 from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file, parse_cohort_file
 
@@ -101,10 +101,23 @@ def plan_summary(experiment: Experiment, config: Config) -> dict[str, Any]:
         "backend": experiment.spec.backend,
         "runs": runs,
         "events": [{"at": e.at.model_dump(exclude_none=True), "kind": e.kind, "what": _jsonable(getattr(e, e.kind))} for e in experiment.spec.timeline],
-        # Measured here (4 clients): about 20 s to start and end a loopback run, 4-8 s per round
-        # (a round that waits for a killed client takes fl.round_timeout).
-        "expected_seconds": len(runs) * (20 + 5 * rounds),
+        "expected_seconds": _expected_seconds(experiment, len(runs), rounds),
     }
+
+
+def _expected_seconds(experiment: Experiment, runs: int, rounds: int) -> int:
+    """A rough duration, from what was measured here: about 20 s to start and end a loopback run and 5 s
+    per round; a round that waits for a dead or cut-off client takes round_timeout; a network event
+    about 3 s (its iperf3 probes); bringing the small topology up and down about 40 s."""
+    spec = experiment.spec
+    timeout = spec.fl.round_timeout or 600.0
+    first_fault = min((e.at.round for e in spec.timeline if e.at.round and (e.kill or (e.link and e.link.state == "down"))),
+                      default=None)
+    waiting = 0 if first_fault is None else max(0, rounds - first_fault + 1)
+    per_run = 20 + 5 * (rounds - waiting) + timeout * waiting
+    per_run += 3 * sum(1 for e in spec.timeline if e.kind in NETWORK_EVENTS)
+    network = 40 if spec.backend == "network" else 0
+    return int(network + runs * per_run)
 
 
 class Timeline:
@@ -221,6 +234,7 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
     network = LoopbackNetwork(cfg, run_dir) if loopback else None
     started = time.monotonic()
     actions = Actions(cfg, campus or "", plan.point, [], network=not loopback)
+    init_effect: dict[str, Any] | None = None
     timeline = Timeline(list(spec.timeline), actions)
     partial = _Partial(run_dir, timeline, actions.sent, cfg)
     try:
@@ -228,6 +242,10 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
             num_servers = sum(1 for c in cohort_file.cohorts if not c.sameserver)
             network.start(num_servers, sum(c.size for c in cohort_file.cohorts))
             actions.campus = network.campus_address
+        if spec.init is not None:
+            init = spec.init.model_copy(update={k.split(".", 1)[1]: v for k, v in plan.point.items() if k.startswith("init.")})
+            progress("run", {"run": plan.key, "state": f"init: {init.model_dump(exclude_none=True)}"})
+            init_effect = actions.init(init)
         actions.sent.extend(send_cohorts(cohort_file, cfg, actions.campus))
         with timeline.ticking():
             wait_for_deployments(actions.sent, cfg, actions.campus, timeout=spec.timeout,
@@ -252,6 +270,7 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
         "seed": plan.seed,
         "repetition": plan.repetition,
         "backend": spec.backend,
+        "init": init_effect,
         "undo_problems": undone,
         "manifest": manifest({"experiment": experiment.source}, {"fl.seed": plan.seed}),
     }
@@ -324,7 +343,7 @@ class _Network:
         if not state_path(state_dir).exists():
             choice = self.experiment.spec.topology
             self.progress("run", {"run": "network", "state": f"bringing up topology {choice.file}"})
-            api.topo_up(None, self.config, topology=choice.file, params=choice.params, detach=True)
+            api.topo_up(None, self.config, topology=choice.file, params=choice.params, backend=choice.backend, detach=True)
             self.started_here = True
         state = load_state(state_dir)
         published = next((outer for inner, outer in state.published.items() if inner.endswith(f":{self.config.mlfo.port}")), None)

@@ -1,14 +1,19 @@
 """The experiment file: what to run, which events to fire at which FL round, how often, over which grid.
 
     name: kill-a-client
+    backend: loopback                        # or network (root): the emulated network
+    topology: {file: small, params: {}, backend: mininet}   # network: brought up if none runs
     cohorts: ../intents/cohorts.yaml        # a cohort file (path relative to this file), or a list inline
     shape: {cohorts: 1, clients: 4, rounds: 6}
-    fl: {fraction_fit: 1.0, round_timeout: 8}
+    fl: {fraction_fit: 1.0, min_fit: 2, min_available: 2, round_timeout: 8}
+    init: {cpus: 0.5, clients: false, background: 20mbit}   # network: `mlfo init` before each run
     timeline:
       - at: {cohort: welding-a, round: 3}    # or at: {seconds: 20}
-        kill: {cohort: welding-a, part: 1}
+        kill: {cohort: welding-a, part: 1}   # or server: true; restart: {cohort, part}
+      # network: meter {cohort, rate}, meter_clear N, link {a, b, rate | state: down/up},
+      #          cpu {host, cpus}, background {rate | off}
     repeat: 2                                # seeds 1, 2 unless `seeds:` lists them
-    sweep: {strategy: [FedAvg, FedMedian]}
+    sweep: {strategy: [FedAvg, FedMedian]}   # also meter.rate, link.rate, cpu.cpus, init.cpus, ...
 
 Validated with field and line before anything starts.
 """
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
@@ -35,6 +41,9 @@ SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients")
 SWEEPABLE_EVENT_FIELDS = {"meter.rate": ("meter", "rate"), "link.rate": ("link", "rate"), "cpu.cpus": ("cpu", "cpus"),
                           "background.rate": ("background", "rate")}
 RATE_PATTERN = r"^\d+(\.\d+)?\s*([kKmMgG]?(bit|bps)?)$"
+BACKGROUND_RATE = RATE_PATTERN.replace("^", "^(off|").replace("$", ")$")
+# Sweepable values of the init section: `sweep: {init.cpus: [0.25, 1]}`.
+SWEEPABLE_INIT_FIELDS = ("init.cpus", "init.background")
 
 
 class _Model(BaseModel):
@@ -59,11 +68,13 @@ class At(_Model):
 
 
 class Kill(_Model):
-    """SIGKILL the SuperNode of one client (`part`) of a cohort, or its FL server's SuperLink (`server: true`)."""
+    """SIGKILL the SuperNode of one client (`part`) of a cohort, or its FL server's SuperLink (`server: true`);
+    with `agent: true` (network) the node agent that runs it, and with the agent its Flower processes."""
 
     cohort: str
     part: int | None = Field(None, ge=0)
     server: bool = False
+    agent: bool = False
 
     @model_validator(mode="after")
     def _one_target(self) -> Kill:
@@ -73,10 +84,12 @@ class Kill(_Model):
 
 
 class Restart(_Model):
-    """Start a killed client's SuperNode again, through the campus MLFO (it waits until the MLFO saw it lost)."""
+    """Start a killed client's SuperNode again, through the campus MLFO (it waits until the MLFO saw it lost);
+    with `agent: true` (network) start its killed agent first."""
 
     cohort: str
     part: int = Field(ge=0)
+    agent: bool = False
 
 
 class Meter(_Model):
@@ -109,7 +122,7 @@ class Cpu(_Model):
 class Background(_Model):
     """Background iperf3 traffic from the app-client host to the app-server host at `rate`, or `off`."""
 
-    rate: str = Field(pattern=RATE_PATTERN.replace("^", "^(off|").replace("$", ")$"))
+    rate: str = Field(pattern=BACKGROUND_RATE)
 
 
 class Event(_Model):
@@ -151,12 +164,22 @@ class FlOverrides(_Model):
 class TopologyChoice(_Model):
     file: str = "small"
     params: dict[str, int] = Field(default_factory=dict)
+    backend: Literal["mininet", "containernet"] = "mininet"  # used when the run brings the network up
+
+
+class Init(_Model):
+    """What `mlfo init` sets, applied before each run and undone after it."""
+
+    cpus: float | None = Field(None, gt=0, le=256, description="FL servers' CPU limit (default: each host's cpus in the topology)")
+    clients: bool = Field(False, description="limit the FL clients too")
+    background: str | None = Field(None, pattern=BACKGROUND_RATE, description="background traffic rate, or off")
 
 
 class ExperimentFile(_Model):
     name: str = Field(max_length=NAME_MAX, pattern=NAME_PATTERN)
     backend: Literal["loopback", "network"] = "loopback"
     topology: TopologyChoice = Field(default_factory=TopologyChoice)
+    init: Init | None = None
     cohorts: str | list[dict[str, Any]] = "cohorts.yaml"
     shape: Shape = Field(default_factory=Shape)
     fl: FlOverrides = Field(default_factory=FlOverrides)
@@ -212,17 +235,37 @@ def load_experiment(path: Path) -> Experiment:
             raise ValidationError(f"a '{event.kind}' event changes the emulated network, which a loopback run does not have",
                                   field=f"timeline[{i}].{event.kind}", line=where(lines, "timeline", i, event.kind), source=source,
                                   hint="set backend: network (needs root and `mlfo topo up`), or drop the event")
+    if spec.backend == "loopback" and spec.init is not None:
+        raise ValidationError("init sets CPU limits and background traffic in the emulated network, which a loopback run "
+                              "does not have", field="init", line=where(lines, "init"), source=source,
+                              hint="set backend: network (needs root), or drop init")
+    for i, event in enumerate(spec.timeline):
+        action = event.kill or event.restart
+        if spec.backend == "loopback" and action is not None and action.agent:
+            raise ValidationError("agents of a loopback run live in the mlfo process itself: only backend: network kills "
+                                  "or restarts an agent", field=f"timeline[{i}].{event.kind}.agent",
+                                  line=where(lines, "timeline", i, event.kind, "agent"), source=source,
+                                  hint="drop agent: true to kill the SuperNode, or set backend: network")
     if spec.backend == "network":
         _check_topology(spec, lines, source)
     for key, values in spec.sweep.items():
-        if key not in SWEEPABLE and key not in SWEEPABLE_EVENT_FIELDS:
+        if key not in SWEEPABLE and key not in SWEEPABLE_EVENT_FIELDS and key not in SWEEPABLE_INIT_FIELDS:
             raise ValidationError(f"cannot sweep '{key}'", field=f"sweep.{key}", line=where(lines, "sweep", key), source=source,
-                                  hint=f"sweepable: {', '.join((*SWEEPABLE, *SWEEPABLE_EVENT_FIELDS))}")
+                                  hint=f"sweepable: {', '.join((*SWEEPABLE, *SWEEPABLE_EVENT_FIELDS, *SWEEPABLE_INIT_FIELDS))}")
+        if key in SWEEPABLE_INIT_FIELDS and spec.backend != "network":
+            raise ValidationError(f"sweeps '{key}', which needs backend: network", field=f"sweep.{key}",
+                                  line=where(lines, "sweep", key), source=source)
         if key in SWEEPABLE_EVENT_FIELDS and not any(e.kind == SWEEPABLE_EVENT_FIELDS[key][0] for e in spec.timeline):
             raise ValidationError(f"sweeps '{key}' but the timeline has no {SWEEPABLE_EVENT_FIELDS[key][0]} event",
                                   field=f"sweep.{key}", line=where(lines, "sweep", key), source=source)
         if not values:
             raise ValidationError("lists no values", field=f"sweep.{key}", line=where(lines, "sweep", key), source=source)
+        for j, value in enumerate(values):
+            try:
+                swept_value(spec, key, value)
+            except PydanticValidationError as err:
+                raise ValidationError(f"{value!r}: {err.errors()[0]['msg']}", field=f"sweep.{key}[{j}]",
+                                      line=where(lines, "sweep", key), source=source) from None
         if key == "strategy":
             for j, value in enumerate(values):
                 try:
@@ -243,6 +286,19 @@ def load_experiment(path: Path) -> Experiment:
         for repetition, seed in enumerate(seeds, start=1):
             runs.append(RunPlan(f"{label}-r{repetition}", point, repetition, seed))
     return Experiment(spec, path, runs, lines)
+
+
+def swept_value(spec: ExperimentFile, key: str, value: Any) -> BaseModel | None:
+    """The init section or the first event's action with a sweep value in it, validated (None: not such a key)."""
+    if key in SWEEPABLE_INIT_FIELDS:
+        base = spec.init.model_dump() if spec.init else {}
+        return Init.model_validate({**base, key.split(".", 1)[1]: value})
+    if key in SWEEPABLE_EVENT_FIELDS:
+        kind, name = SWEEPABLE_EVENT_FIELDS[key]
+        action = next(getattr(e, kind) for e in spec.timeline if getattr(e, kind) is not None)
+        validated: BaseModel = type(action).model_validate({**action.model_dump(), name: value})
+        return validated
+    return None
 
 
 def _check_topology(spec: ExperimentFile, lines: dict[tuple[Any, ...], int], source: str) -> None:

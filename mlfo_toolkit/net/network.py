@@ -18,7 +18,7 @@ import psutil
 import yaml
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import MlfoError, UnreachableError, ValidationError
+from mlfo_toolkit.errors import ConflictError, MlfoError, NotFoundError, UnreachableError, ValidationError
 from mlfo_toolkit.files import write_secret
 from mlfo_toolkit.net.builders import get_builder
 from mlfo_toolkit.net.state import (
@@ -27,6 +27,7 @@ from mlfo_toolkit.net.state import (
     ProcessRecord,
     leftovers,
     load_state,
+    network_token,
     save_state,
     spawn_recorded,
     state_path,
@@ -169,6 +170,39 @@ def publish_port(state: NetworkState, host: str, ip: str, inner_port: int, outer
     return listen
 
 
+def _service_env(base: dict[str, str], state_dir: Path, host: str) -> dict[str, str]:
+    return {**base, "MLFO_PATHS__STATE_DIR": str((state_dir / "nodes" / host).resolve())}
+
+
+def agent_process(state: NetworkState, address: str) -> ProcessRecord:
+    """The recorded agent process of the host at `address` (IP or IP:PORT)."""
+    ip = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+    host = next((h for h in state.hosts if h.ip == ip), None)
+    record = next((p for p in state.processes if host is not None and p.host == host.name and p.name == "agent"), None)
+    if record is None:
+        raise NotFoundError(f"no agent recorded for {address} in the running network")
+    return record
+
+
+def restart_agent(config: Config, host: str) -> ProcessRecord:
+    """Start a host's agent again with the argv and environment it had (after it died or was killed)."""
+    state_dir = Path(config.paths.state_dir)
+    state = load_state(state_dir)
+    old = next((p for p in state.processes if p.host == host and p.name == "agent"), None)
+    if old is None:
+        raise NotFoundError(f"no agent recorded on host {host}")
+    if old.alive():
+        raise ConflictError(f"the agent on {host} (PID {old.pid}) is running", hint="kill it first")
+    base = {"MLFO_API__SOUTHBOUND_TOKEN": network_token(state_dir) or ""}
+    if config.api.token:
+        base["MLFO_API__TOKEN"] = config.api.token
+    new = spawn_in_host(state, host, "agent", old.argv, state_dir / "logs", _service_env(base, state_dir, host))
+    state.processes.remove(old)
+    save_state(state, state_dir)
+    wait_listening(state, [(host, config.agent.port, new)], SERVICE_START_SECONDS)
+    return new
+
+
 def start_services(state: NetworkState, topology: Topology, config: Config, state_dir: Path, progress: Progress) -> None:
     """MLFOs on their hosts, an agent on every FL host, the published ports on loopback."""
     config_file = _service_config(config, topology, state_dir)
@@ -187,8 +221,7 @@ def start_services(state: NetworkState, topology: Topology, config: Config, stat
         start_executor(state, state_dir, log_dir)
 
     def start(host: str, name: str, argv: list[str], port: int) -> None:
-        env = {**env_base, "MLFO_PATHS__STATE_DIR": str((state_dir / "nodes" / host).resolve())}
-        waits.append((host, port, spawn_in_host(state, host, name, argv, log_dir, env)))
+        waits.append((host, port, spawn_in_host(state, host, name, argv, log_dir, _service_env(env_base, state_dir, host))))
 
     for host in topology.hosts:
         if host.role == "cloud-mlfo":

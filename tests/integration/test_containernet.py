@@ -130,6 +130,46 @@ def test_init_limits_cpu_through_docker_and_fl_trains_across(network: dict[str, 
         assert cohort["server"].split(":")[0] in ("10.0.11.100", "10.0.12.100")
 
 
+def test_an_experiment_runs_on_docker_hosts_and_undoes_its_changes(network: dict[str, Any]) -> None:
+    """init, a CPU change, a kill and restart and a link change, in the running Containernet network."""
+    env, cwd, state = network["env"], network["workdir"], network["state"]
+    client = docker_client()
+    fed1 = next(c for c in state["containers"] if c.endswith(".fed.1"))
+
+    def quota() -> int:
+        return int(client.api.inspect_container(fed1)["HostConfig"]["CpuQuota"])
+
+    before = quota()
+    experiment = cwd / "containers.yaml"
+    experiment.write_text(f"""name: containers
+backend: network
+cohorts: {REPO / "intents" / "cohorts-small.yaml"}
+shape: {{cohorts: 1, clients: 3, rounds: 4}}
+init: {{cpus: 0.75}}
+fl: {{fraction_fit: 1.0, min_fit: 1, min_available: 2, round_timeout: 10}}
+timeline:
+  - at: {{cohort: welding-1, round: 2}}
+    cpu: {{host: fed.1, cpus: 0.25}}
+  - at: {{cohort: welding-1, round: 2}}
+    kill: {{cohort: welding-1, part: 1}}
+  - at: {{cohort: welding-1, round: 3}}
+    restart: {{cohort: welding-1, part: 1}}
+  - at: {{cohort: welding-1, round: 3}}
+    link: {{a: fc.10, b: swCampus1, rate: 20mbit}}
+""")
+    result = mlfo(env, cwd, "run", str(experiment), "-o", str(cwd / "exp"), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((cwd / "exp" / "runs" / "base-r1" / "run.json").read_text())
+    assert run["cohorts"][0]["state"] == "done" and run["cohorts"][0]["accuracy"][-1] > 0.8, run["cohorts"]
+    assert run["init"]["cpu_limits"] == {"fed.1": 0.75, "fed.2": 0.75}
+    events = {e["kind"]: e for e in run["events"]}
+    assert all(e["ok"] for e in run["events"]), run["events"]
+    assert (events["cpu"]["effect"]["cpus_before"], events["cpu"]["effect"]["cpus_after"]) == (0.75, 0.25)  # read back from Docker
+    assert events["kill"]["effect"]["client_state"] == "lost" and events["restart"]["effect"]["client_state"] == "running"
+    assert events["link"]["effect"]["measured_mbit_after"] < 30 < events["link"]["effect"]["measured_mbit_before"]
+    assert run["undo_problems"] == [] and quota() == before  # the run's limits were undone
+
+
 def test_missing_image_and_engine_are_clear_errors(tmp_path: Path) -> None:
     require_root()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")} | {"MLFO_PATHS__STATE_DIR": str(tmp_path / "s")}

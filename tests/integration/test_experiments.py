@@ -32,6 +32,10 @@ COHORTS = REPO / "intents" / "cohorts.yaml"
     ("name: 'my experiment'\n", "name", 1),
     ("name: x\nrepeats: 2\n", "repeats", 2),
     ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a}\n", "timeline[0].kill", 4),
+    ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a, part: 0, agent: true}\n", "timeline[0].kill.agent", 4),
+    ("name: x\nbackend: network\ninit: {cpus: 0}\n", "init.cpus", 3),
+    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    cpu: {host: fed.1, cpus: 1}\nsweep:\n  cpu.cpus: [0.5, -1]\n",
+     "sweep.cpu.cpus[1]", 7),
     ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    link: {a: fc.10, b: swCampus1, rate: 5mbit, state: down}\n",
      "timeline[0].link", 5),
     ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    link: {a: fc.10, b: swCampus2, rate: 5mbit}\n",
@@ -169,9 +173,10 @@ def test_network_faults_take_effect_and_are_undone(workdir: Path) -> None:
     down, up = events[("link", 4)]["effect"], events[("link", 5)]["effect"]
     assert down["reaches_before"] and not down["reaches_after"], down
     assert not up["reaches_before"] and up["reaches_after"], up
-    kill, restart = events[("kill", 4)]["effect"], events[("restart", 6)]["effect"]
-    assert kill["client_state"] == "lost" and kill["restarted_later"], kill
-    assert restart["client_state"] == "running" and restart["pid"] != kill["pid"], restart
+    kill, restart = events[("kill", 4)]["effect"], events[("restart", 6)]["effect"]  # client part 2's agent, on fc.12
+    assert kill["host"] == "fc.12" and kill["client_state"] == "lost" and kill["restarted_later"], kill
+    assert kill["lost_after_seconds"] >= 5, kill  # a silent agent is lost after mlfo.lost_after_seconds
+    assert restart["agent_pid"] != kill["pid"] and restart["client_state"] == "running", restart
     # The MLFO's view: rounds from the kill on got fewer results than they sampled.
     assert cohort["short_rounds"] and min(cohort["short_rounds"]) >= 4, cohort
     assert run["undo_problems"] == [] and run["seed"] == 1
