@@ -262,14 +262,27 @@ def wait(sent: SentCohorts, config: Config | None = None, *, timeout: float = 36
     return _run_result(summary)
 
 
-def restart_client(deployment: str, part: int, config: Config | None = None, *, mlfo: str | None = None) -> dict[str, Any]:
-    """Start a lost client's SuperNode again (POST /deployments/ID/clients/PART/restart); it rejoins the FL run."""
+def _campus(config: Config | None, mlfo: str | None) -> Any:
     from mlfo_toolkit.orchestrator.clients import MlfoClient
 
     cfg = _config(config)
-    client = MlfoClient(mlfo or f"{cfg.mlfo.host}:{cfg.mlfo.port}", token=cfg.api.token, timeout=cfg.api.timeout_seconds)
+    return MlfoClient(mlfo or f"{cfg.mlfo.host}:{cfg.mlfo.port}", token=cfg.api.token, timeout=cfg.api.timeout_seconds)
+
+
+def restart_client(deployment: str, part: int, config: Config | None = None, *, mlfo: str | None = None) -> dict[str, Any]:
+    """Start a lost client's SuperNode again (POST /deployments/ID/clients/PART/restart); it rejoins the FL run."""
+    client = _campus(config, mlfo)
     try:
-        return client.restart_client(deployment, part)
+        return dict(client.restart_client(deployment, part))
+    finally:
+        client.close()
+
+
+def stop_deployment(deployment: str, config: Config | None = None, *, mlfo: str | None = None) -> dict[str, Any]:
+    """Stop a running deployment (POST /deployments/ID/stop): its clients and server stop."""
+    client = _campus(config, mlfo)
+    try:
+        return dict(client.stop_deployment(deployment))
     finally:
         client.close()
 

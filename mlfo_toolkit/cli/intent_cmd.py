@@ -1,4 +1,4 @@
-"""`mlfo intent validate|plan|send|restart-client`: intents, cohort files, their deployments."""
+"""`mlfo intent validate|plan|send|stop|restart-client`: intents, cohort files, their deployments."""
 
 from __future__ import annotations
 
@@ -73,6 +73,25 @@ def plan(cfg: Config, cohort_file: Path, any_intent_path: bool, as_json: bool) -
         click.echo(f"{p.name}: intent {p.intent_id}, {p.strategy}, {p.rounds} rounds")
         click.echo(f"  FL server agent: {p.server}{shared}")
         click.echo(f"  clients (ipstart {p.ipstart}): {', '.join(p.clients)}")
+
+
+@intent.command()
+@click.argument("deployment")
+@click.option("--mlfo", "mlfo_address", metavar="HOST:PORT", help="Campus MLFO (default: mlfo.host:mlfo.port).")
+@json_option()
+@pass_config
+def stop(cfg: Config, deployment: str, mlfo_address: str | None, as_json: bool) -> None:
+    """Stop running DEPLOYMENT: its FL clients and server stop, and it ends failed, 'stopped on request'.
+
+    Exit code 12 if it is not running, 4 if there is no such deployment.
+    """
+    from mlfo_toolkit import api
+
+    answer = api.stop_deployment(deployment, cfg, mlfo=mlfo_address)
+    if as_json:
+        echo_json(answer)
+    else:
+        click.echo(f"deployment {deployment} stopped ({answer['state']})")
 
 
 @intent.command("restart-client")

@@ -60,7 +60,6 @@ class Actions:
     campus: str
     point: dict[str, Any]
     sent: list[Any]  # SentCohort, filled once the cohorts are sent
-    network: bool = False
     undo: list[Callable[[], object]] = field(default_factory=list)
 
     def __call__(self, event: Event) -> dict[str, Any]:
@@ -126,12 +125,12 @@ class Actions:
         return {"agent_pid": new.pid, "agent_start_seconds": round(time.monotonic() - started, 2)}
 
     def _restart(self, restart: Any) -> dict[str, Any]:
+        from mlfo_toolkit.net.network import agent_process
+
         agent_effect: dict[str, Any] = {}
         if restart.agent:
             record = self._deployment(restart.cohort)
             address = next((c["agent"] for c in record["clients"] if c["part"] == restart.part), "")
-            from mlfo_toolkit.net.network import agent_process
-
             state, _, _ = running_network(self.config)
             agent_effect = self._agent_back(str(agent_process(state, address).host)) or {"agent": "was running"}
         waited = time.monotonic()
@@ -261,6 +260,8 @@ class Actions:
                 step()
             except MlfoError as err:
                 problems.append(err.message)
+            except OSError as err:
+                problems.append(str(err))
         return problems
 
 

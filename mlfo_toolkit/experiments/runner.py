@@ -145,6 +145,8 @@ class Timeline:
                 ok = True
             except MlfoError as err:
                 effect, ok = {"error": err.message}, False
+            except OSError as err:  # e.g. a process or interface gone under the event
+                effect, ok = {"error": str(err)}, False
             self.records.append({"index": index, "kind": event.kind, "at": event.at.model_dump(exclude_none=True),
                                  "what": _jsonable(getattr(event, event.kind)), "fired": fired,
                                  "offset_seconds": round(fired - self.started, 2), "ok": ok, "effect": effect})
@@ -233,7 +235,7 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
     cohort_file = cohorts_for(experiment, cfg, plan)
     network = LoopbackNetwork(cfg, run_dir) if loopback else None
     started = time.monotonic()
-    actions = Actions(cfg, campus or "", plan.point, [], network=not loopback)
+    actions = Actions(cfg, campus or "", plan.point, [])
     init_effect: dict[str, Any] | None = None
     timeline = Timeline(list(spec.timeline), actions)
     partial = _Partial(run_dir, timeline, actions.sent, cfg)
@@ -252,6 +254,8 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
                                  progress=timeline.follow(progress, plan.key), poll_seconds=0.5)
     except BaseException:
         partial.keep(actions.campus)
+        if not loopback:
+            _stop_deployments(actions.sent, cfg, actions.campus)  # the network's MLFO would run them on
         raise
     finally:
         undone = actions.restore()
@@ -297,6 +301,18 @@ def reaction(records: list[dict[str, Any]], sent: list[Any]) -> None:
             record["effect"]["lost_after_seconds"] = round(lost_at - record["fired"], 2) if lost_at else None
             record["effect"]["client_state"] = "lost" if lost_at else client.get("state")
             record["effect"]["restarted_later"] = bool(client.get("restarts"))
+
+
+def _stop_deployments(sent: list[Any], config: Config, campus: str) -> None:
+    from mlfo_toolkit.orchestrator.clients import MlfoClient
+
+    client = MlfoClient(campus, token=config.api.token, timeout=config.api.timeout_seconds, retries=0)
+    try:
+        for cohort in sent:
+            with contextlib.suppress(MlfoError):
+                client.stop_deployment(cohort.deployment_id)
+    finally:
+        client.close()
 
 
 class _Partial:

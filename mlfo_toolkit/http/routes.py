@@ -180,6 +180,11 @@ def campus_app(core: CampusMlfo) -> FastAPI:
     def deployment(deployment_id: str) -> dict[str, Any]:
         return core.deployment(deployment_id)
 
+    @app.post("/deployments/{deployment_id}/stop", dependencies=[private],
+              summary="Stop a running deployment: its FL clients and server stop; it ends failed, 'stopped on request'")
+    def stop_deployment(deployment_id: str) -> dict[str, Any]:
+        return core.stop_deployment(deployment_id)
+
     @app.post("/deployments/{deployment_id}/clients/{part}/restart", dependencies=[private],
               summary="Start a lost client's SuperNode again; it rejoins the running FL server")
     def restart_client(deployment_id: str, part: Annotated[int, PathParam(ge=0, le=10_000)]) -> dict[str, Any]:

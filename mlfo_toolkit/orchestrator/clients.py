@@ -112,6 +112,9 @@ class MlfoClient(ApiClient):
     def deployment(self, deployment_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/deployments/{deployment_id}"))
 
+    def stop_deployment(self, deployment_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/deployments/{deployment_id}/stop", timeout=max(self.timeout, 60.0)))
+
     def restart_client(self, deployment_id: str, part: int, timeout: float = 150.0) -> dict[str, Any]:
         """Start a lost client's SuperNode again (it waits until the SuperNode is up)."""
         return dict(self.request("POST", f"/deployments/{deployment_id}/clients/{part}/restart", timeout=timeout))

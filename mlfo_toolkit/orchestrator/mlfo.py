@@ -155,17 +155,27 @@ class CampusMlfo:
         self._spawn(self._deploy, deployment_id)
         return {"id": deployment_id, "state": "planned", "name": record["name"]}
 
+    # --- a running deployment stopped ----------------------------------------------------------
+    def stop_deployment(self, deployment_id: str) -> dict[str, Any]:
+        """End a running deployment now: its clients and server stop, it shows failed, 'stopped on request'."""
+        record = self.deployment(deployment_id)
+        if record["state"] != "running":
+            raise ConflictError(f"deployment {deployment_id} is {record['state']}: only a running deployment stops",
+                                hint="a deploying one can be stopped once it runs")
+        self._finish(deployment_id, "failed", "stopped on request")
+        return {"deployment": deployment_id, "state": self.deployment(deployment_id)["state"]}
+
     # --- a lost client started again ---------------------------------------------------------
     def restart_client(self, deployment_id: str, part: int) -> dict[str, Any]:
         """Start a new SuperNode for client `part` of a running deployment whose SuperNode is gone (lost).
 
         It joins the running FL server; Flower samples it from the next round on."""
         record = self.deployment(deployment_id)
-        if record["state"] != "running":
-            raise ConflictError(f"deployment {deployment_id} is {record['state']}: only a running deployment's clients restart")
         client = next((c for c in record["clients"] if c["part"] == part), None)
         if client is None:
             raise NotFoundError(f"deployment {deployment_id} has no client part {part} (parts 0-{len(record['clients']) - 1})")
+        if record["state"] != "running":
+            raise ConflictError(f"deployment {deployment_id} is {record['state']}: only a running deployment's clients restart")
         with self._lock:
             if client["state"] != "lost" and client["state"] != "failed":
                 raise ConflictError(f"client part {part} is {client['state']}: only a lost or failed client restarts",
@@ -437,7 +447,12 @@ class CampusMlfo:
                 return
 
     def _finish(self, deployment_id: str, state: str, reason: str | None) -> None:
-        record = self._update(deployment_id, state=state, reason=reason, finished=time.time())
+        with self._lock:
+            record = self.deployment(deployment_id)
+            if record["state"] in TERMINAL_STATES:
+                return  # ended already (stopped on request while its watcher looked): the first end stands
+            record.update(state=state, reason=reason, finished=time.time())
+            self._save(record)
         log.info("deployment %s %s%s", deployment_id, state, f": {reason}" if reason else "")
         # Stop this deployment's FL processes and free the server (best effort).
         for client in record["clients"]:

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 
+from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.http.routes import campus_app, cloud_app
 from mlfo_toolkit.http.server import HttpServer
@@ -250,20 +252,23 @@ def test_seed_and_round_timeout_reach_the_agents_and_a_lost_client_restarts(conf
         client = requests.get(url, timeout=5).json()["clients"][1]
         assert client["restarts"][0]["lost_reason"] == "exited"
 
+        stopped = CliRunner().invoke(cli, ["intent", "stop", deployment, "--mlfo", built.url.removeprefix("http://"), "--json"])
+        assert stopped.exit_code == 0, stopped.output
+        record = requests.get(url, timeout=5).json()
+        assert (record["state"], record["reason"]) == ("failed", "stopped on request")
+        assert built.servers[0].stop_calls == [deployment]  # its server stopped, by name
+        assert all(a.stop_calls == [deployment] for a in built.clients if a.cli_calls)
+        again = requests.post(f"{url}/stop", timeout=10)
+        assert again.status_code == 409 and "is failed" in again.json()["message"]
+
         missing = requests.post(f"{url}/clients/9/restart", timeout=10)
         assert missing.status_code == 404 and "no client part 9" in missing.json()["message"]
         assert requests.post(f"{built.url}/deployments/nope/clients/0/restart", timeout=10).status_code == 404
-        built.servers[0].final_state = "done"
-        built.wait(deployment)
         finished = requests.post(f"{url}/clients/1/restart", timeout=10)
-        assert finished.status_code == 409 and "is done" in finished.json()["message"]
-        from click.testing import CliRunner
-
-        from mlfo_toolkit.cli.main import cli
-
+        assert finished.status_code == 409 and "is failed" in finished.json()["message"]
         mlfo = built.url.removeprefix("http://")
         by_cli = CliRunner().invoke(cli, ["intent", "restart-client", deployment, "1", "--mlfo", mlfo, "--json"])
-        assert by_cli.exit_code == 12 and "is done" in json.loads(by_cli.stdout)["message"], by_cli.output
+        assert by_cli.exit_code == 12 and "is failed" in json.loads(by_cli.stdout)["message"], by_cli.output
         assert requests.get(f"{built.url}/health", timeout=5).status_code == 200  # and it kept serving
     finally:
         for thing in closables:
