@@ -60,13 +60,14 @@ def set_link(state: NetworkState, ends: list[LinkEnd], *, rate_mbit: float | Non
     for end in ends:
         steps: list[list[str]] = []
         if rate_mbit is not None:
-            steps.append(["tc", "qdisc", "replace", "dev", end.interface, "root", "handle", "5:", "htb", "default", "1"]
-                         if "htb 5:" not in _in_node(state, end, ["tc", "qdisc", "show", "dev", end.interface]).stdout else [])
+            if "htb 5:" not in _in_node(state, end, ["tc", "qdisc", "show", "dev", end.interface]).stdout:
+                # A link the topology did not shape: give it Mininet's layout first.
+                steps.append(["tc", "qdisc", "replace", "dev", end.interface, "root", "handle", "5:", "htb", "default", "1"])
             steps.append(["tc", "class", "replace", "dev", end.interface, "parent", "5:", "classid", "5:1", "htb",
                           "rate", f"{rate_mbit:g}mbit", "burst", "15k"])
         if up is not None:
             steps.append(["ip", "link", "set", "dev", end.interface, "up" if up else "down"])
-        for argv in filter(None, steps):
+        for argv in steps:
             done = _in_node(state, end, argv)
             if done.returncode != 0:
                 raise MlfoError(f"{' '.join(argv[:3])} on {end.node} ({end.interface}) failed: {done.stderr.strip()[:200]}")
