@@ -193,15 +193,17 @@ def test_sigterm_stops_the_run_and_keeps_what_it_measured(workdir: Path) -> None
     command = [sys.executable, "-m", "mlfo_toolkit", "run", str(KILL), "-o", str(out), "--json"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        # Wait until the first run has a few rounds behind it (the agent writes its server's metrics).
+        # Wait until the first run has three rounds behind it (its server's metrics, which the MLFO
+        # polls), and a moment more for the MLFO to have seen them: the kill fired as round 3 began.
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            rounds = [line for f in (out / "runs").glob("base-r1/**/metrics.jsonl") for line in f.read_text().splitlines() if '"round"' in line]
-            if len(rounds) >= 3:
+            lines = [line for f in (out / "runs").glob("base-r1/**/metrics.jsonl") for line in f.read_text().splitlines()]
+            if sum(1 for line in lines if '"event": "round"' in line and '"round": 0,' not in line) >= 3:
                 break
             time.sleep(0.5)
         else:
-            raise AssertionError("no rounds within 180 s")
+            raise AssertionError("not three rounds within 180 s")
+        time.sleep(3)
         children = [c.pid for c in psutil_children(process.pid)]
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=90)
