@@ -26,8 +26,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlfo_toolkit.processes import free_port, wait_for_port  # noqa: E402
-from tests.fuzzing import CLASSES, CLI_BAD, cases  # noqa: E402
+from mlfo_toolkit.util.processes import free_port, wait_for_port  # noqa: E402
+from tests.helpers.fuzzing import CLASSES, CLI_BAD, cases  # noqa: E402
 
 
 def start(argv: list[str], env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen[bytes]:

@@ -32,12 +32,12 @@ import tomli_w
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import MachineWatch  # noqa: E402
 
+from mlfo_toolkit import api  # noqa: E402
 from mlfo_toolkit.config import load_config  # noqa: E402
-from mlfo_toolkit.demo import run_demo  # noqa: E402
-from mlfo_toolkit.monitoring.runs import round_seconds  # noqa: E402
-from mlfo_toolkit.processes import ManagedProcess, find_tool, free_port, tool_env, wait_for_port  # noqa: E402
-from mlfo_toolkit.resources import resource_path  # noqa: E402
-from mlfo_toolkit.stats import percentile  # noqa: E402
+from mlfo_toolkit.reports.runs import round_seconds  # noqa: E402
+from mlfo_toolkit.util.processes import ManagedProcess, find_tool, free_port, tool_env, wait_for_port  # noqa: E402
+from mlfo_toolkit.util.resources import resource_path  # noqa: E402
+from mlfo_toolkit.util.stats import percentile  # noqa: E402
 
 
 def round_times(metrics_file: Path) -> list[float]:
@@ -110,7 +110,7 @@ def main() -> None:
     results["flower"]["memory_drop_gb"] = watch.drop_gb
     print("mlfo (shared executor, fast polls): the same job through `mlfo demo` ...", flush=True)
     with MachineWatch() as watch:
-        summary = run_demo(config, cohorts=1, clients=args.clients, rounds=args.rounds)
+        summary = api.demo(config, cohorts=1, clients=args.clients, rounds=args.rounds).to_dict()
     cohort = summary["cohorts"][0]
     results["mlfo"] = {"round_seconds": [s for s in cohort["round_seconds"] if s is not None],
                        "wall_seconds": summary["wall_seconds"], "memory_drop_gb": watch.drop_gb,

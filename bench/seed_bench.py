@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import MachineWatch  # noqa: E402
 
 from mlfo_toolkit.fl.anatomy import PHASES  # noqa: E402
-from mlfo_toolkit.resources import resource_path  # noqa: E402
-from mlfo_toolkit.stats import percentile  # noqa: E402
+from mlfo_toolkit.util.resources import resource_path  # noqa: E402
+from mlfo_toolkit.util.stats import percentile  # noqa: E402
 
 PUBLISHED_CAMPUS = "127.0.0.1:8001"
 

@@ -1,9 +1,10 @@
 """mlfo's public Python API: everything the CLI does, callable with no Click involved.
 
 Every `mlfo` command calls one function here and formats what it returns, as text or `--json`
-(`result.to_dict()`). Functions take an optional `Config` (default: `load_config()`, i.e. defaults <
-./mlfo.yaml < MLFO_* environment) and raise `mlfo_toolkit.errors.MlfoError` subclasses, whose
-`exit_code` is what the CLI exits with.
+(`result.to_dict()`). Every function returns a result of `mlfo_toolkit.results` (a frozen dataclass)
+and takes an optional `Config` (default: `load_config()`, i.e. defaults < ./mlfo.yaml < MLFO_*
+environment); errors are `mlfo_toolkit.errors.MlfoError` subclasses, whose `exit_code` is what the CLI
+exits with.
 
     from mlfo_toolkit import api
     result = api.demo(clients=3, rounds=3)
@@ -12,55 +13,70 @@ Every `mlfo` command calls one function here and formats what it returns, as tex
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlfo_toolkit.backends.base import AttachedBackend
+from mlfo_toolkit.backends.loopback import LoopbackBackend
 from mlfo_toolkit.config import Config, load_config
-from mlfo_toolkit.errors import DeploymentFailed
-
-Progress = Callable[[str, dict[str, Any]], None]
-"""Called with (event, data) on long work: "setup", "state", "round", "lost" (deployments), "topo" (network)."""
+from mlfo_toolkit.experiments.runner import execute, plan_summary
+from mlfo_toolkit.experiments.spec import load_experiment
+from mlfo_toolkit.http.schema import openapi_schema
+from mlfo_toolkit.http.service import run_agent, run_exporter, run_mlfo
+from mlfo_toolkit.meters.controllers import resolve_controller
+from mlfo_toolkit.meters.operations import clear_meters, set_meter, show_meters, verify_meter
+from mlfo_toolkit.monitoring import prometheus as monitoring
+from mlfo_toolkit.net.changes import init_network
+from mlfo_toolkit.net.hosts import host_exec, ping_mesh
+from mlfo_toolkit.net.image import build_image
+from mlfo_toolkit.net.network import detach_network, network_down, network_status, serve_network, state_summary
+from mlfo_toolkit.net.state import NetworkState, load_state, running_topology, state_path
+from mlfo_toolkit.net.topology import Topology, load_topology
+from mlfo_toolkit.orchestrator.api_clients import campus_client
+from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, plan_cohorts, shape_cohorts
+from mlfo_toolkit.orchestrator.intents import Catalog, load_intent_file
+from mlfo_toolkit.orchestrator.sending import follow_deployments, post_cohorts, raise_for_failures
+from mlfo_toolkit.reports.compare import build_experiment_report, is_experiment
+from mlfo_toolkit.reports.report import build_report
+from mlfo_toolkit.reports.runs import cohort_summary, manifest, new_run_dir, write_run
+from mlfo_toolkit.results import (
+    ApiSchema,
+    ClientRestarted,
+    CohortResult,
+    DeploymentStopped,
+    ExecResult,
+    ExperimentPlan,
+    ExperimentResult,
+    ImageResult,
+    InitResult,
+    IntentCheck,
+    MeterResult,
+    MonitorConfig,
+    MonitorResult,
+    NetworkResult,
+    PingResult,
+    PlanResult,
+    ReportResult,
+    Result,
+    RunResult,
+    SentCohorts,
+    fields_of,
+)
+from mlfo_toolkit.util.progress import Progress, quiet
+from mlfo_toolkit.util.resources import resource_path
 
 __all__ = [
-    "CohortResult",
-    "IntentCheck",
-    "MeterResult",
-    "MonitorResult",
-    "NetworkResult",
-    "Progress",
-    "ReportResult",
-    "RunResult",
-    "SentCohorts",
-    "demo",
-    "image_build",
-    "init",
-    "monitor_config",
-    "serve_agent",
-    "serve_exporter",
-    "serve_mlfo",
-    "topo_exec",
-    "topo_ping",
-    "topo_show",
-    "load_config",
-    "meter_clear",
-    "meter_set",
-    "meter_show",
-    "meter_verify",
-    "monitor_down",
-    "monitor_up",
-    "plan",
-    "plan_experiment",
-    "run_experiment",
-    "ExperimentResult",
-    "report",
-    "send_cohorts",
-    "topo_down",
-    "topo_status",
-    "topo_up",
-    "validate_intent",
-    "wait",
+    # results
+    "ApiSchema", "ClientRestarted", "CohortResult", "DeploymentStopped", "ExecResult", "ExperimentPlan", "ExperimentResult",
+    "ImageResult", "InitResult", "IntentCheck", "MeterResult", "MonitorConfig", "MonitorResult", "NetworkResult", "PingResult",
+    "PlanResult", "Progress", "ReportResult", "Result", "RunResult", "SentCohorts",
+    # functions
+    "api_schema", "demo", "image_build", "init", "load_config", "meter_clear", "meter_set", "meter_show", "meter_verify",
+    "monitor_config", "monitor_down", "monitor_up", "plan", "plan_experiment", "report", "restart_client", "run_experiment",
+    "send_cohorts", "serve_agent", "serve_exporter", "serve_mlfo", "stop_deployment", "topo_down", "topo_exec", "topo_ping",
+    "topo_show", "topo_status", "topo_up", "validate_intent", "wait",
 ]
 
 
@@ -68,165 +84,62 @@ def _config(config: Config | None) -> Config:
     return config if config is not None else load_config(None)
 
 
-# --- results ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CohortResult:
-    """One cohort's FL run as the MLFO followed it."""
-
-    name: str
-    deployment_id: str
-    state: str
-    reason: str | None
-    strategy: str | None
-    accuracy: list[float]
-    loss: list[float]
-    orchestration_seconds: float | None
-    details: dict[str, Any] = field(repr=False)
-
-    @property
-    def final_accuracy(self) -> float | None:
-        return self.accuracy[-1] if self.accuracy else None
-
-    @classmethod
-    def from_summary(cls, summary: dict[str, Any]) -> CohortResult:
-        return cls(
-            name=summary["name"], deployment_id=summary["deployment"], state=summary["state"], reason=summary.get("reason"),
-            strategy=summary.get("strategy"), accuracy=list(summary["accuracy"]), loss=list(summary["loss"]),
-            orchestration_seconds=summary.get("orchestration_seconds"), details=summary,
-        )
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """A followed set of deployments (a demo or `send --wait`) and the run folder written for it."""
-
-    run_dir: Path
-    cohorts: list[CohortResult]
-    wall_seconds: float | None
-    summary: dict[str, Any] = field(repr=False)
-
-    @property
-    def failed(self) -> list[CohortResult]:
-        return [c for c in self.cohorts if c.state == "failed"]
-
-    def check(self) -> RunResult:
-        """Raise DeploymentFailed (exit code 7) naming every failed cohort; else return self."""
-        if self.failed:
-            raise DeploymentFailed("; ".join(f"cohort {c.name} failed: {c.reason}" for c in self.failed),
-                                   hint="GET /deployments/ID on the MLFO shows per-client status")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.summary
-
-
-@dataclass(frozen=True)
-class SentCohorts:
-    """Cohorts the campus MLFO accepted: pass to `wait()` to follow them."""
-
-    mlfo: str
-    cohort_file: Path
-    sent: list[Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mlfo": self.mlfo, "deployments": [{"name": c.name, "id": c.deployment_id, "ipstart": c.ipstart} for c in self.sent]}
-
-
-@dataclass(frozen=True)
-class IntentCheck:
-    """A valid intent and the ML pipeline each of its targets maps to."""
-
-    intent_id: str
-    intent: dict[str, Any]
-    pipelines: list[dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"intent": self.intent, "pipelines": self.pipelines}
-
-
-@dataclass(frozen=True)
-class NetworkResult:
-    """What a network command did or found; `data` is its JSON form."""
-
-    topology: str
-    phase: str
-    data: dict[str, Any] = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
-
-
-@dataclass(frozen=True)
-class MeterResult:
-    """Meters set, listed, cleared or measured; `data` is the JSON form."""
-
-    cohorts: list[int]
-    data: Any = field(repr=False)
-
-    def to_dict(self) -> Any:
-        return self.data
-
-
-@dataclass(frozen=True)
-class MonitorResult:
-    """Prometheus (and Grafana) started or stopped."""
-
-    prometheus: str | None
-    processes: list[str]
-    data: dict[str, Any] = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
-
-
-@dataclass(frozen=True)
-class ReportResult:
-    """The plots, manifest and page written for a run folder."""
-
-    plots: list[Path]
-    manifest: Path
-    html: Path | None
-    data: dict[str, Any] = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
-
-
-def _run_result(summary: dict[str, Any]) -> RunResult:
-    return RunResult(Path(summary["run_dir"]), [CohortResult.from_summary(c) for c in summary["cohorts"]],
-                     summary.get("wall_seconds"), summary)
+def _run_summary(sent: list[Any], run_dir: Path, inputs: dict[str, Path | None], seed: int, started: float | None = None) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "cohorts": [cohort_summary(c) for c in sent],
+        "orchestration_seconds": [c.record.orchestration_seconds if c.record else None for c in sent],
+        "run_dir": str(run_dir),
+        "manifest": manifest(inputs, {"fl.seed": seed}),
+    }
+    if started is not None:
+        summary["wall_seconds"] = round(time.monotonic() - started, 2)
+    write_run(run_dir, summary)
+    return summary
 
 
 # --- intents and deployments --------------------------------------------------------------------
 def demo(config: Config | None = None, *, cohorts: int | None = None, clients: int | None = None, rounds: int | None = None,
          cohort_file: Path | None = None, timeout: float = 900.0, progress: Progress | None = None) -> RunResult:
-    """The whole chain on loopback (MLFOs, agents, Flower), no root; `.check()` raises if a cohort failed."""
-    from mlfo_toolkit.demo import run_demo
-
-    return _run_result(run_demo(_config(config), cohort_path=cohort_file, cohorts=cohorts, clients=clients, rounds=rounds,
-                                timeout=timeout, progress=progress))
+    """The whole chain on loopback (MLFOs, agents, Flower), no root; raises DeploymentFailed if a cohort failed
+    (the run folder is written first)."""
+    cfg = _config(config)
+    progress = progress or quiet
+    cohort_path = cohort_file or resource_path("intents/cohorts.yaml")
+    shaped = shape_cohorts(load_cohort_file(cohort_path, cfg), cohorts, clients, rounds)
+    run_dir = new_run_dir(Path(cfg.paths.runs_dir), "demo")
+    started = time.monotonic()
+    servers = sum(1 for c in shaped.cohorts if not c.sameserver)
+    clients_total = sum(c.size for c in shaped.cohorts)
+    progress("setup", {"servers": servers, "clients": clients_total, "run_dir": str(run_dir)})
+    with LoopbackBackend(cfg, run_dir, servers=servers, clients=clients_total) as backend:
+        sent = post_cohorts(shaped, backend.config, backend.campus)
+        follow_deployments(sent, backend.config, backend.campus, timeout=timeout, progress=progress, poll_seconds=0.5)
+        # With `mlfo monitor up` running, stay up for one more scrape: the final round reaches Prometheus.
+        linger = monitoring.scraping_seconds(cfg)
+        if linger:
+            time.sleep(linger + 0.5)
+    summary = _run_summary(sent, run_dir, {"cohort_file": cohort_path}, cfg.fl.seed, started)
+    raise_for_failures(sent)
+    return RunResult.from_summary(summary)
 
 
 def validate_intent(path: Path, config: Config | None = None) -> IntentCheck:
     """Parse and check an intent file; ValidationError names the field and line of the first problem."""
-    from mlfo_toolkit.orchestrator.intents import Catalog, load_intent_file
-
     cfg = _config(config)
     parsed = load_intent_file(path)
     catalog = Catalog.load(cfg.mlfo.catalog)
     pipelines = [catalog.resolve(parsed, i).to_dict() for i in range(len(parsed.targets))]
-    return IntentCheck(parsed.intentID, parsed.model_dump(), pipelines)
+    intent = parsed.model_dump()
+    return IntentCheck(parsed.intentID, intent, pipelines, data={"intent": intent, "pipelines": pipelines})
 
 
-def plan(cohort_file: Path | None = None, config: Config | None = None, *, any_intent_path: bool = False) -> list[Any]:
-    """Which FL server and client agents each cohort gets (`CohortPlan`s), contacting nothing.
+def plan(cohort_file: Path | None = None, config: Config | None = None, *, any_intent_path: bool = False) -> PlanResult:
+    """Which FL server and client agents each cohort gets, contacting nothing.
 
     Without a file: the shipped intents/cohorts.yaml (what `mlfo demo` sends)."""
-    from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, plan_cohorts
-    from mlfo_toolkit.resources import resource_path
-
     cfg = _config(config)
-    return plan_cohorts(load_cohort_file(cohort_file or resource_path("intents/cohorts.yaml"), cfg, any_intent_path=any_intent_path), cfg)
+    path = cohort_file or resource_path("intents/cohorts.yaml")
+    return PlanResult.of(plan_cohorts(load_cohort_file(path, cfg, any_intent_path=any_intent_path), cfg))
 
 
 def send_cohorts(cohort_file: Path, config: Config | None = None, *, mlfo: str | None = None,
@@ -234,63 +147,38 @@ def send_cohorts(cohort_file: Path, config: Config | None = None, *, mlfo: str |
     """POST every cohort of the file to the campus MLFO (the prototype's multipart form).
 
     Checks the whole file, and plans it against the IP plan, before sending anything."""
-    from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, plan_cohorts
-    from mlfo_toolkit.orchestrator.sending import send_cohorts as send
-
     cfg = _config(config)
     parsed = load_cohort_file(cohort_file, cfg, any_intent_path=any_intent_path)
     plan_cohorts(parsed, cfg)  # the same checks as `plan`: what plan accepts, send accepts
-    address = mlfo or parsed.mlfo or f"{cfg.mlfo.host}:{cfg.mlfo.port}"
-    return SentCohorts(address, cohort_file, send(parsed, cfg, address))
+    backend = AttachedBackend(cfg, mlfo or parsed.mlfo or f"{cfg.mlfo.host}:{cfg.mlfo.port}")
+    with backend:
+        return SentCohorts.of(backend.campus, cohort_file, post_cohorts(parsed, backend.config, backend.campus))
 
 
 def wait(sent: SentCohorts, config: Config | None = None, *, timeout: float = 3600.0, progress: Progress | None = None) -> RunResult:
     """Follow sent cohorts until their FL runs end; write a run folder (run.json, plots)."""
-    from mlfo_toolkit.monitoring.runs import cohort_summary, manifest, new_run_dir, write_run
-    from mlfo_toolkit.orchestrator.sending import wait_for_deployments
-
     cfg = _config(config)
-    wait_for_deployments(sent.sent, cfg, sent.mlfo, timeout=timeout, progress=progress)
+    follow_deployments(sent.sent, cfg, sent.mlfo, timeout=timeout, progress=progress or quiet)
     run_dir = new_run_dir(Path(cfg.paths.runs_dir), "send")
-    summary: dict[str, Any] = {
-        "cohorts": [cohort_summary(c) for c in sent.sent],
-        "orchestration_seconds": [c.record.get("orchestration_seconds") for c in sent.sent],
-        "run_dir": str(run_dir),
-        "manifest": manifest({"cohort_file": sent.cohort_file}, {"fl.seed": cfg.fl.seed}),
-    }
-    write_run(run_dir, summary)
-    return _run_result(summary)
+    return RunResult.from_summary(_run_summary(sent.sent, run_dir, {"cohort_file": sent.cohort_file}, cfg.fl.seed))
 
 
-def _campus(config: Config | None, mlfo: str | None) -> Any:
-    from mlfo_toolkit.orchestrator.clients import MlfoClient
-
-    cfg = _config(config)
-    return MlfoClient(mlfo or f"{cfg.mlfo.host}:{cfg.mlfo.port}", token=cfg.api.token, timeout=cfg.api.timeout_seconds)
-
-
-def restart_client(deployment: str, part: int, config: Config | None = None, *, mlfo: str | None = None) -> dict[str, Any]:
+def restart_client(deployment: str, part: int, config: Config | None = None, *, mlfo: str | None = None) -> ClientRestarted:
     """Start a lost client's SuperNode again (POST /deployments/ID/clients/PART/restart); it rejoins the FL run."""
-    client = _campus(config, mlfo)
-    try:
-        return dict(client.restart_client(deployment, part))
-    finally:
-        client.close()
+    with campus_client(_config(config), mlfo) as client:
+        answer = dict(client.restart_client(deployment, part))
+    return ClientRestarted(**fields_of(answer, ClientRestarted), data=answer)
 
 
-def stop_deployment(deployment: str, config: Config | None = None, *, mlfo: str | None = None) -> dict[str, Any]:
+def stop_deployment(deployment: str, config: Config | None = None, *, mlfo: str | None = None) -> DeploymentStopped:
     """Stop a running deployment (POST /deployments/ID/stop): its clients and server stop."""
-    client = _campus(config, mlfo)
-    try:
-        return dict(client.stop_deployment(deployment))
-    finally:
-        client.close()
+    with campus_client(_config(config), mlfo) as client:
+        answer = dict(client.stop_deployment(deployment))
+    return DeploymentStopped(**fields_of(answer, DeploymentStopped), data=answer)
 
 
 # --- the emulated network (root) ------------------------------------------------------------------
-def _topology(topology: Path | str | None, cohorts: int | None, params: dict[str, int] | None) -> Any:
-    from mlfo_toolkit.net.topology import load_topology
-
+def _topology(topology: Path | str | None, cohorts: int | None, params: dict[str, int] | None) -> Topology:
     parameters = dict(params or {})
     if cohorts:
         parameters["cohorts"] = cohorts
@@ -299,207 +187,163 @@ def _topology(topology: Path | str | None, cohorts: int | None, params: dict[str
 
 def topo_up(cohorts: int | None = None, config: Config | None = None, *, topology: Path | str | None = None,
             params: dict[str, int] | None = None, backend: str = "mininet", controller: str | None = None, detach: bool = True,
-            progress: Progress | None = None, on_ready: Callable[[Any], None] | None = None) -> NetworkResult:
+            progress: Progress | None = None, on_ready: Callable[[NetworkState], None] | None = None) -> NetworkResult:
     """Build the network and start the MLFOs and agents in it (root).
 
     detach=True returns once it is up and leaves it running for `topo_down()`; detach=False serves
     it in this process until SIGINT/SIGTERM, then tears it down.
     """
-    from mlfo_toolkit.net.network import detach_network, serve_network, state_summary
-
     cfg = _config(config)
+    progress = progress or quiet
     built = _topology(topology, cohorts, params)
-
-    def say(message: str) -> None:
-        if progress:
-            progress("topo", {"message": message})
-
     if detach:
         state = detach_network(cfg, topology=topology, cohorts=cohorts, params=params or {}, backend=backend,
-                               controller=controller, progress=say)
-        return NetworkResult(state.topology, state.phase, state_summary(state))
-    removed = serve_network(cfg, built, backend=backend, controller=controller, progress=say, on_ready=on_ready)
-    return NetworkResult(built.name, "down", {"topology": built.name, "removed": removed})
+                               controller=controller, progress=progress)
+        return NetworkResult(state.topology, state.phase, data=state_summary(state))
+    address = resolve_controller(cfg, controller, progress)
+    removed = serve_network(cfg, built, backend=backend, controller=address, progress=progress, on_ready=on_ready)
+    return NetworkResult(built.name, "down", data={"topology": built.name, "removed": removed})
 
 
-def image_build(*, force: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Build (or find) the Docker image of Containernet hosts, offline (root); {"image", "id", "built"}."""
-    from mlfo_toolkit.net.image import build_image
-
-    return build_image(force=force, progress=progress or (lambda message: None))
+def image_build(*, force: bool = False, progress: Progress | None = None) -> ImageResult:
+    """Build (or find) the Docker image of Containernet hosts, offline (root)."""
+    data = build_image(force=force, progress=progress or quiet)
+    return ImageResult(**fields_of(data, ImageResult), data=data)
 
 
 def topo_down(config: Config | None = None) -> NetworkResult:
     """Remove exactly what `topo_up` recorded, also after it was killed."""
-    from mlfo_toolkit.net.network import network_down
-
     data = network_down(_config(config))
-    return NetworkResult(str(data.get("topology", "")), "down", data)
+    return NetworkResult(str(data.get("topology", "")), "down", data=data)
 
 
 def topo_status(config: Config | None = None) -> NetworkResult:
     """The running network: hosts, processes, published ports, CPU limits, warnings (phase "none": no network)."""
-    from mlfo_toolkit.net.network import network_status
-    from mlfo_toolkit.net.state import state_path
-
     cfg = _config(config)
     if not state_path(Path(cfg.paths.state_dir)).exists():
-        return NetworkResult("", "none", {"topology": None, "phase": "none"})
+        return NetworkResult("", "none", data={"topology": None, "phase": "none"})
     data = network_status(cfg)
-    return NetworkResult(data["topology"], data["phase"], data)
+    return NetworkResult(data["topology"], data["phase"], data=data)
 
 
-def topo_show(topology: Path | str | None = None, *, cohorts: int | None = None, params: dict[str, int] | None = None) -> Any:
+def topo_show(topology: Path | str | None = None, *, cohorts: int | None = None, params: dict[str, int] | None = None) -> Topology:
     """The expanded `Topology` (hosts, switches, links, DPIDs) of a file or a shipped name; no root needed."""
     return _topology(topology, cohorts, params)
 
 
-def topo_exec(node: str, argv: list[str], config: Config | None = None, *, capture: bool = False) -> dict[str, Any]:
-    """Run argv inside NODE (no shell); {"node", "exit_code"[, "stdout", "stderr"]}."""
-    from mlfo_toolkit.net.network import host_exec
-
-    return host_exec(_config(config), node, argv, capture=capture)
-
-
-def topo_ping(config: Config | None = None) -> dict[str, Any]:
-    """Every host pings every other: {"pairs", "loss_percent", "seconds", "failed"}."""
-    from mlfo_toolkit.net.network import ping_mesh
-
-    return ping_mesh(_config(config))
+def topo_exec(node: str, argv: list[str], config: Config | None = None, *, capture: bool = False) -> ExecResult:
+    """Run argv inside NODE (no shell), with this terminal or with its output captured."""
+    data = host_exec(load_state(Path(_config(config).paths.state_dir)), node, argv, capture=capture)
+    return ExecResult(**fields_of(data, ExecResult), data=data)
 
 
-def init(config: Config | None = None, *, cpus: float | None = None, clients: bool = False, bg_rate: str | None = "20M") -> dict[str, Any]:
+def topo_ping(config: Config | None = None) -> PingResult:
+    """Every host pings every other."""
+    data = ping_mesh(load_state(Path(_config(config).paths.state_dir)))
+    return PingResult(**fields_of(data, PingResult), data=data)
+
+
+def init(config: Config | None = None, *, cpus: float | None = None, clients: bool = False, bg_rate: str | None = "20M") -> InitResult:
     """The prototype's init.sh: CPU limits, reachability of the FL servers, iperf3 background traffic."""
-    from mlfo_toolkit.net.network import init_network
-
-    return init_network(_config(config), cpus=cpus, clients=clients, bg_rate=bg_rate)
+    data = init_network(_config(config), cpus=cpus, clients=clients, bg_rate=bg_rate)
+    return InitResult(**fields_of(data, InitResult), data=data)
 
 
 # --- meters -----------------------------------------------------------------------------------
 def meter_set(cohort: int, rate: str = "100mbit", config: Config | None = None, *, burst: str | None = None,
               direction: str = "both", controller: str = "ovs") -> MeterResult:
     """Meter cohort N (the prototype's IN_PORT N) on the running network; replaces an earlier meter."""
-    from mlfo_toolkit.meters.core import set_meter
-
-    return MeterResult([cohort], set_meter(_config(config), cohort, rate, burst, direction, controller))
+    return MeterResult([cohort], data=set_meter(_config(config), cohort, rate, burst, direction, controller))
 
 
 def meter_show(config: Config | None = None) -> MeterResult:
-    from mlfo_toolkit.meters.core import show_meters
-
+    """The meters mlfo set, with what the switches report."""
     data = show_meters(_config(config))
-    return MeterResult(sorted(int(c) for c in data), data)
+    return MeterResult(sorted(int(c) for c in data), data=data)
 
 
 def meter_clear(config: Config | None = None, cohort: int | None = None) -> MeterResult:
     """Remove the meters and flows mlfo added (of one cohort, or all)."""
-    from mlfo_toolkit.meters.core import clear_meters
-
     cleared = clear_meters(_config(config), cohort)
-    return MeterResult(cleared, {"cleared": cleared})
+    return MeterResult(cleared, data={"cleared": cleared})
 
 
 def meter_verify(cohort: int, rate: str = "10mbit", config: Config | None = None, *, burst: str | None = None,
                  controller: str = "ovs", seconds: int = 3) -> MeterResult:
     """iperf3 from a client of cohort N to its server, unmetered then metered, and another cohort meanwhile."""
-    from mlfo_toolkit.meters.core import verify_meter
-
-    return MeterResult([cohort], verify_meter(_config(config), cohort, rate, burst, controller, seconds))
+    return MeterResult([cohort], data=verify_meter(_config(config), cohort, rate, burst, controller, seconds))
 
 
 # --- services (foreground, until SIGINT/SIGTERM) -------------------------------------------------
 def serve_mlfo(config: Config, role: str) -> None:
     """Serve a campus or cloud MLFO on mlfo.host:mlfo.port (campus) or mlfo.momo_port (cloud)."""
-    from mlfo_toolkit.http.service import run_mlfo
-
     run_mlfo(config, role)
 
 
 def serve_agent(config: Config) -> None:
     """Serve a node agent on agent.host:agent.port."""
-    from mlfo_toolkit.http.service import run_agent
-
     run_agent(config)
 
 
 def serve_exporter(config: Config, app: str, match_port: int, host: str, port: int) -> None:
     """Serve the socket exporter of one app's TCP flows."""
-    from mlfo_toolkit.http.service import run_exporter
-
     run_exporter(config, app, match_port, host, port)
+
+
+def api_schema(service: str) -> ApiSchema:
+    """The OpenAPI 3 document of a service (campus, cloud or agent), as it serves at /openapi.json."""
+    return ApiSchema(service, data=openapi_schema(service))
 
 
 # --- monitoring and reports ---------------------------------------------------------------------
 def monitor_up(config: Config | None = None) -> MonitorResult:
     """Start Prometheus (and node_exporter; Grafana when Docker and its image are here)."""
-    from mlfo_toolkit.monitoring.prometheus import monitor_up as up
-
-    data = up(_config(config))
-    return MonitorResult(data.get("prometheus"), list(data.get("processes", [])), data)
+    data = monitoring.monitor_up(_config(config))
+    return MonitorResult(data.get("prometheus"), list(data.get("processes", [])), data=data)
 
 
 def monitor_config(config: Config | None = None, *, topology: Path | None = None, cohorts: int | None = None,
-                   loopback: bool = False, output: Path | None = None) -> dict[str, Any]:
+                   loopback: bool = False, output: Path | None = None) -> MonitorConfig:
     """prometheus.yml for a topology, the running network, or loopback (`mlfo demo`); checked when written."""
-    from mlfo_toolkit.monitoring.prometheus import check_config, render_config
-    from mlfo_toolkit.net.state import running_topology
-
     cfg = _config(config)
     built = None
     if topology or cohorts:
         built = _topology(topology, cohorts, None)
     elif not loopback and (running := running_topology(Path(cfg.paths.state_dir))):
         built = running[1]
-    text = render_config(cfg, built)
+    text = monitoring.render_config(cfg, built)
     if output:
         output.write_text(text)
-        check_config(output)
-    return {"config": text, "targets": f"topology {built.name}" if built else "loopback", "written": str(output) if output else None}
+        monitoring.check_config(output)
+    data = {"config": text, "targets": f"topology {built.name}" if built else "loopback", "written": str(output) if output else None}
+    return MonitorConfig(**fields_of(data, MonitorConfig), data=data)
 
 
 def monitor_down(config: Config | None = None) -> MonitorResult:
-    from mlfo_toolkit.monitoring.prometheus import monitor_down as down
-
-    data = down(_config(config))
-    return MonitorResult(None, list(data.get("stopped", [])), data)
+    """Stop what `monitor_up` started."""
+    data = monitoring.monitor_down(_config(config))
+    return MonitorResult(None, list(data.get("stopped", [])), data=data)
 
 
 def report(run_dir: Path, config: Config | None = None, *, fmt: str = "png", prometheus: str | None = None,
            topology: Path | None = None) -> ReportResult:
-    """Plots (accuracy, loss, orchestration, traffic, round anatomy) and a manifest under RUN_DIR/report/."""
-    from mlfo_toolkit.experiments.compare import build_experiment_report, is_experiment
-    from mlfo_toolkit.monitoring.report import build_report
-
+    """Plots (accuracy, loss, orchestration, traffic, round anatomy) and a manifest under RUN_DIR/report/;
+    for an experiment folder, its runs side by side."""
     cfg = _config(config)
     if is_experiment(Path(run_dir)):
         data = build_experiment_report(Path(run_dir))
-        return ReportResult([Path(p) for p in data["plots"]], Path(data["report"]) / "table.json", Path(data["html"]), data)
+        return ReportResult([Path(p) for p in data["plots"]], Path(data["report"]) / "table.json", Path(data["html"]), data=data)
     url = prometheus or f"http://127.0.0.1:{cfg.monitor.prometheus_port}"
     data = build_report(Path(run_dir), fmt, url, {"topology": topology} if topology else None)
     return ReportResult([Path(p) for p in data["plots"]], Path(data["manifest"]),
-                        Path(data["html"]) if data.get("html") else None, data)
+                        Path(data["html"]) if data.get("html") else None, data=data)
 
 
 # --- experiments --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExperimentResult:
-    """An experiment's runs (finished now or earlier) and where they are."""
-
-    name: str
-    folder: Path
-    runs: list[dict[str, Any]]
-    data: dict[str, Any] = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
-
-
-def plan_experiment(path: Path, config: Config | None = None) -> dict[str, Any]:
+def plan_experiment(path: Path, config: Config | None = None) -> ExperimentPlan:
     """Check an experiment file and list its runs, events and expected duration; starts nothing."""
-    from mlfo_toolkit.experiments.runner import plan_summary
-    from mlfo_toolkit.experiments.spec import load_experiment
-
-    return plan_summary(load_experiment(Path(path)), _config(config))
+    data = plan_summary(load_experiment(Path(path)), _config(config))
+    return ExperimentPlan(**fields_of(data, ExperimentPlan), data=data)
 
 
 def run_experiment(path: Path, config: Config | None = None, *, out_dir: Path | None = None,
@@ -507,12 +351,8 @@ def run_experiment(path: Path, config: Config | None = None, *, out_dir: Path | 
     """Run every run of an experiment file not finished yet (a rerun resumes); write runs and index.json.
 
     The folder defaults to paths.runs_dir/experiments/NAME; `report(folder)` compares the runs."""
-    from mlfo_toolkit.experiments.runner import run_experiment as run
-    from mlfo_toolkit.experiments.spec import load_experiment
-
     cfg = _config(config)
     experiment = load_experiment(Path(path))
     folder = out_dir or Path(cfg.paths.runs_dir) / "experiments" / experiment.name
-    index = run(experiment, cfg, folder, progress=progress or (lambda event, data: None))
-    return ExperimentResult(experiment.name, folder, index["runs"], {**index, "folder": str(folder)})
-
+    index = execute(experiment, cfg, folder, progress=progress or quiet)
+    return ExperimentResult(experiment.name, folder, index["runs"], data={**index, "folder": str(folder)})

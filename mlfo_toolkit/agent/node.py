@@ -25,9 +25,9 @@ from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.monitoring.metrics import FlowTraffic, process_tree
 from mlfo_toolkit.monitoring.sockets import ByteTotals, TcpConnection, tcp_connections
-from mlfo_toolkit.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
-from mlfo_toolkit.processes import ManagedProcess, find_tool, free_port, port_in_use, tool_env, wait_for_port
-from mlfo_toolkit.resources import resource_path
+from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
+from mlfo_toolkit.util.processes import ManagedProcess, find_tool, free_port, port_in_use, tool_env, wait_for_port
+from mlfo_toolkit.util.resources import resource_path
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ SUPERNODE_START_SECONDS = 120.0
 SUPERNODE_SPAWN_SECONDS = 30.0
 
 
-class ServParams(BaseModel):
-    """POST /serv form fields (the prototype's names; source/model/deployment added)."""
+class ServerStartParams(BaseModel):
+    """What starts an FL server: the POST /serv form fields (the prototype's names; source/model/deployment added)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -59,8 +59,8 @@ class ServParams(BaseModel):
     roundtimeout: float | None = Field(None, gt=0, le=86_400, description="default: fl.round_timeout")
 
 
-class CliParams(BaseModel):
-    """POST /cli form fields (the prototype's names; deployment and partitioning added)."""
+class ClientStartParams(BaseModel):
+    """What starts an FL client: the POST /cli form fields (the prototype's names; deployment and partitioning added)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -100,6 +100,11 @@ def check_address(value: str) -> str:
     return value
 
 
+def reachable_host(bind: str) -> str:
+    """The address to reach a service bound to `bind` at: all addresses (0.0.0.0 or empty) means loopback here."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "") else bind
+
+
 def _check_pipeline(source: str, model: str) -> None:
     if source not in LOADERS:
         raise ValidationError(f"unknown dataset '{source}'", field="source", hint=f"known: {', '.join(LOADERS)}")
@@ -116,7 +121,7 @@ def _last_number(work_dir: Path, prefix: str) -> int:
 class FlServer:
     """One SuperLink and the `flwr run` that submitted its FL run."""
 
-    params: ServParams
+    params: ServerStartParams
     address: str
     superlink: ManagedProcess
     submitter: ManagedProcess | None
@@ -175,7 +180,7 @@ class FlServer:
 class FlClient:
     """One SuperNode serving partition `part` of a cohort."""
 
-    params: CliParams
+    params: ClientStartParams
     process: ManagedProcess | SpawnedSuperNode
     name: str
     runtime_port: int | None = None  # the Runtime API a shared executor polls (isolation: shared)
@@ -206,7 +211,7 @@ class NodeAgent:
         self.work_dir = work_dir.resolve()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         bind = config.agent.host
-        self.advertise_host = advertise_host or ("127.0.0.1" if bind in ("0.0.0.0", "") else bind)
+        self.advertise_host = advertise_host or reachable_host(bind)
         self._lock = threading.Lock()
         self.server: FlServer | None = None
         self.clients: list[FlClient] = []
@@ -223,7 +228,7 @@ class NodeAgent:
             shutil.copytree(resource_path("mlfo_toolkit/fl/app_template"), self.app_dir)
 
     # --- FL server ---------------------------------------------------------------------------
-    def start_server(self, params: ServParams) -> dict[str, Any]:
+    def start_server(self, params: ServerStartParams) -> dict[str, Any]:
         """Start a SuperLink and submit the FL run; answer the address clients connect to."""
         params.algo = canonical_strategy(params.algo, "algo")
         _check_pipeline(params.source, params.model)
@@ -243,7 +248,7 @@ class NodeAgent:
             run_dir.mkdir(parents=True, exist_ok=True)
             port = self.config.agent.fl_server_port or free_port(self.config.agent.host)
             bind = self.config.agent.host
-            connect = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
+            connect = reachable_host(bind)
             flwr_home = run_dir / "flwr-home"
             flwr_home.mkdir(exist_ok=True)
             (flwr_home / "config.toml").write_text(
@@ -325,7 +330,7 @@ class NodeAgent:
             return
         self._executor = start_executor(self.registration_dir(), self.work_dir / "executor.log", parent_pid=os.getpid())
 
-    def start_client(self, params: CliParams) -> dict[str, Any]:
+    def start_client(self, params: ClientStartParams) -> dict[str, Any]:
         """Start a SuperNode for partition `part` of `cohsize` that connects to `server`.
 
         Answers once the SuperNode is up (its Runtime API listens), so a caller that limits how many

@@ -24,8 +24,8 @@ def _line(event: str, data: dict[str, Any]) -> str | None:
     if event == "lost":
         reason = str(data.get("error") or "").splitlines()[0] if data.get("error") else "no answer"
         return f"[{data['cohort']}] client {data['agent']} (part {data['part']}) lost: {reason}"
-    if event == "topo":
-        return f"[topo] {data['message']}"
+    if event in ("topo", "image"):
+        return f"[{event}] {data['message']}"
     return None
 
 
@@ -55,7 +55,7 @@ class DeployProgress:
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        if self._bars is None or event in ("setup", "topo"):
+        if self._bars is None or event in ("setup", "topo", "image"):
             line = _line(event, data)
             if line:
                 if self._bars is not None:

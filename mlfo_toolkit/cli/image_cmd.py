@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mlfo_toolkit.cli._common import echo_json, json_option
+from mlfo_toolkit.cli._progress import DeployProgress
 
 
 @click.group()
@@ -26,8 +27,8 @@ def build(force: bool, as_json: bool) -> None:
     """
     from mlfo_toolkit import api
 
-    result = api.image_build(force=force, progress=None if as_json else lambda message: click.echo(f"[image] {message}", err=True))
+    result = api.image_build(force=force, progress=DeployProgress(enabled=not as_json))
     if as_json:
-        echo_json(result)
+        echo_json(result.to_dict())
     else:
-        click.echo(f"{result['image']} ({'built' if result['built'] else 'already built'}, {result['id'][:19]})")
+        click.echo(f"{result.image} ({'built' if result.built else 'already built'}, {result.id[:19]})")

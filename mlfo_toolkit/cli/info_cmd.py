@@ -22,9 +22,9 @@ def exit_codes(as_json: bool) -> None:
 @click.argument("service", type=click.Choice(["campus", "cloud", "agent"]))
 def api_schema(service: str) -> None:
     """Print the OpenAPI 3 schema of a service's HTTP API (also served at /openapi.json, browsable at /docs)."""
-    from mlfo_toolkit.http.schema import openapi_schema
+    from mlfo_toolkit import api
 
-    echo_json(openapi_schema(service))
+    echo_json(api.api_schema(service).to_dict())
 
 
 @click.command()
@@ -33,8 +33,7 @@ def completion(shell: str) -> None:
     """Print the shell completion script: eval "$(mlfo completion bash)" (add it to ~/.bashrc)."""
     from click.shell_completion import get_completion_class
 
-    from mlfo_toolkit.cli.main import cli
-
     completer = get_completion_class(shell)
     assert completer is not None
-    click.echo(completer(cli, {}, "mlfo", "_MLFO_COMPLETE").source())
+    root = click.get_current_context().find_root().command  # the `mlfo` group this command is part of
+    click.echo(completer(root, {}, "mlfo", "_MLFO_COMPLETE").source())

@@ -28,13 +28,13 @@ def init(cfg: Config, cpus: float | None, clients: bool, bg_rate: str, as_json: 
 
     result = api.init(cfg, cpus=cpus, clients=clients, bg_rate=bg_rate)
     if as_json:
-        echo_json(result)
+        echo_json(result.to_dict())
     else:
-        for host, limit in result["cpu_limits"].items():
+        for host, limit in result.cpu_limits.items():
             click.echo(f"cpu limit {host}: {limit if limit else 'none'}")
-        for host, ok in result["reachable"].items():
+        for host, ok in result.reachable.items():
             click.echo(f"{host} {'reachable' if ok else 'UNREACHABLE'} from the cloud MLFO")
-        bg = result["background"]
+        bg = result.background
         click.echo(f"background traffic: {bg['rate']} from {bg['from']} to {bg['to']}" if bg["rate"] else "background traffic: none")
-    if not all(result["reachable"].values()):
+    if not all(result.reachable.values()):
         raise SystemExit(int(ExitCode.UNREACHABLE))

@@ -64,11 +64,11 @@ def plan(cfg: Config, cohort_file: Path, any_intent_path: bool, as_json: bool) -
     """
     from mlfo_toolkit import api
 
-    plans = api.plan(cohort_file, cfg, any_intent_path=any_intent_path)
+    planned = api.plan(cohort_file, cfg, any_intent_path=any_intent_path)
     if as_json:
-        echo_json({"cohorts": [p.to_dict() for p in plans]})
+        echo_json(planned.to_dict())
         return
-    for p in plans:
+    for p in planned.cohorts:
         shared = f" (shared with {p.shares_server_with})" if p.shares_server_with else ""
         click.echo(f"{p.name}: intent {p.intent_id}, {p.strategy}, {p.rounds} rounds")
         click.echo(f"  FL server agent: {p.server}{shared}")
@@ -89,9 +89,9 @@ def stop(cfg: Config, deployment: str, mlfo_address: str | None, as_json: bool) 
 
     answer = api.stop_deployment(deployment, cfg, mlfo=mlfo_address)
     if as_json:
-        echo_json(answer)
+        echo_json(answer.to_dict())
     else:
-        click.echo(f"deployment {deployment} stopped ({answer['state']})")
+        click.echo(f"deployment {deployment} stopped ({answer.state})")
 
 
 @intent.command("restart-client")
@@ -114,9 +114,9 @@ def restart_client(cfg: Config, deployment: str, part: int, mlfo_address: str | 
 
     answer = api.restart_client(deployment, part, cfg, mlfo=mlfo_address)
     if as_json:
-        echo_json(answer)
+        echo_json(answer.to_dict())
     else:
-        click.echo(f"client part {part} of {deployment} restarted on {answer['agent']} (PID {answer['pid']}, {answer['seconds']} s)")
+        click.echo(f"client part {part} of {deployment} restarted on {answer.agent} (PID {answer.pid}, {answer.seconds} s)")
 
 
 @intent.command()

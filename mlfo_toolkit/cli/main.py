@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import click
 from mlfo_toolkit import __version__
 from mlfo_toolkit.cli._common import wants_json
 from mlfo_toolkit.errors import EXIT_CODE_HELP, ExitCode, MlfoError
+from mlfo_toolkit.util.signals import terminate_as_interrupt
 
 
 def _fail(ctx: click.Context, code: ExitCode, message: str, *, hint: str | None = None, field: str | None = None,
@@ -116,14 +116,10 @@ def _register() -> None:
 _register()
 
 
-def _terminated(signum: int, frame: Any) -> None:
-    # SIGTERM ends a command as Ctrl-C does: its finally blocks stop what it started (no orphans).
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminated)
-    cli(prog_name="mlfo")
+    # SIGTERM ends a command as Ctrl-C does: its finally blocks stop what it started (no orphans).
+    with terminate_as_interrupt():
+        cli(prog_name="mlfo")
 
 
 __all__ = ["EXIT_CODE_HELP", "cli", "main"]

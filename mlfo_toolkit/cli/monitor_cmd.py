@@ -31,11 +31,11 @@ def config_(cfg: Config, topology_file: Path | None, cohorts: int | None, loopba
 
     result = api.monitor_config(cfg, topology=topology_file, cohorts=cohorts, loopback=loopback, output=output)
     if as_json:
-        echo_json(result)
+        echo_json(result.to_dict())
     elif output:
-        click.echo(f"wrote {output} ({result['targets']} targets)", err=True)
+        click.echo(f"wrote {output} ({result.targets} targets)", err=True)
     else:
-        click.echo(result["config"], nl=False)
+        click.echo(result.config, nl=False)
 
 
 @monitor.command()

@@ -40,12 +40,12 @@ def run(cfg: Config, experiment: Path, dry_run: bool, output: Path | None, as_js
     if dry_run:
         plan = api.plan_experiment(experiment, cfg)
         if as_json:
-            echo_json(plan)
+            echo_json(plan.to_dict())
             return
-        click.echo(f"experiment {plan['experiment']} ({plan['backend']}): {len(plan['runs'])} runs, about {plan['expected_seconds']} s")
+        click.echo(f"experiment {plan.experiment} ({plan.backend}): {len(plan.runs)} runs, about {plan.expected_seconds} s")
         print_table(["run", "seed", "cohorts"], [(r["key"], r["seed"], "; ".join(
-            f"{c['name']} {c['clients']} clients x {c['rounds']} rounds {c['strategy']}" for c in r["cohorts"])) for r in plan["runs"]])
-        for event in plan["events"]:
+            f"{c['name']} {c['clients']} clients x {c['rounds']} rounds {c['strategy']}" for c in r["cohorts"])) for r in plan.runs])
+        for event in plan.events:
             click.echo(f"event: {event['kind']} {event['what']} at {event['at']}")
         return
 

@@ -187,9 +187,9 @@ def exec_(cfg: Config, node: str, command: tuple[str, ...], as_json: bool) -> No
 
     if as_json:
         result = api.topo_exec(node, list(command), cfg, capture=True)
-        echo_json(result)
-        sys.exit(int(result["exit_code"]))
-    sys.exit(int(api.topo_exec(node, list(command), cfg)["exit_code"]))
+        echo_json(result.to_dict())
+        sys.exit(result.exit_code)
+    sys.exit(api.topo_exec(node, list(command), cfg).exit_code)
 
 
 @topo.command()
@@ -201,10 +201,10 @@ def ping(cfg: Config, as_json: bool) -> None:
 
     result = api.topo_ping(cfg)
     if as_json:
-        echo_json(result)
+        echo_json(result.to_dict())
     else:
-        click.echo(f"{result['pairs']} pairs, {result['loss_percent']}% loss, {result['seconds']} s")
-        for src, dst in result["failed"]:
+        click.echo(f"{result.pairs} pairs, {result.loss_percent}% loss, {result.seconds} s")
+        for src, dst in result.failed:
             click.echo(f"  {src} -> {dst} failed")
-    if result["failed"]:
+    if result.failed:
         sys.exit(int(ExitCode.UNREACHABLE))

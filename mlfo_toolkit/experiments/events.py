@@ -2,7 +2,7 @@
 
 A client or server is killed by the PID the MLFO recorded for it (checked to be the process started
 for this deployment), and restarted through the campus MLFO, as a user would. Network events change
-the running emulated network through `net.changes` and `meters.core`, and measure the effect: the
+the running emulated network through `net.changes` and `meters.operations`, and measure the effect: the
 rate a cohort's client gets to its FL server just before and after (iperf3, 1 s), whether it still
 reaches it, the CPU limit the kernel holds. Every network change is undone when the run ends, so the
 next run starts from the same network.
@@ -23,8 +23,16 @@ import psutil
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
 from mlfo_toolkit.experiments.spec import SWEEPABLE_EVENT_FIELDS, Background, Cpu, Event
-from mlfo_toolkit.net.changes import running_network
-from mlfo_toolkit.orchestrator.clients import MlfoClient
+from mlfo_toolkit.meters.operations import clear_meters, set_meter
+from mlfo_toolkit.meters.plan import parse_rate_kbps
+from mlfo_toolkit.meters.probe import CohortProbe
+from mlfo_toolkit.net.changes import background_mbit, link_ends, read_link, remove_shaping, set_link, start_background, stop_background
+from mlfo_toolkit.net.hosts import read_cpu_limit, set_cpu
+from mlfo_toolkit.net.network import agent_process, restart_agent
+from mlfo_toolkit.net.state import running_network
+from mlfo_toolkit.orchestrator.api_clients import campus_client
+from mlfo_toolkit.orchestrator.records import ClientRecord, Deployment
+from mlfo_toolkit.orchestrator.sending import SentCohort
 
 # How long a restart waits for the MLFO to see the killed client lost (it checks every client_check_seconds).
 LOST_WAIT_SECONDS = 60.0
@@ -59,7 +67,7 @@ class Actions:
     config: Config
     campus: str
     point: dict[str, Any]
-    sent: list[Any]  # SentCohort, filled once the cohorts are sent
+    sent: list[SentCohort]  # filled once the cohorts are sent
     undo: list[Callable[[], object]] = field(default_factory=list)
 
     def __call__(self, event: Event) -> dict[str, Any]:
@@ -67,19 +75,19 @@ class Actions:
         handler: Callable[[Any], dict[str, Any]] = getattr(self, f"_{event.kind}")
         return handler(action)
 
-    def _mlfo(self) -> MlfoClient:
-        return MlfoClient(self.campus, token=self.config.api.token, timeout=self.config.api.timeout_seconds)
-
-    def _deployment(self, cohort: str) -> dict[str, Any]:
+    def _deployment(self, cohort: str) -> Deployment:
         target = next((c for c in self.sent if c.name == cohort), None)
         if target is None:
             raise ValidationError(f"no cohort '{cohort}' in this run (cohorts: {', '.join(c.name for c in self.sent)})",
                                   field="timeline.cohort")
-        client = self._mlfo()
-        try:
-            return client.deployment(target.deployment_id)
-        finally:
-            client.close()
+        with campus_client(self.config, self.campus) as client:
+            return Deployment.model_validate(client.deployment(target.deployment_id))
+
+    def _client(self, record: Deployment, cohort: str, part: int | None, event: str) -> ClientRecord:
+        client = record.client(part) if part is not None else None
+        if client is None:
+            raise ValidationError(f"cohort '{cohort}' has no client part {part}", field=f"timeline.{event}.part")
+        return client
 
     # --- FL processes ---------------------------------------------------------------------------
     def _kill(self, kill: Any) -> dict[str, Any]:
@@ -87,24 +95,21 @@ class Actions:
         if kill.agent:
             return self._kill_agent(kill, record)
         if kill.server:
-            server = record.get("server") or {}
-            _kill_pid(server.get("pid"), f"the FL server of {kill.cohort}", record["created"])
-            return {"cohort": kill.cohort, "server": server.get("server"), "pid": server.get("pid")}
-        client = next((c for c in record["clients"] if c["part"] == kill.part), None)
-        if client is None:
-            raise ValidationError(f"cohort '{kill.cohort}' has no client part {kill.part}", field="timeline.kill.part")
-        _kill_pid(client.get("pid"), f"client part {kill.part} of {kill.cohort}", record["created"])
-        return {"cohort": kill.cohort, "part": kill.part, "agent": client["agent"], "pid": client.get("pid")}
+            server = record.server
+            _kill_pid(server.pid if server else None, f"the FL server of {kill.cohort}", record.created)
+            return {"cohort": kill.cohort, "server": server.server if server else None, "pid": server.pid if server else None}
+        client = self._client(record, kill.cohort, kill.part, "kill")
+        _kill_pid(client.pid, f"client part {kill.part} of {kill.cohort}", record.created)
+        return {"cohort": kill.cohort, "part": kill.part, "agent": client.agent, "pid": client.pid}
 
-    def _kill_agent(self, kill: Any, record: dict[str, Any]) -> dict[str, Any]:
-        from mlfo_toolkit.net.network import agent_process
-
-        if kill.server:
-            address = (record.get("server") or {}).get("agent") or ""
-        else:
-            address = next((c["agent"] for c in record["clients"] if c["part"] == kill.part), "")
+    def _agent_of(self, record: Deployment, cohort: str, part: int | None, server: bool, event: str) -> tuple[str, Any]:
+        """The address and recorded agent process that run a deployment's FL server or one of its clients."""
+        address = (record.server.agent if record.server else "") if server else self._client(record, cohort, part, event).agent
         state, _, _ = running_network(self.config)
-        agent = agent_process(state, address)
+        return address, agent_process(state, address)
+
+    def _kill_agent(self, kill: Any, record: Deployment) -> dict[str, Any]:
+        address, agent = self._agent_of(record, kill.cohort, kill.part, kill.server, "kill")
         if not agent.alive():
             raise MlfoError(f"the agent on {agent.host} (PID {agent.pid}) is not running")
         os.kill(agent.pid, signal.SIGKILL)  # a crash: its Flower processes die with it, nothing stops them cleanly
@@ -114,8 +119,6 @@ class Actions:
 
     def _agent_back(self, host: str) -> dict[str, Any] | None:
         """Start a host's killed agent again (at a restart event, or when the run ends)."""
-        from mlfo_toolkit.net.network import restart_agent
-
         state, _, _ = running_network(self.config)
         current = next(p for p in state.processes if p.host == host and p.name == "agent")
         if current.alive():
@@ -125,44 +128,31 @@ class Actions:
         return {"agent_pid": new.pid, "agent_start_seconds": round(time.monotonic() - started, 2)}
 
     def _restart(self, restart: Any) -> dict[str, Any]:
-        from mlfo_toolkit.net.network import agent_process
-
         agent_effect: dict[str, Any] = {}
         if restart.agent:
-            record = self._deployment(restart.cohort)
-            address = next((c["agent"] for c in record["clients"] if c["part"] == restart.part), "")
-            state, _, _ = running_network(self.config)
-            agent_effect = self._agent_back(str(agent_process(state, address).host)) or {"agent": "was running"}
+            _, agent = self._agent_of(self._deployment(restart.cohort), restart.cohort, restart.part, False, "restart")
+            agent_effect = self._agent_back(str(agent.host)) or {"agent": "was running"}
         waited = time.monotonic()
         deadline = waited + LOST_WAIT_SECONDS
         while True:
             record = self._deployment(restart.cohort)
-            client = next((c for c in record["clients"] if c["part"] == restart.part), None)
-            if client is None:
-                raise ValidationError(f"cohort '{restart.cohort}' has no client part {restart.part}", field="timeline.restart.part")
-            if client["state"] in ("lost", "failed"):
+            client = self._client(record, restart.cohort, restart.part, "restart")
+            if client.state in ("lost", "failed"):
                 break
-            if record["state"] != "running" or time.monotonic() > deadline:
-                raise MlfoError(f"client part {restart.part} of {restart.cohort} is {client['state']} (deployment "
-                                f"{record['state']}): nothing to restart", hint="kill it first, in an earlier round")
+            if record.state != "running" or time.monotonic() > deadline:
+                raise MlfoError(f"client part {restart.part} of {restart.cohort} is {client.state} (deployment "
+                                f"{record.state}): nothing to restart", hint="kill it first, in an earlier round")
             time.sleep(0.5)
-        mlfo = self._mlfo()
-        try:
-            answer = mlfo.restart_client(record["id"], restart.part)
-        finally:
-            mlfo.close()
+        with campus_client(self.config, self.campus) as mlfo:
+            answer = mlfo.restart_client(record.id, restart.part)
         return {"cohort": restart.cohort, "part": restart.part, "pid": answer.get("pid"), **agent_effect,
                 "waited_for_lost_seconds": round(time.monotonic() - waited, 2), "start_seconds": answer.get("seconds")}
 
     # --- the network ------------------------------------------------------------------------------
-    def _probe(self, cohort: int, client: str | None = None) -> Any:
-        from mlfo_toolkit.meters.core import CohortProbe
-
+    def _probe(self, cohort: int, client: str | None = None) -> CohortProbe:
         return CohortProbe(self.config, cohort, client=client)
 
     def _meter(self, meter: Any) -> dict[str, Any]:
-        from mlfo_toolkit.meters.core import set_meter
-
         with self._probe(meter.cohort) as probe:
             before = probe.measure()
             installed = set_meter(self.config, meter.cohort, meter.rate, None, "both", "ovs")
@@ -171,8 +161,6 @@ class Actions:
                 "measured_mbit_before": before, "measured_mbit_after": after, "client": probe.client.name}
 
     def _meter_clear(self, cohort: int) -> dict[str, Any]:
-        from mlfo_toolkit.meters.core import clear_meters
-
         with self._probe(cohort) as probe:
             before = probe.measure()
             cleared = clear_meters(self.config, cohort)
@@ -180,9 +168,6 @@ class Actions:
         return {"cohort": cohort, "cleared": cleared, "measured_mbit_before": before, "measured_mbit_after": after}
 
     def _link(self, link: Any) -> dict[str, Any]:
-        from mlfo_toolkit.meters.plan import parse_rate_kbps
-        from mlfo_toolkit.net.changes import link_ends, read_link, remove_shaping, set_link
-
         state, topology, _ = running_network(self.config)
         ends, configured = link_ends(topology, link.a, link.b)
         # Measure through the link where it carries a cohort's FL traffic: from a client at one end,
@@ -211,8 +196,6 @@ class Actions:
         return effect
 
     def _cpu(self, cpu: Any) -> dict[str, Any]:
-        from mlfo_toolkit.net.changes import read_cpu_limit, set_cpu
-
         state, _, _ = running_network(self.config)
         before = read_cpu_limit(state, cpu.host)
         set_cpu(state, cpu.host, cpu.cpus)
@@ -220,8 +203,6 @@ class Actions:
         return {"host": cpu.host, "cpus_before": before, "cpus_after": read_cpu_limit(state, cpu.host)}
 
     def _background(self, background: Any) -> dict[str, Any]:
-        from mlfo_toolkit.net.changes import background_mbit, start_background, stop_background
-
         state, topology, state_dir = running_network(self.config)
         before = (state.extra.get("background") or {}).get("rate")
         if background.rate == "off":

@@ -30,8 +30,10 @@ from pydantic import ValidationError as PydanticValidationError
 
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN
-from mlfo_toolkit.yamlutil import load_yaml, validate
+from mlfo_toolkit.net.changes import link_ends
+from mlfo_toolkit.net.topology import load_topology
+from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN
+from mlfo_toolkit.util.yamlfiles import load_yaml, validate
 
 # Events that change the emulated network; on loopback there is nothing to change.
 NETWORK_EVENTS = ("meter", "meter_clear", "link", "cpu", "background")
@@ -303,8 +305,6 @@ def swept_value(spec: ExperimentFile, key: str, value: Any) -> BaseModel | None:
 
 def _check_topology(spec: ExperimentFile, lines: dict[tuple[Any, ...], int], source: str) -> None:
     """Network events name hosts, links and cohorts of the topology: check them before anything starts."""
-    from mlfo_toolkit.net.topology import load_topology
-
     try:
         topology = load_topology(Path(spec.topology.file), spec.topology.params or None)
     except ValidationError as err:
@@ -318,8 +318,6 @@ def _check_topology(spec: ExperimentFile, lines: dict[tuple[Any, ...], int], sou
             if number not in cohorts:
                 problem = f"topology {topology.name} has no cohort {number} (it has {', '.join(map(str, sorted(c for c in cohorts if c)))})"
         elif event.link is not None:
-            from mlfo_toolkit.net.changes import link_ends
-
             try:
                 link_ends(topology, event.link.a, event.link.b)
             except ValidationError as err:

@@ -39,7 +39,7 @@ class Dataset:
 
 
 def _split(name: str, x: NDArray[Any], y: NDArray[Any], num_classes: int) -> Dataset:
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # scikit-learn takes ~0.5 s to import: only to load data
 
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
@@ -49,7 +49,7 @@ def _split(name: str, x: NDArray[Any], y: NDArray[Any], num_classes: int) -> Dat
 
 def load_handmnist(data_dir: Path) -> Dataset:
     """scikit-learn's 1,797 real 8x8 handwritten digits (ships with the wheel, works offline)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # as above
 
     digits = load_digits()
     return _split("handmnist", digits.data.astype(np.float64) / 16.0, digits.target, 10)

@@ -31,20 +31,25 @@ import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import setproctitle
 
-from mlfo_toolkit.files import write_json_atomically
-from mlfo_toolkit.net.inhost import CLONE_NEWNET, join_cgroup, setns
-from mlfo_toolkit.processes import same_process
+from mlfo_toolkit.errors import UnreachableError
+from mlfo_toolkit.util.files import write_json_atomically
+from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, namespace_inode, setns
+from mlfo_toolkit.util.processes import ManagedProcess, same_process, tool_env
+
+# Flower is imported inside functions on purpose: agents import this module (for Registration and
+# SpawnedSuperNode) and must not pay Flower's import; the executor process imports it once, in preload().
 
 log = logging.getLogger(__name__)
 
 REGISTRATION_SUFFIX = ".json"
-CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 # Each loop looks at every SuperNode's log size (cheap); one whose log grew is asked for a task at
 # once, the others every DEFAULT_IDLE_POLL_SECONDS. Asking all 50 every 0.25 s cost half a core.
 DEFAULT_POLL_SECONDS = 0.1
@@ -117,8 +122,6 @@ class SpawnedSuperNode:
                 return cls(name, directory, int(data["pid"]), float(data["create_time"]), log_path)
             except (OSError, ValueError, KeyError):
                 time.sleep(0.1)
-        from mlfo_toolkit.errors import UnreachableError
-
         raise UnreachableError(
             f"the shared ClientApp executor did not start SuperNode {name} within {timeout:.0f} s",
             hint=f"is the executor serving {directory} running? its log is executor.log beside that folder",
@@ -155,30 +158,10 @@ class SpawnedSuperNode:
 
 def start_executor(directory: Path, log_path: Path, *, parent_pid: int | None = None) -> Any:
     """Start `mlfo executor` serving `directory` as a managed child (a ManagedProcess)."""
-    from mlfo_toolkit.processes import ManagedProcess, tool_env
-
     argv = [sys.executable, "-m", "mlfo_toolkit.fl.executor", "--dir", str(directory.resolve())]
     if parent_pid is not None:
         argv += ["--parent-pid", str(parent_pid)]
     return ManagedProcess("clientapp executor", argv, log_path=log_path, env=tool_env(), cwd=log_path.parent)
-
-
-def _namespace_inode(pid: int | str) -> int:
-    return os.stat(f"/proc/{pid}/ns/net").st_ino
-
-
-def cpu_cgroup(pid: int | str) -> str | None:
-    """The cgroup v1 cpu directory of `pid`, or None without one."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "cpu" in controllers.split(","):
-            directory = CGROUP_V1_CPU / path.lstrip("/")
-            return str(directory) if directory.is_dir() else None
-    return None
 
 
 @dataclass
@@ -230,7 +213,7 @@ class Executor:
         self.ended: dict[str, int] = {}
         self._stop = False
         self._home_namespace = os.open("/proc/self/ns/net", os.O_RDONLY)
-        self._home_inode = _namespace_inode("self")
+        self._home_inode = namespace_inode("self")
         self._home_cgroup = cpu_cgroup("self")
 
     # --- start-up: everything a child needs, imported once --------------------------------------
@@ -270,7 +253,7 @@ class Executor:
         try:
             registration = Registration(**json.loads((self.directory / name).read_text()))
             namespace_fd = None
-            if _namespace_inode(registration.pid) != self._home_inode:
+            if namespace_inode(registration.pid) != self._home_inode:
                 namespace_fd = os.open(f"/proc/{registration.pid}/ns/net", os.O_RDONLY)
         except (OSError, ValueError, TypeError) as err:
             log.warning("ignoring registration %s: %s", name, err)
@@ -292,13 +275,9 @@ class Executor:
                 code = _run_supernode(served)
             except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
                 with contextlib.suppress(Exception):
-                    import traceback
-
                     traceback.print_exc()
             finally:
                 os._exit(code)
-        import psutil
-
         served.supernode = pid
         self.supernodes[pid] = name
         stem = name.removesuffix(REGISTRATION_SUFFIX)
@@ -381,8 +360,6 @@ class Executor:
                 code = _run_task(served, token)
             except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
                 with contextlib.suppress(Exception):
-                    import traceback
-
                     traceback.print_exc()
             finally:
                 os._exit(code)
@@ -499,7 +476,7 @@ def _run_task(served: _Served, token: str) -> int:
     os.environ["FLWR_HOME"] = registration.flwr_home
     served.client = None  # the parent's connection is not the child's to use
     # Where this task runs, for anyone checking that the work stayed on the client's host.
-    print(f"mlfo executor: task for {registration.name} in network namespace {_namespace_inode('self')}, "
+    print(f"mlfo executor: task for {registration.name} in network namespace {namespace_inode('self')}, "
           f"cpu cgroup {cpu_cgroup('self') or '(the executor s own)'}", flush=True)
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 

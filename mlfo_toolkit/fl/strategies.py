@@ -39,7 +39,7 @@ def canonical_strategy(name: str, field: str = "strategy") -> str:
 
 def make_strategy(name: str, **options: Any) -> Any:
     """Instantiate a Flower strategy, passing only the options its constructor takes."""
-    from flwr.serverapp import strategy as flwr_strategies
+    from flwr.serverapp import strategy as flwr_strategies  # only the ServerApp needs Flower here; names are checked without it
 
     cls = getattr(flwr_strategies, canonical_strategy(name))
     accepted = inspect.signature(cls.__init__).parameters

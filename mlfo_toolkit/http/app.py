@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlfo_toolkit import __version__
@@ -213,8 +214,6 @@ def service_app(name: str, *, tokens: tuple[str | None, ...], max_body: int, met
         registry = metrics.registry
 
         def _metrics() -> Response:
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
         app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False,

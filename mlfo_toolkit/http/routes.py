@@ -19,13 +19,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from mlfo_toolkit.agent.node import CliParams, NodeAgent, ServParams
+from mlfo_toolkit.agent.node import ClientStartParams, NodeAgent, ServerStartParams
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.http.app import error_response, service_app, token_guard
-from mlfo_toolkit.monitoring.metrics import AgentCollector, ServiceMetrics
+from mlfo_toolkit.monitoring.metrics import AgentCollector, ServiceMetrics, SocketCollector
+from mlfo_toolkit.orchestrator.campus import CampusMlfo, ReceiveParams
+from mlfo_toolkit.orchestrator.cloud import CloudMlfo
 from mlfo_toolkit.orchestrator.intents import Intent, parse_intent
-from mlfo_toolkit.orchestrator.mlfo import CampusMlfo, CloudMlfo, ReceiveParams
-from mlfo_toolkit.yamlutil import check_depth, validate
+from mlfo_toolkit.util.yamlfiles import check_depth, validate
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain", "")
@@ -178,7 +179,7 @@ def campus_app(core: CampusMlfo) -> FastAPI:
 
     @app.get("/deployments/{deployment_id}", dependencies=[private], summary="One deployment")
     def deployment(deployment_id: str) -> dict[str, Any]:
-        return core.deployment(deployment_id)
+        return core.deployment(deployment_id).to_json()
 
     @app.post("/deployments/{deployment_id}/stop", dependencies=[private],
               summary="Stop a running deployment: its FL clients and server stop; it ends failed, 'stopped on request'")
@@ -220,7 +221,7 @@ def cloud_app(core: CloudMlfo) -> FastAPI:
 
     @app.get("/momo/allocations", dependencies=[private], summary="Every allocation")
     def allocations() -> dict[str, Any]:
-        return {"allocations": core.allocations()}
+        return {"allocations": [a.to_json() for a in core.allocations()]}
 
     return app
 
@@ -233,16 +234,16 @@ def agent_app(agent: NodeAgent) -> FastAPI:
     app, private = service_app("agent", role="agent", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes, metrics=metrics)
     app.state.max_body = config.api.max_upload_bytes
 
-    @app.post("/serv", status_code=201, dependencies=[private], openapi_extra=_form_schema(ServParams, with_file=False),
+    @app.post("/serv", status_code=201, dependencies=[private], openapi_extra=_form_schema(ServerStartParams, with_file=False),
               summary="Start an FL server (SuperLink) and its run")
     async def serv(request: Request) -> JSONResponse:
-        params = validate(ServParams, await _fields(request), {}, "POST /serv")
+        params = validate(ServerStartParams, await _fields(request), {}, "POST /serv")
         return JSONResponse(await run_in_threadpool(agent.start_server, params), status_code=201)
 
-    @app.post("/cli", status_code=201, dependencies=[private], openapi_extra=_form_schema(CliParams, with_file=False),
+    @app.post("/cli", status_code=201, dependencies=[private], openapi_extra=_form_schema(ClientStartParams, with_file=False),
               summary="Start an FL client (SuperNode)")
     async def cli(request: Request) -> JSONResponse:
-        params = validate(CliParams, await _fields(request), {}, "POST /cli")
+        params = validate(ClientStartParams, await _fields(request), {}, "POST /cli")
         return JSONResponse(await run_in_threadpool(agent.start_client, params), status_code=201)
 
     @app.get("/status", dependencies=[private], summary="The FL server and clients of this agent")
@@ -258,8 +259,6 @@ def agent_app(agent: NodeAgent) -> FastAPI:
 
 def exporter_app(app_name: str, match_port: int) -> FastAPI:
     """A socket exporter: `/metrics` of the TCP connections of one app (public, like node_exporter)."""
-    from mlfo_toolkit.monitoring.metrics import SocketCollector
-
     metrics = ServiceMetrics(f"{app_name} exporter")
     metrics.add(SocketCollector(app_name, match_port))
     app, _ = service_app(f"{app_name} exporter", tokens=(), max_body=1024, metrics=metrics, public_metrics=True)

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from mlfo_toolkit.config import Config
+from mlfo_toolkit.http.routes import agent_app, campus_app, cloud_app
 from mlfo_toolkit.monitoring.metrics import MlfoMetrics
 
 SERVICES = ("campus", "cloud", "agent")
@@ -16,8 +17,6 @@ SERVICES = ("campus", "cloud", "agent")
 
 def openapi_schema(service: str, config: Config | None = None) -> dict[str, Any]:
     """The schema a running `service` serves at /openapi.json (routes only read the core when called)."""
-    from mlfo_toolkit.http.routes import agent_app, campus_app, cloud_app
-
     cfg = config or Config()
     stand_in: Any = SimpleNamespace(config=cfg, metrics=MlfoMetrics(service))
     builders: dict[str, Callable[[Any], FastAPI]] = {"campus": campus_app, "cloud": cloud_app, "agent": agent_app}

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import uvicorn
+from anyio import to_thread
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,6 @@ class HttpServer:
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
-        from anyio import to_thread
-
         # Sync routes run in anyio's worker threads; size them like the service asks.
         to_thread.current_default_thread_limiter().total_tokens = max(self.threads, 4)
         guard = asyncio.get_running_loop().create_task(_guard_slow_requests(self._server))

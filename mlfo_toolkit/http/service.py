@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from mlfo_toolkit.agent.node import NodeAgent
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.http.routes import agent_app, campus_app, cloud_app, exporter_app
 from mlfo_toolkit.http.server import HttpServer
-from mlfo_toolkit.orchestrator.mlfo import CampusMlfo, CloudMlfo, open_store
+from mlfo_toolkit.orchestrator.campus import CampusMlfo
+from mlfo_toolkit.orchestrator.cloud import CloudMlfo
+from mlfo_toolkit.orchestrator.store import open_store
+from mlfo_toolkit.util.signals import terminate_as_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +27,13 @@ def _warn_if_open(host: str, token: str | None, what: str) -> None:
 
 
 def _serve(server: HttpServer, core: Any, what: str) -> None:
-    def _terminate(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _terminate)
     print(f"{what} listening on http://{server.address}", file=sys.stderr, flush=True)
     try:
-        server.serve_forever()
+        with terminate_as_interrupt():
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         core.close()
         server.close()
         print(f"{what} stopped", file=sys.stderr, flush=True)

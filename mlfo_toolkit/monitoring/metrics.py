@@ -52,16 +52,16 @@ class MlfoMetrics(ServiceMetrics):
 
 
 class DeploymentStates(Collector):
-    """mlfo_deployments{state}: how many deployments are in each state (from the store)."""
+    """mlfo_deployments{state}: how many deployments are in each state."""
 
-    def __init__(self, deployments: Callable[[], list[dict[str, Any]]]) -> None:
-        self.deployments = deployments
+    def __init__(self, states: Callable[[], list[str]]) -> None:
+        self.states = states
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily("mlfo_deployments", "Deployments by state", labels=["state"])
         counts = {state: 0 for state in ("planned", "deploying", "running", "done", "failed")}
-        for record in self.deployments():
-            counts[record["state"]] = counts.get(record["state"], 0) + 1
+        for state in self.states():
+            counts[state] = counts.get(state, 0) + 1
         for state, count in counts.items():
             family.add_metric([state], count)
         yield family

@@ -9,11 +9,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, ValidationError
-from mlfo_toolkit.files import write_json_atomically, write_secret
+from mlfo_toolkit.net.hosts import publish_port, spawn_in_host, wait_listening
 from mlfo_toolkit.net.state import (
     ProcessRecord,
     network_token,
@@ -23,8 +24,9 @@ from mlfo_toolkit.net.state import (
     stop_processes,
 )
 from mlfo_toolkit.net.topology import Topology
-from mlfo_toolkit.processes import wait_for_port
-from mlfo_toolkit.resources import resource_path
+from mlfo_toolkit.util.files import write_json_atomically, write_secret
+from mlfo_toolkit.util.processes import wait_for_port
+from mlfo_toolkit.util.resources import resource_path
 
 MONITOR_FILE = "monitor.json"
 LOOPBACK = "127.0.0.1"
@@ -162,8 +164,6 @@ def monitor_up(config: Config) -> dict[str, Any]:
     records: list[ProcessRecord] = []
     storage = ["--storage.tsdb.path", str(directory / "data"), "--storage.tsdb.retention.time", "15d"]
     if running and topology:
-        from mlfo_toolkit.net.network import publish_port, spawn_in_host, wait_listening
-
         state, _ = running
         log_dir = Path(config.paths.state_dir) / "logs"
         prom_host = topology.one("prometheus")
@@ -203,7 +203,7 @@ def monitor_up(config: Config) -> dict[str, Any]:
 def start_grafana(config: Config, prometheus_url: str) -> dict[str, Any]:
     """Grafana in Docker, provisioned with the data source and the dashboard, when Docker and the image are here."""
     try:
-        import docker
+        import docker  # the optional `containers` extra: Grafana runs only where Docker does
     except ImportError:
         return {"started": False, "why": "the docker Python package is missing (pip install 'mlfo-toolkit[containers]')"}
     try:
@@ -256,7 +256,7 @@ def monitor_down(config: Config) -> dict[str, Any]:
         save_state(state, Path(config.paths.state_dir))
     if data.get("grafana"):
         try:
-            import docker
+            import docker  # the optional `containers` extra: Grafana runs only where Docker does
 
             docker.from_env(timeout=5).containers.get(data["grafana"]).remove(force=True)
             stopped.append(data["grafana"])
@@ -268,8 +268,6 @@ def monitor_down(config: Config) -> dict[str, Any]:
 
 def query(prometheus_url: str, promql: str, at: float | None = None, timeout: float = 10) -> list[dict[str, Any]]:
     """An instant PromQL query; the result vector."""
-    import requests
-
     params: dict[str, Any] = {"query": promql}
     if at is not None:
         params["time"] = at
@@ -281,8 +279,6 @@ def query(prometheus_url: str, promql: str, at: float | None = None, timeout: fl
 
 
 def query_range(prometheus_url: str, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
-    import requests
-
     params: dict[str, Any] = {"query": promql, "start": start, "end": end, "step": step}
     answer = requests.get(
         f"{prometheus_url.rstrip('/')}/api/v1/query_range",

@@ -1,5 +1,6 @@
-"""Changes to a running emulated network: a link's rate, a link down or up, a host's CPU limit,
-background traffic. `mlfo init` and the experiment timeline both use these.
+"""Changes to a running emulated network: a link's rate, a link down or up, background traffic, and
+`mlfo init` (CPU limits and background traffic). The experiment timeline uses these too; a host's CPU
+limit itself is `net.hosts.set_cpu`.
 
 Every function reads what it changes from the state file and the topology, and returns what was
 there before, so the caller can put it back.
@@ -17,9 +18,10 @@ from typing import Any
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
-from mlfo_toolkit.net.state import NetworkState, network_topology, save_state, stop_processes
+from mlfo_toolkit.net.hosts import host_command, ping, set_cpu, spawn_in_host, wait_listening
+from mlfo_toolkit.net.state import NetworkState, running_network, save_state, stop_processes
 from mlfo_toolkit.net.topology import Topology, interface_name
-from mlfo_toolkit.processes import run_tool
+from mlfo_toolkit.util.processes import run_tool
 
 BACKGROUND_PORT = 5201
 BACKGROUND_NAMES = ("iperf3-server", "iperf3-client", "app-exporter")
@@ -49,8 +51,6 @@ def link_ends(topology: Topology, a: str, b: str) -> tuple[list[LinkEnd], float 
 
 
 def _in_node(state: NetworkState, end: LinkEnd, argv: list[str]) -> subprocess.CompletedProcess[str]:
-    from mlfo_toolkit.net.network import host_command
-
     command = host_command(state, end.node, argv) if end.host else argv
     return run_tool(command)
 
@@ -89,38 +89,6 @@ def read_link(state: NetworkState, ends: list[LinkEnd]) -> dict[str, Any]:
     return out
 
 
-# --- CPU limits ---------------------------------------------------------------------------------
-def read_cpu_limit(state: NetworkState, host: str) -> float | None:
-    """The host's CPU limit in cores (None: unlimited), as its cgroup or container holds it."""
-    from mlfo_toolkit.net.network import CFS_PERIOD_US
-
-    record = state.host(host)
-    if record.container:
-        from mlfo_toolkit.net.image import docker_client
-
-        host_config = docker_client().containers.get(record.container).attrs["HostConfig"]
-        quota, period = host_config.get("CpuQuota") or 0, host_config.get("CpuPeriod") or CFS_PERIOD_US
-    elif record.cgroup:
-        quota = int((Path(record.cgroup) / "cpu.cfs_quota_us").read_text())
-        period = int((Path(record.cgroup) / "cpu.cfs_period_us").read_text())
-    else:
-        raise MlfoError(f"host {host} has no CPU cgroup", hint="see `mlfo topo status` warnings")
-    return round(quota / period, 3) if quota > 0 else None
-
-
-def set_cpu(state: NetworkState, host: str, cpus: float | None) -> None:
-    """Limit a host to `cpus` cores (None: unlimited), through its cgroup or its container."""
-    from mlfo_toolkit.net.network import set_container_cpu_limit, set_cpu_limit
-
-    record = state.host(host)
-    if record.container:
-        set_container_cpu_limit(record.container, cpus)
-    elif record.cgroup:
-        set_cpu_limit(record.cgroup, cpus)
-    else:
-        raise MlfoError("CPU limits need the cgroup v1 cpu controller", hint="see `mlfo topo status` warnings")
-
-
 # --- background traffic ---------------------------------------------------------------------------
 def stop_background(state: NetworkState, state_dir: Path) -> list[str]:
     """Stop the background iperf3 pair and its exporter, if running; names of what was stopped."""
@@ -135,8 +103,6 @@ def stop_background(state: NetworkState, state_dir: Path) -> list[str]:
 def start_background(state: NetworkState, topology: Topology, config: Config, state_dir: Path, rate: str) -> dict[str, Any]:
     """iperf3 at `rate` from the app-client host to the app-server host (the prototype's init.sh), with the
     socket exporter on the app client; replaces any running background traffic."""
-    from mlfo_toolkit.net.network import spawn_in_host, wait_listening
-
     stop_background(state, state_dir)
     sink, source = topology.one("app-server"), topology.one("app-client")
     log_dir = state_dir / "logs"
@@ -170,9 +136,21 @@ def background_mbit(state: NetworkState, wait: float = 2.5) -> float | None:
     return round(float(value) * {"K": 1e-3, "M": 1.0, "G": 1e3}.get(unit, 1e-6), 2)
 
 
-def running_network(config: Config) -> tuple[NetworkState, Topology, Path]:
-    state_dir = Path(config.paths.state_dir)
-    state, topology = network_topology(state_dir)
-    if state.phase != "up":
-        raise MlfoError(f"the network is {state.phase}, not up", hint="wait for `mlfo topo up` to finish")
-    return state, topology, state_dir
+def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: str | None) -> dict[str, Any]:
+    """The prototype's init.sh: CPU limits, FL-server reachability from the cloud MLFO, background traffic."""
+    state, topology, state_dir = running_network(config)
+    limits: dict[str, float | None] = {}
+    for host in topology.hosts:
+        if host.role == "fl-server" or (clients and host.role == "fl-client"):
+            limits[host.name] = cpus if cpus is not None else host.cpus
+            set_cpu(state, host.name, limits[host.name])
+    state.extra["cpu_limits"] = limits
+    cloud = topology.one("cloud-mlfo")
+    reachable = {h.name: ping(state, cloud.name, h.ip) for h in topology.fl_servers()}
+    if bg_rate and bg_rate not in ("0", "off"):
+        background = start_background(state, topology, config, state_dir, bg_rate)
+    else:
+        stop_background(state, state_dir)
+        background = {"rate": None}
+    save_state(state, state_dir)
+    return {"cpu_limits": limits, "reachable": reachable, "background": background}

@@ -18,11 +18,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, NeedsRootError, UnreachableError
+from mlfo_toolkit.util.progress import Progress, quiet, say
 
 REPOSITORY = "mlfo-node"
 SUITE = "bookworm"
@@ -30,7 +30,6 @@ SUITE = "bookworm"
 # ping and iperf3 for `topo ping`, `mlfo init` and meter checks, procps for ps.
 PACKAGES = ("python3", "iproute2", "net-tools", "iputils-ping", "iperf3", "ethtool", "procps")
 REQUIRED_TOOLS = ("bash", "ip", "ifconfig", "ethtool", "iperf3", "ping", "python3")
-Progress = Callable[[str], None]
 
 
 def recipe() -> dict[str, Any]:
@@ -45,7 +44,7 @@ def image_tag() -> str:
 def docker_client() -> Any:
     """The Docker SDK client; a clear error when the SDK or the engine is missing."""
     try:
-        import docker
+        import docker  # the optional `containers` extra (only Containernet and Grafana need it)
     except ImportError:
         raise MissingDependencyError("the Docker SDK for Python is not installed",
                                      hint="pip install 'mlfo-toolkit[containers]' (docker>=7.1)") from None
@@ -59,7 +58,7 @@ def docker_client() -> Any:
 
 
 def find_image(client: Any, tag: str | None = None) -> Any | None:
-    import docker
+    import docker  # the optional `containers` extra (only Containernet and Grafana need it)
 
     try:
         return client.images.get(tag or image_tag())
@@ -67,7 +66,7 @@ def find_image(client: Any, tag: str | None = None) -> Any | None:
         return None
 
 
-def build_image(*, force: bool = False, progress: Progress = lambda message: None) -> dict[str, Any]:
+def build_image(*, force: bool = False, progress: Progress = quiet) -> dict[str, Any]:
     """Build (or find) the node image; returns its tag, id and whether it was built now."""
     if os.geteuid() != 0:
         raise NeedsRootError("building the node image runs debootstrap, which needs root", hint="run it with sudo")
@@ -75,14 +74,14 @@ def build_image(*, force: bool = False, progress: Progress = lambda message: Non
     tag = image_tag()
     existing = find_image(client, tag)
     if existing is not None and not force:
-        progress(f"{tag} is up to date (built from the same recipe); --force rebuilds it")
+        say(progress, "image", f"{tag} is up to date (built from the same recipe); --force rebuilds it")
         return {"image": tag, "id": existing.id, "built": False}
     debootstrap = shutil.which("debootstrap") or ("/usr/sbin/debootstrap" if Path("/usr/sbin/debootstrap").exists() else None)
     if debootstrap is None:
         raise MissingDependencyError("debootstrap is not installed", hint="sudo apt-get install debootstrap (or `sudo make system`)")
     with tempfile.TemporaryDirectory(prefix="mlfo-image-") as folder:
         root = Path(folder) / "rootfs"
-        progress(f"debootstrap {SUITE} (minbase + {', '.join(PACKAGES)}): about a minute")
+        say(progress, "image", f"debootstrap {SUITE} (minbase + {', '.join(PACKAGES)}): about a minute")
         done = subprocess.run([debootstrap, "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(root)],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -96,9 +95,9 @@ def build_image(*, force: bool = False, progress: Progress = lambda message: Non
             raise MlfoError(f"the image has {', '.join(python) or 'no python3.N'}, but mlfo's venv runs {wanted}",
                             hint="the venv is bind-mounted into the containers, so both must be the same Python")
         tarball = Path(folder) / "rootfs.tar"
-        progress("packing the root file system")
+        say(progress, "image", "packing the root file system")
         subprocess.run(["tar", "-C", str(root), "-cf", str(tarball), "."], check=True)
-        progress(f"importing it as {tag}")
+        say(progress, "image", f"importing it as {tag}")
         repository, _, version = tag.partition(":")
         with open(tarball, "rb") as data:
             client.api.import_image_from_data(data.read(), repository=repository, tag=version, changes=['CMD ["/bin/bash"]'])

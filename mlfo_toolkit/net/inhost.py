@@ -7,39 +7,10 @@ No shell is involved: PROGRAM and ARGS are passed to execvp as they are.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import sys
 
-CLONE_NEWNET = 0x40000000
-
-
-def setns(fd: int, nstype: int) -> None:
-    """setns(2) of the calling thread into the namespace open as `fd`."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, nstype) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"setns: {os.strerror(errno)}")
-
-
-def _enter(pid: int, kind: str, nstype: int) -> None:
-    fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY)
-    try:
-        setns(fd, nstype)
-    except OSError as err:
-        raise OSError(err.errno, f"setns into the {kind} namespace of {pid}: {err.strerror}") from None
-    finally:
-        os.close(fd)
-
-
-def enter_network_namespace(pid: int) -> None:
-    """setns(2) into the network namespace of `pid` (the calling thread; call before any threads)."""
-    _enter(pid, "net", CLONE_NEWNET)
-
-
-def join_cgroup(directory: str) -> None:
-    with open(os.path.join(directory, "cgroup.procs"), "w", encoding="ascii") as procs:
-        procs.write(str(os.getpid()))
+from mlfo_toolkit.util.linux import enter_network_namespace, join_cgroup
 
 
 def main(argv: list[str] | None = None) -> None:

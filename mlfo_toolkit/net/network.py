@@ -1,4 +1,6 @@
-"""A running emulated network: bring it up with mlfo's services inside, inspect it, load it, tear it down."""
+"""A running emulated network's lifecycle: bring it up with mlfo's services inside, stop it, tear it down,
+restart a service in it. The plumbing of single hosts is `net.hosts`; changes to a running network are
+`net.changes`."""
 
 from __future__ import annotations
 
@@ -7,10 +9,8 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,10 @@ import psutil
 import yaml
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import ConflictError, MlfoError, NotFoundError, UnreachableError, ValidationError
-from mlfo_toolkit.files import write_secret
+from mlfo_toolkit.errors import ConflictError, MlfoError, NotFoundError, UnreachableError
 from mlfo_toolkit.net.builders import get_builder
+from mlfo_toolkit.net.hosts import make_cgroups, publish_port, spawn_in_host, wait_listening
+from mlfo_toolkit.net.image import docker_client
 from mlfo_toolkit.net.state import (
     TOKEN_FILE,
     NetworkState,
@@ -35,101 +36,11 @@ from mlfo_toolkit.net.state import (
     teardown,
 )
 from mlfo_toolkit.net.topology import Topology
-from mlfo_toolkit.processes import wait_for_port
+from mlfo_toolkit.util.files import write_secret
+from mlfo_toolkit.util.progress import Progress, quiet, say
+from mlfo_toolkit.util.signals import terminate_as_interrupt
 
-Progress = Callable[[str], None]
 SERVICE_START_SECONDS = 180.0
-CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
-CFS_PERIOD_US = 100_000
-
-
-def _quiet(message: str) -> None:
-    pass
-
-
-# --- processes inside hosts ------------------------------------------------------------------
-def spawn_in_host(
-    state: NetworkState, host: str, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None,
-    *, cpu_limited: bool = True,
-) -> ProcessRecord:
-    """Start argv in a host's namespace and (unless told not to) its CPU cgroup, without a shell; record it."""
-    record = state.host(host)
-    launcher = [sys.executable, "-m", "mlfo_toolkit.net.inhost", "--pid", str(record.pid)]
-    if record.cgroup and cpu_limited:
-        launcher += ["--cgroup", record.cgroup]
-    # In a Docker host this is the container's network namespace and its Docker CPU cgroup (what
-    # `docker update --cpus` limits), with the machine's files and /proc: the agent and the shared
-    # executor keep seeing one another's PIDs. `topo exec` enters the container's files too.
-    process = spawn_recorded([*launcher, "--", *argv], log_dir / f"{host}-{name}.log", name, host=host, env=env)
-    process.argv = list(argv)  # what runs inside the host, without the launcher
-    state.processes.append(process)
-    return process
-
-
-def listening(host_pid: int, port: int) -> bool:
-    """Whether anything listens on TCP `port` in the network namespace of `host_pid`."""
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{host_pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
-
-
-def wait_listening(state: NetworkState, waits: list[tuple[str, int, ProcessRecord]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(waits)
-    while pending and time.monotonic() < deadline:
-        for item in list(pending):
-            host, port, process = item
-            if listening(state.host(host).pid, port):
-                pending.remove(item)
-            elif not process.alive():
-                tail = Path(process.log or "").read_text(errors="replace").splitlines()[-5:] if process.log else []
-                raise MlfoError(f"{process.name} on {host} exited before listening on port {port}", hint="\n".join(tail))
-        time.sleep(0.3)
-    if pending:
-        raise UnreachableError(
-            f"not listening after {timeout:.0f} s: " + ", ".join(f"{h}:{p}" for h, p, _ in pending),
-            hint="see the logs under paths.state_dir/logs",
-        )
-
-
-# --- cgroups ----------------------------------------------------------------------------------
-def make_cgroups(state: NetworkState) -> None:
-    """One CPU cgroup per host (cgroup v1 cpu controller), recorded for removal."""
-    if not CGROUP_V1_CPU.is_dir():
-        state.warnings.append("no cgroup v1 cpu controller: CPU limits are not available")
-        return
-    parent = CGROUP_V1_CPU / f"mlfo-{state.owner_pid}"
-    parent.mkdir(exist_ok=True)
-    for host in state.hosts:
-        if host.container:
-            continue  # a Docker host's processes join its container's cgroup, which Docker limits
-        path = parent / host.name
-        path.mkdir(exist_ok=True)
-        host.cgroup = str(path)
-        state.cgroups.append(str(path))
-    state.cgroups.append(str(parent))
-
-
-def set_cpu_limit(cgroup: str, cpus: float | None) -> None:
-    """CFS quota of `cpus` cores (None: unlimited)."""
-    directory = Path(cgroup)
-    (directory / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-    (directory / "cpu.cfs_quota_us").write_text(str(int(cpus * CFS_PERIOD_US)) if cpus else "-1")
-
-
-def set_container_cpu_limit(container: str, cpus: float | None) -> None:
-    """`docker update --cpus` through the Docker SDK (what the prototype's init.sh did); None: unlimited."""
-    from mlfo_toolkit.net.image import docker_client
-
-    quota = int(cpus * CFS_PERIOD_US) if cpus else -1
-    docker_client().containers.get(container).update(cpu_period=CFS_PERIOD_US, cpu_quota=quota)
 
 
 def _service_config(config: Config, topology: Topology, state_dir: Path) -> Path:
@@ -158,16 +69,6 @@ def start_executor(state: NetworkState, state_dir: Path, log_dir: Path) -> None:
     """
     argv = [sys.executable, "-m", "mlfo_toolkit.fl.executor", "--dir", str(executor_dir(state_dir))]
     state.processes.append(spawn_recorded(argv, log_dir / "executor.log", "clientapp executor"))
-
-
-def publish_port(state: NetworkState, host: str, ip: str, inner_port: int, outer_port: int, log_dir: Path) -> str:
-    """Relay 127.0.0.1:outer_port to ip:inner_port inside a host; recorded in the state. Returns the address."""
-    listen = f"127.0.0.1:{outer_port}"
-    relay = [sys.executable, "-m", "mlfo_toolkit.net.relay", "--listen", listen, "--pid", str(state.host(host).pid), "--target", f"{ip}:{inner_port}"]
-    state.processes.append(spawn_recorded(relay, log_dir / f"relay-{outer_port}.log", f"publish {host}:{inner_port}"))
-    state.published[f"{host}:{inner_port}"] = listen
-    wait_for_port("127.0.0.1", outer_port, 30)
-    return listen
 
 
 def _service_env(base: dict[str, str], state_dir: Path, host: str) -> dict[str, str]:
@@ -230,33 +131,15 @@ def start_services(state: NetworkState, topology: Topology, config: Config, stat
             start(host.name, "mlfo-campus", [*mlfo, "serve", "--role", "campus", "--host", host.ip, "--port", str(config.mlfo.port)], config.mlfo.port)
         elif host.role in ("fl-server", "fl-client"):
             start(host.name, "agent", [*mlfo, "agent", "--host", host.ip, "--port", str(config.agent.port)], config.agent.port)
-    progress(f"starting {len(waits)} mlfo services inside the hosts")
+    say(progress, "topo", f"starting {len(waits)} mlfo services inside the hosts")
     wait_listening(state, waits, SERVICE_START_SECONDS)
     for host in topology.hosts:
         for inner_port, outer_port in host.publish.items():
             if not outer_port:
-                progress(f"not publishing {host.name}:{inner_port} (publish port 0)")
+                say(progress, "topo", f"not publishing {host.name}:{inner_port} (publish port 0)")
                 continue
             listen = publish_port(state, host.name, host.ip, inner_port, outer_port, log_dir)
-            progress(f"published {host.name} {host.ip}:{inner_port} on {listen}")
-
-
-def resolve_controller(config: Config, controller: str | None, progress: Progress = _quiet) -> str | None:
-    """`onos`: activate onos.apps over REST and return onos.openflow; HOST:PORT as given; None: no controller."""
-    if controller is None:
-        return None
-    if controller == "onos":
-        from mlfo_toolkit.meters.onos import OnosClient
-
-        client = OnosClient(config.onos)
-        for app in config.onos.apps:
-            client.activate(app)
-            progress(f"ONOS app {app} active")
-        return config.onos.openflow
-    host, sep, port = controller.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValidationError(f"'{controller}' is not HOST:PORT or 'onos'", field="controller")
-    return controller
+            say(progress, "topo", f"published {host.name} {host.ip}:{inner_port} on {listen}")
 
 
 def network_up(
@@ -265,9 +148,11 @@ def network_up(
     *,
     backend: str = "mininet",
     controller: str | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> tuple[NetworkState, Any]:
-    """Build the network and start its services; returns the state and the builder (to stop it)."""
+    """Build the network and start its services; returns the state and the builder (to stop it).
+
+    `controller` is the HOST:PORT of an OpenFlow controller the switches connect to (None: standalone)."""
     state_dir = Path(config.paths.state_dir)
     if state_path(state_dir).exists():
         existing = load_state(state_dir)
@@ -278,16 +163,15 @@ def network_up(
     builder = get_builder(backend)
     builder.checkpoint = lambda: save_state(state, state_dir)
     builder.prepare(state_dir)
-    controller = resolve_controller(config, controller, progress)
     save_state(state, state_dir)
     try:
-        progress(f"building {len(topology.switches)} switches, {len(topology.hosts)} hosts, {len(topology.links)} switch links ({backend})")
+        say(progress, "topo", f"building {len(topology.switches)} switches, {len(topology.hosts)} hosts, {len(topology.links)} switch links ({backend})")
         started = time.monotonic()
         builder.build(topology, state, controller)
         save_state(state, state_dir)
-        progress(f"network built in {time.monotonic() - started:.1f} s")
+        say(progress, "topo", f"network built in {time.monotonic() - started:.1f} s")
         for warning in state.warnings:
-            progress(f"warning: {warning}")
+            say(progress, "topo", f"warning: {warning}")
         make_cgroups(state)
         save_state(state, state_dir)
         start_services(state, topology, config, state_dir, progress)
@@ -363,9 +247,7 @@ def containers_status(state: NetworkState) -> list[dict[str, Any]]:
     of the mlfo processes running in it."""
     if not state.containers:
         return []
-    import docker
-
-    from mlfo_toolkit.net.image import docker_client
+    import docker  # the optional `containers` extra: only Containernet networks have containers
 
     client = docker_client()
     out: list[dict[str, Any]] = []
@@ -389,102 +271,27 @@ def containers_status(state: NetworkState) -> list[dict[str, Any]]:
     return out
 
 
-def host_command(state: NetworkState, host: str, argv: Sequence[str]) -> list[str]:
-    """argv that runs a command in a host's network namespace (nsenter, no shell); in a Docker host also in its
-    mount namespace, so the command is the container's own, as with `docker exec`."""
-    record = state.host(host)
-    spaces = ["--net", "--mount"] if record.container else ["--net"]
-    return ["nsenter", "--target", str(record.pid), *spaces, "--", *argv]
-
-
-def host_exec(config: Config, host: str, argv: Sequence[str], *, capture: bool = False) -> dict[str, Any]:
-    """Run a command in a host (no shell): with this terminal, or with its output captured."""
-    if not argv:
-        raise ValidationError("no command given", hint="e.g. mlfo topo exec fed.1 -- ip addr")
-    state = load_state(Path(config.paths.state_dir))
-    command = host_command(state, host, argv)
-    if not capture:
-        return {"node": host, "exit_code": subprocess.call(command)}
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    return {"node": host, "exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
-
-
-def ping(state: NetworkState, source: str, destination_ip: str, timeout_s: int = 2) -> bool:
-    argv = host_command(state, source, ["ping", "-c", "1", "-W", str(timeout_s), "-q", destination_ip])
-    return subprocess.run(argv, capture_output=True, timeout=timeout_s + 10, check=False).returncode == 0
-
-
-def ping_mesh(config: Config, workers: int = 32, retries: int = 1) -> dict[str, Any]:
-    """Every host pings every other once, in parallel (a failed pair is retried once: ARP warm-up)."""
-    state = load_state(Path(config.paths.state_dir))
-    pairs = [(a.name, b.name, b.ip) for a in state.hosts for b in state.hosts if a.name != b.name]
-    started = time.monotonic()
-
-    def attempt(pair: tuple[str, str, str]) -> bool:
-        return any(ping(state, pair[0], pair[2]) for _ in range(1 + retries))
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(attempt, pairs))
-    failed = [[a, b] for (a, b, _), ok in zip(pairs, results) if not ok]
-    return {
-        "pairs": len(pairs),
-        "loss_percent": round(100.0 * len(failed) / len(pairs), 2) if pairs else 0.0,
-        "failed": failed,
-        "seconds": round(time.monotonic() - started, 2),
-    }
-
-
-def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: str | None) -> dict[str, Any]:
-    """The prototype's init.sh: CPU limits, FL-server reachability from the cloud MLFO, background traffic."""
-    from mlfo_toolkit.net.changes import running_network, set_cpu, start_background, stop_background
-
-    state, topology, state_dir = running_network(config)
-    limits: dict[str, float | None] = {}
-    for host in topology.hosts:
-        if host.role == "fl-server" or (clients and host.role == "fl-client"):
-            limits[host.name] = cpus if cpus is not None else host.cpus
-            set_cpu(state, host.name, limits[host.name])
-    state.extra["cpu_limits"] = limits
-    cloud = topology.one("cloud-mlfo")
-    reachable = {h.name: ping(state, cloud.name, h.ip) for h in topology.fl_servers()}
-    if bg_rate and bg_rate not in ("0", "off"):
-        background = start_background(state, topology, config, state_dir, bg_rate)
-    else:
-        stop_background(state, state_dir)
-        background = {"rate": None}
-    save_state(state, state_dir)
-    return {"cpu_limits": limits, "reachable": reachable, "background": background}
-
-
 def serve_network(
     config: Config,
     topology: Topology,
     *,
     backend: str = "mininet",
     controller: str | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     on_ready: Callable[[NetworkState], None] | None = None,
 ) -> dict[str, Any]:
     """`topo up` in the foreground: build, report ready, wait for Ctrl-C or SIGTERM, tear down."""
-    stop = threading.Event()
-
-    def _handle(signum: int, frame: Any) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGTERM, signal.SIGHUP)}
     builder = None
     try:
-        state, builder = network_up(config, topology, backend=backend, controller=controller, progress=progress)
-        if on_ready:
-            on_ready(state)
-        while not stop.wait(0.5):
-            pass
+        with terminate_as_interrupt():
+            state, builder = network_up(config, topology, backend=backend, controller=controller, progress=progress)
+            if on_ready:
+                on_ready(state)
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
         pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    progress("tearing down")
+    say(progress, "topo", "tearing down")
     if builder is None:
         return {}
     return network_stop(Path(config.paths.state_dir), builder)
@@ -526,7 +333,7 @@ def detach_network(
     argv += ["--backend", backend]
     if controller:
         argv += ["--controller", controller]
-    progress(f"starting `mlfo {' '.join(argv[2:])}` in the background (log: {log_path})")
+    say(progress, "topo", f"starting `mlfo {' '.join(argv[2:])}` in the background (log: {log_path})")
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "mlfo_toolkit", *argv], stdout=log, stderr=subprocess.STDOUT,

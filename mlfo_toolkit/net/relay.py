@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 
-from mlfo_toolkit.net.inhost import enter_network_namespace
+from mlfo_toolkit.util.linux import enter_network_namespace
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:

@@ -12,10 +12,12 @@ from typing import Any
 
 import psutil
 
+from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, NotFoundError
-from mlfo_toolkit.files import write_json_atomically
+from mlfo_toolkit.net.image import docker_client
 from mlfo_toolkit.net.topology import Topology, load_topology
-from mlfo_toolkit.processes import run_tool, same_process, spawn, stop_trees
+from mlfo_toolkit.util.files import write_json_atomically
+from mlfo_toolkit.util.processes import run_tool, same_process, spawn, stop_trees
 
 STATE_FILE = "network.json"
 
@@ -134,6 +136,15 @@ def running_topology(state_dir: Path) -> tuple[NetworkState, Topology] | None:
     return network_topology(state_dir) if state_path(state_dir).exists() else None
 
 
+def running_network(config: Config) -> tuple[NetworkState, Topology, Path]:
+    """The network that is up: its state, topology and state folder; an error if none is, or it is not up yet."""
+    state_dir = Path(config.paths.state_dir)
+    state, topology = network_topology(state_dir)
+    if state.phase != "up":
+        raise MlfoError(f"the network is {state.phase}, not up", hint="wait for `mlfo topo up` to finish")
+    return state, topology, state_dir
+
+
 def load_state(state_dir: Path) -> NetworkState:
     path = state_path(state_dir)
     if not path.exists():
@@ -174,19 +185,13 @@ def teardown(state: NetworkState) -> dict[str, list[str]]:
     return removed
 
 
-def _docker() -> Any:
-    import docker
-
-    return docker.from_env(timeout=60)
-
-
 def _containers(names: list[str], *, remove: bool) -> list[str]:
     """Of these containers (by name, never by pattern), those that exist; removed first if `remove`."""
     if not names:
         return []
-    import docker
+    import docker  # the optional `containers` extra: only Containernet networks have containers
 
-    client = _docker()
+    client = docker_client()
     found = []
     for name in names:
         try:

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
-from mlfo_toolkit.resources import resource_path
-from mlfo_toolkit.yamlutil import load_yaml, validate
+from mlfo_toolkit.util.resources import resource_path
+from mlfo_toolkit.util.yamlfiles import load_yaml, validate
 
 Role = Literal["cloud-mlfo", "campus-mlfo", "fl-server", "fl-client", "app-server", "app-client", "prometheus"]
 ROLES: tuple[str, ...] = Role.__args__  # type: ignore[attr-defined]

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.names import NAME_MAX, NAME_PATTERN, SEED_MAX
 from mlfo_toolkit.orchestrator.intents import Catalog, Intent, load_intent_file, parse_intent
-from mlfo_toolkit.resources import resource_path
-from mlfo_toolkit.yamlutil import load_yaml, validate
+from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX
+from mlfo_toolkit.util.resources import resource_path
+from mlfo_toolkit.util.yamlfiles import load_yaml, validate
 
 PROTOTYPE_LISTS = {
     "intentdist": "intent",
@@ -138,8 +140,6 @@ def _split_list(value: Any) -> Any:
 
 def _load_intent(ref: str | dict[str, Any], base: Path, field_name: str, source: str, line: int | None,
                  any_path: bool) -> tuple[Intent, str]:
-    import yaml
-
     if isinstance(ref, dict):
         text = yaml.safe_dump(ref, sort_keys=False)
         return parse_intent(text, f"{source}: {field_name}"), text
@@ -249,6 +249,27 @@ def _strategy(name: str, field: str, line: int | None, source: str) -> str:
         return canonical_strategy(name, field)
     except ValidationError as err:
         raise ValidationError(f"unknown FL strategy '{name}'", field=field, line=line, source=source, hint=err.hint) from None
+
+
+def shape_cohorts(cohort_file: CohortFile, cohorts: int | None, clients: int | None, rounds: int | None) -> CohortFile:
+    """Repeat the file's cohorts to `cohorts` entries and set every size and round count asked for
+    (`mlfo demo --cohorts --clients --rounds`, an experiment's `shape`)."""
+    template = cohort_file.cohorts
+    count = cohorts or len(template)
+    shaped = []
+    for i in range(count):
+        base = template[i % len(template)]
+        size = clients or base.size
+        shaped.append(dataclasses.replace(
+            base,
+            name=base.name if i < len(template) else f"{base.name}-{i + 1}",
+            size=size,
+            rounds=rounds or base.rounds,
+            min_available=min(base.min_available, size) if not clients else size,
+            min_fit=min(base.min_fit, size),
+            sameserver=base.sameserver and i > 0,
+        ))
+    return dataclasses.replace(cohort_file, cohorts=shaped)
 
 
 def load_cohort_file(path: Path, config: Config, *, any_intent_path: bool = False) -> CohortFile:

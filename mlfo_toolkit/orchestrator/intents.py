@@ -13,9 +13,9 @@ from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
-from mlfo_toolkit.resources import resource_path
-from mlfo_toolkit.yamlutil import load_yaml, validate
+from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
+from mlfo_toolkit.util.resources import resource_path
+from mlfo_toolkit.util.yamlfiles import load_yaml, validate
 
 USER_OPERATIONS = ("maximise", "minimise", "maximize", "minimize")
 MOMO_OPERATION = "aggregate.global"

@@ -1,19 +1,17 @@
-"""Send a cohort file to a campus MLFO as the prototype's sendintent.py did, and follow it."""
+"""The client side of a campus MLFO: post a cohort file as the prototype's sendintent.py did, and follow
+the deployments it made until their FL runs end."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import DeploymentFailed, UnreachableError
-from mlfo_toolkit.orchestrator.clients import MlfoClient
+from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.cohorts import CohortFile
-from mlfo_toolkit.orchestrator.mlfo import TERMINAL_STATES
-
-ProgressCallback = Callable[[str, dict[str, Any]], None]
+from mlfo_toolkit.orchestrator.records import Deployment
+from mlfo_toolkit.util.progress import Progress, quiet
 
 
 @dataclass
@@ -23,61 +21,49 @@ class SentCohort:
     name: str
     ipstart: int
     deployment_id: str
-    record: dict[str, Any] = field(default_factory=dict)
+    record: Deployment | None = None
 
 
-def send_cohorts(cohort_file: CohortFile, config: Config, mlfo_address: str) -> list[SentCohort]:
+def post_cohorts(cohort_file: CohortFile, config: Config, campus: str) -> list[SentCohort]:
     """POST every cohort to /receive (multipart: file + the prototype's fields); client ranges run on."""
-    client = MlfoClient(mlfo_address, token=config.api.token, timeout=config.api.timeout_seconds)
     sent = []
     ipstart = config.ip_plan.first_client_octet
-    try:
+    with campus_client(config, campus) as client:
         for cohort in cohort_file.cohorts:
             answer = client.send_intent(cohort.intent_yaml.encode(), cohort.form_fields(ipstart))
             sent.append(SentCohort(cohort.name, ipstart, answer["id"]))
             ipstart += cohort.size
-    finally:
-        client.close()
     return sent
 
 
-def wait_for_deployments(
-    sent: list[SentCohort],
-    config: Config,
-    mlfo_address: str,
-    *,
-    timeout: float,
-    progress: ProgressCallback | None = None,
-    poll_seconds: float = 1.0,
-) -> list[SentCohort]:
-    """Poll each deployment until it is done or failed; report every new round through `progress`."""
-    client = MlfoClient(mlfo_address, token=config.api.token, timeout=config.api.timeout_seconds)
+def follow_deployments(sent: list[SentCohort], config: Config, campus: str, *, timeout: float,
+                       progress: Progress = quiet, poll_seconds: float = 1.0) -> list[SentCohort]:
+    """Poll each deployment until it is done or failed; report every new round, lost client and state change."""
     seen: dict[str, int] = {}
     states: dict[str, str] = {}
     lost: set[str] = set()
     deadline = time.monotonic() + timeout
-    try:
+    with campus_client(config, campus) as client:
         while True:
             pending = 0
             for cohort in sent:
-                record = client.deployment(cohort.deployment_id)
+                record = Deployment.model_validate(client.deployment(cohort.deployment_id))
                 cohort.record = record
-                for entry in record.get("rounds", [])[seen.get(cohort.name, 0) :]:
-                    if progress:
-                        progress("round", {"cohort": cohort.name, "rounds_total": record["params"]["rounds"], **entry})
-                seen[cohort.name] = len(record.get("rounds", []))
-                for entry in record.get("clients", []):
-                    key = f"{cohort.name}/{entry.get('part')}"
-                    if progress and entry.get("state") == "lost" and key not in lost:
-                        progress("lost", {"cohort": cohort.name, **entry})
-                    if entry.get("state") == "lost":
+                for entry in record.rounds[seen.get(cohort.name, 0):]:
+                    progress("round", {"cohort": cohort.name, "rounds_total": record.params.rounds, **entry.to_json()})
+                seen[cohort.name] = len(record.rounds)
+                for client_record in record.clients:
+                    key = f"{cohort.name}/{client_record.part}"
+                    if client_record.state == "lost" and key not in lost:
+                        progress("lost", {"cohort": cohort.name, **client_record.to_json()})
+                    if client_record.state == "lost":
                         lost.add(key)
                     else:
                         lost.discard(key)
-                if progress and states.get(cohort.name) != record["state"]:
-                    states[cohort.name] = record["state"]
-                    progress("state", {"cohort": cohort.name, **record})
-                if record["state"] not in TERMINAL_STATES:
+                if states.get(cohort.name) != record.state:
+                    states[cohort.name] = record.state
+                    progress("state", {"cohort": cohort.name, **record.to_json()})
+                if not record.ended:
                     pending += 1
             if not pending:
                 break
@@ -87,16 +73,14 @@ def wait_for_deployments(
                     hint="raise --timeout, or check the deployments with GET /deployments",
                 )
             time.sleep(poll_seconds)
-    finally:
-        client.close()
     return sent
 
 
 def raise_for_failures(sent: list[SentCohort]) -> None:
     """DeploymentFailed naming every cohort whose deployment failed."""
-    failed = [c for c in sent if c.record.get("state") == "failed"]
+    failed = [c for c in sent if c.record is not None and c.record.state == "failed"]
     if failed:
         raise DeploymentFailed(
-            "; ".join(f"cohort {c.name} failed: {c.record.get('reason')}" for c in failed),
+            "; ".join(f"cohort {c.name} failed: {c.record.reason if c.record else None}" for c in failed),
             hint="GET /deployments/ID on the MLFO shows per-client status",
         )

@@ -54,3 +54,8 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def open_store(config: Any, role: str) -> Store:
+    """The SQLite file of an MLFO role under paths.state_dir."""
+    return Store(Path(config.paths.state_dir) / f"mlfo-{role}.sqlite3")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlfo_toolkit.config import Config
-from tests.integration.test_mlfo_api import Orchestra, start_orchestra
+from tests.helpers.orchestra import Orchestra, start_orchestra
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.config import Config
-from tests.conftest import REPO
-from tests.integration.test_mlfo_api import start_orchestra
+from tests.helpers import REPO
+from tests.helpers.orchestra import start_orchestra
 
 INTENTS = REPO / "intents"
 

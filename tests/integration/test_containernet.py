@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from mlfo_toolkit.processes import free_port
-from tests.conftest import REPO, require_binary, require_root
+from mlfo_toolkit.util.processes import free_port
+from tests.helpers import REPO, require_binary, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlfo_toolkit.cli.main import cli
-from tests.conftest import REPO
+from tests.helpers import REPO, require_network_tools
 
 KILL = REPO / "experiments" / "kill-a-client.yaml"
 COHORTS = REPO / "intents" / "cohorts.yaml"
@@ -110,20 +110,10 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     assert [r["state"] for r in json.loads(again.stdout)["runs"]] == ["skipped (finished earlier)"] * 2
 
 
-def _needs_the_network() -> None:
-    from tests.conftest import require_binary, require_root
-
-    require_root()
-    for tool in ("ovs-vsctl", "iperf3", "ovs-ofctl"):
-        require_binary(tool)
-    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("needs Open vSwitch running (`make ovs` as root)")
-
-
 @pytest.mark.root
 @pytest.mark.slow
 def test_meter_sweep_on_the_small_topology_records_rates_around_each_meter(workdir: Path) -> None:
-    _needs_the_network()
+    require_network_tools()
     out = workdir / "exp"
     env = {"MLFO_PATHS__STATE_DIR": str(workdir / "state")}
     result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "meter-sweep.yaml"), "-o", str(out), "--json"], env=env)
@@ -152,7 +142,7 @@ def test_meter_sweep_on_the_small_topology_records_rates_around_each_meter(workd
 @pytest.mark.slow
 def test_network_faults_take_effect_and_are_undone(workdir: Path) -> None:
     """Link rate, CPU limit, background traffic, link down and up, kill and restart, each at a round of the cohort."""
-    _needs_the_network()
+    require_network_tools()
     out = workdir / "exp"
     env = {"MLFO_PATHS__STATE_DIR": str(workdir / "state")}
     result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "network-faults.yaml"), "-o", str(out), "--json"], env=env)

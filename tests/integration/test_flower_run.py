@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 
@@ -16,24 +14,9 @@ from mlfo_toolkit.agent.node import NodeAgent
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.http.routes import agent_app
 from mlfo_toolkit.http.server import HttpServer
+from tests.helpers import processes_under
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
-
-
-def processes_under(folder: Path) -> list[psutil.Process]:
-    """Live processes whose FLWR_HOME, command line or working folder points into `folder`
-    (SuperNodes the shared executor forks carry a process title and work in their run folder)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
-                continue
-            text = " ".join(proc.info["cmdline"] or []) + " " + proc.environ().get("FLWR_HOME", "") + " " + proc.cwd()
-        except psutil.Error:
-            continue
-        if str(folder) in text:
-            found.append(proc)
-    return found
 
 
 def test_demo_json_trains_and_cleans_up(workdir: Path) -> None:

@@ -17,8 +17,8 @@ from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.http.routes import agent_app
 from mlfo_toolkit.http.server import HttpServer
-from tests.fuzzing import CLASSES, CLI_BAD, Case, cases
-from tests.integration.test_mlfo_api import Orchestra, start_orchestra
+from tests.helpers.fuzzing import CLASSES, CLI_BAD, Case, cases
+from tests.helpers.orchestra import Orchestra, start_orchestra
 
 QUICK_PER_CLASS = 55  # 10 classes: 550 cases
 
@@ -70,7 +70,7 @@ def test_quick_fuzz_gets_only_4xx_and_every_server_survives(targets: Targets) ->
     allocations = requests.get(f"{targets.orchestra.cloud_url}/momo/allocations", timeout=5).json()["allocations"]
     assert not [a for a in allocations if a["active"]], "a refused Mo-Mo deploy left an allocation active"
     # Still serving real work after all that.
-    from tests.integration.test_mlfo_api import send
+    from tests.helpers.orchestra import send
 
     assert targets.orchestra.wait(send(targets.orchestra, cohortsize=2).json()["id"])["state"] == "done"
 

@@ -20,12 +20,11 @@ from click.testing import CliRunner
 
 from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.orchestrator.mlfo import CampusMlfo
+from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.store import Store
-from mlfo_toolkit.processes import free_port, wait_for_port
-from tests.conftest import REPO
-from tests.integration.test_flower_run import processes_under
-from tests.integration.test_mlfo_api import (
+from mlfo_toolkit.util.processes import free_port, wait_for_port
+from tests.helpers import REPO, processes_under
+from tests.helpers.orchestra import (
     WELDING,
     Orchestra,
     send,
@@ -231,7 +230,7 @@ def test_campus_restart_during_deploying_releases_and_stops(config: Config, work
             agent.final_state = "running"  # the FL run goes on until someone stops it
         deployment = send(built, cohortsize=2).json()["id"]
         deadline = time.monotonic() + 10
-        while built.campus.deployment(deployment)["state"] != "running" and time.monotonic() < deadline:
+        while built.campus.deployment(deployment).state != "running" and time.monotonic() < deadline:
             time.sleep(0.1)
         # The campus dies half-way through a deployment (as the store shows it), and comes back.
         built.campus.close()
@@ -247,7 +246,7 @@ def test_campus_restart_during_deploying_releases_and_stops(config: Config, work
             if allocations and not allocations[0]["active"]:
                 break
             time.sleep(0.1)
-        assert restarted.deployment(deployment)["state"] == "failed"
+        assert restarted.deployment(deployment).state == "failed"
         assert not allocations[0]["active"], "the cloud allocation was not released"
         assert built.servers[0].stop_calls, "the FL server was not stopped"
         assert [a.stop_calls for a in built.clients[:2]] == [[deployment], [deployment]]
@@ -316,9 +315,9 @@ def test_silent_server_agent_fails_the_deployment_within_10_s(config: Config, wo
         built.cloud.config = built.cloud.config.with_overrides({"ip_plan.servers": [f"127.0.0.1:{port}"]})
         deployment = send(built, cohortsize=2).json()["id"]
         deadline = time.monotonic() + 60
-        while built.campus.deployment(deployment)["state"] != "running" and time.monotonic() < deadline:
+        while built.campus.deployment(deployment).state != "running" and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert built.campus.deployment(deployment)["state"] == "running"
+        assert built.campus.deployment(deployment).state == "running"
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
         killed = time.monotonic()
@@ -384,7 +383,7 @@ def test_southbound_token_guards_agents_and_cloud_but_not_the_loopback_intent_ap
 
 
 def test_token_files_are_private_from_the_start(workdir: Path) -> None:
-    from mlfo_toolkit.files import write_secret
+    from mlfo_toolkit.util.files import write_secret
 
     seen = []
     original = os.open

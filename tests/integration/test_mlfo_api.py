@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -15,66 +13,9 @@ from click.testing import CliRunner
 
 from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.http.routes import campus_app, cloud_app
-from mlfo_toolkit.http.server import HttpServer
-from mlfo_toolkit.orchestrator.mlfo import CampusMlfo, CloudMlfo
+from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.store import Store
-from tests.conftest import REPO
-from tests.integration.fakes import FakeAgent
-
-WELDING = (REPO / "intents" / "welding.yaml").read_bytes()
-
-
-@dataclass
-class Orchestra:
-    campus: CampusMlfo
-    cloud: CloudMlfo
-    url: str
-    cloud_url: str
-    servers: list[FakeAgent]
-    clients: list[FakeAgent]
-    config: Config
-
-    def wait(self, deployment_id: str, timeout: float = 20) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            record = requests.get(f"{self.url}/deployments/{deployment_id}", headers=self.headers, timeout=5).json()
-            if record["state"] in ("done", "failed"):
-                return record
-            time.sleep(0.1)
-        raise AssertionError(f"deployment {deployment_id} did not finish: {record}")
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.config.api.token}"} if self.config.api.token else {}
-
-
-def start_orchestra(config: Config, workdir: Path, servers: int = 2, clients: int = 6, token: str | None = None,
-                    southbound: str | None = None, max_upload: int = 65536) -> tuple[Orchestra, list[Any]]:
-    server_agents = [FakeAgent(southbound or token) for _ in range(servers)]
-    client_agents = [FakeAgent(southbound or token) for _ in range(clients)]
-    config = config.with_overrides(
-        {
-            "api.token": token,
-            "api.southbound_token": southbound,
-            "api.max_upload_bytes": max_upload,
-            "ip_plan.servers": [a.address for a in server_agents],
-            "ip_plan.clients": [a.address for a in client_agents],
-            "mlfo.poll_seconds": 0.1,
-        }
-    )
-    cloud = CloudMlfo(config, Store(workdir / "cloud.sqlite3"))
-    cloud_http = HttpServer(cloud_app(cloud), "127.0.0.1", 0).start()
-    config = config.with_overrides({"mlfo.cloud": cloud_http.address})
-    campus = CampusMlfo(config, Store(workdir / "campus.sqlite3"))
-    campus_http = HttpServer(campus_app(campus), "127.0.0.1", 0).start()
-    orchestra = Orchestra(campus, cloud, f"http://{campus_http.address}", f"http://{cloud_http.address}", server_agents, client_agents, config)
-    return orchestra, [campus, campus_http, cloud_http, *server_agents, *client_agents]
-
-
-def send(orchestra: Orchestra, intent: bytes = WELDING, **fields: Any) -> requests.Response:
-    form = {"cohortsize": "3", "ipstart": "10", "numround": "2"} | {k: str(v) for k, v in fields.items()}
-    return requests.post(f"{orchestra.url}/receive", files={"file": ("intent.yaml", intent)}, data=form, headers=orchestra.headers, timeout=10)
+from tests.helpers.orchestra import WELDING, Orchestra, send, start_orchestra
 
 
 def test_prototype_curl_upload_deploys_a_cohort(orchestra: Orchestra, tmp_path: Path) -> None:
@@ -161,10 +102,10 @@ def test_sameserver_shares_the_previous_cohorts_server(orchestra: Orchestra) -> 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         a, b = orchestra.campus.deployment(first), orchestra.campus.deployment(second)
-        if a["state"] == b["state"] == "running":
+        if a.state == b.state == "running":
             break
         time.sleep(0.1)
-    assert a["server"]["server"] == b["server"]["server"] is not None
+    assert a.server is not None and b.server is not None and a.server.server == b.server.server
     assert len(orchestra.servers[0].serv_calls) == 1 and not orchestra.servers[1].serv_calls
 
 
@@ -177,7 +118,7 @@ def test_exhausted_server_pool_fails_the_deployment_with_a_reason(config: Config
         second = send(built, cohortsize=2, ipstart=12).json()["id"]
         record = built.wait(second)
         assert record["state"] == "failed" and "all 1 FL servers of the pool are busy" in record["reason"]
-        assert built.campus.deployment(first)["state"] == "running"
+        assert built.campus.deployment(first).state == "running"
     finally:
         for thing in closables:
             thing.close()
@@ -221,8 +162,8 @@ def test_restarted_mlfo_keeps_its_deployments(config: Config, workdir: Path) -> 
         before = [built.wait(i) for i in ids]
         built.campus.close()
         restarted = CampusMlfo(built.config, Store(workdir / "campus.sqlite3"))
-        assert [d["id"] for d in restarted.deployments()] == ids
-        assert restarted.deployments() == before
+        assert [d.id for d in restarted.deployments()] == ids
+        assert [d.to_json() for d in restarted.deployments()] == before
         restarted.close()
     finally:
         for thing in closables:

@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from mlfo_toolkit.monitoring.prometheus import query, query_range
-from mlfo_toolkit.processes import free_port, wait_for_port
-from tests.conftest import REPO, require_binary
+from mlfo_toolkit.util.processes import free_port, wait_for_port
+from tests.helpers import REPO, require_binary
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 PNG = b"\x89PNG\r\n\x1a\n"

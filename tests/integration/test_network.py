@@ -15,8 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from mlfo_toolkit.processes import free_port
-from tests.conftest import REPO, require_binary, require_root
+from mlfo_toolkit.util.processes import free_port
+from tests.helpers import REPO, require_binary, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -158,8 +158,8 @@ def test_meter_limits_the_cohort_and_only_it(network: dict[str, Any]) -> None:
     cleared = mlfo(env, workdir, "meter", "clear")
     assert cleared.returncode == 0 and our_flows("swCampus1") == [] and our_flows("swEdge0") == []
 
-    from mlfo_toolkit.meters.core import IPERF_PORT, measure_mbit
-    from mlfo_toolkit.net.network import spawn_in_host, wait_listening
+    from mlfo_toolkit.meters.probe import IPERF_PORT, measure_mbit
+    from mlfo_toolkit.net.hosts import spawn_in_host, wait_listening
     from mlfo_toolkit.net.state import load_state, stop_processes
 
     state = load_state(workdir / "state")

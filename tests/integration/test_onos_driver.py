@@ -12,14 +12,14 @@ from click.testing import CliRunner
 from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import AuthError, RemoteError, UnreachableError
-from mlfo_toolkit.meters.core import clear_meters, load_meters, set_meter
 from mlfo_toolkit.meters.onos import OnosClient, OnosMeterDriver
+from mlfo_toolkit.meters.operations import clear_meters, load_meters, set_meter
 from mlfo_toolkit.meters.plan import plan_meters
 from mlfo_toolkit.net.state import NetworkState, save_state
 from mlfo_toolkit.net.topology import load_topology
-from mlfo_toolkit.processes import free_port
-from tests.conftest import REPO
-from tests.integration.fake_onos import FakeOnos
+from mlfo_toolkit.util.processes import free_port
+from tests.helpers import REPO
+from tests.helpers.fake_onos import FakeOnos
 
 SMALL = load_topology(Path("small"))
 DEVICES = [s.onos_id for s in SMALL.switches]
@@ -110,7 +110,7 @@ def test_cli_exit_codes(onos_config: Config, onos: FakeOnos, workdir: Path) -> N
 
 def test_topo_up_with_onos_activates_the_forwarding_apps(config: Config, onos: FakeOnos) -> None:
     from mlfo_toolkit.errors import ValidationError
-    from mlfo_toolkit.net.network import resolve_controller
+    from mlfo_toolkit.meters.controllers import resolve_controller
 
     settings = config.with_overrides({"onos.url": onos.url, "onos.openflow": "127.0.0.1:6633"})
     assert resolve_controller(settings, "onos") == "127.0.0.1:6633"

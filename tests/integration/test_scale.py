@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 
+from mlfo_toolkit import api
+from mlfo_toolkit.backends.loopback import LoopbackBackend
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.demo import LoopbackNetwork, run_demo, shape_cohorts
 from mlfo_toolkit.fl.anatomy import PHASES
-from mlfo_toolkit.orchestrator.clients import MlfoClient
-from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file
-from mlfo_toolkit.orchestrator.sending import send_cohorts
-from mlfo_toolkit.resources import resource_path
-from tests.integration.test_flower_run import processes_under
+from mlfo_toolkit.orchestrator.api_clients import MlfoClient
+from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file, shape_cohorts
+from mlfo_toolkit.orchestrator.sending import post_cohorts
+from mlfo_toolkit.util.resources import resource_path
+from tests.helpers import processes_under
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
@@ -32,13 +33,9 @@ def cohort_file(config: Config, cohorts: int, clients: int, rounds: int, **chang
 
 
 @contextmanager
-def loopback(config: Config, workdir: Path, servers: int, clients: int) -> Iterator[LoopbackNetwork]:
-    network = LoopbackNetwork(config, workdir / "net")
-    try:
-        network.start(servers, clients)
-        yield network
-    finally:
-        network.close()
+def loopback(config: Config, workdir: Path, servers: int, clients: int) -> Iterator[LoopbackBackend]:
+    with LoopbackBackend(config, workdir / "net", servers=servers, clients=clients) as backend:
+        yield backend
 
 
 def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
@@ -51,7 +48,7 @@ def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.2) -> bo
 
 
 def test_twenty_clients_train_with_accuracy_rising(config: Config, workdir: Path) -> None:
-    summary = run_demo(config, cohorts=2, clients=10, rounds=3)
+    summary = api.demo(config, cohorts=2, clients=10, rounds=3).to_dict()
     assert len(summary["cohorts"]) == 2
     for cohort in summary["cohorts"]:
         assert cohort["state"] == "done", cohort["reason"]
@@ -69,8 +66,8 @@ def test_twenty_clients_train_with_accuracy_rising(config: Config, workdir: Path
 
 def test_dead_superlink_fails_the_deployment_with_a_reason_within_10_s(config: Config, workdir: Path) -> None:
     with loopback(config, workdir, servers=1, clients=2) as network:
-        (sent,) = send_cohorts(cohort_file(config, 1, 2, 500), network.config, network.campus_address)
-        mlfo = MlfoClient(network.campus_address)
+        (sent,) = post_cohorts(cohort_file(config, 1, 2, 500), network.config, network.campus)
+        mlfo = MlfoClient(network.campus)
         assert wait_for(lambda: len(mlfo.deployment(sent.deployment_id)["rounds"]) >= 1, 180)
         server = network.agents[0].server
         assert server is not None
@@ -88,8 +85,8 @@ def test_a_killed_client_is_lost_and_its_rounds_come_up_short(config: Config, wo
     config = config.with_overrides({"fl.round_timeout": 8.0, "mlfo.client_check_seconds": 1.0})
     cohorts = cohort_file(config, 1, 3, 5, fraction_fit=1.0, min_available=2, min_fit=1)
     with loopback(config, workdir, servers=1, clients=3) as network:
-        (sent,) = send_cohorts(cohorts, network.config, network.campus_address)
-        mlfo = MlfoClient(network.campus_address)
+        (sent,) = post_cohorts(cohorts, network.config, network.campus)
+        mlfo = MlfoClient(network.campus)
         assert wait_for(lambda: len(mlfo.deployment(sent.deployment_id)["rounds"]) >= 1, 180)
         victim = network.agents[1].clients[0]  # fc.1: partition 0
         os.kill(victim.process.pid, signal.SIGKILL)

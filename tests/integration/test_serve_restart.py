@@ -11,8 +11,8 @@ from pathlib import Path
 
 import requests
 
-from mlfo_toolkit.processes import free_port, wait_for_port
-from tests.conftest import REPO
+from mlfo_toolkit.util.processes import free_port, wait_for_port
+from tests.helpers import REPO
 
 
 def start_campus(workdir: Path, port: int) -> subprocess.Popen[bytes]:

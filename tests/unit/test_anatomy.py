@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mlfo_toolkit.fl.anatomy import PHASES, TRAIN_END, TRAIN_START, RoundClock
-from mlfo_toolkit.stats import percentile, spread
+from mlfo_toolkit.util.stats import percentile, spread
 
 
 class FakeClock:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.errors import ExitCode
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PACKAGE = REPO / "mlfo_toolkit"
 CORE = ("orchestrator", "agent", "net", "meters", "fl")

@@ -7,7 +7,7 @@ import pytest
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, parse_cohort_file, plan_cohorts
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 INTENTS = REPO / "intents"
 

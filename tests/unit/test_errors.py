@@ -9,7 +9,7 @@ from mlfo_toolkit.errors import EXIT_CODE_HELP, ExitCode
 
 
 def test_every_exit_code_has_help_and_is_in_the_readme() -> None:
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     readme = (REPO / "README.md").read_text()
     assert set(EXIT_CODE_HELP) == set(ExitCode)

@@ -14,7 +14,7 @@ import pytest
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import CapacityError
 from mlfo_toolkit.fl.executor import Executor, Registration, register, unregister
-from mlfo_toolkit.orchestrator.mlfo import CampusMlfo
+from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.store import Store
 
 
@@ -69,12 +69,12 @@ def test_admission_refuses_with_the_numbers(config: Config, tmp_path: Path) -> N
     per_client = available_mb // 4  # five clients cannot fit
     mlfo = campus(config.with_overrides({"mlfo.client_memory_mb": per_client}), tmp_path)
     with pytest.raises(CapacityError) as refused:
-        mlfo._admit("big", 5 * per_client + 650, 5, False)
+        mlfo.admission.check("big", 5 * per_client + 650, 5, False)
     message = refused.value.message
     assert "cohort 'big'" in message and f"5 clients x {per_client} MB" in message and "MemAvailable is" in message
-    mlfo._admit("small", per_client, 1, True)  # one client fits
+    mlfo.admission.check("small", per_client, 1, True)  # one client fits
     off = campus(config.with_overrides({"mlfo.client_memory_mb": 0}), tmp_path)
-    off._admit("anything", 10**9, 10_000, False)  # 0 turns admission control off
+    off.admission.check("anything", 10**9, 10_000, False)  # 0 turns admission control off
 
 
 def test_spawned_supernode_handle_follows_and_stops_by_pid(tmp_path: Path) -> None:

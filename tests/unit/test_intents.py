@@ -13,7 +13,7 @@ from mlfo_toolkit.orchestrator.intents import (
     parse_intent,
     parse_momo_intent,
 )
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 INTENTS = REPO / "intents"
 

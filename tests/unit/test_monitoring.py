@@ -12,7 +12,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.monitoring.prometheus import prometheus_config
 from mlfo_toolkit.monitoring.sockets import ByteTotals, parse_ss
 from mlfo_toolkit.net.topology import load_topology
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SS = """0      0      10.0.11.100:6000 10.0.1.10:45186 users:(("flower-superlin",pid=4242,fd=17))
 \t bbr wscale:9,9 rto:204 rtt:2.792/5.526 ato:40 mss:25344 cwnd:18 bytes_sent:2638 bytes_acked:2638 bytes_received:2587 delivery_rate 40550400000bps app_limited

@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.net import BACKENDS
+from mlfo_toolkit.net.builders.containernet import ContainernetBuilder
+from mlfo_toolkit.net.builders.mininet import MininetBuilder
 from mlfo_toolkit.net.state import NetworkState
 from mlfo_toolkit.net.topology import Topology
 
@@ -29,11 +31,7 @@ class Builder(Protocol):
 
 def get_builder(name: str) -> Builder:
     if name == "mininet":
-        from mlfo_toolkit.net.builders.mininet import MininetBuilder
-
         return MininetBuilder()
     if name == "containernet":
-        from mlfo_toolkit.net.builders.containernet import ContainernetBuilder
-
         return ContainernetBuilder()
     raise ValidationError(f"unknown backend '{name}'", field="backend", hint=f"known: {', '.join(BACKENDS)}")

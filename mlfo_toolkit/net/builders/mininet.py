@@ -1,5 +1,6 @@
 """The Mininet builder: OVS switches (userspace datapath where the kernel has no OVS module), hosts in
-network namespaces, HTB-shaped links. The only module of mlfo that imports Mininet."""
+network namespaces, HTB-shaped links. The only module of mlfo that imports Mininet, inside its functions: Mininet is a
+root-only system package that unit tests, `--help` and loopback runs never need."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import psutil
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, NeedsRootError
 from mlfo_toolkit.net.state import HostRecord, NetworkState
 from mlfo_toolkit.net.topology import Topology
-from mlfo_toolkit.processes import run_tool
+from mlfo_toolkit.util.processes import run_tool
 
 
 def ovs_kernel_datapath() -> bool:

@@ -1,4 +1,4 @@
-"""`python -m mlfo_toolkit.guard --owner PID:START -- ARGV...`: run ARGV and tie its life to an owner.
+"""`python -m mlfo_toolkit.util.guard --owner PID:START -- ARGV...`: run ARGV and tie its life to an owner.
 
 The node agent starts Flower's SuperLink and `flwr run` in sessions of their own (Flower detaches
 its SuperExec further still), so a SIGKILLed agent used to leave them training. Each runs under
@@ -19,7 +19,7 @@ from types import FrameType
 
 import psutil
 
-from mlfo_toolkit.processes import end_processes, same_process
+from mlfo_toolkit.util.processes import end_processes, same_process
 
 POLL_SECONDS = 1.0
 PR_SET_PDEATHSIG = 1

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 WELDING = (REPO / "intents" / "welding.yaml").read_text()
 GOOD_FORM = {"cohortsize": "2", "ipstart": "10", "numround": "2"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlfo_toolkit.errors import MissingDependencyError
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # mlfo_toolkit/
 
 
 def resource_path(relative: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from tests.integration.fakehttp import FakeApi, Request, Response
+from tests.helpers.fakehttp import FakeApi, Request, Response
 
 
 class FakeAgent:
@@ -31,7 +31,7 @@ class FakeAgent:
             fields, _ = request.form()
             with self.lock:
                 self.cli_calls.append(fields)
-            return Response(201, {"client": len(self.cli_calls)})
+            return Response(201, {"client": f"fake-client-{len(self.cli_calls)}", "pid": None})
 
         @api.route("GET", "/status")
         def status(request: Request) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import base64
 import itertools
 from typing import Any
 
-from tests.integration.fakehttp import FakeApi, Request, Response
+from tests.helpers.fakehttp import FakeApi, Request, Response
 
 
 class FakeOnos:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import NotFoundError
-from mlfo_toolkit.files import write_json_atomically
+from mlfo_toolkit.reports.runs import pyplot
+from mlfo_toolkit.util.files import write_json_atomically
 
 
 def is_experiment(folder: Path) -> bool:
@@ -53,9 +54,7 @@ def _time_to(accuracy: list[float], seconds: list[float | None], target: float) 
 
 
 def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]:
-    from mlfo_toolkit.monitoring.report import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     runs = load_runs(folder)
     out = folder / "report"
     out.mkdir(exist_ok=True)

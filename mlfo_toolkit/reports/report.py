@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import NotFoundError, ValidationError
-from mlfo_toolkit.files import write_json_atomically
 from mlfo_toolkit.fl.anatomy import PHASES
-from mlfo_toolkit.monitoring.runs import file_sha256, plot_rounds
+from mlfo_toolkit.monitoring.prometheus import query_range
+from mlfo_toolkit.reports.runs import file_sha256, plot_rounds, pyplot
+from mlfo_toolkit.util.files import write_json_atomically
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -26,18 +27,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     return run
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_orchestration(cohorts: list[dict[str, Any]], out: Path) -> Path:
     """Seconds from intent to running FL clients, one bar per cohort."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     names = [c["name"] for c in cohorts]
     ax.bar(names, [c.get("orchestration_seconds") or 0 for c in cohorts], color="tab:blue")
@@ -54,7 +46,7 @@ def plot_traffic(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
     measured = [c for c in cohorts if c.get("traffic")]
     if not measured:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     names = [c["name"] for c in measured]
     sent = [c["traffic"]["bytes_sent"] / 1e6 for c in measured]
@@ -74,8 +66,6 @@ def plot_traffic(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
 
 def plot_traffic_rate(prometheus_url: str, cohorts: list[dict[str, Any]], out: Path) -> Path | None:
     """FL traffic rate over time per cohort, from Prometheus, over the run's time window."""
-    from mlfo_toolkit.monitoring.prometheus import query_range
-
     starts = [c["created"] for c in cohorts if c.get("created")]
     ends = [c["finished"] for c in cohorts if c.get("finished")]
     if not starts or not ends:
@@ -87,7 +77,7 @@ def plot_traffic_rate(prometheus_url: str, cohorts: list[dict[str, Any]], out: P
     series = query_range(prometheus_url, promql, min(starts) - 10, max(ends) + 10, 2)
     if not series:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     t0 = min(starts)
     for item in series:
@@ -116,7 +106,7 @@ def plot_round_anatomy(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
     measured = [c for c in cohorts if any(c.get("phases") or [])]
     if not measured:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(measured), 1, figsize=(8, 2.6 * len(measured)), squeeze=False, sharex=True)
     for ax, cohort in zip(axes[:, 0], measured):
         rounds = [(i + 1, p) for i, p in enumerate(cohort["phases"]) if p]

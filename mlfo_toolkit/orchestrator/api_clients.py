@@ -1,15 +1,22 @@
-"""Southbound HTTP clients (agent, MLFO, Mo-Mo): one method per endpoint, errors with HTTP status."""
+"""HTTP clients of mlfo's own APIs (node agent, cloud MLFO's Mo-Mo, campus MLFO): one method per endpoint,
+errors carrying the HTTP status. Build them with `southbound()` (agents and the cloud, with the southbound
+token) or `campus_client()` (the intent API, with api.token); both are context managers.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import UnreachableError, ValidationError, error_for_status
+
+Client = TypeVar("Client", bound="ApiClient")
 
 
 class ApiClient:
@@ -32,6 +39,12 @@ class ApiClient:
 
     def close(self) -> None:
         self.session.close()
+
+    def __enter__(self: Client) -> Client:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         url = self.base_url.rstrip("/") + path
@@ -128,3 +141,15 @@ def _form(fields: Mapping[str, Any]) -> dict[str, str]:
             continue
         out[key] = str(value).lower() if isinstance(value, bool) else str(value)
     return out
+
+
+def southbound(kind: type[Client], address: str, config: Config, *, timeout: float | None = None, retries: int = 2) -> Client:
+    """A client of an agent or the cloud MLFO, presenting the southbound token; `timeout` defaults to
+    api.timeout_seconds. Use it as a context manager: `with southbound(AgentClient, address, config) as agent:`."""
+    return kind(address, token=config.southbound_token, timeout=timeout or config.api.timeout_seconds, retries=retries)
+
+
+def campus_client(config: Config, address: str | None = None, *, timeout: float | None = None, retries: int = 2) -> MlfoClient:
+    """A client of a campus MLFO's intent API (default: mlfo.host:mlfo.port), presenting api.token."""
+    return MlfoClient(address or f"{config.mlfo.host}:{config.mlfo.port}", token=config.api.token,
+                      timeout=timeout or config.api.timeout_seconds, retries=retries)

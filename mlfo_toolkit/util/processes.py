@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from shutil import which
 from typing import Protocol
 
 import psutil
@@ -34,8 +35,6 @@ def find_tool(name: str) -> str:
     beside = Path(sys.executable).parent / name
     if beside.exists():
         return str(beside)
-    from shutil import which
-
     found = which(name)
     if not found:
         raise MissingDependencyError(f"'{name}' is not installed", hint="run `make install`")
@@ -63,9 +62,9 @@ class ManagedProcess:
         self.name = name
         self.argv = list(argv)
         if tied:
-            # Dies with this process, even after a SIGKILL (see mlfo_toolkit.guard).
+            # Dies with this process, even after a SIGKILL (see mlfo_toolkit.util.guard).
             me = psutil.Process()
-            self.argv = [sys.executable, "-m", "mlfo_toolkit.guard", "--owner", f"{me.pid}:{me.create_time()}", "--", *self.argv]
+            self.argv = [sys.executable, "-m", "mlfo_toolkit.util.guard", "--owner", f"{me.pid}:{me.create_time()}", "--", *self.argv]
         self.log_path = log_path
         self.popen = spawn(self.argv, log_path, env=env, cwd=cwd)
         self.pid = self.popen.pid

@@ -1,0 +1,172 @@
+"""Plumbing of a running network's hosts: start a process inside one, wait for its port, its CPU limit,
+run a command there, ping between hosts, publish a host's port on loopback.
+
+Everything here takes the `NetworkState` it acts on; the network's lifecycle (`net.network`) and the
+changes to a running network (`net.changes`) are built from these.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from mlfo_toolkit.errors import MlfoError, UnreachableError, ValidationError
+from mlfo_toolkit.net.image import docker_client
+from mlfo_toolkit.net.state import NetworkState, ProcessRecord, spawn_recorded
+from mlfo_toolkit.util.linux import CFS_PERIOD_US, CGROUP_V1_CPU, read_cpu_quota, set_cpu_quota
+from mlfo_toolkit.util.processes import wait_for_port
+
+
+# --- processes inside hosts ------------------------------------------------------------------
+def spawn_in_host(
+    state: NetworkState, host: str, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None,
+    *, cpu_limited: bool = True,
+) -> ProcessRecord:
+    """Start argv in a host's namespace and (unless told not to) its CPU cgroup, without a shell; record it."""
+    record = state.host(host)
+    launcher = [sys.executable, "-m", "mlfo_toolkit.net.inhost", "--pid", str(record.pid)]
+    if record.cgroup and cpu_limited:
+        launcher += ["--cgroup", record.cgroup]
+    # In a Docker host this is the container's network namespace and its Docker CPU cgroup (what
+    # `docker update --cpus` limits), with the machine's files and /proc: the agent and the shared
+    # executor keep seeing one another's PIDs. `topo exec` enters the container's files too.
+    process = spawn_recorded([*launcher, "--", *argv], log_dir / f"{host}-{name}.log", name, host=host, env=env)
+    process.argv = list(argv)  # what runs inside the host, without the launcher
+    state.processes.append(process)
+    return process
+
+
+def listening(host_pid: int, port: int) -> bool:
+    """Whether anything listens on TCP `port` in the network namespace of `host_pid`."""
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{host_pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def wait_listening(state: NetworkState, waits: list[tuple[str, int, ProcessRecord]], timeout: float) -> None:
+    """Wait until each (host, port, process) listens; fail at once when one of the processes exits."""
+    deadline = time.monotonic() + timeout
+    pending = list(waits)
+    while pending and time.monotonic() < deadline:
+        for item in list(pending):
+            host, port, process = item
+            if listening(state.host(host).pid, port):
+                pending.remove(item)
+            elif not process.alive():
+                tail = Path(process.log or "").read_text(errors="replace").splitlines()[-5:] if process.log else []
+                raise MlfoError(f"{process.name} on {host} exited before listening on port {port}", hint="\n".join(tail))
+        time.sleep(0.3)
+    if pending:
+        raise UnreachableError(
+            f"not listening after {timeout:.0f} s: " + ", ".join(f"{h}:{p}" for h, p, _ in pending),
+            hint="see the logs under paths.state_dir/logs",
+        )
+
+
+def publish_port(state: NetworkState, host: str, ip: str, inner_port: int, outer_port: int, log_dir: Path) -> str:
+    """Relay 127.0.0.1:outer_port to ip:inner_port inside a host; recorded in the state. Returns the address."""
+    listen = f"127.0.0.1:{outer_port}"
+    relay = [sys.executable, "-m", "mlfo_toolkit.net.relay", "--listen", listen, "--pid", str(state.host(host).pid), "--target", f"{ip}:{inner_port}"]
+    state.processes.append(spawn_recorded(relay, log_dir / f"relay-{outer_port}.log", f"publish {host}:{inner_port}"))
+    state.published[f"{host}:{inner_port}"] = listen
+    wait_for_port("127.0.0.1", outer_port, 30)
+    return listen
+
+
+# --- CPU limits -----------------------------------------------------------------------------------
+def make_cgroups(state: NetworkState) -> None:
+    """One CPU cgroup per host (cgroup v1 cpu controller), recorded for removal."""
+    if not CGROUP_V1_CPU.is_dir():
+        state.warnings.append("no cgroup v1 cpu controller: CPU limits are not available")
+        return
+    parent = CGROUP_V1_CPU / f"mlfo-{state.owner_pid}"
+    parent.mkdir(exist_ok=True)
+    for host in state.hosts:
+        if host.container:
+            continue  # a Docker host's processes join its container's cgroup, which Docker limits
+        path = parent / host.name
+        path.mkdir(exist_ok=True)
+        host.cgroup = str(path)
+        state.cgroups.append(str(path))
+    state.cgroups.append(str(parent))
+
+
+def set_cpu(state: NetworkState, host: str, cpus: float | None) -> None:
+    """Limit a host to `cpus` cores (None: unlimited): its cgroup, or its container (`docker update --cpus`)."""
+    record = state.host(host)
+    if record.container:
+        quota = int(cpus * CFS_PERIOD_US) if cpus else -1
+        docker_client().containers.get(record.container).update(cpu_period=CFS_PERIOD_US, cpu_quota=quota)
+    elif record.cgroup:
+        set_cpu_quota(record.cgroup, cpus)
+    else:
+        raise MlfoError("CPU limits need the cgroup v1 cpu controller", hint="see `mlfo topo status` warnings")
+
+
+def read_cpu_limit(state: NetworkState, host: str) -> float | None:
+    """The host's CPU limit in cores (None: unlimited), as its cgroup or container holds it."""
+    record = state.host(host)
+    if record.container:
+        host_config = docker_client().containers.get(record.container).attrs["HostConfig"]
+        quota, period = host_config.get("CpuQuota") or 0, host_config.get("CpuPeriod") or CFS_PERIOD_US
+        return round(quota / period, 3) if quota > 0 else None
+    if record.cgroup:
+        return read_cpu_quota(record.cgroup)
+    raise MlfoError(f"host {host} has no CPU cgroup", hint="see `mlfo topo status` warnings")
+
+
+# --- commands inside hosts ------------------------------------------------------------------------
+def host_command(state: NetworkState, host: str, argv: Sequence[str]) -> list[str]:
+    """argv that runs a command in a host's network namespace (nsenter, no shell); in a Docker host also in its
+    mount namespace, so the command is the container's own, as with `docker exec`."""
+    record = state.host(host)
+    spaces = ["--net", "--mount"] if record.container else ["--net"]
+    return ["nsenter", "--target", str(record.pid), *spaces, "--", *argv]
+
+
+def host_exec(state: NetworkState, host: str, argv: Sequence[str], *, capture: bool = False) -> dict[str, Any]:
+    """Run a command in a host (no shell): with this terminal, or with its output captured."""
+    if not argv:
+        raise ValidationError("no command given", hint="e.g. mlfo topo exec fed.1 -- ip addr")
+    command = host_command(state, host, argv)
+    if not capture:
+        return {"node": host, "exit_code": subprocess.call(command)}
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    return {"node": host, "exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+
+def ping(state: NetworkState, source: str, destination_ip: str, timeout_s: int = 2) -> bool:
+    """One ping from a host to an address."""
+    argv = host_command(state, source, ["ping", "-c", "1", "-W", str(timeout_s), "-q", destination_ip])
+    return subprocess.run(argv, capture_output=True, timeout=timeout_s + 10, check=False).returncode == 0
+
+
+def ping_mesh(state: NetworkState, workers: int = 32, retries: int = 1) -> dict[str, Any]:
+    """Every host pings every other once, in parallel (a failed pair is retried once: ARP warm-up)."""
+    pairs = [(a.name, b.name, b.ip) for a in state.hosts for b in state.hosts if a.name != b.name]
+    started = time.monotonic()
+
+    def attempt(pair: tuple[str, str, str]) -> bool:
+        return any(ping(state, pair[0], pair[2]) for _ in range(1 + retries))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(attempt, pairs))
+    failed = [[a, b] for (a, b, _), ok in zip(pairs, results) if not ok]
+    return {
+        "pairs": len(pairs),
+        "loss_percent": round(100.0 * len(failed) / len(pairs), 2) if pairs else 0.0,
+        "failed": failed,
+        "seconds": round(time.monotonic() - started, 2),
+    }

@@ -1,0 +1,384 @@
+"""The campus MLFO: intents in, an FL server from the cloud MLFO, the cohort's clients started, the run
+followed (`orchestrator.watch`) until it ends."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, NotFoundError, UnreachableError, ValidationError
+from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.monitoring.metrics import DeploymentStates, MlfoMetrics
+from mlfo_toolkit.orchestrator.api_clients import AgentClient, MomoClient, southbound
+from mlfo_toolkit.orchestrator.cohorts import client_range
+from mlfo_toolkit.orchestrator.deployments import DeploymentTable
+from mlfo_toolkit.orchestrator.intents import Catalog, Intent, MomoConstraints, Pipeline, build_momo_intent
+from mlfo_toolkit.orchestrator.records import ClientRecord, ClientRestart, Deployment, DeploymentParams, ServerRecord
+from mlfo_toolkit.orchestrator.store import Store
+from mlfo_toolkit.orchestrator.watch import DeploymentWatch
+from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX, safe_name
+from mlfo_toolkit.util.stats import spread
+
+log = logging.getLogger(__name__)
+
+# An agent answers /cli once its SuperNode is up, the cloud answers /momo/deploy once the SuperLink
+# is: under load (50 clients starting on 2 cores) both take a while.
+CLIENT_START_TIMEOUT = 130.0
+MOMO_DEPLOY_TIMEOUT = 90.0
+MOMO_ATTEMPTS = 3
+
+
+class ReceiveParams(BaseModel):
+    """The prototype's /receive form fields, typed; `name` is mlfo's addition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ipstart: int | None = Field(None, ge=0, le=255)
+    cohortsize: int = Field(1, ge=1, le=10_000)
+    sameserver: StrictBool = False
+    avgalgo: str | None = None
+    fracfit: float | None = Field(None, gt=0, le=1)
+    minfit: int | None = Field(None, ge=1, le=10_000)
+    minav: int | None = Field(None, ge=1, le=10_000)
+    numround: int | None = Field(None, ge=1, le=10_000)
+    name: str | None = Field(None, max_length=NAME_MAX, pattern=NAME_PATTERN)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    roundtimeout: float | None = Field(None, gt=0, le=86_400)
+
+    @field_validator("minfit", "minav")
+    @classmethod
+    def _fits_the_cohort(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # A shared server also counts the previous cohort's clients, so only a cohort of its own is bounded.
+        size, shared = info.data.get("cohortsize"), info.data.get("sameserver")
+        if value is not None and size is not None and not shared and value > size:
+            raise ValueError(f"{value} exceeds cohortsize={size}: the run could never start")
+        return value
+
+    @field_validator("sameserver", mode="before")
+    @classmethod
+    def _form_bool(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        return value
+
+
+class Admission:
+    """Refuses a cohort whose estimated memory exceeds what is left (per-client costs measured for this design)."""
+
+    def __init__(self, config: Config, table: DeploymentTable) -> None:
+        self.config = config
+        self.table = table
+        self.lock = threading.Lock()
+
+    def estimate(self, cohortsize: int, sameserver: bool) -> int:
+        cfg = self.config.mlfo
+        return cohortsize * cfg.client_memory_mb + (0 if sameserver else cfg.server_memory_mb)
+
+    def check(self, name: str, need_mb: int, cohortsize: int, sameserver: bool) -> None:
+        cfg = self.config.mlfo
+        if cfg.client_memory_mb == 0:
+            return
+        starting = [r for r in self.table.all() if r.state in ("planned", "deploying")]
+        promised = sum(int(r.memory_mb or 0) for r in starting)
+        available = psutil.virtual_memory().available // 2**20
+        if need_mb + promised + cfg.memory_reserve_mb <= available:
+            return
+        server = "" if sameserver else f" + FL server {cfg.server_memory_mb} MB"
+        raise CapacityError(
+            f"cohort '{name}' needs about {need_mb} MB ({cohortsize} clients x {cfg.client_memory_mb} MB{server}); "
+            f"MemAvailable is {available} MB, of which {promised} MB is promised to {len(starting)} deployment(s) "
+            f"still starting and {cfg.memory_reserve_mb} MB is kept free",
+            hint="send a smaller cohort, wait for running cohorts to finish, or change mlfo.client_memory_mb / "
+            "mlfo.memory_reserve_mb if your measurements differ",
+        )
+
+
+class CampusMlfo:
+    """Receives user intents, asks the cloud MLFO for an FL server, starts the cohort's clients, follows the run."""
+
+    def __init__(self, config: Config, store: Store, catalog: Catalog | None = None) -> None:
+        self.config = config
+        self.table = DeploymentTable(store)
+        self.catalog = catalog or Catalog.load(config.mlfo.catalog)
+        self.metrics = MlfoMetrics("campus")
+        self.metrics.add(DeploymentStates(self.table.states))
+        self.admission = Admission(config, self.table)
+        self.watch = DeploymentWatch(config, self.table, self._finish)
+        # Starting a client starts a Python process that imports Flower: a few at a time, machine-wide.
+        self._start_slots = threading.BoundedSemaphore(config.mlfo.start_concurrency)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._restarting: set[tuple[str, int]] = set()
+        self._recover()
+
+    # --- intents in ----------------------------------------------------------------------------
+    def receive(self, intent: Intent, params: ReceiveParams) -> dict[str, Any]:
+        """Validate an intent and its cohort parameters, record the deployment, deploy in the background."""
+        self.metrics.intents.labels("campus").inc()
+        pipeline = self.catalog.resolve(intent)
+        if not pipeline.federated:
+            raise ValidationError(
+                "this intent does not ask for federated learning; the MLFO orchestrates FL pipelines only",
+                field="targets[0].constraints.privacylevel",
+                hint="set 'privacylevel: high' in the target's constraints",
+            )
+        fl = self.config.fl
+        strategy = canonical_strategy(params.avgalgo or fl.strategy, "avgalgo")
+        ipstart = params.ipstart if params.ipstart is not None else self.config.ip_plan.first_client_octet
+        clients = client_range(self.config, ipstart, params.cohortsize)
+        name = params.name or safe_name(intent.intentID)
+        memory_mb = self.admission.estimate(params.cohortsize, params.sameserver)
+        now = time.time()
+        record = Deployment(
+            id=uuid.uuid4().hex[:12],
+            name=name,
+            intent_id=intent.intentID,
+            intent=intent.model_dump(),
+            pipeline=pipeline.to_dict(),
+            params=DeploymentParams(
+                ipstart=ipstart, cohortsize=params.cohortsize, sameserver=params.sameserver, strategy=strategy,
+                fraction_fit=params.fracfit or fl.fraction_fit, min_fit=params.minfit or fl.min_fit,
+                min_available=params.minav or fl.min_available, rounds=params.numround or fl.rounds,
+                seed=params.seed, round_timeout=params.roundtimeout,
+            ),
+            state="planned", created=now, updated=now,
+            clients=[ClientRecord(agent=a, part=i) for i, a in enumerate(clients)],
+            memory_mb=memory_mb,
+        )
+        with self.admission.lock:
+            self.admission.check(name, memory_mb, params.cohortsize, params.sameserver)
+            self.table.add(record)
+        self._spawn(self._deploy, record.id)
+        return {"id": record.id, "state": "planned", "name": record.name}
+
+    # --- reading -------------------------------------------------------------------------------
+    def deployments(self) -> list[Deployment]:
+        return self.table.all()
+
+    def deployment(self, deployment_id: str) -> Deployment:
+        return self.table.get(deployment_id)
+
+    def deployment_page(self, *, limit: int = 100, offset: int = 0, state: str | None = None,
+                        summary: bool = False) -> dict[str, Any]:
+        return self.table.page(limit=limit, offset=offset, state=state, summary=summary)
+
+    # --- a running deployment stopped ----------------------------------------------------------
+    def stop_deployment(self, deployment_id: str) -> dict[str, Any]:
+        """End a running deployment now: its clients and server stop, it shows failed, 'stopped on request'."""
+        record = self.table.get(deployment_id)
+        if record.state != "running":
+            raise ConflictError(f"deployment {deployment_id} is {record.state}: only a running deployment stops",
+                                hint="a deploying one can be stopped once it runs")
+        self._finish(deployment_id, "failed", "stopped on request")
+        return {"deployment": deployment_id, "state": self.table.get(deployment_id).state}
+
+    # --- a lost client started again ---------------------------------------------------------
+    def restart_client(self, deployment_id: str, part: int) -> dict[str, Any]:
+        """Start a new SuperNode for client `part` of a running deployment whose SuperNode is gone (lost).
+
+        It joins the running FL server; Flower samples it from the next round on."""
+        record = self.table.get(deployment_id)
+        client = record.client(part)
+        if client is None:
+            raise NotFoundError(f"deployment {deployment_id} has no client part {part} (parts 0-{len(record.clients) - 1})")
+        if record.state != "running":
+            raise ConflictError(f"deployment {deployment_id} is {record.state}: only a running deployment's clients restart")
+        with self.table.lock:
+            if client.state not in ("lost", "failed"):
+                raise ConflictError(f"client part {part} is {client.state}: only a lost or failed client restarts",
+                                    hint="wait until the MLFO sees it lost (GET /deployments/ID)")
+            if (deployment_id, part) in self._restarting:
+                raise ConflictError(f"client part {part} is already being restarted")
+            self._restarting.add((deployment_id, part))
+        requested = time.time()
+        assert record.server is not None  # a running deployment has its server
+        try:
+            with southbound(AgentClient, client.agent, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as agent:
+                answer = agent.start_client(client_fields(record, part, record.server.server))
+        finally:
+            with self.table.lock:
+                self._restarting.discard((deployment_id, part))
+        with self.table.edit(deployment_id) as live:
+            entry = live.clients[part]
+            earlier = ClientRestart(restarted_at=requested, name=entry.name, pid=entry.pid, lost_at=entry.lost_at,
+                                    lost_reason=entry.lost_reason, error=entry.error)
+            entry.state, entry.name, entry.pid, entry.since = "running", _text(answer.get("client")), _number(answer.get("pid")), time.time()
+            entry.error = entry.lost_at = entry.lost_reason = None
+            entry.restarts.append(earlier)
+            restarted = entry.model_copy()
+        log.info("client part %d of %s restarted on %s", part, deployment_id, restarted.agent)
+        return {"deployment": deployment_id, "part": part, "agent": restarted.agent, "client": restarted.name,
+                "pid": restarted.pid, "seconds": round(time.time() - requested, 3)}
+
+    # --- the deployment itself -----------------------------------------------------------------
+    def _spawn(self, target: Callable[[str], None], deployment_id: str) -> None:
+        thread = threading.Thread(target=target, args=(deployment_id,), daemon=True, name=f"{target.__name__}-{deployment_id}")
+        self._threads.append(thread)
+        thread.start()
+
+    def _recover(self) -> None:
+        """After a restart: resume watching running deployments, fail the half-deployed ones."""
+        for record in self.table.all():
+            if record.state == "running":
+                self._spawn(self.watch.follow, record.id)
+            elif record.state in ("planned", "deploying"):
+                self.table.update(record.id, state="failed", reason="the MLFO restarted while deploying; send the intent again")
+                # What the half-made deployment holds (a cloud allocation, SuperLink, SuperNodes) is freed.
+                self._spawn(self._abandon, record.id)
+
+    def _deploy(self, deployment_id: str) -> None:
+        started = time.monotonic()
+        record = self.table.update(deployment_id, state="deploying")
+        params, pipeline = record.params, record.pipeline
+        try:
+            constraints = MomoConstraints(
+                sourcekind=pipeline["source"], modelkind=pipeline["model"], avgalgo=params.strategy,
+                fracfit=params.fraction_fit, minfit=params.min_fit, minav=params.min_available, numround=params.rounds,
+                sameserv=params.sameserver, deployment=deployment_id, cohort=record.name, seed=params.seed,
+                roundtimeout=params.round_timeout,
+            )
+            momo = build_momo_intent(record.intent_id, Pipeline(**pipeline), constraints)
+            answer = self._momo_deploy(momo.model_dump())
+            server = ServerRecord(server=answer["server"], agent=answer["agent"], shared_with=answer.get("shared_with"),
+                                  pid=answer.get("pid"))
+            record = self.table.update(deployment_id, server=server)
+            self._start_clients(record, server.server, started)
+            record = self.table.get(deployment_id)
+            failed = [c for c in record.clients if c.state == "failed"]
+            usable = len(record.clients) - len(failed)
+            elapsed = time.monotonic() - started
+            log.info("HTTP Intent took %.3f s (deployment %s)", elapsed, deployment_id)
+            if usable < params.min_available:
+                raise MlfoError(
+                    f"only {usable} of {len(record.clients)} clients started, the run needs {params.min_available}: "
+                    + "; ".join(f"{c.agent}: {c.error}" for c in failed)
+                )
+            self.metrics.orchestration.labels("campus").observe(elapsed)
+            ready = [c.ready_seconds for c in record.clients if c.ready_seconds is not None]
+            self.table.update(deployment_id, state="running", orchestration_seconds=elapsed, client_ready_seconds=spread(ready))
+        except MlfoError as err:
+            self._finish(deployment_id, "failed", err.message)
+            return
+        except Exception as err:  # never let a deployment thread die silently
+            log.exception("deployment %s failed", deployment_id)
+            self._finish(deployment_id, "failed", f"internal error: {err}")
+            return
+        self.watch.follow(deployment_id)
+
+    def _momo_deploy(self, momo: dict[str, Any]) -> dict[str, Any]:
+        """Ask the cloud MLFO for an FL server; a lost answer is asked again (deploy is idempotent per deployment)."""
+        timeout = max(self.config.api.timeout_seconds, MOMO_DEPLOY_TIMEOUT)
+        with southbound(MomoClient, self.config.mlfo.cloud, self.config, timeout=timeout) as cloud:
+            for attempt in range(1, MOMO_ATTEMPTS + 1):
+                try:
+                    server: dict[str, Any] = cloud.deploy(momo)
+                    self.metrics.momo.labels("campus", "ok").inc()
+                    return server
+                except UnreachableError as err:
+                    self.metrics.momo.labels("campus", "error").inc()
+                    if attempt == MOMO_ATTEMPTS or self._stopping.is_set():
+                        raise
+                    log.warning("Mo-Mo deploy attempt %d: %s; asking again", attempt, err.message)
+                    time.sleep(2.0 * attempt)
+                except MlfoError:
+                    self.metrics.momo.labels("campus", "error").inc()
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_clients(self, record: Deployment, server: str, started: float) -> None:
+        """Start the cohort's clients through a machine-wide pool; record when each one was up."""
+        timeout = max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)
+
+        def start_one(client: ClientRecord) -> None:
+            changes: dict[str, Any]
+            with self._start_slots:
+                if self._stopping.is_set():
+                    changes = {"state": "failed", "error": "the MLFO is stopping"}
+                else:
+                    try:
+                        with southbound(AgentClient, client.agent, self.config, timeout=timeout) as agent:
+                            answer = agent.start_client(client_fields(record, client.part, server))
+                        changes = {"state": "running", "name": _text(answer.get("client")), "pid": _number(answer.get("pid")),
+                                   "since": time.time(), "ready_seconds": round(time.monotonic() - started, 3)}
+                    except MlfoError as err:
+                        changes = {"state": "failed", "error": err.message}
+            with self.table.edit(record.id) as live:
+                entry = live.clients[client.part]
+                for key, value in changes.items():
+                    setattr(entry, key, value)
+
+        with ThreadPoolExecutor(max_workers=self.config.mlfo.start_concurrency, thread_name_prefix="start") as pool:
+            list(pool.map(start_one, record.clients))
+
+    def _finish(self, deployment_id: str, state: str, reason: str | None) -> None:
+        with self.table.lock:
+            record = self.table.get(deployment_id)
+            if record.ended:
+                return  # ended already (stopped on request while its watcher looked): the first end stands
+            record = self.table.update(deployment_id, state=state, reason=reason, finished=time.time())
+        log.info("deployment %s %s%s", deployment_id, state, f": {reason}" if reason else "")
+        # Stop this deployment's FL processes and free the server (best effort).
+        for client in record.clients:
+            if client.state in ("running", "lost"):
+                try:
+                    with southbound(AgentClient, client.agent, self.config) as agent:
+                        agent.stop(deployment_id)
+                except MlfoError as err:
+                    log.warning("could not stop client %s: %s", client.agent, err.message)
+        if record.server is not None:
+            try:
+                with southbound(MomoClient, self.config.mlfo.cloud, self.config) as cloud:
+                    cloud.release(deployment_id)
+            except MlfoError as err:
+                log.warning("could not release the FL server of %s: %s", deployment_id, err.message)
+
+    def _abandon(self, deployment_id: str) -> None:
+        """Stop whatever a deployment interrupted by a restart may have started, and free its server."""
+        record = self.table.get(deployment_id)
+        for client in record.clients:
+            if client.state == "planned":
+                continue
+            try:
+                with southbound(AgentClient, client.agent, self.config, retries=0) as agent:
+                    agent.stop(deployment_id)
+            except MlfoError as err:
+                log.warning("could not stop client %s of %s: %s", client.agent, deployment_id, err.message)
+        try:
+            with southbound(MomoClient, self.config.mlfo.cloud, self.config) as cloud:
+                cloud.release(deployment_id)
+        except NotFoundError:
+            pass  # the cloud never allocated a server for it
+        except MlfoError as err:
+            log.warning("could not release the FL server of %s: %s", deployment_id, err.message)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self.watch.stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+def client_fields(record: Deployment, part: int, server: str) -> dict[str, Any]:
+    """The agent's /cli fields for client `part` of a deployment."""
+    return {"source": record.pipeline["source"], "model": record.pipeline["model"], "server": server,
+            "cohsize": record.params.cohortsize, "part": part, "deployment": record.id, "cohort": record.name,
+            "seed": record.params.seed}
+
+
+def _text(value: Any) -> str | None:
+    """A name an agent answered, as text whatever it sent."""
+    return None if value is None else str(value)
+
+
+def _number(value: Any) -> int | None:
+    """A PID an agent answered, or None if it is not a whole number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,150 @@
+"""The MLFOs' records, typed: a deployment with its clients, FL server and rounds, and a cloud allocation.
+
+They are kept in the store and served by the APIs as JSON (`to_json()`), in the same shape the
+prototype-era dictionaries had; unknown keys of older records are kept (`extra="allow"`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DeploymentState = Literal["planned", "deploying", "running", "done", "failed"]
+DEPLOYMENT_STATES: tuple[DeploymentState, ...] = ("planned", "deploying", "running", "done", "failed")
+TERMINAL_STATES: tuple[DeploymentState, ...] = ("done", "failed")
+# planned: not started yet; starting: its agent was asked; running; lost: its SuperNode or agent is gone;
+# failed: it never started; stopped: its deployment ended and it was stopped.
+ClientState = Literal["planned", "starting", "running", "lost", "failed", "stopped"]
+
+
+class Record(BaseModel):
+    """Base of every record: plain JSON in and out, unknown keys of older versions kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class ClientRestart(Record):
+    """A lost client started again: what it was before, and when it was restarted."""
+
+    restarted_at: float
+    name: str | None = None
+    pid: int | None = None
+    lost_at: float | None = None
+    lost_reason: str | None = None
+    error: str | None = None
+
+
+class ClientRecord(Record):
+    """One FL client of a deployment: the agent that runs it and its SuperNode."""
+
+    agent: str
+    part: int
+    state: ClientState = "planned"
+    error: str | None = None
+    name: str | None = None  # the agent's name for it (also its registration with the shared executor)
+    pid: int | None = None  # its SuperNode
+    since: float | None = None
+    ready_seconds: float | None = None
+    lost_at: float | None = None
+    lost_reason: str | None = None
+    silent_since: float | None = None  # its agent has not answered since then
+    restarts: list[ClientRestart] = Field(default_factory=list)
+
+
+class FlRound(Record):
+    """One finished FL round as the FL server reported it (accuracy and loss on the held-out split)."""
+
+    round: int
+    loss: float | None = None
+    accuracy: float | None = None
+    time: float | None = None
+    sampled: int | None = None
+    results: int | None = None
+    failures: int | None = None
+    phases: dict[str, float] | None = None
+
+    @property
+    def short(self) -> bool:
+        """Fewer results than clients sampled."""
+        return self.sampled is not None and (self.results or 0) < self.sampled
+
+
+class ServerRecord(Record):
+    """The FL server the cloud MLFO gave a deployment."""
+
+    server: str  # HOST:PORT clients connect to
+    agent: str
+    shared_with: str | None = None
+    pid: int | None = None
+
+
+class DeploymentParams(Record):
+    """What the FL run was asked to be (the /receive form with the config's defaults filled in)."""
+
+    ipstart: int
+    cohortsize: int
+    sameserver: bool = False
+    strategy: str
+    fraction_fit: float
+    min_fit: int
+    min_available: int
+    rounds: int
+    seed: int | None = None  # None: the agents' fl.seed
+    round_timeout: float | None = None  # None: the agents' fl.round_timeout
+
+
+class Deployment(Record):
+    """One intent's deployment on the campus MLFO: an FL server, its clients, and the run's rounds."""
+
+    id: str
+    name: str
+    intent_id: str
+    intent: dict[str, Any]
+    pipeline: dict[str, Any]
+    params: DeploymentParams
+    state: DeploymentState
+    reason: str | None = None
+    created: float
+    updated: float
+    server: ServerRecord | None = None
+    clients: list[ClientRecord] = Field(default_factory=list)
+    rounds: list[FlRound] = Field(default_factory=list)
+    initial: dict[str, Any] | None = None  # the initial model's evaluation (round 0)
+    traffic: dict[str, Any] | None = None
+    short_rounds: list[int] = Field(default_factory=list)
+    orchestration_seconds: float | None = None
+    client_ready_seconds: dict[str, float | None] | None = None
+    finished: float | None = None
+    memory_mb: int | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def client(self, part: int) -> ClientRecord | None:
+        return next((c for c in self.clients if c.part == part), None)
+
+    def summary(self) -> dict[str, Any]:
+        """The short form of `GET /deployments?view=summary`."""
+        return {
+            **{k: getattr(self, k) for k in ("id", "name", "intent_id", "state", "reason", "created", "updated", "finished")},
+            "clients": len(self.clients),
+            "rounds": len(self.rounds),
+            "accuracy": self.rounds[-1].accuracy if self.rounds else None,
+        }
+
+
+class Allocation(Record):
+    """An FL server of the cloud MLFO's pool given to a deployment (or shared with an earlier one)."""
+
+    deployment: str
+    agent: str
+    server: str | None = None
+    active: bool = True
+    intent_id: str = ""
+    created: float
+    shares: str | None = None  # the deployment whose server this one shares

@@ -1,0 +1,108 @@
+"""Following a running deployment: its FL server's rounds from the server's agent, its clients from theirs.
+
+A client whose SuperNode exited, or whose agent stays silent for `mlfo.lost_after_seconds`, is marked
+lost; the deployment ends when the FL run ends, or fails when the FL server is gone or silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import MlfoError
+from mlfo_toolkit.orchestrator.api_clients import AgentClient, southbound
+from mlfo_toolkit.orchestrator.deployments import DeploymentTable
+from mlfo_toolkit.orchestrator.records import TERMINAL_STATES, ClientRecord, FlRound
+
+log = logging.getLogger(__name__)
+
+Finish = Callable[[str, str, "str | None"], None]
+
+
+class DeploymentWatch:
+    """The campus MLFO's watch over running deployments; `follow(id)` runs until that deployment ends."""
+
+    def __init__(self, config: Config, table: DeploymentTable, finish: Finish) -> None:
+        self.config = config
+        self.table = table
+        self.finish = finish
+        self.stopping = threading.Event()
+
+    def follow(self, deployment_id: str) -> None:
+        """Follow the FL run on the server's agent until it ends; record rounds and lost clients as they come."""
+        cfg = self.config.mlfo
+        last_contact = time.monotonic()
+        next_client_check = time.monotonic() + cfg.client_check_seconds
+        timeout = min(self.config.api.timeout_seconds, cfg.lost_after_seconds / 2)
+        while not self.stopping.wait(cfg.poll_seconds):
+            record = self.table.get(deployment_id)
+            if record.ended or record.server is None:
+                return
+            try:
+                with southbound(AgentClient, record.server.agent, self.config, timeout=timeout, retries=0) as agent:
+                    status = agent.status()
+                last_contact = time.monotonic()
+            except MlfoError as err:
+                silent = time.monotonic() - last_contact
+                if silent >= cfg.lost_after_seconds:
+                    self.finish(deployment_id, "failed",
+                                f"lost contact with the FL server's agent {record.server.agent} for {silent:.0f} s: {err.message}")
+                    return
+                continue
+            server = status.get("server") or {}
+            if server.get("address") != record.server.server:
+                self.finish(deployment_id, "failed", "the FL server is no longer running on its agent")
+                return
+            rounds = [FlRound.model_validate(r) for r in server.get("rounds", [])]
+            self.table.update(deployment_id, rounds=rounds, initial=server.get("initial"), traffic=server.get("traffic"),
+                              short_rounds=[r.round for r in rounds if r.short])
+            if time.monotonic() >= next_client_check:
+                self.check_clients(deployment_id)
+                next_client_check = time.monotonic() + cfg.client_check_seconds
+            if server.get("state") in TERMINAL_STATES:
+                self.finish(deployment_id, server["state"], server.get("reason"))
+                return
+
+    def check_clients(self, deployment_id: str) -> None:
+        """Ask each client's agent about its SuperNode; a gone one (or a silent agent) shows `lost`."""
+        clients = self.table.get(deployment_id).clients
+        timeout = min(self.config.api.timeout_seconds, self.config.mlfo.lost_after_seconds / 2)
+
+        def check(client: ClientRecord) -> None:
+            if client.state not in ("running", "lost") or client.lost_reason == "exited":
+                return
+            try:
+                with southbound(AgentClient, client.agent, self.config, timeout=timeout, retries=0) as agent:
+                    status = agent.status()
+            except MlfoError as err:
+                if client.silent_since is None:
+                    client.silent_since = time.time()
+                silent = time.time() - client.silent_since
+                if silent >= self.config.mlfo.lost_after_seconds and client.state != "lost":
+                    _lost(client, "unreachable", f"its agent has not answered for {silent:.0f} s: {err.message}")
+                return
+            client.silent_since = None
+            mine: dict[str, Any] | None = next((c for c in status.get("clients", []) if c.get("name") == client.name), None)
+            if mine is None:
+                _lost(client, "exited", "its agent no longer runs this client (agent restarted?)")
+            elif mine.get("state") != "running":
+                _lost(client, "exited", f"its SuperNode exited with code {mine.get('returncode')}: {mine.get('log_tail') or ''}".strip())
+            elif client.state == "lost":
+                client.state, client.error, client.lost_at, client.lost_reason = "running", None, None, None
+
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="check") as pool:
+            list(pool.map(check, clients))
+        with self.table.edit(deployment_id) as record:
+            if record.ended:
+                return
+            # A client restarted while the agents were asked keeps its new record.
+            record.clients = [checked if checked.name == fresh.name else fresh for checked, fresh in zip(clients, record.clients)]
+
+
+def _lost(client: ClientRecord, reason: str, error: str) -> None:
+    client.state, client.lost_at, client.lost_reason, client.error = "lost", time.time(), reason, error

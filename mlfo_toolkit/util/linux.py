@@ -1,0 +1,70 @@
+"""Linux primitives mlfo's hosts are made of: network namespaces (setns) and cgroup v1 CPU limits."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+# The cgroup v1 cpu controller: CFS quotas are how a host's CPU share is limited.
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+CFS_PERIOD_US = 100_000
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2) of the calling thread into the namespace open as `fd`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, nstype) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
+
+
+def enter_network_namespace(pid: int) -> None:
+    """setns(2) into the network namespace of `pid` (the calling thread; call before any threads)."""
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        setns(fd, CLONE_NEWNET)
+    except OSError as err:
+        raise OSError(err.errno, f"setns into the net namespace of {pid}: {err.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def namespace_inode(pid: int | str) -> int:
+    """The inode of a process's network namespace: two processes share a namespace when theirs match."""
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+def join_cgroup(directory: str) -> None:
+    """Move the calling process into a cgroup (its CPU limit applies from now on)."""
+    with open(os.path.join(directory, "cgroup.procs"), "w", encoding="ascii") as procs:
+        procs.write(str(os.getpid()))
+
+
+def cpu_cgroup(pid: int | str) -> str | None:
+    """The cgroup v1 cpu directory of `pid`, or None without one."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            directory = CGROUP_V1_CPU / path.lstrip("/")
+            return str(directory) if directory.is_dir() else None
+    return None
+
+
+def set_cpu_quota(cgroup: str, cpus: float | None) -> None:
+    """CFS quota of `cpus` cores on a cgroup (None: unlimited)."""
+    directory = Path(cgroup)
+    (directory / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+    (directory / "cpu.cfs_quota_us").write_text(str(int(cpus * CFS_PERIOD_US)) if cpus else "-1")
+
+
+def read_cpu_quota(cgroup: str) -> float | None:
+    """A cgroup's CPU limit in cores (None: unlimited)."""
+    quota = int((Path(cgroup) / "cpu.cfs_quota_us").read_text())
+    period = int((Path(cgroup) / "cpu.cfs_period_us").read_text())
+    return round(quota / period, 3) if quota > 0 else None
