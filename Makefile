@@ -9,7 +9,7 @@ SYSTEM_PACKAGES := mininet openvswitch-switch iperf3 ethtool iputils-ping iprout
 CONTAINERNET_WHEEL := vendor/containernet/mininet-3.0-py3-none-any.whl
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
-.PHONY: demo test install install-test system ovs docker lint clean
+.PHONY: demo test check install install-test system ovs docker lint lint-tools clean
 
 demo: install
 	$(BIN)/mlfo demo
@@ -56,10 +56,18 @@ docker:
 	for i in $$(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 1; done; \
 	docker info >/dev/null 2>&1 && echo "Docker engine started (log: /var/log/mlfo-dockerd.log)"; fi
 
-lint: install-test
-	$(BIN)/python -m pip install --quiet ruff mypy types-PyYAML types-requests types-psutil
+# The fast loop while working: unit tests and lint, no root, no network, no Flower run (under 2 min).
+check: install-test lint-tools
+	$(BIN)/python -m pytest tests/unit -q
 	$(BIN)/ruff check mlfo_toolkit tests bench
 	$(BIN)/mypy mlfo_toolkit
+
+lint: install-test lint-tools
+	$(BIN)/ruff check mlfo_toolkit tests bench
+	$(BIN)/mypy mlfo_toolkit
+
+lint-tools: $(BIN)/python
+	@$(BIN)/python -m pip install --quiet ruff mypy types-PyYAML types-requests types-psutil
 
 clean:
 	rm -rf $(VENV) .pytest_cache

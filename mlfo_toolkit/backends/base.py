@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from mlfo_toolkit.config import Config
 
 BackendKind = Literal["loopback", "network", "attached"]
+Started = TypeVar("Started", bound="StartedBackend")
 
 
 class Backend(Protocol):
@@ -22,7 +23,29 @@ class Backend(Protocol):
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None: ...
 
 
-class AttachedBackend:
+class StartedBackend:
+    """A backend whose block starts what it needs (`start()`) and stops exactly that (`close()`), also when
+    starting fails half-way."""
+
+    def __enter__(self: Started) -> Started:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start what the backend needs."""
+
+    def close(self) -> None:
+        """Stop what `start()` started (and nothing else)."""
+
+
+class AttachedBackend(StartedBackend):
     """MLFOs that already run (`mlfo serve`, a network up since earlier): nothing to start or stop."""
 
     kind: BackendKind = "attached"
@@ -30,9 +53,3 @@ class AttachedBackend:
     def __init__(self, config: Config, campus: str) -> None:
         self.config = config
         self.campus = campus
-
-    def __enter__(self) -> AttachedBackend:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        return None

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import TracebackType
 
-from mlfo_toolkit.backends.base import BackendKind
+from mlfo_toolkit.backends.base import BackendKind, StartedBackend
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import NeedsRootError, ValidationError
 from mlfo_toolkit.net.network import detach_network, network_down
@@ -24,7 +23,7 @@ def published_campus(state: NetworkState, config: Config) -> str:
     return published
 
 
-class EmulatedBackend:
+class EmulatedBackend(StartedBackend):
     """The emulated network; `topology` (a file or shipped name, its parameters and builder) is brought up
     when no network runs, and then taken down when the block ends."""
 
@@ -38,7 +37,7 @@ class EmulatedBackend:
         self.started_here = False
         self.campus = ""
 
-    def __enter__(self) -> EmulatedBackend:
+    def start(self) -> None:
         if os.geteuid() != 0:
             raise NeedsRootError("the emulated network needs root (namespaces, Open vSwitch, cgroups)", hint="run it with sudo")
         state_dir = Path(self.config.paths.state_dir)
@@ -47,15 +46,7 @@ class EmulatedBackend:
             detach_network(self.config, topology=self.topology, cohorts=None, params=self.params, backend=self.builder,
                            controller=None, progress=self.progress)
             self.started_here = True
-        try:
-            self.campus = published_campus(load_state(state_dir), self.config)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+        self.campus = published_campus(load_state(state_dir), self.config)
 
     def close(self) -> None:
         if self.started_here:

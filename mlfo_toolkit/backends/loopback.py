@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from mlfo_toolkit.agent.node import NodeAgent
-from mlfo_toolkit.backends.base import BackendKind
+from mlfo_toolkit.backends.base import BackendKind, StartedBackend
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.fl.executor import start_executor
 from mlfo_toolkit.http.routes import agent_app, campus_app, cloud_app
-from mlfo_toolkit.http.server import HttpServer
+from mlfo_toolkit.http.server import HttpServer, close_all
 from mlfo_toolkit.monitoring.prometheus import write_targets
 from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.cloud import CloudMlfo
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 
 
-class LoopbackBackend:
+class LoopbackBackend(StartedBackend):
     """`servers` FL server agents and `clients` FL client agents on loopback, with both MLFOs."""
 
     kind: BackendKind = "loopback"
@@ -46,17 +45,6 @@ class LoopbackBackend:
         self.target_files: list[Path] = []
         self.executor: ManagedProcess | None = None
         self._labels: list[tuple[str, str, str]] = []
-
-    def __enter__(self) -> LoopbackBackend:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
 
     def _agent(self, name: str, fl_port: int, role: str) -> str:
         config = self.config.with_overrides({"agent.host": LOOPBACK, "agent.port": 0, "agent.fl_server_port": fl_port})
@@ -96,13 +84,10 @@ class LoopbackBackend:
         self.http.append(campus_server)
         self.campus = campus_server.address
         # Where Prometheus (`mlfo monitor up`, loopback mode) finds this run's services.
-        self.target_files.append(write_targets(self.config, "mlfo-demo", [
-            {"targets": [cloud_server.address], "labels": {"role": "cloud-mlfo", "host": "cloud.0"}},
-            {"targets": [campus_server.address], "labels": {"role": "campus-mlfo", "host": "mo.1"}},
-        ]))
-        self.target_files.append(write_targets(self.config, "agent-demo", [
-            {"targets": [address], "labels": {"role": role, "host": name}} for address, role, name in self._labels
-        ]))
+        mlfos = [(cloud_server.address, "cloud-mlfo", "cloud.0"), (campus_server.address, "campus-mlfo", "mo.1")]
+        for name, services in (("mlfo-demo", mlfos), ("agent-demo", self._labels)):
+            groups = [{"targets": [address], "labels": {"role": role, "host": host}} for address, role, host in services]
+            self.target_files.append(write_targets(self.config, name, groups))
         # The campus config is what cohorts are sent with: its IP plan names the client agents.
         self.config = campus_config
 
@@ -110,7 +95,8 @@ class LoopbackBackend:
         """Stop everything, each piece even when another one fails to stop (nothing is left running)."""
         for path in self.target_files:
             path.unlink(missing_ok=True)
-        steps: list[Any] = [*(c.close for c in self.cores), *(a.close for a in self.agents), *(s.close for s in self.http),
+        servers = list(self.http)
+        steps: list[Any] = [*(c.close for c in self.cores), *(a.close for a in self.agents), lambda: close_all(servers),
                             *(s.close for s in self.stores)]
         if self.executor is not None:
             steps.append(self.executor.stop)

@@ -19,6 +19,7 @@ every process of an emulated network shares the host's clock) in their reply's m
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class RoundRecord:
     previous_poll: dict[str, float] = field(default_factory=dict)
     client_times: dict[str, tuple[float, float]] = field(default_factory=dict)  # reply id -> train start/end
     aggregate: tuple[float, float] = (0.0, 0.0)
+    stalled: bool = False  # a reply pull outlived the round's timeout
 
     def phases(self, evaluate_started: float, evaluate_ended: float) -> dict[str, float]:
         """Seconds per phase; they add up to the round's wall time."""
@@ -64,6 +66,27 @@ class RoundRecord:
         total = max(0.0, evaluate_ended - self.started)
         out["idle"] = max(0.0, total - sum(out.values()))
         return {k: round(v, 4) for k, v in out.items()}
+
+
+class _Pull(threading.Thread):
+    """One `grid.pull_messages` call in a daemon thread, so that a round can stop waiting for it."""
+
+    def __init__(self, grid: Any, ids: set[str]) -> None:
+        super().__init__(daemon=True, name="pull-replies")
+        self.grid, self.ids = grid, set(ids)
+        self.found: list[Message] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.found = list(self.grid.pull_messages(self.ids))
+        except BaseException as err:  # handed to the round's thread
+            self.error = err
+
+    def replies(self) -> list[Message]:
+        if self.error is not None:
+            raise self.error
+        return self.found
 
 
 class RoundClock:
@@ -128,7 +151,17 @@ class RoundClock:
         replies: list[Message] = []
         previous = push_end
         while pending:
-            found = list(self.grid.pull_messages(pending))
+            pull = _Pull(self.grid, pending)
+            pull.start()
+            pull.join(None if deadline is None else max(0.0, deadline - self.clock()))
+            if pull.is_alive():
+                # Flower's pull waits for a reply whose objects never finish uploading (its SuperNode died
+                # mid-upload) until the SuperLink's push session expires (180 s). The round's time is up:
+                # it ends with what came, and the pull finishes on its own, unheard.
+                if record is not None:
+                    record.stalled = True
+                break
+            found = pull.replies()
             now = self.clock()
             if record is not None:
                 self._note(record, found, now, previous)

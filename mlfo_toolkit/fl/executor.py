@@ -40,6 +40,7 @@ import psutil
 import setproctitle
 
 from mlfo_toolkit.errors import UnreachableError
+from mlfo_toolkit.fl.data import load_dataset
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, namespace_inode, setns
 from mlfo_toolkit.util.processes import ManagedProcess, same_process, tool_env
@@ -225,9 +226,9 @@ class Executor:
         import flwr.supernode.main  # noqa: F401  (the SuperNode's Runtime API app)
         import flwr.supernode.runtime.run_clientapp  # noqa: F401
 
-        from mlfo_toolkit.fl import apps, data  # noqa: F401
+        import mlfo_toolkit.fl.apps  # noqa: F401  (mlfo's Flower app: it imports Flower)
 
-        data.load_dataset("handmnist")
+        load_dataset("handmnist")
 
     # --- registrations ------------------------------------------------------------------------
     def refresh(self) -> None:

@@ -11,7 +11,7 @@ import requests
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.http.routes import campus_app, cloud_app
-from mlfo_toolkit.http.server import HttpServer
+from mlfo_toolkit.http.server import HttpServer, close_all
 from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.cloud import CloudMlfo
 from mlfo_toolkit.orchestrator.store import Store
@@ -71,3 +71,16 @@ def start_orchestra(config: Config, workdir: Path, servers: int = 2, clients: in
 def send(orchestra: Orchestra, intent: bytes = WELDING, **fields: Any) -> requests.Response:
     form = {"cohortsize": "3", "ipstart": "10", "numround": "2"} | {k: str(v) for k, v in fields.items()}
     return requests.post(f"{orchestra.url}/receive", files={"file": ("intent.yaml", intent)}, data=form, headers=orchestra.headers, timeout=10)
+
+
+def close(closables: list[Any]) -> None:
+    """Close the MLFOs, then every HTTP server at once (each takes uvicorn's 0.1 s to close)."""
+    servers = []
+    for thing in closables:
+        if isinstance(thing, HttpServer):
+            servers.append(thing)
+        elif isinstance(thing, FakeAgent):
+            servers.append(thing.server)
+        else:
+            thing.close()
+    close_all(servers)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlfo_toolkit.config import Config
-from tests.helpers.orchestra import Orchestra, start_orchestra
+from tests.helpers.orchestra import Orchestra, close, start_orchestra
 
 
 @pytest.fixture
@@ -16,5 +16,4 @@ def orchestra(config: Config, workdir: Path) -> Iterator[Orchestra]:
     """Campus and cloud MLFOs on loopback with stand-in agents (2 servers, 6 clients)."""
     built, closables = start_orchestra(config, workdir)
     yield built
-    for thing in closables:
-        thing.close()
+    close(closables)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.config import Config
 from tests.helpers import REPO
-from tests.helpers.orchestra import start_orchestra
+from tests.helpers.orchestra import close, start_orchestra
 
 INTENTS = REPO / "intents"
 
@@ -71,8 +71,7 @@ def test_intent_send_wait_json_and_unreachable(config: Config, workdir: Path) ->
         # ranges ran on from one cohort to the next: clients 0-4 then 5-9
         assert all(len(agent.cli_calls) == 1 for agent in orchestra.clients)
     finally:
-        for thing in closables:
-            thing.close()
+        close(closables)
     unreachable = run("intent", "send", str(INTENTS / "cohorts.yaml"), "--mlfo", address)
     assert unreachable.exit_code == 5 and f"cannot reach the MLFO at {address}" in unreachable.stderr
 

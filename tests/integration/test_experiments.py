@@ -22,52 +22,6 @@ KILL = REPO / "experiments" / "kill-a-client.yaml"
 COHORTS = REPO / "intents" / "cohorts.yaml"
 
 
-@pytest.mark.parametrize(("text", "field", "line"), [
-    ("name: x\ntimeline:\n  - at: {cohort: a, round: 2}\n    meter: {cohort: 1}\n", "timeline[0].meter", 4),
-    ("name: x\ntimeline:\n  - at: {round: 2}\n    kill: {cohort: a, part: 0}\n", "timeline[0].at", 3),
-    ("name: x\ntimeline:\n  - at: {seconds: 3}\n    kill: {cohort: a, part: 0}\n    meter_clear: 1\n", "timeline[0]", 3),
-    ("name: x\nsweep:\n  strategy: [FedAvg, FedMagic]\n", "sweep.strategy[1]", 3),
-    ("name: x\nsweep:\n  colour: [red]\n", "sweep.colour", 3),
-    ("name: x\nrepeat: 2\nseeds: [1]\n", "seeds", 3),
-    ("name: 'my experiment'\n", "name", 1),
-    ("name: x\nrepeats: 2\n", "repeats", 2),
-    ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a}\n", "timeline[0].kill", 4),
-    ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a, part: 0, agent: true}\n", "timeline[0].kill.agent", 4),
-    ("name: x\nbackend: network\ninit: {cpus: 0}\n", "init.cpus", 3),
-    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    cpu: {host: fed.1, cpus: 1}\nsweep:\n  cpu.cpus: [0.5, -1]\n",
-     "sweep.cpu.cpus[1]", 7),
-    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    link: {a: fc.10, b: swCampus1, rate: 5mbit, state: down}\n",
-     "timeline[0].link", 5),
-    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    link: {a: fc.10, b: swCampus2, rate: 5mbit}\n",
-     "timeline[0].link", 5),
-    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    cpu: {host: fed.9, cpus: 0.5}\n", "timeline[0].cpu", 5),
-    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    background: {rate: fast}\n", "timeline[0].background.rate", 5),
-    (f"name: x\ncohorts: {COHORTS}\ntimeline:\n  - at: {{cohort: nope, round: 2}}\n    kill: {{cohort: welding-a, part: 0}}\n",
-     "timeline[0].at.cohort", 4),
-    (f"name: x\ncohorts: {COHORTS}\nshape: {{clients: 4}}\ntimeline:\n  - at: {{seconds: 2}}\n    restart: {{cohort: welding-a, part: 4}}\n",
-     "timeline[0].restart.part", 6),
-    ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a, part: 0}\nsweep:\n  link.rate: [5mbit]\n", "sweep.link.rate", 6),
-])
-def test_a_bad_experiment_file_names_field_and_line_and_starts_nothing(workdir: Path, text: str, field: str, line: int) -> None:
-    path = workdir / "e.yaml"
-    path.write_text(text)
-    result = CliRunner().invoke(cli, ["run", str(path), "--json"])
-    assert result.exit_code == 4, result.output
-    error = json.loads(result.stdout)
-    assert error["field"] == field and f"e.yaml:{line}" in error["message"], error
-    assert not (workdir / "runs").exists()
-
-
-def test_dry_run_lists_runs_events_and_duration(workdir: Path) -> None:
-    result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "strategies.yaml"), "--dry-run", "--json"])
-    assert result.exit_code == 0, result.output
-    plan = json.loads(result.stdout)
-    assert [r["key"] for r in plan["runs"]] == ["strategy_FedAvg-r1", "strategy_FedMedian-r1"]
-    assert [r["cohorts"][0]["strategy"] for r in plan["runs"]] == ["FedAvg", "FedMedian"]
-    assert plan["events"][0]["kind"] == "kill" and plan["expected_seconds"] > 0
-    assert not (workdir / "runs").exists()
-
-
 @pytest.mark.flower
 @pytest.mark.slow
 def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
@@ -112,68 +66,31 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
 
 @pytest.mark.root
 @pytest.mark.slow
-def test_meter_sweep_on_the_small_topology_records_rates_around_each_meter(workdir: Path) -> None:
+def test_a_network_run_brings_its_network_up_and_takes_it_down(workdir: Path) -> None:
+    """With no network running, a `backend: network` run brings its topology up and down; a meter event in it
+    records the cohort's rate just before and after (iperf3)."""
     require_network_tools()
+    path = workdir / "meter.yaml"
+    path.write_text(f"""name: meter
+backend: network
+topology: {{file: small}}
+cohorts: {REPO / "intents" / "cohorts-small.yaml"}
+shape: {{cohorts: 1, clients: 3, rounds: 3}}
+timeline:
+  - at: {{cohort: welding-1, round: 2}}
+    meter: {{cohort: 1, rate: 5mbit}}
+""")
     out = workdir / "exp"
     env = {"MLFO_PATHS__STATE_DIR": str(workdir / "state")}
-    result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "meter-sweep.yaml"), "-o", str(out), "--json"], env=env)
-    assert result.exit_code == 0, result.output[-3000:]
-    index = json.loads(result.stdout)
-    assert [r["key"] for r in index["runs"]] == ["strategy_FedAvg-rate_5mbit-r1", "strategy_FedAvg-rate_50mbit-r1",
-                                                 "strategy_FedMedian-rate_5mbit-r1", "strategy_FedMedian-rate_50mbit-r1"]
-    assert all(r["state"] == "done" for r in index["runs"]), index
-    for entry in index["runs"]:
-        run = json.loads((out / "runs" / entry["key"] / "run.json").read_text())
-        (event,) = run["events"]
-        effect = event["effect"]
-        assert event["ok"] and event["round"] == 2, event
-        rate = float(effect["rate"].removesuffix("mbit"))
-        assert effect["measured_mbit_after"] <= rate * 1.3, effect  # the meter holds the cohort to its rate
-        assert effect["measured_mbit_before"] > 2 * rate, effect    # and it was faster before
-        assert run["cohorts"][0]["strategy"] == entry["point"]["strategy"]
-    assert not (workdir / "state" / "network.json").exists()  # the run took its network down
-    report = CliRunner().invoke(cli, ["report", str(out), "--json"])
-    assert report.exit_code == 0, report.output
-    assert "meter-rates.png" in {Path(p).name for p in json.loads(report.stdout)["plots"]}
-    assert len(json.loads(report.stdout)["table"]) == 4
-
-
-@pytest.mark.root
-@pytest.mark.slow
-def test_network_faults_take_effect_and_are_undone(workdir: Path) -> None:
-    """Link rate, CPU limit, background traffic, link down and up, kill and restart, each at a round of the cohort."""
-    require_network_tools()
-    out = workdir / "exp"
-    env = {"MLFO_PATHS__STATE_DIR": str(workdir / "state")}
-    result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "network-faults.yaml"), "-o", str(out), "--json"], env=env)
+    result = CliRunner().invoke(cli, ["run", str(path), "-o", str(out), "--json"], env=env)
     assert result.exit_code == 0, result.output[-3000:]
     run = json.loads((out / "runs" / "base-r1" / "run.json").read_text())
-    (cohort,) = run["cohorts"]
-    assert cohort["state"] == "done" and len(cohort["accuracy"]) == 7 and cohort["accuracy"][-1] > 0.8, cohort
-    events = {(e["kind"], e["round"]): e for e in run["events"]}
-    assert all(e["ok"] for e in run["events"]), [e for e in run["events"] if not e["ok"]]
-    assert len(events) == 7, sorted(events)
-
-    rate = events[("link", 2)]["effect"]  # fc.10's access link from 500 to 20 Mbit/s, measured from fc.10
-    assert rate["client"] == "fc.10" and rate["measured_mbit_before"] > 60 and rate["measured_mbit_after"] < 30, rate
-    assert {end["rate"] for end in rate["after"].values()} == {"20Mbit"}, rate
-    assert events[("cpu", 3)]["effect"]["cpus_after"] == 0.25
-    background = events[("background", 3)]["effect"]
-    assert background["rate"] == "50mbit" and 25 < background["measured_mbit"] < 75, background
-    down, up = events[("link", 4)]["effect"], events[("link", 5)]["effect"]
-    assert down["reaches_before"] and not down["reaches_after"], down
-    assert not up["reaches_before"] and up["reaches_after"], up
-    kill, restart = events[("kill", 4)]["effect"], events[("restart", 6)]["effect"]  # client part 2's agent, on fc.12
-    assert kill["host"] == "fc.12" and kill["client_state"] == "lost" and kill["restarted_later"], kill
-    assert kill["lost_after_seconds"] >= 5, kill  # a silent agent is lost after mlfo.lost_after_seconds
-    assert restart["agent_pid"] != kill["pid"] and restart["client_state"] == "running", restart
-    # The MLFO's view: rounds from the kill on got fewer results than they sampled.
-    assert cohort["short_rounds"] and min(cohort["short_rounds"]) >= 4, cohort
-    assert run["undo_problems"] == [] and run["seed"] == 1
+    (event,) = run["events"]
+    effect = event["effect"]
+    assert event["ok"] and event["round"] == 2, event
+    assert effect["measured_mbit_after"] <= 5 * 1.3 and effect["measured_mbit_before"] > 10, effect
+    assert run["cohorts"][0]["state"] == "done"
     assert not (workdir / "state" / "network.json").exists()  # the run took its network down
-    report = CliRunner().invoke(cli, ["report", str(out), "--json"])
-    assert report.exit_code == 0, report.output
-    assert "meter-rates.png" in {Path(p).name for p in json.loads(report.stdout)["plots"]}  # the link rate event, drawn
 
 
 @pytest.mark.flower

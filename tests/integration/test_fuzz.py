@@ -18,7 +18,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.http.routes import agent_app
 from mlfo_toolkit.http.server import HttpServer
 from tests.helpers.fuzzing import CLASSES, CLI_BAD, Case, cases
-from tests.helpers.orchestra import Orchestra, start_orchestra
+from tests.helpers.orchestra import Orchestra, close, start_orchestra
 
 QUICK_PER_CLASS = 55  # 10 classes: 550 cases
 
@@ -42,8 +42,7 @@ def targets(config: Config, workdir: Path) -> Iterator[Targets]:
     yield Targets(orchestra, f"http://{agent_http.address}")
     agent.close()
     agent_http.close()
-    for thing in closables:
-        thing.close()
+    close(closables)
 
 
 def run_fuzz(targets: Targets, seed: int, per_class: int) -> dict[str, Any]:

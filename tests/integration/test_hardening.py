@@ -27,6 +27,7 @@ from tests.helpers import REPO, processes_under
 from tests.helpers.orchestra import (
     WELDING,
     Orchestra,
+    close,
     send,
     start_orchestra,
 )
@@ -62,8 +63,7 @@ def test_invalid_utf8_and_oversized_fields_are_400_naming_the_field(config: Conf
     try:
         check_text_fields(built)
     finally:
-        for thing in closables:
-            thing.close()
+        close(closables)
 
 
 def check_text_fields(orchestra: Orchestra) -> None:
@@ -151,6 +151,7 @@ def test_half_sent_requests_do_not_starve_health(orchestra: Orchestra) -> None:
 def test_a_stalled_request_is_cut_off(orchestra: Orchestra, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlfo_toolkit.http import server as http_server
 
+    monkeypatch.setattr(http_server, "REQUEST_HEAD_SECONDS", 2.0)  # the guard's limit, not its 10 s default, is tested
     host, port = orchestra.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
     try:
@@ -252,8 +253,7 @@ def test_campus_restart_during_deploying_releases_and_stops(config: Config, work
         assert [a.stop_calls for a in built.clients[:2]] == [[deployment], [deployment]]
         restarted.close()
     finally:
-        for thing in closables:
-            thing.close()
+        close(closables)
 
 
 # --- 14, 17: the FL server's agent is killed ---------------------------------------------------------
@@ -307,10 +307,10 @@ def test_killed_server_agent_leaves_no_orphans_and_a_restart_is_not_confused(wor
 
 @pytest.mark.flower
 @pytest.mark.slow
-def test_silent_server_agent_fails_the_deployment_within_10_s(config: Config, workdir: Path) -> None:
+def test_silent_server_agent_fails_the_deployment_within_lost_after_seconds(config: Config, workdir: Path) -> None:
     port, fl_port = free_port(), free_port()
     agent = start_agent(workdir, port, fl_port)
-    built, closables = start_orchestra(config.with_overrides({"mlfo.lost_after_seconds": 10}), workdir, servers=1)
+    built, closables = start_orchestra(config.with_overrides({"mlfo.lost_after_seconds": 3}), workdir, servers=1)
     try:
         built.cloud.config = built.cloud.config.with_overrides({"ip_plan.servers": [f"127.0.0.1:{port}"]})
         deployment = send(built, cohortsize=2).json()["id"]
@@ -323,13 +323,12 @@ def test_silent_server_agent_fails_the_deployment_within_10_s(config: Config, wo
         killed = time.monotonic()
         record = built.wait(deployment, timeout=30)
         assert record["state"] == "failed" and record["reason"], record
-        assert time.monotonic() - killed <= 10 + built.config.mlfo.poll_seconds + 3
+        assert time.monotonic() - killed <= 3 + built.config.mlfo.poll_seconds + 3
         assert processes_under(workdir / "state") == []
     finally:
         if agent.poll() is None:
             agent.kill()
-        for thing in closables:
-            thing.close()
+        close(closables)
 
 
 # --- 18: run folders are never reused ----------------------------------------------------------------
@@ -378,8 +377,7 @@ def test_southbound_token_guards_agents_and_cloud_but_not_the_loopback_intent_ap
         assert requests.get(f"{built.url}/metrics", timeout=5).status_code == 401
         assert requests.get(f"{built.url}/metrics", headers={"Authorization": "Bearer south"}, timeout=5).status_code == 200
     finally:
-        for thing in closables:
-            thing.close()
+        close(closables)
 
 
 def test_token_files_are_private_from_the_start(workdir: Path) -> None:

@@ -15,7 +15,7 @@ from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.store import Store
-from tests.helpers.orchestra import WELDING, Orchestra, send, start_orchestra
+from tests.helpers.orchestra import WELDING, Orchestra, close, send, start_orchestra
 
 
 def test_prototype_curl_upload_deploys_a_cohort(orchestra: Orchestra, tmp_path: Path) -> None:
@@ -120,8 +120,7 @@ def test_exhausted_server_pool_fails_the_deployment_with_a_reason(config: Config
         assert record["state"] == "failed" and "all 1 FL servers of the pool are busy" in record["reason"]
         assert built.campus.deployment(first).state == "running"
     finally:
-        for thing in closables:
-            thing.close()
+        close(closables)
 
 
 def test_unreachable_client_is_named(config: Config, workdir: Path) -> None:
@@ -133,8 +132,7 @@ def test_unreachable_client_is_named(config: Config, workdir: Path) -> None:
         assert f"cannot reach the node agent at {built.clients[1].address}" in record["reason"]
         assert [c["state"] for c in record["clients"]] == ["running", "failed"]
     finally:
-        for thing in closables:
-            thing.close()
+        close(closables)
 
 
 def test_token_auth_on_every_api(config: Config, workdir: Path) -> None:
@@ -151,8 +149,7 @@ def test_token_auth_on_every_api(config: Config, workdir: Path) -> None:
         record = built.wait(send(built, cohortsize=2).json()["id"])
         assert record["state"] == "done", record
     finally:
-        for thing in closables:
-            thing.close()
+        close(closables)
 
 
 def test_restarted_mlfo_keeps_its_deployments(config: Config, workdir: Path) -> None:
@@ -166,8 +163,7 @@ def test_restarted_mlfo_keeps_its_deployments(config: Config, workdir: Path) -> 
         assert [d.to_json() for d in restarted.deployments()] == before
         restarted.close()
     finally:
-        for thing in closables:
-            thing.close()
+        close(closables)
 
 
 def test_seed_and_round_timeout_reach_the_agents_and_a_lost_client_restarts(config: Config, workdir: Path) -> None:
@@ -212,5 +208,4 @@ def test_seed_and_round_timeout_reach_the_agents_and_a_lost_client_restarts(conf
         assert by_cli.exit_code == 12 and "is failed" in json.loads(by_cli.stdout)["message"], by_cli.output
         assert requests.get(f"{built.url}/health", timeout=5).status_code == 200  # and it kept serving
     finally:
-        for thing in closables:
-            thing.close()
+        close(closables)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,30 @@ def test_fewer_results_than_sampled_are_counted_and_the_round_ends_at_its_timeou
     summary = timed.summary(1, clock.now, clock.now)
     assert (summary["sampled"], summary["results"], summary["failures"]) == (3, 1, 1)
     assert 5.0 <= clock.now - 1000.3 < 5.3  # waited the timeout, then gave up
+
+
+def test_a_pull_stuck_on_a_half_uploaded_reply_ends_the_round_at_its_timeout() -> None:
+    """Flower's pull waits up to 180 s for the objects of a reply whose SuperNode died mid-upload."""
+    import threading
+
+    release = threading.Event()
+
+    class StuckGrid:
+        def push_messages(self, messages: list[str]) -> list[str]:
+            return list(messages)
+
+        def pull_messages(self, ids: set[str]) -> list[Reply]:
+            release.wait(30)
+            return []
+
+    timed = RoundClock(StuckGrid(), poll_seconds=0.05)
+    started = time.monotonic()
+    try:
+        assert timed.send_and_receive(messages=["m1", "m2"], timeout=0.5) == []
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+    assert 0.5 <= waited < 2.0
 
 
 def test_flower_own_loop_when_poll_seconds_is_zero() -> None:

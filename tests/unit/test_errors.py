@@ -8,14 +8,10 @@ from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.errors import EXIT_CODE_HELP, ExitCode
 
 
-def test_every_exit_code_has_help_and_is_in_the_readme() -> None:
-    from tests.helpers import REPO
-
-    readme = (REPO / "README.md").read_text()
+def test_every_exit_code_has_a_help_line() -> None:
+    # (The README's table of them is checked row by row in test_architecture.)
     assert set(EXIT_CODE_HELP) == set(ExitCode)
-    for code in ExitCode:
-        assert EXIT_CODE_HELP[code]
-        assert f"{int(code)} " in readme, f"exit code {int(code)} is not documented in README.md"
+    assert all(EXIT_CODE_HELP[code].strip() for code in ExitCode)
 
 
 def test_exit_codes_command() -> None:

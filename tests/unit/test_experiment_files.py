@@ -1,0 +1,60 @@
+"""Experiment files are checked with field and line before anything starts, and a dry run plans them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlfo_toolkit.cli.main import cli
+from tests.helpers import REPO
+
+COHORTS = REPO / "intents" / "cohorts.yaml"
+
+
+@pytest.mark.parametrize(("text", "field", "line"), [
+    ("name: x\ntimeline:\n  - at: {cohort: a, round: 2}\n    meter: {cohort: 1}\n", "timeline[0].meter", 4),
+    ("name: x\ntimeline:\n  - at: {round: 2}\n    kill: {cohort: a, part: 0}\n", "timeline[0].at", 3),
+    ("name: x\ntimeline:\n  - at: {seconds: 3}\n    kill: {cohort: a, part: 0}\n    meter_clear: 1\n", "timeline[0]", 3),
+    ("name: x\nsweep:\n  strategy: [FedAvg, FedMagic]\n", "sweep.strategy[1]", 3),
+    ("name: x\nsweep:\n  colour: [red]\n", "sweep.colour", 3),
+    ("name: x\nrepeat: 2\nseeds: [1]\n", "seeds", 3),
+    ("name: 'my experiment'\n", "name", 1),
+    ("name: x\nrepeats: 2\n", "repeats", 2),
+    ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a}\n", "timeline[0].kill", 4),
+    ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a, part: 0, agent: true}\n", "timeline[0].kill.agent", 4),
+    ("name: x\nbackend: network\ninit: {cpus: 0}\n", "init.cpus", 3),
+    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    cpu: {host: fed.1, cpus: 1}\nsweep:\n  cpu.cpus: [0.5, -1]\n",
+     "sweep.cpu.cpus[1]", 7),
+    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    link: {a: fc.10, b: swCampus1, rate: 5mbit, state: down}\n",
+     "timeline[0].link", 5),
+    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    link: {a: fc.10, b: swCampus2, rate: 5mbit}\n",
+     "timeline[0].link", 5),
+    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    cpu: {host: fed.9, cpus: 0.5}\n", "timeline[0].cpu", 5),
+    ("name: x\nbackend: network\ntimeline:\n  - at: {seconds: 1}\n    background: {rate: fast}\n", "timeline[0].background.rate", 5),
+    (f"name: x\ncohorts: {COHORTS}\ntimeline:\n  - at: {{cohort: nope, round: 2}}\n    kill: {{cohort: welding-a, part: 0}}\n",
+     "timeline[0].at.cohort", 4),
+    (f"name: x\ncohorts: {COHORTS}\nshape: {{clients: 4}}\ntimeline:\n  - at: {{seconds: 2}}\n    restart: {{cohort: welding-a, part: 4}}\n",
+     "timeline[0].restart.part", 6),
+    ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a, part: 0}\nsweep:\n  link.rate: [5mbit]\n", "sweep.link.rate", 6),
+])
+def test_a_bad_experiment_file_names_field_and_line_and_starts_nothing(workdir: Path, text: str, field: str, line: int) -> None:
+    path = workdir / "e.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(cli, ["run", str(path), "--json"])
+    assert result.exit_code == 4, result.output
+    error = json.loads(result.stdout)
+    assert error["field"] == field and f"e.yaml:{line}" in error["message"], error
+    assert not (workdir / "runs").exists()
+
+
+def test_dry_run_lists_runs_events_and_duration(workdir: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "strategies.yaml"), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert [r["key"] for r in plan["runs"]] == ["strategy_FedAvg-r1", "strategy_FedMedian-r1"]
+    assert [r["cohorts"][0]["strategy"] for r in plan["runs"]] == ["FedAvg", "FedMedian"]
+    assert plan["events"][0]["kind"] == "kill" and plan["expected_seconds"] > 0
+    assert not (workdir / "runs").exists()
