@@ -43,7 +43,7 @@ def rss_mb(proc: subprocess.Popen[bytes]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-class", type=int, default=1000, help="cases per class (10 classes)")
+    parser.add_argument("--per-class", type=int, default=1000, help=f"cases per class ({len(CLASSES)} classes)")
     parser.add_argument("--seed", type=int, default=9)
     args = parser.parse_args()
     tmp_before = set(os.listdir("/tmp"))
@@ -69,7 +69,8 @@ def main() -> None:
             for case in cases(args.seed, args.per_class):
                 t0 = time.monotonic()
                 try:
-                    status = session.request(case.method, urls[case.endpoint], timeout=60, **case.request_kwargs()).status_code
+                    url = urls[case.endpoint] + (f"?{case.query}" if case.query else "")
+                    status = session.request(case.method, url, timeout=60, **case.request_kwargs()).status_code
                 except requests.RequestException:
                     status = 0  # no answer at all
                 took = time.monotonic() - t0

@@ -21,6 +21,7 @@ from typing import Any
 from mlfo_toolkit.backends.base import AttachedBackend
 from mlfo_toolkit.backends.loopback import LoopbackBackend
 from mlfo_toolkit.config import Config, load_config
+from mlfo_toolkit.errors import AuthError
 from mlfo_toolkit.experiments.runner import execute, plan_summary
 from mlfo_toolkit.experiments.spec import load_experiment
 from mlfo_toolkit.http.schema import openapi_schema
@@ -64,6 +65,7 @@ from mlfo_toolkit.results import (
     SentCohorts,
     fields_of,
 )
+from mlfo_toolkit.util.files import write_text
 from mlfo_toolkit.util.progress import Progress, quiet
 from mlfo_toolkit.util.resources import resource_path
 
@@ -142,22 +144,40 @@ def plan(cohort_file: Path | None = None, config: Config | None = None, *, any_i
     return PlanResult.of(plan_cohorts(load_cohort_file(path, cfg, any_intent_path=any_intent_path), cfg))
 
 
+def _without_token(config: Config) -> Config:
+    return config.model_copy(update={"api": config.api.model_copy(update={"token": None})})
+
+
 def send_cohorts(cohort_file: Path, config: Config | None = None, *, mlfo: str | None = None,
-                 any_intent_path: bool = False) -> SentCohorts:
+                 any_intent_path: bool = False, trust_file_address: bool = False) -> SentCohorts:
     """POST every cohort of the file to the campus MLFO (the prototype's multipart form).
 
-    Checks the whole file, and plans it against the IP plan, before sending anything."""
+    Checks the whole file, and plans it against the IP plan, before sending anything. The MLFO is `mlfo`,
+    else the file's `mlfo:` (`mlfoadd:`), else the config's. api.token goes only to an MLFO the user named
+    (`mlfo`, or the config's): a cohort file from someone else cannot collect it, unless
+    `trust_file_address` says to trust the address the file names."""
     cfg = _config(config)
     parsed = load_cohort_file(cohort_file, cfg, any_intent_path=any_intent_path)
     plan_cohorts(parsed, cfg)  # the same checks as `plan`: what plan accepts, send accepts
-    backend = AttachedBackend(cfg, mlfo or parsed.mlfo or f"{cfg.mlfo.host}:{cfg.mlfo.port}")
-    with backend:
-        return SentCohorts.of(backend.campus, cohort_file, post_cohorts(parsed, backend.config, backend.campus))
+    own = f"{cfg.mlfo.host}:{cfg.mlfo.port}"
+    address = mlfo or parsed.mlfo or own
+    trusted = bool(mlfo) or address == own or trust_file_address
+    with AttachedBackend(cfg if trusted else _without_token(cfg), address) as backend:
+        try:
+            sent = post_cohorts(parsed, backend.config, backend.campus)
+        except AuthError as err:
+            if trusted:
+                raise
+            raise AuthError(err.message, status=err.status, body=err.body,
+                            hint=f"{cohort_file} names this MLFO, so api.token was not sent to it: pass --mlfo {address} "
+                            "(or --trust-file-mlfo) to send it") from None
+        return SentCohorts.of(backend.campus, cohort_file, sent, trusted)
 
 
 def wait(sent: SentCohorts, config: Config | None = None, *, timeout: float = 3600.0, progress: Progress | None = None) -> RunResult:
     """Follow sent cohorts until their FL runs end; write a run folder (run.json, plots)."""
     cfg = _config(config)
+    cfg = cfg if sent.trusted else _without_token(cfg)
     follow_deployments(sent.sent, cfg, sent.mlfo, timeout=timeout, progress=progress or quiet)
     run_dir = new_run_dir(Path(cfg.paths.runs_dir), "send")
     return RunResult.from_summary(_run_summary(sent.sent, run_dir, {"cohort_file": sent.cohort_file}, cfg.fl.seed))
@@ -313,7 +333,7 @@ def monitor_config(config: Config | None = None, *, topology: Path | None = None
         built = running[1]
     text = monitoring.render_config(cfg, built)
     if output:
-        output.write_text(text)
+        write_text(output, text)
         monitoring.check_config(output)
     data = {"config": text, "targets": f"topology {built.name}" if built else "loopback", "written": str(output) if output else None}
     return MonitorConfig(**fields_of(data, MonitorConfig), data=data)

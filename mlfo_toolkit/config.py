@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlfo_toolkit.errors import ConfigError
+from mlfo_toolkit.util.yamlfiles import strict_load
 
 ENV_PREFIX = "MLFO_"
 ENV_CONFIG_FILE = "MLFO_CONFIG"
@@ -35,6 +36,10 @@ class ApiSettings(_Section):
     )
     max_upload_bytes: int = Field(1_048_576, gt=0, description="largest request body accepted")
     timeout_seconds: float = Field(10.0, gt=0, description="timeout of one southbound HTTP call")
+    request_seconds: float = Field(
+        10.0, gt=0, le=3600,
+        description="a request (head and body) must arrive in full within this; a stalled one is cut off",
+    )
 
 
 class MlfoSettings(_Section):
@@ -62,6 +67,17 @@ class MlfoSettings(_Section):
         500, ge=0, description="memory one FL server takes (measured ~400 MB: SuperLink, SuperExec, ServerApp, flwr run)"
     )
     memory_reserve_mb: int = Field(1024, ge=0, description="MemAvailable that admission control always leaves free")
+    queue_length: int = Field(
+        32, ge=0, le=10_000,
+        description="deployments that may wait for a free FL server at once; past it an intent is refused at once (503)",
+    )
+    queue_wait_seconds: float = Field(3600.0, gt=0, description="how long a deployment waits for a free FL server")
+    janitor_seconds: float = Field(
+        5.0, gt=0, description="how often the MLFOs retry what failed (a release, a store write, a stop) and check allocations",
+    )
+    release_grace_seconds: float = Field(
+        60.0, gt=0, description="the cloud MLFO frees the server of a run that ended this long ago and was never released",
+    )
 
 
 class AgentSettings(_Section):
@@ -278,9 +294,13 @@ def load_config(
     if file_path.is_file():
         origin = str(file_path)
         try:
-            loaded = yaml.safe_load(file_path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{file_path} is not valid YAML: {err}") from None
+            loaded = strict_load(file_path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file_path} is not UTF-8 text (is it the config file?)") from None
+        except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as err:
+            raise ConfigError(f"{file_path} is not valid YAML: {str(err)[:300]}") from None
+        except OSError as err:
+            raise ConfigError(f"cannot read the config file {file_path}: {err.strerror}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file_path} must hold a mapping of sections, e.g. 'mlfo: {{port: 8000}}'")
         for section, values in loaded.items():

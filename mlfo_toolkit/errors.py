@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     AUTH = 10
     CAPACITY = 11
     CONFLICT = 12
+    STORAGE = 13
     INTERRUPTED = 130
 
 
@@ -38,6 +39,7 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.AUTH: "authentication failed (check the API token or controller credentials)",
     ExitCode.CAPACITY: "the machine cannot hold what was asked (memory): shrink the cohort or wait for others to end",
     ExitCode.CONFLICT: "the request conflicts with what is running (a server is busy, nothing to share): wait or stop it first",
+    ExitCode.STORAGE: "a file or store could not be written (disk full, read-only, no permission): free space or fix the path",
     ExitCode.INTERRUPTED: "interrupted by the user (Ctrl-C); everything started was stopped",
 }
 
@@ -143,11 +145,34 @@ class ConflictError(MlfoError):
 
     exit_code = ExitCode.CONFLICT
 
+    def __init__(self, message: str, *, hint: str | None = None, body: object = None) -> None:
+        super().__init__(message, hint=hint)
+        self.body = body  # a remote service's answer, when the conflict was its
+
+
+class PoolBusyError(ConflictError):
+    """Every FL server of the cloud MLFO's pool is given to a deployment (a campus MLFO queues and asks again)."""
+
 
 class CapacityError(MlfoError):
     """The machine has too little memory left for what was asked."""
 
     exit_code = ExitCode.CAPACITY
+
+
+class StorageError(MlfoError):
+    """A file or the MLFO's store could not be written or read (disk full, read-only, corrupt); names the path."""
+
+    exit_code = ExitCode.STORAGE
+
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or "free some space on that disk, or point paths.state_dir / paths.runs_dir elsewhere")
+        self.path = path
+
+    @classmethod
+    def from_os_error(cls, err: OSError, doing: str = "write") -> StorageError:
+        where = err.filename or "a file"
+        return cls(f"cannot {doing} {where}: {err.strerror or err}", path=str(err.filename) if err.filename else None)
 
 
 class NeedsRootError(MlfoError):
@@ -164,7 +189,9 @@ def error_for_status(status: int, text: str, *, body: object = None, hint: str |
     if status == 404:
         return NotFoundError(text)
     if status == 409:
-        return ConflictError(text, hint=hint)
+        if isinstance(body, dict) and body.get("kind") == PoolBusyError.__name__:
+            return PoolBusyError(text, hint=hint, body=body)
+        return ConflictError(text, hint=hint, body=body)
     return RemoteError(text, status=status, body=body, hint=hint)
 
 

@@ -28,6 +28,7 @@ from mlfo_toolkit.monitoring.sockets import ByteTotals, TcpConnection, tcp_conne
 from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
 from mlfo_toolkit.util.processes import ManagedProcess, find_tool, free_port, port_in_use, tool_env, wait_for_port
 from mlfo_toolkit.util.resources import resource_path
+from mlfo_toolkit.util.yamlfiles import Float, Int
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,17 @@ class ServerStartParams(BaseModel):
 
     # The prototype's five fields are required: a body that carries none of them (an empty or
     # truncated form) is refused, not run with defaults.
-    algo: str
-    fracfit: float = Field(gt=0, le=1)
-    minfit: int = Field(ge=1, le=10_000)
-    minav: int = Field(ge=1, le=10_000)
-    numround: int = Field(ge=1, le=10_000)
+    algo: str = Field(max_length=64)
+    fracfit: Float = Field(gt=0, le=1)
+    minfit: Int = Field(ge=1, le=10_000)
+    minav: Int = Field(ge=1, le=10_000)
+    numround: Int = Field(ge=1, le=10_000)
     source: str = "handmnist"
     model: str = "complex"
     deployment: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="default: fl.seed")
-    roundtimeout: float | None = Field(None, gt=0, le=86_400, description="default: fl.round_timeout")
+    seed: Int | None = Field(None, ge=0, le=SEED_MAX, description="default: fl.seed")
+    roundtimeout: Float | None = Field(None, gt=0, le=86_400, description="default: fl.round_timeout")
 
 
 class ClientStartParams(BaseModel):
@@ -67,12 +68,12 @@ class ClientStartParams(BaseModel):
     source: str
     model: str
     server: str = Field(max_length=300)
-    cohsize: int = Field(ge=1, le=10_000)
-    part: int = Field(ge=0)
+    cohsize: Int = Field(ge=1, le=10_000)
+    part: Int = Field(ge=0, le=10_000)
     deployment: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     partitioning: str | None = None
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="default: fl.seed")
+    seed: Int | None = Field(None, ge=0, le=SEED_MAX, description="default: fl.seed")
 
     @field_validator("server")
     @classmethod
@@ -84,19 +85,23 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-
 
 
 def check_address(value: str) -> str:
-    """HOST:PORT with HOST an IP address ([v6] in brackets) or a hostname, PORT 1..65535 (ValueError otherwise):
-    a value like '--help:1' would reach Flower's command line as an option."""
+    """HOST:PORT with HOST an IP address ([v6] in brackets) or a hostname, PORT 1..65535 in ASCII digits
+    (ValueError otherwise): a value like '--help:1' would reach Flower's command line as an option, and an
+    unspecified, broadcast or multicast address is no server to connect to."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ValueError("must be HOST:PORT with a port from 1 to 65535")
-    if host.startswith("[") and host.endswith("]"):
-        ipaddress.IPv6Address(host[1:-1])
-        return value
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        ipaddress.IPv4Address(host)
+        address = ipaddress.ip_address(literal)
     except ValueError:
-        if not _HOSTNAME.match(host):
+        if literal is not host or not _HOSTNAME.match(host):
             raise ValueError(f"'{host[:64]}' is not an IP address or host name") from None
+        return value
+    if address.is_unspecified or address.is_multicast or (address.version == 4 and address == ipaddress.IPv4Address("255.255.255.255")):
+        raise ValueError(f"'{host}' is not an address a client can connect to")
+    if address.version == 6 and literal is host:
+        raise ValueError("an IPv6 address is written in brackets: [ADDRESS]:PORT")
     return value
 
 

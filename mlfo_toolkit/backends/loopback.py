@@ -73,7 +73,8 @@ class LoopbackBackend(StartedBackend):
         cloud_server = HttpServer(cloud_app(cloud), LOOPBACK, 0, threads=16).start()
         self.http.append(cloud_server)
         campus_config = self.config.with_overrides({
-            "ip_plan.clients": client_agents, "mlfo.cloud": cloud_server.address, "paths.state_dir": str(state_dir),
+            "ip_plan.clients": client_agents, "ip_plan.servers": server_agents, "mlfo.cloud": cloud_server.address,
+            "paths.state_dir": str(state_dir),
             "mlfo.poll_seconds": 0.5,
         })
         campus_store = open_store(campus_config, "campus")

@@ -122,13 +122,15 @@ def restart_client(cfg: Config, deployment: str, part: int, mlfo_address: str | 
 @intent.command()
 @click.argument("cohort_file", type=FILE)
 @click.option("--mlfo", "mlfo_address", metavar="HOST:PORT", help="Campus MLFO (default: the file's mlfo/mlfoadd, else mlfo.host:mlfo.port).")
+@click.option("--trust-file-mlfo", is_flag=True,
+              help="Send api.token to the MLFO the cohort file names too (by default only to --mlfo or the config's).")
 @click.option("--wait", is_flag=True, help="Follow every deployment until its FL run ends; write a run record.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=3600, show_default=True, help="Seconds --wait waits.")
 @ANY_PATH
 @json_option("Print the deployments (with --wait: the run summary) as JSON.")
 @pass_config
-def send(cfg: Config, cohort_file: Path, mlfo_address: str | None, wait: bool, timeout: float, any_intent_path: bool,
-         as_json: bool) -> None:
+def send(cfg: Config, cohort_file: Path, mlfo_address: str | None, trust_file_mlfo: bool, wait: bool, timeout: float,
+         any_intent_path: bool, as_json: bool) -> None:
     """Send each cohort of COHORT_FILE to the campus MLFO, as the prototype's sendintent.py did.
 
     Every cohort is one multipart POST /receive (field `file` = the intent, plus ipstart,
@@ -138,7 +140,7 @@ def send(cfg: Config, cohort_file: Path, mlfo_address: str | None, wait: bool, t
     """
     from mlfo_toolkit import api
 
-    sent = api.send_cohorts(cohort_file, cfg, mlfo=mlfo_address, any_intent_path=any_intent_path)
+    sent = api.send_cohorts(cohort_file, cfg, mlfo=mlfo_address, any_intent_path=any_intent_path, trust_file_address=trust_file_mlfo)
     if not as_json:
         for cohort in sent.sent:
             click.echo(f"{cohort.name}: deployment {cohort.deployment_id} (ipstart {cohort.ipstart})", err=wait)

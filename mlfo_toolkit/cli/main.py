@@ -6,6 +6,7 @@ their functions, so `mlfo --help` does not import Flower, NumPy or FastAPI.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ import click
 
 from mlfo_toolkit import __version__
 from mlfo_toolkit.cli._common import wants_json
-from mlfo_toolkit.errors import EXIT_CODE_HELP, ExitCode, MlfoError
+from mlfo_toolkit.errors import EXIT_CODE_HELP, ExitCode, MlfoError, StorageError
 from mlfo_toolkit.util.signals import terminate_as_interrupt
 
 
@@ -49,6 +50,12 @@ class MlfoGroup(click.Group):
             _fail(ctx, ExitCode.USAGE, err.format_message(), kind="UsageError")
         except KeyboardInterrupt:
             _fail(ctx, ExitCode.INTERRUPTED, "interrupted; everything started was stopped", kind="Interrupted")
+        except OSError as err:
+            if err.filename is None:
+                raise  # not about a file: a bug, with its traceback
+            # A full or read-only disk under a run folder, a report, the state: say which file, exit 13.
+            problem = StorageError.from_os_error(err, "write" if err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) else "use")
+            _fail(ctx, problem.exit_code, problem.message, hint=problem.hint, kind="StorageError")
 
 
 @click.group(cls=MlfoGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

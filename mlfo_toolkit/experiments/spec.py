@@ -21,6 +21,7 @@ Validated with field and line before anything starts.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,8 +33,9 @@ from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.net.changes import link_ends
 from mlfo_toolkit.net.topology import load_topology
-from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN
-from mlfo_toolkit.util.yamlfiles import load_yaml, validate
+from mlfo_toolkit.util.files import read_input
+from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX
+from mlfo_toolkit.util.yamlfiles import Float, Int, load_yaml, validate
 
 # Events that change the emulated network; on loopback there is nothing to change.
 NETWORK_EVENTS = ("meter", "meter_clear", "link", "cpu", "background")
@@ -150,14 +152,14 @@ class Event(_Model):
 
 
 class Shape(_Model):
-    cohorts: int | None = Field(None, ge=1, le=20)
-    clients: int | None = Field(None, ge=1, le=50)
-    rounds: int | None = Field(None, ge=1, le=1000)
+    cohorts: Int | None = Field(None, ge=1, le=20)
+    clients: Int | None = Field(None, ge=1, le=50)
+    rounds: Int | None = Field(None, ge=1, le=1000)
 
 
 class FlOverrides(_Model):
     strategy: str | None = None
-    fraction_fit: float | None = Field(None, gt=0, le=1)
+    fraction_fit: Float | None = Field(None, gt=0, le=1)
     min_fit: int | None = Field(None, ge=1)
     min_available: int | None = Field(None, ge=1)
     round_timeout: float | None = Field(None, gt=0, le=86_400)
@@ -187,9 +189,15 @@ class ExperimentFile(_Model):
     fl: FlOverrides = Field(default_factory=FlOverrides)
     timeline: list[Event] = Field(default_factory=list)
     repeat: int = Field(1, ge=1, le=100)
-    seeds: list[int] | None = None
+    seeds: list[Int] | None = None
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
     timeout: float = Field(900, gt=0)
+
+
+# The model and field that check each sweepable run setting.
+SWEPT_SETTINGS: dict[str, tuple[type[BaseModel], str]] = {
+    "fraction_fit": (FlOverrides, "fraction_fit"), "rounds": (Shape, "rounds"), "clients": (Shape, "clients"),
+}
 
 
 @dataclass(frozen=True)
@@ -224,11 +232,7 @@ def where(lines: dict[tuple[Any, ...], int], *path: Any) -> int | None:
 def load_experiment(path: Path) -> Experiment:
     """Parse and check an experiment file; ValidationError naming field and line, before anything runs."""
     source = str(path)
-    try:
-        text = path.read_bytes()
-    except OSError as err:
-        raise ValidationError(f"cannot read experiment file: {err.strerror}", source=source) from None
-    data, lines = load_yaml(text, source)
+    data, lines = load_yaml(read_input(path, "experiment file"), source)
     if not isinstance(data, dict):
         raise ValidationError("an experiment file is a mapping (name, cohorts, timeline, ...)", source=source, line=1)
     spec = validate(ExperimentFile, data, lines, source)
@@ -264,7 +268,7 @@ def load_experiment(path: Path) -> Experiment:
             raise ValidationError("lists no values", field=f"sweep.{key}", line=where(lines, "sweep", key), source=source)
         for j, value in enumerate(values):
             try:
-                swept_value(spec, key, value)
+                values[j] = swept_value(spec, key, value)
             except PydanticValidationError as err:
                 raise ValidationError(f"{value!r}: {err.errors()[0]['msg']}", field=f"sweep.{key}[{j}]",
                                       line=where(lines, "sweep", key), source=source) from None
@@ -275,6 +279,9 @@ def load_experiment(path: Path) -> Experiment:
                 except ValidationError as err:
                     raise ValidationError(err.reason, field=f"sweep.strategy[{j}]",
                                           line=where(lines, "sweep", key), source=source, hint=err.hint) from None
+    for j, seed in enumerate(spec.seeds or []):
+        if not 0 <= seed <= SEED_MAX:
+            raise ValidationError(f"{seed} is not a seed (0 to {SEED_MAX})", field=f"seeds[{j}]", line=where(lines, "seeds"), source=source)
     if spec.seeds is not None and len(spec.seeds) != spec.repeat:
         raise ValidationError(f"lists {len(spec.seeds)} seeds for repeat: {spec.repeat}", field="seeds",
                               line=where(lines, "seeds"), source=source)
@@ -285,22 +292,31 @@ def load_experiment(path: Path) -> Experiment:
     for combo in points:
         point = dict(zip(keys, combo))
         label = "-".join(f"{k.split('.')[-1]}_{v}" for k, v in point.items()) or "base"
+        if not re.fullmatch(NAME_PATTERN, label) or ".." in label:
+            # Run keys are folder names: a value must not reach outside the experiment folder.
+            raise ValidationError(f"the run name '{label[:80]}' made of these values is not a plain folder name",
+                                  field="sweep", line=where(lines, "sweep"), source=source,
+                                  hint="sweep values are names, numbers and rates (letters, digits, . _ -)")
         for repetition, seed in enumerate(seeds, start=1):
             runs.append(RunPlan(f"{label}-r{repetition}", point, repetition, seed))
     return Experiment(spec, path, runs, lines)
 
 
-def swept_value(spec: ExperimentFile, key: str, value: Any) -> BaseModel | None:
-    """The init section or the first event's action with a sweep value in it, validated (None: not such a key)."""
+def swept_value(spec: ExperimentFile, key: str, value: Any) -> Any:
+    """A sweep value checked as the field it replaces is checked (the init section, an event's action, a
+    run setting); returns it as that field reads it (a number given as text becomes a number)."""
     if key in SWEEPABLE_INIT_FIELDS:
         base = spec.init.model_dump() if spec.init else {}
-        return Init.model_validate({**base, key.split(".", 1)[1]: value})
+        name = key.split(".", 1)[1]
+        return getattr(Init.model_validate({**base, name: value}), name)
     if key in SWEEPABLE_EVENT_FIELDS:
         kind, name = SWEEPABLE_EVENT_FIELDS[key]
         action = next(getattr(e, kind) for e in spec.timeline if getattr(e, kind) is not None)
-        validated: BaseModel = type(action).model_validate({**action.model_dump(), name: value})
-        return validated
-    return None
+        return getattr(type(action).model_validate({**action.model_dump(), name: value}), name)
+    if key in SWEPT_SETTINGS:
+        model, name = SWEPT_SETTINGS[key]
+        return getattr(model.model_validate({name: value}), name)
+    return value
 
 
 def _check_topology(spec: ExperimentFile, lines: dict[tuple[Any, ...], int], source: str) -> None:

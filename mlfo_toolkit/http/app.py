@@ -6,6 +6,7 @@ packages raise `MlfoError` subclasses, and `STATUS` below turns them into HTTP a
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -26,6 +27,7 @@ from mlfo_toolkit.errors import (
     MlfoError,
     NotFoundError,
     RemoteError,
+    StorageError,
     UnreachableError,
     ValidationError,
 )
@@ -45,6 +47,7 @@ STATUS: tuple[tuple[type[MlfoError], int], ...] = (
     (NotFoundError, 404),
     (ConflictError, 409),
     (CapacityError, 503),
+    (StorageError, 507),  # the service's own disk: full, read-only
     (UnreachableError, 502),  # a node behind this service did not answer
     (RemoteError, 502),  # a node behind this service answered with an error
     (MlfoError, 500),
@@ -55,12 +58,14 @@ REASONS = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Payload Too Large",
     415: "Unsupported Media Type",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 
 
@@ -87,12 +92,15 @@ def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 in JSON past `limit` bytes (declared or streamed), and HTTP metrics."""
+    """ASGI middleware: 413 in JSON past `limit` bytes (declared or streamed), 408 when the body has not
+    arrived in full `seconds` after the request began (a stalled upload holds nothing past that), and
+    HTTP metrics."""
 
-    def __init__(self, app: Asgi, limit: int, metrics: ServiceMetrics | None) -> None:
+    def __init__(self, app: Asgi, limit: int, metrics: ServiceMetrics | None, seconds: float = 10.0) -> None:
         self.app = app
         self.limit = limit
         self.metrics = metrics
+        self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,28 +130,54 @@ class BodyLimit:
                 await answer(self._too_large(length))
                 return
 
+            deadline = asyncio.get_running_loop().time() + self.seconds
+            body_done = False
+
             async def limited_receive() -> Message:
-                message = await receive()
+                nonlocal body_done
+                if body_done:
+                    return await receive()  # after the body: a disconnect, whenever it comes
+                remaining = deadline - asyncio.get_running_loop().time()
+                try:
+                    message = await asyncio.wait_for(receive(), timeout=max(0.0, remaining))
+                except TimeoutError:
+                    raise _TooSlow(counted["in"]) from None
                 if message["type"] == "http.request":
                     counted["in"] += len(message.get("body", b""))
                     if counted["in"] > self.limit:
                         raise _TooLarge(counted["in"])
+                    body_done = not message.get("more_body", False)
                 return message
 
             try:
                 await self.app(scope, limited_receive, counting_send)
             except _TooLarge as err:
                 await answer(self._too_large(err.size))
+            except _TooSlow as err:
+                slow = error_response(408, f"the request body did not arrive within {self.seconds:g} s ({err.size} bytes came)",
+                                      field="body", hint="api.request_seconds")
+                slow.headers["Connection"] = "close"  # the rest of the body will not be read: free the connection now
+                await answer(slow)
         finally:
             if self.metrics is not None:
                 self.metrics.observe_http(counted["status"], counted["in"], counted["out"])
 
     def _too_large(self, size: int) -> JSONResponse:
-        return error_response(413, f"request body of {size} bytes exceeds the limit of {self.limit} bytes",
-                              field="body", limit=self.limit)
+        large = error_response(413, f"request body of {size} bytes exceeds the limit of {self.limit} bytes",
+                               field="body", limit=self.limit)
+        large.headers["Connection"] = "close"  # the rest of the body is not read
+        return large
 
 
 class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+class _TooSlow(Exception):
+    """The body stalled (`size` is what came)."""
+
     def __init__(self, size: int) -> None:
         super().__init__(size)
         self.size = size
@@ -166,7 +200,7 @@ def token_guard(*tokens: str | None) -> Any:
 
 
 def service_app(name: str, *, tokens: tuple[str | None, ...], max_body: int, metrics: ServiceMetrics | None = None,
-                public_metrics: bool = False, role: str | None = None) -> tuple[FastAPI, Any]:
+                public_metrics: bool = False, role: str | None = None, request_seconds: float = 10.0) -> tuple[FastAPI, Any]:
     """A FastAPI app with mlfo's error format, and the dependency that requires one of `tokens`.
 
     `/health` (with a `role`), `/docs` and `/openapi.json` are public; `/metrics` is public when `public_metrics`
@@ -180,7 +214,7 @@ def service_app(name: str, *, tokens: tuple[str | None, ...], max_body: int, met
     @app.exception_handler(MlfoError)
     async def _domain_error(request: Request, err: MlfoError) -> JSONResponse:
         status = status_of(err)
-        if status >= 500 and status not in (502, 503):
+        if status >= 500 and status not in (502, 503, 507):
             log.error("%s: %s on %s %s", name, err.message, request.method, request.url.path)
         body = {**error_body(status, err.message), **{k: v for k, v in err.to_dict().items() if k != "error"}}
         body["kind"] = type(err).__name__
@@ -224,5 +258,5 @@ def service_app(name: str, *, tokens: tuple[str | None, ...], max_body: int, met
         def health() -> dict[str, Any]:
             return {"role": role, "ok": True}
 
-    app.add_middleware(BodyLimit, limit=max_body, metrics=metrics)
+    app.add_middleware(BodyLimit, limit=max_body, metrics=metrics, seconds=request_seconds)
     return app, private

@@ -7,7 +7,6 @@ become HTTP answers through `app.STATUS`.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any
 
@@ -15,6 +14,7 @@ import yaml
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
+from python_multipart.exceptions import MultipartParseError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -26,7 +26,7 @@ from mlfo_toolkit.monitoring.metrics import AgentCollector, ServiceMetrics, Sock
 from mlfo_toolkit.orchestrator.campus import CampusMlfo, ReceiveParams
 from mlfo_toolkit.orchestrator.cloud import CloudMlfo
 from mlfo_toolkit.orchestrator.intents import Intent, parse_intent
-from mlfo_toolkit.util.yamlfiles import check_depth, validate
+from mlfo_toolkit.util.yamlfiles import check_depth, strict_json, validate
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain", "")
@@ -51,11 +51,16 @@ async def _form(request: Request, *, upload_field: str | None = None) -> tuple[d
         form = await request.form(max_files=4, max_fields=64, max_part_size=request.app.state.max_body)
     except MultiPartException as err:
         raise ValidationError(f"malformed form body: {err.message}", field="body") from None
+    except (MultipartParseError, UnicodeDecodeError, ValueError) as err:
+        # python-multipart's own parse errors: a boundary that does not match, one too long, too many headers.
+        raise ValidationError(f"malformed form body: {str(err)[:200] or type(err).__name__}", field="body") from None
     fields: dict[str, str] = {}
     upload: bytes | None = None
     for name, value in form.multi_items():
         data = await value.read() if isinstance(value, UploadFile) else value.encode("utf-8", "surrogateescape")
         if name == upload_field:
+            if upload is not None:
+                raise ValidationError("is given twice", field=name)
             upload = data
             continue
         if len(data) > MAX_FIELD_BYTES:
@@ -70,7 +75,7 @@ async def _form(request: Request, *, upload_field: str | None = None) -> tuple[d
 async def _json(request: Request) -> Any:
     body = await request.body()
     try:
-        data = json.loads(body or b"null")
+        data = strict_json(body or b"null")
     except (ValueError, RecursionError) as err:
         raise ValidationError(f"is not valid JSON: {err}" if isinstance(err, ValueError) else "nests too deeply", field="body") from None
     check_depth(data, "body")
@@ -107,8 +112,18 @@ async def _intent_request(request: Request) -> tuple[Intent, dict[str, Any]]:
             raise ValidationError("nests too deeply", field="intent") from None
         return parse_intent(text, "intent"), body
     if kind in YAML_TYPES:
-        return parse_intent(await request.body(), "body"), dict(request.query_params)
+        return parse_intent(await request.body(), "body"), _query_fields(request)
     raise _Unsupported(kind, "send multipart/form-data (curl -F file=@intent.yaml), YAML or JSON")
+
+
+def _query_fields(request: Request) -> dict[str, str]:
+    """The query's fields, each at most once (a second value would silently win)."""
+    fields: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name in fields:
+            raise ValidationError("is given twice in the query", field=name)
+        fields[name] = value
+    return fields
 
 
 def _unsupported_handler(app: FastAPI) -> None:
@@ -150,7 +165,7 @@ def campus_app(core: CampusMlfo) -> FastAPI:
     # The intent API needs api.token only if one is set (the prototype's curl sends none); the
     # southbound token, which Prometheus presents, is accepted too.
     app, private = service_app("campus MLFO", role="campus", tokens=(config.api.token, config.southbound_token),
-                               max_body=config.api.max_upload_bytes, metrics=core.metrics)
+                               max_body=config.api.max_upload_bytes, metrics=core.metrics, request_seconds=config.api.request_seconds)
     if not config.api.token:
         private = token_guard()
     app.state.max_body = config.api.max_upload_bytes
@@ -173,7 +188,7 @@ def campus_app(core: CampusMlfo) -> FastAPI:
 
     @app.get("/deployments", dependencies=[private], summary="Deployments, newest last (paged; ?view=summary for a short form)")
     def deployments(limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
-                    state: Annotated[str | None, Query(pattern="^(planned|deploying|running|done|failed)$")] = None,
+                    state: Annotated[str | None, Query(pattern="^(planned|queued|deploying|running|done|failed)$")] = None,
                     view: Annotated[str, Query(pattern="^(full|summary)$")] = "full") -> dict[str, Any]:
         return core.deployment_page(limit=limit, offset=offset, state=state, summary=view == "summary")
 
@@ -197,7 +212,8 @@ def campus_app(core: CampusMlfo) -> FastAPI:
 def cloud_app(core: CloudMlfo) -> FastAPI:
     """The cloud MLFO's Mo-Mo API: FL servers from the pool."""
     config = core.config
-    app, private = service_app("cloud MLFO", role="cloud", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes, metrics=core.metrics)
+    app, private = service_app("cloud MLFO", role="cloud", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes,
+                               metrics=core.metrics, request_seconds=config.api.request_seconds)
     momo_body = {"requestBody": {"required": True, "content": {
         "application/yaml": {"schema": {"type": "string"}},
         "application/json": {"schema": {"type": "object"}},
@@ -231,7 +247,8 @@ def agent_app(agent: NodeAgent) -> FastAPI:
     config = agent.config
     metrics = ServiceMetrics("agent")
     metrics.add(AgentCollector(agent))
-    app, private = service_app("agent", role="agent", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes, metrics=metrics)
+    app, private = service_app("agent", role="agent", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes,
+                               metrics=metrics, request_seconds=config.api.request_seconds)
     app.state.max_body = config.api.max_upload_bytes
 
     @app.post("/serv", status_code=201, dependencies=[private], openapi_extra=_form_schema(ServerStartParams, with_file=False),

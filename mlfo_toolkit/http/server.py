@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
 import socket
@@ -13,10 +14,13 @@ from typing import Any
 import uvicorn
 from anyio import to_thread
 
+from mlfo_toolkit.errors import ConfigError, ConflictError
+
 log = logging.getLogger(__name__)
 
-# Idle keep-alive connections are closed after this many seconds, and a request has this long to
-# arrive in full once its connection is open (see `_SlowRequestGuard`).
+# Idle keep-alive connections are closed after this many seconds; a request's head has
+# `request_seconds` (api.request_seconds) to arrive once its connection is open (`_guard_slow_requests`),
+# and its body as long again from then (the BodyLimit middleware).
 KEEP_ALIVE_SECONDS = 5
 REQUEST_HEAD_SECONDS = 10.0
 
@@ -70,12 +74,24 @@ class _QuietServer(uvicorn.Server):
 class HttpServer:
     """One ASGI app on one listening socket; the port is known before serving starts (port 0 works)."""
 
-    def __init__(self, app: Any, host: str, port: int, *, threads: int = 8) -> None:
+    def __init__(self, app: Any, host: str, port: int, *, threads: int = 8, request_seconds: float = REQUEST_HEAD_SECONDS) -> None:
         _raise_fd_limit()
+        self.request_seconds = request_seconds
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
+        try:
+            self._socket.bind((host, port))
+        except socket.gaierror as err:
+            self._socket.close()
+            raise ConfigError(f"cannot listen on {host}:{port}: the host name does not resolve ({err.strerror})",
+                              hint="give an IP address of this machine, e.g. 127.0.0.1") from None
+        except OSError as err:
+            self._socket.close()
+            if err.errno == errno.EADDRINUSE:
+                raise ConflictError(f"cannot listen on {host}:{port}: the port is in use",
+                                    hint="stop what listens there, or give another --port") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror}", hint="give an address of this machine") from None
         self._socket.listen(1024)
         self._socket.set_inheritable(False)
         self.host = host
@@ -109,7 +125,7 @@ class HttpServer:
     async def _serve(self) -> None:
         # Sync routes run in anyio's worker threads; size them like the service asks.
         to_thread.current_default_thread_limiter().total_tokens = max(self.threads, 4)
-        guard = asyncio.get_running_loop().create_task(_guard_slow_requests(self._server))
+        guard = asyncio.get_running_loop().create_task(_guard_slow_requests(self._server, self.request_seconds))
         try:
             await self._server.serve(sockets=[self._socket])
         finally:
@@ -143,8 +159,8 @@ def close_all(servers: list[HttpServer]) -> None:
         server.close()
 
 
-async def _guard_slow_requests(server: uvicorn.Server) -> None:
-    """Close connections whose request has not fully arrived `REQUEST_HEAD_SECONDS` after it began.
+async def _guard_slow_requests(server: uvicorn.Server, seconds: float) -> None:
+    """Close connections whose request head has not fully arrived `seconds` after it began.
 
     uvicorn times out idle keep-alive connections but waits for ever on a request sent a byte at a
     time (slowloris). Every half-sent request holds a connection; this frees them.
@@ -162,7 +178,7 @@ async def _guard_slow_requests(server: uvicorn.Server) -> None:
                 first_seen.pop(key, None)
                 continue
             started = first_seen.setdefault(key, now)
-            if now - started > REQUEST_HEAD_SECONDS:
+            if now - started > seconds:
                 transport = getattr(protocol, "transport", None)
                 if transport is not None:
                     transport.close()

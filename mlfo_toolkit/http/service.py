@@ -19,11 +19,11 @@ from mlfo_toolkit.util.signals import terminate_as_interrupt
 log = logging.getLogger(__name__)
 
 
-def _warn_if_open(host: str, token: str | None, what: str) -> None:
-    """Serving beyond loopback with no token lets anyone who reaches the address start FL processes."""
+def _warn_if_open(host: str, token: str | None, what: str, setting: str = "api.southbound_token or MLFO_API__SOUTHBOUND_TOKEN") -> None:
+    """Serving beyond loopback with no token lets anyone who reaches the address use it."""
     if not token and host not in ("127.0.0.1", "::1", "localhost"):
-        print(f"warning: {what} serves on {host} with no token: anyone who can reach it may use it "
-              "(set api.southbound_token or MLFO_API__SOUTHBOUND_TOKEN)", file=sys.stderr, flush=True)
+        print(f"warning: {what} serves on {host} with no token: anyone who can reach it may use it (set {setting})",
+              file=sys.stderr, flush=True)
 
 
 def _serve(server: HttpServer, core: Any, what: str) -> None:
@@ -44,17 +44,36 @@ def run_mlfo(config: Config, role: str) -> None:
     logging.getLogger("mlfo_toolkit").setLevel(logging.INFO)
     store = open_store(config, role)
     core: CampusMlfo | CloudMlfo
-    if role == "campus":
-        core = CampusMlfo(config, store)
-        server = HttpServer(campus_app(core), config.mlfo.host, config.mlfo.port, threads=16)
-    else:
-        core = CloudMlfo(config, store)
-        _warn_if_open(config.mlfo.host, config.southbound_token, "the cloud MLFO")
-        server = HttpServer(cloud_app(core), config.mlfo.host, config.mlfo.momo_port, threads=16)
     try:
+        if role == "campus":
+            core = CampusMlfo(config, store)
+            _warn_if_open(config.mlfo.host, config.api.token, "the campus MLFO", "api.token or MLFO_API__TOKEN")
+            app, port = campus_app(core), config.mlfo.port
+        else:
+            core = CloudMlfo(config, store)
+            _warn_if_open(config.mlfo.host, config.southbound_token, "the cloud MLFO")
+            app, port = cloud_app(core), config.mlfo.momo_port
+        _say_recovery(f"{role} MLFO", core.recovery)
+        try:
+            server = HttpServer(app, config.mlfo.host, port, threads=16, request_seconds=config.api.request_seconds)
+        except BaseException:
+            core.close()
+            raise
         _serve(server, core, f"{role} MLFO")
     finally:
         store.close()
+
+
+def _say_recovery(what: str, recovery: dict[str, Any]) -> None:
+    """What the MLFO set right at its start: a store moved aside, records skipped, deployments resumed or abandoned."""
+    if recovery.get("moved_aside"):
+        print(f"{what}: the store {recovery['store']} could not be read; it was moved aside as {recovery['moved_aside']} "
+              "and the MLFO starts with an empty store", file=sys.stderr, flush=True)
+    for skipped in recovery.get("skipped", []):
+        print(f"{what}: skipped {skipped['kind']} record {skipped['id']} of the store: {skipped['reason']}", file=sys.stderr, flush=True)
+    for key, verb in (("resumed", "follows again"), ("abandoned", "abandoned (half deployed)"), ("released", "released"), ("stopped", "stopped")):
+        if recovery.get(key):
+            print(f"{what}: {verb}: {', '.join(recovery[key])}", file=sys.stderr, flush=True)
 
 
 def run_agent(config: Config) -> None:
@@ -62,7 +81,7 @@ def run_agent(config: Config) -> None:
     logging.getLogger("mlfo_toolkit").setLevel(logging.INFO)
     agent = NodeAgent(config, work_dir=Path(config.paths.state_dir) / f"agent-{config.agent.port}")
     _warn_if_open(config.agent.host, config.southbound_token, "the node agent")
-    server = HttpServer(agent_app(agent), config.agent.host, config.agent.port)
+    server = HttpServer(agent_app(agent), config.agent.host, config.agent.port, request_seconds=config.api.request_seconds)
     _serve(server, agent, "node agent")
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -49,6 +49,11 @@ class MlfoMetrics(ServiceMetrics):
             buckets=ORCHESTRATION_BUCKETS, registry=self.registry,
         )
         self.momo = Counter("mlfo_momo_calls", "Mo-Mo calls (campus: sent, cloud: served), by result", ["role", "result"], registry=self.registry)
+        self.store_errors = Counter("mlfo_store_errors", "Writes to the MLFO's store that failed (disk full, read-only)", ["role"],
+                                    registry=self.registry)
+        self.recovered = Counter("mlfo_recovered", "What an MLFO set right after a restart or a lost answer, by action",
+                                 ["role", "action"], registry=self.registry)
+        self.queued = Gauge("mlfo_queued_deployments", "Deployments waiting for a free FL server", ["role"], registry=self.registry)
 
 
 class DeploymentStates(Collector):
@@ -59,7 +64,7 @@ class DeploymentStates(Collector):
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily("mlfo_deployments", "Deployments by state", labels=["state"])
-        counts = {state: 0 for state in ("planned", "deploying", "running", "done", "failed")}
+        counts = {state: 0 for state in ("planned", "queued", "deploying", "running", "done", "failed")}
         for state in self.states():
             counts[state] = counts.get(state, 0) + 1
         for state, count in counts.items():

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.resources import resource_path
 from mlfo_toolkit.util.yamlfiles import load_yaml, validate
 
@@ -350,13 +351,13 @@ def build_topology(spec: TopologyFile, source: str, parameters: dict[str, int] |
 def load_topology(path: Path | None = None, parameters: dict[str, int] | None = None) -> Topology:
     """Load topologies/NAME.yaml (or any path); `parameters` overrides e.g. {'cohorts': 3}."""
     path = path or resource_path("topologies/prototype.yaml")
-    if not path.exists() and not path.suffix:
-        path = resource_path(f"topologies/{path.name}.yaml")
-    try:
-        text = path.read_bytes()
-    except OSError as err:
-        raise ValidationError(f"cannot read topology: {err.strerror}", source=str(path)) from None
-    data, lines = load_yaml(text, str(path))
+    if not path.exists() and not path.suffix and len(path.parts) == 1:
+        shipped = {p.stem: p for p in shipped_topologies()}
+        if path.name not in shipped:
+            raise ValidationError(f"no topology file '{path}' and no shipped topology of that name",
+                                  field="topology", hint=f"shipped: {', '.join(sorted(shipped))}, or give a file's path")
+        path = shipped[path.name]
+    data, lines = load_yaml(read_input(path, "topology file"), str(path))
     if not isinstance(data, dict):
         raise ValidationError("a topology must be a mapping", source=str(path), line=1)
     spec = validate(TopologyFile, data, lines, str(path))

@@ -3,6 +3,7 @@ followed (`orchestrator.watch`) until it ends."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -15,7 +16,16 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, NotFoundError, UnreachableError, ValidationError
+from mlfo_toolkit.errors import (
+    CapacityError,
+    ConflictError,
+    MlfoError,
+    NotFoundError,
+    PoolBusyError,
+    StorageError,
+    UnreachableError,
+    ValidationError,
+)
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.monitoring.metrics import DeploymentStates, MlfoMetrics
 from mlfo_toolkit.orchestrator.api_clients import AgentClient, MomoClient, southbound
@@ -27,6 +37,7 @@ from mlfo_toolkit.orchestrator.store import Store
 from mlfo_toolkit.orchestrator.watch import DeploymentWatch
 from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX, safe_name
 from mlfo_toolkit.util.stats import spread
+from mlfo_toolkit.util.yamlfiles import Float, Int
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +53,17 @@ class ReceiveParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ipstart: int | None = Field(None, ge=0, le=255)
-    cohortsize: int = Field(1, ge=1, le=10_000)
+    ipstart: Int | None = Field(None, ge=0, le=255)
+    cohortsize: Int = Field(1, ge=1, le=10_000)
     sameserver: StrictBool = False
-    avgalgo: str | None = None
-    fracfit: float | None = Field(None, gt=0, le=1)
-    minfit: int | None = Field(None, ge=1, le=10_000)
-    minav: int | None = Field(None, ge=1, le=10_000)
-    numround: int | None = Field(None, ge=1, le=10_000)
+    avgalgo: str | None = Field(None, max_length=64)
+    fracfit: Float | None = Field(None, gt=0, le=1)
+    minfit: Int | None = Field(None, ge=1, le=10_000)
+    minav: Int | None = Field(None, ge=1, le=10_000)
+    numround: Int | None = Field(None, ge=1, le=10_000)
     name: str | None = Field(None, max_length=NAME_MAX, pattern=NAME_PATTERN)
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    roundtimeout: float | None = Field(None, gt=0, le=86_400)
+    seed: Int | None = Field(None, ge=0, le=SEED_MAX)
+    roundtimeout: Float | None = Field(None, gt=0, le=86_400)
 
     @field_validator("minfit", "minav")
     @classmethod
@@ -102,23 +113,73 @@ class Admission:
         )
 
 
+class ServerQueue:
+    """Deployments waiting for a free FL server, oldest first: only the oldest asks the cloud MLFO again
+    (fair), when a server is given back or every second; bounded in length (`mlfo.queue_length`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.waiting: list[str] = []
+        self.changed = threading.Condition()
+
+    def full(self) -> bool:
+        with self.changed:
+            return len(self.waiting) >= self.config.mlfo.queue_length
+
+    def join(self, deployment_id: str) -> None:
+        with self.changed:
+            if len(self.waiting) >= self.config.mlfo.queue_length:
+                raise CapacityError(f"{len(self.waiting)} deployments already wait for a free FL server (mlfo.queue_length)",
+                                    hint="send it again when a cohort has finished, or raise mlfo.queue_length")
+            self.waiting.append(deployment_id)
+            self.changed.notify_all()
+
+    def leave(self, deployment_id: str) -> None:
+        with self.changed:
+            if deployment_id in self.waiting:
+                self.waiting.remove(deployment_id)
+            self.changed.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        """Until the queue changes or a server is given back (or `timeout` passed)."""
+        with self.changed:
+            self.changed.wait(timeout)
+
+    def server_freed(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def position(self, deployment_id: str) -> int | None:
+        with self.changed:
+            return self.waiting.index(deployment_id) + 1 if deployment_id in self.waiting else None
+
+
 class CampusMlfo:
-    """Receives user intents, asks the cloud MLFO for an FL server, starts the cohort's clients, follows the run."""
+    """Receives user intents, asks the cloud MLFO for an FL server, starts the cohort's clients, follows the run.
+
+    It survives its own failures: after a restart it resumes watching what runs and abandons what was half
+    deployed (stopping every client it may have started); a release or a stop that failed is retried by
+    a janitor; a store it cannot write fails the deployments that change with the reason, keeps them in
+    memory and writes them again once it can.
+    """
 
     def __init__(self, config: Config, store: Store, catalog: Catalog | None = None) -> None:
         self.config = config
-        self.table = DeploymentTable(store)
-        self.catalog = catalog or Catalog.load(config.mlfo.catalog)
         self.metrics = MlfoMetrics("campus")
+        self.table = DeploymentTable(store, on_store_error=lambda err: self.metrics.store_errors.labels("campus").inc())
+        self.catalog = catalog or Catalog.load(config.mlfo.catalog)
         self.metrics.add(DeploymentStates(self.table.states))
         self.admission = Admission(config, self.table)
+        self.queue = ServerQueue(config)
         self.watch = DeploymentWatch(config, self.table, self._finish)
         # Starting a client starts a Python process that imports Flower: a few at a time, machine-wide.
         self._start_slots = threading.BoundedSemaphore(config.mlfo.start_concurrency)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._restarting: set[tuple[str, int]] = set()
+        self.recovery: dict[str, Any] = {"at": time.time(), **store.recovery(), "resumed": [], "abandoned": []}
         self._recover()
+        self._spawn(self._janitor, "janitor")
 
     # --- intents in ----------------------------------------------------------------------------
     def receive(self, intent: Intent, params: ReceiveParams) -> dict[str, Any]:
@@ -137,6 +198,9 @@ class CampusMlfo:
         clients = client_range(self.config, ipstart, params.cohortsize)
         name = params.name or safe_name(intent.intentID)
         memory_mb = self.admission.estimate(params.cohortsize, params.sameserver)
+        if self.queue.full():
+            raise CapacityError(f"{self.config.mlfo.queue_length} deployments already wait for a free FL server "
+                                "(mlfo.queue_length)", hint="send it again when a cohort has finished, or raise mlfo.queue_length")
         now = time.time()
         record = Deployment(
             id=uuid.uuid4().hex[:12],
@@ -169,7 +233,8 @@ class CampusMlfo:
 
     def deployment_page(self, *, limit: int = 100, offset: int = 0, state: str | None = None,
                         summary: bool = False) -> dict[str, Any]:
-        return self.table.page(limit=limit, offset=offset, state=state, summary=summary)
+        return {**self.table.page(limit=limit, offset=offset, state=state, summary=summary),
+                "queued": len(self.queue.waiting), "recovery": self.recovery}
 
     # --- a running deployment stopped ----------------------------------------------------------
     def stop_deployment(self, deployment_id: str) -> dict[str, Any]:
@@ -185,14 +250,18 @@ class CampusMlfo:
     def restart_client(self, deployment_id: str, part: int) -> dict[str, Any]:
         """Start a new SuperNode for client `part` of a running deployment whose SuperNode is gone (lost).
 
-        It joins the running FL server; Flower samples it from the next round on."""
+        It joins the running FL server; Flower samples it from the next round on. A stop that comes while
+        the client starts wins: the new SuperNode is stopped again and the restart answers 409."""
         record = self.table.get(deployment_id)
         client = record.client(part)
         if client is None:
             raise NotFoundError(f"deployment {deployment_id} has no client part {part} (parts 0-{len(record.clients) - 1})")
-        if record.state != "running":
-            raise ConflictError(f"deployment {deployment_id} is {record.state}: only a running deployment's clients restart")
         with self.table.lock:
+            record = self.table.get(deployment_id)
+            client = record.client(part)
+            assert client is not None
+            if record.state != "running":
+                raise ConflictError(f"deployment {deployment_id} is {record.state}: only a running deployment's clients restart")
             if client.state not in ("lost", "failed"):
                 raise ConflictError(f"client part {part} is {client.state}: only a lost or failed client restarts",
                                     hint="wait until the MLFO sees it lost (GET /deployments/ID)")
@@ -204,17 +273,23 @@ class CampusMlfo:
         try:
             with southbound(AgentClient, client.agent, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as agent:
                 answer = agent.start_client(client_fields(record, part, record.server.server))
+            with self.table.edit(deployment_id) as live:
+                entry = live.clients[part]
+                ended = live.ended
+                if not ended:
+                    earlier = ClientRestart(restarted_at=requested, name=entry.name, pid=entry.pid, lost_at=entry.lost_at,
+                                            lost_reason=entry.lost_reason, error=entry.error)
+                    entry.state, entry.name, entry.pid, entry.since = "running", _text(answer.get("client")), _number(answer.get("pid")), time.time()
+                    entry.error = entry.lost_at = entry.lost_reason = None
+                    entry.restarts.append(earlier)
+                restarted = entry.model_copy()
         finally:
             with self.table.lock:
                 self._restarting.discard((deployment_id, part))
-        with self.table.edit(deployment_id) as live:
-            entry = live.clients[part]
-            earlier = ClientRestart(restarted_at=requested, name=entry.name, pid=entry.pid, lost_at=entry.lost_at,
-                                    lost_reason=entry.lost_reason, error=entry.error)
-            entry.state, entry.name, entry.pid, entry.since = "running", _text(answer.get("client")), _number(answer.get("pid")), time.time()
-            entry.error = entry.lost_at = entry.lost_reason = None
-            entry.restarts.append(earlier)
-            restarted = entry.model_copy()
+        if ended:
+            # Stopped while the client started: the stop did not see the new SuperNode, so stop it here.
+            self._stop_clients(deployment_id, [restarted])
+            raise ConflictError(f"deployment {deployment_id} ended while client part {part} restarted; it was stopped again")
         log.info("client part %d of %s restarted on %s", part, deployment_id, restarted.agent)
         return {"deployment": deployment_id, "part": part, "agent": restarted.agent, "client": restarted.name,
                 "pid": restarted.pid, "seconds": round(time.time() - requested, 3)}
@@ -226,20 +301,28 @@ class CampusMlfo:
         thread.start()
 
     def _recover(self) -> None:
-        """After a restart: resume watching running deployments, fail the half-deployed ones."""
+        """After a restart: resume watching running deployments, abandon the half-deployed ones."""
         for record in self.table.all():
             if record.state == "running":
+                self.recovery["resumed"].append(record.id)
                 self._spawn(self.watch.follow, record.id)
-            elif record.state in ("planned", "deploying"):
-                self.table.update(record.id, state="failed", reason="the MLFO restarted while deploying; send the intent again")
+            elif record.state in ("planned", "queued", "deploying"):
+                self.recovery["abandoned"].append(record.id)
+                self.metrics.recovered.labels("campus", "abandoned").inc()
+                with contextlib.suppress(StorageError):  # kept in memory; the janitor writes it later
+                    self.table.update(record.id, state="failed", reason="the MLFO restarted while deploying; send the intent again",
+                                      finished=time.time(), queue=None)
                 # What the half-made deployment holds (a cloud allocation, SuperLink, SuperNodes) is freed.
                 self._spawn(self._abandon, record.id)
+        if self.recovery["resumed"] or self.recovery["abandoned"] or self.recovery["moved_aside"] or self.recovery["skipped"]:
+            log.info("recovered: resumed %s, abandoned %s, store moved aside: %s, records skipped: %d",
+                     self.recovery["resumed"], self.recovery["abandoned"], self.recovery["moved_aside"], len(self.recovery["skipped"]))
 
     def _deploy(self, deployment_id: str) -> None:
         started = time.monotonic()
-        record = self.table.update(deployment_id, state="deploying")
-        params, pipeline = record.params, record.pipeline
         try:
+            record = self.table.update(deployment_id, state="deploying")
+            params, pipeline = record.params, record.pipeline
             constraints = MomoConstraints(
                 sourcekind=pipeline["source"], modelkind=pipeline["model"], avgalgo=params.strategy,
                 fracfit=params.fraction_fit, minfit=params.min_fit, minav=params.min_available, numround=params.rounds,
@@ -247,10 +330,11 @@ class CampusMlfo:
                 roundtimeout=params.round_timeout,
             )
             momo = build_momo_intent(record.intent_id, Pipeline(**pipeline), constraints)
-            answer = self._momo_deploy(momo.model_dump())
+            answer = self._server_for(deployment_id, momo.model_dump())
+            started = time.monotonic()  # orchestration counts from the server given, not from the queue
             server = ServerRecord(server=answer["server"], agent=answer["agent"], shared_with=answer.get("shared_with"),
                                   pid=answer.get("pid"))
-            record = self.table.update(deployment_id, server=server)
+            record = self.table.update(deployment_id, server=server, released=False)
             self._start_clients(record, server.server, started)
             record = self.table.get(deployment_id)
             failed = [c for c in record.clients if c.state == "failed"]
@@ -274,6 +358,55 @@ class CampusMlfo:
             return
         self.watch.follow(deployment_id)
 
+    def _server_for(self, deployment_id: str, momo: dict[str, Any]) -> dict[str, Any]:
+        """An FL server from the cloud MLFO; while every server is busy, wait in the queue (bounded, fair)."""
+        queued_since: float | None = None
+        busy = "every FL server is busy"
+        try:
+            while True:
+                # Only the first of the queue asks the cloud again: the others keep their places.
+                if queued_since is None or self.queue.position(deployment_id) == 1:
+                    try:
+                        return self._momo_deploy(momo)
+                    except PoolBusyError as err:
+                        busy = err.message
+                        if queued_since is None:
+                            self.queue.join(deployment_id)
+                            queued_since = time.time()
+                            self.metrics.queued.labels("campus").set(len(self.queue.waiting))
+                            log.info("deployment %s waits for a free FL server (%s)", deployment_id, busy)
+                waited = time.time() - queued_since
+                if waited >= self.config.mlfo.queue_wait_seconds:
+                    raise MlfoError(f"waited {waited:.0f} s for a free FL server (mlfo.queue_wait_seconds): {busy}")
+                if self._stopping.is_set():
+                    raise MlfoError("the MLFO is stopping")
+                self._show_queue()
+                self.queue.wait(timeout=1.0)
+        finally:
+            if queued_since is not None:
+                self.queue.leave(deployment_id)
+                self.metrics.queued.labels("campus").set(len(self.queue.waiting))
+                with contextlib.suppress(StorageError, NotFoundError):
+                    self.table.update(deployment_id, state="deploying", queue=None)
+                self._show_queue()
+
+    def _show_queue(self) -> None:
+        """Each queued deployment's position and an estimate of its wait (from the runs that finished here)."""
+        durations = sorted(r.finished - r.created for r in self.table.all() if r.state == "done" and r.finished)
+        typical = durations[len(durations) // 2] if durations else None
+        servers = max(1, len(self.config.server_agents()))
+        for deployment_id in list(self.queue.waiting):
+            position = self.queue.position(deployment_id)
+            if position is None:
+                continue
+            with contextlib.suppress(StorageError, NotFoundError), self.table.edit(deployment_id) as record:
+                if record.ended:
+                    continue
+                since = (record.queue or {}).get("since") or time.time()
+                record.state = "queued"
+                record.queue = {"position": position, "since": since, "length": len(self.queue.waiting),
+                                "estimated_wait_seconds": round(typical * position / servers, 1) if typical else None}
+
     def _momo_deploy(self, momo: dict[str, Any]) -> dict[str, Any]:
         """Ask the cloud MLFO for an FL server; a lost answer is asked again (deploy is idempotent per deployment)."""
         timeout = max(self.config.api.timeout_seconds, MOMO_DEPLOY_TIMEOUT)
@@ -295,7 +428,10 @@ class CampusMlfo:
         raise AssertionError("unreachable")
 
     def _start_clients(self, record: Deployment, server: str, started: float) -> None:
-        """Start the cohort's clients through a machine-wide pool; record when each one was up."""
+        """Start the cohort's clients through a machine-wide pool; record when each one was up.
+
+        A client is recorded `starting` (in the store) before its agent is asked, so that a campus killed
+        meanwhile knows, after its restart, to stop it."""
         timeout = max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)
 
         def start_one(client: ClientRecord) -> None:
@@ -304,6 +440,8 @@ class CampusMlfo:
                 if self._stopping.is_set():
                     changes = {"state": "failed", "error": "the MLFO is stopping"}
                 else:
+                    with self.table.edit(record.id) as live:
+                        live.clients[client.part].state = "starting"
                     try:
                         with southbound(AgentClient, client.agent, self.config, timeout=timeout) as agent:
                             answer = agent.start_client(client_fields(record, client.part, server))
@@ -320,33 +458,59 @@ class CampusMlfo:
             list(pool.map(start_one, record.clients))
 
     def _finish(self, deployment_id: str, state: str, reason: str | None) -> None:
+        """End a deployment (the first end stands), stop its clients, give its server back; each step is tried
+        even when an earlier one failed, and what failed is retried by the janitor."""
         with self.table.lock:
             record = self.table.get(deployment_id)
             if record.ended:
                 return  # ended already (stopped on request while its watcher looked): the first end stands
-            record = self.table.update(deployment_id, state=state, reason=reason, finished=time.time())
-        log.info("deployment %s %s%s", deployment_id, state, f": {reason}" if reason else "")
-        # Stop this deployment's FL processes and free the server (best effort).
-        for client in record.clients:
-            if client.state in ("running", "lost"):
-                try:
-                    with southbound(AgentClient, client.agent, self.config) as agent:
-                        agent.stop(deployment_id)
-                except MlfoError as err:
-                    log.warning("could not stop client %s: %s", client.agent, err.message)
-        if record.server is not None:
             try:
-                with southbound(MomoClient, self.config.mlfo.cloud, self.config) as cloud:
-                    cloud.release(deployment_id)
+                record = self.table.update(deployment_id, state=state, reason=reason, finished=time.time(), queue=None)
+            except StorageError:
+                record = self.table.get(deployment_id)  # ended in memory; written again by the janitor
+        log.info("deployment %s %s%s", deployment_id, state, f": {reason}" if reason else "")
+        self._stop_clients(deployment_id, record.clients)
+        self._release(deployment_id)
+
+    def _stop_clients(self, deployment_id: str, clients: list[ClientRecord]) -> None:
+        """Stop a deployment's FL clients on their agents; each shows `stopped` once its agent confirmed."""
+        for client in clients:
+            if client.state not in ("running", "lost", "starting"):
+                continue
+            try:
+                with southbound(AgentClient, client.agent, self.config, retries=0) as agent:
+                    agent.stop(deployment_id)
             except MlfoError as err:
-                log.warning("could not release the FL server of %s: %s", deployment_id, err.message)
+                log.warning("could not stop client %s of %s: %s", client.agent, deployment_id, err.message)
+                continue
+            with contextlib.suppress(StorageError), self.table.edit(deployment_id) as live:
+                entry = live.clients[client.part]
+                if entry.state in ("running", "starting"):
+                    entry.state = "stopped"
+
+    def _release(self, deployment_id: str) -> None:
+        """Give the deployment's FL server back to the cloud MLFO (released stays false until it confirmed)."""
+        record = self.table.get(deployment_id)
+        if record.server is None or record.released:
+            return
+        try:
+            with southbound(MomoClient, self.config.mlfo.cloud, self.config, retries=0) as cloud:
+                cloud.release(deployment_id)
+        except NotFoundError:
+            pass  # the cloud holds no allocation for it (it recovered without one): nothing to give back
+        except MlfoError as err:
+            log.warning("could not release the FL server of %s: %s (the janitor asks again)", deployment_id, err.message)
+            return
+        with contextlib.suppress(StorageError):
+            self.table.update(deployment_id, released=True)
+        self.queue.server_freed()
 
     def _abandon(self, deployment_id: str) -> None:
         """Stop whatever a deployment interrupted by a restart may have started, and free its server."""
         record = self.table.get(deployment_id)
         for client in record.clients:
             if client.state == "planned":
-                continue
+                continue  # never asked (`starting` is written before the agent is called)
             try:
                 with southbound(AgentClient, client.agent, self.config, retries=0) as agent:
                     agent.stop(deployment_id)
@@ -359,10 +523,31 @@ class CampusMlfo:
             pass  # the cloud never allocated a server for it
         except MlfoError as err:
             log.warning("could not release the FL server of %s: %s", deployment_id, err.message)
+            return
+        with contextlib.suppress(StorageError):
+            self.table.update(deployment_id, released=True)
+        self.queue.server_freed()
+
+    def _janitor(self, _: str) -> None:
+        """Retry what failed: store writes, releases the cloud did not confirm, stops agents did not answer."""
+        while not self._stopping.wait(self.config.mlfo.janitor_seconds):
+            try:
+                self.table.flush()
+                for record in self.table.all():
+                    if not record.ended:
+                        continue
+                    if record.server is not None and record.released is False:
+                        self._release(record.id)
+                    leftover = [c for c in record.clients if c.state in ("running", "starting")]
+                    if leftover and record.finished and time.time() - record.finished > self.config.mlfo.janitor_seconds:
+                        self._stop_clients(record.id, leftover)
+            except Exception:  # the janitor must outlive whatever it tidies up
+                log.exception("janitor")
 
     def close(self) -> None:
         self._stopping.set()
         self.watch.stopping.set()
+        self.queue.server_freed()
         for thread in self._threads:
             thread.join(timeout=10)
 

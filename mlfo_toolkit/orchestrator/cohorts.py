@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.orchestrator.intents import Catalog, Intent, load_intent_file, parse_intent
+from mlfo_toolkit.orchestrator.intents import Catalog, Intent, parse_intent
+from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX
 from mlfo_toolkit.util.resources import resource_path
 from mlfo_toolkit.util.yamlfiles import load_yaml, validate
@@ -143,6 +144,8 @@ def _load_intent(ref: str | dict[str, Any], base: Path, field_name: str, source:
     if isinstance(ref, dict):
         text = yaml.safe_dump(ref, sort_keys=False)
         return parse_intent(text, f"{source}: {field_name}"), text
+    if "\x00" in str(ref):
+        raise ValidationError("an intent file's name has no NUL byte", field=field_name, line=line, source=source)
     path = (base / ref).resolve()
     # Intents live next to the cohort file or in the shipped catalog: a cohort file (perhaps sent by
     # someone else) must not make mlfo read /etc/shadow and echo what it found.
@@ -156,8 +159,8 @@ def _load_intent(ref: str | dict[str, Any], base: Path, field_name: str, source:
             path = shipped
         else:
             raise ValidationError(f"intent file '{ref}' not found (looked in {path.parent})", field=field_name, line=line, source=source)
-    intent = load_intent_file(path)
-    return intent, path.read_text()
+    raw = read_input(path, "intent file")
+    return parse_intent(raw, str(path)), raw.decode("utf-8")
 
 
 def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Config, *, any_intent_path: bool = False) -> CohortFile:
@@ -273,10 +276,7 @@ def shape_cohorts(cohort_file: CohortFile, cohorts: int | None, clients: int | N
 
 
 def load_cohort_file(path: Path, config: Config, *, any_intent_path: bool = False) -> CohortFile:
-    try:
-        text = path.read_bytes()
-    except OSError as err:
-        raise ValidationError(f"cannot read cohort file: {err.strerror}", source=str(path)) from None
+    text = read_input(path, "cohort file")
     return parse_cohort_file(text, str(path), path.parent, config, any_intent_path=any_intent_path)
 
 

@@ -1,16 +1,26 @@
-"""The campus MLFO's deployments: typed records in memory, every change written through to the store."""
+"""The campus MLFO's deployments: typed records in memory, every change written through to the store.
+
+Memory is the truth while the MLFO runs; the store is what a restarted MLFO starts from. When a write
+fails (disk full), the change stays in memory, the record is remembered as unsaved and written again
+by `flush()`, and the caller gets `StorageError` to act on.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from mlfo_toolkit.errors import NotFoundError
+import pydantic
+
+from mlfo_toolkit.errors import NotFoundError, StorageError
 from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.store import Store
+
+log = logging.getLogger(__name__)
 
 DEPLOYMENT = "deployment"
 
@@ -18,12 +28,20 @@ DEPLOYMENT = "deployment"
 class DeploymentTable:
     """Deployments by id, in creation order. Readers get copies; changes go through `edit()` (under one lock)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, on_store_error: Callable[[StorageError], None] | None = None) -> None:
         self.store = store
         self.lock = threading.RLock()
+        self.on_store_error = on_store_error
+        self.unsaved: set[str] = set()
         self._records: dict[str, Deployment] = {}
         for raw in store.all(DEPLOYMENT):
-            record = Deployment.model_validate(raw)
+            try:
+                record = Deployment.model_validate(raw)
+            except pydantic.ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                store.skip(DEPLOYMENT, str(raw.get("id", "?")), f"not a deployment record ({where}: {first['msg']})")
+                continue
             self._records[record.id] = record
 
     def get(self, deployment_id: str) -> Deployment:
@@ -40,24 +58,46 @@ class DeploymentTable:
             return [r.state for r in self._records.values()]
 
     def add(self, record: Deployment) -> None:
+        """A new deployment: written first, so that one the store cannot hold is never accepted."""
         with self.lock:
+            record.updated = time.time()
+            self._put(record)
             self._records[record.id] = record
-            self._write(record)
 
     @contextlib.contextmanager
     def edit(self, deployment_id: str) -> Iterator[Deployment]:
-        """Change one deployment in place; it is written to the store when the block ends."""
+        """Change one deployment in place; it is written to the store when the block ends (StorageError if
+        that fails: the change stays in memory and is written again by `flush()`)."""
         with self.lock:
             record = self._live(deployment_id)
             yield record
-            self._write(record)
+            record.updated = time.time()
+            try:
+                self._put(record)
+            except StorageError:
+                self.unsaved.add(record.id)
+                raise
+            self.unsaved.discard(record.id)
 
     def update(self, deployment_id: str, **changes: Any) -> Deployment:
         """Set fields of one deployment; returns a copy of it as it is now."""
         with self.edit(deployment_id) as record:
             for key, value in changes.items():
                 setattr(record, key, value)
-            return record.model_copy(deep=True)
+            copy = record.model_copy(deep=True)
+        return copy
+
+    def flush(self) -> int:
+        """Write the records whose last write failed; how many are still unsaved."""
+        with self.lock:
+            for deployment_id in sorted(self.unsaved):
+                try:
+                    self._put(self._records[deployment_id])
+                except StorageError:
+                    break
+                self.unsaved.discard(deployment_id)
+                log.info("deployment %s written to the store again", deployment_id)
+            return len(self.unsaved)
 
     def page(self, *, limit: int = 100, offset: int = 0, state: str | None = None, summary: bool = False) -> dict[str, Any]:
         """The newest `limit` deployments (after skipping `offset` newer ones), oldest first, of one state if given."""
@@ -74,6 +114,11 @@ class DeploymentTable:
             raise NotFoundError(f"no deployment '{deployment_id}'")
         return record
 
-    def _write(self, record: Deployment) -> None:
-        record.updated = time.time()
-        self.store.put(DEPLOYMENT, record.id, record.to_json(), record.created)
+    def _put(self, record: Deployment) -> None:
+        try:
+            self.store.put(DEPLOYMENT, record.id, record.to_json(), record.created)
+        except StorageError as err:
+            log.error("%s (deployment %s)", err.message, record.id)
+            if self.on_store_error is not None:
+                self.on_store_error(err)
+            raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
 from mlfo_toolkit.util.resources import resource_path
 from mlfo_toolkit.util.yamlfiles import load_yaml, validate
@@ -22,7 +24,11 @@ MOMO_OPERATION = "aggregate.global"
 MOMO_OPERAND = "model.federated"
 
 Scalar = str | int | float | bool
-
+# Bounds on what an intent may hold: generous for any real intent, and small enough that a stored
+# deployment record stays small (50,000 constraints once grew the campus by 100 MB).
+MAX_TARGETS = 16
+MAX_CONSTRAINTS = 64
+MAX_TEXT = 1024
 
 
 class Target(BaseModel):
@@ -30,10 +36,22 @@ class Target(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    id: str = Field(min_length=1)
-    operation: str = Field(min_length=1)
-    operand: str = Field(min_length=1)
-    constraints: dict[str, Scalar] = Field(default_factory=dict)
+    id: str = Field(min_length=1, max_length=MAX_TEXT)
+    operation: str = Field(min_length=1, max_length=MAX_TEXT)
+    operand: str = Field(min_length=1, max_length=MAX_TEXT)
+    constraints: dict[str, Scalar] = Field(default_factory=dict, max_length=MAX_CONSTRAINTS)
+
+    @field_validator("constraints")
+    @classmethod
+    def _plain_values(cls, constraints: dict[str, Scalar]) -> dict[str, Scalar]:
+        for key, value in constraints.items():
+            if not key or len(key) > 64:
+                raise ValueError(f"a constraint's name has 1 to 64 characters ('{key[:64]}')")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{key}: {value} is not a finite number")
+            if isinstance(value, str) and len(value) > MAX_TEXT:
+                raise ValueError(f"{key}: a value has at most {MAX_TEXT} characters")
+        return constraints
 
 
 class Intent(BaseModel):
@@ -41,8 +59,8 @@ class Intent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    intentID: str = Field(min_length=1)  # noqa: N815 - the prototype's field name
-    targets: list[Target] = Field(min_length=1)
+    intentID: str = Field(min_length=1, max_length=MAX_TEXT)  # noqa: N815 - the prototype's field name
+    targets: list[Target] = Field(min_length=1, max_length=MAX_TARGETS)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
@@ -67,10 +85,7 @@ def parse_intent(text: str | bytes, source: str = "intent") -> Intent:
 
 
 def load_intent_file(path: Path) -> Intent:
-    try:
-        return parse_intent(path.read_bytes(), str(path))
-    except OSError as err:
-        raise ValidationError(f"cannot read intent file: {err.strerror}", source=str(path)) from None
+    return parse_intent(read_input(path, "intent file"), str(path))
 
 
 @dataclass(frozen=True)
@@ -113,10 +128,7 @@ class Catalog:
     @classmethod
     def load(cls, path: Path | None = None) -> Catalog:
         path = path or resource_path("intents/catalog.yaml")
-        try:
-            data, lines = load_yaml(path.read_bytes(), str(path))
-        except OSError as err:
-            raise ValidationError(f"cannot read the operand catalog: {err.strerror}", source=str(path)) from None
+        data, lines = load_yaml(read_input(path, "the operand catalog"), str(path))
         spec = validate(CatalogFile, data, lines, str(path))
         for operand, entry in spec.operands.items():
             for key, value, known in (("source", entry.source, tuple(LOADERS)), ("model", entry.model, MODEL_KINDS)):

@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DeploymentState = Literal["planned", "deploying", "running", "done", "failed"]
-DEPLOYMENT_STATES: tuple[DeploymentState, ...] = ("planned", "deploying", "running", "done", "failed")
+# planned: accepted; queued: waiting for a free FL server; deploying; running; done or failed, with a reason.
+DeploymentState = Literal["planned", "queued", "deploying", "running", "done", "failed"]
+DEPLOYMENT_STATES: tuple[DeploymentState, ...] = ("planned", "queued", "deploying", "running", "done", "failed")
 TERMINAL_STATES: tuple[DeploymentState, ...] = ("done", "failed")
 # planned: not started yet; starting: its agent was asked; running; lost: its SuperNode or agent is gone;
 # failed: it never started; stopped: its deployment ended and it was stopped.
@@ -120,6 +121,8 @@ class Deployment(Record):
     client_ready_seconds: dict[str, float | None] | None = None
     finished: float | None = None
     memory_mb: int | None = None
+    queue: dict[str, Any] | None = None  # while queued: position (1 = next), since, estimated wait
+    released: bool | None = None  # its FL server given back to the cloud MLFO (None: it never had one)
 
     @property
     def ended(self) -> bool:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import MlfoError
+from mlfo_toolkit.errors import MlfoError, StorageError
 from mlfo_toolkit.orchestrator.api_clients import AgentClient, southbound
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
 from mlfo_toolkit.orchestrator.records import TERMINAL_STATES, ClientRecord, FlRound
@@ -34,7 +34,19 @@ class DeploymentWatch:
         self.stopping = threading.Event()
 
     def follow(self, deployment_id: str) -> None:
-        """Follow the FL run on the server's agent until it ends; record rounds and lost clients as they come."""
+        """Follow the FL run on the server's agent until it ends; record rounds and lost clients as they come.
+
+        Nothing ends this thread silently: a store it cannot write, or any other error, ends the deployment
+        failed with the reason (its clients and server are stopped)."""
+        try:
+            self._follow(deployment_id)
+        except StorageError as err:
+            self.finish(deployment_id, "failed", f"the MLFO could not record the run: {err.message}")
+        except Exception as err:
+            log.exception("watching deployment %s", deployment_id)
+            self.finish(deployment_id, "failed", f"internal error in the MLFO while watching the run: {err}")
+
+    def _follow(self, deployment_id: str) -> None:
         cfg = self.config.mlfo
         last_contact = time.monotonic()
         next_client_check = time.monotonic() + cfg.client_check_seconds

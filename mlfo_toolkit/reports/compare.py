@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import NotFoundError
-from mlfo_toolkit.reports.runs import pyplot
-from mlfo_toolkit.util.files import write_json_atomically
+from mlfo_toolkit.reports.runs import pyplot, save_figure
+from mlfo_toolkit.util.files import write_json_atomically, write_text
 
 
 def is_experiment(folder: Path) -> bool:
@@ -187,8 +187,7 @@ def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]
 
 
 def _save(fig: Any, plt: Any, path: Path, rows: list[dict[str, Any]]) -> Path:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     _write_rows(path.with_suffix(".csv"), rows)
     write_json_atomically(path.with_suffix(".json"), rows)
     return path
@@ -211,8 +210,8 @@ def _html(out: Path, name: str, figures: dict[str, Path], table: list[dict[str, 
     images = "".join(f'<h2>{html.escape(key)}</h2><img src="{p.name}"><p><a href="{p.with_suffix(".csv").name}">data (CSV)</a></p>'
                      for key, p in figures.items())
     page = out / "index.html"
-    page.write_text(f"<!doctype html><title>{html.escape(name)}</title><h1>Experiment {html.escape(name)}</h1>"
-                    f"<table border=1><tr>{head}</tr>{body}</table>{images}")
+    write_text(page, f"<!doctype html><title>{html.escape(name)}</title><h1>Experiment {html.escape(name)}</h1>"
+                     f"<table border=1><tr>{head}</tr>{body}</table>{images}")
     return page
 
 

@@ -10,8 +10,8 @@ from typing import Any
 from mlfo_toolkit.errors import NotFoundError, ValidationError
 from mlfo_toolkit.fl.anatomy import PHASES
 from mlfo_toolkit.monitoring.prometheus import query_range
-from mlfo_toolkit.reports.runs import file_sha256, plot_rounds, pyplot
-from mlfo_toolkit.util.files import write_json_atomically
+from mlfo_toolkit.reports.runs import file_sha256, plot_rounds, pyplot, save_figure
+from mlfo_toolkit.util.files import write_json_atomically, write_text
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -36,8 +36,7 @@ def plot_orchestration(cohorts: list[dict[str, Any]], out: Path) -> Path:
     ax.set(title="Orchestration time per cohort", ylabel="seconds (intent -> clients started)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
     return out
 
 
@@ -59,8 +58,7 @@ def plot_traffic(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
     return out
 
 
@@ -87,8 +85,7 @@ def plot_traffic_rate(prometheus_url: str, cohorts: list[dict[str, Any]], out: P
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
     return out
 
 
@@ -125,8 +122,7 @@ def plot_round_anatomy(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
     axes[-1, 0].set_xlabel("round (red: results/sampled when fewer clients answered)")
     axes[0, 0].legend(ncol=4, fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
     return out
 
 
@@ -184,5 +180,5 @@ def write_html(out: Path, run: dict[str, Any], plots: list[Path], manifest: dict
         f"{rows}</table>{images}<h2>Manifest</h2><pre>{html.escape(json.dumps(manifest, indent=2))}</pre>"
     )
     path = out / "index.html"
-    path.write_text(page)
+    write_text(path, page)
     return path

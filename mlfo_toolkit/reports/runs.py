@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from mlfo_toolkit.errors import StorageError
 from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import SentCohort
 from mlfo_toolkit.util.files import write_json_atomically
@@ -102,6 +103,17 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Save a figure and free it; a full or read-only disk is a StorageError naming the file."""
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as err:
+        raise StorageError.from_os_error(err if err.filename else OSError(err.errno, err.strerror, str(path))) from None
+    finally:
+        pyplot().close(fig)
+    return path
+
+
 def write_run(run_dir: Path, summary: dict[str, Any]) -> Path:
     """run.json plus accuracy-loss.png in `run_dir`; returns the JSON path."""
     path = run_dir / "run.json"
@@ -126,6 +138,5 @@ def plot_rounds(cohorts: list[dict[str, Any]], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
     return out

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
+
+from mlfo_toolkit.errors import StorageError, ValidationError
 
 
 def write_secret(path: Path, text: str) -> Path:
@@ -22,10 +25,44 @@ def write_json_atomically(path: Path, data: Any) -> Path:
     """Write JSON through a temporary file and a rename, so a SIGKILL mid-write never leaves a torn file.
 
     The temporary name keeps the whole file name (`.NAME.tmp`), so `x.json` and `x.started` written
-    side by side never share one.
+    side by side never share one. A full or read-only disk is a StorageError naming `path`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise StorageError.from_os_error(err if err.filename else OSError(err.errno, err.strerror, str(path))) from None
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file; a full or read-only disk is a StorageError naming `path`."""
+    try:
+        path.write_text(text)
+    except OSError as err:
+        raise StorageError.from_os_error(err if err.filename else OSError(err.errno, err.strerror, str(path))) from None
+    return path
+
+
+# An input file larger than any intent, cohort file, experiment or topology has reason to be.
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+
+
+def read_input(path: Path, what: str) -> bytes:
+    """The bytes of an input file the user named (`what`: "intent file", ...): a regular file only (a FIFO
+    would block, a device never end), ValidationError naming the path otherwise."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise ValidationError(f"cannot read {what}: it is {kind}", source=str(path))
+        if info.st_size > MAX_INPUT_BYTES:
+            raise ValidationError(f"{what} is {info.st_size} bytes; at most {MAX_INPUT_BYTES} are read", source=str(path))
+        return path.read_bytes()
+    except OSError as err:
+        raise ValidationError(f"cannot read {what}: {err.strerror}", source=str(path)) from None
+    except ValueError as err:  # a path with a NUL byte in it
+        raise ValidationError(f"cannot read {what}: {err}", source=repr(str(path))[1:-1]) from None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pydantic
 import yaml
@@ -11,6 +12,18 @@ import yaml
 from mlfo_toolkit.errors import ValidationError
 
 Model = TypeVar("Model", bound=pydantic.BaseModel)
+
+
+def not_a_bool(value: Any) -> Any:
+    """A before-validator for numbers: JSON's true is not 1 client or 1 round (pydantic would read it so)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+# Numbers in request and file models that refuse booleans.
+Int = Annotated[int, pydantic.BeforeValidator(not_a_bool)]
+Float = Annotated[float, pydantic.BeforeValidator(not_a_bool)]
 
 
 def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
@@ -48,6 +61,23 @@ def _check_structure(text: str, source: str) -> None:
             depth -= 1
 
 
+def strict_json(text: str | bytes) -> Any:
+    """json.loads that refuses a key given twice in one object and NaN / Infinity (ValueError)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise ValueError(f"the key '{key[:64]}' is given twice")
+            out[key] = value
+        return out
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a number JSON allows")
+
+    return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+
+
 def check_depth(data: Any, source: str, limit: int = MAX_DEPTH) -> None:
     """ValidationError if parsed data (JSON) nests deeper than `limit` or holds a string that is not
     valid Unicode (a lone surrogate, which JSON's \\ud800 escapes allow); iterative, so it cannot recurse."""
@@ -68,6 +98,36 @@ def check_depth(data: Any, source: str, limit: int = MAX_DEPTH) -> None:
             stack.extend((child, depth + 1) for child in children)
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names the same key twice (YAML itself would keep the last one, silently)."""
+
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"the key '{str(key)[:64]}' is given twice")
+        self.key, self.line = key, line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: construct_mapping names it below
+            if duplicate:
+                raise DuplicateKey(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+def strict_load(text: str) -> Any:
+    """Parse YAML safely, refusing duplicate keys (DuplicateKey) and values no number can be (ValueError)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+
+
 def load_yaml(text: str | bytes, source: str = "<input>") -> tuple[Any, dict[tuple[Any, ...], int]]:
     """Parsed data and a map from key path to line number; ValidationError on bad YAML."""
     if isinstance(text, bytes):
@@ -78,7 +138,9 @@ def load_yaml(text: str | bytes, source: str = "<input>") -> tuple[Any, dict[tup
     try:
         _check_structure(text, source)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = strict_load(text)
+    except DuplicateKey as err:
+        raise ValidationError(str(err), line=err.line, source=source, hint="give each key once") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)
@@ -87,6 +149,9 @@ def load_yaml(text: str | bytes, source: str = "<input>") -> tuple[Any, dict[tup
             line=mark.line + 1 if mark else None,
             source=source,
         ) from None
+    except (ValueError, OverflowError, RecursionError) as err:
+        # A scalar no value can be made of: an integer of more than 4,300 digits, `!!float x`, ...
+        raise ValidationError(f"malformed YAML: {str(err)[:200]}", source=source) from None
     check_depth(data, source)  # a "\\ud800" escape in YAML also makes a lone surrogate
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:

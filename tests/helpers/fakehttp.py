@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
 from starlette.routing import Route
@@ -62,7 +63,7 @@ class FakeApi:
                     fields = {k: str(v) for k, v in form.items()}
                 request = Request(raw.method, raw.url.path, dict(raw.path_params), dict(raw.query_params),
                                   {k.lower(): v for k, v in raw.headers.items()}, body, fields)
-                result = handler(request)
+                result = await run_in_threadpool(handler, request)  # a slow handler blocks no other request
                 response = result if isinstance(result, Response) else Response(200, result)
                 if isinstance(response.body, (str, bytes)):
                     return StarletteResponse(response.body, response.status, response.headers)

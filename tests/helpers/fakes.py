@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from tests.helpers.fakehttp import FakeApi, Request, Response
@@ -16,6 +17,9 @@ class FakeAgent:
         self.cli_calls: list[dict[str, Any]] = []
         self.stop_calls: list[str | None] = []
         self.final_state = final_state
+        self.server_stopped = False
+        self.cli_delay = 0.0  # seconds each /cli takes (a SuperNode that starts slowly)
+        self.cli_started = False
         self.lock = threading.Lock()
         api = FakeApi(token)
 
@@ -24,10 +28,13 @@ class FakeAgent:
             fields, _ = request.form()
             with self.lock:
                 self.serv_calls.append(fields)
+                self.server_stopped = False
             return Response(201, {"server": f"127.0.0.1:{6000 + len(self.serv_calls)}"})
 
         @api.route("POST", "/cli")
         def cli(request: Request) -> Response:
+            self.cli_started = True
+            time.sleep(self.cli_delay)
             fields, _ = request.form()
             with self.lock:
                 self.cli_calls.append(fields)
@@ -35,12 +42,13 @@ class FakeAgent:
 
         @api.route("GET", "/status")
         def status(request: Request) -> dict[str, Any]:
-            if not self.serv_calls:
+            if not self.serv_calls or self.server_stopped:
                 return {"server": None, "clients": []}
             rounds = [{"round": 1, "loss": 0.9, "accuracy": 0.7, "time": 0}, {"round": 2, "loss": 0.4, "accuracy": 0.9, "time": 0}]
             return {
                 "server": {
                     "address": f"127.0.0.1:{6000 + len(self.serv_calls)}",
+                    "deployment": self.serv_calls[-1].get("deployment", ""),
                     "state": self.final_state,
                     "reason": None if self.final_state == "done" else "boom",
                     "rounds": rounds,
@@ -50,7 +58,10 @@ class FakeAgent:
 
         @api.route("POST", "/stop")
         def stop(request: Request) -> dict[str, Any]:
-            self.stop_calls.append(request.query.get("deployment"))
+            deployment = request.query.get("deployment")
+            self.stop_calls.append(deployment)
+            if self.serv_calls and deployment in (None, self.serv_calls[-1].get("deployment")):
+                self.server_stopped = True
             return {"stopped": []}
 
         self.server = api.serve()

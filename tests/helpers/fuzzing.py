@@ -33,6 +33,10 @@ CLASSES = (
     "address",      # 9: server addresses Flower would read as options or bad ports
     "malformed",    # broken bodies, wrong content types, junk bytes
     "type",         # wrong types and unknown fields
+    "number",       # 18/7: values no number can be (4,300-digit integers, !!float x), NaN, true as a number
+    "duplicate",    # 18/11: a key, field, file or query field given twice
+    "multipart",    # 18/7: forms python-multipart cannot parse (boundary mismatch or too long, many headers, long names)
+    "bounds",       # 18/11: intents past their bounds (targets, constraints, lengths)
 )
 
 
@@ -46,6 +50,7 @@ class Case:
     json_body: Any = None
     raw: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    query: str = ""
 
     def request_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"headers": dict(self.headers)}
@@ -161,7 +166,9 @@ def generate(rng: random.Random, kind: str) -> Case:
         return Case(kind, "serv" if endpoint == "cloud" else endpoint, fields=base)
     if kind == "address":
         value = rng.choice(["--help:1", "127.0.0.1:99999", "127.0.0.1:0", "-x:6000", "host", ":6000", "[::1:6000",
-                            "a..b:6000", "127.0.0.1:6000 --insecure", "$(reboot):1", "[zz::1]:6000", "x" * 300 + ":1"])
+                            "a..b:6000", "127.0.0.1:6000 --insecure", "$(reboot):1", "[zz::1]:6000", "x" * 300 + ":1",
+                            "127.0.0.1:\uff16\uff10\uff10\uff10", "0.0.0.0:6000", "[::]:6000", "255.255.255.255:6000",
+                            "224.0.0.1:6000", "::1:6000"])
         return Case(kind, "cli", fields={**GOOD_CLI, "server": value})
     if kind == "malformed":
         choice = rng.randrange(6)
@@ -187,7 +194,91 @@ def generate(rng: random.Random, kind: str) -> Case:
         base = dict(GOOD_SERV if endpoint == "serv" else GOOD_CLI)
         base[rng.choice(["unknown", "colour"])] = "1"
         return Case(kind, endpoint, json_body=rng.choice([base, [base], "x"]))
+    if kind == "number":
+        bad = rng.choice(["9" * rng.randint(4301, 6000), "!!float x", "!!int abc", "!!float 1e99999x"])
+        if endpoint == "cloud":
+            text = f"intentID: x.momo\ntargets:\n  - id: cloud.fl\n    operation: aggregate.global\n    operand: model.federated\n    constraints: {{minfit: {bad}}}\n"
+            return Case(kind, "cloud", raw=text.encode(), headers={"Content-Type": "application/yaml"})
+        if endpoint == "campus":
+            where = rng.choice(["intentID", "constraint", "nan"])
+            if where == "nan":
+                text = WELDING.replace("privacylevel: high", f"privacylevel: high\n        budget: {rng.choice(['.nan', '.inf', '-.inf'])}")
+            elif where == "constraint":
+                text = WELDING.replace("privacylevel: high", f"privacylevel: high\n        gpus: {bad}")
+            else:
+                text = WELDING.replace("intentID: edgeintent01", f"intentID: {bad}")
+            return Case(kind, "campus", fields=GOOD_FORM, files=_intent_upload(text))
+        base: dict[str, Any] = dict(GOOD_SERV if endpoint == "serv" else GOOD_CLI)
+        name = rng.choice(["minfit", "numround", "minav"] if endpoint == "serv" else ["cohsize", "part"])
+        base[name] = "@"
+        value = rng.choice(["true", "false", "NaN", "Infinity", "1e999", "9" * rng.randint(4301, 6000)])
+        return Case(kind, endpoint, raw=json.dumps(base).replace('"@"', value).encode(), headers={"Content-Type": "application/json"})
+    if kind == "duplicate":
+        if endpoint == "campus":
+            choice = rng.randrange(4)
+            if choice == 0:
+                text = WELDING.replace("privacylevel: high", "privacylevel: low\n        privacylevel: high")
+                return Case(kind, "campus", fields=GOOD_FORM, files=_intent_upload(text))
+            if choice == 1:
+                return Case(kind, "campus", raw=_form_bytes([("file", "intent.yaml", WELDING.encode()), ("file", "other.yaml", WELDING.encode()),
+                                                             ("cohortsize", None, b"2")]),
+                            headers={"Content-Type": "multipart/form-data; boundary=mlfo-fuzz"})
+            if choice == 2:
+                return Case(kind, "campus", raw=_form_bytes([("file", "intent.yaml", WELDING.encode()), ("cohortsize", None, b"2"),
+                                                             ("cohortsize", None, b"3")]),
+                            headers={"Content-Type": "multipart/form-data; boundary=mlfo-fuzz"})
+            return Case(kind, "campus", raw=WELDING.encode(), headers={"Content-Type": "application/yaml"},
+                        query="cohortsize=2&cohortsize=3")
+        if endpoint == "cloud":
+            text = json.dumps(_momo())
+            text = text.replace('"minfit": 1', '"minfit": 1, "minfit": 2')
+            return Case(kind, "cloud", raw=text.encode(), headers={"Content-Type": "application/json"})
+        base = dict(GOOD_SERV if endpoint == "serv" else GOOD_CLI)
+        name = rng.choice(list(base))
+        text = json.dumps(base).replace(f'"{name}": ', f'"{name}": "1", "{name}": ', 1)
+        return Case(kind, endpoint, raw=text.encode(), headers={"Content-Type": "application/json"})
+    if kind == "multipart":
+        target = rng.choice(["campus", "serv", "cli"])
+        choice = rng.randrange(4)
+        if choice == 0:
+            return Case(kind, target, raw=b"hello", headers={"Content-Type": "multipart/form-data; boundary=x"})
+        if choice == 1:
+            boundary = "b" * 200
+            return Case(kind, target, raw=f"--{boundary}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--{boundary}--\r\n".encode(),
+                        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        if choice == 2:
+            headers = "".join(f"X-H{i}: v\r\n" for i in range(1000))
+            return Case(kind, target, raw=f"--x\r\nContent-Disposition: form-data; name=\"a\"\r\n{headers}\r\n1\r\n--x--\r\n".encode(),
+                        headers={"Content-Type": "multipart/form-data; boundary=x"})
+        name = "n" * 10_000
+        return Case(kind, target, raw=f"--x\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n1\r\n--x--\r\n".encode(),
+                    headers={"Content-Type": "multipart/form-data; boundary=x"})
+    if kind == "bounds":
+        choice = rng.randrange(4)
+        target = "factory.all"
+        if choice == 0:
+            extra = "".join(f"    - id: t{i}\n      operation: maximise\n      operand: robots.welding.accuracy\n" for i in range(40))
+            text = WELDING + extra
+        elif choice == 1:
+            many = "".join(f"        c{i}: {i}\n" for i in range(rng.choice([100, 1000, 5000])))
+            text = WELDING.replace("        privacylevel: high\n", "        privacylevel: high\n" + many)
+        elif choice == 2:
+            text = WELDING.replace("privacylevel: high", f"privacylevel: high\n        {'k' * 100}: 1")
+        else:
+            text = WELDING.replace(target, "t" * 2000)
+        if endpoint == "cloud":
+            return Case(kind, "campus", fields=GOOD_FORM, files=_intent_upload(text))
+        return Case(kind, "campus", fields=GOOD_FORM, files=_intent_upload(text))
     raise ValueError(kind)
+
+
+def _form_bytes(parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    """A multipart body written by hand (requests will not repeat a field name as a file twice)."""
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--mlfo-fuzz\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + b"--mlfo-fuzz--\r\n"
 
 
 def cases(seed: int, per_class: int) -> Iterator[Case]:

@@ -35,7 +35,9 @@ class Orchestra:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             record = requests.get(f"{self.url}/deployments/{deployment_id}", headers=self.headers, timeout=5).json()
-            if record["state"] in ("done", "failed"):
+            # Ended, and the ending finished: its server given back (or never had), its clients stopped.
+            if record["state"] in ("done", "failed") and record.get("released") is not False and \
+                    not any(c["state"] in ("running", "starting") for c in record["clients"]):
                 return record
             time.sleep(0.1)
         raise AssertionError(f"deployment {deployment_id} did not finish: {record}")

@@ -109,16 +109,29 @@ def test_sameserver_shares_the_previous_cohorts_server(orchestra: Orchestra) -> 
     assert len(orchestra.servers[0].serv_calls) == 1 and not orchestra.servers[1].serv_calls
 
 
-def test_exhausted_server_pool_fails_the_deployment_with_a_reason(config: Config, workdir: Path) -> None:
-    built, closables = start_orchestra(config, workdir, servers=1)
+def test_a_busy_pool_queues_deployments_in_order_and_refuses_past_the_bound(config: Config, workdir: Path) -> None:
+    built, closables = start_orchestra(config.with_overrides({"mlfo.queue_length": 1}), workdir, servers=1)
     try:
-        built.servers[0].final_state = "running"  # the first cohort keeps its server
+        built.servers[0].final_state = "running"  # the first cohort keeps the only server
         first = send(built, cohortsize=2).json()["id"]
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while built.campus.deployment(first).state != "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
         second = send(built, cohortsize=2, ipstart=12).json()["id"]
+        while built.campus.deployment(second).state != "queued" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        queued = requests.get(f"{built.url}/deployments/{second}", timeout=5).json()
+        assert queued["state"] == "queued" and queued["queue"]["position"] == 1, queued
+        # The queue holds one: a third is refused at once, saying why.
+        refused = send(built, cohortsize=2, ipstart=14)
+        assert refused.status_code == 503 and "wait for a free FL server" in refused.json()["message"], refused.text
+        page = requests.get(f"{built.url}/deployments", timeout=5).json()
+        assert page["queued"] == 1
+        built.servers[0].final_state = "done"  # the first run ends: its server is released, the second gets it
+        assert built.wait(first)["state"] == "done"
         record = built.wait(second)
-        assert record["state"] == "failed" and "all 1 FL servers of the pool are busy" in record["reason"]
-        assert built.campus.deployment(first).state == "running"
+        assert record["state"] == "done" and record["queue"] is None, record
+        assert len(built.servers[0].serv_calls) == 2
     finally:
         close(closables)
 
@@ -130,7 +143,7 @@ def test_unreachable_client_is_named(config: Config, workdir: Path) -> None:
         record = built.wait(send(built, cohortsize=2, minav=2).json()["id"])
         assert record["state"] == "failed"
         assert f"cannot reach the node agent at {built.clients[1].address}" in record["reason"]
-        assert [c["state"] for c in record["clients"]] == ["running", "failed"]
+        assert [c["state"] for c in record["clients"]] == ["stopped", "failed"]  # the started one was stopped again
     finally:
         close(closables)
 

@@ -252,7 +252,7 @@ def test_network_faults_take_effect_and_are_undone(network: dict[str, Any]) -> N
     state = json.loads((network["workdir"] / "state" / "network.json").read_text())
     quota = Path(next(h for h in state["hosts"] if h["name"] == "fed.1")["cgroup"]) / "cpu.cfs_quota_us"
     before = quota.read_text()
-    result, out = run_in_network(network, "faults", shipped_experiment("network-faults", **{"fl.round_timeout": 5}))
+    result, out = run_in_network(network, "faults", shipped_experiment("network-faults"))
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "runs" / "base-r1" / "run.json").read_text())
     (cohort,) = run["cohorts"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,14 +12,20 @@ from pathlib import Path
 
 import requests
 
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.http.routes import cloud_app
+from mlfo_toolkit.http.server import HttpServer, close_all
+from mlfo_toolkit.orchestrator.cloud import CloudMlfo
+from mlfo_toolkit.orchestrator.store import Store
 from mlfo_toolkit.util.processes import free_port, wait_for_port
 from tests.helpers import REPO
+from tests.helpers.fakes import FakeAgent
 
 
-def start_campus(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_campus(workdir: Path, port: int, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")}
-    # The cloud MLFO is deliberately absent: deployments fail, and that state must survive too.
-    env |= {"MLFO_PATHS__STATE_DIR": str(workdir / "state"), "MLFO_MLFO__CLOUD": f"127.0.0.1:{free_port()}"}
+    # Without `extra`, the cloud MLFO is absent: deployments fail, and that state must survive too.
+    env |= {"MLFO_PATHS__STATE_DIR": str(workdir / "state"), "MLFO_MLFO__CLOUD": f"127.0.0.1:{free_port()}", **(extra or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlfo_toolkit", "serve", "--role", "campus", "--port", str(port)],
         cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -51,3 +58,55 @@ def test_sigkill_and_restart_keeps_deployments(workdir: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0  # SIGTERM is a clean stop
+
+
+def test_a_campus_killed_while_starting_clients_stops_them_after_its_restart(config: Config, workdir: Path) -> None:
+    """Issue 18/3: clients are recorded `starting` before their agent is asked, so the restarted campus
+    stops every client it may have started, and gives the server back."""
+    server, clients = FakeAgent(final_state="running"), [FakeAgent() for _ in range(3)]
+    for client in clients:
+        client.cli_delay = 4.0  # SuperNodes that take a while to come up
+    cloud_config = config.with_overrides({"ip_plan.servers": [server.address], "mlfo.janitor_seconds": 0.5})
+    cloud = CloudMlfo(cloud_config, Store(workdir / "cloud.sqlite3"))
+    cloud_http = HttpServer(cloud_app(cloud), "127.0.0.1", 0).start()
+    port = free_port()
+    env = {"MLFO_MLFO__CLOUD": cloud_http.address, "MLFO_IP_PLAN__CLIENTS": json.dumps([c.address for c in clients]),
+           "MLFO_MLFO__JANITOR_SECONDS": "0.5"}
+    proc = start_campus(workdir, port, env)
+    try:
+        answer = requests.post(f"http://127.0.0.1:{port}/receive", files={"file": (REPO / "intents" / "welding.yaml").read_bytes()},
+                               data={"cohortsize": "3", "ipstart": "10"}, timeout=10).json()
+        deadline = time.monotonic() + 10
+        while not all(c.cli_started for c in clients) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(c.cli_started for c in clients)
+        proc.send_signal(signal.SIGKILL)  # while every client is starting
+        proc.wait(10)
+        proc = start_campus(workdir, port, env)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all(answer["id"] in c.stop_calls for c in clients):
+            time.sleep(0.1)
+        assert all(answer["id"] in c.stop_calls for c in clients), [c.stop_calls for c in clients]
+        record = requests.get(f"http://127.0.0.1:{port}/deployments/{answer['id']}", timeout=5).json()
+        assert record["state"] == "failed" and "restarted while deploying" in record["reason"]
+        page = requests.get(f"http://127.0.0.1:{port}/deployments", timeout=5).json()
+        assert page["recovery"]["abandoned"] == [answer["id"]]
+        assert not any(a.active for a in cloud.allocations())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        cloud.close()
+        close_all([cloud_http, server.server, *(c.server for c in clients)])
+
+
+def test_a_campus_on_every_address_without_a_token_warns(workdir: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")} | {"MLFO_PATHS__STATE_DIR": str(workdir / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "mlfo_toolkit", "serve", "--role", "campus", "--host", "0.0.0.0", "--port", str(port)],
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port("127.0.0.1", port, 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    assert "warning: the campus MLFO serves on 0.0.0.0 with no token" in stderr and "api.token" in stderr
