@@ -38,6 +38,8 @@ SUPERLINK_START_SECONDS = 60.0
 SUPERNODE_MAX_WAIT_SECONDS = 300
 SUPERNODE_START_SECONDS = 120.0
 SUPERNODE_SPAWN_SECONDS = 30.0
+# How long a stopped FL server's last round stays in /metrics (Prometheus scrapes every few seconds).
+ENDED_METRICS_SECONDS = 60.0
 
 
 class ServerStartParams(BaseModel):
@@ -226,6 +228,7 @@ class NodeAgent:
         self._client_runs = _last_number(self.work_dir, "client")
         self._executor: ManagedProcess | None = None
         self._byte_totals: dict[tuple[str, str, int], ByteTotals] = {}
+        self._ended: list[tuple[float, str, str, dict[str, Any]]] = []  # stopped FL servers' last status, for /metrics
         # Unique among every agent that registers with one shared executor (host and folder).
         self._label = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.advertise_host}-{self.work_dir.parent.name}-{self.work_dir.name}")
         self.app_dir = self.work_dir / "flwr-app"
@@ -442,6 +445,8 @@ class NodeAgent:
         with self._lock:
             stopped = []
             if self.server is not None and deployment in (None, self.server.params.deployment):
+                # Its final round stays in /metrics a while, so that Prometheus scrapes it after the stop.
+                self._ended.append((time.time(), self.server.params.deployment, self.server.params.cohort, self.server.status()))
                 self.server.stop()
                 stopped.append(self.server.address)
                 self.server = None
@@ -500,6 +505,11 @@ class NodeAgent:
         return samples
 
     def runs(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(deployment, cohort, status) of the FL server here, and of those stopped in the last ENDED_METRICS_SECONDS."""
         with self._lock:
             server = self.server
-        return [(server.params.deployment, server.params.cohort, server.status())] if server else []
+            self._ended = [e for e in self._ended if time.time() - e[0] < ENDED_METRICS_SECONDS]
+            ended = [(deployment, cohort, status) for _, deployment, cohort, status in self._ended]
+        current = [(server.params.deployment, server.params.cohort, server.status())] if server else []
+        latest = {deployment: (deployment, cohort, status) for deployment, cohort, status in [*ended, *current]}
+        return list(latest.values())  # one entry per deployment: Prometheus refuses a series twice

@@ -184,19 +184,25 @@ def network_up(
     return state, builder
 
 
-def network_stop(state_dir: Path, builder: Any = None) -> dict[str, list[str]]:
+def network_stop(state_dir: Path, builder: Any = None, progress: Progress = quiet) -> dict[str, list[str]]:
     """Tear down from the state file (re-read: `mlfo init` adds processes), then the builder's own stop."""
     state = load_state(state_dir)
     state.phase = "stopping"
     save_state(state, state_dir)
+    started = time.monotonic()
     removed = {"processes": stop_processes(state.processes)}
+    say(progress, "topo", f"stopped {len(removed['processes'])} processes in {time.monotonic() - started:.1f} s")
     if builder is not None:
+        started = time.monotonic()
         try:
             builder.stop()
         except Exception as err:  # the state-file teardown below still removes what is left
             state.warnings.append(f"builder stop failed: {err}")
+        say(progress, "topo", f"{state.backend} stopped its network in {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
     for key, values in teardown(state).items():
         removed.setdefault(key, []).extend(values)
+    say(progress, "topo", f"removed what was left from the state file in {time.monotonic() - started:.1f} s")
     left = leftovers(state)
     if any(left.values()):
         save_state(state, state_dir)
@@ -294,7 +300,7 @@ def serve_network(
     say(progress, "topo", "tearing down")
     if builder is None:
         return {}
-    return network_stop(Path(config.paths.state_dir), builder)
+    return network_stop(Path(config.paths.state_dir), builder, progress)
 
 
 def state_summary(state: NetworkState) -> dict[str, Any]:

@@ -81,10 +81,8 @@ class NetworkState:
         raise NotFoundError(f"no host '{name}' in the running network", hint=f"hosts: {', '.join(h.name for h in self.hosts)}")
 
     def owner_alive(self) -> bool:
-        try:
-            return abs(psutil.Process(self.owner_pid).create_time() - self.owner_create_time) < 0.5
-        except psutil.Error:
-            return False
+        """Whether the `topo up` that owns the network still runs (a zombie nobody reaped yet does not)."""
+        return same_process(self.owner_pid, self.owner_create_time)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
