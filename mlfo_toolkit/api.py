@@ -131,7 +131,7 @@ def validate_intent(path: Path, config: Config | None = None) -> IntentCheck:
     parsed = load_intent_file(path)
     catalog = Catalog.load(cfg.mlfo.catalog)
     pipelines = [catalog.resolve(parsed, i).to_dict() for i in range(len(parsed.targets))]
-    intent = parsed.model_dump()
+    intent = parsed.model_dump(exclude_none=True)
     return IntentCheck(parsed.intentID, intent, pipelines, data={"intent": intent, "pipelines": pipelines})
 
 

@@ -227,6 +227,7 @@ class NodeAgent:
         self._runs = _last_number(self.work_dir, "server")
         self._client_runs = _last_number(self.work_dir, "client")
         self._executor: ManagedProcess | None = None
+        self._starting = 0  # clients being started right now (not in self.clients yet)
         self._byte_totals: dict[tuple[str, str, int], ByteTotals] = {}
         self._ended: list[tuple[float, str, str, dict[str, Any]]] = []  # stopped FL servers' last status, for /metrics
         # Unique among every agent that registers with one shared executor (host and folder).
@@ -358,6 +359,7 @@ class NodeAgent:
                 raise CapacityError(f"this agent already runs {len(active)} FL clients (agent.max_clients)",
                                     hint="stop some (POST /stop?deployment=ID) or raise agent.max_clients")
             self._client_runs += 1  # never reused, so no run folder is ever written twice
+            self._starting += 1  # a stop of another deployment meanwhile must not take the executor away
             name = f"{self._label}-client-{self._client_runs}"
             run_dir = self.work_dir / f"client-{self._client_runs}"
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -404,15 +406,19 @@ class NodeAgent:
                     f"flower-supernode part {params.part}", [find_tool("flower-supernode"), *arguments],
                     log_path=log_path, env=tool_env({"FLWR_HOME": str(flwr_home)}), cwd=run_dir, tied=True,
                 )
-        if shared:
-            try:
-                process = SpawnedSuperNode.wait_started(self.registration_dir(), name, log_path, SUPERNODE_SPAWN_SECONDS)
-            except MlfoError:
-                unregister(self.registration_dir(), name)
-                raise
-        client = FlClient(params, process, name, runtime_port if shared else None, started=requested)
-        with self._lock:
-            self.clients.append(client)
+        try:
+            if shared:
+                try:
+                    process = SpawnedSuperNode.wait_started(self.registration_dir(), name, log_path, SUPERNODE_SPAWN_SECONDS)
+                except MlfoError:
+                    unregister(self.registration_dir(), name)
+                    raise
+            client = FlClient(params, process, name, runtime_port if shared else None, started=requested)
+            with self._lock:
+                self.clients.append(client)
+        finally:
+            with self._lock:
+                self._starting -= 1
         try:
             wait_for_port("127.0.0.1", runtime_port, SUPERNODE_START_SECONDS, process)
         except MlfoError:
@@ -458,7 +464,7 @@ class NodeAgent:
                 else:
                     keep.append(client)
             self.clients = keep
-            if not keep and self._executor is not None:
+            if not keep and not self._starting and self._executor is not None:
                 # A private executor serves only this agent's clients: none left, nothing to serve.
                 self._executor.stop()
                 self._executor = None

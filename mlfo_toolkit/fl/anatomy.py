@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlfo_toolkit.fl.control import RunControl
+
 PHASES = ("sampling", "send", "receive", "train", "upload", "aggregate", "evaluate", "idle")
 TRAIN_START = "train-start"
 TRAIN_END = "train-end"
@@ -46,6 +48,7 @@ class RoundRecord:
     client_times: dict[str, tuple[float, float]] = field(default_factory=dict)  # reply id -> train start/end
     aggregate: tuple[float, float] = (0.0, 0.0)
     stalled: bool = False  # a reply pull outlived the round's timeout
+    excluded: int = 0  # sampled SuperNodes the MLFO saw gone during the round (not waited for)
 
     def phases(self, evaluate_started: float, evaluate_ended: float) -> dict[str, float]:
         """Seconds per phase; they add up to the round's wall time."""
@@ -66,6 +69,10 @@ class RoundRecord:
         total = max(0.0, evaluate_ended - self.started)
         out["idle"] = max(0.0, total - sum(out.values()))
         return {k: round(v, 4) for k, v in out.items()}
+
+
+class StopRequested(Exception):
+    """The MLFO asked the run to stop (its reason is the message)."""
 
 
 class _Pull(threading.Thread):
@@ -93,11 +100,12 @@ class RoundClock:
     """Wraps a Flower Grid and a strategy; `record(round)` gives that round's anatomy."""
 
     def __init__(self, grid: Any, poll_seconds: float, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, control: RunControl | None = None) -> None:
         self.grid = grid
         self.poll_seconds = poll_seconds
         self.clock = clock
         self.sleep = sleep
+        self.control = control or RunControl(None)
         self.rounds: dict[int, RoundRecord] = {}
         self._current: RoundRecord | None = None
 
@@ -129,6 +137,14 @@ class RoundClock:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
 
+    def get_node_ids(self) -> list[int]:
+        """The connected SuperNodes the strategy may sample: Flower's, less those the MLFO knows are gone.
+        A stop asked for while the strategy waits for enough nodes ends that wait (StopRequested)."""
+        settings = self.control.read()
+        if settings.stop:
+            raise StopRequested(settings.stop)
+        return [node for node in self.grid.get_node_ids() if node not in settings.exclude_nodes]
+
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         """Push, then pull every `poll_seconds` until every reply is in or `timeout` passes."""
         messages = list(messages)
@@ -143,7 +159,9 @@ class RoundClock:
                 record.pushed, record.sampled = (push_start, push_start), len(messages)
                 self._note(record, answered, now, push_start)
             return answered
-        pending = set(self.grid.push_messages(messages))
+        pushed = list(self.grid.push_messages(messages))
+        pending = {m for m in pushed if m}
+        destination = {m: getattr(getattr(msg, "metadata", None), "dst_node_id", None) for m, msg in zip(pushed, messages)}
         push_end = self.clock()
         if record is not None:
             record.pushed, record.sampled = (push_start, push_end), len(messages)
@@ -167,6 +185,11 @@ class RoundClock:
                 self._note(record, found, now, previous)
             replies.extend(found)
             pending.difference_update(m.metadata.reply_to_message_id for m in found)
+            # A SuperNode the MLFO saw gone will not answer: stop waiting for it now, not at the timeout.
+            gone = {m for m in pending if destination.get(m) in self.control.read().exclude_nodes}
+            if gone and record is not None:
+                record.excluded += len(gone)
+            pending -= gone
             previous = now
             if not pending or (deadline is not None and now >= deadline):
                 break
@@ -196,6 +219,7 @@ class RoundClock:
             "sampled": record.sampled,
             "results": record.results,
             "failures": record.failures,
+            "excluded": record.excluded,
             "phases": record.phases(evaluate_started, evaluate_ended),
         }
 

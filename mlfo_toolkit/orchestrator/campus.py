@@ -206,7 +206,7 @@ class CampusMlfo:
             id=uuid.uuid4().hex[:12],
             name=name,
             intent_id=intent.intentID,
-            intent=intent.model_dump(),
+            intent=intent.model_dump(exclude_none=True),
             pipeline=pipeline.to_dict(),
             params=DeploymentParams(
                 ipstart=ipstart, cohortsize=params.cohortsize, sameserver=params.sameserver, strategy=strategy,
@@ -330,7 +330,7 @@ class CampusMlfo:
                 roundtimeout=params.round_timeout,
             )
             momo = build_momo_intent(record.intent_id, Pipeline(**pipeline), constraints)
-            answer = self._server_for(deployment_id, momo.model_dump())
+            answer = self._server_for(deployment_id, momo.model_dump(exclude_none=True))
             started = time.monotonic()  # orchestration counts from the server given, not from the queue
             server = ServerRecord(server=answer["server"], agent=answer["agent"], shared_with=answer.get("shared_with"),
                                   pid=answer.get("pid"))

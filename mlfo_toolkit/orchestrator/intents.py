@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.data import LOADERS
@@ -17,9 +17,10 @@ from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
 from mlfo_toolkit.util.resources import resource_path
-from mlfo_toolkit.util.yamlfiles import load_yaml, validate
+from mlfo_toolkit.util.yamlfiles import Float, Int, load_yaml, validate
 
-USER_OPERATIONS = ("maximise", "minimise", "maximize", "minimize")
+# maximise / minimise as long as the run goes (with `value`: the least / most acceptable); achieve: reach `value`.
+USER_OPERATIONS = ("maximise", "minimise", "maximize", "minimize", "achieve")
 MOMO_OPERATION = "aggregate.global"
 MOMO_OPERAND = "model.federated"
 
@@ -31,14 +32,43 @@ MAX_CONSTRAINTS = 64
 MAX_TEXT = 1024
 
 
+# Constraints the MLFO reads and assures, beyond the prototype's privacylevel (any other is kept, unread).
+# An FL client is one accelerator: "using maximum 10 GPUs" is max_gpus: 10, the same as max_clients: 10.
+CLIENT_CAPS = ("max_clients", "max_gpus", "max_accelerators")
+KNOWN_CONSTRAINTS: dict[str, str] = {
+    "privacylevel": "high means federated learning",
+    **{cap: "the most FL clients (accelerators) the deployment may run at once" for cap in CLIENT_CAPS},
+    "max_traffic_mb": "the FL traffic budget of the whole run, in MB (the FL server's bytes in and out)",
+    "max_round_seconds": "the longest a round may take, in seconds",
+}
+
+
+class Deadline(BaseModel):
+    """By when the target's value must be reached: a number of rounds, or seconds from the first round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: Int | None = Field(None, ge=1, le=10_000)
+    seconds: Float | None = Field(None, gt=0, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _one(self) -> Deadline:
+        if (self.rounds is None) == (self.seconds is None):
+            raise ValueError("give either rounds or seconds")
+        return self
+
+
 class Target(BaseModel):
-    """One target of an intent."""
+    """One target of an intent: what to do with which operand, and (mlfo's additions) the value wanted,
+    by when, within which constraints."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     id: str = Field(min_length=1, max_length=MAX_TEXT)
     operation: str = Field(min_length=1, max_length=MAX_TEXT)
     operand: str = Field(min_length=1, max_length=MAX_TEXT)
+    value: Float | None = Field(None, description="achieve: the value to reach; maximise: the least acceptable; minimise: the most")
+    deadline: Deadline | None = None
     constraints: dict[str, Scalar] = Field(default_factory=dict, max_length=MAX_CONSTRAINTS)
 
     @field_validator("constraints")
@@ -63,7 +93,7 @@ class Intent(BaseModel):
     targets: list[Target] = Field(min_length=1, max_length=MAX_TARGETS)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+        return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
 
 
 def parse_intent(text: str | bytes, source: str = "intent") -> Intent:
@@ -81,7 +111,81 @@ def parse_intent(text: str | bytes, source: str = "intent") -> Intent:
                 source=source,
                 hint=f"use one of {', '.join((*USER_OPERATIONS, MOMO_OPERATION))}",
             )
+        if target.operation != MOMO_OPERATION:
+            check_target(target, index, lines, source)
     return intent
+
+
+def _number(target: Target, key: str, index: int, lines: dict[tuple[Any, ...], int], source: str, *, whole: bool) -> float | None:
+    value = target.constraints.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (whole and value != int(value)):
+        raise ValidationError(f"must be a {'whole ' if whole else ''}number above 0: {KNOWN_CONSTRAINTS[key]}",
+                              field=f"targets[{index}].constraints.{key}", line=lines.get(("targets", index, "constraints", key)),
+                              source=source)
+    return float(value)
+
+
+def check_target(target: Target, index: int, lines: dict[tuple[Any, ...], int], source: str) -> None:
+    """Refuse a target that contradicts itself, naming the field and line."""
+    where = f"targets[{index}]"
+
+    def fail(field: str, message: str, hint: str | None = None) -> None:
+        raise ValidationError(message, field=f"{where}.{field}", line=lines.get(("targets", index, *field.split("."))) or
+                              lines.get(("targets", index)), source=source, hint=hint)
+
+    if target.operation == "achieve" and target.value is None:
+        fail("value", "achieve needs the value to reach", hint="e.g. value: 0.93")
+    metric = target_metric(target.operand)
+    if target.value is not None and metric == "accuracy" and not 0 < target.value <= 1:
+        fail("value", f"an accuracy is between 0 and 1, not {target.value}")
+    if target.value is not None and metric == "loss" and target.value <= 0:
+        fail("value", f"a loss is above 0, not {target.value}")
+    caps = [cap for cap in CLIENT_CAPS if cap in target.constraints]
+    if len(caps) > 1:
+        fail(f"constraints.{caps[1]}", f"{caps[0]} and {caps[1]} say the same thing: give one")
+    for key in (*CLIENT_CAPS, "max_traffic_mb", "max_round_seconds"):
+        _number(target, key, index, lines, source, whole=key in CLIENT_CAPS)
+    bound = _number(target, "max_round_seconds", index, lines, source, whole=False)
+    if target.deadline is not None and target.deadline.seconds is not None and bound is not None and target.deadline.seconds < bound:
+        fail("deadline.seconds", f"a deadline of {target.deadline.seconds:g} s is shorter than one round "
+                                 f"(max_round_seconds: {bound:g})")
+
+
+def target_metric(operand: str) -> str:
+    """What an operand measures: `...accuracy` is the held-out accuracy, `...loss` its loss."""
+    return "loss" if operand.rsplit(".", 1)[-1] == "loss" else "accuracy"
+
+
+def client_cap(target: Target) -> int | None:
+    """The most clients a target lets a deployment run (max_clients, max_gpus or max_accelerators)."""
+    for cap in CLIENT_CAPS:
+        value = target.constraints.get(cap)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value)
+    return None
+
+
+def understood(target: Target) -> dict[str, Any]:
+    """What the MLFO reads from a target: shown by `intent validate` and `intent plan`."""
+    metric = target_metric(target.operand)
+    wanted = None
+    if target.value is not None:
+        relation = "<=" if (target.operation.startswith("minimi") or metric == "loss") else ">="
+        wanted = f"{metric} {relation} {target.value:g}"
+    deadline = None
+    if target.deadline is not None:
+        deadline = f"{target.deadline.rounds} rounds" if target.deadline.rounds else f"{target.deadline.seconds:g} s"
+    return {
+        "operation": target.operation, "metric": metric, "wanted": wanted, "deadline": deadline,
+        "max_clients": client_cap(target),
+        "max_traffic_mb": target.constraints.get("max_traffic_mb"),
+        "max_round_seconds": target.constraints.get("max_round_seconds"),
+        "assured": bool(wanted or deadline or client_cap(target) or target.constraints.get("max_traffic_mb")
+                        or target.constraints.get("max_round_seconds")),
+        "unread_constraints": sorted(k for k in target.constraints if k not in KNOWN_CONSTRAINTS),
+    }
 
 
 def load_intent_file(path: Path) -> Intent:
