@@ -37,7 +37,8 @@ from mlfo_toolkit.net.state import NetworkState, load_state, running_topology, s
 from mlfo_toolkit.net.topology import Topology, load_topology
 from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, plan_cohorts, shape_cohorts
-from mlfo_toolkit.orchestrator.intents import Catalog, load_intent_file
+from mlfo_toolkit.orchestrator.intents import Catalog, load_intent_file, understood
+from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import follow_deployments, post_cohorts, raise_for_failures
 from mlfo_toolkit.reports.compare import build_experiment_report, is_experiment
 from mlfo_toolkit.reports.report import build_report
@@ -46,6 +47,7 @@ from mlfo_toolkit.results import (
     ApiSchema,
     ClientRestarted,
     CohortResult,
+    DeploymentStatus,
     DeploymentStopped,
     ExecResult,
     ExperimentPlan,
@@ -71,11 +73,11 @@ from mlfo_toolkit.util.resources import resource_path
 
 __all__ = [
     # results
-    "ApiSchema", "ClientRestarted", "CohortResult", "DeploymentStopped", "ExecResult", "ExperimentPlan", "ExperimentResult",
+    "ApiSchema", "ClientRestarted", "CohortResult", "DeploymentStatus", "DeploymentStopped", "ExecResult", "ExperimentPlan", "ExperimentResult",
     "ImageResult", "InitResult", "IntentCheck", "MeterResult", "MonitorConfig", "MonitorResult", "NetworkResult", "PingResult",
     "PlanResult", "Progress", "ReportResult", "Result", "RunResult", "SentCohorts",
     # functions
-    "api_schema", "demo", "image_build", "init", "load_config", "meter_clear", "meter_set", "meter_show", "meter_verify",
+    "api_schema", "demo", "deployment_status", "image_build", "init", "load_config", "meter_clear", "meter_set", "meter_show", "meter_verify",
     "monitor_config", "monitor_down", "monitor_up", "plan", "plan_experiment", "report", "restart_client", "run_experiment",
     "send_cohorts", "serve_agent", "serve_exporter", "serve_mlfo", "stop_deployment", "topo_down", "topo_exec", "topo_ping",
     "topo_show", "topo_status", "topo_up", "validate_intent", "wait",
@@ -132,7 +134,8 @@ def validate_intent(path: Path, config: Config | None = None) -> IntentCheck:
     catalog = Catalog.load(cfg.mlfo.catalog)
     pipelines = [catalog.resolve(parsed, i).to_dict() for i in range(len(parsed.targets))]
     intent = parsed.model_dump(exclude_none=True)
-    return IntentCheck(parsed.intentID, intent, pipelines, data={"intent": intent, "pipelines": pipelines})
+    read = [understood(t) for t in parsed.targets]
+    return IntentCheck(parsed.intentID, intent, pipelines, read, data={"intent": intent, "pipelines": pipelines, "understood": read})
 
 
 def plan(cohort_file: Path | None = None, config: Config | None = None, *, any_intent_path: bool = False) -> PlanResult:
@@ -188,6 +191,14 @@ def restart_client(deployment: str, part: int, config: Config | None = None, *, 
     with campus_client(_config(config), mlfo) as client:
         answer = dict(client.restart_client(deployment, part))
     return ClientRestarted(**fields_of(answer, ClientRestarted), data=answer)
+
+
+def deployment_status(deployment: str, config: Config | None = None, *, mlfo: str | None = None) -> DeploymentStatus:
+    """A deployment as the campus MLFO holds it (GET /deployments/ID): its rounds, its target, how it stands
+    against it, and each decision of the closed loop."""
+    with campus_client(_config(config), mlfo) as client:
+        answer = dict(client.deployment(deployment))
+    return DeploymentStatus.of(Deployment.model_validate(answer), answer)
 
 
 def stop_deployment(deployment: str, config: Config | None = None, *, mlfo: str | None = None) -> DeploymentStopped:

@@ -78,6 +78,9 @@ class MlfoSettings(_Section):
     release_grace_seconds: float = Field(
         60.0, gt=0, description="the cloud MLFO frees the server of a run that ended this long ago and was never released",
     )
+    network_dir: Path | None = Field(
+        None, description="the state folder of the emulated network this MLFO runs in (set by `topo up`): its meters",
+    )
 
 
 class AgentSettings(_Section):
@@ -168,6 +171,21 @@ class MonitorSettings(_Section):
     grafana_image: str = "grafana/grafana"
 
 
+class AssuranceSettings(_Section):
+    """The closed loop's thresholds and bounds (config section `assurance`; a cohort or experiment may
+    override them for its deployments)."""
+
+    policy: str = Field("default", max_length=300, description="none, default, or package.module:Name / file.py:Name")
+    allowed_policies: list[str] = Field(default_factory=list, description="policies an intent may name, beyond none and default")
+    plateau_rounds: int = Field(4, ge=2, le=100, description="rounds without gain after which the metric has stopped improving")
+    plateau_gain: float = Field(0.002, ge=0, le=1, description="the least gain per round that counts as improving")
+    max_restarts_per_client: int = Field(2, ge=0, le=100, description="restarts of one client before it is replaced on a spare host")
+    min_fraction_fit: float = Field(0.2, gt=0, le=1, description="the default policy never samples fewer than this fraction")
+    meter_step: float = Field(2.0, gt=1, le=100, description="the default policy raises a cohort's meter by this factor")
+    cooldown_rounds: int = Field(1, ge=0, le=100, description="rounds between two actions of one kind (per client for restarts)")
+    max_actions_per_kind: int = Field(10, ge=1, le=1000, description="actions of one kind in one run, at the most")
+
+
 class Config(_Section):
     """The effective configuration of every mlfo command and process."""
 
@@ -179,6 +197,7 @@ class Config(_Section):
     paths: PathSettings = Field(default_factory=PathSettings)
     onos: OnosSettings = Field(default_factory=OnosSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    assurance: AssuranceSettings = Field(default_factory=AssuranceSettings)
 
     def client_agents(self) -> list[str]:
         """Client agent addresses HOST:PORT, in IP-plan order."""

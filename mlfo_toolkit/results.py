@@ -9,6 +9,7 @@ from typing import Any
 
 from mlfo_toolkit.errors import DeploymentFailed
 from mlfo_toolkit.orchestrator.cohorts import CohortPlan
+from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import SentCohort
 
 
@@ -94,6 +95,7 @@ class IntentCheck(Result):
     intent_id: str
     intent: dict[str, Any]
     pipelines: list[dict[str, Any]]
+    understood: list[dict[str, Any]]  # what the MLFO reads from each target: metric, value, deadline, bounds
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,28 @@ class ClientRestarted(Result):
     client: str | None
     pid: int | None
     seconds: float
+
+
+@dataclass(frozen=True)
+class DeploymentStatus(Result):
+    """A deployment on the campus MLFO: its state, the target it is assured against and the closed loop's decisions."""
+
+    deployment: str
+    name: str
+    state: str
+    reason: str | None
+    policy: str | None
+    target: dict[str, Any] | None
+    assurance: dict[str, Any] | None  # {state: on_track | at_risk | met | missed, reason, since}
+    decisions: list[dict[str, Any]]
+    accuracy: list[float | None]
+    record: Deployment
+
+    @classmethod
+    def of(cls, record: Deployment, answer: dict[str, Any]) -> DeploymentStatus:
+        rounds = sorted(record.rounds, key=lambda r: r.round)
+        return cls(record.id, record.name, record.state, record.reason, record.policy, record.target, record.assurance,
+                   [d.model_dump(exclude_none=True) for d in record.decisions], [r.accuracy for r in rounds], record, data=answer)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, ValidationError
+from mlfo_toolkit.fl.control import RunControl, update_control
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.executor import Registration, SpawnedSuperNode, register, start_executor, unregister
 from mlfo_toolkit.fl.models import MODEL_KINDS
@@ -62,6 +63,20 @@ class ServerStartParams(BaseModel):
     roundtimeout: Float | None = Field(None, gt=0, le=86_400, description="default: fl.round_timeout")
 
 
+class ControlParams(BaseModel):
+    """POST /control: changes to the running FL run of `deployment` (see mlfo_toolkit.fl.control)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deployment: str = Field(max_length=NAME_MAX, pattern=OPTIONAL_NAME)
+    exclude_nodes: list[Int] = Field(default_factory=list, max_length=10_000)
+    fraction_fit: Float | None = Field(None, gt=0, le=1)
+    min_fit: Int | None = Field(None, ge=1, le=10_000)
+    min_available: Int | None = Field(None, ge=1, le=10_000)
+    rounds: Int | None = Field(None, ge=1, le=10_000)
+    stop: str | None = Field(None, min_length=1, max_length=300)
+
+
 class ClientStartParams(BaseModel):
     """What starts an FL client: the POST /cli form fields (the prototype's names; deployment and partitioning added)."""
 
@@ -83,6 +98,7 @@ class ClientStartParams(BaseModel):
         return check_address(value)
 
 
+_NODE_ID = re.compile(r"SuperNode ID: (\d+)")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
@@ -135,6 +151,11 @@ class FlServer:
     metrics_file: Path
     started: float = field(default_factory=time.time)
 
+    @property
+    def control_file(self) -> Path:
+        """Where the MLFO's changes to the running run go (read by mlfo's ServerApp between rounds)."""
+        return self.metrics_file.with_name("control.json")
+
     def events(self) -> list[dict[str, Any]]:
         try:
             lines = self.metrics_file.read_text().splitlines()
@@ -150,13 +171,14 @@ class FlServer:
 
     def status(self) -> dict[str, Any]:
         events = self.events()
-        kept = ("round", "loss", "accuracy", "time", "sampled", "results", "failures", "phases")
+        kept = ("round", "loss", "accuracy", "time", "sampled", "results", "failures", "excluded", "phases", "settings")
         rounds = [{k: e[k] for k in kept if k in e} for e in events if e.get("event") == "round"]
         kinds = {e.get("event") for e in events}
         failure = next((e.get("reason") for e in events if e.get("event") == "failed"), None)
         state, reason = "running", None
         if "finished" in kinds:
             state = "done"
+            reason = next((e.get("reason") for e in events if e.get("event") == "finished"), None)
         elif failure:
             state, reason = "failed", failure
         elif self.submitter is not None and self.submitter.returncode() not in (None, 0):
@@ -165,16 +187,18 @@ class FlServer:
             state, reason = "failed", f"SuperLink exited with {self.superlink.returncode()}: {self.superlink.tail(5)}"
         elif "started" not in kinds:
             state = "starting"
+        control = RunControl(self.control_file).read()
         return {
             "address": self.address,
             "deployment": self.params.deployment,
             "strategy": self.params.algo,
-            "rounds_total": self.params.numround,
+            "rounds_total": control.rounds or self.params.numround,
             "state": state,
             "reason": reason,
             "rounds": [r for r in rounds if r["round"] > 0],
             "initial": next(({k: r[k] for k in ("loss", "accuracy", "time")} for r in rounds if r["round"] == 0), None),
             "pids": [self.superlink.pid] + ([self.submitter.pid] if self.submitter else []),
+            "control": control.to_dict(),
         }
 
     def stop(self) -> None:
@@ -193,11 +217,20 @@ class FlClient:
     runtime_port: int | None = None  # the Runtime API a shared executor polls (isolation: shared)
     started: float = field(default_factory=time.time)
     ready_seconds: float | None = None
+    node_id: int | None = None  # its SuperNode's id at the SuperLink, once the SuperNode logged it
+
+    def find_node_id(self) -> int | None:
+        """The SuperNode's id (Flower logs "SuperNode ID: N" once it registered with its SuperLink)."""
+        if self.node_id is None:
+            match = _NODE_ID.search(self.process.tail(400))
+            self.node_id = int(match.group(1)) if match else None
+        return self.node_id
 
     def status(self) -> dict[str, Any]:
         running = self.process.running()
         return {
             "name": self.name,
+            "node_id": self.find_node_id(),
             "deployment": self.params.deployment,
             "server": self.params.server,
             "part": self.params.part,
@@ -233,8 +266,8 @@ class NodeAgent:
         # Unique among every agent that registers with one shared executor (host and folder).
         self._label = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.advertise_host}-{self.work_dir.parent.name}-{self.work_dir.name}")
         self.app_dir = self.work_dir / "flwr-app"
-        if not self.app_dir.exists():
-            shutil.copytree(resource_path("mlfo_toolkit/fl/app_template"), self.app_dir)
+        # Copied afresh each start: an agent of a newer mlfo must not submit an older app's run-config keys.
+        shutil.copytree(resource_path("mlfo_toolkit/fl/app_template"), self.app_dir, dirs_exist_ok=True)
 
     # --- FL server ---------------------------------------------------------------------------
     def start_server(self, params: ServerStartParams) -> dict[str, Any]:
@@ -311,6 +344,7 @@ class NodeAgent:
                 "seed": self.config.fl.seed if params.seed is None else params.seed,
                 "data-dir": str(self.config.fl.data_dir.resolve()),
                 "metrics-file": str(metrics_file),
+                "control-file": str(metrics_file.with_name("control.json")),
                 "round-timeout": params.roundtimeout or self.config.fl.round_timeout,
                 "server-poll-seconds": self.config.fl.server_poll_seconds,
             }
@@ -435,6 +469,17 @@ class NodeAgent:
         if client.runtime_port is not None:
             unregister(self.registration_dir(), client.name)
 
+    # --- the running run changed -------------------------------------------------------------
+    def control(self, params: ControlParams) -> dict[str, Any]:
+        """Change the running FL run of a deployment: its ServerApp reads it before the next round."""
+        with self._lock:
+            server = self.server
+        if server is None or server.params.deployment != params.deployment:
+            raise ConflictError(f"this agent runs no FL server of deployment '{params.deployment}'")
+        settings = update_control(server.control_file, params.model_dump(exclude={"deployment"}))
+        log.info("deployment %s: run changed: %s", params.deployment, params.model_dump(exclude_none=True, exclude={"deployment"}))
+        return {"deployment": params.deployment, "control": settings.to_dict()}
+
     # --- status and stop ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         # Only the FL server's traffic goes into the answer: a client-only agent need not sample sockets.
@@ -446,11 +491,11 @@ class NodeAgent:
                 server["traffic"] = {"bytes_sent": sample.bytes_sent, "bytes_received": sample.bytes_received}
             return {"node": self.advertise_host, "server": server, "clients": [c.status() for c in self.clients]}
 
-    def stop(self, deployment: str | None = None) -> dict[str, Any]:
-        """Stop every FL process here, or only those of one deployment."""
+    def stop(self, deployment: str | None = None, part: int | None = None) -> dict[str, Any]:
+        """Stop every FL process here, or only those of one deployment (only its client `part`, if given)."""
         with self._lock:
             stopped = []
-            if self.server is not None and deployment in (None, self.server.params.deployment):
+            if self.server is not None and deployment in (None, self.server.params.deployment) and part is None:
                 # Its final round stays in /metrics a while, so that Prometheus scrapes it after the stop.
                 self._ended.append((time.time(), self.server.params.deployment, self.server.params.cohort, self.server.status()))
                 self.server.stop()
@@ -458,7 +503,7 @@ class NodeAgent:
                 self.server = None
             keep = []
             for client in self.clients:
-                if deployment in (None, client.params.deployment):
+                if deployment in (None, client.params.deployment) and part in (None, client.params.part):
                     self._stop_client(client)
                     stopped.append(f"client part {client.params.part}")
                 else:

@@ -24,9 +24,30 @@ def _line(event: str, data: dict[str, Any]) -> str | None:
     if event == "lost":
         reason = str(data.get("error") or "").splitlines()[0] if data.get("error") else "no answer"
         return f"[{data['cohort']}] client {data['agent']} (part {data['part']}) lost: {reason}"
+    if event == "decision":
+        return f"[{data['cohort']}] {decision_line(data)}"
     if event in ("topo", "image"):
         return f"[{event}] {data['message']}"
     return None
+
+
+def action_text(action: dict[str, Any]) -> str:
+    """'restart_client 0 done', or 'add_clients refused (no spare client of the cohort to add)'."""
+    part = "" if action.get("part") is None else f" {action['part']}"
+    why = f" ({action['detail']})" if action.get("status") != "done" and action.get("detail") else ""
+    return f"{action['kind']}{part} {action['status']}{why}"
+
+
+def decision_line(data: dict[str, Any]) -> str:
+    """A decision of the closed loop in a line: 'round 3: at_risk (clients 0, 1 lost) -> restart_client 0 done'."""
+    assessment = data.get("assessment") or {}
+    acts = [action_text(a) for a in data.get("actions", [])]
+    head = f"round {data['round']}: {assessment.get('state', 'policy')}"
+    if assessment.get("reason"):
+        head += f" ({assessment['reason']})"
+    if data.get("error"):
+        return f"{head} -> {data['error']}"
+    return head + (f" -> {'; '.join(acts)}" if acts else "")
 
 
 class DeployProgress:
@@ -73,5 +94,5 @@ class DeployProgress:
                               status=f"acc {data['accuracy']:.3f} loss {data['loss']:.3f}")
         elif event == "state":
             self._bars.update(task, status=data["state"] + (f": {data['reason']}" if data.get("reason") else ""))
-        elif event == "lost":
+        elif event in ("lost", "decision"):
             self._bars.console.print(_line(event, data) or "", markup=False, highlight=False)

@@ -1,14 +1,14 @@
-"""`mlfo intent validate|plan|send|stop|restart-client`: intents, cohort files, their deployments."""
+"""`mlfo intent validate|plan|send|status|stop|restart-client`: intents, cohort files, their deployments."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlfo_toolkit.cli._common import echo_json, json_option, pass_config, print_table
-from mlfo_toolkit.cli._progress import DeployProgress
+from mlfo_toolkit.cli._progress import DeployProgress, action_text
 
 if TYPE_CHECKING:
     from mlfo_toolkit.api import RunResult
@@ -38,12 +38,36 @@ def validate(cfg: Config, file: Path, as_json: bool) -> None:
         echo_json(checked.to_dict())
         return
     click.echo(f"{file}: valid intent '{checked.intent_id}'")
-    for target, pipeline in zip(checked.intent["targets"], checked.pipelines):
+    for target, pipeline, read in zip(checked.intent["targets"], checked.pipelines, checked.understood):
         fl = "federated learning" if pipeline["federated"] else "no federated learning"
         click.echo(
             f"  {target['id']}: {target['operation']} {target['operand']} -> "
             f"source {pipeline['source']}, model {pipeline['model']}, sink {pipeline['sink']} ({fl})"
         )
+        click.echo(f"    assured: {describe_target(read)}")
+        if read["unread_constraints"]:
+            click.echo(f"    recorded, not acted on: {', '.join(read['unread_constraints'])}")
+
+
+def describe_target(read: dict[str, Any] | None) -> str:
+    """A target as the MLFO reads it, in one line: 'accuracy >= 0.93 within 12 rounds, at most 4 clients'."""
+    if not read or not read.get("assured", True):
+        return "nothing (no value, deadline or bound: the run goes its rounds)"
+    wanted = read.get("wanted")
+    if wanted is None and read.get("value") is not None:  # a Target record (GET /deployments/ID)
+        relation = "<=" if read.get("metric") == "loss" or read.get("operation") == "minimise" else ">="
+        wanted = f"{read['metric']} {relation} {read['value']:g}"
+    deadline = read.get("deadline")
+    if deadline is None and (read.get("deadline_rounds") or read.get("deadline_seconds")):
+        deadline = f"{read['deadline_rounds']} rounds" if read.get("deadline_rounds") else f"{read['deadline_seconds']:g} s"
+    parts = [wanted or f"{read.get('operation')} {read.get('metric')}"]
+    if deadline:
+        parts[0] += f" within {deadline}"
+    for key, text in (("max_clients", "at most {:g} clients"), ("max_round_seconds", "rounds of at most {:g} s"),
+                      ("max_traffic_mb", "at most {:g} MB of traffic")):
+        if read.get(key) is not None:
+            parts.append(text.format(read[key]))
+    return ", ".join(parts)
 
 
 ANY_PATH = click.option("--any-intent-path", is_flag=True,
@@ -73,6 +97,48 @@ def plan(cfg: Config, cohort_file: Path, any_intent_path: bool, as_json: bool) -
         click.echo(f"{p.name}: intent {p.intent_id}, {p.strategy}, {p.rounds} rounds")
         click.echo(f"  FL server agent: {p.server}{shared}")
         click.echo(f"  clients (ipstart {p.ipstart}): {', '.join(p.clients)}")
+        if p.target is not None:
+            click.echo(f"  assured: {describe_target(p.target)} (policy {p.policy or 'the MLFO default'})")
+
+
+@intent.command()
+@click.argument("deployment")
+@click.option("--mlfo", "mlfo_address", metavar="HOST:PORT", help="Campus MLFO (default: mlfo.host:mlfo.port).")
+@json_option("Print the whole deployment record (GET /deployments/ID) as JSON.")
+@pass_config
+def status(cfg: Config, deployment: str, mlfo_address: str | None, as_json: bool) -> None:
+    """Show how DEPLOYMENT stands against its intent's target, and what the closed loop decided.
+
+    \b
+    Example: mlfo intent status 3f2a9c1b7d4e --mlfo 127.0.0.1:8001
+
+    One line for the target and its assurance state (on_track, at_risk, met, missed) with the
+    reason, then a row per decision: the round, what triggered it, the rule that fired, each
+    action (done, refused by its bound, or failed) and what the next round showed. Exit code 4
+    if there is no such deployment.
+    """
+    from mlfo_toolkit import api
+
+    found = api.deployment_status(deployment, cfg, mlfo=mlfo_address)
+    if as_json:
+        echo_json(found.to_dict())
+        return
+    accuracy = [a for a in found.accuracy if a is not None]
+    last = f", accuracy {accuracy[-1]:.4f} after round {len(found.accuracy)}" if accuracy else ""
+    click.echo(f"{found.name} ({found.deployment}): {found.state}{last}" + (f" - {found.reason}" if found.reason else ""))
+    click.echo(f"  target: {describe_target(found.target)}; policy {found.policy or 'none'}")
+    if found.assurance:
+        click.echo(f"  assurance: {found.assurance['state']} - {found.assurance['reason']}")
+    rows = []
+    for d in found.decisions:
+        acts = "; ".join(action_text(a) for a in d.get("actions", []))
+        state = (d.get("assessment") or {}).get("state", "")
+        rows.append((d["round"], d["trigger"], state, ", ".join(d.get("rules", [])) or "-", acts or d.get("error") or "-",
+                     d.get("outcome") or ""))
+    if rows:
+        print_table(["round", "trigger", "state", "rule", "actions", "then"], rows, right=["round"])
+    else:
+        click.echo("  no decisions yet")
 
 
 @intent.command()

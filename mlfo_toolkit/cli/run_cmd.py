@@ -44,7 +44,7 @@ def run(cfg: Config, experiment: Path, dry_run: bool, output: Path | None, as_js
             return
         click.echo(f"experiment {plan.experiment} ({plan.backend}): {len(plan.runs)} runs, about {plan.expected_seconds} s")
         print_table(["run", "seed", "cohorts"], [(r["key"], r["seed"], "; ".join(
-            f"{c['name']} {c['clients']} clients x {c['rounds']} rounds {c['strategy']}" for c in r["cohorts"])) for r in plan.runs])
+            f"{c['name']} {c['clients']} clients x {c['rounds']} rounds {c['strategy']}" + (f", policy {c['policy']}" if c.get('policy') else "") for c in r["cohorts"])) for r in plan.runs])
         for event in plan.events:
             click.echo(f"event: {event['kind']} {event['what']} at {event['at']}")
         return

@@ -20,7 +20,7 @@ import yaml
 from mlfo_toolkit.backends.base import Backend
 from mlfo_toolkit.backends.emulated import EmulatedBackend
 from mlfo_toolkit.backends.loopback import LoopbackBackend
-from mlfo_toolkit.config import Config
+from mlfo_toolkit.config import AssuranceSettings, Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
 from mlfo_toolkit.experiments.events import Actions
 from mlfo_toolkit.experiments.spec import NETWORK_EVENTS, Experiment, RunPlan, where
@@ -28,6 +28,7 @@ from mlfo_toolkit.experiments.timeline import Timeline, jsonable
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.meters.operations import clear_meters
 from mlfo_toolkit.orchestrator.api_clients import campus_client
+from mlfo_toolkit.orchestrator.assurance import load_policy
 from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file, parse_cohort_file, shape_cohorts
 from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import SentCohort, follow_deployments, post_cohorts
@@ -65,7 +66,24 @@ def cohorts_for(experiment: Experiment, config: Config, plan: RunPlan) -> Cohort
     changes["seed"] = plan.seed
     if spec.fl.round_timeout:
         changes["round_timeout"] = spec.fl.round_timeout
+    policy = run_policy(experiment, plan)
+    if policy:
+        changes["policy"] = policy
+    thresholds = {**(spec.assurance or {}), **{k.split(".", 1)[1]: v for k, v in point.items() if k.startswith("assurance.")}}
+    if thresholds:
+        changes["assurance"] = thresholds
     return dataclasses.replace(shaped, cohorts=[dataclasses.replace(c, **changes) for c in shaped.cohorts])
+
+
+def run_policy(experiment: Experiment, plan: RunPlan) -> str | None:
+    """The run's policy: swept, or the experiment's; a policy file is named relative to the experiment file."""
+    policy = plan.point.get("policy", experiment.spec.policy)
+    if policy is None:
+        return None
+    where, _, name = str(policy).rpartition(":")
+    if where.endswith(".py") and not Path(where).is_absolute():
+        return f"{(experiment.source.parent / where).resolve()}:{name}"
+    return str(policy)
 
 
 def check_cohorts(experiment: Experiment, cohort_file: CohortFile) -> None:
@@ -85,14 +103,31 @@ def check_cohorts(experiment: Experiment, cohort_file: CohortFile) -> None:
                                   source=str(experiment.source))
 
 
+def check_policies(experiment: Experiment, cohort_file: CohortFile, config: Config) -> None:
+    """A run's policy loads, with its thresholds, before any run starts (field and line on failure)."""
+    for cohort in cohort_file.cohorts:
+        if cohort.policy is None:
+            continue
+        settings = AssuranceSettings.model_validate({**config.assurance.model_dump(), **(cohort.assurance or {})})
+        try:
+            load_policy(cohort.policy, settings)
+        except ValidationError as err:
+            swept = "policy" in experiment.spec.sweep
+            raise ValidationError(err.message, field="sweep.policy" if swept else "policy", source=str(experiment.source),
+                                  line=where(experiment.lines, "sweep", "policy") if swept else where(experiment.lines, "policy"),
+                                  hint=err.hint) from None
+
+
 def plan_summary(experiment: Experiment, config: Config) -> dict[str, Any]:
     """What `--dry-run` prints: the runs, the events, a rough duration."""
     runs: list[dict[str, Any]] = []
     for plan in experiment.runs:
         cohorts = cohorts_for(experiment, config, plan)
         check_cohorts(experiment, cohorts)
+        check_policies(experiment, cohorts, config)
         runs.append({"key": plan.key, "point": plan.point, "seed": plan.seed,
-                     "cohorts": [{"name": c.name, "clients": c.size, "rounds": c.rounds, "strategy": c.strategy} for c in cohorts.cohorts]})
+                     "cohorts": [{"name": c.name, "clients": c.size, "rounds": c.rounds, "strategy": c.strategy,
+                                  "policy": c.policy} for c in cohorts.cohorts]})
     rounds = max((c["rounds"] for r in runs for c in r["cohorts"]), default=0)
     return {
         "experiment": experiment.name,
@@ -123,7 +158,12 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
     """One run: on a loopback backend of its own or, given the experiment's (entered) network backend, there;
     the timeline fired at rounds; network changes undone after."""
     spec = experiment.spec
-    cfg = config.with_overrides({"fl.seed": plan.seed, "mlfo.client_check_seconds": 1.0}) if network is None else config
+    cfg = config
+    if network is None:
+        # The run's own campus MLFO: it may load the experiment's policy.
+        policy = run_policy(experiment, plan)
+        allowed = [*config.assurance.allowed_policies, *([policy] if policy else [])]
+        cfg = config.with_overrides({"fl.seed": plan.seed, "mlfo.client_check_seconds": 1.0, "assurance.allowed_policies": allowed})
     cohort_file = cohorts_for(experiment, cfg, plan)
     if network is None:
         servers = sum(1 for c in cohort_file.cohorts if not c.sameserver)
@@ -225,7 +265,9 @@ class _Partial:
 def execute(experiment: Experiment, config: Config, out_dir: Path, *, progress: Progress = quiet) -> dict[str, Any]:
     """Run every run not already finished; write index.json after each; return the index."""
     for plan in experiment.runs:
-        check_cohorts(experiment, cohorts_for(experiment, config, plan))
+        cohorts = cohorts_for(experiment, config, plan)
+        check_cohorts(experiment, cohorts)
+        check_policies(experiment, cohorts, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     network: Any = contextlib.nullcontext(None)
     if experiment.spec.backend == "network":

@@ -13,7 +13,9 @@
       # network: meter {cohort, rate}, meter_clear N, link {a, b, rate | state: down/up},
       #          cpu {host, cpus}, background {rate | off}
     repeat: 2                                # seeds 1, 2 unless `seeds:` lists them
-    sweep: {strategy: [FedAvg, FedMedian]}   # also meter.rate, link.rate, cpu.cpus, init.cpus, ...
+    sweep: {strategy: [FedAvg, FedMedian]}   # also policy, assurance.*, meter.rate, link.rate, init.cpus, ...
+    policy: default                          # the closed loop's policy for every cohort (none, default,
+    assurance: {plateau_rounds: 3}           #   module:Name, file.py:Name) and its thresholds
 
 Validated with field and line before anything starts.
 """
@@ -29,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from mlfo_toolkit.config import AssuranceSettings
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.net.changes import link_ends
@@ -40,7 +43,10 @@ from mlfo_toolkit.util.yamlfiles import Float, Int, load_yaml, validate
 # Events that change the emulated network; on loopback there is nothing to change.
 NETWORK_EVENTS = ("meter", "meter_clear", "link", "cpu", "background")
 EVENTS = ("kill", "restart", *NETWORK_EVENTS)
-SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients")
+SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients", "policy")
+# The closed loop's thresholds a sweep can vary: `sweep: {assurance.plateau_gain: [0.001, 0.01]}`.
+SWEEPABLE_ASSURANCE_FIELDS = tuple(f"assurance.{name}" for name in AssuranceSettings.model_fields
+                                   if name not in ("policy", "allowed_policies"))
 # An event's value a sweep can vary: `sweep: {meter.rate: [5mbit, 50mbit]}` sets it on every such event.
 SWEEPABLE_EVENT_FIELDS = {"meter.rate": ("meter", "rate"), "link.rate": ("link", "rate"), "cpu.cpus": ("cpu", "cpus"),
                           "background.rate": ("background", "rate")}
@@ -192,12 +198,16 @@ class ExperimentFile(_Model):
     seeds: list[Int] | None = None
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
     timeout: float = Field(900, gt=0)
+    policy: str | None = Field(None, max_length=300, description="the closed loop's policy for every cohort of every run")
+    assurance: dict[str, Any] | None = Field(None, description="the closed loop's thresholds (the config's assurance section)")
 
 
 # The model and field that check each sweepable run setting.
 SWEPT_SETTINGS: dict[str, tuple[type[BaseModel], str]] = {
     "fraction_fit": (FlOverrides, "fraction_fit"), "rounds": (Shape, "rounds"), "clients": (Shape, "clients"),
+    "policy": (AssuranceSettings, "policy"),
 }
+SWEEP_KEYS = (*SWEEPABLE, *SWEEPABLE_EVENT_FIELDS, *SWEEPABLE_INIT_FIELDS, *SWEEPABLE_ASSURANCE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -254,10 +264,15 @@ def load_experiment(path: Path) -> Experiment:
                                   hint="drop agent: true to kill the SuperNode, or set backend: network")
     if spec.backend == "network":
         _check_topology(spec, lines, source)
+    if spec.assurance is not None:
+        if {"policy", "allowed_policies"} & set(spec.assurance):
+            raise ValidationError("holds thresholds only (the policy is the experiment's own field)", field="assurance",
+                                  line=where(lines, "assurance"), source=source)
+        validate(AssuranceSettings, spec.assurance, lines, source, prefix=("assurance",))
     for key, values in spec.sweep.items():
-        if key not in SWEEPABLE and key not in SWEEPABLE_EVENT_FIELDS and key not in SWEEPABLE_INIT_FIELDS:
+        if key not in SWEEP_KEYS:
             raise ValidationError(f"cannot sweep '{key}'", field=f"sweep.{key}", line=where(lines, "sweep", key), source=source,
-                                  hint=f"sweepable: {', '.join((*SWEEPABLE, *SWEEPABLE_EVENT_FIELDS, *SWEEPABLE_INIT_FIELDS))}")
+                                  hint=f"sweepable: {', '.join(SWEEP_KEYS)}")
         if key in SWEEPABLE_INIT_FIELDS and spec.backend != "network":
             raise ValidationError(f"sweeps '{key}', which needs backend: network", field=f"sweep.{key}",
                                   line=where(lines, "sweep", key), source=source)
@@ -291,7 +306,7 @@ def load_experiment(path: Path) -> Experiment:
     points: list[tuple[Any, ...]] = list(itertools.product(*(spec.sweep[k] for k in keys)))
     for combo in points:
         point = dict(zip(keys, combo))
-        label = "-".join(f"{k.split('.')[-1]}_{v}" for k, v in point.items()) or "base"
+        label = "-".join(f"{k.split('.')[-1]}_{_label(k, v)}" for k, v in point.items()) or "base"
         if not re.fullmatch(NAME_PATTERN, label) or ".." in label:
             # Run keys are folder names: a value must not reach outside the experiment folder.
             raise ValidationError(f"the run name '{label[:80]}' made of these values is not a plain folder name",
@@ -300,6 +315,11 @@ def load_experiment(path: Path) -> Experiment:
         for repetition, seed in enumerate(seeds, start=1):
             runs.append(RunPlan(f"{label}-r{repetition}", point, repetition, seed))
     return Experiment(spec, path, runs, lines)
+
+
+def _label(key: str, value: Any) -> Any:
+    """A sweep value as it names a run: a policy `path/file.py:Name` by its Name."""
+    return str(value).rsplit(":", 1)[-1] if key == "policy" else value
 
 
 def swept_value(spec: ExperimentFile, key: str, value: Any) -> Any:
@@ -316,6 +336,9 @@ def swept_value(spec: ExperimentFile, key: str, value: Any) -> Any:
     if key in SWEPT_SETTINGS:
         model, name = SWEPT_SETTINGS[key]
         return getattr(model.model_validate({name: value}), name)
+    if key in SWEEPABLE_ASSURANCE_FIELDS:
+        name = key.split(".", 1)[1]
+        return getattr(AssuranceSettings.model_validate({**(spec.assurance or {}), name: value}), name)
     return value
 
 

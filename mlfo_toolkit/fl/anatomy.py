@@ -75,6 +75,10 @@ class StopRequested(Exception):
     """The MLFO asked the run to stop (its reason is the message)."""
 
 
+class TooFewNodes(Exception):
+    """A round waited `node_wait_seconds` for the SuperNodes its strategy needs and they did not come."""
+
+
 class _Pull(threading.Thread):
     """One `grid.pull_messages` call in a daemon thread, so that a round can stop waiting for it."""
 
@@ -100,8 +104,12 @@ class RoundClock:
     """Wraps a Flower Grid and a strategy; `record(round)` gives that round's anatomy."""
 
     def __init__(self, grid: Any, poll_seconds: float, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep, control: RunControl | None = None) -> None:
+                 sleep: Callable[[float], None] = time.sleep, control: RunControl | None = None,
+                 node_wait_seconds: float | None = None) -> None:
         self.grid = grid
+        # Flower's sample_nodes waits forever for min_available nodes: a run whose clients died would hang.
+        self.node_wait_seconds = node_wait_seconds
+        self._waiting_since: float | None = None
         self.poll_seconds = poll_seconds
         self.clock = clock
         self.sleep = sleep
@@ -143,10 +151,18 @@ class RoundClock:
         settings = self.control.read()
         if settings.stop:
             raise StopRequested(settings.stop)
-        return [node for node in self.grid.get_node_ids() if node not in settings.exclude_nodes]
+        nodes = [node for node in self.grid.get_node_ids() if node not in settings.exclude_nodes]
+        now = self.clock()
+        if self._waiting_since is None:
+            self._waiting_since = now  # the first look of this round; send_and_receive ends the wait
+        elif self.node_wait_seconds is not None and now - self._waiting_since > self.node_wait_seconds:
+            raise TooFewNodes(f"the round waited {now - self._waiting_since:.0f} s for enough clients: {len(nodes)} connected, "
+                              f"fewer than its strategy needs (min_available, min_fit)")
+        return nodes
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         """Push, then pull every `poll_seconds` until every reply is in or `timeout` passes."""
+        self._waiting_since = None
         messages = list(messages)
         if not messages:
             return []
@@ -186,7 +202,10 @@ class RoundClock:
             replies.extend(found)
             pending.difference_update(m.metadata.reply_to_message_id for m in found)
             # A SuperNode the MLFO saw gone will not answer: stop waiting for it now, not at the timeout.
-            gone = {m for m in pending if destination.get(m) in self.control.read().exclude_nodes}
+            settings = self.control.read()
+            if settings.stop:  # the MLFO's closed loop ended the run (its target met or missed): no use finishing the round
+                raise StopRequested(settings.stop)
+            gone = {m for m in pending if destination.get(m) in settings.exclude_nodes}
             if gone and record is not None:
                 record.excluded += len(gone)
             pending -= gone

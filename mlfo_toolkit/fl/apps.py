@@ -13,7 +13,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from mlfo_toolkit.fl import data, models
-from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_START, RoundClock
+from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_START, RoundClock, StopRequested
+from mlfo_toolkit.fl.control import RunControl, Settings
 from mlfo_toolkit.fl.strategies import make_strategy
 
 server_app = ServerApp()
@@ -39,7 +40,10 @@ def server_main(grid: Grid, context: Context) -> None:
         initial = models.init_params(
             str(cfg["model"]), dataset.num_features, dataset.num_classes, seed=int(cfg["seed"])
         )
-        clock = RoundClock(grid, poll_seconds=float(cfg["server-poll-seconds"]))
+        control = RunControl(str(cfg.get("control-file", "")) or None)
+        # A round waits at most three round timeouts for enough clients (time for the MLFO to restart lost ones).
+        clock = RoundClock(grid, poll_seconds=float(cfg["server-poll-seconds"]), control=control,
+                           node_wait_seconds=3 * float(cfg["round-timeout"]))
         strategy = clock.instrument(
             make_strategy(
                 str(cfg["strategy"]),
@@ -53,36 +57,64 @@ def server_main(grid: Grid, context: Context) -> None:
             )
         )
 
-        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        def evaluate(server_round: int, arrays: ArrayRecord, settings: dict[str, Any] | None = None) -> MetricRecord:
             started = time.time()
             loss, accuracy = models.evaluate(arrays.to_numpy_ndarrays(), dataset.x_test, dataset.y_test)
             anatomy = clock.summary(server_round, started, time.time())
+            extra = {"settings": settings} if settings else {}
             _append_event(
                 metrics_file,
-                {"event": "round", "round": server_round, "loss": loss, "accuracy": accuracy, **anatomy},
+                {"event": "round", "round": server_round, "loss": loss, "accuracy": accuracy, **anatomy, **extra},
             )
             return MetricRecord({"loss": loss, "accuracy": accuracy})
 
         _append_event(metrics_file, {"event": "started", "rounds": int(cfg["num-rounds"])})
         _wait_for_nodes(grid, int(cfg["min-available"]), float(cfg["round-timeout"]), metrics_file)
-        strategy.start(
-            grid=clock,
-            initial_arrays=ArrayRecord(initial),
-            num_rounds=int(cfg["num-rounds"]),
-            timeout=float(cfg["round-timeout"]),
-            train_config=ConfigRecord(
-                {
-                    "local-epochs": int(cfg["local-epochs"]),
-                    "learning-rate": float(cfg["learning-rate"]),
-                    "batch-size": int(cfg["batch-size"]),
-                }
-            ),
-            evaluate_fn=evaluate,
-        )
+        train_config = ConfigRecord({
+            "local-epochs": int(cfg["local-epochs"]),
+            "learning-rate": float(cfg["learning-rate"]),
+            "batch-size": int(cfg["batch-size"]),
+        })
+        reason = run_rounds(strategy, clock, control, ArrayRecord(initial), int(cfg["num-rounds"]), float(cfg["round-timeout"]),
+                            train_config, evaluate)
     except Exception as err:
         _append_event(metrics_file, {"event": "failed", "reason": f"{type(err).__name__}: {err}"})
         raise
-    _append_event(metrics_file, {"event": "finished"})
+    _append_event(metrics_file, {"event": "finished", "reason": reason})
+
+
+def run_rounds(strategy: Any, clock: RoundClock, control: RunControl, arrays: ArrayRecord, num_rounds: int, timeout: float,
+               train_config: ConfigRecord, evaluate: Any) -> str | None:
+    """Flower's `Strategy.start` loop (train, aggregate, evaluate on the server), reading the MLFO's
+    changes before every round: the rounds to run, the sampling, a stop. Returns why it stopped early."""
+    evaluate(0, arrays)
+    current = 0
+    while True:
+        settings = control.read()
+        if settings.stop:
+            return settings.stop
+        if current >= (settings.rounds or num_rounds):
+            return None
+        current += 1
+        applied = apply_settings(strategy, settings)
+        try:
+            replies = clock.send_and_receive(strategy.configure_train(current, arrays, train_config, clock), timeout=timeout)
+        except StopRequested as stop:  # asked to stop while waiting for SuperNodes or for their replies
+            return str(stop)
+        aggregated, _ = strategy.aggregate_train(current, replies)
+        if aggregated is not None:
+            arrays = aggregated
+        evaluate(current, arrays, applied)
+
+
+def apply_settings(strategy: Any, settings: Settings) -> dict[str, Any]:
+    """Set the MLFO's sampling changes on the strategy (Flower's own attributes); what now applies."""
+    for name, value in (("fraction_train", settings.fraction_fit), ("min_train_nodes", settings.min_fit),
+                        ("min_available_nodes", settings.min_available)):
+        if value is not None and hasattr(strategy, name):
+            setattr(strategy, name, value)
+    return {"fraction_fit": getattr(strategy, "fraction_train", None), "min_fit": getattr(strategy, "min_train_nodes", None),
+            "min_available": getattr(strategy, "min_available_nodes", None), "excluded_nodes": len(settings.exclude_nodes)}
 
 
 def _wait_for_nodes(grid: Grid, wanted: int, timeout: float, metrics_file: str) -> None:

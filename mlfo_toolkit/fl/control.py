@@ -8,7 +8,7 @@ the file before every round and while it waits for replies (cheaply: only when t
   would go on sampling a SIGKILLed SuperNode until its heartbeat expires (2 x 30 s).
 * `fraction_fit`, `min_fit`, `min_available`: the strategy's sampling for the next rounds.
 * `rounds`: the run's length (longer or shorter, never below the rounds already done).
-* `stop`: end after the current round, with this reason.
+* `stop`: end now, with this reason (a round under way is dropped, not aggregated).
 """
 
 from __future__ import annotations

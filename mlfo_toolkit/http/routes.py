@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from mlfo_toolkit.agent.node import ClientStartParams, NodeAgent, ServerStartParams
+from mlfo_toolkit.agent.node import ClientStartParams, ControlParams, NodeAgent, ServerStartParams
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.http.app import error_response, service_app, token_guard
 from mlfo_toolkit.monitoring.metrics import AgentCollector, ServiceMetrics, SocketCollector
@@ -263,13 +263,19 @@ def agent_app(agent: NodeAgent) -> FastAPI:
         params = validate(ClientStartParams, await _fields(request), {}, "POST /cli")
         return JSONResponse(await run_in_threadpool(agent.start_client, params), status_code=201)
 
+    @app.post("/control", dependencies=[private], summary="Change the running FL run (read by the ServerApp between rounds)")
+    async def control(request: Request) -> dict[str, Any]:
+        params = validate(ControlParams, await _fields(request), {}, "POST /control")
+        return await run_in_threadpool(agent.control, params)
+
     @app.get("/status", dependencies=[private], summary="The FL server and clients of this agent")
     def status() -> dict[str, Any]:
         return agent.status()
 
-    @app.post("/stop", dependencies=[private], summary="Stop this agent's FL processes (of one deployment if given)")
-    def stop(deployment: str | None = None) -> dict[str, Any]:
-        return agent.stop(deployment)
+    @app.post("/stop", dependencies=[private], summary="Stop this agent's FL processes (of one deployment, one client part, if given)")
+    def stop(deployment: Annotated[str | None, Query(max_length=64)] = None,
+             part: Annotated[int | None, Query(ge=0, le=10_000)] = None) -> dict[str, Any]:
+        return agent.stop(deployment, part)
 
     return app
 

@@ -53,6 +53,8 @@ class MlfoMetrics(ServiceMetrics):
                                     registry=self.registry)
         self.recovered = Counter("mlfo_recovered", "What an MLFO set right after a restart or a lost answer, by action",
                                  ["role", "action"], registry=self.registry)
+        self.actions = Counter("mlfo_assurance_actions", "Actions the closed loop carried out, by kind", ["action"],
+                               registry=self.registry)
         self.queued = Gauge("mlfo_queued_deployments", "Deployments waiting for a free FL server", ["role"], registry=self.registry)
 
 
@@ -70,6 +72,44 @@ class DeploymentStates(Collector):
         for state, count in counts.items():
             family.add_metric([state], count)
         yield family
+
+
+ASSURANCE_STATES = ("on_track", "at_risk", "met", "missed")
+
+
+@dataclass(frozen=True)
+class AssuredDeployment:
+    """What the assurance metrics show of one deployment with a target."""
+
+    cohort: str
+    deployment: str
+    metric: str
+    value: float | None
+    state: str | None  # on_track, at_risk, met, missed (None: not assessed yet)
+
+
+class AssuranceStates(Collector):
+    """mlfo_intent_target{cohort,deployment,metric}: the value each deployment must reach;
+    mlfo_intent_target_met{cohort,deployment}: 1 once it was reached;
+    mlfo_assurance_state{cohort,deployment,state}: 1 for the state the closed loop last assessed."""
+
+    def __init__(self, deployments: Callable[[], list[AssuredDeployment]]) -> None:
+        self.deployments = deployments
+
+    def collect(self) -> Iterable[Metric]:
+        target = GaugeMetricFamily("mlfo_intent_target", "The value an intent's target asks for", labels=["cohort", "deployment", "metric"])
+        met = GaugeMetricFamily("mlfo_intent_target_met", "1 once a deployment reached its target's value",
+                                labels=["cohort", "deployment"])
+        state = GaugeMetricFamily("mlfo_assurance_state", "1 for a deployment's assurance state (on_track, at_risk, met, missed)",
+                                  labels=["cohort", "deployment", "state"])
+        for d in self.deployments():
+            if d.value is not None:
+                target.add_metric([d.cohort, d.deployment, d.metric], d.value)
+                met.add_metric([d.cohort, d.deployment], 1.0 if d.state == "met" else 0.0)
+            if d.state is not None:
+                for name in ASSURANCE_STATES:
+                    state.add_metric([d.cohort, d.deployment, name], 1.0 if name == d.state else 0.0)
+        yield from (target, met, state)
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

@@ -48,6 +48,7 @@ def _service_config(config: Config, topology: Topology, state_dir: Path) -> Path
     inner = topology.mlfo_config(config).with_overrides({"api.token": None, "api.southbound_token": None}, origin="topology")
     data = inner.model_dump(mode="json")
     data["fl"]["data_dir"] = str(Path(config.fl.data_dir).resolve())
+    data["mlfo"]["network_dir"] = str(state_dir.resolve())  # the campus MLFO's closed loop may change this network's meters
     if config.fl.isolation == "shared":
         data["fl"]["executor_dir"] = str(executor_dir(state_dir))
     path = state_dir / "network-config.yaml"

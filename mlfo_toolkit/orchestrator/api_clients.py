@@ -80,7 +80,7 @@ class ApiClient:
 
 
 class AgentClient(ApiClient):
-    """The node agent: POST /serv, POST /cli, GET /status, POST /stop."""
+    """The node agent: POST /serv, POST /cli, POST /control, GET /status, POST /stop."""
 
     service = "node agent"
 
@@ -93,9 +93,14 @@ class AgentClient(ApiClient):
     def status(self) -> dict[str, Any]:
         return dict(self.request("GET", "/status"))
 
-    def stop(self, deployment: str | None = None) -> dict[str, Any]:
-        """Stop the agent's FL processes (only one deployment's if given)."""
-        return dict(self.request("POST", "/stop", params={"deployment": deployment} if deployment else None))
+    def control(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change a running FL run (JSON: node ids are 64-bit numbers)."""
+        return dict(self.request("POST", "/control", json=dict(changes)))
+
+    def stop(self, deployment: str | None = None, part: int | None = None) -> dict[str, Any]:
+        """Stop the agent's FL processes (only one deployment's if given, only its client `part` if given)."""
+        params = {k: v for k, v in (("deployment", deployment), ("part", part)) if v is not None}
+        return dict(self.request("POST", "/stop", params=params or None))
 
 
 class MomoClient(ApiClient):

@@ -10,12 +10,13 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
-from mlfo_toolkit.config import Config
+from mlfo_toolkit.config import AssuranceSettings, Config
 from mlfo_toolkit.errors import (
     CapacityError,
     ConflictError,
@@ -27,17 +28,21 @@ from mlfo_toolkit.errors import (
     ValidationError,
 )
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.monitoring.metrics import DeploymentStates, MlfoMetrics
+from mlfo_toolkit.meters.operations import clear_meters, load_meters, set_meter
+from mlfo_toolkit.monitoring.metrics import AssuranceStates, DeploymentStates, MlfoMetrics
+from mlfo_toolkit.net.state import network_topology
 from mlfo_toolkit.orchestrator.api_clients import AgentClient, MomoClient, southbound
+from mlfo_toolkit.orchestrator.assurance import SHIPPED_POLICIES, Target, load_policy
 from mlfo_toolkit.orchestrator.cohorts import client_range
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
 from mlfo_toolkit.orchestrator.intents import Catalog, Intent, MomoConstraints, Pipeline, build_momo_intent
+from mlfo_toolkit.orchestrator.loop import AssuranceLoop
 from mlfo_toolkit.orchestrator.records import ClientRecord, ClientRestart, Deployment, DeploymentParams, ServerRecord
 from mlfo_toolkit.orchestrator.store import Store
 from mlfo_toolkit.orchestrator.watch import DeploymentWatch
 from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX, safe_name
 from mlfo_toolkit.util.stats import spread
-from mlfo_toolkit.util.yamlfiles import Float, Int
+from mlfo_toolkit.util.yamlfiles import Float, Int, strict_json, validate
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,8 @@ class ReceiveParams(BaseModel):
     name: str | None = Field(None, max_length=NAME_MAX, pattern=NAME_PATTERN)
     seed: Int | None = Field(None, ge=0, le=SEED_MAX)
     roundtimeout: Float | None = Field(None, gt=0, le=86_400)
+    policy: str | None = Field(None, max_length=300, description="the closed loop's policy (default: assurance.policy)")
+    assurance: str | None = Field(None, max_length=4096, description="JSON object of assurance thresholds for this deployment")
 
     @field_validator("minfit", "minav")
     @classmethod
@@ -169,9 +176,11 @@ class CampusMlfo:
         self.table = DeploymentTable(store, on_store_error=lambda err: self.metrics.store_errors.labels("campus").inc())
         self.catalog = catalog or Catalog.load(config.mlfo.catalog)
         self.metrics.add(DeploymentStates(self.table.states))
+        self.metrics.add(AssuranceStates(self.table.assured))
         self.admission = Admission(config, self.table)
         self.queue = ServerQueue(config)
-        self.watch = DeploymentWatch(config, self.table, self._finish)
+        self.loop = AssuranceLoop(config, self.table, self, self.metrics)
+        self.watch = DeploymentWatch(config, self.table, self._finish, self.loop)
         # Starting a client starts a Python process that imports Flower: a few at a time, machine-wide.
         self._start_slots = threading.BoundedSemaphore(config.mlfo.start_concurrency)
         self._stopping = threading.Event()
@@ -197,7 +206,15 @@ class CampusMlfo:
         ipstart = params.ipstart if params.ipstart is not None else self.config.ip_plan.first_client_octet
         clients = client_range(self.config, ipstart, params.cohortsize)
         name = params.name or safe_name(intent.intentID)
-        memory_mb = self.admission.estimate(params.cohortsize, params.sameserver)
+        target = Target.from_intent(intent.model_dump(exclude_none=True))
+        min_available, min_fit = params.minav or fl.min_available, params.minfit or fl.min_fit
+        if target.max_clients is not None:
+            for field, wanted in (("minav", min_available), ("minfit", min_fit)):
+                if wanted > target.max_clients:
+                    raise ValidationError(f"the intent allows {target.max_clients} clients but {field} is {wanted}: the run "
+                                          "could never start", field="targets[0].constraints.max_clients")
+        policy, overrides = self._check_assurance(params)
+        memory_mb = self.admission.estimate(min(params.cohortsize, target.max_clients or params.cohortsize), params.sameserver)
         if self.queue.full():
             raise CapacityError(f"{self.config.mlfo.queue_length} deployments already wait for a free FL server "
                                 "(mlfo.queue_length)", hint="send it again when a cohort has finished, or raise mlfo.queue_length")
@@ -216,13 +233,35 @@ class CampusMlfo:
             ),
             state="planned", created=now, updated=now,
             clients=[ClientRecord(agent=a, part=i) for i, a in enumerate(clients)],
-            memory_mb=memory_mb,
+            memory_mb=memory_mb, policy=policy, assurance_settings=overrides or None,
+            target=target.to_dict() if target.assured else None,
         )
         with self.admission.lock:
             self.admission.check(name, memory_mb, params.cohortsize, params.sameserver)
             self.table.add(record)
         self._spawn(self._deploy, record.id)
         return {"id": record.id, "state": "planned", "name": record.name}
+
+    def _check_assurance(self, params: ReceiveParams) -> tuple[str, dict[str, Any]]:
+        """The deployment's policy (shipped, or allowed by this MLFO's config, and loadable) and threshold overrides."""
+        settings = self.config.assurance
+        name = params.policy or settings.policy
+        if name not in (*SHIPPED_POLICIES, settings.policy, *settings.allowed_policies):
+            raise ValidationError(f"policy '{name}' is not allowed on this MLFO", field="policy",
+                                  hint="add it to assurance.allowed_policies in the campus MLFO's config")
+        overrides: dict[str, Any] = {}
+        if params.assurance:
+            try:
+                overrides = strict_json(params.assurance)
+            except ValueError as err:
+                raise ValidationError(f"is not a JSON object: {err}", field="assurance") from None
+            if not isinstance(overrides, dict):
+                raise ValidationError("is not a JSON object of thresholds", field="assurance")
+            if {"policy", "allowed_policies"} & set(overrides):
+                raise ValidationError("sets thresholds only (the policy is its own field)", field="assurance")
+            validate(AssuranceSettings, {**settings.model_dump(), **overrides}, {}, "form", prefix=("assurance",))
+        load_policy(name, AssuranceSettings.model_validate({**settings.model_dump(), **overrides}), base=Path.cwd())
+        return name, overrides
 
     # --- reading -------------------------------------------------------------------------------
     def deployments(self) -> list[Deployment]:
@@ -250,8 +289,13 @@ class CampusMlfo:
     def restart_client(self, deployment_id: str, part: int) -> dict[str, Any]:
         """Start a new SuperNode for client `part` of a running deployment whose SuperNode is gone (lost).
 
-        It joins the running FL server; Flower samples it from the next round on. A stop that comes while
-        the client starts wins: the new SuperNode is stopped again and the restart answers 409."""
+        It joins the running FL server; Flower samples it from the next round on, and never again the
+        SuperNode that was lost. A stop that comes while the client starts wins: the new SuperNode is
+        stopped again and the restart answers 409."""
+        return self.restart(deployment_id, part)
+
+    def restart(self, deployment_id: str, part: int, agent: str | None = None) -> dict[str, Any]:
+        """Restart a lost client part on its own agent, or (`agent="spare"`) on the host of a spare part."""
         record = self.table.get(deployment_id)
         client = record.client(part)
         if client is None:
@@ -267,19 +311,33 @@ class CampusMlfo:
                                     hint="wait until the MLFO sees it lost (GET /deployments/ID)")
             if (deployment_id, part) in self._restarting:
                 raise ConflictError(f"client part {part} is already being restarted")
+            host = client.agent
+            if agent == "spare":
+                spare = next((c for c in record.clients if c.state == "spare"), None)
+                if spare is None:
+                    raise ConflictError(f"deployment {deployment_id} has no spare client host")
+                host = spare.agent
             self._restarting.add((deployment_id, part))
         requested = time.time()
         assert record.server is not None  # a running deployment has its server
         try:
-            with southbound(AgentClient, client.agent, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as agent:
-                answer = agent.start_client(client_fields(record, part, record.server.server))
+            if client.node_id is not None:
+                # Flower would go on sampling the lost SuperNode until its heartbeat expires (60 s).
+                try:
+                    self.control(deployment_id, {"exclude_nodes": [client.node_id]})
+                except MlfoError as err:  # the restart helps even so; the run waits out that node's replies
+                    log.warning("deployment %s: could not exclude the lost SuperNode %s: %s", deployment_id, client.node_id, err.message)
+            with southbound(AgentClient, host, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as peer:
+                answer = peer.start_client(client_fields(record, part, record.server.server))
             with self.table.edit(deployment_id) as live:
                 entry = live.clients[part]
                 ended = live.ended
                 if not ended:
-                    earlier = ClientRestart(restarted_at=requested, name=entry.name, pid=entry.pid, lost_at=entry.lost_at,
+                    earlier = ClientRestart(restarted_at=requested, agent=entry.agent if host != entry.agent else None,
+                                            node_id=entry.node_id, name=entry.name, pid=entry.pid, lost_at=entry.lost_at,
                                             lost_reason=entry.lost_reason, error=entry.error)
                     entry.state, entry.name, entry.pid, entry.since = "running", _text(answer.get("client")), _number(answer.get("pid")), time.time()
+                    entry.agent, entry.node_id, entry.silent_since = host, None, None
                     entry.error = entry.lost_at = entry.lost_reason = None
                     entry.restarts.append(earlier)
                 restarted = entry.model_copy()
@@ -293,6 +351,78 @@ class CampusMlfo:
         log.info("client part %d of %s restarted on %s", part, deployment_id, restarted.agent)
         return {"deployment": deployment_id, "part": part, "agent": restarted.agent, "client": restarted.name,
                 "pid": restarted.pid, "seconds": round(time.time() - requested, 3)}
+
+    # --- what the closed loop can have done (orchestrator.loop.Actuator) -------------------------
+    def start_part(self, deployment_id: str, part: int) -> dict[str, Any]:
+        """Start a spare client part of a running deployment on its own host."""
+        record = self.table.get(deployment_id)
+        client = record.client(part)
+        if client is None or client.state != "spare" or record.server is None:
+            raise ConflictError(f"client part {part} of {deployment_id} is not a spare part of a running deployment")
+        started = time.monotonic()
+        with southbound(AgentClient, client.agent, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as agent:
+            answer = agent.start_client(client_fields(record, part, record.server.server))
+        with self.table.edit(deployment_id) as live:
+            entry = live.clients[part]
+            entry.state, entry.name, entry.pid, entry.since = "running", _text(answer.get("client")), _number(answer.get("pid")), time.time()
+            entry.ready_seconds = round(time.monotonic() - started, 3)
+        return {"part": part, "agent": client.agent}
+
+    def remove_part(self, deployment_id: str, part: int) -> dict[str, Any]:
+        """Take a running client out: its SuperNode stops and is never sampled again; its part becomes spare."""
+        record = self.table.get(deployment_id)
+        client = record.client(part)
+        if client is None or client.state != "running":
+            raise ConflictError(f"client part {part} of {deployment_id} is not running")
+        if client.node_id is not None:
+            self.control(deployment_id, {"exclude_nodes": [client.node_id]})
+        with southbound(AgentClient, client.agent, self.config) as agent:
+            agent.stop(deployment_id, part)
+        self.table.update_client(deployment_id, part, state="spare", node_id=None)
+        return {"part": part}
+
+    def control(self, deployment_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change the running FL run through its server's agent (read by the ServerApp before the next round)."""
+        record = self.table.get(deployment_id)
+        if record.server is None:
+            raise ConflictError(f"deployment {deployment_id} has no FL server")
+        with southbound(AgentClient, record.server.agent, self.config) as agent:
+            answer = agent.control({"deployment": deployment_id, **changes})
+        with contextlib.suppress(StorageError):
+            self.table.update(deployment_id, control=answer.get("control"))
+        return answer
+
+    def meter(self, deployment_id: str, rate_mbit: float | None) -> dict[str, Any]:
+        """Set (or with None clear) the cohort's meter in the emulated network, as `mlfo meter set` does."""
+        network, cohort = self._meter_target(deployment_id)
+        if rate_mbit is None:
+            return {"cleared": clear_meters(network, cohort)}
+        return set_meter(network, cohort, f"{rate_mbit:g}mbit", None, "both", "ovs")
+
+    def meter_rate(self, deployment_id: str) -> float | None:
+        """The Mbit/s of the cohort's meter, if one is set (None also outside an emulated network)."""
+        if self.config.mlfo.network_dir is None:
+            return None
+        try:
+            network, cohort = self._meter_target(deployment_id)
+        except MlfoError:
+            return None
+        entry = load_meters(network).get(str(cohort))
+        return round(entry["rate_kbps"] / 1000, 3) if entry else None
+
+    def _meter_target(self, deployment_id: str) -> tuple[Config, int]:
+        """The network's config (its state folder) and the meter port (campus switch) of a deployment's clients."""
+        network_dir = self.config.mlfo.network_dir
+        if network_dir is None:
+            raise ConflictError("this MLFO does not run in an emulated network: there is no meter to change")
+        network = self.config.with_overrides({"paths.state_dir": str(network_dir)})
+        _, topology = network_topology(Path(network_dir))
+        by_ip = {h.ip: h for h in topology.fl_clients()}
+        record = self.table.get(deployment_id)
+        campuses = {by_ip[c.agent.rsplit(":", 1)[0]].campus for c in record.clients if c.agent.rsplit(":", 1)[0] in by_ip}
+        if len(campuses) != 1 or None in campuses:
+            raise ConflictError(f"the clients of {deployment_id} are not behind one campus switch: no one meter is theirs")
+        return network, int(campuses.pop() or 0)
 
     # --- the deployment itself -----------------------------------------------------------------
     def _spawn(self, target: Callable[[str], None], deployment_id: str) -> None:
@@ -338,7 +468,7 @@ class CampusMlfo:
             self._start_clients(record, server.server, started)
             record = self.table.get(deployment_id)
             failed = [c for c in record.clients if c.state == "failed"]
-            usable = len(record.clients) - len(failed)
+            usable = sum(1 for c in record.clients if c.state == "running")
             elapsed = time.monotonic() - started
             log.info("HTTP Intent took %.3f s (deployment %s)", elapsed, deployment_id)
             if usable < params.min_available:
@@ -433,11 +563,14 @@ class CampusMlfo:
         A client is recorded `starting` (in the store) before its agent is asked, so that a campus killed
         meanwhile knows, after its restart, to stop it."""
         timeout = max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)
+        cap = (record.target or {}).get("max_clients")
 
         def start_one(client: ClientRecord) -> None:
             changes: dict[str, Any]
             with self._start_slots:
-                if self._stopping.is_set():
+                if cap is not None and client.part >= cap:
+                    changes = {"state": "spare"}  # beyond the intent's cap: its host waits for the closed loop
+                elif self._stopping.is_set():
                     changes = {"state": "failed", "error": "the MLFO is stopping"}
                 else:
                     with self.table.edit(record.id) as live:
@@ -469,6 +602,7 @@ class CampusMlfo:
             except StorageError:
                 record = self.table.get(deployment_id)  # ended in memory; written again by the janitor
         log.info("deployment %s %s%s", deployment_id, state, f": {reason}" if reason else "")
+        self.loop.forget(deployment_id)
         self._stop_clients(deployment_id, record.clients)
         self._release(deployment_id)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from mlfo_toolkit.config import Config
+from mlfo_toolkit.config import AssuranceSettings, Config
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.orchestrator.intents import Catalog, Intent, parse_intent
+from mlfo_toolkit.orchestrator.intents import Catalog, Intent, parse_intent, understood
 from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX
 from mlfo_toolkit.util.resources import resource_path
@@ -46,6 +47,8 @@ class CohortSpec(BaseModel):
     rounds: int | None = Field(None, ge=1, le=10_000)
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="data split and initial model (default: fl.seed)")
     round_timeout: float | None = Field(None, gt=0, le=86_400, description="seconds a round waits for clients (default: fl.round_timeout)")
+    policy: str | None = Field(None, max_length=300, description="the closed loop's policy (default: the campus MLFO's assurance.policy)")
+    assurance: dict[str, Any] | None = Field(None, description="assurance thresholds for this cohort (see the assurance config)")
 
 
 class CohortDefaults(BaseModel):
@@ -56,6 +59,8 @@ class CohortDefaults(BaseModel):
     min_fit: int | None = Field(None, ge=1)
     min_available: int | None = Field(None, ge=1)
     rounds: int | None = Field(None, ge=1, le=10_000)
+    policy: str | None = Field(None, max_length=300)
+    assurance: dict[str, Any] | None = None
 
 
 class ReadableCohortFile(BaseModel):
@@ -101,6 +106,8 @@ class Cohort:
     line: int | None = None
     seed: int | None = None  # None: the agents' fl.seed
     round_timeout: float | None = None  # None: the agents' fl.round_timeout
+    policy: str | None = None  # None: the campus MLFO's assurance.policy
+    assurance: dict[str, Any] | None = None  # thresholds over the campus MLFO's
 
     def form_fields(self, ipstart: int) -> dict[str, Any]:
         """The prototype's /receive form fields for this cohort (seed and roundtimeout, mlfo's, only when set)."""
@@ -116,6 +123,8 @@ class Cohort:
             "name": self.name,
             "seed": self.seed,
             "roundtimeout": self.round_timeout,
+            "policy": self.policy,
+            "assurance": json.dumps(self.assurance) if self.assurance else None,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -161,6 +170,17 @@ def _load_intent(ref: str | dict[str, Any], base: Path, field_name: str, source:
             raise ValidationError(f"intent file '{ref}' not found (looked in {path.parent})", field=field_name, line=line, source=source)
     raw = read_input(path, "intent file")
     return parse_intent(raw, str(path)), raw.decode("utf-8")
+
+
+def _thresholds(values: dict[str, Any], i: int, lines: dict[tuple[Any, ...], int], source: str) -> dict[str, Any] | None:
+    """A cohort's assurance thresholds, checked as the config's assurance section is (policy is its own field)."""
+    if not values:
+        return None
+    if {"policy", "allowed_policies"} & set(values):
+        raise ValidationError("holds thresholds only (the policy is the cohort's own field)", field=f"cohorts[{i}].assurance",
+                              line=lines.get(("cohorts", i, "assurance")), source=source)
+    validate(AssuranceSettings, values, lines, source, prefix=("cohorts", i, "assurance"))
+    return values
 
 
 def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Config, *, any_intent_path: bool = False) -> CohortFile:
@@ -225,6 +245,8 @@ def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Co
                     rounds=c.rounds or d.rounds or fl.rounds,
                     seed=c.seed,
                     round_timeout=c.round_timeout,
+                    policy=c.policy or d.policy,
+                    assurance=_thresholds({**(d.assurance or {}), **(c.assurance or {})}, i, lines, source),
                     where=f"cohorts[{i}]",
                     line=lines.get(("cohorts", i)),
                 )
@@ -293,6 +315,8 @@ class CohortPlan:
     strategy: str
     rounds: int
     fields: dict[str, Any] = field(default_factory=dict)
+    target: dict[str, Any] | None = None  # what the MLFO reads from the intent's first target (intents.understood)
+    policy: str | None = None  # the closed loop's policy asked for (None: the campus MLFO's assurance.policy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -341,6 +365,13 @@ def plan_cohorts(cohort_file: CohortFile, config: Config) -> list[CohortPlan]:
         except ValidationError as err:
             raise ValidationError(err.message.split(": ", 1)[-1], field=f"{cohort.where}.size" if cohort.where.startswith("cohorts") else cohort.where,
                                   line=cohort.line, source=cohort_file.source, hint=err.hint) from None
+        target = understood(cohort.intent.targets[0])
+        cap = target["max_clients"]
+        for what, wanted in (("min_available", cohort.min_available), ("min_fit", cohort.min_fit)):
+            if cap is not None and wanted > cap:
+                raise ValidationError(f"cohort '{cohort.name}': its intent allows {cap} clients but {what} is {wanted}: "
+                                      "the run could never start", field=f"{cohort.where}.{what}", line=cohort.line,
+                                      source=cohort_file.source, hint=f"set {what} to {cap} or less, or raise max_clients")
         if cohort.sameserver and plans:
             server, shares = plans[-1].server, plans[-1].name
         else:
@@ -364,6 +395,8 @@ def plan_cohorts(cohort_file: CohortFile, config: Config) -> list[CohortPlan]:
                 strategy=cohort.strategy,
                 rounds=cohort.rounds,
                 fields=cohort.form_fields(ipstart),
+                target=target if target["assured"] else None,
+                policy=cohort.policy,
             )
         )
         ipstart += cohort.size

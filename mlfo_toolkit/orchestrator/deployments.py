@@ -17,6 +17,7 @@ from typing import Any
 import pydantic
 
 from mlfo_toolkit.errors import NotFoundError, StorageError
+from mlfo_toolkit.monitoring.metrics import AssuredDeployment
 from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.store import Store
 
@@ -53,6 +54,13 @@ class DeploymentTable:
         with self.lock:
             return [r.model_copy(deep=True) for r in self._records.values()]
 
+    def assured(self, recent_seconds: float = 600.0) -> list[AssuredDeployment]:
+        """Deployments with a target, running or ended within `recent_seconds` (for the assurance metrics)."""
+        now = time.time()
+        with self.lock:
+            return [AssuredDeployment(r.name, r.id, str(r.target.get("metric")), r.target.get("value"), (r.assurance or {}).get("state"))
+                    for r in self._records.values() if r.target and (not r.ended or now - r.updated < recent_seconds)]
+
     def states(self) -> list[str]:
         with self.lock:
             return [r.state for r in self._records.values()]
@@ -86,6 +94,15 @@ class DeploymentTable:
                 setattr(record, key, value)
             copy = record.model_copy(deep=True)
         return copy
+
+    def update_client(self, deployment_id: str, part: int, **changes: Any) -> None:
+        """Set fields of one client of a deployment."""
+        with self.edit(deployment_id) as record:
+            client = record.client(part)
+            if client is None:
+                raise NotFoundError(f"deployment {deployment_id} has no client part {part}")
+            for key, value in changes.items():
+                setattr(client, key, value)
 
     def flush(self) -> int:
         """Write the records whose last write failed; how many are still unsaved."""

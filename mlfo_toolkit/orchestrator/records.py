@@ -15,8 +15,9 @@ DeploymentState = Literal["planned", "queued", "deploying", "running", "done", "
 DEPLOYMENT_STATES: tuple[DeploymentState, ...] = ("planned", "queued", "deploying", "running", "done", "failed")
 TERMINAL_STATES: tuple[DeploymentState, ...] = ("done", "failed")
 # planned: not started yet; starting: its agent was asked; running; lost: its SuperNode or agent is gone;
-# failed: it never started; stopped: its deployment ended and it was stopped.
-ClientState = Literal["planned", "starting", "running", "lost", "failed", "stopped"]
+# failed: it never started; stopped: its deployment ended and it was stopped; spare: its part is not run
+# (beyond the intent's client cap, or taken out), its host free for the closed loop to use.
+ClientState = Literal["planned", "starting", "running", "lost", "failed", "stopped", "spare"]
 
 
 class Record(BaseModel):
@@ -32,6 +33,8 @@ class ClientRestart(Record):
     """A lost client started again: what it was before, and when it was restarted."""
 
     restarted_at: float
+    agent: str | None = None  # where it ran before, when it was started on another host
+    node_id: int | None = None
     name: str | None = None
     pid: int | None = None
     lost_at: float | None = None
@@ -53,6 +56,7 @@ class ClientRecord(Record):
     lost_at: float | None = None
     lost_reason: str | None = None
     silent_since: float | None = None  # its agent has not answered since then
+    node_id: int | None = None  # its SuperNode's id at the SuperLink (Flower's), once known
     restarts: list[ClientRestart] = Field(default_factory=list)
 
 
@@ -98,6 +102,22 @@ class DeploymentParams(Record):
     round_timeout: float | None = None  # None: the agents' fl.round_timeout
 
 
+class Decision(Record):
+    """One turn of the closed loop: what the MLFO saw, how the deployment stood, which rule fired, what was
+    done (each action: done, refused by its bound, or failed), and what came of it by the next round."""
+
+    at: float
+    round: int
+    trigger: str  # start, round or lost
+    policy: str
+    observed: dict[str, Any] = Field(default_factory=dict)
+    assessment: dict[str, Any] | None = None  # {state, reason}
+    rules: list[str] = Field(default_factory=list)
+    actions: list[dict[str, Any]] = Field(default_factory=list)  # {kind, ..., status, detail}
+    error: str | None = None  # the policy failed or answered nonsense: the deployment went on under none
+    outcome: str | None = None
+
+
 class Deployment(Record):
     """One intent's deployment on the campus MLFO: an FL server, its clients, and the run's rounds."""
 
@@ -123,6 +143,18 @@ class Deployment(Record):
     memory_mb: int | None = None
     queue: dict[str, Any] | None = None  # while queued: position (1 = next), since, estimated wait
     released: bool | None = None  # its FL server given back to the cloud MLFO (None: it never had one)
+    policy: str | None = None  # the closed loop's policy for it
+    assurance_settings: dict[str, Any] | None = None  # thresholds the intent's sender set (over the config's)
+    target: dict[str, Any] | None = None  # what the MLFO reads from the intent (Target)
+    assurance: dict[str, Any] | None = None  # {state: on_track|at_risk|met|missed, reason, since}
+    decisions: list[Decision] = Field(default_factory=list)
+    control: dict[str, Any] | None = None  # the run's current settings, as its ServerApp reads them
+
+    def round_seconds(self) -> list[float | None]:
+        """Wall seconds of each round: from the previous round's evaluation (round 0: the initial one) to its own."""
+        times = [r.time for r in sorted(self.rounds, key=lambda r: r.round)]
+        previous = [(self.initial or {}).get("time"), *times[:-1]]
+        return [round(t - p, 3) if t is not None and p is not None else None for t, p in zip(times, previous)]
 
     @property
     def ended(self) -> bool:

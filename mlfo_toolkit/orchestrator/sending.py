@@ -38,8 +38,10 @@ def post_cohorts(cohort_file: CohortFile, config: Config, campus: str) -> list[S
 
 def follow_deployments(sent: list[SentCohort], config: Config, campus: str, *, timeout: float,
                        progress: Progress = quiet, poll_seconds: float = 1.0) -> list[SentCohort]:
-    """Poll each deployment until it is done or failed; report every new round, lost client and state change."""
+    """Poll each deployment until it is done or failed; report every new round, lost client, decision of the
+    closed loop and state change."""
     seen: dict[str, int] = {}
+    decided: dict[str, int] = {}
     states: dict[str, str] = {}
     lost: set[str] = set()
     deadline = time.monotonic() + timeout
@@ -49,9 +51,13 @@ def follow_deployments(sent: list[SentCohort], config: Config, campus: str, *, t
             for cohort in sent:
                 record = Deployment.model_validate(client.deployment(cohort.deployment_id))
                 cohort.record = record
+                rounds_total = (record.control or {}).get("rounds") or record.params.rounds
                 for entry in record.rounds[seen.get(cohort.name, 0):]:
-                    progress("round", {"cohort": cohort.name, "rounds_total": record.params.rounds, **entry.to_json()})
+                    progress("round", {"cohort": cohort.name, "rounds_total": rounds_total, **entry.to_json()})
                 seen[cohort.name] = len(record.rounds)
+                for decision in record.decisions[decided.get(cohort.name, 0):]:
+                    progress("decision", {"cohort": cohort.name, **decision.to_json()})
+                decided[cohort.name] = len(record.decisions)
                 for client_record in record.clients:
                     key = f"{cohort.name}/{client_record.part}"
                     if client_record.state == "lost" and key not in lost:

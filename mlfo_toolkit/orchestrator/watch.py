@@ -17,6 +17,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, StorageError
 from mlfo_toolkit.orchestrator.api_clients import AgentClient, southbound
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
+from mlfo_toolkit.orchestrator.loop import AssuranceLoop
 from mlfo_toolkit.orchestrator.records import TERMINAL_STATES, ClientRecord, FlRound
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,11 @@ Finish = Callable[[str, str, "str | None"], None]
 class DeploymentWatch:
     """The campus MLFO's watch over running deployments; `follow(id)` runs until that deployment ends."""
 
-    def __init__(self, config: Config, table: DeploymentTable, finish: Finish) -> None:
+    def __init__(self, config: Config, table: DeploymentTable, finish: Finish, loop: AssuranceLoop | None = None) -> None:
         self.config = config
         self.table = table
         self.finish = finish
+        self.loop = loop
         self.stopping = threading.Event()
 
     def follow(self, deployment_id: str) -> None:
@@ -46,8 +48,33 @@ class DeploymentWatch:
             log.exception("watching deployment %s", deployment_id)
             self.finish(deployment_id, "failed", f"internal error in the MLFO while watching the run: {err}")
 
+    def _turn(self, deployment_id: str, trigger: str) -> None:
+        """One turn of the closed loop; its failure is logged and never ends the watch."""
+        if self.loop is None:
+            return
+        try:
+            self.loop.step(deployment_id, trigger)
+        except StorageError:
+            raise
+        except Exception:
+            log.exception("the closed loop of deployment %s (%s)", deployment_id, trigger)
+
+    def _conclude(self, deployment_id: str) -> str | None:
+        """The closed loop's last word on a run that went all its rounds: its target met or missed."""
+        if self.loop is None:
+            return None
+        try:
+            return self.loop.conclude(deployment_id)
+        except StorageError:
+            raise
+        except Exception:
+            log.exception("the closed loop of deployment %s (end)", deployment_id)
+            return None
+
     def _follow(self, deployment_id: str) -> None:
         cfg = self.config.mlfo
+        seen_rounds = len(self.table.get(deployment_id).rounds)
+        self._turn(deployment_id, "start" if not seen_rounds else "round")
         last_contact = time.monotonic()
         next_client_check = time.monotonic() + cfg.client_check_seconds
         timeout = min(self.config.api.timeout_seconds, cfg.lost_after_seconds / 2)
@@ -72,17 +99,28 @@ class DeploymentWatch:
                 return
             rounds = [FlRound.model_validate(r) for r in server.get("rounds", [])]
             self.table.update(deployment_id, rounds=rounds, initial=server.get("initial"), traffic=server.get("traffic"),
-                              short_rounds=[r.round for r in rounds if r.short])
+                              short_rounds=[r.round for r in rounds if r.short], control=server.get("control"))
+            lost = []
             if time.monotonic() >= next_client_check:
-                self.check_clients(deployment_id)
+                lost = self.check_clients(deployment_id)
                 next_client_check = time.monotonic() + cfg.client_check_seconds
             if server.get("state") in TERMINAL_STATES:
-                self.finish(deployment_id, server["state"], server.get("reason"))
+                reason = server.get("reason")
+                if server["state"] == "done":
+                    reason = reason or self._conclude(deployment_id)
+                self.finish(deployment_id, server["state"], reason)
                 return
+            if len(rounds) > seen_rounds:
+                seen_rounds = len(rounds)
+                self._turn(deployment_id, "round")
+            elif lost:
+                self._turn(deployment_id, "lost")
 
-    def check_clients(self, deployment_id: str) -> None:
-        """Ask each client's agent about its SuperNode; a gone one (or a silent agent) shows `lost`."""
+    def check_clients(self, deployment_id: str) -> list[int]:
+        """Ask each client's agent about its SuperNode; a gone one (or a silent agent) shows `lost`. Returns the
+        parts seen lost now."""
         clients = self.table.get(deployment_id).clients
+        before = {c.part for c in clients if c.state == "lost"}
         timeout = min(self.config.api.timeout_seconds, self.config.mlfo.lost_after_seconds / 2)
 
         def check(client: ClientRecord) -> None:
@@ -100,6 +138,8 @@ class DeploymentWatch:
                 return
             client.silent_since = None
             mine: dict[str, Any] | None = next((c for c in status.get("clients", []) if c.get("name") == client.name), None)
+            if mine is not None and isinstance(mine.get("node_id"), int):
+                client.node_id = mine["node_id"]
             if mine is None:
                 _lost(client, "exited", "its agent no longer runs this client (agent restarted?)")
             elif mine.get("state") != "running":
@@ -111,9 +151,10 @@ class DeploymentWatch:
             list(pool.map(check, clients))
         with self.table.edit(deployment_id) as record:
             if record.ended:
-                return
+                return []
             # A client restarted while the agents were asked keeps its new record.
             record.clients = [checked if checked.name == fresh.name else fresh for checked, fresh in zip(clients, record.clients)]
+            return [c.part for c in record.clients if c.state == "lost" and c.part not in before]
 
 
 def _lost(client: ClientRecord, reason: str, error: str) -> None:

@@ -9,7 +9,6 @@ CSV and JSON, and index.html shows it all.
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import statistics
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import NotFoundError
-from mlfo_toolkit.reports.runs import pyplot, save_figure
+from mlfo_toolkit.reports.runs import pyplot, save_figure, write_rows
 from mlfo_toolkit.util.files import write_json_atomically, write_text
 
 
@@ -161,25 +160,43 @@ def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]
     # The table per sweep point.
     table = []
     for label, entries in points.items():
-        finals, times, traffic = [], [], []
+        finals, times, traffic, lengths, run_seconds, states, wants = [], [], [], [], [], [], set()
+        actions: dict[str, int] = defaultdict(int)
         for entry in entries:
             for cohort in entry["run"]["cohorts"]:
                 if cohort["accuracy"]:
                     finals.append(cohort["accuracy"][-1])
-                times.append(_time_to(cohort["accuracy"], cohort.get("round_seconds") or [], target))
+                # A cohort with a target of its own is measured against it; else against --target.
+                wanted = (cohort.get("target") or {}).get("value")
+                wanted = wanted if wanted is not None and (cohort.get("target") or {}).get("metric") == "accuracy" else target
+                wants.add(wanted)
+                times.append(_time_to(cohort["accuracy"], cohort.get("round_seconds") or [], wanted))
                 t = cohort.get("traffic") or {}
                 traffic.append(int(t.get("bytes_sent", 0)) + int(t.get("bytes_received", 0)))
+                lengths.append(len(cohort["accuracy"]))
+                run_seconds.append(sum(s for s in cohort.get("round_seconds") or [] if s))
+                states.append((cohort.get("assurance") or {}).get("state"))
+                for decision in cohort.get("decisions") or []:
+                    for action in decision.get("actions", []):
+                        if action.get("status") == "done":
+                            actions[action["kind"]] += 1
         reached = [t for t in times if t is not None]
+        assured = [s for s in states if s is not None]
         table.append({
             "point": label, "runs": len(entries),
             "final_accuracy_mean": round(statistics.fmean(finals), 4) if finals else None,
             "final_accuracy_spread": round(max(finals) - min(finals), 4) if finals else None,
-            f"seconds_to_{target}": round(statistics.fmean(reached), 2) if reached else None,
+            "target_accuracy": ", ".join(f"{w:g}" for w in sorted(wants)),
+            "seconds_to_target": round(statistics.fmean(reached), 2) if reached else None,
             "reached_target": f"{len(reached)}/{len(times)}",
             "traffic_mb_mean": round(statistics.fmean(traffic) / 1e6, 2) if traffic else None,
+            "rounds_mean": round(statistics.fmean(lengths), 2) if lengths else None,
+            "round_seconds_total_mean": round(statistics.fmean(run_seconds), 1) if run_seconds else None,
+            "target_met": f"{assured.count('met')}/{len(assured)}" if assured else None,
+            "actions": ", ".join(f"{k} x{v}" for k, v in sorted(actions.items())) or None,
             "events": sorted({e["kind"] for entry in entries for e in entry["run"].get("events", [])}),
         })
-    _write_rows(out / "table.csv", table)
+    write_rows(out / "table.csv", table)
     write_json_atomically(out / "table.json", table)
     page = _html(out, folder.name, figures, table)
     return {"report": str(out), "plots": [str(p) for p in figures.values()], "table": table, "html": str(page),
@@ -188,19 +205,9 @@ def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]
 
 def _save(fig: Any, plt: Any, path: Path, rows: list[dict[str, Any]]) -> Path:
     save_figure(fig, path, dpi=110)
-    _write_rows(path.with_suffix(".csv"), rows)
+    write_rows(path.with_suffix(".csv"), rows)
     write_json_atomically(path.with_suffix(".json"), rows)
     return path
-
-
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with open(path, "w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _html(out: Path, name: str, figures: dict[str, Path], table: list[dict[str, Any]]) -> Path:

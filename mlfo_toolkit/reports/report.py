@@ -10,7 +10,7 @@ from typing import Any
 from mlfo_toolkit.errors import NotFoundError, ValidationError
 from mlfo_toolkit.fl.anatomy import PHASES
 from mlfo_toolkit.monitoring.prometheus import query_range
-from mlfo_toolkit.reports.runs import file_sha256, plot_rounds, pyplot, save_figure
+from mlfo_toolkit.reports.runs import file_sha256, plot_rounds, pyplot, save_figure, write_rows
 from mlfo_toolkit.util.files import write_json_atomically, write_text
 
 
@@ -126,6 +126,55 @@ def plot_round_anatomy(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
     return out
 
 
+def plot_assurance(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
+    """Each assured cohort's metric by round against its target: the target value dashed, the deadline
+    dotted, and a mark at every decision of the closed loop that did something (its action kinds)."""
+    assured = [c for c in cohorts if c.get("target")]
+    if not assured:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(len(assured), 1, figsize=(8, 3.2 * len(assured)), squeeze=False)
+    for ax, cohort in zip(axes[:, 0], assured):
+        target = cohort["target"]
+        metric = target.get("metric", "accuracy")
+        values = cohort.get(metric) or []
+        ax.plot(range(1, len(values) + 1), values, marker="o", color="tab:blue", label=metric)
+        if target.get("value") is not None:
+            ax.axhline(target["value"], color="tab:green", linestyle="--", label=f"target {target['value']:g}")
+        if target.get("deadline_rounds"):
+            ax.axvline(target["deadline_rounds"], color="gray", linestyle=":", label=f"deadline (round {target['deadline_rounds']})")
+        for decision in cohort.get("decisions") or []:
+            done = [a["kind"] for a in decision.get("actions", []) if a.get("status") == "done"]
+            if not done:
+                continue
+            x = max(decision["round"], 0) + 0.5  # it acts on the round after the one it saw
+            ax.axvline(x, color="tab:red", linewidth=1, alpha=0.7)
+            ax.annotate(", ".join(sorted(set(done))), (x, ax.get_ylim()[0]), rotation=90, fontsize=7, va="bottom", ha="right",
+                        color="tab:red")
+        state = (cohort.get("assurance") or {}).get("state")
+        ax.set(title=f"{cohort['name']}: {metric} against its target ({state or 'not assessed'}, policy {cohort.get('policy')})",
+               xlabel="round (red: the closed loop acted before this round)", ylabel=metric)
+        ax.legend(fontsize=7, loc="lower right" if metric == "accuracy" else "upper right")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=100)
+    return out
+
+
+def decision_rows(cohorts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The closed loop's decisions of every cohort, one row per action (or per decision without one)."""
+    rows = []
+    for cohort in cohorts:
+        for d in cohort.get("decisions") or []:
+            base = {"cohort": cohort["name"], "round": d.get("round"), "trigger": d.get("trigger"), "policy": d.get("policy"),
+                    "state": (d.get("assessment") or {}).get("state"), "reason": (d.get("assessment") or {}).get("reason"),
+                    "rules": ", ".join(d.get("rules", [])), "outcome": d.get("outcome"), "error": d.get("error")}
+            for action in d.get("actions") or [{}]:
+                rows.append({**base, "action": action.get("kind"), "part": action.get("part"), "status": action.get("status"),
+                             "detail": action.get("detail")})
+    return rows
+
+
 def build_report(run_dir: Path, fmt: str = "png", prometheus_url: str | None = None, extra_inputs: dict[str, Path] | None = None) -> dict[str, Any]:
     """Write RUN_DIR/report/: PNG plots, manifest.json, and index.html with --format html."""
     run = load_run(run_dir)
@@ -133,9 +182,13 @@ def build_report(run_dir: Path, fmt: str = "png", prometheus_url: str | None = N
     out.mkdir(exist_ok=True)
     cohorts = run["cohorts"]
     plots = [plot_rounds(cohorts, out / "accuracy-loss.png"), plot_orchestration(cohorts, out / "orchestration.png")]
-    for optional in (plot_round_anatomy(cohorts, out / "round-anatomy.png"), plot_traffic(cohorts, out / "traffic.png")):
+    for optional in (plot_assurance(cohorts, out / "assurance.png"), plot_round_anatomy(cohorts, out / "round-anatomy.png"),
+                     plot_traffic(cohorts, out / "traffic.png")):
         if optional:
             plots.append(optional)
+    decisions = decision_rows(cohorts)
+    if decisions:
+        write_rows(out / "decisions.csv", decisions)
     prometheus_used = None
     if prometheus_url:
         try:
@@ -172,6 +225,12 @@ def write_html(out: Path, run: dict[str, Any], plots: list[Path], manifest: dict
         for c in run["cohorts"]
     )
     images = "".join(f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"></figure>' for p in plots)
+    decisions = decision_rows(run["cohorts"])
+    columns = ("cohort", "round", "trigger", "state", "reason", "rules", "action", "part", "status", "detail", "outcome")
+    if decisions:
+        images += ("<h2>Decisions of the closed loop</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
+                   + "".join("<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r[c]))}</td>" for c in columns) + "</tr>"
+                             for r in decisions) + "</table>")
     page = (
         "<!doctype html><meta charset='utf-8'><title>mlfo run report</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}img{max-width:100%}</style>"

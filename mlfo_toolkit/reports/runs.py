@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -10,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import StorageError
-from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import SentCohort
-from mlfo_toolkit.util.files import write_json_atomically
+from mlfo_toolkit.util.files import write_json_atomically, write_text
 
 
 def new_run_dir(runs_dir: Path, kind: str) -> Path:
@@ -45,7 +46,7 @@ def cohort_summary(cohort: SentCohort) -> dict[str, Any]:
         "server": record.server.server if record.server else None,
         "accuracy": [r.accuracy for r in rounds],
         "loss": [r.loss for r in rounds],
-        "round_seconds": round_seconds(record),
+        "round_seconds": record.round_seconds(),
         "sampled": [r.sampled for r in rounds],
         "results": [r.results for r in rounds],
         "short_rounds": record.short_rounds,
@@ -56,16 +57,14 @@ def cohort_summary(cohort: SentCohort) -> dict[str, Any]:
         "orchestration_seconds": record.orchestration_seconds,
         "client_ready_seconds": record.client_ready_seconds,
         "traffic": record.traffic,
+        "policy": record.policy,
+        "target": record.target,
+        "assurance": record.assurance,
+        "decisions": [d.model_dump(exclude_none=True) for d in record.decisions],
+        "control": record.control,
         "created": record.created,
         "finished": record.finished,
     }
-
-
-def round_seconds(record: Deployment) -> list[float | None]:
-    """Wall seconds of each round: from the previous round's evaluation (round 0: the initial one) to its own."""
-    times = [r.time for r in sorted(record.rounds, key=lambda r: r.round)]
-    previous = [(record.initial or {}).get("time"), *times[:-1]]
-    return [round(t - p, 3) if t is not None and p is not None else None for t, p in zip(times, previous)]
 
 
 def file_sha256(path: Path) -> str:
@@ -140,3 +139,15 @@ def plot_rounds(cohorts: list[dict[str, Any]], out: Path) -> Path:
     fig.tight_layout()
     save_figure(fig, out, dpi=100)
     return out
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows of dicts as CSV, columns in the order they first appear."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

@@ -62,10 +62,10 @@ def start_orchestra(config: Config, workdir: Path, servers: int = 2, clients: in
         }
     )
     cloud = CloudMlfo(config, Store(workdir / "cloud.sqlite3"))
-    cloud_http = HttpServer(cloud_app(cloud), "127.0.0.1", 0).start()
+    cloud_http = HttpServer(cloud_app(cloud), "127.0.0.1", 0, request_seconds=config.api.request_seconds).start()
     config = config.with_overrides({"mlfo.cloud": cloud_http.address})
     campus = CampusMlfo(config, Store(workdir / "campus.sqlite3"))
-    campus_http = HttpServer(campus_app(campus), "127.0.0.1", 0).start()
+    campus_http = HttpServer(campus_app(campus), "127.0.0.1", 0, request_seconds=config.api.request_seconds).start()
     orchestra = Orchestra(campus, cloud, f"http://{campus_http.address}", f"http://{cloud_http.address}", server_agents, client_agents, config)
     return orchestra, [campus, campus_http, cloud_http, *server_agents, *client_agents]
 

@@ -199,11 +199,11 @@ def test_two_identical_deploys_at_once_start_one_server(config: Config, workdir:
             answers: list[dict[str, Any]] = []
             barrier = threading.Barrier(2)
 
-            def deploy(name: str = f"same-{attempt}") -> None:
+            def deploy(name: str, answers: list[dict[str, Any]] = answers, barrier: threading.Barrier = barrier) -> None:
                 barrier.wait()
                 answers.append(cloud.deploy(momo(name)))
 
-            threads = [threading.Thread(target=deploy) for _ in range(2)]
+            threads = [threading.Thread(target=deploy, args=(f"same-{attempt}",)) for _ in range(2)]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -225,8 +225,8 @@ def test_half_sent_uploads_are_cut_off_and_hold_no_file_descriptor(config: Confi
     before = me.num_fds()
     sockets = []
     try:
-        head = (f"POST /receive HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                f"Content-Length: 900000\r\n\r\n").encode()
+        head = (b"POST /receive HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 900000\r\n\r\n")
         for _ in range(100):
             sock = socket.create_connection((host, int(port)), timeout=10)
             part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="i.yaml"\r\n\r\n'

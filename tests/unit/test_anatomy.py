@@ -175,3 +175,26 @@ def test_percentiles() -> None:
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile(list(range(1, 101)), 95) == 95
     assert spread([1.0, 2.0, 10.0]) == {"p50": 2.0, "p95": 10.0}
+
+
+def test_a_round_that_waits_too_long_for_clients_fails_and_an_excluded_node_is_not_offered(tmp_path: Any) -> None:
+    from mlfo_toolkit.fl.anatomy import StopRequested, TooFewNodes
+    from mlfo_toolkit.fl.control import RunControl, update_control
+
+    clock = FakeClock()
+    control_file = tmp_path / "control.json"
+    timed = RoundClock(FakeGrid(clock, {}), poll_seconds=0.25, clock=clock, sleep=clock.sleep,
+                       control=RunControl(control_file), node_wait_seconds=30)
+    update_control(control_file, {"exclude_nodes": [2]})
+    # Flower's sample_nodes asks once a second while too few nodes are connected.
+    for _ in range(31):
+        assert timed.get_node_ids() == [1, 3]
+        clock.now += 1
+    with pytest.raises(TooFewNodes, match="waited 31 s"):
+        timed.get_node_ids()
+    # A round that got its messages out starts the next wait afresh.
+    timed.send_and_receive(messages=[], timeout=1)
+    assert timed.get_node_ids() == [1, 3]
+    update_control(control_file, {"stop": "target met at round 3"})
+    with pytest.raises(StopRequested, match="target met"):
+        timed.get_node_ids()

@@ -79,3 +79,24 @@ def test_inline_intent(config: Config, tmp_path: Path) -> None:
     text = "cohorts:\n  - size: 3\n    intent: {intentID: inl, targets: [{id: a, operation: maximise, operand: robots.welding.accuracy}]}\n"
     parsed = parse_cohort_file(text, "c", tmp_path, config)
     assert parsed.cohorts[0].intent.intentID == "inl" and "robots.welding.accuracy" in parsed.cohorts[0].intent_yaml
+
+
+def test_a_target_cohort_carries_its_policy_and_thresholds_to_the_form(config: Config) -> None:
+    parsed = load_cohort_file(INTENTS / "cohorts-target.yaml", config)
+    (cohort,) = parsed.cohorts
+    assert cohort.policy == "default" and cohort.form_fields(10)["policy"] == "default"
+    (plan,) = plan_cohorts(parsed, config)
+    assert plan.target is not None and plan.target["wanted"] == "accuracy >= 0.93" and plan.target["max_clients"] == 4
+    text = (INTENTS / "cohorts-target.yaml").read_text()
+    with_thresholds = text.replace("    policy: default", "    policy: default\n    assurance: {plateau_rounds: 3}")
+    (cohort,) = parse_cohort_file(with_thresholds, "c.yaml", INTENTS, config).cohorts
+    assert cohort.form_fields(10)["assurance"] == '{"plateau_rounds": 3}'
+    for bad, field in (("assurance: {plateau_rounds: 1}", "cohorts[0].assurance.plateau_rounds"),
+                       ("assurance: {policy: none}", "cohorts[0].assurance"), ("assurance: {colour: 1}", "cohorts[0].assurance.colour")):
+        with pytest.raises(ValidationError) as err:
+            parse_cohort_file(text.replace("    policy: default", f"    {bad}"), "c.yaml", INTENTS, config)
+        assert err.value.field == field
+    too_many = parse_cohort_file(text.replace("min_available: 4", "min_available: 5"), "c.yaml", INTENTS, config)
+    with pytest.raises(ValidationError, match="allows 4 clients but min_available is 5") as err:
+        plan_cohorts(too_many, config)
+    assert err.value.field == "cohorts[0].min_available"

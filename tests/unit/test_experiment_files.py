@@ -39,6 +39,11 @@ COHORTS = REPO / "intents" / "cohorts.yaml"
     (f"name: x\ncohorts: {COHORTS}\nshape: {{clients: 4}}\ntimeline:\n  - at: {{seconds: 2}}\n    restart: {{cohort: welding-a, part: 4}}\n",
      "timeline[0].restart.part", 6),
     ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a, part: 0}\nsweep:\n  link.rate: [5mbit]\n", "sweep.link.rate", 6),
+    ("name: x\nassurance:\n  plateau_rounds: 1\n", "assurance.plateau_rounds", 3),
+    ("name: x\nassurance:\n  policy: none\n", "assurance", 3),
+    ("name: x\nsweep:\n  assurance.plateau_gain: [0.01, -1]\n", "sweep.assurance.plateau_gain[1]", 3),
+    (f"name: x\ncohorts: {COHORTS}\npolicy: nowhere.py:Nothing\n", "policy", 3),
+    (f"name: x\ncohorts: {COHORTS}\nsweep:\n  policy: [none, os:NoSuchThing]\n", "sweep.policy", 4),
 ])
 def test_a_bad_experiment_file_names_field_and_line_and_starts_nothing(workdir: Path, text: str, field: str, line: int) -> None:
     path = workdir / "e.yaml"
@@ -58,3 +63,17 @@ def test_dry_run_lists_runs_events_and_duration(workdir: Path) -> None:
     assert [r["cohorts"][0]["strategy"] for r in plan["runs"]] == ["FedAvg", "FedMedian"]
     assert plan["events"][0]["kind"] == "kill" and plan["expected_seconds"] > 0
     assert not (workdir / "runs").exists()
+
+
+def test_a_policy_sweep_plans_a_run_per_policy(workdir: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "assurance-kill.yaml"), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert [r["key"] for r in plan["runs"]][::3] == ["policy_none-r1", "policy_default-r1"]
+    assert [r["cohorts"][0]["policy"] for r in plan["runs"]][::3] == ["none", "default"]
+    own = workdir / "own.yaml"
+    own.write_text(f"name: own\ncohorts: {COHORTS}\nsweep:\n  policy: [{REPO}/experiments/policies/frugal.py:Frugal]\n"
+                   "  assurance.plateau_rounds: [3, 5]\n")
+    result = CliRunner().invoke(cli, ["run", str(own), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["key"] for r in json.loads(result.stdout)["runs"]] == ["policy_Frugal-plateau_rounds_3-r1", "policy_Frugal-plateau_rounds_5-r1"]

@@ -1,0 +1,157 @@
+"""The campus MLFO's closed loop with real Flower on loopback: a met target ends the run early, a killed
+client is restarted by the loop and trains again, a researcher's policy is loaded and a failing one
+falls back to none. One loopback network for the module."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from mlfo_toolkit.backends.loopback import LoopbackBackend
+from mlfo_toolkit.cli.main import cli
+from mlfo_toolkit.config import load_config
+from mlfo_toolkit.orchestrator.api_clients import MlfoClient
+from mlfo_toolkit.orchestrator.cohorts import parse_cohort_file
+from mlfo_toolkit.orchestrator.sending import post_cohorts
+from tests.helpers import processes_under
+
+pytestmark = [pytest.mark.flower, pytest.mark.slow]
+
+POLICIES = '''
+from mlfo_toolkit.orchestrator.assurance import Action
+
+
+class StopAtTwo:
+    """A researcher's policy: two rounds are enough."""
+
+    def decide(self, observation):
+        if observation.round >= 2:
+            return [Action("stop", reason="two rounds are enough for this study")]
+        return []
+
+
+class Broken:
+    def decide(self, observation):
+        raise RuntimeError("a bug in the researcher's policy")
+'''
+
+
+def target_intent(value: float, **more: Any) -> dict[str, Any]:
+    return {"intentID": f"target-{value}", "targets": [{
+        "id": "factory.all", "operation": "achieve", "operand": "robots.welding.accuracy", "value": value,
+        "constraints": {"privacylevel": "high"}, **more}]}
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoopbackBackend, Path]]:
+    workdir = tmp_path_factory.mktemp("assurance")
+    (workdir / "policies.py").write_text(POLICIES)
+    config = load_config(environ={}).with_overrides({
+        "paths.state_dir": str(workdir / "state"), "paths.runs_dir": str(workdir / "runs"),
+        "fl.round_timeout": 10.0, "mlfo.client_check_seconds": 1.0,
+        "assurance.allowed_policies": [f"{workdir / 'policies.py'}:StopAtTwo", f"{workdir / 'policies.py'}:Broken"],
+    })
+    with LoopbackBackend(config, workdir / "net", servers=2, clients=6) as backend:
+        yield backend, workdir
+    assert processes_under(workdir) == []
+
+
+def send(network: LoopbackBackend, cohorts: list[dict[str, Any]]) -> list[str]:
+    text = json.dumps({"defaults": {"strategy": "FedAvg", "fraction_fit": 1.0, "min_fit": 1}, "cohorts": cohorts})
+    parsed = parse_cohort_file(text, "test", Path.cwd(), network.config)
+    return [s.deployment_id for s in post_cohorts(parsed, network.config, network.campus)]
+
+
+def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.3) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return False
+
+
+def finished(mlfo: MlfoClient, deployment: str, timeout: float = 240) -> dict[str, Any]:
+    """The deployment once it ended and its ending finished (its clients stopped)."""
+    def ended() -> bool:
+        record = mlfo.deployment(deployment)
+        return record["state"] in ("done", "failed") and not any(c["state"] in ("running", "starting") for c in record["clients"])
+
+    assert wait_for(ended, timeout), mlfo.deployment(deployment)
+    return mlfo.deployment(deployment)
+
+
+def done_actions(record: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [a for d in record["decisions"] for a in d["actions"] if a["kind"] == kind and a["status"] == "done"]
+
+
+def test_a_met_target_ends_the_run_early_and_status_says_so(network: tuple[LoopbackBackend, Path]) -> None:
+    backend, _ = network
+    (deployment,) = send(backend, [{"name": "reach", "size": 3, "intent": target_intent(0.88), "rounds": 15, "min_available": 3}])
+    record = finished(MlfoClient(backend.campus), deployment)
+    assert record["state"] == "done" and "target met" in record["reason"], record["reason"]
+    accuracy = [r["accuracy"] for r in sorted(record["rounds"], key=lambda r: r["round"])]
+    first = next(i for i, a in enumerate(accuracy, start=1) if a >= 0.88)
+    # Stopped right after the round that reached it (the loop acts on the round it sees; the round
+    # under way when the stop came is dropped, not trained on).
+    assert len(accuracy) <= first + 1 < 15, accuracy
+    assert record["assurance"]["state"] == "met" and len(done_actions(record, "stop")) == 1
+    shown = CliRunner().invoke(cli, ["intent", "status", deployment, "--mlfo", backend.campus])
+    assert shown.exit_code == 0, shown.output
+    assert "assurance: met" in shown.output and "stop done" in shown.output and "accuracy >= 0.88" in shown.output
+
+
+def test_a_killed_client_is_restarted_by_the_loop_and_trains_again(network: tuple[LoopbackBackend, Path]) -> None:
+    backend, _ = network
+    (deployment,) = send(backend, [{"name": "heal", "size": 3, "intent": target_intent(0.999, deadline={"rounds": 7}),
+                                    "rounds": 30, "min_available": 3, "assurance": {"plateau_gain": 0.0}}])
+    mlfo = MlfoClient(backend.campus)
+    assert wait_for(lambda: len(mlfo.deployment(deployment)["rounds"]) >= 1, 120)
+    victim = next(c for a in backend.agents for c in a.clients if c.params.deployment == deployment and c.params.part == 1)
+    os.kill(victim.process.pid, signal.SIGKILL)
+    killed_round = len(mlfo.deployment(deployment)["rounds"])
+    record = finished(mlfo, deployment)
+    restarts = done_actions(record, "restart_client")
+    assert [a["part"] for a in restarts] == [1], record["decisions"]
+    client = next(c for c in record["clients"] if c["part"] == 1)
+    assert len(client["restarts"]) == 1 and client["state"] == "stopped"
+    rounds = sorted(record["rounds"], key=lambda r: r["round"])
+    # The run length came from the deadline (7, not 30), and it ended missed at it.
+    assert len(rounds) == 7 and "target missed" in record["reason"], record["reason"]
+    assert done_actions(record, "set_rounds")[0]["count"] == 7
+    # After the restart every sampled client answered again: the restarted SuperNode trained.
+    restart_round = next(d["round"] for d in record["decisions"] if any(a["kind"] == "restart_client" for a in d["actions"]))
+    later = [r for r in rounds if r["round"] > restart_round + 1]
+    assert later and all(r["results"] == r["sampled"] == 3 for r in later), [(r["round"], r["sampled"], r["results"]) for r in rounds]
+    assert killed_round <= restart_round
+
+
+def test_a_researchers_policy_runs_and_a_failing_one_falls_back_to_none(network: tuple[LoopbackBackend, Path]) -> None:
+    backend, workdir = network
+    plain = {"intentID": "plain", "targets": [{"id": "t", "operation": "maximise", "operand": "robots.welding.accuracy",
+                                                "value": 0.5, "constraints": {"privacylevel": "high"}}]}
+    own, broken = send(backend, [
+        {"name": "own", "size": 3, "intent": plain, "rounds": 6, "min_available": 3, "policy": f"{workdir / 'policies.py'}:StopAtTwo"},
+        {"name": "broken", "size": 3, "intent": plain, "rounds": 3, "min_available": 3, "policy": f"{workdir / 'policies.py'}:Broken"},
+    ])
+    mlfo = MlfoClient(backend.campus)
+    stopped, fell_back = finished(mlfo, own), finished(mlfo, broken)
+    assert "two rounds are enough" in stopped["reason"] and len(stopped["rounds"]) == 2, stopped["reason"]
+    assert stopped["policy"].endswith(":StopAtTwo")
+    assert fell_back["state"] == "done" and len(fell_back["rounds"]) == 3  # its run went on to the end
+    errors = [d["error"] for d in fell_back["decisions"] if d.get("error")]
+    assert len(errors) == 1 and "RuntimeError: a bug in the researcher's policy" in errors[0]
+    # A policy this MLFO does not allow is refused with the field named; the MLFO goes on serving.
+    refused = requests.post(f"http://{backend.campus}/receive", files={"file": ("i.yaml", json.dumps(plain))},
+                            data={"cohortsize": "1", "ipstart": "10", "numround": "1", "policy": "os:system"}, timeout=10)
+    assert refused.status_code == 400 and refused.json()["field"] == "policy", refused.text
+    assert requests.get(f"http://{backend.campus}/deployments", timeout=5).status_code == 200
