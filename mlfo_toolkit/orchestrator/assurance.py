@@ -193,7 +193,9 @@ def assess(observation: Observation) -> Assessment | None:
         by = f"{target.deadline_rounds} rounds" if out_of_rounds else f"{target.deadline_seconds:g} s"
         return Assessment("missed", f"the deadline ({by}) passed with {metric} {_fmt(best)}, short of {target.value:g}")
     gain = observation.gain_per_round(settings.plateau_rounds)
-    if target.value is not None and gain is not None and gain < settings.plateau_gain:
+    if target.value is not None and gain is not None and gain < settings.plateau_gain and best is not None and \
+            not target.reached(best + (-1 if target.lower_is_better else 1) * settings.plateau_gain * (observation.rounds_left or 0)):
+        # Stopped improving, and not even `plateau_gain` a round from here on would reach it in the rounds left.
         return Assessment("missed", f"{metric} has stopped improving at {_fmt(best)} ({settings.plateau_rounds} rounds gained "
                                     f"{gain * settings.plateau_rounds:.4f}), short of {target.value:g}")
     risks: dict[str, str] = {}

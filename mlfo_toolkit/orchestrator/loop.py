@@ -131,6 +131,9 @@ class AssuranceLoop:
                                                   f"short of {target.value:g}")
             if assessment is None:
                 return None
+            if (record.assurance or {}).get("state") == assessment.state:  # nothing new to record
+                self.forget_unlocked(deployment_id)
+                return f"target {assessment.state}: {assessment.reason}" if assessment.state in ("met", "missed") else None
             decision = Decision(at=time.time(), round=observation.round, trigger="end", policy=self._policy(record, settings)[0],
                                 observed=observation.summary(), assessment={"state": assessment.state, "reason": assessment.reason})
             with self.table.edit(deployment_id) as live:

@@ -105,6 +105,11 @@ def test_a_met_target_ends_the_run_early_and_status_says_so(network: tuple[Loopb
     # under way when the stop came is dropped, not trained on).
     assert len(accuracy) <= first + 1 < 15, accuracy
     assert record["assurance"]["state"] == "met" and len(done_actions(record, "stop")) == 1
+    scraped = requests.get(f"http://{backend.campus}/metrics", timeout=5).text
+    assert f'mlfo_intent_target{{cohort="reach",deployment="{deployment}",metric="accuracy"}} 0.88' in scraped
+    assert f'mlfo_intent_target_met{{cohort="reach",deployment="{deployment}"}} 1.0' in scraped
+    assert f'mlfo_assurance_state{{cohort="reach",deployment="{deployment}",state="met"}} 1.0' in scraped
+    assert 'mlfo_assurance_actions_total{action="stop"}' in scraped
     shown = CliRunner().invoke(cli, ["intent", "status", deployment, "--mlfo", backend.campus])
     assert shown.exit_code == 0, shown.output
     assert "assurance: met" in shown.output and "stop done" in shown.output and "accuracy >= 0.88" in shown.output

@@ -26,7 +26,11 @@ COHORTS = REPO / "intents" / "cohorts.yaml"
 @pytest.mark.slow
 def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     out = workdir / "exp"
-    result = CliRunner().invoke(cli, ["run", str(KILL), "-o", str(out), "--json"])
+    # The shipped file, with rounds that wait 4 s (not 8) for the dead client: that wait is not what is tested.
+    kill = workdir / "kill-a-client.yaml"
+    kill.write_text(KILL.read_text().replace("round_timeout: 8 ", "round_timeout: 4 ").replace("../intents/", f"{REPO}/intents/"))
+    assert "round_timeout: 4" in kill.read_text()
+    result = CliRunner().invoke(cli, ["run", str(kill), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     index = json.loads(result.stdout)
     assert [r["state"] for r in index["runs"]] == ["done", "done"]
@@ -59,7 +63,7 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     assert point["runs"] == 2 and point["events"] == ["kill", "restart"] and point["final_accuracy_mean"] > 0.8
     assert (out / "report" / "accuracy-loss.csv").read_text().startswith("point,run,cohort,round,accuracy,loss")
 
-    again = CliRunner().invoke(cli, ["run", str(KILL), "-o", str(out), "--json"])
+    again = CliRunner().invoke(cli, ["run", str(kill), "-o", str(out), "--json"])
     assert again.exit_code == 0
     assert [r["state"] for r in json.loads(again.stdout)["runs"]] == ["skipped (finished earlier)"] * 2
 

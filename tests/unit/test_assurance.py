@@ -331,3 +331,47 @@ def test_the_readme_policy_is_the_shipped_file_and_trains_fewer_clients_while_on
     slow = observe([0.70, 0.72, 0.74, 0.76, 0.78], tgt, fraction_fit=0.5, spare=[])
     assert [(a.kind, a.value) for a in frugal.decide(slow)] == [("set_fraction_fit", 1.0)]
     assert kinds(frugal.decide(observe(RECORDED[:8], tgt))) == ["stop"]  # mlfo's rule 1 still stops it
+
+
+def test_decisions_survive_a_restart_of_the_campus_mlfo(loop: tuple[AssuranceLoop, DeploymentTable, Recorder], tmp_path: Path) -> None:
+    the_loop, table, _ = loop
+    running_deployment(table, {"value": 0.99})
+    the_loop._policies["d1"] = ("scripted", Scripted([[Action("set_rounds", count=5)]]))
+    add_round(table, 1, 0.6)
+    the_loop.step("d1", "round")
+    table.store.close()
+    reloaded = DeploymentTable(Store(tmp_path / "campus.sqlite3")).get("d1")
+    assert [a["kind"] for d in reloaded.decisions for a in d.actions] == ["set_rounds"]
+    assert reloaded.assurance is not None and reloaded.assurance["state"] in ("on_track", "at_risk")
+
+
+def test_a_run_report_draws_the_target_and_lists_the_decisions(tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from mlfo_toolkit.reports.report import build_report
+
+    decisions = [
+        {"round": 0, "trigger": "start", "policy": "default", "assessment": {"state": "on_track", "reason": "no round yet"},
+         "rules": ["7 deadline"], "actions": [{"kind": "set_rounds", "count": 12, "status": "done", "detail": "rounds 20 -> 12"}]},
+        {"round": 8, "trigger": "round", "policy": "default", "assessment": {"state": "met", "reason": "reached"},
+         "rules": ["1 met"], "actions": [{"kind": "stop", "status": "done", "detail": "target met at round 8"}]},
+    ]
+    cohort = {"name": "target-a", "deployment": "d1", "state": "done", "strategy": "FedAvg", "clients": 6, "accuracy": RECORDED[:8], "loss": [1 - a for a in RECORDED[:8]],
+              "target": target(value=0.93, deadline_rounds=12).to_dict(), "assurance": {"state": "met"}, "policy": "default",
+              "decisions": decisions}
+    (tmp_path / "run.json").write_text(json.dumps({"cohorts": [cohort], "run_dir": str(tmp_path)}))
+    built = build_report(tmp_path, fmt="html")
+    assert "assurance.png" in {Path(p).name for p in built["plots"]}
+    rows = list(csv.DictReader(open(tmp_path / "report" / "decisions.csv")))
+    assert [(r["round"], r["action"], r["status"]) for r in rows] == [("0", "set_rounds", "done"), ("8", "stop", "done")]
+    assert "Decisions of the closed loop" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_a_target_within_reach_of_the_rounds_left_is_not_called_missed_at_a_plateau() -> None:
+    # Seed 2 of experiments/assurance-kill.yaml: 0.9278 best after 9 rounds, 0.0007 a round over the last 4.
+    curve = [0.78, 0.87, 0.895, 0.915, 0.925, 0.9278, 0.9250, 0.9270, 0.9278]
+    near = observe(curve, target(value=0.93, deadline_rounds=12))
+    assert near.assessment is not None and near.assessment.state != "missed"
+    far = observe(curve, target(value=0.95, deadline_rounds=12))
+    assert far.assessment is not None and far.assessment.state == "missed"
