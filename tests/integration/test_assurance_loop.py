@@ -39,6 +39,17 @@ class StopAtTwo:
         return []
 
 
+class Reshape:
+    """Takes client 0 out and adds a spare client after round 1; samples half the clients after round 2."""
+
+    def decide(self, observation):
+        if observation.round == 1:
+            return [Action("remove_client", part=0), Action("add_clients", count=1)]
+        if observation.round == 2:
+            return [Action("set_fraction_fit", value=0.5)]
+        return []
+
+
 class Broken:
     def decide(self, observation):
         raise RuntimeError("a bug in the researcher's policy")
@@ -58,7 +69,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Loopback
     config = load_config(environ={}).with_overrides({
         "paths.state_dir": str(workdir / "state"), "paths.runs_dir": str(workdir / "runs"),
         "fl.round_timeout": 10.0, "mlfo.client_check_seconds": 1.0,
-        "assurance.allowed_policies": [f"{workdir / 'policies.py'}:StopAtTwo", f"{workdir / 'policies.py'}:Broken"],
+        "assurance.allowed_policies": [f"{workdir / 'policies.py'}:{name}" for name in ("StopAtTwo", "Broken", "Reshape")],
     })
     with LoopbackBackend(config, workdir / "net", servers=2, clients=6) as backend:
         yield backend, workdir
@@ -160,3 +171,23 @@ def test_a_researchers_policy_runs_and_a_failing_one_falls_back_to_none(network:
                             data={"cohortsize": "1", "ipstart": "10", "numround": "1", "policy": "os:system"}, timeout=10)
     assert refused.status_code == 400 and refused.json()["field"] == "policy", refused.text
     assert requests.get(f"http://{backend.campus}/deployments", timeout=5).status_code == 200
+
+
+def test_a_policy_takes_a_client_out_adds_a_spare_one_and_samples_fewer(network: tuple[LoopbackBackend, Path]) -> None:
+    backend, workdir = network
+    capped = target_intent(0.999, constraints={"privacylevel": "high", "max_clients": 3})
+    (deployment,) = send(backend, [{"name": "reshape", "size": 4, "intent": capped, "rounds": 5, "min_available": 3,
+                                    "policy": f"{workdir / 'policies.py'}:Reshape"}])
+    mlfo = MlfoClient(backend.campus)
+    assert wait_for(lambda: len(mlfo.deployment(deployment)["rounds"]) >= 1, 120)
+    parts = {c["part"]: c for c in mlfo.deployment(deployment)["clients"]}
+    assert parts[3]["state"] == "spare"  # beyond the intent's cap of 3: its host waits
+    record = finished(mlfo, deployment)
+    states = {c["part"]: c["state"] for c in record["clients"]}
+    assert states[0] == "spare" and states[3] == "stopped", states  # taken out; started, then stopped at the end
+    assert [a["status"] for a in done_actions(record, "remove_client") + done_actions(record, "add_clients")] == ["done", "done"]
+    rounds = sorted(record["rounds"], key=lambda r: r["round"])
+    assert len(rounds) == 5 and rounds[0]["sampled"] == 3
+    # From round 3 on (the first the new client could join) half the three clients are sampled, and they answer.
+    assert all(r["sampled"] < 3 and r["results"] == r["sampled"] for r in rounds[3:]), [(r["round"], r["sampled"], r["results"]) for r in rounds]
+    assert not any(c.params.deployment == deployment for a in backend.agents for c in a.clients if c.process.running())

@@ -281,3 +281,25 @@ def test_network_faults_take_effect_and_are_undone(network: dict[str, Any]) -> N
     report = mlfo(network["env"], network["workdir"], "report", str(out), "--json")
     assert report.returncode == 0, report.stderr
     assert "meter-rates.png" in {Path(p).name for p in json.loads(report.stdout)["plots"]}  # the link rate event, drawn
+
+
+def test_the_closed_loop_raises_a_throttled_cohorts_meter(network: dict[str, Any]) -> None:
+    """experiments/assurance-network.yaml under the default policy only, shortened: the meter set at round 2
+    makes the round break the intent's bound; the MLFO raises the meter and the next round is fast again."""
+    experiment = shipped_experiment("assurance-network", sweep={"policy": ["default"]})
+    experiment["cohorts"][0]["rounds"] = 4
+    result, out = run_in_network(network, "assurance", experiment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "runs" / "policy_default-r1" / "run.json").read_text())
+    (cohort,) = run["cohorts"]
+    (event,) = run["events"]
+    assert event["effect"]["measured_mbit_after"] < 1, event  # the meter event throttled the cohort
+    seconds = cohort["round_seconds"]
+    acted = [d for d in cohort["decisions"] if any(a["kind"] == "set_meter" and a["status"] == "done" for a in d["actions"])]
+    assert acted and acted[0]["round"] == 2 and seconds[1] > 8, (seconds, cohort["decisions"])
+    assert "0.5 -> 2 Mbit/s" in acted[0]["actions"][0]["detail"]
+    # The next turn saw the raised meter (the cohort back on track: a new decision records it).
+    later = next(d for d in cohort["decisions"] if d["round"] > 2)
+    assert later["observed"]["meter_rate_mbit"] == 2.0 and later["assessment"]["state"] == "on_track", later
+    assert seconds[2] < 8 and seconds[2] < seconds[1] * 0.7, seconds  # the round after the raise fits its bound again
+    assert json.loads(mlfo(network["env"], network["workdir"], "meter", "show", "--json").stdout) == {}  # cleared after the run
