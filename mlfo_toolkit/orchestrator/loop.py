@@ -91,7 +91,9 @@ class AssuranceLoop:
                 log.warning("deployment %s: %s", deployment_id, error)
                 self._policies[deployment_id] = ("none", NonePolicy())
                 actions = []
-            results = [self._carry_out(record, observation, action) for action in actions]
+            results: list[dict[str, Any]] = []
+            for action in actions:  # each bounded against the record as the earlier ones left it
+                results.append(self._carry_out(self.table.get(deployment_id), observation, action, results))
             changed = assessment is not None and (record.assurance or {}).get("state") != assessment.state
             decision = None
             if results or error or changed:
@@ -208,9 +210,9 @@ class AssuranceLoop:
         self._traffic.pop(deployment_id, None)
 
     # --- doing it, within bounds ------------------------------------------------------------------------
-    def _carry_out(self, record: Deployment, observation: Observation, action: Action) -> dict[str, Any]:
+    def _carry_out(self, record: Deployment, observation: Observation, action: Action, earlier: list[dict[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = {**action.to_dict()}
-        refusal = self._bound(record, observation, action)
+        refusal = self._bound(record, observation, action, earlier)
         if refusal:
             result.update(status="refused", detail=refusal)
             return result
@@ -221,10 +223,12 @@ class AssuranceLoop:
         log.info("deployment %s, round %d: %s %s", record.id, observation.round, action.kind, result["status"])
         return result
 
-    def _bound(self, record: Deployment, observation: Observation, action: Action) -> str | None:
-        """Why an action is not done (its bound, its cool-down, or it makes no sense here), or None."""
+    def _bound(self, record: Deployment, observation: Observation, action: Action, earlier: list[dict[str, Any]]) -> str | None:
+        """Why an action is not done (its bound, its cool-down, or it makes no sense here), or None. `earlier`:
+        the actions of this same turn so far (they count as done in this round)."""
         settings = observation.settings
         done = [(d.round, a) for d in record.decisions for a in d.actions if a.get("status") == "done" and a.get("kind") == action.kind]
+        done += [(observation.round, a) for a in earlier if a.get("status") == "done" and a.get("kind") == action.kind]
         if len(done) >= settings.max_actions_per_kind:
             return f"{action.kind} was done {len(done)} times in this run (assurance.max_actions_per_kind)"
         same = [r for r, a in done if action.part is None or a.get("part") == action.part]
@@ -244,7 +248,7 @@ class AssuranceLoop:
             if action.kind == "remove_client" and client.state != "running":
                 return f"client {action.part} is {client.state}, not running"
         if action.kind == "add_clients":
-            running = len(observation.running)
+            running = sum(1 for c in record.clients if c.state in ("running", "starting"))
             cap = observation.target.max_clients
             if not action.count or action.count < 1:
                 return "add_clients needs a count of 1 or more"

@@ -375,3 +375,13 @@ def test_a_target_within_reach_of_the_rounds_left_is_not_called_missed_at_a_plat
     assert near.assessment is not None and near.assessment.state != "missed"
     far = observe(curve, target(value=0.95, deadline_rounds=12))
     assert far.assessment is not None and far.assessment.state == "missed"
+
+
+def test_one_turn_cannot_repeat_an_action_past_its_cool_down(loop: tuple[AssuranceLoop, DeploymentTable, Recorder]) -> None:
+    the_loop, table, recorder = loop
+    running_deployment(table, {"value": 0.99})
+    the_loop._policies["d1"] = ("scripted", Scripted([[Action("set_rounds", count=5)] * 20]))
+    add_round(table, 1, 0.6)
+    decision = the_loop.step("d1", "round")
+    assert decision is not None and [a["status"] for a in decision.actions] == ["done"] + ["refused"] * 19
+    assert recorder.calls == [("control", {"rounds": 5})]
