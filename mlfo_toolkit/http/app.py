@@ -163,10 +163,10 @@ class BodyLimit:
                 self.metrics.observe_http(counted["status"], counted["in"], counted["out"])
 
     def _too_large(self, size: int) -> JSONResponse:
-        large = error_response(413, f"request body of {size} bytes exceeds the limit of {self.limit} bytes",
-                               field="body", limit=self.limit)
-        large.headers["Connection"] = "close"  # the rest of the body is not read
-        return large
+        # No "Connection: close" here: a client still sending its body would get a reset instead of this
+        # answer; uvicorn ends the connection itself once the answer is out and the body was not read.
+        return error_response(413, f"request body of {size} bytes exceeds the limit of {self.limit} bytes",
+                              field="body", limit=self.limit)
 
 
 class _TooLarge(Exception):

@@ -20,6 +20,11 @@ class FakeAgent:
         self.server_stopped = False
         self.cli_delay = 0.0  # seconds each /cli takes (a SuperNode that starts slowly)
         self.cli_started = False
+        # The rounds its FL server reports (a test may add some), and the run changes it was sent.
+        self.rounds: list[dict[str, Any]] = [{"round": 1, "loss": 0.9, "accuracy": 0.7, "time": 0},
+                                             {"round": 2, "loss": 0.4, "accuracy": 0.9, "time": 0}]
+        self.control_calls: list[dict[str, Any]] = []
+        self.report_clients = False  # list the clients it started as running in /status (else none: they show lost)
         self.lock = threading.Lock()
         api = FakeApi(token)
 
@@ -44,7 +49,12 @@ class FakeAgent:
         def status(request: Request) -> dict[str, Any]:
             if not self.serv_calls or self.server_stopped:
                 return {"server": None, "clients": []}
-            rounds = [{"round": 1, "loss": 0.9, "accuracy": 0.7, "time": 0}, {"round": 2, "loss": 0.4, "accuracy": 0.9, "time": 0}]
+            rounds = list(self.rounds)
+            stop = next((c["stop"] for c in self.control_calls if c.get("stop")), None)
+            clients = [{"name": f"fake-client-{i + 1}", "state": "running"} for i in range(len(self.cli_calls))] if self.report_clients else []
+            if stop:  # mlfo's ServerApp ends the run when the MLFO says stop
+                return {"server": {"address": f"127.0.0.1:{6000 + len(self.serv_calls)}", "deployment": self.serv_calls[-1].get("deployment", ""),
+                                   "state": "done", "reason": stop, "rounds": rounds}, "clients": clients}
             return {
                 "server": {
                     "address": f"127.0.0.1:{6000 + len(self.serv_calls)}",
@@ -53,8 +63,15 @@ class FakeAgent:
                     "reason": None if self.final_state == "done" else "boom",
                     "rounds": rounds,
                 },
-                "clients": [],
+                "clients": clients,
             }
+
+        @api.route("POST", "/control")
+        def control(request: Request) -> dict[str, Any]:
+            changes = request.json()
+            with self.lock:
+                self.control_calls.append(changes)
+            return {"deployment": changes.get("deployment"), "control": {k: v for k, v in changes.items() if k != "deployment"}}
 
         @api.route("POST", "/stop")
         def stop(request: Request) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -92,6 +93,61 @@ def test_a_campus_killed_while_starting_clients_stops_them_after_its_restart(con
         page = requests.get(f"http://127.0.0.1:{port}/deployments", timeout=5).json()
         assert page["recovery"]["abandoned"] == [answer["id"]]
         assert not any(a.active for a in cloud.allocations())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        cloud.close()
+        close_all([cloud_http, server.server, *(c.server for c in clients)])
+
+
+def test_a_campus_restarted_mid_run_keeps_its_decisions_and_its_loop_goes_on(config: Config, workdir: Path) -> None:
+    """Issue 19: decisions are part of the deployment record; after a SIGKILL and a restart the campus
+    MLFO follows the run again, and its closed loop acts on the rounds that come next."""
+    server, clients = FakeAgent(final_state="running"), [FakeAgent() for _ in range(2)]
+    server.rounds = [{"round": 1, "loss": 0.9, "accuracy": 0.70, "time": 0}]
+    for client in clients:
+        client.report_clients = True
+    cloud = CloudMlfo(config.with_overrides({"ip_plan.servers": [server.address]}), Store(workdir / "cloud.sqlite3"))
+    cloud_http = HttpServer(cloud_app(cloud), "127.0.0.1", 0).start()
+    port = free_port()
+    env = {"MLFO_MLFO__CLOUD": cloud_http.address, "MLFO_IP_PLAN__CLIENTS": json.dumps([c.address for c in clients]),
+           "MLFO_MLFO__POLL_SECONDS": "0.2"}
+    intent = (REPO / "intents" / "welding-target.yaml").read_text().replace("value: 0.93", "value: 0.85")
+    url = f"http://127.0.0.1:{port}"
+    proc = start_campus(workdir, port, env)
+
+    def record() -> dict[str, Any]:
+        return dict(requests.get(f"{url}/deployments/{deployment}", timeout=5).json())
+
+    def wait_until(check: Any, seconds: float = 15) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if check():
+                return True
+            time.sleep(0.1)
+        return False
+
+    try:
+        answer = requests.post(f"{url}/receive", files={"file": intent.encode()},
+                               data={"cohortsize": "2", "ipstart": "10", "minfit": "1", "minav": "2", "numround": "20"}, timeout=10)
+        assert answer.status_code == 202, answer.text
+        deployment = answer.json()["id"]
+        # Before the kill: the deadline of 12 rounds set the run's length, and round 1 was judged.
+        assert wait_until(lambda: any(d["round"] == 1 for d in record()["decisions"]) or record()["assurance"] is not None)
+        assert wait_until(lambda: any(c.get("rounds") == 12 for c in server.control_calls))
+        before = record()["decisions"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        server.rounds.append({"round": 2, "loss": 0.4, "accuracy": 0.9, "time": 1})  # the run went on meanwhile
+        proc = start_campus(workdir, port, env)
+        assert wait_until(lambda: record()["state"] == "done", 20), record()
+        after = record()
+        # Nothing decided before the kill was lost (the last one has since got its outcome: the round after it).
+        assert [{k: v for k, v in d.items() if k != "outcome"} for d in after["decisions"][: len(before)]] == \
+            [{k: v for k, v in d.items() if k != "outcome"} for d in before]
+        assert "target met at round 2" in after["reason"], after["reason"]
+        assert any("target met at round 2" in (c.get("stop") or "") for c in server.control_calls), server.control_calls
+        assert [c["rounds"] for c in server.control_calls if c.get("rounds")] == [12]  # not set again after the restart
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
