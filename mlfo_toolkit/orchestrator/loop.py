@@ -33,7 +33,7 @@ from mlfo_toolkit.orchestrator.assurance import (
     load_policy,
 )
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
-from mlfo_toolkit.orchestrator.records import Decision, Deployment
+from mlfo_toolkit.orchestrator.records import MAX_DECISIONS, Decision, Deployment
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class AssuranceLoop:
                     previous.outcome = self._outcome(live, previous)  # what came of it: the round after it
                 if decision is not None:
                     live.decisions.append(decision)
+                    _trim(live)
                 if assessment is not None:
                     since = (live.assurance or {}).get("since") if not changed else time.time()
                     live.assurance = {"state": assessment.state, "reason": assessment.reason, "since": since or time.time()}
@@ -143,6 +144,7 @@ class AssuranceLoop:
                 if previous is not None and previous.outcome is None and previous.round < observation.round:
                     previous.outcome = self._outcome(live, previous)
                 live.decisions.append(decision)
+                _trim(live)
                 live.assurance = {"state": assessment.state, "reason": assessment.reason, "since": time.time()}
             self.forget_unlocked(deployment_id)
             if assessment.state in ("met", "missed"):
@@ -318,3 +320,11 @@ class AssuranceLoop:
         return (f"round {first.round}: {first.results}/{first.sampled} results"
                 + (f", {took:.1f} s" if took is not None else "") + (f", accuracy {first.accuracy:.4f}" if first.accuracy is not None else "")
                 + (f", lost clients {lost}" if lost else ", no client lost"))
+
+
+def _trim(record: Deployment) -> None:
+    """Keep a record's decisions bounded: past MAX_DECISIONS the oldest one without an action goes (or the oldest)."""
+    while len(record.decisions) > MAX_DECISIONS:
+        index = next((i for i, d in enumerate(record.decisions) if not d.actions), 0)
+        del record.decisions[index]
+        record.decisions_dropped += 1

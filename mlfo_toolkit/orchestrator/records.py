@@ -102,6 +102,9 @@ class DeploymentParams(Record):
     round_timeout: float | None = None  # None: the agents' fl.round_timeout
 
 
+MAX_DECISIONS = 500  # decisions kept in a deployment record (a long, noisy run flips on_track / at_risk often)
+
+
 class Decision(Record):
     """One turn of the closed loop: what the MLFO saw, how the deployment stood, which rule fired, what was
     done (each action: done, refused by its bound, or failed), and what came of it by the next round."""
@@ -148,6 +151,7 @@ class Deployment(Record):
     target: dict[str, Any] | None = None  # what the MLFO reads from the intent (Target)
     assurance: dict[str, Any] | None = None  # {state: on_track|at_risk|met|missed, reason, since}
     decisions: list[Decision] = Field(default_factory=list)
+    decisions_dropped: int = 0  # the oldest decisions without an action, dropped past MAX_DECISIONS
     control: dict[str, Any] | None = None  # the run's current settings, as its ServerApp reads them
 
     def round_seconds(self) -> list[float | None]:

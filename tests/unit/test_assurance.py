@@ -385,3 +385,21 @@ def test_one_turn_cannot_repeat_an_action_past_its_cool_down(loop: tuple[Assuran
     decision = the_loop.step("d1", "round")
     assert decision is not None and [a["status"] for a in decision.actions] == ["done"] + ["refused"] * 19
     assert recorder.calls == [("control", {"rounds": 5})]
+
+
+def test_a_long_noisy_run_keeps_a_bounded_number_of_decisions(loop: tuple[AssuranceLoop, DeploymentTable, Recorder],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    MAX_DECISIONS = 20
+    monkeypatch.setattr("mlfo_toolkit.orchestrator.loop.MAX_DECISIONS", MAX_DECISIONS)
+    the_loop, table, _ = loop
+    running_deployment(table, {"constraints": {"max_round_seconds": 5}})
+    the_loop._policies["d1"] = ("scripted", Scripted([[Action("set_rounds", count=2000)]]))
+    started = table.get("d1").initial["time"]  # type: ignore[index]
+    for number in range(1, MAX_DECISIONS + 40):
+        with table.edit("d1") as live:  # rounds of 1 s and 10 s by turns: on_track / at_risk, flipping every round
+            live.rounds.append(FlRound(round=number, accuracy=0.5, loss=0.5, time=started + 5.5 * number + (4.5 if number % 2 else 0),
+                                       sampled=4, results=4))
+        the_loop.step("d1", "round")
+    record = table.get("d1")
+    assert len(record.decisions) == MAX_DECISIONS and record.decisions_dropped > 0
+    assert record.decisions[0].actions[0]["kind"] == "set_rounds"  # a decision that acted is kept longest
