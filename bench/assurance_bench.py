@@ -77,7 +77,7 @@ def main() -> None:
                     "rounds": len(cohort["accuracy"]), "seconds": round(sum(s for s in cohort["round_seconds"] if s), 1),
                     "mb": round((traffic.get("bytes_sent", 0) + traffic.get("bytes_received", 0)) / 1e6, 2),
                     "final_accuracy": round(cohort["accuracy"][-1], 4), "state": (cohort.get("assurance") or {}).get("state"),
-                    "reason": cohort.get("reason"),
+                    "reason": cohort.get("reason"), "accuracy": cohort["accuracy"],
                 })
     print(f"{'target':<12}{'policy':<9}{'seed':>5}{'rounds':>8}{'seconds':>9}{'MB':>8}{'accuracy':>10}  state")
     for r in rows:
@@ -92,9 +92,15 @@ def main() -> None:
               f"traffic {mean(target, 'mb') / max(mean('full run', 'mb'), 1e-9):.2f}; "
               f"final accuracy {mean(target, 'final_accuracy'):.4f} vs {mean('full run', 'final_accuracy'):.4f}; "
               f"states {[r['state'] for r in rows if r['target'] == target]}")
+    full = {r["seed"]: r["accuracy"] for r in rows if r["target"] == "full run"}
+    for target in ("plateau", "achieve"):
+        # Stopping changes nothing of the rounds before it: the full run with the same seed had this accuracy then.
+        pairs = [(r["final_accuracy"], full[r["seed"]][r["rounds"] - 1]) for r in rows if r["target"] == target and r["seed"] in full]
+        print(f"{target}: final accuracy vs the full run's at the same round (same seed): "
+              + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in pairs) + f"; largest difference {max(abs(a - b) for a, b in pairs):.4f}")
     missed = [r["rounds"] for r in rows if r["target"] == "unreachable"]
     print(f"unreachable target called missed after {missed} rounds (of {args.rounds})")
-    print(json.dumps(rows))
+    print(json.dumps([{k: v for k, v in r.items() if k != "accuracy"} for r in rows]))
 
 
 if __name__ == "__main__":

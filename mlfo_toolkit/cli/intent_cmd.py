@@ -19,7 +19,7 @@ FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @click.group()
 def intent() -> None:
-    """Validate, plan and send intents and cohort files."""
+    """Validate, plan and send intents and cohort files; follow how their deployments stand against their targets."""
 
 
 @intent.command()

@@ -128,7 +128,7 @@ def test_a_met_target_ends_the_run_early_and_status_says_so(network: tuple[Loopb
 
 def test_a_killed_client_is_restarted_by_the_loop_and_trains_again(network: tuple[LoopbackBackend, Path]) -> None:
     backend, _ = network
-    (deployment,) = send(backend, [{"name": "heal", "size": 3, "intent": target_intent(0.999, deadline={"rounds": 7}),
+    (deployment,) = send(backend, [{"name": "heal", "size": 3, "intent": target_intent(0.999, deadline={"rounds": 5}),
                                     "rounds": 30, "min_available": 3, "assurance": {"plateau_gain": 0.0}}])
     mlfo = MlfoClient(backend.campus)
     assert wait_for(lambda: len(mlfo.deployment(deployment)["rounds"]) >= 1, 120)
@@ -141,9 +141,9 @@ def test_a_killed_client_is_restarted_by_the_loop_and_trains_again(network: tupl
     client = next(c for c in record["clients"] if c["part"] == 1)
     assert len(client["restarts"]) == 1 and client["state"] == "stopped"
     rounds = sorted(record["rounds"], key=lambda r: r["round"])
-    # The run length came from the deadline (7, not 30), and it ended missed at it.
-    assert len(rounds) == 7 and "target missed" in record["reason"], record["reason"]
-    assert done_actions(record, "set_rounds")[0]["count"] == 7
+    # The run length came from the deadline (5, not 30), and it ended missed at it.
+    assert len(rounds) == 5 and "target missed" in record["reason"], record["reason"]
+    assert done_actions(record, "set_rounds")[0]["count"] == 5
     # After the restart every sampled client answered again: the restarted SuperNode trained.
     restart_round = next(d["round"] for d in record["decisions"] if any(a["kind"] == "restart_client" for a in d["actions"]))
     later = [r for r in rounds if r["round"] > restart_round + 1]
@@ -176,7 +176,7 @@ def test_a_researchers_policy_runs_and_a_failing_one_falls_back_to_none(network:
 def test_a_policy_takes_a_client_out_adds_a_spare_one_and_samples_fewer(network: tuple[LoopbackBackend, Path]) -> None:
     backend, workdir = network
     capped = target_intent(0.999, constraints={"privacylevel": "high", "max_clients": 3})
-    (deployment,) = send(backend, [{"name": "reshape", "size": 4, "intent": capped, "rounds": 5, "min_available": 3,
+    (deployment,) = send(backend, [{"name": "reshape", "size": 4, "intent": capped, "rounds": 4, "min_available": 3,
                                     "policy": f"{workdir / 'policies.py'}:Reshape"}])
     mlfo = MlfoClient(backend.campus)
     assert wait_for(lambda: len(mlfo.deployment(deployment)["rounds"]) >= 1, 120)
@@ -187,7 +187,7 @@ def test_a_policy_takes_a_client_out_adds_a_spare_one_and_samples_fewer(network:
     assert states[0] == "spare" and states[3] == "stopped", states  # taken out; started, then stopped at the end
     assert [a["status"] for a in done_actions(record, "remove_client") + done_actions(record, "add_clients")] == ["done", "done"]
     rounds = sorted(record["rounds"], key=lambda r: r["round"])
-    assert len(rounds) == 5 and rounds[0]["sampled"] == 3
-    # From round 3 on (the first the new client could join) half the three clients are sampled, and they answer.
+    assert len(rounds) == 4 and rounds[0]["sampled"] == 3
+    # From round 4 on (the first sure to follow the change) half the three clients are sampled, and they answer.
     assert all(r["sampled"] < 3 and r["results"] == r["sampled"] for r in rounds[3:]), [(r["round"], r["sampled"], r["results"]) for r in rounds]
     assert not any(c.params.deployment == deployment for a in backend.agents for c in a.clients if c.process.running())

@@ -226,7 +226,7 @@ def shipped_experiment(name: str, **changes: Any) -> dict[str, Any]:
 
 
 def test_meter_events_record_the_rate_around_each_meter(network: dict[str, Any]) -> None:
-    experiment = shipped_experiment("meter-sweep", sweep={"meter.rate": ["5mbit", "50mbit"]}, **{"shape.rounds": 3})
+    experiment = shipped_experiment("meter-sweep", sweep={"meter.rate": ["5mbit", "50mbit"]}, **{"shape.rounds": 2})
     result, out = run_in_network(network, "meters", experiment)
     assert result.returncode == 0, result.stderr[-3000:]
     index = json.loads(result.stdout)
