@@ -3,7 +3,7 @@
     .venv/bin/python bench/fuzz_bench.py [--per-class 1000] [--seed N]
 
 Starts a cloud MLFO, a campus MLFO and a node agent as processes on loopback ports, sends every
-class of bad input in tests/fuzzing.py to /receive, /momo/deploy, /serv and /cli, then runs the
+class of bad input in tests/helpers/fuzzing.py to /receive, /momo/deploy, /serv and /cli, then runs the
 CLI's `intent validate` and `intent plan` on bad files. Prints per class the status codes seen,
 and overall: 5xx and 2xx answers (both must be 0), server deaths, the slowest answer, each
 server's RSS before and after, and any file the run left in /tmp.

@@ -1,6 +1,7 @@
 """The campus MLFO's closed loop with real Flower on loopback: a met target ends the run early, a killed
 client is restarted by the loop and trains again, a researcher's policy is loaded and a failing one
-falls back to none. One loopback network for the module."""
+falls back to none, a policy reshapes a cohort. One loopback network for the module, and every
+cohort sent at once when it starts (five FL runs side by side); each test follows its own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,24 +64,47 @@ def target_intent(value: float, **more: Any) -> dict[str, Any]:
         "constraints": {"privacylevel": "high"}, **more}]}
 
 
+PLAIN = {"intentID": "plain", "targets": [{"id": "t", "operation": "maximise", "operand": "robots.welding.accuracy",
+                                           "value": 0.5, "constraints": {"privacylevel": "high"}}]}
+
+
+@dataclass
+class Runs:
+    backend: LoopbackBackend
+    workdir: Path
+    ids: dict[str, str]  # cohort name -> deployment id
+
+    @property
+    def mlfo(self) -> MlfoClient:
+        return MlfoClient(self.backend.campus)
+
+
 @pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoopbackBackend, Path]]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     workdir = tmp_path_factory.mktemp("assurance")
-    (workdir / "policies.py").write_text(POLICIES)
+    policies = workdir / "policies.py"
+    policies.write_text(POLICIES)
     config = load_config(environ={}).with_overrides({
         "paths.state_dir": str(workdir / "state"), "paths.runs_dir": str(workdir / "runs"),
-        "fl.round_timeout": 10.0, "mlfo.client_check_seconds": 1.0,
-        "assurance.allowed_policies": [f"{workdir / 'policies.py'}:{name}" for name in ("StopAtTwo", "Broken", "Reshape")],
+        # Five runs share two cores: a round may take a while; only a dead client should make it wait this long.
+        "fl.round_timeout": 20.0, "mlfo.client_check_seconds": 1.0,
+        "assurance.allowed_policies": [f"{policies}:{name}" for name in ("StopAtTwo", "Broken", "Reshape")],
     })
-    with LoopbackBackend(config, workdir / "net", servers=2, clients=6) as backend:
-        yield backend, workdir
+    cohorts = [
+        {"name": "heal", "size": 3, "intent": target_intent(0.999, deadline={"rounds": 6}), "rounds": 30, "min_available": 3,
+         "assurance": {"plateau_gain": 0.0}},
+        {"name": "reach", "size": 3, "intent": target_intent(0.88), "rounds": 15, "min_available": 3},
+        {"name": "own", "size": 3, "intent": PLAIN, "rounds": 6, "min_available": 3, "policy": f"{policies}:StopAtTwo"},
+        {"name": "broken", "size": 3, "intent": PLAIN, "rounds": 3, "min_available": 3, "policy": f"{policies}:Broken"},
+        {"name": "reshape", "size": 4, "intent": target_intent(0.999, constraints={"privacylevel": "high", "max_clients": 3}),
+         "rounds": 4, "min_available": 3, "policy": f"{policies}:Reshape"},
+    ]
+    with LoopbackBackend(config, workdir / "net", servers=len(cohorts), clients=sum(c["size"] for c in cohorts)) as backend:
+        text = json.dumps({"defaults": {"strategy": "FedAvg", "fraction_fit": 1.0, "min_fit": 1}, "cohorts": cohorts})
+        parsed = parse_cohort_file(text, "test", Path.cwd(), backend.config)
+        sent = post_cohorts(parsed, backend.config, backend.campus)
+        yield Runs(backend, workdir, {s.name: s.deployment_id for s in sent})
     assert processes_under(workdir) == []
-
-
-def send(network: LoopbackBackend, cohorts: list[dict[str, Any]]) -> list[str]:
-    text = json.dumps({"defaults": {"strategy": "FedAvg", "fraction_fit": 1.0, "min_fit": 1}, "cohorts": cohorts})
-    parsed = parse_cohort_file(text, "test", Path.cwd(), network.config)
-    return [s.deployment_id for s in post_cohorts(parsed, network.config, network.campus)]
 
 
 def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.3) -> bool:
@@ -91,7 +116,7 @@ def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.3) -> bo
     return False
 
 
-def finished(mlfo: MlfoClient, deployment: str, timeout: float = 240) -> dict[str, Any]:
+def finished(mlfo: MlfoClient, deployment: str, timeout: float = 300) -> dict[str, Any]:
     """The deployment once it ended and its ending finished (its clients stopped)."""
     def ended() -> bool:
         record = mlfo.deployment(deployment)
@@ -105,34 +130,10 @@ def done_actions(record: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [a for d in record["decisions"] for a in d["actions"] if a["kind"] == kind and a["status"] == "done"]
 
 
-def test_a_met_target_ends_the_run_early_and_status_says_so(network: tuple[LoopbackBackend, Path]) -> None:
-    backend, _ = network
-    (deployment,) = send(backend, [{"name": "reach", "size": 3, "intent": target_intent(0.88), "rounds": 15, "min_available": 3}])
-    record = finished(MlfoClient(backend.campus), deployment)
-    assert record["state"] == "done" and "target met" in record["reason"], record["reason"]
-    accuracy = [r["accuracy"] for r in sorted(record["rounds"], key=lambda r: r["round"])]
-    first = next(i for i, a in enumerate(accuracy, start=1) if a >= 0.88)
-    # Stopped right after the round that reached it (the loop acts on the round it sees; the round
-    # under way when the stop came is dropped, not trained on).
-    assert len(accuracy) <= first + 1 < 15, accuracy
-    assert record["assurance"]["state"] == "met" and len(done_actions(record, "stop")) == 1
-    scraped = requests.get(f"http://{backend.campus}/metrics", timeout=5).text
-    assert f'mlfo_intent_target{{cohort="reach",deployment="{deployment}",metric="accuracy"}} 0.88' in scraped
-    assert f'mlfo_intent_target_met{{cohort="reach",deployment="{deployment}"}} 1.0' in scraped
-    assert f'mlfo_assurance_state{{cohort="reach",deployment="{deployment}",state="met"}} 1.0' in scraped
-    assert 'mlfo_assurance_actions_total{action="stop"}' in scraped
-    shown = CliRunner().invoke(cli, ["intent", "status", deployment, "--mlfo", backend.campus])
-    assert shown.exit_code == 0, shown.output
-    assert "assurance: met" in shown.output and "stop done" in shown.output and "accuracy >= 0.88" in shown.output
-
-
-def test_a_killed_client_is_restarted_by_the_loop_and_trains_again(network: tuple[LoopbackBackend, Path]) -> None:
-    backend, _ = network
-    (deployment,) = send(backend, [{"name": "heal", "size": 3, "intent": target_intent(0.999, deadline={"rounds": 5}),
-                                    "rounds": 30, "min_available": 3, "assurance": {"plateau_gain": 0.0}}])
-    mlfo = MlfoClient(backend.campus)
-    assert wait_for(lambda: len(mlfo.deployment(deployment)["rounds"]) >= 1, 120)
-    victim = next(c for a in backend.agents for c in a.clients if c.params.deployment == deployment and c.params.part == 1)
+def test_a_killed_client_is_restarted_by_the_loop_and_trains_again(runs: Runs) -> None:
+    deployment, mlfo = runs.ids["heal"], runs.mlfo
+    assert wait_for(lambda: len(mlfo.deployment(deployment)["rounds"]) >= 1, 180)
+    victim = next(c for a in runs.backend.agents for c in a.clients if c.params.deployment == deployment and c.params.part == 1)
     os.kill(victim.process.pid, signal.SIGKILL)
     killed_round = len(mlfo.deployment(deployment)["rounds"])
     record = finished(mlfo, deployment)
@@ -141,9 +142,9 @@ def test_a_killed_client_is_restarted_by_the_loop_and_trains_again(network: tupl
     client = next(c for c in record["clients"] if c["part"] == 1)
     assert len(client["restarts"]) == 1 and client["state"] == "stopped"
     rounds = sorted(record["rounds"], key=lambda r: r["round"])
-    # The run length came from the deadline (5, not 30), and it ended missed at it.
-    assert len(rounds) == 5 and "target missed" in record["reason"], record["reason"]
-    assert done_actions(record, "set_rounds")[0]["count"] == 5
+    # The run length came from the deadline (6, not 30), and it ended missed at it.
+    assert len(rounds) == 6 and "target missed" in record["reason"], record["reason"]
+    assert done_actions(record, "set_rounds")[0]["count"] == 6
     # After the restart every sampled client answered again: the restarted SuperNode trained.
     restart_round = next(d["round"] for d in record["decisions"] if any(a["kind"] == "restart_client" for a in d["actions"]))
     later = [r for r in rounds if r["round"] > restart_round + 1]
@@ -151,43 +152,49 @@ def test_a_killed_client_is_restarted_by_the_loop_and_trains_again(network: tupl
     assert killed_round <= restart_round
 
 
-def test_a_researchers_policy_runs_and_a_failing_one_falls_back_to_none(network: tuple[LoopbackBackend, Path]) -> None:
-    backend, workdir = network
-    plain = {"intentID": "plain", "targets": [{"id": "t", "operation": "maximise", "operand": "robots.welding.accuracy",
-                                                "value": 0.5, "constraints": {"privacylevel": "high"}}]}
-    own, broken = send(backend, [
-        {"name": "own", "size": 3, "intent": plain, "rounds": 6, "min_available": 3, "policy": f"{workdir / 'policies.py'}:StopAtTwo"},
-        {"name": "broken", "size": 3, "intent": plain, "rounds": 3, "min_available": 3, "policy": f"{workdir / 'policies.py'}:Broken"},
-    ])
-    mlfo = MlfoClient(backend.campus)
-    stopped, fell_back = finished(mlfo, own), finished(mlfo, broken)
+def test_a_met_target_ends_the_run_early_and_status_says_so(runs: Runs) -> None:
+    deployment, campus = runs.ids["reach"], runs.backend.campus
+    record = finished(runs.mlfo, deployment)
+    assert record["state"] == "done" and "target met" in record["reason"], record["reason"]
+    accuracy = [r["accuracy"] for r in sorted(record["rounds"], key=lambda r: r["round"])]
+    first = next(i for i, a in enumerate(accuracy, start=1) if a >= 0.88)
+    # Stopped right after the round that reached it (the loop acts on the round it sees; the round
+    # under way when the stop came is dropped, not trained on).
+    assert len(accuracy) <= first + 1 < 15, accuracy
+    assert record["assurance"]["state"] == "met" and len(done_actions(record, "stop")) == 1
+    scraped = requests.get(f"http://{campus}/metrics", timeout=5).text
+    assert f'mlfo_intent_target{{cohort="reach",deployment="{deployment}",metric="accuracy"}} 0.88' in scraped
+    assert f'mlfo_intent_target_met{{cohort="reach",deployment="{deployment}"}} 1.0' in scraped
+    assert f'mlfo_assurance_state{{cohort="reach",deployment="{deployment}",state="met"}} 1.0' in scraped
+    assert 'mlfo_assurance_actions_total{action="stop"}' in scraped
+    shown = CliRunner().invoke(cli, ["intent", "status", deployment, "--mlfo", campus])
+    assert shown.exit_code == 0, shown.output
+    assert "assurance: met" in shown.output and "stop done" in shown.output and "accuracy >= 0.88" in shown.output
+
+
+def test_a_researchers_policy_runs_and_a_failing_one_falls_back_to_none(runs: Runs) -> None:
+    stopped, fell_back = finished(runs.mlfo, runs.ids["own"]), finished(runs.mlfo, runs.ids["broken"])
     assert "two rounds are enough" in stopped["reason"] and len(stopped["rounds"]) == 2, stopped["reason"]
     assert stopped["policy"].endswith(":StopAtTwo")
     assert fell_back["state"] == "done" and len(fell_back["rounds"]) == 3  # its run went on to the end
     errors = [d["error"] for d in fell_back["decisions"] if d.get("error")]
     assert len(errors) == 1 and "RuntimeError: a bug in the researcher's policy" in errors[0]
     # A policy this MLFO does not allow is refused with the field named; the MLFO goes on serving.
-    refused = requests.post(f"http://{backend.campus}/receive", files={"file": ("i.yaml", json.dumps(plain))},
+    campus = runs.backend.campus
+    refused = requests.post(f"http://{campus}/receive", files={"file": ("i.yaml", json.dumps(PLAIN))},
                             data={"cohortsize": "1", "ipstart": "10", "numround": "1", "policy": "os:system"}, timeout=10)
     assert refused.status_code == 400 and refused.json()["field"] == "policy", refused.text
-    assert requests.get(f"http://{backend.campus}/deployments", timeout=5).status_code == 200
+    assert requests.get(f"http://{campus}/deployments", timeout=5).status_code == 200
 
 
-def test_a_policy_takes_a_client_out_adds_a_spare_one_and_samples_fewer(network: tuple[LoopbackBackend, Path]) -> None:
-    backend, workdir = network
-    capped = target_intent(0.999, constraints={"privacylevel": "high", "max_clients": 3})
-    (deployment,) = send(backend, [{"name": "reshape", "size": 4, "intent": capped, "rounds": 4, "min_available": 3,
-                                    "policy": f"{workdir / 'policies.py'}:Reshape"}])
-    mlfo = MlfoClient(backend.campus)
-    assert wait_for(lambda: len(mlfo.deployment(deployment)["rounds"]) >= 1, 120)
-    parts = {c["part"]: c for c in mlfo.deployment(deployment)["clients"]}
-    assert parts[3]["state"] == "spare"  # beyond the intent's cap of 3: its host waits
-    record = finished(mlfo, deployment)
+def test_a_policy_takes_a_client_out_adds_a_spare_one_and_samples_fewer(runs: Runs) -> None:
+    deployment = runs.ids["reshape"]
+    record = finished(runs.mlfo, deployment)
     states = {c["part"]: c["state"] for c in record["clients"]}
-    assert states[0] == "spare" and states[3] == "stopped", states  # taken out; started, then stopped at the end
+    assert states[0] == "spare" and states[3] == "stopped", states  # taken out; started (it was spare, beyond the cap), stopped at the end
     assert [a["status"] for a in done_actions(record, "remove_client") + done_actions(record, "add_clients")] == ["done", "done"]
     rounds = sorted(record["rounds"], key=lambda r: r["round"])
-    assert len(rounds) == 4 and rounds[0]["sampled"] == 3
+    assert len(rounds) == 4 and rounds[0]["sampled"] == 3  # the cap of 3, not the cohort's 4
     # From round 4 on (the first sure to follow the change) half the three clients are sampled, and they answer.
     assert all(r["sampled"] < 3 and r["results"] == r["sampled"] for r in rounds[3:]), [(r["round"], r["sampled"], r["results"]) for r in rounds]
-    assert not any(c.params.deployment == deployment for a in backend.agents for c in a.clients if c.process.running())
+    assert not any(c.params.deployment == deployment for a in runs.backend.agents for c in a.clients if c.process.running())

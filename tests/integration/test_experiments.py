@@ -26,10 +26,12 @@ COHORTS = REPO / "intents" / "cohorts.yaml"
 @pytest.mark.slow
 def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     out = workdir / "exp"
-    # The shipped file, with rounds that wait 4 s (not 8) for the dead client: that wait is not what is tested.
+    # The shipped file, with the restart a round earlier and a round less: one round waits out the dead
+    # client, not two (that wait is not what is tested).
     kill = workdir / "kill-a-client.yaml"
-    kill.write_text(KILL.read_text().replace("round_timeout: 8 ", "round_timeout: 4 ").replace("../intents/", f"{REPO}/intents/"))
-    assert "round_timeout: 4" in kill.read_text()
+    text = KILL.read_text().replace("round: 5}", "round: 4}").replace("rounds: 6}", "rounds: 5}").replace("../intents/", f"{REPO}/intents/")
+    assert "round: 4}" in text and "rounds: 5}" in text
+    kill.write_text(text)
     result = CliRunner().invoke(cli, ["run", str(kill), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     index = json.loads(result.stdout)
@@ -37,17 +39,17 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     for key in ("base-r1", "base-r2"):
         run = json.loads((out / "runs" / key / "run.json").read_text())
         (cohort,) = run["cohorts"]
-        assert len(cohort["accuracy"]) == 6 and cohort["accuracy"][-1] > cohort["accuracy"][0]
+        assert len(cohort["accuracy"]) == 5 and cohort["accuracy"][-1] > cohort["accuracy"][0]
         kill, restart = run["events"]
         assert kill["kind"] == "kill" and kill["ok"] and kill["round"] == 3, kill
         assert kill["effect"]["client_state"] == "lost" and kill["effect"]["lost_after_seconds"] < 5
         assert cohort["short_rounds"] and min(cohort["short_rounds"]) >= 3  # the MLFO's view: rounds after the kill came up short
         assert cohort["results"][2] < cohort["sampled"][2]
-        # Restarted through the campus MLFO as round 5 began: a new SuperNode, and the last round has its result again.
-        assert restart["kind"] == "restart" and restart["ok"] and restart["round"] == 5, restart
+        # Restarted through the campus MLFO as round 4 began: a new SuperNode, and the last round has its result again.
+        assert restart["kind"] == "restart" and restart["ok"] and restart["round"] == 4, restart
         assert restart["effect"]["pid"] != kill["effect"]["pid"] and restart["effect"]["client_state"] == "running"
         assert [c["part"] for c in cohort["restarted_clients"]] == [1] and not cohort["lost_clients"]
-        assert cohort["results"][-1] > cohort["results"][3], cohort
+        assert cohort["results"][-1] > cohort["results"][2], cohort
     assert json.loads((out / "runs" / "base-r1" / "run.json").read_text())["seed"] == 1
     assert json.loads((out / "runs" / "base-r2" / "run.json").read_text())["seed"] == 2
 
@@ -57,7 +59,7 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     assert {Path(p).name for p in built["plots"]} == {"accuracy-loss.png", "round-time.png", "traffic.png"}
     rows = json.loads((out / "report" / "round-time.json").read_text())
     assert {r["run"] for r in rows if r.get("event") == "kill" and r["round"] == 3} == {"base-r1", "base-r2"}
-    assert {r["run"] for r in rows if r.get("event") == "restart" and r["round"] == 5} == {"base-r1", "base-r2"}
+    assert {r["run"] for r in rows if r.get("event") == "restart" and r["round"] == 4} == {"base-r1", "base-r2"}
     assert any(r.get("short") for r in rows)
     (point,) = built["table"]
     assert point["runs"] == 2 and point["events"] == ["kill", "restart"] and point["final_accuracy_mean"] > 0.8
@@ -79,7 +81,7 @@ def test_a_network_run_brings_its_network_up_and_takes_it_down(workdir: Path) ->
 backend: network
 topology: {{file: small}}
 cohorts: {REPO / "intents" / "cohorts-small.yaml"}
-shape: {{cohorts: 1, clients: 3, rounds: 3}}
+shape: {{cohorts: 1, clients: 3, rounds: 2}}
 timeline:
   - at: {{cohort: welding-1, round: 2}}
     meter: {{cohort: 1, rate: 5mbit}}

@@ -286,7 +286,8 @@ def test_network_faults_take_effect_and_are_undone(network: dict[str, Any]) -> N
 def test_the_closed_loop_raises_a_throttled_cohorts_meter(network: dict[str, Any]) -> None:
     """experiments/assurance-network.yaml under the default policy only, shortened: the meter set at round 2
     makes the round break the intent's bound; the MLFO raises the meter and the next round is fast again."""
-    experiment = shipped_experiment("assurance-network", sweep={"policy": ["default"]})
+    experiment = yaml.safe_load((REPO / "experiments" / "assurance-network.yaml").read_text())
+    experiment["sweep"] = {"policy": ["default"]}
     experiment["cohorts"][0]["rounds"] = 4
     result, out = run_in_network(network, "assurance", experiment)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -82,7 +82,7 @@ def test_dead_superlink_fails_the_deployment_with_a_reason_within_10_s(config: C
 
 
 def test_a_killed_client_is_lost_and_its_rounds_come_up_short(config: Config, workdir: Path) -> None:
-    config = config.with_overrides({"fl.round_timeout": 4.0, "mlfo.client_check_seconds": 1.0})
+    config = config.with_overrides({"fl.round_timeout": 8.0, "mlfo.client_check_seconds": 1.0})
     cohorts = cohort_file(config, 1, 3, 5, fraction_fit=1.0, min_available=2, min_fit=1)
     with loopback(config, workdir, servers=1, clients=3) as network:
         (sent,) = post_cohorts(cohorts, network.config, network.campus)
