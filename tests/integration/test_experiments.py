@@ -28,11 +28,11 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     out = workdir / "exp"
     # The shipped file, with the restart a round earlier and a round less: one round waits out the dead
     # client, not two (that wait is not what is tested).
-    kill = workdir / "kill-a-client.yaml"
+    kill_file = workdir / "kill-a-client.yaml"
     text = KILL.read_text().replace("round: 5}", "round: 4}").replace("rounds: 6}", "rounds: 5}").replace("../intents/", f"{REPO}/intents/")
     assert "round: 4}" in text and "rounds: 5}" in text
-    kill.write_text(text)
-    result = CliRunner().invoke(cli, ["run", str(kill), "-o", str(out), "--json"])
+    kill_file.write_text(text)
+    result = CliRunner().invoke(cli, ["run", str(kill_file), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     index = json.loads(result.stdout)
     assert [r["state"] for r in index["runs"]] == ["done", "done"]
@@ -65,7 +65,7 @@ def test_kill_at_round_3_twice_then_report_and_resume(workdir: Path) -> None:
     assert point["runs"] == 2 and point["events"] == ["kill", "restart"] and point["final_accuracy_mean"] > 0.8
     assert (out / "report" / "accuracy-loss.csv").read_text().startswith("point,run,cohort,round,accuracy,loss")
 
-    again = CliRunner().invoke(cli, ["run", str(kill), "-o", str(out), "--json"])
+    again = CliRunner().invoke(cli, ["run", str(kill_file), "-o", str(out), "--json"])
     assert again.exit_code == 0
     assert [r["state"] for r in json.loads(again.stdout)["runs"]] == ["skipped (finished earlier)"] * 2
 
