@@ -23,8 +23,9 @@ from mlfo_toolkit.agent.node import ClientStartParams, ControlParams, NodeAgent,
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.http.app import error_response, service_app, token_guard
 from mlfo_toolkit.monitoring.metrics import AgentCollector, ServiceMetrics, SocketCollector
-from mlfo_toolkit.orchestrator.campus import CampusMlfo, ReceiveParams
+from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.cloud import CloudMlfo
+from mlfo_toolkit.orchestrator.intake import ReceiveParams
 from mlfo_toolkit.orchestrator.intents import Intent, parse_intent
 from mlfo_toolkit.util.yamlfiles import check_depth, strict_json, validate
 

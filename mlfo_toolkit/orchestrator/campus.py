@@ -13,9 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psutil
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
-
 from mlfo_toolkit.config import AssuranceSettings, Config
 from mlfo_toolkit.errors import (
     CapacityError,
@@ -28,21 +25,21 @@ from mlfo_toolkit.errors import (
     ValidationError,
 )
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.meters.operations import clear_meters, load_meters, set_meter
 from mlfo_toolkit.monitoring.metrics import AssuranceStates, DeploymentStates, MlfoMetrics
-from mlfo_toolkit.net.state import network_topology
 from mlfo_toolkit.orchestrator.api_clients import AgentClient, MomoClient, southbound
 from mlfo_toolkit.orchestrator.assurance import SHIPPED_POLICIES, Target, load_policy
+from mlfo_toolkit.orchestrator.cohort_meter import CohortMeter
 from mlfo_toolkit.orchestrator.cohorts import client_range
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
+from mlfo_toolkit.orchestrator.intake import Admission, ReceiveParams, ServerQueue
 from mlfo_toolkit.orchestrator.intents import Catalog, Intent, MomoConstraints, Pipeline, build_momo_intent
 from mlfo_toolkit.orchestrator.loop import AssuranceLoop
 from mlfo_toolkit.orchestrator.records import ClientRecord, ClientRestart, Deployment, DeploymentParams, ServerRecord
 from mlfo_toolkit.orchestrator.store import Store
 from mlfo_toolkit.orchestrator.watch import DeploymentWatch
-from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX, safe_name
+from mlfo_toolkit.util.names import safe_name
 from mlfo_toolkit.util.stats import spread
-from mlfo_toolkit.util.yamlfiles import Float, Int, strict_json, validate
+from mlfo_toolkit.util.yamlfiles import strict_json, validate
 
 log = logging.getLogger(__name__)
 
@@ -51,114 +48,6 @@ log = logging.getLogger(__name__)
 CLIENT_START_TIMEOUT = 130.0
 MOMO_DEPLOY_TIMEOUT = 90.0
 MOMO_ATTEMPTS = 3
-
-
-class ReceiveParams(BaseModel):
-    """The prototype's /receive form fields, typed; `name` is mlfo's addition."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ipstart: Int | None = Field(None, ge=0, le=255)
-    cohortsize: Int = Field(1, ge=1, le=10_000)
-    sameserver: StrictBool = False
-    avgalgo: str | None = Field(None, max_length=64)
-    fracfit: Float | None = Field(None, gt=0, le=1)
-    minfit: Int | None = Field(None, ge=1, le=10_000)
-    minav: Int | None = Field(None, ge=1, le=10_000)
-    numround: Int | None = Field(None, ge=1, le=10_000)
-    name: str | None = Field(None, max_length=NAME_MAX, pattern=NAME_PATTERN)
-    seed: Int | None = Field(None, ge=0, le=SEED_MAX)
-    roundtimeout: Float | None = Field(None, gt=0, le=86_400)
-    policy: str | None = Field(None, max_length=300, description="the closed loop's policy (default: assurance.policy)")
-    assurance: str | None = Field(None, max_length=4096, description="JSON object of assurance thresholds for this deployment")
-
-    @field_validator("minfit", "minav")
-    @classmethod
-    def _fits_the_cohort(cls, value: int | None, info: ValidationInfo) -> int | None:
-        # A shared server also counts the previous cohort's clients, so only a cohort of its own is bounded.
-        size, shared = info.data.get("cohortsize"), info.data.get("sameserver")
-        if value is not None and size is not None and not shared and value > size:
-            raise ValueError(f"{value} exceeds cohortsize={size}: the run could never start")
-        return value
-
-    @field_validator("sameserver", mode="before")
-    @classmethod
-    def _form_bool(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        return value
-
-
-class Admission:
-    """Refuses a cohort whose estimated memory exceeds what is left (per-client costs measured for this design)."""
-
-    def __init__(self, config: Config, table: DeploymentTable) -> None:
-        self.config = config
-        self.table = table
-        self.lock = threading.Lock()
-
-    def estimate(self, cohortsize: int, sameserver: bool) -> int:
-        cfg = self.config.mlfo
-        return cohortsize * cfg.client_memory_mb + (0 if sameserver else cfg.server_memory_mb)
-
-    def check(self, name: str, need_mb: int, cohortsize: int, sameserver: bool) -> None:
-        cfg = self.config.mlfo
-        if cfg.client_memory_mb == 0:
-            return
-        starting = [r for r in self.table.all() if r.state in ("planned", "deploying")]
-        promised = sum(int(r.memory_mb or 0) for r in starting)
-        available = psutil.virtual_memory().available // 2**20
-        if need_mb + promised + cfg.memory_reserve_mb <= available:
-            return
-        server = "" if sameserver else f" + FL server {cfg.server_memory_mb} MB"
-        raise CapacityError(
-            f"cohort '{name}' needs about {need_mb} MB ({cohortsize} clients x {cfg.client_memory_mb} MB{server}); "
-            f"MemAvailable is {available} MB, of which {promised} MB is promised to {len(starting)} deployment(s) "
-            f"still starting and {cfg.memory_reserve_mb} MB is kept free",
-            hint="send a smaller cohort, wait for running cohorts to finish, or change mlfo.client_memory_mb / "
-            "mlfo.memory_reserve_mb if your measurements differ",
-        )
-
-
-class ServerQueue:
-    """Deployments waiting for a free FL server, oldest first: only the oldest asks the cloud MLFO again
-    (fair), when a server is given back or every second; bounded in length (`mlfo.queue_length`)."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.waiting: list[str] = []
-        self.changed = threading.Condition()
-
-    def full(self) -> bool:
-        with self.changed:
-            return len(self.waiting) >= self.config.mlfo.queue_length
-
-    def join(self, deployment_id: str) -> None:
-        with self.changed:
-            if len(self.waiting) >= self.config.mlfo.queue_length:
-                raise CapacityError(f"{len(self.waiting)} deployments already wait for a free FL server (mlfo.queue_length)",
-                                    hint="send it again when a cohort has finished, or raise mlfo.queue_length")
-            self.waiting.append(deployment_id)
-            self.changed.notify_all()
-
-    def leave(self, deployment_id: str) -> None:
-        with self.changed:
-            if deployment_id in self.waiting:
-                self.waiting.remove(deployment_id)
-            self.changed.notify_all()
-
-    def wait(self, timeout: float) -> None:
-        """Until the queue changes or a server is given back (or `timeout` passed)."""
-        with self.changed:
-            self.changed.wait(timeout)
-
-    def server_freed(self) -> None:
-        with self.changed:
-            self.changed.notify_all()
-
-    def position(self, deployment_id: str) -> int | None:
-        with self.changed:
-            return self.waiting.index(deployment_id) + 1 if deployment_id in self.waiting else None
 
 
 class CampusMlfo:
@@ -179,6 +68,7 @@ class CampusMlfo:
         self.metrics.add(AssuranceStates(self.table.assured))
         self.admission = Admission(config, self.table)
         self.queue = ServerQueue(config)
+        self.cohort_meter = CohortMeter(config)
         self.loop = AssuranceLoop(config, self.table, self, self.metrics)
         self.watch = DeploymentWatch(config, self.table, self._finish, self.loop)
         # Starting a client starts a Python process that imports Flower: a few at a time, machine-wide.
@@ -393,36 +283,10 @@ class CampusMlfo:
         return answer
 
     def meter(self, deployment_id: str, rate_mbit: float | None) -> dict[str, Any]:
-        """Set (or with None clear) the cohort's meter in the emulated network, as `mlfo meter set` does."""
-        network, cohort = self._meter_target(deployment_id)
-        if rate_mbit is None:
-            return {"cleared": clear_meters(network, cohort)}
-        return set_meter(network, cohort, f"{rate_mbit:g}mbit", None, "both", "ovs")
+        return self.cohort_meter.set(self.table.get(deployment_id), rate_mbit)
 
     def meter_rate(self, deployment_id: str) -> float | None:
-        """The Mbit/s of the cohort's meter, if one is set (None also outside an emulated network)."""
-        if self.config.mlfo.network_dir is None:
-            return None
-        try:
-            network, cohort = self._meter_target(deployment_id)
-        except MlfoError:
-            return None
-        entry = load_meters(network).get(str(cohort))
-        return round(entry["rate_kbps"] / 1000, 3) if entry else None
-
-    def _meter_target(self, deployment_id: str) -> tuple[Config, int]:
-        """The network's config (its state folder) and the meter port (campus switch) of a deployment's clients."""
-        network_dir = self.config.mlfo.network_dir
-        if network_dir is None:
-            raise ConflictError("this MLFO does not run in an emulated network: there is no meter to change")
-        network = self.config.with_overrides({"paths.state_dir": str(network_dir)})
-        _, topology = network_topology(Path(network_dir))
-        by_ip = {h.ip: h for h in topology.fl_clients()}
-        record = self.table.get(deployment_id)
-        campuses = {by_ip[c.agent.rsplit(":", 1)[0]].campus for c in record.clients if c.agent.rsplit(":", 1)[0] in by_ip}
-        if len(campuses) != 1 or None in campuses:
-            raise ConflictError(f"the clients of {deployment_id} are not behind one campus switch: no one meter is theirs")
-        return network, int(campuses.pop() or 0)
+        return self.cohort_meter.rate(self.table.get(deployment_id))
 
     # --- the deployment itself -----------------------------------------------------------------
     def _spawn(self, target: Callable[[str], None], deployment_id: str) -> None:

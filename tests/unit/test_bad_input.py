@@ -13,7 +13,7 @@ from mlfo_toolkit.agent.node import check_address
 from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.experiments.spec import load_experiment
-from mlfo_toolkit.orchestrator.campus import ReceiveParams
+from mlfo_toolkit.orchestrator.intake import ReceiveParams
 from mlfo_toolkit.orchestrator.intents import parse_intent
 from mlfo_toolkit.util.yamlfiles import strict_json, validate
 from tests.helpers import REPO
