@@ -223,6 +223,8 @@ def reaction(records: list[dict[str, Any]], sent: list[SentCohort]) -> None:
             continue
         if record["kind"] == "kill" and what.get("server"):
             record["effect"].update(deployment_state=target.state, deployment_reason=target.reason)
+            if target.finished is not None and record.get("fired") is not None:
+                record["effect"]["ended_after_seconds"] = round(max(0.0, target.finished - float(record["fired"])), 2)
             continue
         client = target.client(what["part"])
         if client is None:

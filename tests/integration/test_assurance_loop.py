@@ -91,7 +91,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         "assurance.allowed_policies": [f"{policies}:{name}" for name in ("StopAtTwo", "Broken", "Reshape")],
     })
     cohorts = [
-        {"name": "heal", "size": 3, "intent": target_intent(0.999, deadline={"rounds": 6}), "rounds": 30, "min_available": 3,
+        {"name": "heal", "size": 3, "intent": target_intent(0.999, deadline={"rounds": 5}), "rounds": 30, "min_available": 3,
          "assurance": {"plateau_gain": 0.0}},
         {"name": "reach", "size": 3, "intent": target_intent(0.88), "rounds": 15, "min_available": 3},
         {"name": "own", "size": 3, "intent": PLAIN, "rounds": 6, "min_available": 3, "policy": f"{policies}:StopAtTwo"},
@@ -142,9 +142,9 @@ def test_a_killed_client_is_restarted_by_the_loop_and_trains_again(runs: Runs) -
     client = next(c for c in record["clients"] if c["part"] == 1)
     assert len(client["restarts"]) == 1 and client["state"] == "stopped"
     rounds = sorted(record["rounds"], key=lambda r: r["round"])
-    # The run length came from the deadline (6, not 30), and it ended missed at it.
-    assert len(rounds) == 6 and "target missed" in record["reason"], record["reason"]
-    assert done_actions(record, "set_rounds")[0]["count"] == 6
+    # The run length came from the deadline (5, not 30), and it ended missed at it.
+    assert len(rounds) == 5 and "target missed" in record["reason"], record["reason"]
+    assert done_actions(record, "set_rounds")[0]["count"] == 5
     # After the restart every sampled client answered again: the restarted SuperNode trained.
     restart_round = next(d["round"] for d in record["decisions"] if any(a["kind"] == "restart_client" for a in d["actions"]))
     later = [r for r in rounds if r["round"] > restart_round + 1]

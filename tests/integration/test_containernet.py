@@ -121,7 +121,7 @@ def test_init_limits_cpu_through_docker_and_fl_trains_across(network: dict[str, 
     assert f"cpu:/docker/{container_id}" in Path(f"/proc/{agent['pid']}/cgroup").read_text()
 
     cohorts = cwd / "cohorts.yaml"
-    cohorts.write_text((REPO / "intents" / "cohorts-small.yaml").read_text().replace("rounds: 5", "rounds: 3"))
+    cohorts.write_text((REPO / "intents" / "cohorts-small.yaml").read_text().replace("rounds: 5", "rounds: 2"))
     (cwd / "welding.yaml").write_bytes((REPO / "intents" / "welding.yaml").read_bytes())
     sent = mlfo(env, cwd, "intent", "send", str(cohorts), "--mlfo", f"127.0.0.1:{network['port']}", "--wait", "--json")
     assert sent.returncode == 0, sent.stderr[-2000:]

@@ -23,7 +23,7 @@ from tests.helpers import REPO, require_binary, require_root
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MODEL_BYTES = (64 * 64 + 64 + 64 * 10 + 10) * 8  # the 'complex' model of the welding intent, float64
-ROUNDS = 3
+ROUNDS = 2
 LOST_AFTER = 4
 
 
@@ -288,7 +288,7 @@ def test_the_closed_loop_raises_a_throttled_cohorts_meter(network: dict[str, Any
     makes the round break the intent's bound; the MLFO raises the meter and the next round is fast again."""
     experiment = yaml.safe_load((REPO / "experiments" / "assurance-network.yaml").read_text())
     experiment["sweep"] = {"policy": ["default"]}
-    experiment["cohorts"][0]["rounds"] = 4
+    experiment["cohorts"][0]["rounds"] = 3
     result, out = run_in_network(network, "assurance", experiment)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "runs" / "policy_default-r1" / "run.json").read_text())

@@ -1,5 +1,5 @@
-"""FL at scale on loopback with real Flower: 20 clients train, a dead SuperLink fails its deployment
-within 10 s, a dead client shows `lost` and the rounds it missed are recorded as short."""
+"""FL at scale on loopback with real Flower: 20 clients train, a dead client shows `lost` and the rounds
+it missed are recorded as short. (A dead SuperLink failing its deployment within 10 s: test_experiments.)"""
 
 from __future__ import annotations
 
@@ -64,26 +64,9 @@ def test_twenty_clients_train_with_accuracy_rising(config: Config, workdir: Path
     assert processes_under(workdir) == []
 
 
-def test_dead_superlink_fails_the_deployment_with_a_reason_within_10_s(config: Config, workdir: Path) -> None:
-    with loopback(config, workdir, servers=1, clients=2) as network:
-        (sent,) = post_cohorts(cohort_file(config, 1, 2, 500), network.config, network.campus)
-        mlfo = MlfoClient(network.campus)
-        assert wait_for(lambda: len(mlfo.deployment(sent.deployment_id)["rounds"]) >= 1, 180)
-        server = network.agents[0].server
-        assert server is not None
-        os.kill(server.superlink.pid, signal.SIGKILL)
-        killed = time.monotonic()
-        assert wait_for(lambda: mlfo.deployment(sent.deployment_id)["state"] == "failed", 10, step=0.1)
-        elapsed = time.monotonic() - killed
-        record = mlfo.deployment(sent.deployment_id)
-        assert "SuperLink exited" in record["reason"] or "flwr run exited" in record["reason"], record["reason"]
-        assert elapsed <= 10
-    assert processes_under(workdir) == []
-
-
 def test_a_killed_client_is_lost_and_its_rounds_come_up_short(config: Config, workdir: Path) -> None:
     config = config.with_overrides({"fl.round_timeout": 8.0, "mlfo.client_check_seconds": 1.0})
-    cohorts = cohort_file(config, 1, 3, 5, fraction_fit=1.0, min_available=2, min_fit=1)
+    cohorts = cohort_file(config, 1, 3, 3, fraction_fit=1.0, min_available=2, min_fit=1)
     with loopback(config, workdir, servers=1, clients=3) as network:
         (sent,) = post_cohorts(cohorts, network.config, network.campus)
         mlfo = MlfoClient(network.campus)
@@ -100,4 +83,4 @@ def test_a_killed_client_is_lost_and_its_rounds_come_up_short(config: Config, wo
     short = [r for r in record["rounds"] if r["results"] < r["sampled"]]
     assert short and record["short_rounds"] == [r["round"] for r in short]
     assert all(r["sampled"] == 3 and r["results"] == 2 for r in short), [(r["round"], r["sampled"], r["results"], r["failures"]) for r in record["rounds"]]
-    assert len(record["rounds"]) == 5
+    assert len(record["rounds"]) == 3
