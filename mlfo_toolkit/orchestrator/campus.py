@@ -357,6 +357,11 @@ class CampusMlfo:
         queued_since: float | None = None
         busy = "every FL server is busy"
         try:
+            if self.queue.waiting:
+                # Others wait already: a newcomer queues behind them, it does not ask before they do.
+                self.queue.join(deployment_id)
+                queued_since = time.time()
+                self.metrics.queued.labels("campus").set(len(self.queue.waiting))
             while True:
                 # Only the first of the queue asks the cloud again: the others keep their places.
                 if queued_since is None or self.queue.position(deployment_id) == 1:

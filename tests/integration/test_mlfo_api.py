@@ -136,6 +136,24 @@ def test_a_busy_pool_queues_deployments_in_order_and_refuses_past_the_bound(conf
         close(closables)
 
 
+def test_a_newcomer_queues_behind_those_already_waiting(config: Config, workdir: Path) -> None:
+    """A server that frees up goes to the oldest in the queue, not to an intent that arrives at that moment."""
+    built, closables = start_orchestra(config, workdir, servers=1)
+    try:
+        built.campus.queue.join("earlier")  # a deployment already waiting (the pool is free right now)
+        newcomer = send(built, cohortsize=2).json()["id"]
+        deadline = time.monotonic() + 10
+        while built.campus.deployment(newcomer).state != "queued" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        queued = requests.get(f"{built.url}/deployments/{newcomer}", timeout=5).json()
+        assert queued["state"] == "queued" and queued["queue"]["position"] == 2, queued
+        assert built.servers[0].serv_calls == []  # it did not take the free server before the one ahead of it
+        built.campus.queue.leave("earlier")
+        assert built.wait(newcomer)["state"] == "done"
+    finally:
+        close(closables)
+
+
 def test_unreachable_client_is_named(config: Config, workdir: Path) -> None:
     built, closables = start_orchestra(config, workdir, clients=2)
     try:
