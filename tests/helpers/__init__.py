@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
+
+from mlfo_toolkit.util.processes import wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent.parent
 IN_CI = os.environ.get("CI") == "true"
@@ -51,3 +57,27 @@ def processes_under(folder: Path) -> list[psutil.Process]:
         if str(folder) in text:
             found.append(proc)
     return found
+
+
+def wait_for(check: Callable[[], object], timeout: float = 10.0, step: float = 0.2) -> bool:
+    """Poll `check` until it is true or `timeout` seconds passed; whether it came true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return False
+
+
+def serve_briefly(args: list[str], workdir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
+    """Start `mlfo ARGS` (a service on `port`) with no MLFO_* variables, wait until it listens, stop it with
+    SIGTERM; the process and what it wrote on stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")} | {"MLFO_PATHS__STATE_DIR": str(workdir / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "mlfo_toolkit", *args], cwd=workdir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port("127.0.0.1", port, 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    return proc, stderr

@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from mlfo_toolkit.config import load_config
 from mlfo_toolkit.orchestrator.api_clients import MlfoClient
 from mlfo_toolkit.orchestrator.cohorts import parse_cohort_file
 from mlfo_toolkit.orchestrator.sending import post_cohorts
-from tests.helpers import processes_under
+from tests.helpers import processes_under, wait_for
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
@@ -106,14 +105,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         yield Runs(backend, workdir, {s.name: s.deployment_id for s in sent})
     assert processes_under(workdir) == []
 
-
-def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.3) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step)
-    return False
 
 
 def finished(mlfo: MlfoClient, deployment: str, timeout: float = 300) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.store import Store
 from mlfo_toolkit.util.processes import free_port, wait_for_port
-from tests.helpers import REPO, processes_under
+from tests.helpers import REPO, processes_under, serve_briefly
 from tests.helpers.orchestra import (
     WELDING,
     Orchestra,
@@ -399,14 +399,7 @@ def test_token_files_are_private_from_the_start(workdir: Path) -> None:
 
 
 def test_agent_on_a_host_address_without_a_token_warns(workdir: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")} | {"MLFO_PATHS__STATE_DIR": str(workdir / "s")}
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlfo_toolkit", "agent", "--host", "0.0.0.0", "--port", str(port)],
-                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_port("127.0.0.1", port, 30)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+    proc, err = serve_briefly(["agent", "--host", "0.0.0.0", "--port", str(port)], workdir, port)
     assert "with no token" in err and "MLFO_API__SOUTHBOUND_TOKEN" in err
     assert psutil.pid_exists(proc.pid) is False or psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE

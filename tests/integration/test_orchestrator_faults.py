@@ -24,21 +24,13 @@ from mlfo_toolkit.http.server import HttpServer
 from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.cloud import CloudMlfo
 from mlfo_toolkit.orchestrator.store import Store
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_for
 from tests.helpers.fakes import FakeAgent
 from tests.helpers.orchestra import WELDING, Orchestra, close, send, start_orchestra
 
 # Janitors every 0.2 s; a run that ended unreleased is freed by the cloud after 30 s (its own test: 1 s).
 FAST = {"mlfo.janitor_seconds": 0.2, "mlfo.release_grace_seconds": 30.0}
 
-
-def wait_until(check: Any, timeout: float = 10.0, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step)
-    return False
 
 
 def running(built: Orchestra, deployment: str) -> bool:
@@ -71,7 +63,7 @@ def test_a_restarted_cloud_frees_what_runs_nothing_and_stops_what_no_allocation_
             assert restarted.recovery["released"] == ["gone"]
             assert restarted.deploy(momo("next"))["agent"] == gone["agent"]  # the freed server is given again
             by_agent[kept["agent"]].serv_calls.append({"deployment": "orphan"})  # it now runs a server nobody owns
-            assert wait_until(lambda: "orphan" in by_agent[kept["agent"]].stop_calls)
+            assert wait_for(lambda: "orphan" in by_agent[kept["agent"]].stop_calls)
         finally:
             restarted.close()
     finally:
@@ -85,7 +77,7 @@ def test_a_run_that_ended_unreleased_frees_its_server_after_the_grace(config: Co
                       Store(workdir / "cloud.sqlite3"))
     try:
         cloud.deploy(momo("finished"))  # its campus never releases it (gone for good)
-        assert wait_until(lambda: not any(a.active for a in cloud.allocations()), timeout=10)
+        assert wait_for(lambda: not any(a.active for a in cloud.allocations()), timeout=10)
         assert "finished" in agent.stop_calls
     finally:
         cloud.close()
@@ -97,17 +89,17 @@ def test_a_release_the_cloud_missed_is_asked_again_until_it_answers(config: Conf
     try:
         built.servers[0].final_state = "running"
         deployment = send(built, cohortsize=2).json()["id"]
-        assert wait_until(lambda: running(built, deployment))
+        assert wait_for(lambda: running(built, deployment))
         cloud_http = next(c for c in closables if isinstance(c, HttpServer) and built.cloud_url.endswith(c.address))
         cloud_http.close()  # the cloud MLFO is down
         built.servers[0].final_state = "done"
-        assert wait_until(lambda: built.campus.deployment(deployment).state == "done")
+        assert wait_for(lambda: built.campus.deployment(deployment).state == "done")
         time.sleep(0.5)
         assert built.campus.deployment(deployment).released is False  # asked, not answered
         host, port = cloud_http.address.rsplit(":", 1)
         again = HttpServer(cloud_app(built.cloud), host, int(port)).start()  # back on its address
         closables.append(again)
-        assert wait_until(lambda: built.campus.deployment(deployment).released is True)
+        assert wait_for(lambda: built.campus.deployment(deployment).released is True)
         assert not any(a.active for a in built.cloud.allocations())
     finally:
         close(closables)
@@ -130,7 +122,7 @@ def test_a_store_that_cannot_be_written_fails_the_run_with_the_reason_and_loses_
     try:
         built.servers[0].final_state = "running"
         deployment = send(built, cohortsize=2).json()["id"]
-        assert wait_until(lambda: running(built, deployment) and built.campus.deployment(deployment).rounds)
+        assert wait_for(lambda: running(built, deployment) and built.campus.deployment(deployment).rounds)
         store = built.campus.table.store
         real_put = store.put
 
@@ -146,7 +138,7 @@ def test_a_store_that_cannot_be_written_fails_the_run_with_the_reason_and_loses_
         metrics = requests.get(f"{built.url}/metrics", timeout=5).text
         assert 'mlfo_store_errors_total{role="campus"}' in metrics
         monkeypatch.setattr(store, "put", real_put)  # space again: the janitor writes what was not saved
-        assert wait_until(lambda: not built.campus.table.unsaved)
+        assert wait_for(lambda: not built.campus.table.unsaved)
         assert Store(store.path).get("deployment", deployment)["state"] == "failed"  # type: ignore[index]
     finally:
         close(closables)
@@ -277,7 +269,7 @@ def test_a_stop_during_a_restart_leaves_no_client_running(config: Config, workdi
     try:
         built.servers[0].final_state = "running"
         deployment = send(built, cohortsize=2).json()["id"]
-        assert wait_until(lambda: built.campus.deployment(deployment).client(1).state == "lost")  # type: ignore[union-attr]
+        assert wait_for(lambda: built.campus.deployment(deployment).client(1).state == "lost")  # type: ignore[union-attr]
         slow = built.clients[1]
         slow.cli_delay = 2.0  # the restart's start takes a while ...
         restart = threading.Thread(target=lambda: requests.post(f"{built.url}/deployments/{deployment}/clients/1/restart", timeout=30))

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from mlfo_toolkit.orchestrator.api_clients import MlfoClient
 from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file, shape_cohorts
 from mlfo_toolkit.orchestrator.sending import post_cohorts
 from mlfo_toolkit.util.resources import resource_path
-from tests.helpers import processes_under
+from tests.helpers import processes_under, wait_for
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
@@ -37,14 +37,6 @@ def loopback(config: Config, workdir: Path, servers: int, clients: int) -> Itera
     with LoopbackBackend(config, workdir / "net", servers=servers, clients=clients) as backend:
         yield backend
 
-
-def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step)
-    return False
 
 
 def test_twenty_clients_train_with_accuracy_rising(config: Config, workdir: Path) -> None:

@@ -19,7 +19,7 @@ from mlfo_toolkit.http.server import HttpServer, close_all
 from mlfo_toolkit.orchestrator.cloud import CloudMlfo
 from mlfo_toolkit.orchestrator.store import Store
 from mlfo_toolkit.util.processes import free_port, wait_for_port
-from tests.helpers import REPO
+from tests.helpers import REPO, serve_briefly
 from tests.helpers.fakes import FakeAgent
 
 
@@ -157,12 +157,5 @@ def test_a_campus_restarted_mid_run_keeps_its_decisions_and_its_loop_goes_on(con
 
 def test_a_campus_on_every_address_without_a_token_warns(workdir: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")} | {"MLFO_PATHS__STATE_DIR": str(workdir / "state")}
-    proc = subprocess.Popen([sys.executable, "-m", "mlfo_toolkit", "serve", "--role", "campus", "--host", "0.0.0.0", "--port", str(port)],
-                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_port("127.0.0.1", port, 30)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
+    _, stderr = serve_briefly(["serve", "--role", "campus", "--host", "0.0.0.0", "--port", str(port)], workdir, port)
     assert "warning: the campus MLFO serves on 0.0.0.0 with no token" in stderr and "api.token" in stderr
