@@ -20,6 +20,9 @@ from mlfo_toolkit.util.processes import wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent.parent
 IN_CI = os.environ.get("CI") == "true"
+# A decoy container a test makes (test_containernet.py) is named in this file of its folder before it exists,
+# so a run killed mid-test still has it removed by the next run (tests/integration/conftest.py).
+DECOY_RECORD = "decoy-container"
 
 
 def require_root() -> None:

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from mlfo_toolkit.util.processes import free_port
-from tests.helpers import REPO, require_binary, require_root
+from tests.helpers import DECOY_RECORD, REPO, require_binary, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -56,8 +56,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                    "--backend", "containernet", "--detach", "--json")
     assert started.returncode == 0, started.stderr[-3000:]
     state = json.loads((workdir / "state" / "network.json").read_text())
-    foreign = docker_client().containers.run(json.loads(built.stdout)["image"], "sleep 600", detach=True,
-                                             name=f"{state['containers'][0]}-not-ours")
+    decoy = f"{state['containers'][0]}-not-ours"
+    (workdir / DECOY_RECORD).write_text(decoy)  # a run killed before the end still has it removed (conftest)
+    foreign = docker_client().containers.run(json.loads(built.stdout)["image"], "sleep 600", detach=True, name=decoy)
     info = {"env": env, "workdir": workdir, "port": port, "state": state}
     try:
         yield info
