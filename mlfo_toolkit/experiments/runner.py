@@ -213,7 +213,8 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
 
 
 def reaction(records: list[dict[str, Any]], sent: list[SentCohort]) -> None:
-    """Add the MLFO's view to each kill and restart: the client's state, how soon it was seen lost, the deployment's end."""
+    """Add the MLFO's view to each kill and restart: the client's state, how soon it was seen lost, whether a restarted
+    client ran to the end, the deployment's end."""
     for record in records:
         what = record["what"]
         if record["kind"] not in ("kill", "restart") or not record["ok"]:
@@ -229,7 +230,10 @@ def reaction(records: list[dict[str, Any]], sent: list[SentCohort]) -> None:
         client = target.client(what["part"])
         if client is None:
             continue
-        record["effect"]["client_state"] = client.state
+        record["effect"]["client_state"] = client.state  # at the end of the run: `stopped` once its deployment ended
+        if record["kind"] == "restart":
+            # What a restart is for: the client came back and was not lost again before the run ended.
+            record["effect"]["ran_to_end"] = bool(client.restarts) and client.state in ("running", "stopped") and client.lost_at is None
         if record["kind"] == "kill":
             # Seen lost before a restart, or still lost at the end.
             lost_at = next((r.lost_at for r in client.restarts if (r.lost_at or 0) >= record["fired"]), client.lost_at)

@@ -1,4 +1,5 @@
-"""Experiment files are checked with field and line before anything starts, and a dry run plans them."""
+"""Experiment files are checked with field and line before anything starts, a dry run plans them, and a run's
+events get the MLFO's view of what they did."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from mlfo_toolkit.cli.main import cli
+from mlfo_toolkit.experiments.runner import reaction
+from mlfo_toolkit.orchestrator.records import ClientRecord, ClientRestart, Deployment
+from mlfo_toolkit.orchestrator.sending import SentCohort
 from tests.helpers import REPO
 
 COHORTS = REPO / "intents" / "cohorts.yaml"
@@ -77,3 +81,19 @@ def test_a_policy_sweep_plans_a_run_per_policy(workdir: Path) -> None:
     result = CliRunner().invoke(cli, ["run", str(own), "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
     assert [r["key"] for r in json.loads(result.stdout)["runs"]] == ["policy_Frugal-plateau_rounds_3-r1", "policy_Frugal-plateau_rounds_5-r1"]
+
+
+def test_a_restart_ran_to_end_whether_or_not_the_run_had_stopped_its_clients() -> None:
+    """The state read at the end of a run is `stopped` once the deployment ended; the restart still worked."""
+    def restart_effect(client: ClientRecord) -> dict[str, object]:
+        sent = [SentCohort("a", 10, "d1", Deployment.model_construct(state="done", clients=[client]))]
+        records = [{"kind": "restart", "ok": True, "what": {"cohort": "a", "part": 1}, "fired": 100.0, "effect": {}}]
+        reaction(records, sent)
+        return records[0]["effect"]
+
+    earlier = [ClientRestart(restarted_at=100.0, pid=7, lost_at=95.0)]
+    for end in ("running", "stopped"):
+        effect = restart_effect(ClientRecord(agent="fc.11", part=1, state=end, restarts=earlier))
+        assert effect == {"client_state": end, "ran_to_end": True}
+    lost_again = restart_effect(ClientRecord(agent="fc.11", part=1, state="lost", lost_at=130.0, restarts=earlier))
+    assert lost_again == {"client_state": "lost", "ran_to_end": False}
