@@ -175,6 +175,9 @@ class CloudMlfo:
         released: list[str] = []
         stopped: list[str] = []
         timeout = min(self.config.api.timeout_seconds, 3.0)
+        # What the agents say below may predate a server started (and recorded) while they were asked: only
+        # an allocation whose server was recorded before asking can be judged by their answers.
+        recorded = {a.deployment for a in self.allocations() if a.active and a.server}
         servers: dict[str, dict[str, Any] | None] = {}
         for agent_address in self.config.server_agents():
             try:
@@ -191,6 +194,8 @@ class CloudMlfo:
                     continue  # its agent did not answer: nothing can be told
                 if record.server is None and not first and now - record.created < 120:
                     continue  # this process is starting its server right now
+                if record.server is not None and record.deployment not in recorded and not first:
+                    continue  # its server was started while the agents were asked: judged next time
                 running = servers[record.agent]
                 owner = self._owner(record)
                 if running is None or running.get("deployment") != owner.deployment:

@@ -19,6 +19,7 @@ class FakeAgent:
         self.final_state = final_state
         self.server_stopped = False
         self.cli_delay = 0.0  # seconds each /cli takes (a SuperNode that starts slowly)
+        self.status_delay = 0.0  # seconds a /status answer takes to arrive, after it was made (a slow agent)
         self.cli_started = False
         # The rounds its FL server reports (a test may add some), and the run changes it was sent.
         self.rounds: list[dict[str, Any]] = [{"round": 1, "loss": 0.9, "accuracy": 0.7, "time": 0},
@@ -48,6 +49,7 @@ class FakeAgent:
         @api.route("GET", "/status")
         def status(request: Request) -> dict[str, Any]:
             if not self.serv_calls or self.server_stopped:
+                time.sleep(self.status_delay)
                 return {"server": None, "clients": []}
             rounds = list(self.rounds)
             stop = next((c["stop"] for c in self.control_calls if c.get("stop")), None)

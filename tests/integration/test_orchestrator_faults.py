@@ -71,6 +71,28 @@ def test_a_restarted_cloud_frees_what_runs_nothing_and_stops_what_no_allocation_
             agent.close()
 
 
+def test_a_server_started_while_the_janitor_asked_is_neither_freed_nor_stopped(config: Config, workdir: Path) -> None:
+    """The janitor's answers from the agents can predate a server deployed meanwhile: that allocation is not
+    freed on their word (the next check would have stopped its server as owned by nobody)."""
+    agent = FakeAgent(final_state="running")
+    cloud = CloudMlfo(config.with_overrides({"ip_plan.servers": [agent.address], "mlfo.janitor_seconds": 3600.0}),
+                      Store(workdir / "cloud.sqlite3"))
+    try:
+        agent.status_delay = 1.0  # its answer "no server here" arrives after the deploy below
+        checking = threading.Thread(target=cloud.reconcile)
+        checking.start()
+        time.sleep(0.3)
+        cloud.deploy(momo("new"))
+        checking.join()
+        agent.status_delay = 0.0
+        assert [a.deployment for a in cloud.allocations() if a.active] == ["new"]
+        assert cloud.reconcile() == {"released": [], "stopped": []}
+        assert "new" not in agent.stop_calls
+    finally:
+        cloud.close()
+        agent.close()
+
+
 def test_a_run_that_ended_unreleased_frees_its_server_after_the_grace(config: Config, workdir: Path) -> None:
     agent = FakeAgent(final_state="done")
     cloud = CloudMlfo(config.with_overrides({"ip_plan.servers": [agent.address], **FAST, "mlfo.release_grace_seconds": 1.0}),
