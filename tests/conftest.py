@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,18 @@ def config(workdir: Path) -> Config:
     return load_config(environ={}).with_overrides(
         {"paths.state_dir": str(workdir / "state"), "paths.runs_dir": str(workdir / "runs")}
     )
+
+
+# The threads an MLFO runs until it is closed: the cloud's and the campus's janitors.
+JANITORS = ("cloud-janitor", "_janitor-janitor")
+
+
+@pytest.fixture(autouse=True)
+def no_mlfo_left_running() -> Iterator[None]:
+    """Every MLFO a test makes is closed by its end. One that was not kept its janitor going for the rest of
+    the run, and once stopped a later test's FL server (by deployment name) because that test's agent had
+    been given the port of the forgotten MLFO's agent."""
+    before = {thread for thread in threading.enumerate() if thread.name in JANITORS}
+    yield
+    left = [t.name for t in threading.enumerate() if t.name in JANITORS and t not in before and t.is_alive()]
+    assert not left, f"the test left an MLFO running (close it): {left}"

@@ -498,6 +498,8 @@ class NodeAgent:
             if self.server is not None and deployment in (None, self.server.params.deployment) and part is None:
                 # Its final round stays in /metrics a while, so that Prometheus scrapes it after the stop.
                 self._ended.append((time.time(), self.server.params.deployment, self.server.params.cohort, self.server.status()))
+                log.info("stopping FL server %s of deployment '%s' (asked to stop %s)", self.server.address,
+                         self.server.params.deployment, f"deployment '{deployment}'" if deployment else "everything")
                 self.server.stop()
                 stopped.append(self.server.address)
                 self.server = None

@@ -67,7 +67,7 @@ def start_orchestra(config: Config, workdir: Path, servers: int = 2, clients: in
     campus = CampusMlfo(config, Store(workdir / "campus.sqlite3"))
     campus_http = HttpServer(campus_app(campus), "127.0.0.1", 0, request_seconds=config.api.request_seconds).start()
     orchestra = Orchestra(campus, cloud, f"http://{campus_http.address}", f"http://{cloud_http.address}", server_agents, client_agents, config)
-    return orchestra, [campus, campus_http, cloud_http, *server_agents, *client_agents]
+    return orchestra, [campus, cloud, campus_http, cloud_http, *server_agents, *client_agents]
 
 
 def send(orchestra: Orchestra, intent: bytes = WELDING, **fields: Any) -> requests.Response:

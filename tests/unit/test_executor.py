@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -60,21 +62,26 @@ def test_unreachable_supernode_is_retried_later_not_fatal(tmp_path: Path) -> Non
     executor.close()
 
 
-def campus(config: Config, tmp_path: Path) -> CampusMlfo:
-    return CampusMlfo(config, Store(tmp_path / "campus.sqlite3"))
+@contextmanager
+def campus(config: Config, tmp_path: Path) -> Iterator[CampusMlfo]:
+    mlfo = CampusMlfo(config, Store(tmp_path / "campus.sqlite3"))
+    try:
+        yield mlfo
+    finally:
+        mlfo.close()
 
 
 def test_admission_refuses_with_the_numbers(config: Config, tmp_path: Path) -> None:
     available_mb = psutil.virtual_memory().available // 2**20
     per_client = available_mb // 4  # five clients cannot fit
-    mlfo = campus(config.with_overrides({"mlfo.client_memory_mb": per_client}), tmp_path)
-    with pytest.raises(CapacityError) as refused:
-        mlfo.admission.check("big", 5 * per_client + 650, 5, False)
-    message = refused.value.message
-    assert "cohort 'big'" in message and f"5 clients x {per_client} MB" in message and "MemAvailable is" in message
-    mlfo.admission.check("small", per_client, 1, True)  # one client fits
-    off = campus(config.with_overrides({"mlfo.client_memory_mb": 0}), tmp_path)
-    off.admission.check("anything", 10**9, 10_000, False)  # 0 turns admission control off
+    with campus(config.with_overrides({"mlfo.client_memory_mb": per_client}), tmp_path) as mlfo:
+        with pytest.raises(CapacityError) as refused:
+            mlfo.admission.check("big", 5 * per_client + 650, 5, False)
+        message = refused.value.message
+        assert "cohort 'big'" in message and f"5 clients x {per_client} MB" in message and "MemAvailable is" in message
+        mlfo.admission.check("small", per_client, 1, True)  # one client fits
+    with campus(config.with_overrides({"mlfo.client_memory_mb": 0}), tmp_path) as off:
+        off.admission.check("anything", 10**9, 10_000, False)  # 0 turns admission control off
 
 
 def test_spawned_supernode_handle_follows_and_stops_by_pid(tmp_path: Path) -> None:
