@@ -75,6 +75,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             assert foreign.name in names, "topo down removed a container it did not make"
         finally:
             foreign.remove(force=True)
+            (workdir / DECOY_RECORD).unlink()
         bridges = subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True, check=True).stdout.split()
         assert not set(state["bridges"]) & set(bridges)
         assert [i for i in state["interfaces"] if Path(f"/sys/class/net/{i}").exists()] == []
