@@ -185,6 +185,10 @@ class AssuranceSettings(_Section):
     cooldown_rounds: int = Field(1, ge=0, le=100, description="rounds between two actions of one kind (per client for restarts)")
     max_actions_per_kind: int = Field(10, ge=1, le=1000, description="actions of one kind in one run, at the most")
 
+    def with_thresholds(self, thresholds: Mapping[str, Any] | None) -> AssuranceSettings:
+        """These settings with a deployment's own thresholds over them (a cohort's, an experiment's)."""
+        return AssuranceSettings.model_validate({**self.model_dump(), **(thresholds or {})})
+
 
 class Config(_Section):
     """The effective configuration of every mlfo command and process."""

@@ -20,7 +20,7 @@ import yaml
 from mlfo_toolkit.backends.base import Backend
 from mlfo_toolkit.backends.emulated import EmulatedBackend
 from mlfo_toolkit.backends.loopback import LoopbackBackend
-from mlfo_toolkit.config import AssuranceSettings, Config
+from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
 from mlfo_toolkit.experiments.events import Actions
 from mlfo_toolkit.experiments.spec import NETWORK_EVENTS, Experiment, RunPlan, where
@@ -108,7 +108,7 @@ def check_policies(experiment: Experiment, cohort_file: CohortFile, config: Conf
     for cohort in cohort_file.cohorts:
         if cohort.policy is None:
             continue
-        settings = AssuranceSettings.model_validate({**config.assurance.model_dump(), **(cohort.assurance or {})})
+        settings = config.assurance.with_thresholds(cohort.assurance)
         try:
             load_policy(cohort.policy, settings)
         except ValidationError as err:

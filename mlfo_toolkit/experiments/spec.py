@@ -36,6 +36,7 @@ from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.net.changes import link_ends
 from mlfo_toolkit.net.topology import load_topology
+from mlfo_toolkit.orchestrator.assurance import check_thresholds
 from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX
 from mlfo_toolkit.util.yamlfiles import Float, Int, load_yaml, validate
@@ -265,10 +266,7 @@ def load_experiment(path: Path) -> Experiment:
     if spec.backend == "network":
         _check_topology(spec, lines, source)
     if spec.assurance is not None:
-        if {"policy", "allowed_policies"} & set(spec.assurance):
-            raise ValidationError("holds thresholds only (the policy is the experiment's own field)", field="assurance",
-                                  line=where(lines, "assurance"), source=source)
-        validate(AssuranceSettings, spec.assurance, lines, source, prefix=("assurance",))
+        check_thresholds(spec.assurance, "experiment", lines, source, ("assurance",))
     for key, values in spec.sweep.items():
         if key not in SWEEP_KEYS:
             raise ValidationError(f"cannot sweep '{key}'", field=f"sweep.{key}", line=where(lines, "sweep", key), source=source,
@@ -338,7 +336,7 @@ def swept_value(spec: ExperimentFile, key: str, value: Any) -> Any:
         return getattr(model.model_validate({name: value}), name)
     if key in SWEEPABLE_ASSURANCE_FIELDS:
         name = key.split(".", 1)[1]
-        return getattr(AssuranceSettings.model_validate({**(spec.assurance or {}), name: value}), name)
+        return getattr(AssuranceSettings().with_thresholds({**(spec.assurance or {}), name: value}), name)
     return value
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 from mlfo_toolkit.config import AssuranceSettings
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.orchestrator.intents import Intent, client_cap, target_metric
+from mlfo_toolkit.util.yamlfiles import field_name, line_of, validate
 
 AssuranceState = Literal["on_track", "at_risk", "met", "missed"]
 ActionKind = Literal["restart_client", "replace_client", "add_clients", "remove_client", "set_fraction_fit", "set_min_fit",
@@ -173,6 +174,16 @@ class Policy(Protocol):
     """An observation in, a list of actions out. Any object with this method is a policy."""
 
     def decide(self, observation: Observation) -> list[Action]: ...
+
+
+def check_thresholds(values: dict[str, Any], owner: str, lines: dict[tuple[Any, ...], int], source: str,
+                     prefix: tuple[Any, ...]) -> None:
+    """A cohort's, an experiment's or a sent intent's assurance thresholds, checked as the config's assurance
+    section is (field and line on failure); the policy is `owner`'s own field, never a threshold."""
+    if {"policy", "allowed_policies"} & set(values):
+        raise ValidationError(f"holds thresholds only (the policy is the {owner}'s own field)", field=field_name(prefix),
+                              line=line_of(prefix, lines), source=source)
+    validate(AssuranceSettings, values, lines, source, prefix=prefix)
 
 
 # --- judging how a deployment stands --------------------------------------------------------------

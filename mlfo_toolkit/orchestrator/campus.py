@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mlfo_toolkit.config import AssuranceSettings, Config
+from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import (
     CapacityError,
     ConflictError,
@@ -27,7 +27,7 @@ from mlfo_toolkit.errors import (
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.monitoring.metrics import AssuranceStates, DeploymentStates, MlfoMetrics
 from mlfo_toolkit.orchestrator.api_clients import AgentClient, MomoClient, southbound
-from mlfo_toolkit.orchestrator.assurance import SHIPPED_POLICIES, Target, load_policy
+from mlfo_toolkit.orchestrator.assurance import SHIPPED_POLICIES, Target, check_thresholds, load_policy
 from mlfo_toolkit.orchestrator.cohort_meter import CohortMeter
 from mlfo_toolkit.orchestrator.cohorts import client_range
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
@@ -39,7 +39,7 @@ from mlfo_toolkit.orchestrator.store import Store
 from mlfo_toolkit.orchestrator.watch import DeploymentWatch
 from mlfo_toolkit.util.names import safe_name
 from mlfo_toolkit.util.stats import spread
-from mlfo_toolkit.util.yamlfiles import strict_json, validate
+from mlfo_toolkit.util.yamlfiles import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +147,8 @@ class CampusMlfo:
                 raise ValidationError(f"is not a JSON object: {err}", field="assurance") from None
             if not isinstance(overrides, dict):
                 raise ValidationError("is not a JSON object of thresholds", field="assurance")
-            if {"policy", "allowed_policies"} & set(overrides):
-                raise ValidationError("sets thresholds only (the policy is its own field)", field="assurance")
-            validate(AssuranceSettings, {**settings.model_dump(), **overrides}, {}, "form", prefix=("assurance",))
-        load_policy(name, AssuranceSettings.model_validate({**settings.model_dump(), **overrides}), base=Path.cwd())
+            check_thresholds(overrides, "form", {}, "form", ("assurance",))
+        load_policy(name, settings.with_thresholds(overrides), base=Path.cwd())
         return name, overrides
 
     # --- reading -------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from mlfo_toolkit.config import AssuranceSettings, Config
+from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.orchestrator.assurance import check_thresholds
 from mlfo_toolkit.orchestrator.intents import Catalog, Intent, parse_intent, understood
 from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX
@@ -176,10 +177,7 @@ def _thresholds(values: dict[str, Any], i: int, lines: dict[tuple[Any, ...], int
     """A cohort's assurance thresholds, checked as the config's assurance section is (policy is its own field)."""
     if not values:
         return None
-    if {"policy", "allowed_policies"} & set(values):
-        raise ValidationError("holds thresholds only (the policy is the cohort's own field)", field=f"cohorts[{i}].assurance",
-                              line=lines.get(("cohorts", i, "assurance")), source=source)
-    validate(AssuranceSettings, values, lines, source, prefix=("cohorts", i, "assurance"))
+    check_thresholds(values, "cohort", lines, source, ("cohorts", i, "assurance"))
     return values
 
 

@@ -56,7 +56,7 @@ class Actuator(Protocol):
 
 def settings_for(config: Config, record: Deployment) -> AssuranceSettings:
     """The config's thresholds with the deployment's own overrides (sent with its intent)."""
-    return AssuranceSettings.model_validate({**config.assurance.model_dump(), **(record.assurance_settings or {})})
+    return config.assurance.with_thresholds(record.assurance_settings)
 
 
 class AssuranceLoop:
