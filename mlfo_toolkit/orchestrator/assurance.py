@@ -197,23 +197,23 @@ def assess(observation: Observation) -> Assessment | None:
     word = "at most" if target.lower_is_better else "at least"
     if target.value is not None and target.reached(best):
         where = next(i + 1 for i, v in enumerate(observation.metric) if target.reached(v))
-        return Assessment("met", f"{metric} {_fmt(best)} reached {word} {target.value:g} at round {where}")
+        return Assessment("met", f"{metric} {fmt_metric(best)} reached {word} {target.value:g} at round {where}")
     out_of_rounds = target.deadline_rounds is not None and observation.round >= target.deadline_rounds
     out_of_time = target.deadline_seconds is not None and observation.seconds_left is not None and observation.seconds_left <= 0
     if target.value is not None and (out_of_rounds or out_of_time):
         by = f"{target.deadline_rounds} rounds" if out_of_rounds else f"{target.deadline_seconds:g} s"
-        return Assessment("missed", f"the deadline ({by}) passed with {metric} {_fmt(best)}, short of {target.value:g}")
+        return Assessment("missed", f"the deadline ({by}) passed with {metric} {fmt_metric(best)}, short of {target.value:g}")
     gain = observation.gain_per_round(settings.plateau_rounds)
     if target.value is not None and gain is not None and gain < settings.plateau_gain and best is not None and \
             not target.reached(best + (-1 if target.lower_is_better else 1) * settings.plateau_gain * (observation.rounds_left or 0)):
         # Stopped improving, and not even `plateau_gain` a round from here on would reach it in the rounds left.
-        return Assessment("missed", f"{metric} has stopped improving at {_fmt(best)} ({settings.plateau_rounds} rounds gained "
+        return Assessment("missed", f"{metric} has stopped improving at {fmt_metric(best)} ({settings.plateau_rounds} rounds gained "
                                     f"{gain * settings.plateau_rounds:.4f}), short of {target.value:g}")
     risks: dict[str, str] = {}
     if target.value is not None and best is not None and gain is not None and observation.rounds_left is not None:
         projected = best + (-1 if target.lower_is_better else 1) * gain * observation.rounds_left * 0.5
         if not target.reached(projected):
-            risks["pace"] = f"at this pace {metric} reaches about {_fmt(projected)} in the {observation.rounds_left} rounds left"
+            risks["pace"] = f"at this pace {metric} reaches about {fmt_metric(projected)} in the {observation.rounds_left} rounds left"
     if observation.lost:
         risks["lost"] = f"client{'s' if len(observation.lost) > 1 else ''} {', '.join(map(str, observation.lost))} lost"
     if target.max_round_seconds is not None and observation.round_seconds and observation.round_seconds[-1] > target.max_round_seconds:
@@ -224,10 +224,11 @@ def assess(observation: Observation) -> Assessment | None:
             risks["traffic"] = f"the run would move about {projected_mb:.0f} MB, over its budget of {target.max_traffic_mb:g} MB"
     if risks:
         return Assessment("at_risk", "; ".join(risks.values()), tuple(risks))
-    return Assessment("on_track", f"{metric} {_fmt(best)} after round {observation.round}" if best is not None else "no round yet")
+    return Assessment("on_track", f"{metric} {fmt_metric(best)} after round {observation.round}" if best is not None else "no round yet")
 
 
-def _fmt(value: float | None) -> str:
+def fmt_metric(value: float | None) -> str:
+    """A metric as decisions and reasons show it."""
     return "-" if value is None else f"{value:.4f}"
 
 

@@ -30,6 +30,7 @@ from mlfo_toolkit.orchestrator.assurance import (
     Target,
     assess,
     check_actions,
+    fmt_metric,
     load_policy,
 )
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
@@ -68,7 +69,7 @@ class AssuranceLoop:
         self.actuator = actuator
         self.metrics = metrics
         self._policies: dict[str, tuple[str, Policy]] = {}
-        self._traffic: dict[str, tuple[int, float, float]] = {}  # deployment -> (round, bytes, time) at its last round
+        self._traffic: dict[str, tuple[int, float]] = {}  # deployment -> (round, bytes) at its last round
         self._lock = threading.Lock()
 
     # --- one turn ---------------------------------------------------------------------------------
@@ -101,16 +102,7 @@ class AssuranceLoop:
                                     observed=observation.summary(),
                                     assessment={"state": assessment.state, "reason": assessment.reason} if assessment else None,
                                     rules=sorted({a.rule for a in actions if a.rule}), actions=results, error=error)
-            with self.table.edit(deployment_id) as live:
-                previous = live.decisions[-1] if live.decisions else None
-                if previous is not None and previous.outcome is None and previous.round < observation.round:
-                    previous.outcome = self._outcome(live, previous)  # what came of it: the round after it
-                if decision is not None:
-                    live.decisions.append(decision)
-                    _trim(live)
-                if assessment is not None:
-                    since = (live.assurance or {}).get("since") if not changed else time.time()
-                    live.assurance = {"state": assessment.state, "reason": assessment.reason, "since": since or time.time()}
+            self._record(deployment_id, observation.round, decision, assessment, changed)
             for result in results:
                 if result["status"] == "done":
                     self.metrics.actions.labels(result["kind"]).inc()
@@ -128,10 +120,8 @@ class AssuranceLoop:
             observation = self.observe(record, target, settings, "end")
             assessment = assess(observation)
             if assessment is not None and target.value is not None and assessment.state not in ("met", "missed"):
-                best = observation.best
-                shown = "-" if best is None else f"{best:.4f}"
-                assessment = Assessment("missed", f"the run ended after {observation.round} rounds with {target.metric} {shown}, "
-                                                  f"short of {target.value:g}")
+                assessment = Assessment("missed", f"the run ended after {observation.round} rounds with {target.metric} "
+                                                  f"{fmt_metric(observation.best)}, short of {target.value:g}")
             if assessment is None:
                 return None
             if (record.assurance or {}).get("state") == assessment.state:  # nothing new to record
@@ -139,17 +129,26 @@ class AssuranceLoop:
                 return f"target {assessment.state}: {assessment.reason}" if assessment.state in ("met", "missed") else None
             decision = Decision(at=time.time(), round=observation.round, trigger="end", policy=self._policy(record, settings)[0],
                                 observed=observation.summary(), assessment={"state": assessment.state, "reason": assessment.reason})
-            with self.table.edit(deployment_id) as live:
-                previous = live.decisions[-1] if live.decisions else None
-                if previous is not None and previous.outcome is None and previous.round < observation.round:
-                    previous.outcome = self._outcome(live, previous)
-                live.decisions.append(decision)
-                _trim(live)
-                live.assurance = {"state": assessment.state, "reason": assessment.reason, "since": time.time()}
+            self._record(deployment_id, observation.round, decision, assessment, changed=True)
             self.forget_unlocked(deployment_id)
             if assessment.state in ("met", "missed"):
                 return f"target {assessment.state}: {assessment.reason}"
             return None
+
+    def _record(self, deployment_id: str, round_: int, decision: Decision | None, assessment: Assessment | None,
+                changed: bool) -> None:
+        """Into the deployment's record: what came of the previous decision (the round after it), this
+        decision, and the assurance state (`since` kept while the state has not changed)."""
+        with self.table.edit(deployment_id) as live:
+            previous = live.decisions[-1] if live.decisions else None
+            if previous is not None and previous.outcome is None and previous.round < round_:
+                previous.outcome = self._outcome(live, previous)
+            if decision is not None:
+                live.decisions.append(decision)
+                _trim(live)
+            if assessment is not None:
+                since = (live.assurance or {}).get("since") if not changed else None
+                live.assurance = {"state": assessment.state, "reason": assessment.reason, "since": since or time.time()}
 
     # --- what the MLFO sees -------------------------------------------------------------------------
     def observe(self, record: Deployment, target: Target, settings: AssuranceSettings, trigger: str) -> Observation:
@@ -170,7 +169,7 @@ class AssuranceLoop:
         if done and (earlier is None or earlier[0] != done):
             if earlier is not None and seconds and total_bytes > earlier[1]:
                 measured = (total_bytes - earlier[1]) * 8 / max(seconds[-1], 1e-3) / 1e6
-            self._traffic[record.id] = (done, total_bytes, time.time())
+            self._traffic[record.id] = (done, total_bytes)
         return Observation(
             deployment=record.id, cohort=record.name, trigger=trigger, time=time.time(), round=done, rounds_total=rounds_total,
             target=target, metric=metric, accuracy=[float(r.accuracy) for r in rounds if r.accuracy is not None],

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, StorageError
@@ -49,27 +49,15 @@ class DeploymentWatch:
             self.finish(deployment_id, "failed", f"internal error in the MLFO while watching the run: {err}")
 
     def _turn(self, deployment_id: str, trigger: str) -> None:
-        """One turn of the closed loop; its failure is logged and never ends the watch."""
-        if self.loop is None:
-            return
-        try:
-            self.loop.step(deployment_id, trigger)
-        except StorageError:
-            raise
-        except Exception:
-            log.exception("the closed loop of deployment %s (%s)", deployment_id, trigger)
+        """One turn of the closed loop after a round or a lost client."""
+        loop = self.loop
+        if loop is not None:
+            _ask_loop(lambda: loop.step(deployment_id, trigger), deployment_id, trigger)
 
     def _conclude(self, deployment_id: str) -> str | None:
         """The closed loop's last word on a run that went all its rounds: its target met or missed."""
-        if self.loop is None:
-            return None
-        try:
-            return self.loop.conclude(deployment_id)
-        except StorageError:
-            raise
-        except Exception:
-            log.exception("the closed loop of deployment %s (end)", deployment_id)
-            return None
+        loop = self.loop
+        return _ask_loop(lambda: loop.conclude(deployment_id), deployment_id, "end") if loop is not None else None
 
     def _follow(self, deployment_id: str) -> None:
         cfg = self.config.mlfo
@@ -155,6 +143,20 @@ class DeploymentWatch:
             # A client restarted while the agents were asked keeps its new record.
             record.clients = [checked if checked.name == fresh.name else fresh for checked, fresh in zip(clients, record.clients)]
             return [c.part for c in record.clients if c.state == "lost" and c.part not in before]
+
+
+T = TypeVar("T")
+
+
+def _ask_loop(call: Callable[[], T], deployment_id: str, when: str) -> T | None:
+    """Ask the closed loop; its failure is logged and never ends the watch (a store it cannot write does)."""
+    try:
+        return call()
+    except StorageError:
+        raise
+    except Exception:
+        log.exception("the closed loop of deployment %s (%s)", deployment_id, when)
+        return None
 
 
 def _lost(client: ClientRecord, reason: str, error: str) -> None:
