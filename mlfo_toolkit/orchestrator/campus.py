@@ -215,8 +215,7 @@ class CampusMlfo:
                     self.control(deployment_id, {"exclude_nodes": [client.node_id]})
                 except MlfoError as err:  # the restart helps even so; the run waits out that node's replies
                     log.warning("deployment %s: could not exclude the lost SuperNode %s: %s", deployment_id, client.node_id, err.message)
-            with southbound(AgentClient, host, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as peer:
-                answer = peer.start_client(client_fields(record, part, record.server.server))
+            answer = self._start_client(host, record, part, record.server.server)
             with self.table.edit(deployment_id) as live:
                 entry = live.clients[part]
                 ended = live.ended
@@ -224,7 +223,7 @@ class CampusMlfo:
                     earlier = ClientRestart(restarted_at=requested, agent=entry.agent if host != entry.agent else None,
                                             node_id=entry.node_id, name=entry.name, pid=entry.pid, lost_at=entry.lost_at,
                                             lost_reason=entry.lost_reason, error=entry.error)
-                    entry.state, entry.name, entry.pid, entry.since = "running", _text(answer.get("client")), _number(answer.get("pid")), time.time()
+                    _started(entry, answer)
                     entry.agent, entry.node_id, entry.silent_since = host, None, None
                     entry.error = entry.lost_at = entry.lost_reason = None
                     entry.restarts.append(earlier)
@@ -248,11 +247,10 @@ class CampusMlfo:
         if client is None or client.state != "spare" or record.server is None:
             raise ConflictError(f"client part {part} of {deployment_id} is not a spare part of a running deployment")
         started = time.monotonic()
-        with southbound(AgentClient, client.agent, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as agent:
-            answer = agent.start_client(client_fields(record, part, record.server.server))
+        answer = self._start_client(client.agent, record, part, record.server.server)
         with self.table.edit(deployment_id) as live:
             entry = live.clients[part]
-            entry.state, entry.name, entry.pid, entry.since = "running", _text(answer.get("client")), _number(answer.get("pid")), time.time()
+            _started(entry, answer)
             entry.ready_seconds = round(time.monotonic() - started, 3)
         return {"part": part, "agent": client.agent}
 
@@ -357,9 +355,7 @@ class CampusMlfo:
         try:
             if self.queue.waiting:
                 # Others wait already: a newcomer queues behind them, it does not ask before they do.
-                self.queue.join(deployment_id)
-                queued_since = time.time()
-                self.metrics.queued.labels("campus").set(len(self.queue.waiting))
+                queued_since = self._enqueue(deployment_id)
             while True:
                 # Only the first of the queue asks the cloud again: the others keep their places.
                 if queued_since is None or self.queue.position(deployment_id) == 1:
@@ -368,9 +364,7 @@ class CampusMlfo:
                     except PoolBusyError as err:
                         busy = err.message
                         if queued_since is None:
-                            self.queue.join(deployment_id)
-                            queued_since = time.time()
-                            self.metrics.queued.labels("campus").set(len(self.queue.waiting))
+                            queued_since = self._enqueue(deployment_id)
                             log.info("deployment %s waits for a free FL server (%s)", deployment_id, busy)
                 waited = time.time() - queued_since
                 if waited >= self.config.mlfo.queue_wait_seconds:
@@ -386,6 +380,12 @@ class CampusMlfo:
                 with contextlib.suppress(StorageError, NotFoundError):
                     self.table.update(deployment_id, state="deploying", queue=None)
                 self._show_queue()
+
+    def _enqueue(self, deployment_id: str) -> float:
+        """Join the queue for a free FL server (CapacityError when it is full); when it joined."""
+        self.queue.join(deployment_id)
+        self.metrics.queued.labels("campus").set(len(self.queue.waiting))
+        return time.time()
 
     def _show_queue(self) -> None:
         """Each queued deployment's position and an estimate of its wait (from the runs that finished here)."""
@@ -424,16 +424,21 @@ class CampusMlfo:
                     raise
         raise AssertionError("unreachable")
 
+    def _start_client(self, host: str, record: Deployment, part: int, server: str) -> dict[str, Any]:
+        """Ask the agent on `host` to start client `part` of a deployment; it answers once the SuperNode is up."""
+        with southbound(AgentClient, host, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as agent:
+            return agent.start_client(client_fields(record, part, server))
+
     def _start_clients(self, record: Deployment, server: str, started: float) -> None:
         """Start the cohort's clients through a machine-wide pool; record when each one was up.
 
         A client is recorded `starting` (in the store) before its agent is asked, so that a campus killed
         meanwhile knows, after its restart, to stop it."""
-        timeout = max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)
         cap = (record.target or {}).get("max_clients")
 
         def start_one(client: ClientRecord) -> None:
             changes: dict[str, Any]
+            answer: dict[str, Any] | None = None
             with self._start_slots:
                 if cap is not None and client.part >= cap:
                     changes = {"state": "spare"}  # beyond the intent's cap: its host waits for the closed loop
@@ -443,14 +448,14 @@ class CampusMlfo:
                     with self.table.edit(record.id) as live:
                         live.clients[client.part].state = "starting"
                     try:
-                        with southbound(AgentClient, client.agent, self.config, timeout=timeout) as agent:
-                            answer = agent.start_client(client_fields(record, client.part, server))
-                        changes = {"state": "running", "name": _text(answer.get("client")), "pid": _number(answer.get("pid")),
-                                   "since": time.time(), "ready_seconds": round(time.monotonic() - started, 3)}
+                        answer = self._start_client(client.agent, record, client.part, server)
+                        changes = {"ready_seconds": round(time.monotonic() - started, 3)}
                     except MlfoError as err:
                         changes = {"state": "failed", "error": err.message}
             with self.table.edit(record.id) as live:
                 entry = live.clients[client.part]
+                if answer is not None:
+                    _started(entry, answer)
                 for key, value in changes.items():
                     setattr(entry, key, value)
 
@@ -558,6 +563,11 @@ def client_fields(record: Deployment, part: int, server: str) -> dict[str, Any]:
     return {"source": record.pipeline["source"], "model": record.pipeline["model"], "server": server,
             "cohsize": record.params.cohortsize, "part": part, "deployment": record.id, "cohort": record.name,
             "seed": record.params.seed}
+
+
+def _started(entry: ClientRecord, answer: dict[str, Any]) -> None:
+    """A client record as its agent's answer to /cli leaves it: running, with its name and SuperNode's PID."""
+    entry.state, entry.name, entry.pid, entry.since = "running", _text(answer.get("client")), _number(answer.get("pid")), time.time()
 
 
 def _text(value: Any) -> str | None:
