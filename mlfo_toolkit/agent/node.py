@@ -344,7 +344,7 @@ class NodeAgent:
                 "seed": self.config.fl.seed if params.seed is None else params.seed,
                 "data-dir": str(self.config.fl.data_dir.resolve()),
                 "metrics-file": str(metrics_file),
-                "control-file": str(metrics_file.with_name("control.json")),
+                "control-file": str(server.control_file),
                 "round-timeout": params.roundtimeout or self.config.fl.round_timeout,
                 "server-poll-seconds": self.config.fl.server_poll_seconds,
             }
