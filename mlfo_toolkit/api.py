@@ -118,10 +118,8 @@ def demo(config: Config | None = None, *, cohorts: int | None = None, clients: i
     with LoopbackBackend(cfg, run_dir, servers=servers, clients=clients_total) as backend:
         sent = post_cohorts(shaped, backend.config, backend.campus)
         follow_deployments(sent, backend.config, backend.campus, timeout=timeout, progress=progress, poll_seconds=0.5)
-        # With `mlfo monitor up` running, stay up for one more scrape: the final round reaches Prometheus.
-        linger = monitoring.scraping_seconds(cfg)
-        if linger:
-            time.sleep(linger + 0.5)
+        # With `mlfo monitor up` running, stay up until Prometheus scraped once more: the final round reaches it.
+        monitoring.wait_for_final_scrape(cfg, time.time())
     summary = _run_summary(sent, run_dir, {"cohort_file": cohort_path}, cfg.fl.seed, started)
     raise_for_failures(sent)
     return RunResult.from_summary(summary)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +147,31 @@ def scraping_seconds(config: Config) -> float:
     value = config.monitor.scrape_interval
     number = float(value.rstrip("ms"))
     return number / 1000 if value.endswith("ms") else number * 60 if value.endswith("m") else number
+
+
+def wait_for_final_scrape(config: Config, since: float) -> None:
+    """With `mlfo monitor up` running: wait until Prometheus has scraped every target once after `since`
+    (the run's end), so that its last values (the final round) are kept; at most three scrape intervals.
+    A fixed wait of one interval missed the final round now and then on a loaded machine."""
+    interval = scraping_seconds(config)
+    if not interval:
+        return
+    url = f"http://{LOOPBACK}:{config.monitor.prometheus_port}/api/v1/targets"
+    deadline = time.monotonic() + 3 * interval + 0.5
+    while time.monotonic() < deadline:
+        try:
+            targets = requests.get(url, params={"state": "active"}, timeout=2).json()["data"]["activeTargets"]
+            if targets and all(_epoch(t["lastScrape"]) > since for t in targets):
+                return
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(min(0.2, interval))
+
+
+def _epoch(rfc3339: str) -> float:
+    """Prometheus's `2026-12-01T21:07:19.123456789Z` as seconds since the epoch (nanoseconds cut to micro)."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", rfc3339).replace("Z", "+00:00")
+    return datetime.fromisoformat(text).timestamp()
 
 
 def monitor_up(config: Config) -> dict[str, Any]:
