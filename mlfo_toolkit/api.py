@@ -13,6 +13,7 @@ exits with.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from mlfo_toolkit.config import Config, load_config
 from mlfo_toolkit.errors import AuthError
 from mlfo_toolkit.experiments.runner import execute, plan_summary
 from mlfo_toolkit.experiments.spec import load_experiment
+from mlfo_toolkit.fl.userapps import APP_PREFIX, read_app
 from mlfo_toolkit.http.schema import openapi_schema
 from mlfo_toolkit.http.service import run_agent, run_exporter, run_mlfo
 from mlfo_toolkit.meters.controllers import resolve_controller
@@ -102,15 +104,29 @@ def _run_summary(sent: list[Any], run_dir: Path, inputs: dict[str, Path | None],
 
 
 # --- intents and deployments --------------------------------------------------------------------
+def _use_app(config: Config, app_dir: Path, work_dir: Path) -> Config:
+    """`config` with the Flower app in `app_dir` registered (named after its folder) and run by every operand
+    of the catalog (a copy written into `work_dir`)."""
+    source = app_dir.resolve()
+    read_app(source)  # not a Flower app: say so now, not from inside an agent
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", source.name).lstrip("-_.")[:64] or "app"
+    catalog = Catalog.load(config.mlfo.catalog).with_model(f"{APP_PREFIX}{name}", work_dir / "catalog.yaml")
+    apps = {**{k: v.model_dump() for k, v in config.fl.apps.items()}, name: {"path": str(source)}}
+    return config.with_overrides({"fl.apps": apps, "mlfo.catalog": str(catalog)})
+
+
 def demo(config: Config | None = None, *, cohorts: int | None = None, clients: int | None = None, rounds: int | None = None,
-         cohort_file: Path | None = None, timeout: float = 900.0, progress: Progress | None = None) -> RunResult:
+         cohort_file: Path | None = None, timeout: float = 900.0, progress: Progress | None = None,
+         app: Path | None = None) -> RunResult:
     """The whole chain on loopback (MLFOs, agents, Flower), no root; raises DeploymentFailed if a cohort failed
-    (the run folder is written first)."""
+    (the run folder is written first). `app`: a Flower app's folder, trained instead of mlfo's own model."""
     cfg = _config(config)
     progress = progress or quiet
     cohort_path = cohort_file or resource_path("intents/cohorts.yaml")
     shaped = shape_cohorts(load_cohort_file(cohort_path, cfg), cohorts, clients, rounds)
     run_dir = new_run_dir(Path(cfg.paths.runs_dir), "demo")
+    if app is not None:
+        cfg = _use_app(cfg, app, run_dir)
     started = time.monotonic()
     servers = sum(1 for c in shaped.cohorts if not c.sameserver)
     clients_total = sum(c.size for c in shaped.cohorts)
@@ -120,7 +136,8 @@ def demo(config: Config | None = None, *, cohorts: int | None = None, clients: i
         follow_deployments(sent, backend.config, backend.campus, timeout=timeout, progress=progress, poll_seconds=0.5)
         # With `mlfo monitor up` running, stay up until Prometheus scraped once more: the final round reaches it.
         monitoring.wait_for_final_scrape(cfg, time.time())
-    summary = _run_summary(sent, run_dir, {"cohort_file": cohort_path}, cfg.fl.seed, started)
+    summary = _run_summary(sent, run_dir, {"cohort_file": cohort_path, **({"app": app / "pyproject.toml"} if app else {})}, cfg.fl.seed,
+                           started)
     raise_for_failures(sent)
     return RunResult.from_summary(summary)
 

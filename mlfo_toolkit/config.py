@@ -17,6 +17,9 @@ from mlfo_toolkit.util.yamlfiles import strict_load
 ENV_PREFIX = "MLFO_"
 ENV_CONFIG_FILE = "MLFO_CONFIG"
 DEFAULT_CONFIG_FILE = "mlfo.yaml"
+# Metric names under which Flower apps usually report accuracy and loss (Flower's examples and templates).
+DEFAULT_ACCURACY_KEYS = ("accuracy", "acc", "eval_acc", "eval_accuracy", "test_accuracy", "val_accuracy")
+DEFAULT_LOSS_KEYS = ("loss", "eval_loss", "test_loss", "val_loss")
 
 
 class _Section(BaseModel):
@@ -93,6 +96,29 @@ class AgentSettings(_Section):
     fl_server_port: int = Field(6000, ge=0, le=65535, description="Flower SuperLink port")
 
 
+class FlowerApp(_Section):
+    """A researcher's own Flower app, run as a pipeline's model (`model: app:NAME` in the catalog)."""
+
+    path: Path = Field(description="the app's folder (its pyproject.toml has [tool.flwr.app.components])")
+    isolation: Literal["shared", "subprocess"] | None = Field(
+        None,
+        description="shared: the executor forks each task (fast; for NumPy/scikit-learn apps); subprocess: a "
+        "fresh process per message (for PyTorch, TensorFlow or JAX, whose threads do not survive a fork); "
+        "unset: fl.isolation",
+    )
+    run_config: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="fixed run-config values for the app (the intent's settings win)"
+    )
+    accuracy_keys: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ACCURACY_KEYS),
+        description="metric names read as a round's accuracy, first found wins (server-side evaluation first)",
+    )
+    loss_keys: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LOSS_KEYS),
+        description="metric names read as a round's loss",
+    )
+
+
 class FlSettings(_Section):
     """Defaults of a federated-learning run; cohort files override them per cohort."""
 
@@ -119,6 +145,9 @@ class FlSettings(_Section):
     )
     server_poll_seconds: float = Field(
         0.25, ge=0, description="how often the ServerApp pulls replies (Flower's own loop: 3 s; 0 uses Flower's)"
+    )
+    apps: dict[str, FlowerApp] = Field(
+        default_factory=dict, description="researchers' own Flower apps by name; a catalog entry runs one with model: app:NAME"
     )
 
 

@@ -17,13 +17,14 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlfo_toolkit.config import Config
+from mlfo_toolkit.config import Config, FlowerApp
 from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, ValidationError
 from mlfo_toolkit.fl.control import RunControl, update_control
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.executor import Registration, SpawnedSuperNode, register, start_executor, unregister
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.fl.userapps import app_name, app_run_config, check_model_form, is_app, prepare_app
 from mlfo_toolkit.monitoring.metrics import FlowTraffic, process_tree
 from mlfo_toolkit.monitoring.sockets import ByteTotals, TcpConnection, tcp_connections
 from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
@@ -128,11 +129,18 @@ def reachable_host(bind: str) -> str:
     return "127.0.0.1" if bind in ("0.0.0.0", "") else bind
 
 
-def _check_pipeline(source: str, model: str) -> None:
+def _check_pipeline(source: str, model: str, apps: dict[str, FlowerApp]) -> FlowerApp | None:
+    """The registered Flower app the model names (None for a built-in model); ValidationError naming the field."""
     if source not in LOADERS:
         raise ValidationError(f"unknown dataset '{source}'", field="source", hint=f"known: {', '.join(LOADERS)}")
-    if model not in MODEL_KINDS:
-        raise ValidationError(f"unknown model '{model}'", field="model", hint=f"known: {', '.join(MODEL_KINDS)}")
+    check_model_form(model, MODEL_KINDS)
+    if not is_app(model):
+        return None
+    name = app_name(model)
+    if name not in apps:
+        raise ValidationError(f"no Flower app '{name}' is registered on this agent", field="model",
+                              hint=f"registered: {', '.join(apps) or 'none'}; add it under fl.apps in the agent's config")
+    return apps[name]
 
 
 def _last_number(work_dir: Path, prefix: str) -> int:
@@ -273,7 +281,7 @@ class NodeAgent:
     def start_server(self, params: ServerStartParams) -> dict[str, Any]:
         """Start a SuperLink and submit the FL run; answer the address clients connect to."""
         params.algo = canonical_strategy(params.algo, "algo")
-        _check_pipeline(params.source, params.model)
+        app = _check_pipeline(params.source, params.model, self.config.fl.apps)
         with self._lock:
             if self.server is not None:
                 current = self.server.status()
@@ -326,33 +334,16 @@ class NodeAgent:
             self.server = server
             try:
                 wait_for_port(connect, port, SUPERLINK_START_SECONDS, superlink)
-            except MlfoError:
+                app_dir, overrides = self._run_config(params, app, run_dir, metrics_file, server.control_file)
+            except (MlfoError, OSError):  # a SuperLink that never got its run is no server to hand out
                 server.stop()
                 self.server = None
                 raise
-            overrides = {
-                "strategy": params.algo,
-                "num-rounds": params.numround,
-                "fraction-fit": params.fracfit,
-                "min-fit": params.minfit,
-                "min-available": params.minav,
-                "source": params.source,
-                "model": params.model,
-                "local-epochs": self.config.fl.local_epochs,
-                "learning-rate": self.config.fl.learning_rate,
-                "batch-size": self.config.fl.batch_size,
-                "seed": self.config.fl.seed if params.seed is None else params.seed,
-                "data-dir": str(self.config.fl.data_dir.resolve()),
-                "metrics-file": str(metrics_file),
-                "control-file": str(server.control_file),
-                "round-timeout": params.roundtimeout or self.config.fl.round_timeout,
-                "server-poll-seconds": self.config.fl.server_poll_seconds,
-            }
             run_config = run_dir / "run-config.toml"
             run_config.write_text(tomli_w.dumps(overrides))
             server.submitter = ManagedProcess(
                 "flwr run",
-                [find_tool("flwr"), "run", str(self.app_dir), FEDERATION, "--run-config", str(run_config), "--stream"],
+                [find_tool("flwr"), "run", str(app_dir), FEDERATION, "--run-config", str(run_config), "--stream"],
                 log_path=run_dir / "flwr-run.log",
                 env=env,
                 cwd=run_dir,
@@ -360,6 +351,47 @@ class NodeAgent:
             )
             log.info("FL server %s started for deployment '%s'", server.address, params.deployment)
             return {"server": server.address, "deployment": params.deployment, "pid": superlink.pid}
+
+    def _run_config(self, params: ServerStartParams, app: FlowerApp | None, run_dir: Path, metrics_file: Path,
+                    control_file: Path) -> tuple[Path, dict[str, Any]]:
+        """The app folder to submit and its run-config overrides: mlfo's own app, or a registered one behind mlfo's host."""
+        fl = self.config.fl
+        seed = fl.seed if params.seed is None else params.seed
+        timeout = params.roundtimeout or fl.round_timeout
+        if app is not None:
+            app_dir, own = prepare_app(app.path.resolve(), run_dir / "app")
+            settings = {"rounds": params.numround, "fraction_fit": params.fracfit, "min_fit": params.minfit,
+                        "min_available": params.minav, "local_epochs": fl.local_epochs, "learning_rate": fl.learning_rate,
+                        "batch_size": fl.batch_size, "seed": seed, "strategy": params.algo}
+            return app_dir, {
+                **app_run_config(own, settings, app.run_config),
+                "mlfo-metrics-file": str(metrics_file),
+                "mlfo-control-file": str(control_file),
+                "mlfo-num-rounds": params.numround,
+                "mlfo-min-available": params.minav,
+                "mlfo-round-timeout": float(timeout),
+                "mlfo-server-poll-seconds": fl.server_poll_seconds,
+                "mlfo-accuracy-keys": ",".join(app.accuracy_keys),
+                "mlfo-loss-keys": ",".join(app.loss_keys),
+            }
+        return self.app_dir, {
+                "strategy": params.algo,
+                "num-rounds": params.numround,
+                "fraction-fit": params.fracfit,
+                "min-fit": params.minfit,
+                "min-available": params.minav,
+                "source": params.source,
+                "model": params.model,
+                "local-epochs": fl.local_epochs,
+                "learning-rate": fl.learning_rate,
+                "batch-size": fl.batch_size,
+                "seed": seed,
+                "data-dir": str(fl.data_dir.resolve()),
+                "metrics-file": str(metrics_file),
+                "control-file": str(control_file),
+                "round-timeout": timeout,
+                "server-poll-seconds": fl.server_poll_seconds,
+            }
 
     # --- FL client ---------------------------------------------------------------------------
     def registration_dir(self) -> Path:
@@ -379,13 +411,13 @@ class NodeAgent:
         Answers once the SuperNode is up (its Runtime API listens), so a caller that limits how many
         starts run at once really limits how many Python processes start at once.
         """
-        _check_pipeline(params.source, params.model)
+        app = _check_pipeline(params.source, params.model, self.config.fl.apps)
         if params.part >= params.cohsize:
             raise ValidationError(f"part {params.part} must be below cohsize {params.cohsize}", field="part")
         partitioning = params.partitioning or self.config.fl.partitioning
         if partitioning not in ("iid", "dirichlet"):
             raise ValidationError(f"unknown partitioning '{partitioning}'", field="partitioning", hint="iid or dirichlet")
-        shared = self.config.fl.isolation == "shared"
+        shared = ((app.isolation if app is not None else None) or self.config.fl.isolation) == "shared"
         requested = time.time()
         with self._lock:
             active = [c for c in self.clients if c.process.running()]

@@ -20,9 +20,12 @@ if TYPE_CHECKING:
 @click.option("--rounds", type=click.IntRange(1, 1000), help="FL rounds per cohort (default: as in the cohort file, 5).")
 @click.option("--cohort-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Cohort file to run (default: intents/cohorts.yaml).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=900, show_default=True, help="Seconds to wait for the FL runs.")
+@click.option("--app", "app", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A Flower app's folder (pyproject.toml with [tool.flwr.app]) to train instead of mlfo's own model.")
 @json_option("Print one JSON object (cohorts, accuracy and loss per round, run_dir).")
 @pass_config
-def demo(cfg: Config, cohorts: int | None, clients: int | None, rounds: int | None, cohort_file: Path | None, timeout: float, as_json: bool) -> None:
+def demo(cfg: Config, cohorts: int | None, clients: int | None, rounds: int | None, cohort_file: Path | None, timeout: float, app: Path | None,
+         as_json: bool) -> None:
     """Run the whole chain on loopback, no root: intents in, trained Flower models out.
 
     Starts a cloud MLFO, a campus MLFO and one node agent per FL server and client (each on
@@ -35,7 +38,7 @@ def demo(cfg: Config, cohorts: int | None, clients: int | None, rounds: int | No
 
     with DeployProgress(enabled=not as_json) as progress:
         result = api.demo(cfg, cohort_file=cohort_file, cohorts=cohorts, clients=clients, rounds=rounds,
-                          timeout=timeout, progress=progress)
+                          timeout=timeout, progress=progress, app=app)
     if as_json:
         echo_json(result.to_dict())
     else:

@@ -21,7 +21,7 @@ server_app = ServerApp()
 client_app = ClientApp()
 
 
-def _append_event(path: str, event: dict[str, Any]) -> None:
+def append_event(path: str, event: dict[str, Any]) -> None:
     """One JSON line per event in the metrics file that the node agent reads."""
     if not path:
         return
@@ -62,14 +62,14 @@ def server_main(grid: Grid, context: Context) -> None:
             loss, accuracy = models.evaluate(arrays.to_numpy_ndarrays(), dataset.x_test, dataset.y_test)
             anatomy = clock.summary(server_round, started, time.time())
             extra = {"settings": settings} if settings else {}
-            _append_event(
+            append_event(
                 metrics_file,
                 {"event": "round", "round": server_round, "loss": loss, "accuracy": accuracy, **anatomy, **extra},
             )
             return MetricRecord({"loss": loss, "accuracy": accuracy})
 
-        _append_event(metrics_file, {"event": "started", "rounds": int(cfg["num-rounds"])})
-        _wait_for_nodes(grid, int(cfg["min-available"]), float(cfg["round-timeout"]), metrics_file)
+        append_event(metrics_file, {"event": "started", "rounds": int(cfg["num-rounds"])})
+        wait_for_nodes(grid, int(cfg["min-available"]), float(cfg["round-timeout"]), metrics_file)
         train_config = ConfigRecord({
             "local-epochs": int(cfg["local-epochs"]),
             "learning-rate": float(cfg["learning-rate"]),
@@ -78,9 +78,9 @@ def server_main(grid: Grid, context: Context) -> None:
         reason = run_rounds(strategy, clock, control, ArrayRecord(initial), int(cfg["num-rounds"]), float(cfg["round-timeout"]),
                             train_config, evaluate)
     except Exception as err:
-        _append_event(metrics_file, {"event": "failed", "reason": f"{type(err).__name__}: {err}"})
+        append_event(metrics_file, {"event": "failed", "reason": f"{type(err).__name__}: {err}"})
         raise
-    _append_event(metrics_file, {"event": "finished", "reason": reason})
+    append_event(metrics_file, {"event": "finished", "reason": reason})
 
 
 def run_rounds(strategy: Any, clock: RoundClock, control: RunControl, arrays: ArrayRecord, num_rounds: int, timeout: float,
@@ -117,7 +117,7 @@ def apply_settings(strategy: Any, settings: Settings) -> dict[str, Any]:
             "min_available": getattr(strategy, "min_available_nodes", None), "excluded_nodes": len(settings.exclude_nodes)}
 
 
-def _wait_for_nodes(grid: Grid, wanted: int, timeout: float, metrics_file: str) -> None:
+def wait_for_nodes(grid: Grid, wanted: int, timeout: float, metrics_file: str) -> None:
     """Wait until `wanted` SuperNodes are connected before round 1.
 
     Flower's strategies size the sample from the nodes connected when a round starts, so a run that
@@ -128,7 +128,7 @@ def _wait_for_nodes(grid: Grid, wanted: int, timeout: float, metrics_file: str) 
     while connected < wanted and time.time() - started < timeout:
         time.sleep(0.5)
         connected = len(list(grid.get_node_ids()))
-    _append_event(metrics_file, {"event": "nodes", "connected": connected, "waited": round(time.time() - started, 3)})
+    append_event(metrics_file, {"event": "nodes", "connected": connected, "waited": round(time.time() - started, 3)})
 
 
 def _local_data(context: Context) -> tuple[data.Dataset, np.ndarray]:

@@ -40,6 +40,7 @@ import psutil
 import setproctitle
 
 from mlfo_toolkit.errors import UnreachableError
+from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_START
 from mlfo_toolkit.fl.data import load_dataset
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, namespace_inode, setns
@@ -469,6 +470,28 @@ def _run_supernode(served: _Served) -> int:
     return 0
 
 
+def _time_training() -> None:
+    """In the forked child: note when a train message's ClientApp call began and ended in the reply's
+    metrics (`train-start`, `train-end`), as mlfo's own app does, so the round anatomy of an app mlfo did
+    not write has its receive, train and upload phases. Only when the reply carries exactly one
+    MetricRecord without them; its other keys are untouched."""
+    from flwr.clientapp import ClientApp
+
+    call = ClientApp.__call__
+
+    def timed(app: Any, message: Any, context: Any) -> Any:
+        started = time.time()
+        reply = call(app, message, context)
+        ended = time.time()
+        if str(message.metadata.message_type).split(".")[0] == "train" and not reply.has_error():
+            records = list(reply.content.metric_records.values())
+            if len(records) == 1 and TRAIN_START not in records[0]:
+                records[0][TRAIN_START], records[0][TRAIN_END] = started, ended
+        return reply
+
+    ClientApp.__call__ = timed  # type: ignore[method-assign,assignment]
+
+
 def _run_task(served: _Served, token: str) -> int:
     """In the forked child: become part of the SuperNode's host, then run Flower's ClientApp runtime."""
     registration = served.registration
@@ -481,6 +504,7 @@ def _run_task(served: _Served, token: str) -> int:
           f"cpu cgroup {cpu_cgroup('self') or '(the executor s own)'}", flush=True)
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+    _time_training()
     try:
         run_clientapp(runtime_api_address=registration.runtime, token=token, insecure=True)
     except SystemExit as done:

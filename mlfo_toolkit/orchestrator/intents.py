@@ -14,6 +14,7 @@ from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.fl.userapps import check_model_form
 from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
 from mlfo_toolkit.util.resources import resource_path
@@ -235,16 +236,24 @@ class Catalog:
         data, lines = load_yaml(read_input(path, "the operand catalog"), str(path))
         spec = validate(CatalogFile, data, lines, str(path))
         for operand, entry in spec.operands.items():
-            for key, value, known in (("source", entry.source, tuple(LOADERS)), ("model", entry.model, MODEL_KINDS)):
-                if value not in known:
-                    raise ValidationError(
-                        f"unknown {'dataset' if key == 'source' else 'model'} '{value}'",
-                        field=f"operands.{operand}.{key}",
-                        line=lines.get(("operands", operand, key)),
-                        source=str(path),
-                        hint=f"known: {', '.join(known)}",
-                    )
+            if entry.source not in LOADERS:
+                raise ValidationError(f"unknown dataset '{entry.source}'", field=f"operands.{operand}.source",
+                                      line=lines.get(("operands", operand, "source")), source=str(path),
+                                      hint=f"known: {', '.join(LOADERS)}")
+            try:
+                check_model_form(entry.model, MODEL_KINDS, f"operands.{operand}.model")
+            except ValidationError as err:
+                raise ValidationError(err.reason, field=err.field, line=lines.get(("operands", operand, "model")),
+                                      source=str(path), hint=err.hint) from None
         return cls(spec, str(path))
+
+    def with_model(self, model: str, path: Path) -> Path:
+        """Write this catalog to `path` with every operand's model set to `model` (`mlfo demo --app`)."""
+        spec = self.spec.model_copy(deep=True)
+        for entry in spec.operands.values():
+            entry.model = model
+        path.write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
+        return path
 
     @property
     def operands(self) -> list[str]:
@@ -288,9 +297,13 @@ class MomoConstraints(BaseModel):
     @field_validator("sourcekind", "modelkind")
     @classmethod
     def _known_kind(cls, value: str, info: ValidationInfo) -> str:
-        what, known = ("dataset", LOADERS) if info.field_name == "sourcekind" else ("model", MODEL_KINDS)
-        if value not in known:
-            raise ValueError(f"unknown {what} '{value[:64]}' (known: {', '.join(known)})")
+        if info.field_name == "modelkind":
+            try:
+                check_model_form(value, MODEL_KINDS, "modelkind")
+            except ValidationError as err:
+                raise ValueError(f"{err.reason} ({err.hint})") from None
+        elif value not in LOADERS:
+            raise ValueError(f"unknown dataset '{value[:64]}' (known: {', '.join(LOADERS)})")
         return value
 
 

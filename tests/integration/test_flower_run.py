@@ -14,7 +14,7 @@ from mlfo_toolkit.agent.node import NodeAgent
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.http.routes import agent_app
 from mlfo_toolkit.http.server import HttpServer
-from tests.helpers import processes_under
+from tests.helpers import REPO, processes_under
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
@@ -36,6 +36,28 @@ def test_demo_json_trains_and_cleans_up(workdir: Path) -> None:
     run_dir = workdir / summary["run_dir"]
     assert (run_dir / "run.json").is_file()
     assert (run_dir / "accuracy-loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert processes_under(workdir) == []
+
+
+def test_demo_runs_a_researchers_own_flower_app_unchanged(workdir: Path) -> None:
+    example = REPO / "examples" / "sklearn-digits"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in example.rglob("*") if "__pycache__" not in p.parts)
+    out = subprocess.run(
+        [sys.executable, "-m", "mlfo_toolkit", "demo", "--json", "--app", str(example), "--cohorts", "1", "--clients", "3",
+         "--rounds", "3"],
+        capture_output=True, text=True, timeout=400, cwd=workdir,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (cohort,) = json.loads(out.stdout)["cohorts"]
+    # The app's own server-side evaluation, read under its own metric names, round by round.
+    assert len(cohort["accuracy"]) == 3 and cohort["accuracy"][-1] >= 0.85
+    assert cohort["accuracy"][-1] > cohort["accuracy"][0] and cohort["loss"][-1] < cohort["loss"][0]
+    # The intent's fraction_fit (0.5 of 3) reached the app's fraction-train; every sampled client answered.
+    assert cohort["sampled"] == [2, 2, 2] and cohort["results"] == [2, 2, 2]
+    for phases, seconds in zip(cohort["phases"], cohort["round_seconds"]):
+        assert phases["train"] > 0 and phases["receive"] > 0  # timed by the executor around the app's ClientApp
+        assert sum(phases.values()) == pytest.approx(seconds, abs=0.05)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in example.rglob("*") if "__pycache__" not in p.parts) == before
     assert processes_under(workdir) == []
 
 

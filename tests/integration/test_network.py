@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 MODEL_BYTES = (64 * 64 + 64 + 64 * 10 + 10) * 8  # the 'complex' model of the welding intent, float64
 ROUNDS = 2
 LOST_AFTER = 4
+APP = "sklearn-digits"
 
 
 def mlfo(env: dict[str, str], cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -57,6 +58,12 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     # An agent silent for 4 s is lost (10 s by default): the kill tests wait for it, and that wait is not what they test.
     env |= {"MLFO_PATHS__STATE_DIR": str(workdir / "state"), "MLFO_PATHS__RUNS_DIR": str(workdir / "runs"),
             "MLFO_MLFO__LOST_AFTER_SECONDS": str(LOST_AFTER)}
+    # The shipped catalog plus an operand trained by the example Flower app, registered on every agent.
+    catalog = yaml.safe_load((REPO / "intents" / "catalog.yaml").read_text())
+    catalog["operands"]["robots.digits.accuracy"] = {"source": "handmnist", "model": f"app:{APP}"}
+    (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    env |= {"MLFO_MLFO__CATALOG": str(workdir / "catalog.yaml"),
+            "MLFO_FL__APPS": json.dumps({APP: {"path": str(REPO / "examples" / APP)}})}
     started = mlfo(env, workdir, "topo", "up", "--topology", "small", "--param", f"publish_port={port}", "--detach")
     assert started.returncode == 0, started.stderr
     state = json.loads((workdir / "state" / "network.json").read_text())
@@ -202,6 +209,28 @@ def test_fl_runs_across_the_network(network: dict[str, Any]) -> None:
     grown = {name: interface_bytes(pid, f"{name}-eth0") - before[name] for name, pid in servers.items()}
     # each round the server sends the model to 3 clients and receives 3 back
     assert all(g >= ROUNDS * MODEL_BYTES for g in grown.values()), grown
+
+
+def test_a_researchers_flower_app_runs_across_the_network(network: dict[str, Any]) -> None:
+    workdir = network["workdir"]
+    intent = yaml.safe_load((REPO / "intents" / "welding.yaml").read_text())
+    intent["intentID"], intent["targets"][0]["operand"] = "digits01", "robots.digits.accuracy"
+    (workdir / "digits.yaml").write_text(yaml.safe_dump(intent))
+    cohorts = yaml.safe_load((REPO / "intents" / "cohorts-small.yaml").read_text())
+    cohorts["defaults"]["rounds"] = ROUNDS
+    cohorts["cohorts"] = [{**cohorts["cohorts"][0], "name": "digits-app", "intent": "digits.yaml"}]
+    (workdir / "cohorts-app.yaml").write_text(yaml.safe_dump(cohorts))
+    result = mlfo(network["env"], workdir, "intent", "send", str(workdir / "cohorts-app.yaml"), "--mlfo",
+                  f"127.0.0.1:{network['port']}", "--wait", "--json", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (cohort,) = json.loads(result.stdout)["cohorts"]
+    assert cohort["state"] == "done" and len(cohort["accuracy"]) == ROUNDS
+    assert cohort["accuracy"][-1] > 0.85 and cohort["results"] == [3] * ROUNDS
+    assert all(p["train"] > 0 for p in cohort["phases"])
+    # The FL server in its host ran the app's copy behind mlfo's host; the app's own ServerApp printed its result.
+    (copy,) = [p for p in (workdir / "state" / "nodes").rglob("server-*/app/pyproject.toml")]
+    assert "mlfo_toolkit.fl.hosted:server_app" in copy.read_text()
+    assert "final accuracy:" in (copy.parent.parent / "flwr-run.log").read_text()
 
 
 def run_in_network(network: dict[str, Any], name: str, experiment: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], Path]:

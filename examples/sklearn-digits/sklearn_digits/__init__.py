@@ -1,0 +1,1 @@
+"""sklearn-digits: a Flower app with scikit-learn."""
