@@ -25,6 +25,7 @@ from mlfo_toolkit.config import Config, load_config
 from mlfo_toolkit.errors import AuthError
 from mlfo_toolkit.experiments.runner import execute, plan_summary
 from mlfo_toolkit.experiments.spec import load_experiment
+from mlfo_toolkit.fl import fetch
 from mlfo_toolkit.fl.userapps import APP_PREFIX, read_app
 from mlfo_toolkit.http.schema import openapi_schema
 from mlfo_toolkit.http.service import run_agent, run_exporter, run_mlfo
@@ -49,6 +50,7 @@ from mlfo_toolkit.results import (
     ApiSchema,
     ClientRestarted,
     CohortResult,
+    DataResult,
     DeploymentStatus,
     DeploymentStopped,
     ExecResult,
@@ -75,11 +77,11 @@ from mlfo_toolkit.util.resources import resource_path
 
 __all__ = [
     # results
-    "ApiSchema", "ClientRestarted", "CohortResult", "DeploymentStatus", "DeploymentStopped", "ExecResult", "ExperimentPlan", "ExperimentResult",
+    "ApiSchema", "ClientRestarted", "CohortResult", "DataResult", "DeploymentStatus", "DeploymentStopped", "ExecResult", "ExperimentPlan", "ExperimentResult",
     "ImageResult", "InitResult", "IntentCheck", "MeterResult", "MonitorConfig", "MonitorResult", "NetworkResult", "PingResult",
     "PlanResult", "Progress", "ReportResult", "Result", "RunResult", "SentCohorts",
     # functions
-    "api_schema", "demo", "deployment_status", "image_build", "init", "load_config", "meter_clear", "meter_set", "meter_show", "meter_verify",
+    "api_schema", "data_get", "data_import", "data_list", "demo", "deployment_status", "image_build", "init", "load_config", "meter_clear", "meter_set", "meter_show", "meter_verify",
     "monitor_config", "monitor_down", "monitor_up", "plan", "plan_experiment", "report", "restart_client", "run_experiment",
     "send_cohorts", "serve_agent", "serve_exporter", "serve_mlfo", "stop_deployment", "topo_down", "topo_exec", "topo_ping",
     "topo_show", "topo_status", "topo_up", "validate_intent", "wait",
@@ -402,3 +404,27 @@ def run_experiment(path: Path, config: Config | None = None, *, out_dir: Path | 
     folder = out_dir or Path(cfg.paths.runs_dir) / "experiments" / experiment.name
     index = execute(experiment, cfg, folder, progress=progress or quiet)
     return ExperimentResult(experiment.name, folder, index["runs"], data={**index, "folder": str(folder)})
+
+
+# --- datasets -------------------------------------------------------------------------------------------
+def data_get(name: str, config: Config | None = None, *,
+             progress: Callable[[str, int, int | None], None] | None = None) -> DataResult:
+    """Download dataset `name` into fl.data_dir from its source, checking every file's SHA-256 (a broken
+    download resumes; a wrong file is removed and refused with ChecksumError, exit code 4)."""
+    cfg = _config(config)
+    report = fetch.get(name, cfg.fl.data_dir.resolve(), extra=cfg.fl.dataset_sources,
+                       progress=progress or (lambda *_: None))
+    return DataResult([name], data=report.to_dict())
+
+
+def data_import(name: str, files: list[Path], config: Config | None = None) -> DataResult:
+    """Lay out files the user already has as dataset `name` in fl.data_dir, each checked like a download."""
+    cfg = _config(config)
+    return DataResult([name], data=fetch.import_files(name, files, cfg.fl.data_dir.resolve(), extra=cfg.fl.dataset_sources).to_dict())
+
+
+def data_list(config: Config | None = None) -> DataResult:
+    """Every dataset mlfo can use, and whether it is present in fl.data_dir."""
+    cfg = _config(config)
+    rows = fetch.listing(cfg.fl.data_dir.resolve(), cfg.fl.dataset_sources)
+    return DataResult([r["dataset"] for r in rows if r["present"]], data={"datasets": rows})

@@ -133,7 +133,10 @@ class FlSettings(_Section):
     partitioning: Literal["iid", "dirichlet"] = "iid"
     dirichlet_alpha: float = Field(0.5, gt=0)
     seed: int = 42
-    data_dir: Path = Field(Path("data"), description="folder holding fashionmnist/ and cifar/")
+    data_dir: Path = Field(Path("data"), description="folder holding fashionmnist/, mnist/ and cifar/ (`mlfo data get`)")
+    dataset_sources: Path | None = Field(
+        None, description="YAML file adding or replacing datasets `mlfo data get` knows (URLs and SHA-256), e.g. a mirror"
+    )
     round_timeout: float = Field(600.0, gt=0, description="seconds to wait for clients per round")
     isolation: Literal["shared", "subprocess"] = Field(
         "shared",

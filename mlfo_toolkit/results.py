@@ -254,6 +254,14 @@ class ExperimentResult(Result):
     runs: list[dict[str, Any]]
 
 
+# --- datasets ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataResult(Result):
+    """Datasets fetched, imported or listed (`mlfo data`)."""
+
+    datasets: list[str]
+
+
 def fields_of(data: dict[str, Any], kind: type[Result]) -> dict[str, Any]:
     """The keys of `data` that are fields of `kind` (to build a result from a JSON form)."""
     names = {f for f in kind.__dataclass_fields__ if f != "data"}

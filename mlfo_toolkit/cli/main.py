@@ -101,6 +101,7 @@ def _register() -> None:
     from mlfo_toolkit.cli import (
         agent_cmd,
         config_cmd,
+        data_cmd,
         demo_cmd,
         image_cmd,
         info_cmd,
@@ -114,7 +115,7 @@ def _register() -> None:
         topo_cmd,
     )
 
-    for command in (config_cmd.config, intent_cmd.intent, serve_cmd.serve, agent_cmd.agent, demo_cmd.demo, topo_cmd.topo, image_cmd.image,
+    for command in (config_cmd.config, intent_cmd.intent, serve_cmd.serve, agent_cmd.agent, demo_cmd.demo, data_cmd.data, topo_cmd.topo, image_cmd.image,
                     init_cmd.init, run_cmd.run, meter_cmd.meter, monitor_cmd.monitor, monitor_cmd.exporter, report_cmd.report,
                     info_cmd.exit_codes, info_cmd.api_schema, info_cmd.completion):
         cli.add_command(command)

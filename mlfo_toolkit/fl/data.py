@@ -78,28 +78,29 @@ def read_idx(path: Path) -> NDArray[np.uint8]:
     return data.reshape(dims)
 
 
-def load_fashionmnist(data_dir: Path) -> Dataset:
-    """Fashion-MNIST from the four IDX files in DATA_DIR/fashionmnist/."""
-    folder = data_dir / "fashionmnist"
+def _load_idx(data_dir: Path, name: str) -> Dataset:
+    """An MNIST-format dataset from the four IDX files in DATA_DIR/NAME/."""
+    folder = data_dir / name
     missing = [f for f in FASHION_FILES.values() if not (folder / f).is_file()]
     if missing:
         raise MissingDependencyError(
-            f"Fashion-MNIST is not in {folder} (missing {', '.join(missing)})",
-            hint="download the four *-ubyte.gz files from "
-            "https://github.com/zalandoresearch/fashion-mnist (data/fashion) into that folder, "
-            "or set fl.data_dir",
+            f"{name} is not in {folder} (missing {', '.join(missing)})",
+            hint=f"`mlfo data get {name}` downloads and checks it (or `mlfo data import {name} FILE...`), or set fl.data_dir",
         )
-    parts = {key: read_idx(folder / name) for key, name in FASHION_FILES.items()}
+    parts = {key: read_idx(folder / file) for key, file in FASHION_FILES.items()}
     x_train = parts["train_images"].reshape(len(parts["train_images"]), -1) / 255.0
     x_test = parts["test_images"].reshape(len(parts["test_images"]), -1) / 255.0
-    return Dataset(
-        "fashionmnist",
-        x_train,
-        parts["train_labels"].astype(np.int64),
-        x_test,
-        parts["test_labels"].astype(np.int64),
-        10,
-    )
+    return Dataset(name, x_train, parts["train_labels"].astype(np.int64), x_test, parts["test_labels"].astype(np.int64), 10)
+
+
+def load_fashionmnist(data_dir: Path) -> Dataset:
+    """Fashion-MNIST from the four IDX files in DATA_DIR/fashionmnist/."""
+    return _load_idx(data_dir, "fashionmnist")
+
+
+def load_mnist(data_dir: Path) -> Dataset:
+    """MNIST from the four IDX files in DATA_DIR/mnist/."""
+    return _load_idx(data_dir, "mnist")
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -133,8 +134,8 @@ def load_cifar(data_dir: Path) -> Dataset:
     if missing:
         raise MissingDependencyError(
             f"CIFAR-10 is not in {folder} (missing {', '.join(missing)})",
-            hint="download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
-            "and unpack it into DATA_DIR/cifar/, or set fl.data_dir",
+            hint="`mlfo data get cifar` downloads, checks and unpacks it (or `mlfo data import cifar FILE`), "
+            "or set fl.data_dir",
         )
     train = [_read_cifar_batch(folder / n) for n in names[:-1]]
     x_test, y_test = _read_cifar_batch(folder / "test_batch")
@@ -146,6 +147,7 @@ def load_cifar(data_dir: Path) -> Dataset:
 LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "handmnist": load_handmnist,
     "fashionmnist": load_fashionmnist,
+    "mnist": load_mnist,
     "cifar": load_cifar,
 }
 
