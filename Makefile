@@ -25,7 +25,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,containers]'
+	$(BIN)/python -m pip install --quiet -e '.[test,containers,partitions]'
 	$(BIN)/python -m pip install --quiet --no-deps $(CONTAINERNET_WHEEL)
 
 # As root: the system pieces the integration tests need (Open vSwitch in userspace mode,

@@ -26,6 +26,8 @@ from mlfo_toolkit.errors import AuthError
 from mlfo_toolkit.experiments.runner import execute, plan_summary
 from mlfo_toolkit.experiments.spec import load_experiment
 from mlfo_toolkit.fl import fetch
+from mlfo_toolkit.fl.data import load_dataset
+from mlfo_toolkit.fl.partitions import PartitionSpec, cached_split, label_counts
 from mlfo_toolkit.fl.userapps import APP_PREFIX, read_app
 from mlfo_toolkit.http.schema import openapi_schema
 from mlfo_toolkit.http.service import run_agent, run_exporter, run_mlfo
@@ -44,7 +46,7 @@ from mlfo_toolkit.orchestrator.intents import Catalog, load_intent_file, underst
 from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import follow_deployments, post_cohorts, raise_for_failures
 from mlfo_toolkit.reports.compare import build_experiment_report, is_experiment
-from mlfo_toolkit.reports.report import build_report
+from mlfo_toolkit.reports.report import build_report, plot_label_distribution
 from mlfo_toolkit.reports.runs import cohort_summary, manifest, new_run_dir, write_run
 from mlfo_toolkit.results import (
     ApiSchema,
@@ -81,7 +83,7 @@ __all__ = [
     "ImageResult", "InitResult", "IntentCheck", "MeterResult", "MonitorConfig", "MonitorResult", "NetworkResult", "PingResult",
     "PlanResult", "Progress", "ReportResult", "Result", "RunResult", "SentCohorts",
     # functions
-    "api_schema", "data_get", "data_import", "data_list", "demo", "deployment_status", "image_build", "init", "load_config", "meter_clear", "meter_set", "meter_show", "meter_verify",
+    "api_schema", "data_get", "data_import", "data_list", "data_show", "demo", "deployment_status", "image_build", "init", "load_config", "meter_clear", "meter_set", "meter_show", "meter_verify",
     "monitor_config", "monitor_down", "monitor_up", "plan", "plan_experiment", "report", "restart_client", "run_experiment",
     "send_cohorts", "serve_agent", "serve_exporter", "serve_mlfo", "stop_deployment", "topo_down", "topo_exec", "topo_ping",
     "topo_show", "topo_status", "topo_up", "validate_intent", "wait",
@@ -428,3 +430,23 @@ def data_list(config: Config | None = None) -> DataResult:
     cfg = _config(config)
     rows = fetch.listing(cfg.fl.data_dir.resolve(), cfg.fl.dataset_sources)
     return DataResult([r["dataset"] for r in rows if r["present"]], data={"datasets": rows})
+
+
+def data_show(dataset: str = "handmnist", clients: int = 10, partition: PartitionSpec | None = None,
+              config: Config | None = None, *, seed: int | None = None, plot: Path | None = None) -> DataResult:
+    """Samples of each label per client for a cohort of `clients` split by `partition` (default:
+    fl.partitioning), without running anything; with `plot`, drawn to that file too."""
+    cfg = _config(config)
+    fl = cfg.fl
+    spec = partition or PartitionSpec(kind=fl.partitioning, alpha=fl.dirichlet_alpha, classes=fl.partition_classes,
+                                      shards=fl.partition_shards, seed=fl.partition_seed)
+    split_seed = spec.seed if spec.seed is not None else (seed if seed is not None else fl.seed)
+    data_dir = fl.data_dir.resolve()
+    loaded = load_dataset(dataset, data_dir)
+    parts = cached_split(loaded.y_train, clients, spec, split_seed, data_dir / ".partitions")
+    counts = label_counts(loaded.y_train, parts, loaded.num_classes)
+    if plot is not None:
+        plot_label_distribution(counts, f"{dataset}, {clients} clients, {spec.label()}, seed {split_seed}", plot)
+    return DataResult([dataset], data={"dataset": dataset, "clients": clients, "partition": spec.model_dump(),
+                                       "seed": split_seed, "label_counts": counts,
+                                       "plot": str(plot) if plot is not None else None})

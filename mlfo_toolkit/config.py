@@ -130,8 +130,14 @@ class FlSettings(_Section):
     local_epochs: int = Field(5, ge=1, le=1000)
     learning_rate: float = Field(0.1, gt=0)
     batch_size: int = Field(32, ge=1)
-    partitioning: Literal["iid", "dirichlet"] = "iid"
-    dirichlet_alpha: float = Field(0.5, gt=0)
+    partitioning: Literal["iid", "dirichlet", "pathological", "shard", "linear", "square", "exponential"] = Field(
+        "iid", description="how a cohort's clients split the data: iid (mlfo's own) or a flwr-datasets partitioner "
+        "(needs mlfo-toolkit[partitions]); a cohort's partition: overrides it"
+    )
+    dirichlet_alpha: float = Field(0.5, gt=0, description="dirichlet: concentration")
+    partition_classes: int = Field(2, ge=1, description="pathological: classes per client")
+    partition_shards: int = Field(2, ge=1, description="shard: shards per client")
+    partition_seed: int | None = Field(None, ge=0, description="the split's seed, apart from the model's; unset: fl.seed")
     seed: int = 42
     data_dir: Path = Field(Path("data"), description="folder holding fashionmnist/, mnist/ and cifar/ (`mlfo data get`)")
     dataset_sources: Path | None = Field(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,6 +24,7 @@ from mlfo_toolkit.fl.control import RunControl, update_control
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.executor import Registration, SpawnedSuperNode, register, start_executor, unregister
 from mlfo_toolkit.fl.models import MODEL_KINDS
+from mlfo_toolkit.fl.partitions import KINDS, PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.fl.userapps import app_name, app_run_config, check_model_form, is_app, prepare_app
 from mlfo_toolkit.monitoring.metrics import FlowTraffic, process_tree
@@ -92,6 +94,7 @@ class ClientStartParams(BaseModel):
     cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     partitioning: str | None = None
     seed: Int | None = Field(None, ge=0, le=SEED_MAX, description="default: fl.seed")
+    partition: str | None = Field(None, max_length=1024, description="JSON PartitionSpec; default: fl.partitioning")
 
     @field_validator("server")
     @classmethod
@@ -414,9 +417,7 @@ class NodeAgent:
         app = _check_pipeline(params.source, params.model, self.config.fl.apps)
         if params.part >= params.cohsize:
             raise ValidationError(f"part {params.part} must be below cohsize {params.cohsize}", field="part")
-        partitioning = params.partitioning or self.config.fl.partitioning
-        if partitioning not in ("iid", "dirichlet"):
-            raise ValidationError(f"unknown partitioning '{partitioning}'", field="partitioning", hint="iid or dirichlet")
+        spec = self._partition(params)
         shared = ((app.isolation if app is not None else None) or self.config.fl.isolation) == "shared"
         requested = time.time()
         with self._lock:
@@ -429,6 +430,7 @@ class NodeAgent:
             name = f"{self._label}-client-{self._client_runs}"
             run_dir = self.work_dir / f"client-{self._client_runs}"
             run_dir.mkdir(parents=True, exist_ok=True)
+            seed = self.config.fl.seed if params.seed is None else params.seed
             node_config = " ".join(
                 [
                     f"partition-id={params.part}",
@@ -436,9 +438,8 @@ class NodeAgent:
                     f'source="{params.source}"',
                     f'model="{params.model}"',
                     f'data-dir="{self.config.fl.data_dir.resolve()}"',
-                    f'partitioning="{partitioning}"',
-                    f"alpha={self.config.fl.dirichlet_alpha}",
-                    f"seed={self.config.fl.seed if params.seed is None else params.seed}",
+                    f"seed={seed}",
+                    spec.node_config(seed),
                 ]
             )
             runtime_port = free_port()
@@ -495,6 +496,18 @@ class NodeAgent:
         client.ready_seconds = round(time.time() - client.started, 3)
         log.info("FL client part %d/%d -> %s started", params.part, params.cohsize, params.server)
         return {"client": name, "pid": process.pid, "server": params.server, "ready_seconds": client.ready_seconds}
+
+    def _partition(self, params: ClientStartParams) -> PartitionSpec:
+        """How this client's cohort splits the data: the request's spec, else the config's (ValidationError naming the field)."""
+        fl = self.config.fl
+        try:
+            if params.partition:
+                return PartitionSpec.model_validate_json(params.partition)
+            return PartitionSpec(kind=params.partitioning or fl.partitioning, alpha=fl.dirichlet_alpha,
+                                 classes=fl.partition_classes, shards=fl.partition_shards, seed=fl.partition_seed)
+        except pydantic.ValidationError as err:
+            raise ValidationError(f"{err.errors()[0]['msg']}", field="partition" if params.partition else "partitioning",
+                                  hint=f"partitioners: {', '.join(KINDS)}") from None
 
     def _stop_client(self, client: FlClient) -> None:
         client.process.stop()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlfo_toolkit.cli._common import echo_json, json_option, pass_config, print_table
-from mlfo_toolkit.config import Config
+
+if TYPE_CHECKING:
+    from mlfo_toolkit.config import Config
 
 
 @click.group()
@@ -85,3 +87,41 @@ def list_(cfg: Config, as_json: bool) -> None:
         return
     print_table(["dataset", "present", "folder", "description"],
                 [(r["dataset"], "yes" if r["present"] else "no", r["folder"], r["description"]) for r in rows])
+
+
+@data.command("show")
+@click.option("--dataset", default="handmnist", show_default=True, help="Dataset to split (handmnist, fashionmnist, mnist, cifar).")
+@click.option("--clients", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Clients in the cohort.")
+@click.option("--partitioning", type=click.Choice(["iid", "dirichlet", "pathological", "shard", "linear", "square", "exponential"]),
+              help="Partitioner (default: fl.partitioning).")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), help="dirichlet: concentration (0.1 skewed, 100 near IID).")
+@click.option("--classes", type=click.IntRange(min=1), help="pathological: classes per client.")
+@click.option("--shards", type=click.IntRange(min=1), help="shard: shards per client.")
+@click.option("--seed", type=click.IntRange(min=0), help="Partition seed (default: fl.partition_seed, else fl.seed).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the distribution to this PNG file.")
+@json_option("Print the label counts per client as JSON.")
+@pass_config
+def show(cfg: Config, dataset: str, clients: int, partitioning: str | None, alpha: float | None, classes: int | None,
+         shards: int | None, seed: int | None, plot: Path | None, as_json: bool) -> None:
+    """How a cohort's clients would split a dataset: samples of each label per client. Runs nothing.
+
+    \b
+    mlfo data show --clients 10 --partitioning dirichlet --alpha 0.1 --plot skew.png
+    """
+    from mlfo_toolkit import api
+    from mlfo_toolkit.fl.partitions import PartitionSpec
+
+    fl = cfg.fl
+    spec = PartitionSpec.model_validate({
+        "kind": partitioning or fl.partitioning, "alpha": alpha or fl.dirichlet_alpha, "classes": classes or fl.partition_classes,
+        "shards": shards or fl.partition_shards, "seed": seed if seed is not None else fl.partition_seed})
+    result = api.data_show(dataset, clients, spec, cfg, plot=plot).to_dict()
+    if as_json:
+        echo_json(result)
+        return
+    counts = result["label_counts"]
+    print_table(["client", "samples", *[str(c) for c in range(len(counts[0]))]],
+                [(i, sum(row), *row) for i, row in enumerate(counts)], right=["client", "samples"],
+                title=f"{dataset}, {clients} clients, {spec.label()}, seed {result['seed']}")
+    if plot is not None:
+        click.echo(f"Plot written to {plot}")

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from mlfo_toolkit.fl import data, models
 from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_START, RoundClock, StopRequested
 from mlfo_toolkit.fl.control import RunControl, Settings
+from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import make_strategy
 
 server_app = ServerApp()
@@ -133,15 +134,12 @@ def wait_for_nodes(grid: Grid, wanted: int, timeout: float, metrics_file: str) -
 
 def _local_data(context: Context) -> tuple[data.Dataset, np.ndarray]:
     node = context.node_config
-    dataset = data.load_dataset(str(node.get("source", "handmnist")), Path(str(node.get("data-dir", "data"))))
-    indices = data.partition_indices(
-        dataset.y_train,
-        num_partitions=int(node["num-partitions"]),
-        partition_id=int(node["partition-id"]),
-        scheme=str(node.get("partitioning", "iid")),
-        alpha=float(node.get("alpha", 0.5)),
-        seed=int(node.get("seed", 42)),
-    )
+    data_dir = Path(str(node.get("data-dir", "data")))
+    dataset = data.load_dataset(str(node.get("source", "handmnist")), data_dir)
+    spec, seed = PartitionSpec.from_node_config(node)
+    indices = data.partition_indices(dataset.y_train, num_partitions=int(node["num-partitions"]),
+                                     partition_id=int(node["partition-id"]), seed=seed, spec=spec,
+                                     cache_dir=data_dir / ".partitions")
     return dataset, indices
 
 

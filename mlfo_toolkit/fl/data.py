@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mlfo_toolkit.errors import MissingDependencyError, ValidationError
+from mlfo_toolkit.fl.partitions import KINDS, PartitionSpec, cached_split
 
 # The held-out split is fixed so every client and the server agree on it.
 SPLIT_SEED = 0
@@ -186,29 +187,18 @@ def partition_indices(
     scheme: str = "iid",
     alpha: float = 0.5,
     seed: int = 42,
+    *,
+    spec: PartitionSpec | None = None,
+    cache_dir: Path | None = None,
 ) -> NDArray[np.int64]:
-    """Indices of partition `partition_id` of `num_partitions`; every caller gets the same split."""
+    """Indices of partition `partition_id` of `num_partitions`; every caller gets the same split
+    (`spec` when given, else `scheme` and `alpha`; see mlfo_toolkit.fl.partitions)."""
     if not 0 <= partition_id < num_partitions:
         raise ValidationError(
             f"partition {partition_id} is outside 0..{num_partitions - 1}", field="part"
         )
-    rng = np.random.default_rng(seed)
-    if scheme == "iid":
-        order = rng.permutation(len(labels))
-        return np.sort(np.array_split(order, num_partitions)[partition_id]).astype(np.int64)
-    if scheme != "dirichlet":
-        raise ValidationError(f"unknown partitioning '{scheme}'", hint="use iid or dirichlet")
-    classes = np.unique(labels)
-    # Redraw until every partition holds at least a few samples, as common FL benchmarks do.
-    min_size = min(10, len(labels) // (num_partitions * 2) or 1)
-    for _ in range(100):
-        buckets: list[list[int]] = [[] for _ in range(num_partitions)]
-        for cls in classes:
-            members = rng.permutation(np.flatnonzero(labels == cls))
-            shares = rng.dirichlet(np.full(num_partitions, alpha))
-            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
-            for bucket, chunk in zip(buckets, np.split(members, cuts)):
-                bucket.extend(chunk.tolist())
-        if min(len(b) for b in buckets) >= min_size:
-            break
-    return np.sort(np.array(buckets[partition_id], dtype=np.int64))
+    if spec is None:
+        if scheme not in KINDS:
+            raise ValidationError(f"unknown partitioning '{scheme}'", hint=f"use one of {', '.join(KINDS)}")
+        spec = PartitionSpec(kind=scheme, alpha=alpha)
+    return cached_split(labels, num_partitions, spec, seed, cache_dir)[partition_id]

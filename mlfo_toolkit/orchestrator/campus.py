@@ -4,6 +4,7 @@ followed (`orchestrator.watch`) until it ends."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import pydantic
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import (
@@ -24,6 +27,7 @@ from mlfo_toolkit.errors import (
     UnreachableError,
     ValidationError,
 )
+from mlfo_toolkit.fl.partitions import KINDS, PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.monitoring.metrics import AssuranceStates, DeploymentStates, MlfoMetrics
 from mlfo_toolkit.orchestrator.api_clients import AgentClient, MomoClient, southbound
@@ -119,7 +123,7 @@ class CampusMlfo:
                 ipstart=ipstart, cohortsize=params.cohortsize, sameserver=params.sameserver, strategy=strategy,
                 fraction_fit=params.fracfit or fl.fraction_fit, min_fit=params.minfit or fl.min_fit,
                 min_available=params.minav or fl.min_available, rounds=params.numround or fl.rounds,
-                seed=params.seed, round_timeout=params.roundtimeout,
+                seed=params.seed, round_timeout=params.roundtimeout, partition=_partition(params.partition),
             ),
             state="planned", created=now, updated=now,
             clients=[ClientRecord(agent=a, part=i) for i, a in enumerate(clients)],
@@ -562,7 +566,21 @@ def client_fields(record: Deployment, part: int, server: str) -> dict[str, Any]:
     """The agent's /cli fields for client `part` of a deployment."""
     return {"source": record.pipeline["source"], "model": record.pipeline["model"], "server": server,
             "cohsize": record.params.cohortsize, "part": part, "deployment": record.id, "cohort": record.name,
-            "seed": record.params.seed}
+            "seed": record.params.seed,
+            "partition": json.dumps(record.params.partition) if record.params.partition else None}
+
+
+def _partition(text: str | None) -> dict[str, Any] | None:
+    """The /receive form's `partition` (JSON), checked; ValidationError naming the field."""
+    if not text:
+        return None
+    try:
+        return PartitionSpec.model_validate_json(text).model_dump(exclude_none=True)
+    except pydantic.ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise ValidationError(f"{where + ': ' if where else ''}{problem['msg']}", field="partition",
+                              hint=f"kind is one of {', '.join(KINDS)}; e.g. {{\"kind\": \"dirichlet\", \"alpha\": 0.1}}") from None
 
 
 def _started(entry: ClientRecord, answer: dict[str, Any]) -> None:

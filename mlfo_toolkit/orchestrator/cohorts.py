@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.orchestrator.assurance import check_thresholds
 from mlfo_toolkit.orchestrator.intents import Catalog, Intent, parse_intent, understood
@@ -50,6 +51,7 @@ class CohortSpec(BaseModel):
     round_timeout: float | None = Field(None, gt=0, le=86_400, description="seconds a round waits for clients (default: fl.round_timeout)")
     policy: str | None = Field(None, max_length=300, description="the closed loop's policy (default: the campus MLFO's assurance.policy)")
     assurance: dict[str, Any] | None = Field(None, description="assurance thresholds for this cohort (see the assurance config)")
+    partition: PartitionSpec | None = Field(None, description="how the clients split the data (default: fl.partitioning)")
 
 
 class CohortDefaults(BaseModel):
@@ -62,6 +64,7 @@ class CohortDefaults(BaseModel):
     rounds: int | None = Field(None, ge=1, le=10_000)
     policy: str | None = Field(None, max_length=300)
     assurance: dict[str, Any] | None = None
+    partition: PartitionSpec | None = None
 
 
 class ReadableCohortFile(BaseModel):
@@ -109,6 +112,7 @@ class Cohort:
     round_timeout: float | None = None  # None: the agents' fl.round_timeout
     policy: str | None = None  # None: the campus MLFO's assurance.policy
     assurance: dict[str, Any] | None = None  # thresholds over the campus MLFO's
+    partition: PartitionSpec | None = None  # None: the agents' fl.partitioning
 
     def form_fields(self, ipstart: int) -> dict[str, Any]:
         """The prototype's /receive form fields for this cohort (seed and roundtimeout, mlfo's, only when set)."""
@@ -126,6 +130,7 @@ class Cohort:
             "roundtimeout": self.round_timeout,
             "policy": self.policy,
             "assurance": json.dumps(self.assurance) if self.assurance else None,
+            "partition": self.partition.model_dump_json(exclude_none=True) if self.partition else None,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -245,6 +250,7 @@ def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Co
                     round_timeout=c.round_timeout,
                     policy=c.policy or d.policy,
                     assurance=_thresholds({**(d.assurance or {}), **(c.assurance or {})}, i, lines, source),
+                    partition=c.partition or d.partition,
                     where=f"cohorts[{i}]",
                     line=lines.get(("cohorts", i)),
                 )

@@ -34,6 +34,8 @@ class ReceiveParams(BaseModel):
     roundtimeout: Float | None = Field(None, gt=0, le=86_400)
     policy: str | None = Field(None, max_length=300, description="the closed loop's policy (default: assurance.policy)")
     assurance: str | None = Field(None, max_length=4096, description="JSON object of assurance thresholds for this deployment")
+    partition: str | None = Field(None, max_length=1024, description="JSON object: how the clients split the data "
+                                  "(kind, alpha, classes, shards, seed; default: the agents' fl.partitioning)")
 
     @field_validator("minfit", "minav")
     @classmethod

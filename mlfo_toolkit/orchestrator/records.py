@@ -100,6 +100,7 @@ class DeploymentParams(Record):
     rounds: int
     seed: int | None = None  # None: the agents' fl.seed
     round_timeout: float | None = None  # None: the agents' fl.round_timeout
+    partition: dict[str, Any] | None = None  # None: the agents' fl.partitioning (a PartitionSpec's fields)
 
 
 MAX_DECISIONS = 500  # decisions kept in a deployment record (a long, noisy run flips on_track / at_risk often)

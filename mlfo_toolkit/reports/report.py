@@ -40,6 +40,25 @@ def plot_orchestration(cohorts: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
+def plot_label_distribution(counts: list[list[int]], title: str, out: Path) -> Path:
+    """Samples of each class per client, stacked: how skewed a partition is at a glance."""
+    plt = pyplot()
+    clients = len(counts)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * clients + 2), 3.8))
+    colours = plt.get_cmap("tab10" if len(counts[0]) <= 10 else "tab20")
+    bottom = [0] * clients
+    for cls in range(len(counts[0])):
+        heights = [row[cls] for row in counts]
+        ax.bar(range(clients), heights, bottom=bottom, color=colours(cls % colours.N), label=str(cls), width=0.85)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set(title=title, xlabel="client (partition id)", ylabel="samples")
+    ax.set_xticks(range(clients))
+    ax.legend(title="label", fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    save_figure(fig, out, dpi=100)
+    return out
+
+
 def plot_traffic(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
     """Bytes the FL server of each cohort sent and received over the run (from the run records)."""
     measured = [c for c in cohorts if c.get("traffic")]

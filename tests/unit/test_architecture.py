@@ -57,7 +57,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # Imported inside functions outside cli/ (where everything is, for a fast --help), each for its reason:
 # optional extras (docker), root-only system packages (mininet), and heavy imports the processes that
 # import the module never need (Flower in the agents, scikit-learn and matplotlib outside their use).
-LAZY_IMPORTS = {"docker", "mininet", "flwr", "sklearn", "matplotlib", "mlfo_toolkit.fl.apps"}
+LAZY_IMPORTS = {"docker", "mininet", "flwr", "sklearn", "matplotlib", "mlfo_toolkit.fl.apps", "datasets", "flwr_datasets"}
 
 
 def _module_name(path: Path) -> str:

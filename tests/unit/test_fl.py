@@ -6,10 +6,12 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import pytest
 
 from mlfo_toolkit.errors import MissingDependencyError, ValidationError
 from mlfo_toolkit.fl import data, models
+from mlfo_toolkit.fl.partitions import PartitionSpec, cached_split, label_counts, split
 from mlfo_toolkit.fl.strategies import KNOWN_STRATEGIES, canonical_strategy, make_strategy
 
 
@@ -45,11 +47,43 @@ def test_dirichlet_is_skewed_iid_is_not() -> None:
     assert skew("dirichlet") > 2 * skew("iid")
 
 
+def test_a_partition_seed_gives_the_same_split_everywhere() -> None:
+    """Pinned: flwr-datasets' Dirichlet (alpha 0.1) over the digits' training split, 5 clients, seed 42."""
+    labels = data.load_dataset("handmnist").y_train
+    spec = PartitionSpec(kind="dirichlet", alpha=0.1)
+    counts = label_counts(labels, split(labels, 5, spec, seed=42), 10)
+    assert counts == [
+        [30, 0, 6, 144, 0, 0, 74, 0, 12, 0],
+        [86, 10, 127, 0, 19, 108, 14, 141, 97, 125],
+        [0, 1, 8, 1, 110, 36, 44, 0, 0, 3],
+        [25, 2, 0, 0, 0, 0, 12, 0, 29, 15],
+        [1, 133, 1, 1, 16, 1, 1, 2, 1, 1],
+    ]
+    assert label_counts(labels, split(labels, 5, spec, seed=43), 10) != counts  # the seed is what decides
+
+
+@pytest.mark.parametrize("spec", [PartitionSpec(kind="pathological", classes=2), PartitionSpec(kind="shard", shards=2),
+                                  PartitionSpec(kind="exponential")])
+def test_every_partitioner_covers_the_data_once(spec: PartitionSpec, tmp_path: Path) -> None:
+    labels = data.load_dataset("handmnist").y_train
+    parts = cached_split(labels, 4, spec, 7, tmp_path)
+    joined = np.concatenate(parts)
+    assert len(np.unique(joined)) == len(joined) <= len(labels)
+    if spec.kind == "pathological":
+        assert all(np.count_nonzero(np.bincount(labels[p], minlength=10)) <= 2 for p in parts)
+    if spec.kind == "exponential":
+        assert [len(p) for p in parts] == sorted(len(p) for p in parts) and len(parts[3]) > 4 * len(parts[0])
+    again = cached_split(labels, 4, spec, 7, tmp_path)  # read back from the cache file
+    assert len(list(tmp_path.glob("*.npz"))) == 1 and all(np.array_equal(a, b) for a, b in zip(parts, again))
+
+
 def test_bad_partition_requests() -> None:
     with pytest.raises(ValidationError, match="outside"):
         data.partition_indices(np.zeros(10, dtype=np.int64), 2, 2)
     with pytest.raises(ValidationError, match="unknown partitioning"):
         data.partition_indices(np.zeros(10, dtype=np.int64), 2, 0, scheme="zipf")
+    with pytest.raises(pydantic.ValidationError):
+        PartitionSpec(kind="zipf")  # type: ignore[arg-type]
 
 
 def _idx(path: Path, array: np.ndarray) -> None:
@@ -58,7 +92,7 @@ def _idx(path: Path, array: np.ndarray) -> None:
 
 
 def test_fashionmnist_loader_on_generated_files(tmp_path: Path) -> None:
-    with pytest.raises(MissingDependencyError, match="Fashion-MNIST is not in"):
+    with pytest.raises(MissingDependencyError, match="fashionmnist is not in"):
         data.load_dataset("fashionmnist", tmp_path)
     folder = tmp_path / "fashionmnist"
     folder.mkdir()
