@@ -130,6 +130,7 @@ class FlSettings(_Section):
     local_epochs: int = Field(5, ge=1, le=1000)
     learning_rate: float = Field(0.1, gt=0)
     batch_size: int = Field(32, ge=1)
+    proximal_mu: float = Field(0.1, ge=0, description="FedProx's proximal term mu (Flower's examples: 0.1); others ignore it")
     partitioning: Literal["iid", "dirichlet", "pathological", "shard", "linear", "square", "exponential"] = Field(
         "iid", description="how a cohort's clients split the data: iid (mlfo's own) or a flwr-datasets partitioner "
         "(needs mlfo-toolkit[partitions]); a cohort's partition: overrides it"

@@ -388,6 +388,7 @@ class NodeAgent:
                 "local-epochs": fl.local_epochs,
                 "learning-rate": fl.learning_rate,
                 "batch-size": fl.batch_size,
+                "proximal-mu": fl.proximal_mu,
                 "seed": seed,
                 "data-dir": str(fl.data_dir.resolve()),
                 "metrics-file": str(metrics_file),

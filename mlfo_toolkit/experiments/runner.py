@@ -25,6 +25,7 @@ from mlfo_toolkit.errors import MlfoError, ValidationError
 from mlfo_toolkit.experiments.events import Actions
 from mlfo_toolkit.experiments.spec import NETWORK_EVENTS, Experiment, RunPlan, where
 from mlfo_toolkit.experiments.timeline import Timeline, jsonable
+from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.meters.operations import clear_meters
 from mlfo_toolkit.orchestrator.api_clients import campus_client
@@ -66,6 +67,9 @@ def cohorts_for(experiment: Experiment, config: Config, plan: RunPlan) -> Cohort
     changes["seed"] = plan.seed
     if spec.fl.round_timeout:
         changes["round_timeout"] = spec.fl.round_timeout
+    partition = point.get("partition") or (spec.fl.partition.model_dump(exclude_none=True) if spec.fl.partition else None)
+    if partition:
+        changes["partition"] = PartitionSpec.model_validate(partition)
     policy = run_policy(experiment, plan)
     if policy:
         changes["policy"] = policy

@@ -33,6 +33,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from mlfo_toolkit.config import AssuranceSettings
 from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.net.changes import link_ends
 from mlfo_toolkit.net.topology import load_topology
@@ -44,7 +45,7 @@ from mlfo_toolkit.util.yamlfiles import Float, Int, load_yaml, validate
 # Events that change the emulated network; on loopback there is nothing to change.
 NETWORK_EVENTS = ("meter", "meter_clear", "link", "cpu", "background")
 EVENTS = ("kill", "restart", *NETWORK_EVENTS)
-SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients", "policy")
+SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients", "policy", "partition")
 # The closed loop's thresholds a sweep can vary: `sweep: {assurance.plateau_gain: [0.001, 0.01]}`.
 SWEEPABLE_ASSURANCE_FIELDS = tuple(f"assurance.{name}" for name in AssuranceSettings.model_fields
                                    if name not in ("policy", "allowed_policies"))
@@ -170,6 +171,8 @@ class FlOverrides(_Model):
     min_fit: int | None = Field(None, ge=1)
     min_available: int | None = Field(None, ge=1)
     round_timeout: float | None = Field(None, gt=0, le=86_400)
+    partition: PartitionSpec | None = Field(None, description="how every cohort's clients split the data; a swept one "
+                                            "is laid over it (so a fixed partition seed here holds for every point)")
 
 
 class TopologyChoice(_Model):
@@ -317,6 +320,8 @@ def load_experiment(path: Path) -> Experiment:
 
 def _label(key: str, value: Any) -> Any:
     """A sweep value as it names a run: a policy `path/file.py:Name` by its Name."""
+    if key == "partition":
+        return PartitionSpec.model_validate(value).slug()
     return str(value).rsplit(":", 1)[-1] if key == "policy" else value
 
 
@@ -331,6 +336,9 @@ def swept_value(spec: ExperimentFile, key: str, value: Any) -> Any:
         kind, name = SWEEPABLE_EVENT_FIELDS[key]
         action = next(getattr(e, kind) for e in spec.timeline if getattr(e, kind) is not None)
         return getattr(type(action).model_validate({**action.model_dump(), name: value}), name)
+    if key == "partition":  # kept as a plain mapping: it is written into run.json with the point
+        base = spec.fl.partition.model_dump(exclude_none=True) if spec.fl.partition else {}
+        return PartitionSpec.model_validate({**base, **value} if isinstance(value, dict) else value).model_dump(exclude_none=True)
     if key in SWEPT_SETTINGS:
         model, name = SWEPT_SETTINGS[key]
         return getattr(model.model_validate({name: value}), name)

@@ -50,6 +50,11 @@ class PartitionSpec(BaseModel):
                  "shard": f" shards={self.shards}"}.get(self.kind, "")
         return f"{self.kind}{extra}"
 
+    def slug(self) -> str:
+        """The partitioner as part of a folder name: iid, dirichlet0.1, pathological2, shard2."""
+        return self.kind + {"dirichlet": f"{self.alpha:g}", "pathological": str(self.classes),
+                            "shard": str(self.shards)}.get(self.kind, "")
+
     def node_config(self, seed: int) -> str:
         """The SuperNode's node-config entries for this split (read back by `from_node_config`)."""
         return (f'partitioning="{self.kind}" alpha={self.alpha} partition-classes={self.classes} '
