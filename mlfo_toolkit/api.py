@@ -94,12 +94,13 @@ def _config(config: Config | None) -> Config:
     return config if config is not None else load_config(None)
 
 
-def _run_summary(sent: list[Any], run_dir: Path, inputs: dict[str, Path | None], seed: int, started: float | None = None) -> dict[str, Any]:
+def _run_summary(sent: list[Any], run_dir: Path, inputs: dict[str, Path | None], config: Config,
+                 started: float | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {
-        "cohorts": [cohort_summary(c) for c in sent],
+        "cohorts": [cohort_summary(c, config) for c in sent],
         "orchestration_seconds": [c.record.orchestration_seconds if c.record else None for c in sent],
         "run_dir": str(run_dir),
-        "manifest": manifest(inputs, {"fl.seed": seed}),
+        "manifest": manifest(inputs, {"fl.seed": config.fl.seed}),
     }
     if started is not None:
         summary["wall_seconds"] = round(time.monotonic() - started, 2)
@@ -140,7 +141,7 @@ def demo(config: Config | None = None, *, cohorts: int | None = None, clients: i
         follow_deployments(sent, backend.config, backend.campus, timeout=timeout, progress=progress, poll_seconds=0.5)
         # With `mlfo monitor up` running, stay up until Prometheus scraped once more: the final round reaches it.
         monitoring.wait_for_final_scrape(cfg, time.time())
-    summary = _run_summary(sent, run_dir, {"cohort_file": cohort_path, **({"app": app / "pyproject.toml"} if app else {})}, cfg.fl.seed,
+    summary = _run_summary(sent, run_dir, {"cohort_file": cohort_path, **({"app": app / "pyproject.toml"} if app else {})}, cfg,
                            started)
     raise_for_failures(sent)
     return RunResult.from_summary(summary)
@@ -202,7 +203,7 @@ def wait(sent: SentCohorts, config: Config | None = None, *, timeout: float = 36
     cfg = cfg if sent.trusted else _without_token(cfg)
     follow_deployments(sent.sent, cfg, sent.mlfo, timeout=timeout, progress=progress or quiet)
     run_dir = new_run_dir(Path(cfg.paths.runs_dir), "send")
-    return RunResult.from_summary(_run_summary(sent.sent, run_dir, {"cohort_file": sent.cohort_file}, cfg.fl.seed))
+    return RunResult.from_summary(_run_summary(sent.sent, run_dir, {"cohort_file": sent.cohort_file}, cfg))
 
 
 def restart_client(deployment: str, part: int, config: Config | None = None, *, mlfo: str | None = None) -> ClientRestarted:
@@ -446,7 +447,7 @@ def data_show(dataset: str = "handmnist", clients: int = 10, partition: Partitio
     parts = cached_split(loaded.y_train, clients, spec, split_seed, data_dir / ".partitions")
     counts = label_counts(loaded.y_train, parts, loaded.num_classes)
     if plot is not None:
-        plot_label_distribution(counts, f"{dataset}, {clients} clients, {spec.label()}, seed {split_seed}", plot)
+        plot_label_distribution([(f"{dataset}, {clients} clients, {spec.label()}, seed {split_seed}", counts)], plot)
     return DataResult([dataset], data={"dataset": dataset, "clients": clients, "partition": spec.model_dump(),
                                        "seed": split_seed, "label_counts": counts,
                                        "plot": str(plot) if plot is not None else None})

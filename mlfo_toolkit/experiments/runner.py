@@ -202,7 +202,7 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
     timeline.place(actions.sent)
     reaction(timeline.records, actions.sent)
     return {
-        "cohorts": [cohort_summary(c) for c in actions.sent],
+        "cohorts": [cohort_summary(c, cfg) for c in actions.sent],
         "events": timeline.records,
         "run_dir": str(run_dir),
         "wall_seconds": round(time.monotonic() - started, 2),

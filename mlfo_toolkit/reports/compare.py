@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import NotFoundError
+from mlfo_toolkit.fl.partitions import PartitionSpec
+from mlfo_toolkit.reports.report import partition_title, plot_label_distribution
 from mlfo_toolkit.reports.runs import pyplot, save_figure, write_rows
 from mlfo_toolkit.util.files import write_json_atomically, write_text
 
@@ -40,7 +42,14 @@ def load_runs(folder: Path) -> list[dict[str, Any]]:
 
 
 def point_label(point: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in point.items()) or "base"
+    return ", ".join(f"{k}={_plain(k, v)}" for k, v in point.items()) or "base"
+
+
+def _plain(key: str, value: Any) -> str:
+    """A sweep value as a reader writes it: a partition as `dirichlet alpha=0.1`, not a dict's repr."""
+    if key == "partition" and isinstance(value, dict):
+        return PartitionSpec.model_validate(value).label()
+    return str(value)
 
 
 def _time_to(accuracy: list[float], seconds: list[float | None], target: float) -> float | None:
@@ -87,6 +96,18 @@ def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]
     acc_ax.legend(fontsize=8)
     fig.tight_layout()
     figures = {"accuracy-loss": _save(fig, plt, out / "accuracy-loss.png", rows)}
+
+    # How each point's clients split the data (its first cohort with a known split).
+    split = []
+    for label, entries in points.items():
+        cohort = next((c for e in entries for c in e["run"]["cohorts"] if c.get("label_counts")), None)
+        if cohort is not None:
+            split.append((f"{label}\n{partition_title(cohort)}", cohort["label_counts"]))
+    if split:
+        figures["labels"] = plot_label_distribution(split, out / "labels.png")
+        write_rows(out / "labels.csv", [{"point": title.split("\n")[0], "client": client, "label": label, "samples": n}
+                                        for title, counts in split for client, row in enumerate(counts)
+                                        for label, n in enumerate(row)])
 
     # Time per round, events marked in the round they fell into, short rounds crossed.
     rows = []

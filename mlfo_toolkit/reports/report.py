@@ -9,6 +9,7 @@ from typing import Any
 
 from mlfo_toolkit.errors import NotFoundError, ValidationError
 from mlfo_toolkit.fl.anatomy import PHASES
+from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.monitoring.prometheus import query_range
 from mlfo_toolkit.reports.runs import file_sha256, plot_rounds, pyplot, save_figure, write_rows
 from mlfo_toolkit.util.files import write_json_atomically, write_text
@@ -40,23 +41,32 @@ def plot_orchestration(cohorts: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
-def plot_label_distribution(counts: list[list[int]], title: str, out: Path) -> Path:
-    """Samples of each class per client, stacked: how skewed a partition is at a glance."""
+def plot_label_distribution(panels: list[tuple[str, list[list[int]]]], out: Path) -> Path:
+    """Samples of each label per client, stacked, one panel per (title, counts): how skewed each split is."""
     plt = pyplot()
-    clients = len(counts)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * clients + 2), 3.8))
-    colours = plt.get_cmap("tab10" if len(counts[0]) <= 10 else "tab20")
-    bottom = [0] * clients
-    for cls in range(len(counts[0])):
-        heights = [row[cls] for row in counts]
-        ax.bar(range(clients), heights, bottom=bottom, color=colours(cls % colours.N), label=str(cls), width=0.85)
-        bottom = [b + h for b, h in zip(bottom, heights)]
-    ax.set(title=title, xlabel="client (partition id)", ylabel="samples")
-    ax.set_xticks(range(clients))
-    ax.legend(title="label", fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    widest = max(len(counts) for _, counts in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 0.3 * widest + 2) * len(panels), 3.8), squeeze=False,
+                             sharey=True)
+    for ax, (title, counts) in zip(axes[0], panels):
+        colours = plt.get_cmap("tab10" if len(counts[0]) <= 10 else "tab20")
+        bottom = [0] * len(counts)
+        for cls in range(len(counts[0])):
+            heights = [row[cls] for row in counts]
+            ax.bar(range(len(counts)), heights, bottom=bottom, color=colours(cls % colours.N), label=str(cls), width=0.85)
+            bottom = [b + h for b, h in zip(bottom, heights)]
+        ax.set(title=title, xlabel="client (partition id)")
+        ax.set_xticks(range(len(counts)))
+        ax.title.set_fontsize(9)
+    axes[0][0].set_ylabel("samples")
+    axes[0][-1].legend(title="label", fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     save_figure(fig, out, dpi=100)
     return out
+
+
+def partition_title(cohort: dict[str, Any]) -> str:
+    spec = cohort.get("partition") or {}
+    return f"{cohort.get('name')}: {PartitionSpec.model_validate(spec).label()}, seed {spec.get('seed')}"
 
 
 def plot_traffic(cohorts: list[dict[str, Any]], out: Path) -> Path | None:
@@ -201,8 +211,10 @@ def build_report(run_dir: Path, fmt: str = "png", prometheus_url: str | None = N
     out.mkdir(exist_ok=True)
     cohorts = run["cohorts"]
     plots = [plot_rounds(cohorts, out / "accuracy-loss.png"), plot_orchestration(cohorts, out / "orchestration.png")]
+    split = [(partition_title(c), c["label_counts"]) for c in cohorts if c.get("label_counts")]
+    labels = plot_label_distribution(split, out / "labels.png") if split else None
     for optional in (plot_assurance(cohorts, out / "assurance.png"), plot_round_anatomy(cohorts, out / "round-anatomy.png"),
-                     plot_traffic(cohorts, out / "traffic.png")):
+                     plot_traffic(cohorts, out / "traffic.png"), labels):
         if optional:
             plots.append(optional)
     decisions = decision_rows(cohorts)

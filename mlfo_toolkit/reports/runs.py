@@ -11,7 +11,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from mlfo_toolkit.errors import StorageError
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import MlfoError, StorageError
+from mlfo_toolkit.fl.data import load_dataset
+from mlfo_toolkit.fl.partitions import PartitionSpec, cached_split, label_counts
+from mlfo_toolkit.fl.userapps import is_app
+from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import SentCohort
 from mlfo_toolkit.util.files import write_json_atomically, write_text
 
@@ -29,14 +34,35 @@ def new_run_dir(runs_dir: Path, kind: str) -> Path:
     raise FileExistsError(f"too many runs named {kind}-{stamp} in {runs_dir}")
 
 
-def cohort_summary(cohort: SentCohort) -> dict[str, Any]:
-    """The per-cohort part of run.json (and `mlfo demo --json`)."""
+def partition_summary(record: Deployment, config: Config) -> dict[str, Any]:
+    """How the cohort's clients split the data, with the samples of each label per client (from the
+    split the clients computed and cached; nothing is computed for an app, which reads its own data)."""
+    fl = config.fl
+    spec = PartitionSpec.model_validate(record.params.partition) if record.params.partition else PartitionSpec(
+        kind=fl.partitioning, alpha=fl.dirichlet_alpha, classes=fl.partition_classes, shards=fl.partition_shards,
+        seed=fl.partition_seed)
+    seed = spec.seed if spec.seed is not None else (record.params.seed if record.params.seed is not None else fl.seed)
+    out: dict[str, Any] = {"partition": {**spec.model_dump(), "seed": seed}}
+    if is_app(str(record.pipeline.get("model", ""))):
+        return out
+    try:
+        data_dir = fl.data_dir.resolve()
+        dataset = load_dataset(str(record.pipeline.get("source")), data_dir)
+        parts = cached_split(dataset.y_train, record.params.cohortsize, spec, seed, data_dir / ".partitions")
+        out["label_counts"] = label_counts(dataset.y_train, parts, dataset.num_classes)
+    except MlfoError as err:  # the data or flwr-datasets is not here (a run of a remote network): say why
+        out["label_counts_missing"] = err.message
+    return out
+
+
+def cohort_summary(cohort: SentCohort, config: Config | None = None) -> dict[str, Any]:
+    """The per-cohort part of run.json (and `mlfo demo --json`); with `config`, also how its clients split the data."""
     record = cohort.record
     if record is None:
         return {"name": cohort.name, "deployment": cohort.deployment_id, "state": None, "reason": "never followed",
                 "accuracy": [], "loss": []}
     rounds = sorted(record.rounds, key=lambda r: r.round)
-    return {
+    return {**(partition_summary(record, config) if config is not None else {}),
         "name": cohort.name,
         "deployment": cohort.deployment_id,
         "state": record.state,
