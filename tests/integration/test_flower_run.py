@@ -61,6 +61,29 @@ def test_demo_runs_a_researchers_own_flower_app_unchanged(workdir: Path) -> None
     assert processes_under(workdir) == []
 
 
+def test_a_cohorts_partition_is_what_its_clients_train_on_and_the_report_draws_it(workdir: Path) -> None:
+    cohorts = workdir / "cohorts.yaml"
+    cohorts.write_text(f"defaults: {{fraction_fit: 1.0, rounds: 2}}\ncohorts:\n  - name: skewed\n    size: 3\n"
+                       f"    intent: {REPO / 'intents' / 'welding.yaml'}\n    min_available: 3\n"
+                       f"    partition: {{kind: pathological, classes: 2, seed: 3}}\n")
+    run = subprocess.run([sys.executable, "-m", "mlfo_toolkit", "demo", "--cohort-file", str(cohorts), "--json"],
+                         capture_output=True, text=True, timeout=400, cwd=workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout)
+    (cohort,) = summary["cohorts"]
+    shown = subprocess.run([sys.executable, "-m", "mlfo_toolkit", "data", "show", "--clients", "3", "--partitioning",
+                            "pathological", "--classes", "2", "--seed", "3", "--json"], capture_output=True, text=True, cwd=workdir)
+    assert cohort["partition"]["kind"] == "pathological" and cohort["partition"]["seed"] == 3
+    assert cohort["label_counts"] == json.loads(shown.stdout)["label_counts"]  # the split `data show` promised
+    assert all(sum(1 for n in row if n) <= 2 for row in cohort["label_counts"])
+    assert cohort["accuracy"][-1] > 0.1 and cohort["state"] == "done"
+    report = subprocess.run([sys.executable, "-m", "mlfo_toolkit", "report", summary["run_dir"], "--json"],
+                            capture_output=True, text=True, cwd=workdir)
+    assert report.returncode == 0, report.stderr
+    assert (workdir / summary["run_dir"] / "report" / "labels.png").read_bytes()[:4] == b"\x89PNG"
+    assert processes_under(workdir) == []
+
+
 @pytest.fixture
 def agent(config: Config, workdir: Path):  # type: ignore[no-untyped-def]
     node = NodeAgent(config.with_overrides({"agent.fl_server_port": 0}), work_dir=workdir / "agent")

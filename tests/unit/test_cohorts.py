@@ -100,3 +100,24 @@ def test_a_target_cohort_carries_its_policy_and_thresholds_to_the_form(config: C
     with pytest.raises(ValidationError, match="allows 4 clients but min_available is 5") as err:
         plan_cohorts(too_many, config)
     assert err.value.field == "cohorts[0].min_available"
+
+
+def test_a_cohorts_partition_reaches_the_form_and_a_bad_one_names_its_field(config: Config, tmp_path: Path) -> None:
+    import json
+
+    from mlfo_toolkit.orchestrator.campus import _partition
+
+    text = ("defaults: {partition: {kind: dirichlet, alpha: 0.1}}\ncohorts:\n  - {size: 3, intent: welding.yaml}\n"
+            "  - {size: 3, intent: welding.yaml, partition: {kind: pathological, classes: 2, seed: 7}}\n")
+    first, second = parse_cohort_file(text, "c.yaml", INTENTS, config).cohorts
+    assert json.loads(first.form_fields(10)["partition"]) == {"kind": "dirichlet", "alpha": 0.1, "classes": 2, "shards": 2}
+    assert json.loads(second.form_fields(13)["partition"])["seed"] == 7
+    # What the campus MLFO takes from the form (anyone may send it): checked, the field named.
+    assert _partition(second.form_fields(13)["partition"]) == {"kind": "pathological", "alpha": 0.5, "classes": 2, "shards": 2, "seed": 7}
+    for bad in ('{"kind": "zipf"}', '{"kind": "dirichlet", "alpha": -1}', "not json", '{"kind": "iid", "x": 1}'):
+        with pytest.raises(ValidationError) as err:
+            _partition(bad)
+        assert err.value.field == "partition"
+    with pytest.raises(ValidationError) as err:
+        parse_cohort_file(text.replace("classes: 2", "classes: zero"), "c.yaml", INTENTS, config)
+    assert err.value.field == "cohorts[1].partition.classes" and err.value.line == 4

@@ -97,3 +97,15 @@ def test_a_restart_ran_to_end_whether_or_not_the_run_had_stopped_its_clients() -
         assert effect == {"client_state": end, "ran_to_end": True}
     lost_again = restart_effect(ClientRecord(agent="fc.11", part=1, state="lost", lost_at=130.0, restarts=earlier))
     assert lost_again == {"client_state": "lost", "ran_to_end": False}
+
+
+def test_a_partition_sweep_names_its_runs_plainly_and_keeps_the_fixed_seed(workdir: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "non-iid.yaml"), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert len(runs) == 18 and runs[0]["key"] == "partition_iid-strategy_FedAvg-r1"
+    assert runs[-1]["key"] == "partition_dirichlet0.1-strategy_FedProx-r3"
+    bad = workdir / "bad.yaml"
+    bad.write_text(f"name: bad\ncohorts: {COHORTS}\nsweep:\n  partition: [{{kind: iid}}, {{kind: zipf}}]\n")
+    refused = CliRunner().invoke(cli, ["run", str(bad), "--dry-run", "--json"])
+    assert refused.exit_code == 4 and "sweep.partition[1]" in refused.stdout
