@@ -13,7 +13,6 @@ exits with.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,6 @@ from mlfo_toolkit.experiments.spec import load_experiment
 from mlfo_toolkit.fl import fetch
 from mlfo_toolkit.fl.data import load_dataset
 from mlfo_toolkit.fl.partitions import PartitionSpec, cached_split, label_counts
-from mlfo_toolkit.fl.userapps import APP_PREFIX, read_app
 from mlfo_toolkit.http.schema import openapi_schema
 from mlfo_toolkit.http.service import run_agent, run_exporter, run_mlfo
 from mlfo_toolkit.meters.controllers import resolve_controller
@@ -42,7 +40,7 @@ from mlfo_toolkit.net.state import NetworkState, load_state, running_topology, s
 from mlfo_toolkit.net.topology import Topology, load_topology
 from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, plan_cohorts, shape_cohorts
-from mlfo_toolkit.orchestrator.intents import Catalog, load_intent_file, understood
+from mlfo_toolkit.orchestrator.intents import Catalog, config_with_app, load_intent_file, understood
 from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import follow_deployments, post_cohorts, raise_for_failures
 from mlfo_toolkit.reports.compare import build_experiment_report, is_experiment
@@ -109,17 +107,6 @@ def _run_summary(sent: list[Any], run_dir: Path, inputs: dict[str, Path | None],
 
 
 # --- intents and deployments --------------------------------------------------------------------
-def _use_app(config: Config, app_dir: Path, work_dir: Path) -> Config:
-    """`config` with the Flower app in `app_dir` registered (named after its folder) and run by every operand
-    of the catalog (a copy written into `work_dir`)."""
-    source = app_dir.resolve()
-    read_app(source)  # not a Flower app: say so now, not from inside an agent
-    name = re.sub(r"[^A-Za-z0-9_.-]", "-", source.name).lstrip("-_.")[:64] or "app"
-    catalog = Catalog.load(config.mlfo.catalog).with_model(f"{APP_PREFIX}{name}", work_dir / "catalog.yaml")
-    apps = {**{k: v.model_dump() for k, v in config.fl.apps.items()}, name: {"path": str(source)}}
-    return config.with_overrides({"fl.apps": apps, "mlfo.catalog": str(catalog)})
-
-
 def demo(config: Config | None = None, *, cohorts: int | None = None, clients: int | None = None, rounds: int | None = None,
          cohort_file: Path | None = None, timeout: float = 900.0, progress: Progress | None = None,
          app: Path | None = None) -> RunResult:
@@ -131,7 +118,7 @@ def demo(config: Config | None = None, *, cohorts: int | None = None, clients: i
     shaped = shape_cohorts(load_cohort_file(cohort_path, cfg), cohorts, clients, rounds)
     run_dir = new_run_dir(Path(cfg.paths.runs_dir), "demo")
     if app is not None:
-        cfg = _use_app(cfg, app, run_dir)
+        cfg = config_with_app(cfg, app, run_dir)
     started = time.monotonic()
     servers = sum(1 for c in shaped.cohorts if not c.sameserver)
     clients_total = sum(c.size for c in shaped.cohorts)

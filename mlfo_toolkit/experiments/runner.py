@@ -31,6 +31,7 @@ from mlfo_toolkit.meters.operations import clear_meters
 from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.assurance import load_policy
 from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file, parse_cohort_file, shape_cohorts
+from mlfo_toolkit.orchestrator.intents import config_with_app
 from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import SentCohort, follow_deployments, post_cohorts
 from mlfo_toolkit.reports.runs import cohort_summary, manifest, write_run
@@ -168,6 +169,8 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
         policy = run_policy(experiment, plan)
         allowed = [*config.assurance.allowed_policies, *([policy] if policy else [])]
         cfg = config.with_overrides({"fl.seed": plan.seed, "mlfo.client_check_seconds": 1.0, "assurance.allowed_policies": allowed})
+        if spec.app is not None:
+            cfg = config_with_app(cfg, experiment.source.parent / spec.app, run_dir)
     cohort_file = cohorts_for(experiment, cfg, plan)
     if network is None:
         servers = sum(1 for c in cohort_file.cohorts if not c.sameserver)

@@ -35,6 +35,7 @@ from mlfo_toolkit.config import AssuranceSettings
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.fl.userapps import read_app
 from mlfo_toolkit.net.changes import link_ends
 from mlfo_toolkit.net.topology import load_topology
 from mlfo_toolkit.orchestrator.assurance import check_thresholds
@@ -195,6 +196,8 @@ class ExperimentFile(_Model):
     topology: TopologyChoice = Field(default_factory=TopologyChoice)
     init: Init | None = None
     cohorts: str | list[dict[str, Any]] = "cohorts.yaml"
+    app: str | None = Field(None, description="a Flower app's folder (relative to this file) trained instead of mlfo's "
+                            "model (loopback; in a network, register it in fl.apps before topo up)")
     shape: Shape = Field(default_factory=Shape)
     fl: FlOverrides = Field(default_factory=FlOverrides)
     timeline: list[Event] = Field(default_factory=list)
@@ -266,6 +269,15 @@ def load_experiment(path: Path) -> Experiment:
                                   "or restarts an agent", field=f"timeline[{i}].{event.kind}.agent",
                                   line=where(lines, "timeline", i, event.kind, "agent"), source=source,
                                   hint="drop agent: true to kill the SuperNode, or set backend: network")
+    if spec.app is not None:
+        if spec.backend != "loopback":
+            raise ValidationError("app: runs an app on the run's own loopback agents; a running network's agents take "
+                                  "apps from their config", field="app", line=where(lines, "app"), source=source,
+                                  hint="register it under fl.apps before `topo up` and name model: app:NAME in the catalog")
+        try:
+            read_app(path.parent / spec.app)
+        except ValidationError as err:
+            raise ValidationError(err.reason, field="app", line=where(lines, "app"), source=source, hint=err.hint) from None
     if spec.backend == "network":
         _check_topology(spec, lines, source)
     if spec.assurance is not None:

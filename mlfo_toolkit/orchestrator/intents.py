@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
+from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.strategies import canonical_strategy
-from mlfo_toolkit.fl.userapps import check_model_form
+from mlfo_toolkit.fl.userapps import APP_PREFIX, check_model_form, read_app
 from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
 from mlfo_toolkit.util.resources import resource_path
@@ -338,3 +340,14 @@ def parse_momo_intent(data: Any, source: str = "Mo-Mo intent") -> tuple[Intent, 
     constraints = validate(MomoConstraints, target.constraints, {}, source, prefix=("targets", 0, "constraints"))
     constraints.avgalgo = canonical_strategy(constraints.avgalgo, "targets[0].constraints.avgalgo")
     return intent, constraints
+
+
+def config_with_app(config: Config, app_dir: Path, work_dir: Path) -> Config:
+    """`config` with the Flower app in `app_dir` registered (named after its folder) and run by every operand
+    of its catalog (a copy written into `work_dir`): `mlfo demo --app`, an experiment's `app:`."""
+    source = app_dir.resolve()
+    read_app(source)  # not a Flower app: say so now, not from inside an agent
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", source.name).lstrip("-_.")[:64] or "app"
+    catalog = Catalog.load(config.mlfo.catalog).with_model(f"{APP_PREFIX}{name}", work_dir / "catalog.yaml")
+    apps = {**{k: v.model_dump() for k, v in config.fl.apps.items()}, name: {"path": str(source)}}
+    return config.with_overrides({"fl.apps": apps, "mlfo.catalog": str(catalog)})

@@ -109,3 +109,14 @@ def test_a_partition_sweep_names_its_runs_plainly_and_keeps_the_fixed_seed(workd
     bad.write_text(f"name: bad\ncohorts: {COHORTS}\nsweep:\n  partition: [{{kind: iid}}, {{kind: zipf}}]\n")
     refused = CliRunner().invoke(cli, ["run", str(bad), "--dry-run", "--json"])
     assert refused.exit_code == 4 and "sweep.partition[1]" in refused.stdout
+
+
+def test_an_experiments_app_must_be_a_flower_app_on_loopback(workdir: Path) -> None:
+    plan = CliRunner().invoke(cli, ["run", str(REPO / "experiments" / "kill-an-app-client.yaml"), "--dry-run", "--json"])
+    assert plan.exit_code == 0, plan.output
+    for extra, message in ((f"app: {workdir}", "has no pyproject.toml"),
+                           (f"app: {REPO / 'examples' / 'sklearn-digits'}\nbackend: network", "take apps from their config")):
+        bad = workdir / "bad.yaml"
+        bad.write_text(f"name: bad\ncohorts: {COHORTS}\n{extra}\n")
+        refused = CliRunner().invoke(cli, ["run", str(bad), "--dry-run", "--json"])
+        assert refused.exit_code == 4 and message in refused.stdout and '"field": "app"' in refused.stdout.replace("'", '"')
