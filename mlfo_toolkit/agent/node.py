@@ -378,24 +378,24 @@ class NodeAgent:
                 "mlfo-loss-keys": ",".join(app.loss_keys),
             }
         return self.app_dir, {
-                "strategy": params.algo,
-                "num-rounds": params.numround,
-                "fraction-fit": params.fracfit,
-                "min-fit": params.minfit,
-                "min-available": params.minav,
-                "source": params.source,
-                "model": params.model,
-                "local-epochs": fl.local_epochs,
-                "learning-rate": fl.learning_rate,
-                "batch-size": fl.batch_size,
-                "proximal-mu": fl.proximal_mu,
-                "seed": seed,
-                "data-dir": str(fl.data_dir.resolve()),
-                "metrics-file": str(metrics_file),
-                "control-file": str(control_file),
-                "round-timeout": timeout,
-                "server-poll-seconds": fl.server_poll_seconds,
-            }
+            "strategy": params.algo,
+            "num-rounds": params.numround,
+            "fraction-fit": params.fracfit,
+            "min-fit": params.minfit,
+            "min-available": params.minav,
+            "source": params.source,
+            "model": params.model,
+            "local-epochs": fl.local_epochs,
+            "learning-rate": fl.learning_rate,
+            "batch-size": fl.batch_size,
+            "proximal-mu": fl.proximal_mu,
+            "seed": seed,
+            "data-dir": str(fl.data_dir.resolve()),
+            "metrics-file": str(metrics_file),
+            "control-file": str(control_file),
+            "round-timeout": timeout,
+            "server-poll-seconds": fl.server_poll_seconds,
+        }
 
     # --- FL client ---------------------------------------------------------------------------
     def registration_dir(self) -> Path:
