@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= $(shell /usr/bin/python3 -c 'import ensurepip' 2>/dev/null && echo /usr/bin/python3 || echo python3)
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := mininet openvswitch-switch iperf3 ethtool iputils-ping iproute2 cgroup-tools \
-	prometheus prometheus-node-exporter python3-venv python3-pip docker.io debootstrap
+	prometheus prometheus-node-exporter python3-venv python3-pip docker.io debootstrap chromium poppler-utils
 # Containernet is not on PyPI: its wheel is kept in vendor/ (see vendor/containernet/SOURCE.txt).
 CONTAINERNET_WHEEL := vendor/containernet/mininet-3.0-py3-none-any.whl
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
@@ -25,7 +25,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,containers,partitions]'
+	$(BIN)/python -m pip install --quiet -e '.[test,containers,partitions,tracking]'
 	$(BIN)/python -m pip install --quiet --no-deps $(CONTAINERNET_WHEEL)
 
 # As root: the system pieces the integration tests need (Open vSwitch in userspace mode,

@@ -21,7 +21,7 @@ from typing import Any
 from mlfo_toolkit.backends.base import AttachedBackend
 from mlfo_toolkit.backends.loopback import LoopbackBackend
 from mlfo_toolkit.config import Config, load_config
-from mlfo_toolkit.errors import AuthError
+from mlfo_toolkit.errors import AuthError, ValidationError
 from mlfo_toolkit.experiments.runner import execute, plan_summary
 from mlfo_toolkit.experiments.spec import load_experiment
 from mlfo_toolkit.fl import fetch
@@ -43,9 +43,11 @@ from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, plan_cohorts, sh
 from mlfo_toolkit.orchestrator.intents import Catalog, config_with_app, load_intent_file, understood
 from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import follow_deployments, post_cohorts, raise_for_failures
-from mlfo_toolkit.reports.compare import build_experiment_report, is_experiment
-from mlfo_toolkit.reports.report import build_report, plot_label_distribution
+from mlfo_toolkit.reports.compare import build_experiment_report, is_experiment, load_index, load_runs
+from mlfo_toolkit.reports.report import build_report, load_run, plot_label_distribution
 from mlfo_toolkit.reports.runs import cohort_summary, manifest, new_run_dir, write_run
+from mlfo_toolkit.reports.style import parse_formats
+from mlfo_toolkit.reports.trackers import to_mlflow, to_tensorboard
 from mlfo_toolkit.results import (
     ApiSchema,
     ClientRestarted,
@@ -363,18 +365,44 @@ def monitor_down(config: Config | None = None) -> MonitorResult:
     return MonitorResult(None, list(data.get("stopped", [])), data=data)
 
 
-def report(run_dir: Path, config: Config | None = None, *, fmt: str = "png", prometheus: str | None = None,
-           topology: Path | None = None) -> ReportResult:
-    """Plots (accuracy, loss, orchestration, traffic, round anatomy) and a manifest under RUN_DIR/report/;
-    for an experiment folder, its runs side by side."""
+def report(run_dir: Path | list[Path], config: Config | None = None, *, fmt: str = "png", prometheus: str | None = None,
+           topology: Path | None = None, output: Path | None = None, trackers: list[str] | None = None) -> ReportResult:
+    """Plots (accuracy, loss, orchestration, traffic, round anatomy), a manifest and index.html under RUN_DIR/report/;
+    for an experiment folder, its runs side by side; for several experiment folders, all of them side by side
+    (in `output`). `fmt`: figure formats, a comma list of png, svg, pdf. `trackers`: also log the runs to
+    mlflow and/or tensorboard (tracking.*)."""
     cfg = _config(config)
-    if is_experiment(Path(run_dir)):
-        data = build_experiment_report(Path(run_dir))
+    formats = parse_formats(fmt)
+    folders = [Path(p) for p in run_dir] if isinstance(run_dir, list) else [Path(run_dir)]
+    if len(folders) > 1 or is_experiment(folders[0]):
+        plain = [f for f in folders if not is_experiment(f)]
+        if plain:
+            raise ValidationError(f"{plain[0]} is not an experiment folder (index.json and runs/)", field="run_dir",
+                                  hint="several folders are compared only when each is an experiment run by `mlfo run`")
+        out = output or (folders[0] / "report" if len(folders) == 1 else Path("report-compare"))
+        data = build_experiment_report(folders, formats=formats, out=out)
+        entries = [entry for folder in folders for entry in load_runs(folder)]
+        name = " vs ".join(str(load_index(f).get("experiment") or f.name) for f in folders)
+        data["tracked"] = _track(cfg, trackers or [], entries, name, out)
         return ReportResult([Path(p) for p in data["plots"]], Path(data["report"]) / "table.json", Path(data["html"]), data=data)
     url = prometheus or f"http://127.0.0.1:{cfg.monitor.prometheus_port}"
-    data = build_report(Path(run_dir), fmt, url, {"topology": topology} if topology else None)
+    data = build_report(folders[0], formats, url, {"topology": topology} if topology else None)
+    run = load_run(folders[0])
+    entry = {"key": folders[0].name, "point": {}, "seed": (run.get("manifest") or {}).get("seeds", {}).get("fl.seed"), "run": run}
+    data["tracked"] = _track(cfg, trackers or [], [entry], folders[0].name, Path(data["report_dir"]))
     return ReportResult([Path(p) for p in data["plots"]], Path(data["manifest"]),
                         Path(data["html"]) if data.get("html") else None, data=data)
+
+
+def _track(cfg: Config, trackers: list[str], entries: list[dict[str, Any]], name: str, report_dir: Path) -> dict[str, str]:
+    """Log runs to the trackers asked for, with the report folder's files; where each went."""
+    files = sorted(p for p in report_dir.iterdir() if p.suffix in (".png", ".svg", ".pdf", ".csv", ".html")) if report_dir.is_dir() else []
+    tracked = {}
+    if "mlflow" in trackers:
+        tracked["mlflow"] = to_mlflow(entries, name, cfg.tracking.mlflow_uri, report_dir, files)
+    if "tensorboard" in trackers:
+        tracked["tensorboard"] = to_tensorboard(entries, cfg.tracking.tensorboard_dir or report_dir / "tensorboard", files)
+    return tracked
 
 
 # --- experiments --------------------------------------------------------------------------------
@@ -385,14 +413,21 @@ def plan_experiment(path: Path, config: Config | None = None) -> ExperimentPlan:
 
 
 def run_experiment(path: Path, config: Config | None = None, *, out_dir: Path | None = None,
-                   progress: Progress | None = None) -> ExperimentResult:
+                   progress: Progress | None = None, track: list[str] | None = None) -> ExperimentResult:
     """Run every run of an experiment file not finished yet (a rerun resumes); write runs and index.json.
 
     The folder defaults to paths.runs_dir/experiments/NAME; `report(folder)` compares the runs."""
     cfg = _config(config)
     experiment = load_experiment(Path(path))
     folder = out_dir or Path(cfg.paths.runs_dir) / "experiments" / experiment.name
-    index = execute(experiment, cfg, folder, progress=progress or quiet)
+    trackers = track or []
+
+    def log_run(entry: dict[str, Any]) -> None:  # each run as it finishes, into the store the report uses
+        _track(cfg, trackers, [entry], experiment.name, folder / "report")
+
+    if trackers:
+        (folder / "report").mkdir(parents=True, exist_ok=True)
+    index = execute(experiment, cfg, folder, progress=progress or quiet, after_run=log_run if trackers else None)
     return ExperimentResult(experiment.name, folder, index["runs"], data={**index, "folder": str(folder)})
 
 

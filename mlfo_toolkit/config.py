@@ -229,6 +229,13 @@ class AssuranceSettings(_Section):
         return AssuranceSettings.model_validate({**self.model_dump(), **(thresholds or {})})
 
 
+class TrackingSettings(_Section):
+    """Where `mlfo report --to` and `mlfo run --track` log runs (needs mlfo-toolkit[tracking])."""
+
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; unset: sqlite mlflow.db in the report folder")
+    tensorboard_dir: Path | None = Field(None, description="TensorBoard log folder; unset: tensorboard/ in the report folder")
+
+
 class Config(_Section):
     """The effective configuration of every mlfo command and process."""
 
@@ -241,6 +248,7 @@ class Config(_Section):
     onos: OnosSettings = Field(default_factory=OnosSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     assurance: AssuranceSettings = Field(default_factory=AssuranceSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     def client_agents(self) -> list[str]:
         """Client agent addresses HOST:PORT, in IP-plan order."""

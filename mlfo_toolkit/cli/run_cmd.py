@@ -16,12 +16,14 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.argument("experiment", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--track", multiple=True, type=click.Choice(["mlflow", "tensorboard"]),
+              help="Log each run, as it finishes, to MLflow and/or TensorBoard (see `mlfo report --to`).")
 @click.option("--dry-run", is_flag=True, help="Check the file and print the runs, events and expected duration; start nothing.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               help="Experiment folder (default: paths.runs_dir/experiments/NAME). Finished runs in it are skipped.")
 @json_option()
 @pass_config
-def run(cfg: Config, experiment: Path, dry_run: bool, output: Path | None, as_json: bool) -> None:
+def run(cfg: Config, experiment: Path, track: tuple[str, ...], dry_run: bool, output: Path | None, as_json: bool) -> None:
     """Run an experiment file: cohorts, a timeline of events fired at FL rounds, repetitions, sweeps.
 
     \b
@@ -56,7 +58,8 @@ def run(cfg: Config, experiment: Path, dry_run: bool, output: Path | None, as_js
             lines(event, data)
 
     with DeployProgress(enabled=not as_json) as lines:
-        result = api.run_experiment(experiment, cfg, out_dir=output, progress=progress if not as_json else None)
+        result = api.run_experiment(experiment, cfg, out_dir=output, progress=progress if not as_json else None,
+                                    track=list(track))
     if as_json:
         echo_json(result.to_dict())
     else:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -275,8 +276,10 @@ class _Partial:
         })
 
 
-def execute(experiment: Experiment, config: Config, out_dir: Path, *, progress: Progress = quiet) -> dict[str, Any]:
-    """Run every run not already finished; write index.json after each; return the index."""
+def execute(experiment: Experiment, config: Config, out_dir: Path, *, progress: Progress = quiet,
+            after_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run every run not already finished; write index.json after each, then call `after_run` with its
+    index entry and its record (`run`); return the index."""
     for plan in experiment.runs:
         cohorts = cohorts_for(experiment, config, plan)
         check_cohorts(experiment, cohorts)
@@ -287,10 +290,11 @@ def execute(experiment: Experiment, config: Config, out_dir: Path, *, progress: 
         choice = experiment.spec.topology
         network = EmulatedBackend(config, topology=choice.file, params=choice.params, builder=choice.backend, progress=progress)
     with terminate_as_interrupt(), network as entered:
-        return _run_all(experiment, config, out_dir, progress, entered)
+        return _run_all(experiment, config, out_dir, progress, entered, after_run)
 
 
-def _run_all(experiment: Experiment, config: Config, out_dir: Path, progress: Progress, network: Backend | None) -> dict[str, Any]:
+def _run_all(experiment: Experiment, config: Config, out_dir: Path, progress: Progress, network: Backend | None,
+             after_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     index_path = out_dir / "index.json"
     index: dict[str, Any] = {"experiment": experiment.name, "source": str(experiment.source), "runs": []}
     for plan in experiment.runs:
@@ -321,5 +325,7 @@ def _run_all(experiment: Experiment, config: Config, out_dir: Path, progress: Pr
         index["runs"].append(entry)
         write_json_atomically(index_path, index)
         progress("run", {"run": plan.key, "state": entry["state"]})
+        if after_run is not None:
+            after_run({**entry, "run": summary})
     write_json_atomically(index_path, index)
     return index

@@ -40,7 +40,7 @@ class RemoteFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    url: str = Field(pattern=r"^(https?|file)://")
+    url: str = Field(pattern=r"^https?://")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     md5: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
 

@@ -1,10 +1,20 @@
-"""`mlfo report EXPERIMENT_DIR`: every run of an experiment side by side.
+"""`mlfo report EXPERIMENT_DIR [EXPERIMENT_DIR ...]`: every run of one or more experiments side by side.
 
-Writes EXPERIMENT_DIR/report/: accuracy and loss by round (a line per run, the mean and spread of
-each sweep point over its repetitions), time per round with the timeline's events marked and
-rounds with fewer results than sampled crossed, FL traffic per round, and a table per sweep point
-(final accuracy, time to the target accuracy, total traffic). Each figure's data is also written as
-CSV and JSON, and index.html shows it all.
+Writes the report folder (EXPERIMENT_DIR/report/, or the one given for several experiments):
+
+* accuracy and loss by round: per sweep point its mean over the repetitions, a band from the lowest
+  to the highest run, and each run thin; a legend entry per point;
+* time per round, the same way, with the timeline's events marked by number at the round they fell
+  into (the numbers are explained in the events table) and rounds with fewer results than sampled
+  crossed;
+* FL traffic per round per point (mean, and the range of the runs), how each point's clients split
+  the data, and the measured rate around meter and link events;
+* a table per sweep point (final accuracy, time to the target accuracy, traffic, ...);
+* index.html: the experiment (name, description, file, grid, seeds, versions), the tables and every
+  figure with its caption and data (CSV, JSON) links; one folder, it opens from disk.
+
+A sweep point keeps its colour, marker and line style in every figure (reports/style.py). Figures are
+written in each of `formats` (png, svg, pdf), sized for a paper's column or its width.
 """
 
 from __future__ import annotations
@@ -13,22 +23,30 @@ import html
 import json
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mlfo_toolkit.errors import NotFoundError
-from mlfo_toolkit.fl.partitions import PartitionSpec
+from mlfo_toolkit.reports.page import html_table, plain, write_page_file
 from mlfo_toolkit.reports.report import partition_title, plot_label_distribution
-from mlfo_toolkit.reports.runs import pyplot, save_figure, write_rows
-from mlfo_toolkit.util.files import write_json_atomically, write_text
+from mlfo_toolkit.reports.runs import write_rows
+from mlfo_toolkit.reports.style import COLUMN, WIDE, integer_rounds, pyplot, save, series
+from mlfo_toolkit.util.files import write_json_atomically
 
 
 def is_experiment(folder: Path) -> bool:
     return (folder / "index.json").is_file() and (folder / "runs").is_dir()
 
 
+def load_index(folder: Path) -> dict[str, Any]:
+    return dict(json.loads((folder / "index.json").read_text()))
+
+
 def load_runs(folder: Path) -> list[dict[str, Any]]:
-    index = json.loads((folder / "index.json").read_text())
+    index = load_index(folder)
     runs = []
     for entry in index.get("runs", []):
         path = Path(entry["dir"]) / "run.json"
@@ -42,172 +60,231 @@ def load_runs(folder: Path) -> list[dict[str, Any]]:
 
 
 def point_label(point: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_plain(k, v)}" for k, v in point.items()) or "base"
-
-
-def _plain(key: str, value: Any) -> str:
-    """A sweep value as a reader writes it: a partition as `dirichlet alpha=0.1`, not a dict's repr."""
-    if key == "partition" and isinstance(value, dict):
-        return PartitionSpec.model_validate(value).label()
-    return str(value)
+    return ", ".join(f"{k}={plain(v, k)}" for k, v in point.items()) or "base"
 
 
 def _time_to(accuracy: list[float], seconds: list[float | None], target: float) -> float | None:
     elapsed = 0.0
     for acc, took in zip(accuracy, seconds):
         elapsed += took or 0.0
-        if acc >= target:
+        if acc is not None and acc >= target:
             return round(elapsed, 2)
     return None
 
 
-def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]:
-    plt = pyplot()
-    runs = load_runs(folder)
-    out = folder / "report"
-    out.mkdir(exist_ok=True)
-    points: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for entry in runs:
-        points[point_label(entry["point"])].append(entry)
-    colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(points)}
+@dataclass
+class Point:
+    """A sweep point (of one experiment): its runs, and its look in every figure."""
 
-    # Accuracy and loss by round: a thin line per run, the mean of each point bold, its spread shaded.
+    label: str
+    index: int
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def style(self) -> dict[str, Any]:
+        return series(self.index)
+
+    def cohorts(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        return [(entry, cohort) for entry in self.entries for cohort in entry["run"]["cohorts"]]
+
+
+@dataclass
+class NumberedEvent:
+    number: int
+    round: int | None
+    kind: str
+    target: str
+    effect: str
+    runs: list[str]
+
+
+def _target_text(what: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={plain(v)}" for k, v in what.items() if v not in (None, False, "")) if what else ""
+
+
+def number_events(points: list[Point]) -> list[NumberedEvent]:
+    """The timeline's events of every run, numbered once per (round, kind, target) in round order."""
+    found: dict[tuple[Any, ...], NumberedEvent] = {}
+    for point in points:
+        for entry in point.entries:
+            for event in entry["run"].get("events", []):
+                target = _target_text(event.get("what") or {})
+                key = (event.get("round") or 0, event["kind"], target)
+                if key not in found:
+                    found[key] = NumberedEvent(0, event.get("round"), event["kind"], target,
+                                               effect_text(event.get("effect") or {}), [])
+                found[key].runs.append(entry["key"])
+    ordered = sorted(found.values(), key=lambda e: (e.round or 0, e.kind, e.target))
+    for number, event in enumerate(ordered, start=1):
+        event.number = number
+    return ordered
+
+
+def _mean_and_band(ax: Any, point: Point, curves: list[list[float]], label: str) -> None:
+    """Each run thin, the mean bold with its markers, the band from the lowest to the highest run."""
+    style = point.style
+    for curve in curves:
+        ax.plot(range(1, len(curve) + 1), curve, color=style["color"], alpha=0.3, linewidth=0.7, linestyle=style["linestyle"])
+    length = min((len(c) for c in curves), default=0)
+    if not length:
+        return
+    xs = list(range(1, length + 1))
+    values = [[c[i] for c in curves] for i in range(length)]
+    ax.plot(xs, [statistics.fmean(v) for v in values], label=label, linewidth=1.8, **style)
+    if len(curves) > 1:
+        ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], color=style["color"], alpha=0.15, linewidth=0)
+
+
+def _legend(ax: Any, count: int) -> None:
+    if count > 3:  # beside the axes: inside, it would cover the lines
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ax.legend(loc="best")
+
+
+def _figure_rounds(points: list[Point], out: Path, formats: tuple[str, ...]) -> list[Path]:
+    plt = pyplot()
     rows: list[dict[str, Any]] = []
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, entries in points.items():
-        curves = []
-        for entry in entries:
-            for cohort in entry["run"]["cohorts"]:
-                curves.append((cohort["accuracy"], cohort["loss"]))
-                for i, (acc, loss) in enumerate(zip(cohort["accuracy"], cohort["loss"]), start=1):
-                    rows.append({"point": label, "run": entry["key"], "cohort": cohort["name"], "round": i, "accuracy": acc, "loss": loss})
-                rounds = range(1, len(cohort["accuracy"]) + 1)
-                acc_ax.plot(rounds, cohort["accuracy"], color=colours[label], alpha=0.35, linewidth=1)
-                loss_ax.plot(rounds, cohort["loss"], color=colours[label], alpha=0.35, linewidth=1)
-        length = min(len(c[0]) for c in curves)
-        if length:
-            xs = range(1, length + 1)
-            for ax, which in ((acc_ax, 0), (loss_ax, 1)):
-                values = [[c[which][i] for c in curves] for i in range(length)]
-                ax.plot(xs, [statistics.fmean(v) for v in values], color=colours[label], linewidth=2.5, label=f"{label} (n={len(curves)})")
-                ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], color=colours[label], alpha=0.15)
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=WIDE)
+    for point in points:
+        accuracy, loss = [], []
+        for entry, cohort in point.cohorts():
+            accuracy.append([a for a in cohort["accuracy"] if a is not None])
+            loss.append([v for v in cohort["loss"] if v is not None])
+            for i, (acc, value) in enumerate(zip(cohort["accuracy"], cohort["loss"]), start=1):
+                rows.append({"point": point.label, "run": entry["key"], "cohort": cohort["name"], "round": i, "accuracy": acc,
+                             "loss": value})
+        label = f"{point.label} (n={len(accuracy)})"
+        _mean_and_band(acc_ax, point, accuracy, label)
+        _mean_and_band(loss_ax, point, loss, label)
     acc_ax.set(xlabel="round", ylabel="held-out accuracy", title="Accuracy by round")
     loss_ax.set(xlabel="round", ylabel="held-out loss", title="Loss by round")
-    acc_ax.legend(fontsize=8)
-    fig.tight_layout()
-    figures = {"accuracy-loss": _save(fig, plt, out / "accuracy-loss.png", rows)}
+    for ax in (acc_ax, loss_ax):
+        integer_rounds(ax)
+    _legend(loss_ax, len(points))
+    return _save(fig, out / "accuracy-loss", formats, rows)
 
-    # How each point's clients split the data (its first cohort with a known split).
-    split = []
-    for label, entries in points.items():
-        cohort = next((c for e in entries for c in e["run"]["cohorts"] if c.get("label_counts")), None)
-        if cohort is not None:
-            split.append((f"{label}\n{partition_title(cohort)}", cohort["label_counts"]))
-    if split:
-        figures["labels"] = plot_label_distribution(split, out / "labels.png")
-        write_rows(out / "labels.csv", [{"point": title.split("\n")[0], "client": client, "label": label, "samples": n}
-                                        for title, counts in split for client, row in enumerate(counts)
-                                        for label, n in enumerate(row)])
 
-    # Time per round, events marked in the round they fell into, short rounds crossed.
-    rows = []
-    fig, ax = plt.subplots(figsize=(12, 4.5))
-    marks: dict[int, dict[str, list[str]]] = {}
-    for label, entries in points.items():
-        for entry in entries:
-            for cohort in entry["run"]["cohorts"]:
-                seconds = cohort.get("round_seconds") or []
-                numbers = list(range(1, len(seconds) + 1))
-                ax.plot(numbers, seconds, marker="o", color=colours[label], alpha=0.7, linewidth=1)
-                short = [r for r in cohort.get("short_rounds", []) if r <= len(seconds)]
-                ax.scatter(short, [seconds[r - 1] for r in short], marker="x", s=90, color="red", zorder=3)
-                for i, took in enumerate(seconds, start=1):
-                    rows.append({"point": label, "run": entry["key"], "cohort": cohort["name"], "round": i, "seconds": took,
-                                 "short": i in cohort.get("short_rounds", [])})
+def _figure_round_time(points: list[Point], events: list[NumberedEvent], out: Path, formats: tuple[str, ...]) -> list[Path]:
+    plt = pyplot()
+    rows: list[dict[str, Any]] = []
+    fig, ax = plt.subplots(figsize=WIDE)
+    crossed = False
+    for point in points:
+        curves = []
+        for entry, cohort in point.cohorts():
+            seconds = [s if s is not None else 0.0 for s in cohort.get("round_seconds") or []]
+            curves.append(seconds)
+            short = [r for r in cohort.get("short_rounds", []) if r <= len(seconds)]
+            if short:
+                ax.scatter(short, [seconds[r - 1] for r in short], marker="x", s=40, color="#D55E00", zorder=4,
+                           label=None if crossed else "fewer results than sampled")
+                crossed = True
+            for i, took in enumerate(seconds, start=1):
+                rows.append({"point": point.label, "run": entry["key"], "cohort": cohort["name"], "round": i, "seconds": took,
+                             "short": i in cohort.get("short_rounds", [])})
             for event in entry["run"].get("events", []):
-                if event.get("round"):
-                    marks.setdefault(int(event["round"]), {}).setdefault(event["kind"], []).append(entry["key"])
-                rows.append({"point": label, "run": entry["key"], "event": event["kind"], "round": event.get("round"),
+                rows.append({"point": point.label, "run": entry["key"], "event": event["kind"], "round": event.get("round"),
                              "phase": event.get("phase"), "offset_seconds": event.get("offset_seconds"), "ok": event.get("ok"),
                              "effect": effect_text(event.get("effect") or {})})
-    for number, kinds in marks.items():  # one label per round: labels of one round would overprint
-        ax.axvline(number - 0.5, color="black", linestyle="--", linewidth=1)
-        label = "; ".join(f"{kind} ({', '.join(runs)})" for kind, runs in kinds.items())
-        ax.annotate(label, (number - 0.5, ax.get_ylim()[1] * 0.95), rotation=90, fontsize=7, va="top", ha="right")
-    ax.set(xlabel="round (dashed: an event fired as this round began; x: fewer results than sampled)", ylabel="seconds",
-           title="Time per round")
-    fig.tight_layout()
-    figures["round-time"] = _save(fig, plt, out / "round-time.png", rows)
+        _mean_and_band(ax, point, curves, f"{point.label} (n={len(curves)})")
+    # Events by number, one label per round (their text is in the events table): nothing overprints.
+    by_round: dict[int, list[int]] = defaultdict(list)
+    for event in events:
+        if event.round:
+            by_round[event.round].append(event.number)
+    top = ax.get_ylim()[1]
+    for number, numbers in sorted(by_round.items()):
+        ax.axvline(number - 0.5, color="#555555", linestyle=":", linewidth=0.9, zorder=1)
+        ax.annotate(",".join(str(n) for n in numbers), (number - 0.5, top), xytext=(0, 2), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7, bbox={"boxstyle": "circle,pad=0.2", "fc": "white", "ec": "#555555", "lw": 0.6})
+    ax.set(xlabel="round (numbers: events, see the events table)", ylabel="seconds", title="Time per round")
+    integer_rounds(ax)
+    _legend(ax, len(points))
+    return _save(fig, out / "round-time", formats, rows)
 
-    # FL traffic per round (the run's total over its rounds).
-    rows = []
-    fig, ax = plt.subplots(figsize=(8, 4))
-    labels: list[str] = []
-    megabytes: list[float] = []
-    for label, entries in points.items():
-        for entry in entries:
-            for cohort in entry["run"]["cohorts"]:
-                traffic = cohort.get("traffic") or {}
-                total = int(traffic.get("bytes_sent", 0)) + int(traffic.get("bytes_received", 0))
-                per_round = total / max(1, len(cohort["accuracy"]))
-                labels.append(f"{entry['key']}\n{cohort['name']}")
-                megabytes.append(per_round / 1e6)
-                rows.append({"point": label, "run": entry["key"], "cohort": cohort["name"], "bytes_total": total, "bytes_per_round": round(per_round)})
-    ax.bar(range(len(megabytes)), megabytes, color="tab:blue")
-    ax.set_xticks(range(len(megabytes)), labels, fontsize=7)
-    ax.set(ylabel="MB per round (server side, both directions)", title="FL traffic per round")
-    fig.tight_layout()
-    figures["traffic"] = _save(fig, plt, out / "traffic.png", rows)
 
-    # Meter events: the rate the cohort measured just before and just after each one.
+def _figure_traffic(points: list[Point], out: Path, formats: tuple[str, ...]) -> list[Path]:
+    plt = pyplot()
+    rows: list[dict[str, Any]] = []
+    fig, ax = plt.subplots(figsize=COLUMN if len(points) <= 4 else WIDE)
+    for point in points:
+        per_round = []
+        for entry, cohort in point.cohorts():
+            traffic = cohort.get("traffic") or {}
+            total = int(traffic.get("bytes_sent", 0)) + int(traffic.get("bytes_received", 0))
+            per_round.append(total / max(1, len(cohort["accuracy"])) / 1e6)
+            rows.append({"point": point.label, "run": entry["key"], "cohort": cohort["name"], "bytes_total": total,
+                         "bytes_per_round": round(per_round[-1] * 1e6)})
+        if not per_round:
+            continue
+        mean = statistics.fmean(per_round)
+        ax.bar(point.index, mean, color=point.style["color"], label=f"{point.index + 1}: {point.label}", hatch=("", "//", "..", "xx")[point.index % 4],
+               edgecolor="white", yerr=[[mean - min(per_round)], [max(per_round) - mean]], capsize=3)
+    ax.set_xticks([p.index for p in points], [str(p.index + 1) for p in points])
+    ax.set(xlabel="sweep point (see the legend)", ylabel="MB per round (server side)", title="FL traffic per round")
+    ax.grid(axis="x", visible=False)
+    _legend(ax, 4)  # always beside the bars: the labels are long
+    return _save(fig, out / "traffic", formats, rows)
+
+
+def _figure_meter_rates(entries: list[dict[str, Any]], out: Path, formats: tuple[str, ...]) -> list[Path]:
     rows = []
-    for entry in runs:
+    for entry in entries:
         for event in entry["run"].get("events", []):
             effect = event.get("effect") or {}
             if "measured_mbit_before" in effect:
                 rows.append({"point": point_label(entry["point"]), "run": entry["key"], "event": event["kind"], "round": event.get("round"),
-                             "rate": effect.get("rate") or effect.get("link"), "before_mbit": effect["measured_mbit_before"], "after_mbit": effect["measured_mbit_after"]})
-    if rows:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], [r["before_mbit"] for r in rows], width=0.4, label="just before")
-        ax.bar([x + 0.2 for x in xs], [r["after_mbit"] for r in rows], width=0.4, label="just after")
-        ax.set_xticks(list(xs), [f"{r['run']}\n{r['event']} {r['rate'] or ''} (round {r['round']})" for r in rows], fontsize=7)
-        ax.set(ylabel="Mbit/s (iperf3, client to FL server)", title="Measured rate around each meter or link event")
-        ax.legend()
-        fig.tight_layout()
-        figures["meter-rates"] = _save(fig, plt, out / "meter-rates.png", rows)
+                             "rate": effect.get("rate") or effect.get("link"), "before_mbit": effect["measured_mbit_before"],
+                             "after_mbit": effect["measured_mbit_after"]})
+    if not rows:
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=WIDE)
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["before_mbit"] for r in rows], width=0.4, label="just before", color=series(0)["color"])
+    ax.bar([x + 0.2 for x in xs], [r["after_mbit"] for r in rows], width=0.4, label="just after", color=series(1)["color"], hatch="//")
+    ax.set_xticks(list(xs), [f"{r['run']}\n{r['event']} {r['rate'] or ''} (round {r['round']})" for r in rows], fontsize=6)
+    ax.set(ylabel="Mbit/s (iperf3, client to FL server)", title="Measured rate around each meter or link event")
+    ax.legend()
+    return _save(fig, out / "meter-rates", formats, rows)
 
-    # The table per sweep point.
+
+def _table(points: list[Point], target: float) -> list[dict[str, Any]]:
     table = []
-    for label, entries in points.items():
+    for point in points:
         finals, times, traffic, lengths, run_seconds, states, wants = [], [], [], [], [], [], set()
         actions: dict[str, int] = defaultdict(int)
-        for entry in entries:
-            for cohort in entry["run"]["cohorts"]:
-                if cohort["accuracy"]:
-                    finals.append(cohort["accuracy"][-1])
-                # A cohort with a target of its own is measured against it; else against --target.
-                wanted = (cohort.get("target") or {}).get("value")
-                wanted = wanted if wanted is not None and (cohort.get("target") or {}).get("metric") == "accuracy" else target
-                wants.add(wanted)
-                times.append(_time_to(cohort["accuracy"], cohort.get("round_seconds") or [], wanted))
-                t = cohort.get("traffic") or {}
-                traffic.append(int(t.get("bytes_sent", 0)) + int(t.get("bytes_received", 0)))
-                lengths.append(len(cohort["accuracy"]))
-                run_seconds.append(sum(s for s in cohort.get("round_seconds") or [] if s))
-                states.append((cohort.get("assurance") or {}).get("state"))
-                for decision in cohort.get("decisions") or []:
-                    for action in decision.get("actions", []):
-                        if action.get("status") == "done":
-                            actions[action["kind"]] += 1
+        for _, cohort in point.cohorts():
+            if cohort["accuracy"] and cohort["accuracy"][-1] is not None:
+                finals.append(cohort["accuracy"][-1])
+            # A cohort with a target of its own is measured against it; else against --target.
+            wanted = (cohort.get("target") or {}).get("value")
+            wanted = wanted if wanted is not None and (cohort.get("target") or {}).get("metric") == "accuracy" else target
+            wants.add(wanted)
+            times.append(_time_to(cohort["accuracy"], cohort.get("round_seconds") or [], wanted))
+            t = cohort.get("traffic") or {}
+            traffic.append(int(t.get("bytes_sent", 0)) + int(t.get("bytes_received", 0)))
+            lengths.append(len(cohort["accuracy"]))
+            run_seconds.append(sum(s for s in cohort.get("round_seconds") or [] if s))
+            states.append((cohort.get("assurance") or {}).get("state"))
+            for decision in cohort.get("decisions") or []:
+                for action in decision.get("actions", []):
+                    if action.get("status") == "done":
+                        actions[action["kind"]] += 1
         reached = [t for t in times if t is not None]
         assured = [s for s in states if s is not None]
+        rounds_to = []
+        for _, cohort in point.cohorts():
+            hit = next((i for i, a in enumerate(cohort["accuracy"], start=1) if a is not None and a >= target), None)
+            rounds_to.append(hit)
+        hits = [r for r in rounds_to if r is not None]
         table.append({
-            "point": label, "runs": len(entries),
+            "point": point.label, "runs": len(point.entries),
             "final_accuracy_mean": round(statistics.fmean(finals), 4) if finals else None,
             "final_accuracy_spread": round(max(finals) - min(finals), 4) if finals else None,
             "target_accuracy": ", ".join(f"{w:g}" for w in sorted(wants)),
+            "rounds_to_target_mean": round(statistics.fmean(hits), 2) if hits else None,
             "seconds_to_target": round(statistics.fmean(reached), 2) if reached else None,
             "reached_target": f"{len(reached)}/{len(times)}",
             "traffic_mb_mean": round(statistics.fmean(traffic) / 1e6, 2) if traffic else None,
@@ -215,32 +292,155 @@ def build_experiment_report(folder: Path, target: float = 0.9) -> dict[str, Any]
             "round_seconds_total_mean": round(statistics.fmean(run_seconds), 1) if run_seconds else None,
             "target_met": f"{assured.count('met')}/{len(assured)}" if assured else None,
             "actions": ", ".join(f"{k} x{v}" for k, v in sorted(actions.items())) or None,
-            "events": sorted({e["kind"] for entry in entries for e in entry["run"].get("events", [])}),
+            "events": sorted({e["kind"] for entry in point.entries for e in entry["run"].get("events", [])}),
         })
+    return table
+
+
+CAPTIONS = {
+    "accuracy-loss": "Held-out accuracy and loss of the global model by round: per sweep point the mean over its runs "
+                     "(bold, with markers), the range of the runs (band) and each run (thin).",
+    "round-time": "Seconds per round, per sweep point as above. Numbers mark the round as which the timeline's events "
+                  "fired (see the events table); crosses mark rounds that got fewer results than they sampled.",
+    "traffic": "FL traffic per round at the FL server (both directions), mean per sweep point; the whiskers span the runs.",
+    "labels": "Samples of each label per client (the first cohort of each sweep point; points with the same split share "
+              "a panel): how the clients split the data.",
+    "meter-rates": "Rate measured with iperf3 just before and just after each meter or link event.",
+}
+
+
+def build_experiment_report(folders: Path | list[Path], target: float = 0.9, formats: tuple[str, ...] = ("png",),
+                            out: Path | None = None) -> dict[str, Any]:
+    """The report of one experiment folder (in FOLDER/report/), or of several side by side (in `out`)."""
+    folders = [folders] if isinstance(folders, Path) else list(folders)
+    out = out or folders[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    several = len(folders) > 1
+    experiments = []
+    points: dict[str, Point] = {}
+    every: list[dict[str, Any]] = []
+    for folder in folders:
+        index, runs = load_index(folder), load_runs(folder)
+        name = str(index.get("experiment") or folder.name)
+        experiments.append({"folder": folder, "index": index, "runs": runs, "name": name})
+        every += runs
+        for entry in runs:
+            label = point_label(entry["point"])
+            label = f"{name}: {label}" if several else label
+            points.setdefault(label, Point(label, len(points))).entries.append(entry)
+    ordered = list(points.values())
+    events = number_events(ordered)
+    figures: dict[str, list[Path]] = {
+        "accuracy-loss": _figure_rounds(ordered, out, formats),
+        "round-time": _figure_round_time(ordered, events, out, formats),
+        "traffic": _figure_traffic(ordered, out, formats),
+    }
+    # One panel per distinct split (points that differ only in, say, the strategy share theirs).
+    splits: dict[str, tuple[list[int], list[list[int]]]] = {}
+    for point in ordered:
+        cohort = next((c for _, c in point.cohorts() if c.get("label_counts")), None)
+        if cohort is not None:
+            key = json.dumps([partition_title(cohort), cohort["label_counts"]])
+            splits.setdefault(key, ([], cohort["label_counts"]))[0].append(point.index + 1)
+    split = [(f"point{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}: {json.loads(key)[0]}", counts)
+             for key, (numbers, counts) in splits.items()]
+    if split:
+        rows = [{"points": title.split(":")[0], "client": client, "label": label, "samples": n}
+                for title, counts in split for client, row in enumerate(counts) for label, n in enumerate(row)]
+        figures["labels"] = [plot_label_distribution(split, out / f"labels.{fmt}") for fmt in formats]
+        write_rows(out / "labels.csv", rows)
+        write_json_atomically(out / "labels.json", rows)
+    meters = _figure_meter_rates(every, out, formats)
+    if meters:
+        figures["meter-rates"] = meters
+    table = _table(ordered, target)
     write_rows(out / "table.csv", table)
     write_json_atomically(out / "table.json", table)
-    page = _html(out, folder.name, figures, table)
-    return {"report": str(out), "plots": [str(p) for p in figures.values()], "table": table, "html": str(page),
-            "data": sorted(str(p) for p in out.glob("*.csv"))}
+    event_rows = [{"number": e.number, "round": e.round, "kind": e.kind, "target": e.target, "effect": e.effect,
+                   "runs": len(e.runs)} for e in events]
+    write_rows(out / "events.csv", event_rows)
+    page = write_page(out, experiments, ordered, figures, table, event_rows)
+    return {"report": str(out), "plots": [str(paths[0]) for paths in figures.values()],
+            "figures": {k: [str(p) for p in v] for k, v in figures.items()}, "table": table, "events": event_rows,
+            "html": str(page), "data": sorted(str(p) for p in out.glob("*.csv"))}
 
 
-def _save(fig: Any, plt: Any, path: Path, rows: list[dict[str, Any]]) -> Path:
-    save_figure(fig, path, dpi=110)
-    write_rows(path.with_suffix(".csv"), rows)
-    write_json_atomically(path.with_suffix(".json"), rows)
-    return path
+def _save(fig: Any, stem: Path, formats: tuple[str, ...], rows: list[dict[str, Any]]) -> list[Path]:
+    paths = save(fig, stem, formats)
+    write_rows(stem.with_suffix(".csv"), rows)
+    write_json_atomically(stem.with_suffix(".json"), rows)
+    return paths
 
 
-def _html(out: Path, name: str, figures: dict[str, Path], table: list[dict[str, Any]]) -> Path:
-    columns = list(table[0]) if table else []
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row[c]))}</td>" for c in columns) + "</tr>" for row in table)
-    images = "".join(f'<h2>{html.escape(key)}</h2><img src="{p.name}"><p><a href="{p.with_suffix(".csv").name}">data (CSV)</a></p>'
-                     for key, p in figures.items())
-    page = out / "index.html"
-    write_text(page, f"<!doctype html><title>{html.escape(name)}</title><h1>Experiment {html.escape(name)}</h1>"
-                     f"<table border=1><tr>{head}</tr>{body}</table>{images}")
-    return page
+def _description(source: str | None) -> str:
+    """The experiment's description: its file's `description:`, else the comment lines it starts with."""
+    if not source or not Path(source).is_file():
+        return ""
+    text = Path(source).read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    if isinstance(data, dict) and data.get("description"):
+        return str(data["description"])
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
+
+
+def write_page(out: Path, experiments: list[dict[str, Any]], points: list[Point], figures: dict[str, list[Path]],
+               table: list[dict[str, Any]], events: list[dict[str, Any]]) -> Path:
+    """index.html: everything of the report on one page that opens from disk."""
+    parts = []
+    title = " vs ".join(e["name"] for e in experiments)
+    parts.append(f"<h1>Experiment {html.escape(title)}</h1><p id='missing'></p>")
+    for experiment in experiments:
+        index, runs = experiment["index"], experiment["runs"]
+        first = runs[0]["run"]
+        manifest = first.get("manifest") or {}
+        grid: dict[str, list[str]] = defaultdict(list)
+        for entry in runs:
+            for key, value in entry["point"].items():
+                text = plain(value, key)
+                if text not in grid[key]:
+                    grid[key].append(text)
+        seeds = sorted({entry.get("seed") for entry in runs if entry.get("seed") is not None})
+        facts = {
+            "description": _description(index.get("source")),
+            "file": index.get("source", ""),
+            "folder": str(experiment["folder"]),
+            "backend": first.get("backend", ""),
+            "grid": "; ".join(f"{k}: {' | '.join(v)}" for k, v in grid.items()) or "(one point)",
+            "seeds": ", ".join(str(s) for s in seeds),
+            "runs": f"{len(runs)} finished",
+            "versions": ", ".join(f"{k} {manifest[k]}" for k in ("mlfo", "flwr", "numpy", "python") if manifest.get(k)),
+            "machine": plain(manifest.get("platform") or ""),
+            "file sha256": ((manifest.get("inputs") or {}).get("experiment") or {}).get("sha256", ""),
+        }
+        if len(experiments) > 1:
+            parts.append(f"<h2>{html.escape(experiment['name'])}</h2>")
+        parts.append("<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items() if v)
+                     + "</dl>")
+    parts.append("<h2>Sweep points</h2>")
+    numbered = [{"#": p.index + 1, **row} for p, row in zip(points, table)]
+    parts.append(html_table(numbered))
+    parts.append("<h2>Events</h2>")
+    parts.append(html_table(events))
+    for key, paths in figures.items():
+        shown = next((p for p in paths if p.suffix == ".png"), None) or next((p for p in paths if p.suffix == ".svg"), None)
+        links = [f"<a href='{html.escape(p.name)}'>{p.suffix[1:].upper()}</a>" for p in paths]
+        for data in (out / f"{key}.csv", out / f"{key}.json"):
+            if data.is_file():
+                links.append(f"<a href='{html.escape(data.name)}'>data ({data.suffix[1:].upper()})</a>")
+        image = f"<img src='{html.escape(shown.name)}' alt='{html.escape(key)}'>" if shown else ""
+        parts.append(f"<h2>{html.escape(key.replace('-', ' ').capitalize())}</h2><figure>{image}"
+                     f"<figcaption>{html.escape(CAPTIONS.get(key, ''))}</figcaption><p class='links'>{' '.join(links)}</p></figure>")
+    manifest = experiments[0]["runs"][0]["run"].get("manifest") or {}
+    parts.append(f"<h2>Manifest (first run)</h2><pre>{html.escape(json.dumps(manifest, indent=2))}</pre>")
+    return write_page_file(out / "index.html", title, "".join(parts))
 
 
 def effect_text(effect: dict[str, Any]) -> str:

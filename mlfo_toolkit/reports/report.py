@@ -11,8 +11,9 @@ from mlfo_toolkit.errors import NotFoundError, ValidationError
 from mlfo_toolkit.fl.anatomy import PHASES
 from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.monitoring.prometheus import query_range
+from mlfo_toolkit.reports.page import html_table, plain, write_page_file
 from mlfo_toolkit.reports.runs import file_sha256, plot_rounds, pyplot, save_figure, write_rows
-from mlfo_toolkit.util.files import write_json_atomically, write_text
+from mlfo_toolkit.util.files import write_json_atomically
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -204,19 +205,30 @@ def decision_rows(cohorts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def build_report(run_dir: Path, fmt: str = "png", prometheus_url: str | None = None, extra_inputs: dict[str, Path] | None = None) -> dict[str, Any]:
-    """Write RUN_DIR/report/: PNG plots, manifest.json, and index.html with --format html."""
+def build_report(run_dir: Path, formats: tuple[str, ...] = ("png",), prometheus_url: str | None = None,
+                 extra_inputs: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Write RUN_DIR/report/: the plots in each of `formats` (png, svg, pdf), manifest.json and index.html."""
     run = load_run(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     cohorts = run["cohorts"]
-    plots = [plot_rounds(cohorts, out / "accuracy-loss.png"), plot_orchestration(cohorts, out / "orchestration.png")]
     split = [(partition_title(c), c["label_counts"]) for c in cohorts if c.get("label_counts")]
-    labels = plot_label_distribution(split, out / "labels.png") if split else None
-    for optional in (plot_assurance(cohorts, out / "assurance.png"), plot_round_anatomy(cohorts, out / "round-anatomy.png"),
-                     plot_traffic(cohorts, out / "traffic.png"), labels):
-        if optional:
-            plots.append(optional)
+    drawers: list[tuple[str, Any]] = [
+        ("accuracy-loss", lambda path: plot_rounds(cohorts, path)),
+        ("orchestration", lambda path: plot_orchestration(cohorts, path)),
+        ("assurance", lambda path: plot_assurance(cohorts, path)),
+        ("round-anatomy", lambda path: plot_round_anatomy(cohorts, path)),
+        ("traffic", lambda path: plot_traffic(cohorts, path)),
+        ("labels", lambda path: plot_label_distribution(split, path) if split else None),
+    ]
+    plots: list[Path] = []
+    for name, draw in drawers:
+        for i, fmt in enumerate(formats):
+            drawn = draw(out / f"{name}.{fmt}")
+            if drawn is None:
+                break  # nothing to draw for this run
+            if i == 0:
+                plots.append(drawn)
     decisions = decision_rows(cohorts)
     if decisions:
         write_rows(out / "decisions.csv", decisions)
@@ -243,32 +255,47 @@ def build_report(run_dir: Path, fmt: str = "png", prometheus_url: str | None = N
     })
     write_json_atomically(out / "manifest.json", manifest)
     result: dict[str, Any] = {"report_dir": str(out), "plots": [str(p) for p in plots], "manifest": str(out / "manifest.json")}
-    if fmt == "html":
-        result["html"] = str(write_html(out, run, plots, manifest))
+    result["html"] = str(write_html(out, run, plots, manifest))
     return result
 
 
+RUN_CAPTIONS = {
+    "accuracy-loss": "Held-out accuracy and loss of the global model by round, per cohort.",
+    "orchestration": "Seconds from the intent to the cohort's FL clients running.",
+    "assurance": "The closed loop: the target and what the MLFO decided, by round.",
+    "round-anatomy": "Where each round's time went, phase by phase (they add up to the round's wall time).",
+    "traffic": "FL traffic per cohort at the FL server.",
+    "labels": "Samples of each label per client: how each cohort's clients split the data.",
+    "traffic-rate": "FL traffic over time, from Prometheus.",
+}
+
+
 def write_html(out: Path, run: dict[str, Any], plots: list[Path], manifest: dict[str, Any]) -> Path:
-    rows = "".join(
-        f"<tr><td>{html.escape(str(c['name']))}</td><td>{html.escape(str(c.get('strategy')))}</td><td>{c.get('clients')}</td>"
-        f"<td>{(c['accuracy'] or [float('nan')])[-1]:.3f}</td><td>{(c['loss'] or [float('nan')])[-1]:.3f}</td>"
-        f"<td>{c.get('orchestration_seconds') or 0:.2f}</td></tr>"
-        for c in run["cohorts"]
-    )
-    images = "".join(f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"></figure>' for p in plots)
+    """index.html of a run: its cohorts, every figure with its caption and other formats, decisions, manifest."""
+    cohorts = [{"cohort": c["name"], "state": c.get("state"), "strategy": c.get("strategy"), "clients": c.get("clients"),
+                "rounds": len(c.get("accuracy") or []), "final_accuracy": (c.get("accuracy") or [None])[-1],
+                "final_loss": (c.get("loss") or [None])[-1], "partition": c.get("partition"),
+                "orchestration_s": c.get("orchestration_seconds"), "short_rounds": c.get("short_rounds"),
+                "lost_clients": len(c.get("lost_clients") or [])} for c in run["cohorts"]]
+    for row in cohorts:
+        for key in ("final_accuracy", "final_loss", "orchestration_s"):
+            if isinstance(row[key], float):
+                row[key] = round(row[key], 4)
+    facts = {"folder": str(run.get("run_dir", "")), "wall seconds": run.get("wall_seconds"),
+             "versions": ", ".join(f"{k} {manifest[k]}" for k in ("mlfo", "flwr", "numpy", "python") if manifest.get(k)),
+             "seeds": plain(manifest.get("seeds")), "machine": manifest.get("platform"),
+             "inputs": ", ".join(f"{k}: {v.get('path')}" for k, v in (manifest.get("inputs") or {}).items())}
+    parts = [f"<h1>mlfo run {html.escape(out.parent.name)}</h1><p id='missing'></p>",
+             "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items() if v) + "</dl>",
+             "<h2>Cohorts</h2>", html_table(cohorts)]
+    for plot in plots:
+        others = [p for p in sorted(out.glob(f"{plot.stem}.*")) if p.suffix in (".png", ".svg", ".pdf", ".csv")]
+        links = " ".join(f"<a href='{html.escape(p.name)}'>{p.suffix[1:].upper()}</a>" for p in others)
+        parts.append(f"<h2>{html.escape(plot.stem.replace('-', ' ').capitalize())}</h2><figure>"
+                     f"<img src='{html.escape(plot.name)}' alt='{html.escape(plot.stem)}'>"
+                     f"<figcaption>{html.escape(RUN_CAPTIONS.get(plot.stem, ''))}</figcaption><p class='links'>{links}</p></figure>")
     decisions = decision_rows(run["cohorts"])
-    columns = ("cohort", "round", "trigger", "state", "reason", "rules", "action", "part", "status", "detail", "outcome")
     if decisions:
-        images += ("<h2>Decisions of the closed loop</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
-                   + "".join("<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r[c]))}</td>" for c in columns) + "</tr>"
-                             for r in decisions) + "</table>")
-    page = (
-        "<!doctype html><meta charset='utf-8'><title>mlfo run report</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}img{max-width:100%}</style>"
-        f"<h1>mlfo run {html.escape(str(run.get('run_dir', '')))}</h1>"
-        "<table><tr><th>cohort</th><th>strategy</th><th>clients</th><th>final accuracy</th><th>final loss</th><th>orchestration s</th></tr>"
-        f"{rows}</table>{images}<h2>Manifest</h2><pre>{html.escape(json.dumps(manifest, indent=2))}</pre>"
-    )
-    path = out / "index.html"
-    write_text(path, page)
-    return path
+        parts += ["<h2>Decisions of the closed loop</h2>", html_table(decisions)]
+    parts.append(f"<h2>Manifest</h2><pre>{html.escape(json.dumps(manifest, indent=2))}</pre>")
+    return write_page_file(out / "index.html", f"mlfo run {out.parent.name}", "".join(parts))

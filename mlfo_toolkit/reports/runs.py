@@ -18,6 +18,7 @@ from mlfo_toolkit.fl.partitions import PartitionSpec, cached_split, label_counts
 from mlfo_toolkit.fl.userapps import is_app
 from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import SentCohort
+from mlfo_toolkit.reports import style
 from mlfo_toolkit.util.files import write_json_atomically, write_text
 
 
@@ -68,6 +69,7 @@ def cohort_summary(cohort: SentCohort, config: Config | None = None) -> dict[str
         "state": record.state,
         "reason": record.reason,
         "strategy": record.params.strategy,
+        "fraction_fit": record.params.fraction_fit,
         "clients": len(record.clients),
         "server": record.server.server if record.server else None,
         "accuracy": [r.accuracy for r in rounds],
@@ -118,14 +120,8 @@ def manifest(inputs: dict[str, Path | None], seeds: dict[str, int]) -> dict[str,
 
 
 def pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend. Imported here, when a figure is drawn: it takes ~0.4 s and
-    ~30 MB, which every other command (and every service) would pay at start otherwise."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    """matplotlib's pyplot with the report style (reports/style.py), imported when a figure is drawn."""
+    return style.pyplot()
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
