@@ -192,6 +192,7 @@ class Init(_Model):
 
 class ExperimentFile(_Model):
     name: str = Field(max_length=NAME_MAX, pattern=NAME_PATTERN)
+    description: str = Field("", max_length=4000, description="what the experiment asks (shown in its report)")
     backend: Literal["loopback", "network"] = "loopback"
     topology: TopologyChoice = Field(default_factory=TopologyChoice)
     init: Init | None = None

@@ -33,9 +33,11 @@ def test_kill_then_restart_twice_then_report_and_resume(workdir: Path) -> None:
     text = text.replace("../intents/", f"{REPO}/intents/")
     assert text.count("round: 2}") == 1 and text.count("round: 3}") == 1 and "rounds: 4}" in text
     kill_file.write_text(text)
-    result = CliRunner().invoke(cli, ["run", str(kill_file), "-o", str(out), "--json"])
+    result = CliRunner().invoke(cli, ["run", str(kill_file), "-o", str(out), "--track", "tensorboard", "--json"])
     assert result.exit_code == 0, result.output
     index = json.loads(result.stdout)
+    # Each run was logged to TensorBoard as it finished.
+    assert sorted(p.parent.parent.name for p in (out / "report" / "tensorboard").glob("*/welding-a/events.out.*")) == ["base-r1", "base-r2"]
     assert [r["state"] for r in index["runs"]] == ["done", "done"]
     for key in ("base-r1", "base-r2"):
         run = json.loads((out / "runs" / key / "run.json").read_text())
@@ -57,7 +59,7 @@ def test_kill_then_restart_twice_then_report_and_resume(workdir: Path) -> None:
     report = CliRunner().invoke(cli, ["report", str(out), "--json"])
     assert report.exit_code == 0, report.output
     built = json.loads(report.stdout)
-    assert {Path(p).name for p in built["plots"]} == {"accuracy-loss.png", "round-time.png", "traffic.png"}
+    assert {Path(p).name for p in built["plots"]} == {"accuracy-loss.png", "round-time.png", "traffic.png", "labels.png"}
     rows = json.loads((out / "report" / "round-time.json").read_text())
     assert {r["run"] for r in rows if r.get("event") == "kill" and r["round"] == 2} == {"base-r1", "base-r2"}
     assert {r["run"] for r in rows if r.get("event") == "restart" and r["round"] == 3} == {"base-r1", "base-r2"}
