@@ -102,9 +102,9 @@ class FlowerApp(_Section):
     path: Path = Field(description="the app's folder (its pyproject.toml has [tool.flwr.app.components])")
     isolation: Literal["shared", "subprocess"] | None = Field(
         None,
-        description="shared: the executor forks each task (fast; for NumPy/scikit-learn apps); subprocess: a "
-        "fresh process per message (for PyTorch, TensorFlow or JAX, whose threads do not survive a fork); "
-        "unset: fl.isolation",
+        description="shared: the executor forks each task, which then imports the app (fast; PyTorch works too, "
+        "its threads start in the child); subprocess: Flower's default, a fresh process per message (for an app "
+        "that misbehaves after a fork); unset: fl.isolation",
     )
     run_config: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="fixed run-config values for the app (the intent's settings win)"
