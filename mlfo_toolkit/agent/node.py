@@ -468,6 +468,7 @@ class NodeAgent:
                     name, f"127.0.0.1:{runtime_port}", os.getpid(), str(flwr_home), str(run_dir / "clientapp.log"),
                     watch=str(log_path), spawn=[*arguments, "--isolation", "process"], cwd=str(run_dir),
                     env={"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0"},
+                    poll_seconds=self.config.fl.supernode_poll_seconds, poll_hot_seconds=self.config.fl.supernode_hot_seconds,
                 ))
             else:
                 process = ManagedProcess(

@@ -42,6 +42,7 @@ import setproctitle
 from mlfo_toolkit.errors import UnreachableError
 from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_START
 from mlfo_toolkit.fl.data import load_dataset
+from mlfo_toolkit.fl.polls import quicken_supernode
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, namespace_inode, setns
 from mlfo_toolkit.util.processes import ManagedProcess, same_process, tool_env
@@ -75,6 +76,9 @@ class Registration:
     spawn: list[str] = field(default_factory=list)
     cwd: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    # The spawned SuperNode's polls while busy (mlfo_toolkit.fl.polls); 0: Flower's own 3 s.
+    poll_seconds: float = 0.0
+    poll_hot_seconds: float = 30.0
 
 
 def _alive(pid: int) -> bool:
@@ -462,6 +466,8 @@ def _run_supernode(served: _Served) -> int:
     sys.argv = ["flower-supernode", *registration.spawn]
     setproctitle.setproctitle(f"flower-supernode [mlfo executor] {registration.name}")
     from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    quicken_supernode(registration.poll_seconds, registration.poll_hot_seconds)
 
     try:
         flower_supernode()

@@ -117,3 +117,45 @@ def test_a_restarted_agent_numbers_its_runs_after_the_last(config: Config, tmp_p
         (tmp_path / "agent" / name).mkdir(parents=True)
     agent = NodeAgent(config, work_dir=tmp_path / "agent")
     assert (agent._client_runs, agent._runs) == (7, 2)  # the next client is client-8: no name is used twice
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now, self.slept = 100.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_a_busy_supernode_polls_fast_and_an_idle_one_as_flower_does() -> None:
+    from mlfo_toolkit.fl.polls import PollClock
+
+    clock = _Clock()
+    polls = PollClock(fast=0.2, hot=30, clock=clock)
+    polls.sleep(3)  # just started: its first message is coming
+    polls.sleep(0.5)  # waiting for its ClientApp's reply: busy
+    assert clock.slept == [0.2, 0.05]
+    clock.now += 31  # nothing for longer than the hot window
+    polls.sleep(3)
+    assert clock.slept[-1] == 3  # Flower's own idle poll
+    assert PollClock(0.2, 30).time() > 0  # everything else is the real time module's
+
+
+def test_the_poll_lever_is_applied_only_on_the_flower_it_was_tested_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr
+    from flwr.supernode import start_client_internal as loop
+
+    from mlfo_toolkit.errors import MissingDependencyError
+    from mlfo_toolkit.fl.polls import PollClock, quicken_supernode
+
+    assert quicken_supernode(0, 30) is None and loop.time is time  # 0: Flower's own timing
+    monkeypatch.setattr(loop, "time", time)
+    assert isinstance(quicken_supernode(0.2, 30), PollClock) and isinstance(loop.time, PollClock)
+    monkeypatch.setattr(loop, "time", time)
+    monkeypatch.setattr(flwr, "__version__", "1.43.0")
+    with pytest.raises(MissingDependencyError, match="tested on Flower 1.42.x, not 1.43.0"):
+        quicken_supernode(0.2, 30)
