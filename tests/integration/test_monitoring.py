@@ -84,7 +84,7 @@ def test_prometheus_scrapes_a_demo_run_and_the_dashboard_has_data(workdir: Path)
         assert report.returncode == 0, report.stderr
         made = json.loads(report.stdout)
         names = sorted(Path(p).name for p in made["plots"])
-        assert names == ["accuracy-loss.png", "orchestration.png", "round-anatomy.png", "traffic-rate.png", "traffic.png"]
+        assert names == ["accuracy-loss.png", "labels.png", "orchestration.png", "round-anatomy.png", "traffic-rate.png", "traffic.png"]
         assert all(Path(p).read_bytes()[:8] == PNG for p in made["plots"])
         manifest = json.loads(Path(made["manifest"]).read_text())
         assert manifest["flwr"] and manifest["python"] and manifest["seeds"]["fl.seed"] == 42
