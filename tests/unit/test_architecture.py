@@ -55,9 +55,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
 )
 # Imported inside functions outside cli/ (where everything is, for a fast --help), each for its reason:
-# optional extras (docker), root-only system packages (mininet), and heavy imports the processes that
+# optional extras (docker; flwr-datasets and datasets; mlflow and tensorboardX), root-only system packages (mininet), and heavy imports the processes that
 # import the module never need (Flower in the agents, scikit-learn and matplotlib outside their use).
-LAZY_IMPORTS = {"docker", "mininet", "flwr", "sklearn", "matplotlib", "mlfo_toolkit.fl.apps", "datasets", "flwr_datasets"}
+LAZY_IMPORTS = {"docker", "mininet", "flwr", "sklearn", "matplotlib", "mlfo_toolkit.fl.apps", "datasets", "flwr_datasets",
+                "mlflow", "tensorboardX"}
 
 
 def _module_name(path: Path) -> str:

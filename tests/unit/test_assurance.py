@@ -361,7 +361,7 @@ def test_a_run_report_draws_the_target_and_lists_the_decisions(tmp_path: Path) -
               "target": target(value=0.93, deadline_rounds=12).to_dict(), "assurance": {"state": "met"}, "policy": "default",
               "decisions": decisions}
     (tmp_path / "run.json").write_text(json.dumps({"cohorts": [cohort], "run_dir": str(tmp_path)}))
-    built = build_report(tmp_path, fmt="html")
+    built = build_report(tmp_path)
     assert "assurance.png" in {Path(p).name for p in built["plots"]}
     rows = list(csv.DictReader(open(tmp_path / "report" / "decisions.csv")))
     assert [(r["round"], r["action"], r["status"]) for r in rows] == [("0", "set_rounds", "done"), ("8", "stop", "done")]
