@@ -136,10 +136,13 @@ def test_a_killed_client_is_restarted_by_the_loop_and_trains_again(runs: Runs) -
     # The run length came from the deadline (5, not 30), and it ended missed at it.
     assert len(rounds) == 5 and "target missed" in record["reason"], record["reason"]
     assert done_actions(record, "set_rounds")[0]["count"] == 5
-    # After the restart every sampled client answered again: the restarted SuperNode trained.
+    # After the restart no sampled client failed to answer, and the restarted SuperNode trained: the last round
+    # sampled all three again and got three results (how many rounds it takes to rejoin depends on how fast they are).
     restart_round = next(d["round"] for d in record["decisions"] if any(a["kind"] == "restart_client" for a in d["actions"]))
     later = [r for r in rounds if r["round"] > restart_round + 1]
-    assert later and all(r["results"] == r["sampled"] == 3 for r in later), [(r["round"], r["sampled"], r["results"]) for r in rounds]
+    seen = [(r["round"], r["sampled"], r["results"]) for r in rounds]
+    assert later and all(r["results"] == r["sampled"] for r in later), seen
+    assert rounds[-1]["results"] == rounds[-1]["sampled"] == 3, seen
     assert killed_round <= restart_round
 
 
