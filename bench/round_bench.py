@@ -34,7 +34,6 @@ from _measure import MachineWatch  # noqa: E402
 
 from mlfo_toolkit import api  # noqa: E402
 from mlfo_toolkit.config import load_config  # noqa: E402
-from mlfo_toolkit.reports.runs import round_seconds  # noqa: E402
 from mlfo_toolkit.util.processes import ManagedProcess, find_tool, free_port, tool_env, wait_for_port  # noqa: E402
 from mlfo_toolkit.util.resources import resource_path  # noqa: E402
 from mlfo_toolkit.util.stats import percentile  # noqa: E402
@@ -43,9 +42,9 @@ from mlfo_toolkit.util.stats import percentile  # noqa: E402
 def round_times(metrics_file: Path) -> list[float]:
     """Seconds per round from the ServerApp's events, measured as mlfo measures its own runs."""
     events = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    rounds = [e for e in events if e.get("event") == "round"]
-    record = {"rounds": [e for e in rounds if e["round"] > 0], "initial": next((e for e in rounds if e["round"] == 0), None)}
-    return [s for s in round_seconds(record) if s is not None]
+    rounds = sorted((e for e in events if e.get("event") == "round"), key=lambda e: e["round"])
+    times = [e["time"] for e in rounds]  # round 0 is the initial evaluation: each round runs from the one before
+    return [round(t - p, 3) for p, t in zip(times, times[1:])]
 
 
 def flower_default(clients: int, rounds: int, workdir: Path, fl: dict[str, object]) -> dict[str, object]:
