@@ -1,4 +1,5 @@
-"""What the benchmarks sample while a job runs: the machine's MemAvailable and load average."""
+"""What the benchmarks sample while a job runs: the machine's MemAvailable and load average, and the CPU
+seconds the job's processes used by their own accounting (a figure that compares across machines)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class MachineWatch:
         self.peak_load = os.getloadavg()[0]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._times_before = os.times()
+        self.cpu_seconds = 0.0
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -26,12 +29,17 @@ class MachineWatch:
             self.peak_load = max(self.peak_load, os.getloadavg()[0])
 
     def __enter__(self) -> MachineWatch:
+        self._times_before = os.times()
         self._thread.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join()
+        # This process and every descendant it (or they) reaped: user + system time. A process that was
+        # reparented to init before it ended (a daemon) is not counted.
+        after, before = os.times(), self._times_before
+        self.cpu_seconds = round(sum(a - b for a, b in zip(after[:4], before[:4])), 2)
 
     @property
     def drop_gb(self) -> float:
