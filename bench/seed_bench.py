@@ -1,6 +1,6 @@
 """Benchmark (run on demand, as root): the seed's experiment in the emulated network.
 
-    sudo .venv/bin/python bench/seed_bench.py [--cohorts 5] [--clients 10] [--rounds 20] [--cpus 2]
+    sudo .venv/bin/python bench/seed_bench.py [--cohorts 5] [--clients 10] [--rounds 20] [--cpus 2] [--supernode-poll 0.2]
 
 As a user would run it: `mlfo topo up N --detach` (the prototype's layout, Mininet + Open vSwitch),
 `mlfo init --cpus C` (CPU limits on the FL servers, reachability check, 20 Mbit/s background
@@ -80,12 +80,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--cpus", type=float, default=2.0, help="CPU cores of each FL server (mlfo init --cpus)")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--supernode-poll", type=float, default=0.0,
+                        help="fl.supernode_poll_seconds of the network's agents (0: Flower's 3 s, the default)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds a real Mininet network")
     workdir = Path(tempfile.mkdtemp(prefix="mlfo-seed-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")}
-    env.update({"MLFO_PATHS__STATE_DIR": str(workdir / "state"), "MLFO_PATHS__RUNS_DIR": str(workdir / "runs")})
+    env.update({"MLFO_PATHS__STATE_DIR": str(workdir / "state"), "MLFO_PATHS__RUNS_DIR": str(workdir / "runs"),
+                "MLFO_FL__SUPERNODE_POLL_SECONDS": str(args.supernode_poll)})
     if args.cohorts * args.clients > 50:
         sys.exit("the prototype's layout has 50 FL clients (five campus switches of ten)")
     with MachineWatch() as watch_all:
