@@ -317,7 +317,8 @@ def test_the_closed_loop_raises_a_throttled_cohorts_meter(network: dict[str, Any
     makes the round break the intent's bound; the MLFO raises the meter and the next round is fast again."""
     experiment = yaml.safe_load((REPO / "experiments" / "assurance-network.yaml").read_text())
     experiment["sweep"] = {"policy": ["default"]}
-    experiment["cohorts"][0]["rounds"] = 3
+    # One round more than the meter needs: the timeline sees rounds go by, so the meter may land in round 3.
+    experiment["cohorts"][0]["rounds"] = 4
     result, out = run_in_network(network, "assurance", experiment)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "runs" / "policy_default-r1" / "run.json").read_text())
@@ -325,11 +326,13 @@ def test_the_closed_loop_raises_a_throttled_cohorts_meter(network: dict[str, Any
     (event,) = run["events"]
     assert event["effect"]["measured_mbit_after"] < 1, event  # the meter event throttled the cohort
     seconds = cohort["round_seconds"]
+    slow = next((r for r, took in enumerate(seconds, start=1) if took > 8), None)  # the round that broke the bound
     acted = [d for d in cohort["decisions"] if any(a["kind"] == "set_meter" and a["status"] == "done" for a in d["actions"])]
-    assert acted and acted[0]["round"] == 2 and seconds[1] > 8, (seconds, cohort["decisions"])
+    assert slow in (2, 3) and acted and acted[0]["round"] == slow, (seconds, cohort["decisions"])
     assert "0.5 -> 2 Mbit/s" in acted[0]["actions"][0]["detail"]
     # The next turn saw the raised meter (the cohort back on track: a new decision records it).
-    later = next(d for d in cohort["decisions"] if d["round"] > 2)
+    later = next(d for d in cohort["decisions"] if d["round"] > slow)
     assert later["observed"]["meter_rate_mbit"] == 2.0 and later["assessment"]["state"] == "on_track", later
-    assert seconds[2] < 8 and seconds[2] < seconds[1] * 0.7, seconds  # the round after the raise fits its bound again
+    after = seconds[slow]  # the round after the raise fits its bound again
+    assert after < 8 and after < seconds[slow - 1] * 0.7, seconds
     assert json.loads(mlfo(network["env"], network["workdir"], "meter", "show", "--json").stdout) == {}  # cleared after the run
