@@ -154,9 +154,10 @@ def test_meter_limits_the_cohort_and_only_it(network: dict[str, Any]) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["port"] == 1 and report["rate_mbit"] == 10
-    assert report["unmetered_mbit"] >= 200, report
+    # Userspace OVS on two busy cores moves 185-400 Mbit/s; ten times the meter shows it is not the meter.
+    assert report["unmetered_mbit"] >= 100, report
     assert report["metered_mbit"] <= 12, report
-    assert report["other_cohort_mbit"] >= 200, report
+    assert report["other_cohort_mbit"] >= 100, report
 
     def our_flows(switch: str) -> list[str]:
         dump = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch], capture_output=True, text=True, check=True).stdout
