@@ -461,8 +461,7 @@ def data_show(dataset: str = "handmnist", clients: int = 10, partition: Partitio
     fl.partitioning), without running anything; with `plot`, drawn to that file too."""
     cfg = _config(config)
     fl = cfg.fl
-    spec = partition or PartitionSpec(kind=fl.partitioning, alpha=fl.dirichlet_alpha, classes=fl.partition_classes,
-                                      shards=fl.partition_shards, seed=fl.partition_seed)
+    spec = partition or PartitionSpec.configured(fl)
     split_seed = spec.seed if spec.seed is not None else (seed if seed is not None else fl.seed)
     data_dir = fl.data_dir.resolve()
     loaded = load_dataset(dataset, data_dir)

@@ -505,8 +505,7 @@ class NodeAgent:
         try:
             if params.partition:
                 return PartitionSpec.model_validate_json(params.partition)
-            return PartitionSpec(kind=params.partitioning or fl.partitioning, alpha=fl.dirichlet_alpha,
-                                 classes=fl.partition_classes, shards=fl.partition_shards, seed=fl.partition_seed)
+            return PartitionSpec.configured(fl, params.partitioning)
         except pydantic.ValidationError as err:
             raise ValidationError(f"{err.errors()[0]['msg']}", field="partition" if params.partition else "partitioning",
                                   hint=f"partitioners: {', '.join(KINDS)}") from None

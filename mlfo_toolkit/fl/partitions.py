@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlfo_toolkit.config import FlSettings
 from mlfo_toolkit.errors import MissingDependencyError, ValidationError
 
 Kind = Literal["iid", "dirichlet", "pathological", "shard", "linear", "square", "exponential"]
@@ -49,6 +50,12 @@ class PartitionSpec(BaseModel):
         extra = {"dirichlet": f" alpha={self.alpha:g}", "pathological": f" classes={self.classes}",
                  "shard": f" shards={self.shards}"}.get(self.kind, "")
         return f"{self.kind}{extra}"
+
+    @classmethod
+    def configured(cls, fl: FlSettings, kind: str | None = None) -> PartitionSpec:
+        """The agents' default split (fl.partitioning and its fields); `kind` replaces the partitioner."""
+        return cls.model_validate({"kind": kind or fl.partitioning, "alpha": fl.dirichlet_alpha, "classes": fl.partition_classes,
+                                   "shards": fl.partition_shards, "seed": fl.partition_seed})
 
     def slug(self) -> str:
         """The partitioner as part of a folder name: iid, dirichlet0.1, pathological2, shard2."""

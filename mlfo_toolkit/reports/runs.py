@@ -39,9 +39,7 @@ def partition_summary(record: Deployment, config: Config) -> dict[str, Any]:
     """How the cohort's clients split the data, with the samples of each label per client (from the
     split the clients computed and cached; nothing is computed for an app, which reads its own data)."""
     fl = config.fl
-    spec = PartitionSpec.model_validate(record.params.partition) if record.params.partition else PartitionSpec(
-        kind=fl.partitioning, alpha=fl.dirichlet_alpha, classes=fl.partition_classes, shards=fl.partition_shards,
-        seed=fl.partition_seed)
+    spec = PartitionSpec.model_validate(record.params.partition) if record.params.partition else PartitionSpec.configured(fl)
     seed = spec.seed if spec.seed is not None else (record.params.seed if record.params.seed is not None else fl.seed)
     out: dict[str, Any] = {"partition": {**spec.model_dump(), "seed": seed}}
     if is_app(str(record.pipeline.get("model", ""))):
