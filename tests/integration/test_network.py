@@ -180,7 +180,8 @@ def test_meter_limits_the_cohort_and_only_it(network: dict[str, Any]) -> None:
     server = spawn_in_host(state, "fed.1", "iperf3-test", ["iperf3", "-s", "-B", "10.0.11.100", "-p", str(IPERF_PORT)], workdir, cpu_limited=False)
     try:
         wait_listening(state, [("fed.1", IPERF_PORT, server)], 20)
-        assert measure_mbit(state, "fc.10", "10.0.11.100", 3) >= 200
+        # Cleared: twice the last meter (50 Mbit/s) and more; CI measured 165 on two busy cores.
+        assert measure_mbit(state, "fc.10", "10.0.11.100", 3) >= 100
     finally:
         stop_processes([server])
 
