@@ -8,13 +8,17 @@ SYSTEM_PACKAGES := mininet openvswitch-switch iperf3 ethtool iputils-ping iprout
 # Containernet is not on PyPI: its wheel is kept in vendor/ (see vendor/containernet/SOURCE.txt).
 CONTAINERNET_WHEEL := vendor/containernet/mininet-3.0-py3-none-any.whl
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
+# Faucet, the OpenFlow controller of `topo up --controller faucet`, in a venv of its own: it pins
+# eventlet and os-ken, which mlfo's own environment need not carry.
+FAUCET_VENV ?= .venv-faucet
+FAUCET_VERSION := 1.10.12
 
-.PHONY: demo test check install install-test system ovs docker lint lint-tools clean
+.PHONY: demo test check install install-test system ovs docker faucet lint lint-tools clean
 
 demo: install
 	$(BIN)/mlfo demo
 
-test: system install-test
+test: system install-test faucet
 	$(BIN)/python -m pytest
 
 $(BIN)/python:
@@ -27,6 +31,12 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,containers,partitions,tracking]'
 	$(BIN)/python -m pip install --quiet --no-deps $(CONTAINERNET_WHEEL)
+
+faucet: $(FAUCET_VENV)/bin/faucet
+
+$(FAUCET_VENV)/bin/faucet:
+	$(PYTHON) -m venv $(FAUCET_VENV)
+	$(FAUCET_VENV)/bin/python -m pip install --quiet faucet==$(FAUCET_VERSION)
 
 # As root: the system pieces the integration tests need (Open vSwitch in userspace mode,
 # Mininet, iperf3, Prometheus). Without root this says so and the tests needing them skip.
@@ -70,4 +80,4 @@ lint-tools: $(BIN)/python
 	@$(BIN)/python -m pip install --quiet ruff mypy types-PyYAML types-requests types-psutil
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(FAUCET_VENV) .pytest_cache

@@ -240,8 +240,10 @@ def topo_up(cohorts: int | None = None, config: Config | None = None, *, topolog
         state = detach_network(cfg, topology=topology, cohorts=cohorts, params=params or {}, backend=backend,
                                controller=controller, progress=progress)
         return NetworkResult(state.topology, state.phase, data=state_summary(state))
-    address = resolve_controller(cfg, controller, progress)
-    removed = serve_network(cfg, built, backend=backend, controller=address, progress=progress, on_ready=on_ready)
+    # Faucet is started by the network itself (it is configured from the topology); ONOS is reached over REST.
+    address = controller if controller == "faucet" else resolve_controller(cfg, controller, progress)
+    kind = controller if controller in ("faucet", "onos") else None
+    removed = serve_network(cfg, built, backend=backend, controller=address, controller_kind=kind, progress=progress, on_ready=on_ready)
     return NetworkResult(built.name, "down", data={"topology": built.name, "removed": removed})
 
 
@@ -291,8 +293,9 @@ def init(config: Config | None = None, *, cpus: float | None = None, clients: bo
 
 # --- meters -----------------------------------------------------------------------------------
 def meter_set(cohort: int, rate: str = "100mbit", config: Config | None = None, *, burst: str | None = None,
-              direction: str = "both", controller: str = "ovs") -> MeterResult:
-    """Meter cohort N (the prototype's IN_PORT N) on the running network; replaces an earlier meter."""
+              direction: str = "both", controller: str | None = None) -> MeterResult:
+    """Meter cohort N (the prototype's IN_PORT N) on the running network; replaces an earlier meter.
+    `controller` None: through the network's own controller (Faucet, ONOS), else OVS directly."""
     return MeterResult([cohort], data=set_meter(_config(config), cohort, rate, burst, direction, controller))
 
 
@@ -309,7 +312,7 @@ def meter_clear(config: Config | None = None, cohort: int | None = None) -> Mete
 
 
 def meter_verify(cohort: int, rate: str = "10mbit", config: Config | None = None, *, burst: str | None = None,
-                 controller: str = "ovs", seconds: int = 3) -> MeterResult:
+                 controller: str | None = None, seconds: int = 3) -> MeterResult:
     """iperf3 from a client of cohort N to its server, unmetered then metered, and another cohort meanwhile."""
     return MeterResult([cohort], data=verify_meter(_config(config), cohort, rate, burst, controller, seconds))
 
@@ -346,12 +349,13 @@ def monitor_config(config: Config | None = None, *, topology: Path | None = None
                    loopback: bool = False, output: Path | None = None) -> MonitorConfig:
     """prometheus.yml for a topology, the running network, or loopback (`mlfo demo`); checked when written."""
     cfg = _config(config)
-    built = None
+    built, faucet = None, None
     if topology or cohorts:
         built = _topology(topology, cohorts, None)
     elif not loopback and (running := running_topology(Path(cfg.paths.state_dir))):
         built = running[1]
-    text = monitoring.render_config(cfg, built)
+        faucet = monitoring.faucet_target(running[0], built)
+    text = monitoring.render_config(cfg, built, faucet)
     if output:
         write_text(output, text)
         monitoring.check_config(output)

@@ -206,6 +206,16 @@ class OnosSettings(_Section):
     )
 
 
+class FaucetSettings(_Section):
+    """Faucet, the OpenFlow controller `topo up --controller faucet` starts (on loopback, for that network)."""
+
+    command: str = Field("faucet", max_length=1000, description="the faucet executable: a name on PATH or a path "
+                         "(`make faucet` installs it in .venv-faucet; its bin folder must also hold osken-manager)")
+    openflow_port: int = Field(6653, ge=1, le=65535, description="where Faucet listens for the switches, on 127.0.0.1")
+    prometheus_port: int = Field(9302, ge=1, le=65535, description="Faucet's own metrics, on 127.0.0.1")
+    reload_timeout_seconds: float = Field(30.0, gt=0, le=600, description="how long a meter change waits for the switches to show it")
+
+
 class MonitorSettings(_Section):
     """Prometheus, exporters and Grafana (`mlfo monitor`)."""
 
@@ -254,6 +264,7 @@ class Config(_Section):
     ip_plan: IpPlan = Field(default_factory=IpPlan)
     paths: PathSettings = Field(default_factory=PathSettings)
     onos: OnosSettings = Field(default_factory=OnosSettings)
+    faucet: FaucetSettings = Field(default_factory=FaucetSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     assurance: AssuranceSettings = Field(default_factory=AssuranceSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)

@@ -30,9 +30,9 @@ class EmulatedBackend(StartedBackend):
     kind: BackendKind = "network"
 
     def __init__(self, config: Config, *, topology: str = "small", params: dict[str, int] | None = None,
-                 builder: str = "mininet", progress: Progress = quiet) -> None:
+                 builder: str = "mininet", controller: str | None = None, progress: Progress = quiet) -> None:
         self.config = config
-        self.topology, self.params, self.builder = topology, dict(params or {}), builder
+        self.topology, self.params, self.builder, self.controller = topology, dict(params or {}), builder, controller
         self.progress = progress
         self.started_here = False
         self.campus = ""
@@ -44,7 +44,7 @@ class EmulatedBackend(StartedBackend):
         if not state_path(state_dir).exists():
             say(self.progress, "topo", f"bringing up topology {self.topology}")
             detach_network(self.config, topology=self.topology, cohorts=None, params=self.params, backend=self.builder,
-                           controller=None, progress=self.progress)
+                           controller=self.controller, progress=self.progress)
             self.started_here = True
         self.campus = published_campus(load_state(state_dir), self.config)
 

@@ -11,14 +11,16 @@ from mlfo_toolkit.cli._common import echo_json, json_option, pass_config
 if TYPE_CHECKING:
     from mlfo_toolkit.config import Config
 
-CONTROLLERS = ("ovs", "onos")
+CONTROLLERS = ("ovs", "onos", "faucet")
 DIRECTIONS = ("up", "down", "both")
 
 PORT = click.option("--port", "cohort", type=click.IntRange(min=1), required=True, help="Cohort N: the clients of campus switch N (the prototype's IN_PORT N).")
 RATE = click.option("--rate", default="100mbit", show_default=True, help="Meter rate: 100mbit, 10M, 500kbit, ...")
 BURST = click.option("--burst", help="Burst size in bits (e.g. 1mbit; default: a fifth of a second of the rate).")
-CONTROLLER = click.option("--controller", type=click.Choice(CONTROLLERS), default="ovs", show_default=True,
-                          help="ovs: ovs-ofctl on the bridges; onos: ONOS REST (onos.url, onos.user, onos.password).")
+CONTROLLER = click.option("--controller", type=click.Choice(CONTROLLERS),
+                          help="ovs: ovs-ofctl on the bridges; onos: ONOS REST (onos.url, onos.user, onos.password); "
+                          "faucet: meters and ACLs in the network's Faucet configuration, reloaded. "
+                          "Default: the controller the network was brought up with, else ovs.")
 
 
 @click.group()
@@ -35,7 +37,7 @@ def meter() -> None:
 @CONTROLLER
 @json_option()
 @pass_config
-def set_(cfg: Config, cohort: int, rate: str, burst: str | None, direction: str, controller: str, as_json: bool) -> None:
+def set_(cfg: Config, cohort: int, rate: str, burst: str | None, direction: str, controller: str | None, as_json: bool) -> None:
     """Meter cohort N; switches, DPIDs and ports come from the running topology.
 
     Running it again with another rate replaces the meter and its flows.
@@ -94,7 +96,7 @@ def clear(cfg: Config, cohort: int | None, as_json: bool) -> None:
 @click.option("--seconds", type=click.IntRange(1, 60), default=3, show_default=True, help="Length of each iperf3 measurement.")
 @json_option('Print {"port", "rate_mbit", "unmetered_mbit", "metered_mbit", "other_cohort_mbit"}.')
 @pass_config
-def verify(cfg: Config, cohort: int, rate: str, burst: str | None, controller: str, seconds: int, as_json: bool) -> None:
+def verify(cfg: Config, cohort: int, rate: str, burst: str | None, controller: str | None, seconds: int, as_json: bool) -> None:
     """Measure with iperf3: a client of cohort N to its FL server, unmetered then metered, and a
     client of another cohort while the meter is on. The meter stays set afterwards."""
     from mlfo_toolkit import api

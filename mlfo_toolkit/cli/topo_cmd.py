@@ -74,9 +74,11 @@ def show(topology_file: Path | None, cohorts: int | None, params: tuple[str, ...
 @click.option("--backend", type=click.Choice(BACKENDS), default="mininet", show_default=True,
               help="mininet: hosts are network namespaces; containernet: FL and MLFO hosts are Docker containers "
               "(build the image once with `mlfo image build`).")
-@click.option("--controller", metavar="onos|HOST:PORT",
-              help="OpenFlow 1.3 controller. 'onos': activate onos.apps (openflow, fwd) over REST and connect the "
-              "switches to onos.openflow. Default: none, the switches learn on their own.")
+@click.option("--controller", metavar="faucet|onos|HOST:PORT",
+              help="OpenFlow 1.3 controller. 'faucet': start Faucet on loopback for this network (configured from the "
+              "topology; `make faucet` installs it) and let it forward every packet; 'onos': activate onos.apps "
+              "(openflow, fwd) over REST and connect the switches to onos.openflow. Default: none, the switches "
+              "learn on their own. `mlfo meter` then acts through the same controller.")
 @click.option("--detach", is_flag=True, help="Keep the network running in the background and return once it is up.")
 @json_option("With --detach: print the network's status as JSON once it is up.")
 @pass_config

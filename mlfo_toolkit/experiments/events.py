@@ -155,7 +155,7 @@ class Actions:
     def _meter(self, meter: Any) -> dict[str, Any]:
         with self._probe(meter.cohort) as probe:
             before = probe.measure()
-            installed = set_meter(self.config, meter.cohort, meter.rate, None, "both", "ovs")
+            installed = set_meter(self.config, meter.cohort, meter.rate, None, "both", None)  # the network's controller
             after = probe.measure()
         return {"cohort": meter.cohort, "rate": meter.rate, "rate_kbps": installed["rate_kbps"],
                 "measured_mbit_before": before, "measured_mbit_after": after, "client": probe.client.name}

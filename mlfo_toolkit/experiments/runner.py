@@ -288,7 +288,8 @@ def execute(experiment: Experiment, config: Config, out_dir: Path, *, progress: 
     network: Any = contextlib.nullcontext(None)
     if experiment.spec.backend == "network":
         choice = experiment.spec.topology
-        network = EmulatedBackend(config, topology=choice.file, params=choice.params, builder=choice.backend, progress=progress)
+        network = EmulatedBackend(config, topology=choice.file, params=choice.params, builder=choice.backend,
+                                  controller=choice.controller, progress=progress)
     with terminate_as_interrupt(), network as entered:
         return _run_all(experiment, config, out_dir, progress, entered, after_run)
 

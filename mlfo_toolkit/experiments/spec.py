@@ -2,7 +2,7 @@
 
     name: kill-a-client
     backend: loopback                        # or network (root): the emulated network
-    topology: {file: small, params: {}, backend: mininet}   # network: brought up if none runs
+    topology: {file: small, params: {}, backend: mininet, controller: faucet}   # network: brought up if none runs
     cohorts: ../intents/cohorts.yaml        # a cohort file (path relative to this file), or a list inline
     shape: {cohorts: 1, clients: 4, rounds: 6}
     fl: {fraction_fit: 1.0, min_fit: 2, min_available: 2, round_timeout: 8}
@@ -180,6 +180,9 @@ class TopologyChoice(_Model):
     file: str = "small"
     params: dict[str, int] = Field(default_factory=dict)
     backend: Literal["mininet", "containernet"] = "mininet"  # used when the run brings the network up
+    controller: str | None = Field(None, max_length=200, pattern=r"^(faucet|onos|[A-Za-z0-9.\-]+:\d{1,5})$",
+                                   description="the OpenFlow controller of a network the run brings up: faucet, onos or "
+                                   "HOST:PORT (default: none); meter events act through it")
 
 
 class Init(_Model):

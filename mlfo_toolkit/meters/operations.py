@@ -9,16 +9,17 @@ from typing import Any, Protocol
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
+from mlfo_toolkit.meters.faucet import FaucetMeterDriver
 from mlfo_toolkit.meters.onos import OnosMeterDriver
 from mlfo_toolkit.meters.ovs import OvsMeterDriver
 from mlfo_toolkit.meters.plan import MeterSpec, parse_rate_kbps, plan_meters
 from mlfo_toolkit.meters.probe import IPERF_PORT, measure_mbit
 from mlfo_toolkit.net.hosts import spawn_in_host, wait_listening
-from mlfo_toolkit.net.state import network_topology, stop_processes
+from mlfo_toolkit.net.state import load_state, network_topology, state_path, stop_processes
 from mlfo_toolkit.util.files import write_json_atomically
 
 METER_FILE = "meters.json"
-CONTROLLERS = ("ovs", "onos")
+CONTROLLERS = ("ovs", "onos", "faucet")
 
 
 class Driver(Protocol):
@@ -34,7 +35,22 @@ def get_driver(name: str, config: Config) -> Driver:
         return OvsMeterDriver()
     if name == "onos":
         return OnosMeterDriver(config.onos)
-    raise ValidationError(f"unknown controller '{name}'", field="controller", hint="ovs or onos")
+    if name == "faucet":
+        return FaucetMeterDriver(config)
+    raise ValidationError(f"unknown controller '{name}'", field="controller", hint="ovs, onos or faucet")
+
+
+def network_controller(config: Config, controller: str | None = None) -> str:
+    """The meter driver to use: the one asked for, else the one the running network's switches obey
+    (`topo up --controller faucet|onos`), else OVS directly."""
+    if controller:
+        return controller
+    state_dir = Path(config.paths.state_dir)
+    if state_path(state_dir).exists():
+        kind = (load_state(state_dir).extra.get("controller") or {}).get("kind")
+        if kind in ("faucet", "onos"):
+            return str(kind)
+    return "ovs"
 
 
 def _meter_file(config: Config) -> Path:
@@ -50,8 +66,10 @@ def _save_meters(config: Config, meters: dict[str, Any]) -> None:
     write_json_atomically(_meter_file(config), meters)
 
 
-def set_meter(config: Config, cohort: int, rate: str, burst: str | None, direction: str, controller: str) -> dict[str, Any]:
-    """Meter cohort N (replacing any meter mlfo set on it before); returns what was installed."""
+def set_meter(config: Config, cohort: int, rate: str, burst: str | None, direction: str, controller: str | None = None) -> dict[str, Any]:
+    """Meter cohort N (replacing any meter mlfo set on it before); returns what was installed.
+    `controller` None: the network's (see network_controller)."""
+    controller = network_controller(config, controller)
     _, topology = network_topology(Path(config.paths.state_dir))
     rate_kbps = parse_rate_kbps(rate)
     burst_kbits = parse_rate_kbps(burst, "burst") if burst else None
@@ -99,16 +117,18 @@ def show_meters(config: Config) -> dict[str, Any]:
     out = {}
     for key, entry in meters.items():
         observed = []
-        if entry["controller"] == "ovs":
+        if entry["controller"] in ("ovs", "faucet"):  # Faucet's switches are Open vSwitch bridges too
             driver = OvsMeterDriver()
-            observed = [{"switch": r["switch"], **driver.observe(r["switch"])} for r in entry["installed"]]
+            observed = [{"switch": r["switch"], **driver.observe(r["switch"], r.get("meter_id") if entry["controller"] == "faucet" else None)}
+                        for r in entry["installed"]]
         out[key] = {**entry, "observed": observed}
     return out
 
 
 # --- verify by measurement ------------------------------------------------------------------------
-def verify_meter(config: Config, cohort: int, rate: str, burst: str | None, controller: str, seconds: int = 3) -> dict[str, Any]:
+def verify_meter(config: Config, cohort: int, rate: str, burst: str | None, controller: str | None, seconds: int = 3) -> dict[str, Any]:
     """Measure a cohort client's throughput to its FL server without and with the meter, and another cohort's with it."""
+    controller = network_controller(config, controller)
     state, topology = network_topology(Path(config.paths.state_dir))
     clients = [h for h in topology.fl_clients() if h.campus == cohort]
     servers = {h.cohort: h for h in topology.fl_servers()}

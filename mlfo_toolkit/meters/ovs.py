@@ -50,9 +50,10 @@ class OvsMeterDriver:
         ofctl("del-flows", record["switch"], f"cookie={record['cookie']}/-1")
         ofctl("del-meter", record["switch"], f"meter={record['meter_id']}")
 
-    def observe(self, switch: str) -> dict[str, Any]:
-        """mlfo's meters and flows on a switch, as the switch reports them."""
-        marker = f"cookie={COOKIE_BASE:#x}"[:17]  # cookie=0x6d6c666f: mlfo's flows only
+    def observe(self, switch: str, meter: int | None = None) -> dict[str, Any]:
+        """mlfo's meters and flows on a switch, as the switch reports them: flows by mlfo's cookie, or (under a
+        controller that writes the flows itself) those through `meter`."""
+        marker = f"cookie={COOKIE_BASE:#x}"[:17] if meter is None else f"meter:{meter},"  # cookie=0x6d6c666f: mlfo's flows
         flows = [line.strip() for line in ofctl("dump-flows", switch).splitlines() if marker in line]
         meters: list[str] = []
         for line in ofctl("dump-meters", switch).splitlines():

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, ValidationError
 from mlfo_toolkit.net.hosts import publish_port, spawn_in_host, wait_listening
 from mlfo_toolkit.net.state import (
+    NetworkState,
     ProcessRecord,
     network_token,
     running_topology,
@@ -56,8 +58,9 @@ def _auth(config: Config) -> dict[str, Any]:
     return {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
 
 
-def prometheus_config(config: Config, topology: Topology | None) -> dict[str, Any]:
-    """prometheus.yml: static in-network targets for a topology, file_sd targets on loopback otherwise."""
+def prometheus_config(config: Config, topology: Topology | None, faucet: str | None = None) -> dict[str, Any]:
+    """prometheus.yml: static in-network targets for a topology, file_sd targets on loopback otherwise;
+    `faucet`: where Prometheus reaches the network's Faucet metrics (HOST:PORT), if it has a Faucet."""
     monitor = config.monitor
     auth = _auth(config)
     jobs: list[dict[str, Any]] = []
@@ -86,6 +89,8 @@ def prometheus_config(config: Config, topology: Topology | None) -> dict[str, An
             {"job_name": "node", "static_configs": node_targets},
             {"job_name": "app", "static_configs": app_targets},
         ]
+        if faucet:
+            jobs.append({"job_name": "faucet", "static_configs": [{"targets": [faucet], "labels": {"role": "controller"}}]})
     else:
         directory = str(targets_dir(config))
 
@@ -109,9 +114,17 @@ def node_exporter_hosts(config: Config, topology: Topology) -> list[Any]:
     return [h for h in topology.hosts if config.monitor.exporters_on_clients or h.role != "fl-client"]
 
 
-def render_config(config: Config, topology: Topology | None) -> str:
+def render_config(config: Config, topology: Topology | None, faucet: str | None = None) -> str:
     header = "# prometheus.yml written by `mlfo monitor config`; regenerate it rather than editing it.\n"
-    return header + yaml.safe_dump(prometheus_config(config, topology), sort_keys=False)
+    return header + yaml.safe_dump(prometheus_config(config, topology, faucet), sort_keys=False)
+
+
+def faucet_target(state: NetworkState | None, topology: Topology | None) -> str | None:
+    """Where Prometheus, in its host, scrapes the network's Faucet: its own IP, relayed to Faucet on loopback."""
+    controller = (state.extra.get("controller") or {}) if state else {}
+    if controller.get("kind") != "faucet" or topology is None:
+        return None
+    return f"{topology.one('prometheus').ip}:{controller['metrics'].rsplit(':', 1)[1]}"
 
 
 def check_config(path: Path) -> None:
@@ -184,7 +197,8 @@ def monitor_up(config: Config) -> dict[str, Any]:
     running = running_topology(Path(config.paths.state_dir))
     topology = running[1] if running else None
     config_path = directory / "prometheus.yml"
-    config_path.write_text(render_config(config, topology))
+    faucet = faucet_target(running[0] if running else None, topology)
+    config_path.write_text(render_config(config, topology, faucet))
     check_config(config_path)
     prometheus = _binary("prometheus", "prometheus")
     node_exporter = _binary("prometheus-node-exporter", "prometheus-node-exporter")
@@ -205,10 +219,18 @@ def monitor_up(config: Config) -> dict[str, Any]:
                                      [node_exporter, "--web.listen-address", f"{host.ip}:{config.monitor.node_exporter_port}"],
                                      log_dir, cpu_limited=False)
             waits.append((host.name, config.monitor.node_exporter_port, exporter))
+        if faucet:  # Faucet listens on the machine's loopback: relay it into Prometheus's host
+            host_port = int(faucet.rsplit(":", 1)[1])
+            relay = spawn_recorded([sys.executable, "-m", "mlfo_toolkit.net.relay", "--inward", "--listen", faucet, "--pid",
+                                    str(state.host(prom_host.name).pid), "--target", state.extra["controller"]["metrics"]],
+                                   log_dir / "relay-faucet-metrics.log", "faucet-metrics relay", host=prom_host.name)
+            state.processes.append(relay)
+            waits.append((prom_host.name, host_port, relay))
         wait_listening(state, waits, 60)
         publish_port(state, prom_host.name, prom_host.ip, port, port, log_dir)
         save_state(state, Path(config.paths.state_dir))
-        records = [p for p in state.processes if p.name in ("prometheus", "node-exporter") or p.name.startswith(f"publish {prom_host.name}")]
+        records = [p for p in state.processes
+                   if p.name in ("prometheus", "node-exporter", "faucet-metrics relay") or p.name.startswith(f"publish {prom_host.name}")]
     else:
         records.append(spawn_recorded([prometheus, "--config.file", str(config_path), *storage, "--web.listen-address", f"{LOOPBACK}:{port}"],
                               directory / "prometheus.log", "prometheus"))

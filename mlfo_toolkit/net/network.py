@@ -20,6 +20,7 @@ import yaml
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ConflictError, MlfoError, NotFoundError, UnreachableError
 from mlfo_toolkit.net.builders import get_builder
+from mlfo_toolkit.net.faucet import start_faucet, wait_switches_connected
 from mlfo_toolkit.net.hosts import make_cgroups, publish_port, spawn_in_host, wait_listening
 from mlfo_toolkit.net.image import docker_client
 from mlfo_toolkit.net.state import (
@@ -149,11 +150,13 @@ def network_up(
     *,
     backend: str = "mininet",
     controller: str | None = None,
+    controller_kind: str | None = None,
     progress: Progress = quiet,
 ) -> tuple[NetworkState, Any]:
     """Build the network and start its services; returns the state and the builder (to stop it).
 
-    `controller` is the HOST:PORT of an OpenFlow controller the switches connect to (None: standalone)."""
+    `controller`: `faucet` (started here, for this network, and recorded), the HOST:PORT of another OpenFlow
+    controller (`onos` is resolved to one by the caller, who says so in `controller_kind`), or None (standalone)."""
     state_dir = Path(config.paths.state_dir)
     if state_path(state_dir).exists():
         existing = load_state(state_dir)
@@ -168,8 +171,19 @@ def network_up(
     try:
         say(progress, "topo", f"building {len(topology.switches)} switches, {len(topology.hosts)} hosts, {len(topology.links)} switch links ({backend})")
         started = time.monotonic()
-        builder.build(topology, state, controller)
+        openflow = None
+        if controller == "faucet":
+            openflow = start_faucet(config, topology, state, state_dir)
+            save_state(state, state_dir)
+            say(progress, "topo", f"Faucet listens on {openflow} (config {state.extra['controller']['config']})")
+        elif controller:
+            openflow = controller
+            state.extra["controller"] = {"kind": controller_kind or "remote", "openflow": openflow}
+        builder.build(topology, state, openflow)
         save_state(state, state_dir)
+        if controller == "faucet":
+            wait_switches_connected(state.extra["controller"], topology)
+            say(progress, "topo", f"all {len(topology.switches)} switches connected to Faucet")
         say(progress, "topo", f"network built in {time.monotonic() - started:.1f} s")
         for warning in state.warnings:
             say(progress, "topo", f"warning: {warning}")
@@ -210,7 +224,8 @@ def network_stop(state_dir: Path, builder: Any = None, progress: Progress = quie
         raise MlfoError(f"could not remove: {left}", hint="remove them by name; the state file is kept")
     state_path(state_dir).unlink(missing_ok=True)
     # Meters lived on the bridges just removed (or on a controller's view of them).
-    (state_dir / "meters.json").unlink(missing_ok=True)
+    for name in ("meters.json", "faucet-meters.json", "faucet.yaml"):
+        (state_dir / name).unlink(missing_ok=True)
     (state_dir / TOKEN_FILE).unlink(missing_ok=True)
     return removed
 
@@ -284,6 +299,7 @@ def serve_network(
     *,
     backend: str = "mininet",
     controller: str | None = None,
+    controller_kind: str | None = None,
     progress: Progress = quiet,
     on_ready: Callable[[NetworkState], None] | None = None,
 ) -> dict[str, Any]:
@@ -291,7 +307,8 @@ def serve_network(
     builder = None
     try:
         with terminate_as_interrupt():
-            state, builder = network_up(config, topology, backend=backend, controller=controller, progress=progress)
+            state, builder = network_up(config, topology, backend=backend, controller=controller, controller_kind=controller_kind,
+                                        progress=progress)
             if on_ready:
                 on_ready(state)
             while True:

@@ -3,6 +3,9 @@
 Usage: python -m mlfo_toolkit.net.relay --listen 127.0.0.1:8001 --pid HOST_PID --target 10.0.1.1:8000
 The listening socket is made in the machine's namespace; the process then enters the host's
 network namespace, so every upstream connection is made from inside the emulated network.
+
+With --inward the other way round: the socket listens inside the host (e.g. 10.0.0.3:9302 in
+Prometheus's host) and connections go to a target on the machine (Faucet's 127.0.0.1:9302).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import socket
 import sys
 import threading
 
-from mlfo_toolkit.util.linux import enter_network_namespace
+from mlfo_toolkit.util.linux import enter_network_namespace, network_namespace_of
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -53,9 +56,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", required=True, type=_address)
     parser.add_argument("--pid", required=True, type=int)
     parser.add_argument("--target", required=True, type=_address)
+    parser.add_argument("--inward", action="store_true", help="listen inside the host, connect on the machine")
     args = parser.parse_args(argv)
-    listener = socket.create_server(args.listen, reuse_port=False)
-    enter_network_namespace(args.pid)  # before any thread exists: threads inherit it
+    if args.inward:
+        with network_namespace_of(args.pid):
+            listener = socket.create_server(args.listen, reuse_port=False)
+    else:
+        listener = socket.create_server(args.listen, reuse_port=False)
+        enter_network_namespace(args.pid)  # before any thread exists: threads inherit it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"relay {args.listen[0]}:{args.listen[1]} -> {args.target[0]}:{args.target[1]}", flush=True)
     while True:

@@ -22,7 +22,7 @@ class CohortMeter:
         network, cohort = self._target(record)
         if rate_mbit is None:
             return {"cleared": clear_meters(network, cohort)}
-        return set_meter(network, cohort, f"{rate_mbit:g}mbit", None, "both", "ovs")
+        return set_meter(network, cohort, f"{rate_mbit:g}mbit", None, "both", None)  # the network's controller
 
     def rate(self, record: Deployment) -> float | None:
         """The Mbit/s of the cohort's meter, if one is set (None also outside an emulated network)."""

@@ -22,7 +22,12 @@ def write_secret(path: Path, text: str) -> Path:
 
 
 def write_json_atomically(path: Path, data: Any) -> Path:
-    """Write JSON through a temporary file and a rename, so a SIGKILL mid-write never leaves a torn file.
+    """Write JSON through a temporary file and a rename (see write_text_atomically)."""
+    return write_text_atomically(path, json.dumps(data, indent=2, default=str))
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write through a temporary file and a rename, so a SIGKILL mid-write never leaves a torn file.
 
     The temporary name keeps the whole file name (`.NAME.tmp`), so `x.json` and `x.started` written
     side by side never share one. A full or read-only disk is a StorageError naming `path`.
@@ -30,7 +35,7 @@ def write_json_atomically(path: Path, data: Any) -> Path:
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(data, indent=2, default=str))
+        temporary.write_text(text)
         os.replace(temporary, path)
     except OSError as err:
         temporary.unlink(missing_ok=True)

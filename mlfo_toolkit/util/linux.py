@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
@@ -29,6 +31,20 @@ def enter_network_namespace(pid: int) -> None:
         raise OSError(err.errno, f"setns into the net namespace of {pid}: {err.strerror}") from None
     finally:
         os.close(fd)
+
+
+@contextmanager
+def network_namespace_of(pid: int) -> Iterator[None]:
+    """Inside the network namespace of `pid` for the block, then back in this thread's own (no threads yet)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        enter_network_namespace(pid)
+        try:
+            yield
+        finally:
+            setns(own, CLONE_NEWNET)
+    finally:
+        os.close(own)
 
 
 def namespace_inode(pid: int | str) -> int:

@@ -98,7 +98,7 @@ def test_fl_and_mlfo_hosts_are_prefixed_containers(network: dict[str, Any]) -> N
 def test_ping_exec_and_status(network: dict[str, Any]) -> None:
     env, cwd = network["env"], network["workdir"]
     mesh = json.loads(mlfo(env, cwd, "topo", "ping", "--json").stdout)
-    assert mesh["pairs"] == 12 * 11 and mesh["failed"] == []
+    assert mesh["pairs"] == 13 * 12 and mesh["failed"] == []
     inside = mlfo(env, cwd, "topo", "exec", "fed.1", "--json", "--", "cat", "/etc/hostname", "/etc/debian_version")
     assert inside.returncode == 0, inside.stderr
     assert json.loads(inside.stdout)["stdout"].split()[0] == "fed.1"  # the container's own files, like docker exec

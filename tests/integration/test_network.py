@@ -90,7 +90,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
 def test_up_reports_what_it_could_not_emulate(network: dict[str, Any]) -> None:
     state = network["state"]
-    assert state["phase"] == "up" and len(state["hosts"]) == 12
+    assert state["phase"] == "up" and len(state["hosts"]) == 13
     # This kernel has no netem: `topo up` says that link delays cannot be emulated; with netem it says nothing.
     netem = netem_available()
     assert any("netem" in w for w in state["warnings"]) is not netem
@@ -119,7 +119,7 @@ def test_ping_mesh_has_no_loss(network: dict[str, Any]) -> None:
     result = mlfo(network["env"], network["workdir"], "topo", "ping", "--json")
     assert result.returncode == 0, result.stderr
     mesh = json.loads(result.stdout)
-    assert mesh["pairs"] == 12 * 11 and mesh["loss_percent"] == 0.0 and mesh["failed"] == []
+    assert mesh["pairs"] == 13 * 12 and mesh["loss_percent"] == 0.0 and mesh["failed"] == []
 
 
 def test_exec_runs_inside_the_host(network: dict[str, Any]) -> None:
