@@ -1,6 +1,7 @@
 """Benchmark (run on demand, as root): the seed's experiment in the emulated network.
 
     sudo .venv/bin/python bench/seed_bench.py [--cohorts 5] [--clients 10] [--rounds 20] [--cpus 2] [--supernode-poll 0.2]
+        [--controller faucet]
 
 As a user would run it: `mlfo topo up N --detach` (the prototype's layout, Mininet + Open vSwitch),
 `mlfo init --cpus C` (CPU limits on the FL servers, reachability check, 20 Mbit/s background
@@ -9,7 +10,9 @@ rounds, sent with `mlfo intent send --wait --json` to the campus MLFO published 
 `mlfo topo down` at the end. Prints per cohort: final accuracy, rounds done, rounds with fewer
 results, seconds per round (median, p95), the median phase split, orchestration time (and client
 start-up p50/p95), then MemAvailable drop (since before `topo up`, and since the intents were sent)
-and peak load.
+and peak load. With --controller faucet the network runs under Faucet (`make faucet`): the
+benchmark also pings every pair through Faucet's flows and meters a cohort to 10 Mbit/s with
+`meter verify` (then clears it) before the FL run.
 """
 
 from __future__ import annotations
@@ -73,6 +76,22 @@ def report(summary: dict[str, object], watch_all: MachineWatch, watch_fl: Machin
           f"intents were sent; peak load (1 min) {max(watch_all.peak_load, watch_fl.peak_load):.1f} on {os.cpu_count()} cores")
 
 
+def controller_checks(env: dict[str, str], cohort: int) -> None:
+    """Through the controller: the ping mesh, then a 10 Mbit/s meter on one cohort measured and cleared."""
+    ping = json.loads(mlfo(env, "topo", "ping", "--json").stdout)
+    print(f"topo ping: {ping['pairs']} pairs, {ping['loss_percent']}% loss, {ping.get('seconds', 0):.1f} s")
+    started = time.monotonic()
+    verify = mlfo(env, "meter", "verify", "--port", str(cohort), "--rate", "10mbit", "--json")
+    if verify.returncode != 0:
+        sys.exit(f"meter verify failed ({verify.returncode}):\n{verify.stderr[-3000:]}")
+    got = json.loads(verify.stdout)
+    print(f"meter verify --port {cohort} --rate 10mbit ({got['controller']}): metered {got['metered_mbit']} Mbit/s "
+          f"({(got['metered_mbit'] / 10 - 1) * 100:+.1f} %), unmetered {got['unmetered_mbit']}, other cohort "
+          f"{got['other_cohort_mbit']} ({time.monotonic() - started:.1f} s)")
+    cleared = mlfo(env, "meter", "clear")
+    print(f"meter clear: exit {cleared.returncode}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cohorts", type=int, default=5)
@@ -82,6 +101,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--supernode-poll", type=float, default=0.0,
                         help="fl.supernode_poll_seconds of the network's agents (0: Flower's 3 s, the default)")
+    parser.add_argument("--controller", choices=["faucet"], help="bring the network up under this controller")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds a real Mininet network")
@@ -93,11 +113,14 @@ def main() -> None:
         sys.exit("the prototype's layout has 50 FL clients (five campus switches of ten)")
     with MachineWatch() as watch_all:
         started = time.monotonic()
-        up = mlfo(env, "topo", "up", str(args.cohorts), "--detach")
+        up = mlfo(env, "topo", "up", str(args.cohorts), "--detach", *(["--controller", args.controller] if args.controller else []))
         if up.returncode != 0:
             sys.exit(f"topo up failed ({up.returncode}):\n{up.stderr[-3000:]}")
-        print(f"topo up {args.cohorts}: {time.monotonic() - started:.1f} s", flush=True)
+        print(f"topo up {args.cohorts}{' --controller ' + args.controller if args.controller else ''}: "
+              f"{time.monotonic() - started:.1f} s", flush=True)
         try:
+            if args.controller:
+                controller_checks(env, min(2, args.cohorts))
             init = mlfo(env, "init", "--cpus", str(args.cpus), "--json")
             if init.returncode != 0:
                 sys.exit(f"mlfo init failed ({init.returncode}):\n{init.stderr[-3000:]}")
