@@ -38,6 +38,7 @@ from mlfo_toolkit.net.image import build_image
 from mlfo_toolkit.net.network import detach_network, network_down, network_status, serve_network, state_summary
 from mlfo_toolkit.net.state import NetworkState, load_state, running_topology, state_path
 from mlfo_toolkit.net.topology import Topology, load_topology
+from mlfo_toolkit.net.traces import start_trace, stop_traces
 from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, plan_cohorts, shape_cohorts
 from mlfo_toolkit.orchestrator.intents import Catalog, config_with_app, load_intent_file, understood
@@ -71,6 +72,7 @@ from mlfo_toolkit.results import (
     Result,
     RunResult,
     SentCohorts,
+    TraceResult,
     fields_of,
 )
 from mlfo_toolkit.util.files import write_text
@@ -81,12 +83,12 @@ __all__ = [
     # results
     "ApiSchema", "ClientRestarted", "CohortResult", "DataResult", "DeploymentStatus", "DeploymentStopped", "ExecResult", "ExperimentPlan", "ExperimentResult",
     "ImageResult", "InitResult", "IntentCheck", "MeterResult", "MonitorConfig", "MonitorResult", "NetworkResult", "PingResult",
-    "PlanResult", "Progress", "ReportResult", "Result", "RunResult", "SentCohorts",
+    "PlanResult", "Progress", "ReportResult", "Result", "RunResult", "SentCohorts", "TraceResult",
     # functions
     "api_schema", "data_get", "data_import", "data_list", "data_show", "demo", "deployment_status", "image_build", "init", "load_config", "meter_clear", "meter_set", "meter_show", "meter_verify",
     "monitor_config", "monitor_down", "monitor_up", "plan", "plan_experiment", "report", "restart_client", "run_experiment",
     "send_cohorts", "serve_agent", "serve_exporter", "serve_mlfo", "stop_deployment", "topo_down", "topo_exec", "topo_ping",
-    "topo_show", "topo_status", "topo_up", "validate_intent", "wait",
+    "topo_show", "topo_status", "topo_trace", "topo_trace_stop", "topo_up", "validate_intent", "wait",
 ]
 
 
@@ -283,6 +285,18 @@ def topo_ping(config: Config | None = None) -> PingResult:
     """Every host pings every other."""
     data = ping_mesh(load_state(Path(_config(config).paths.state_dir)))
     return PingResult(**fields_of(data, PingResult), data=data)
+
+
+def topo_trace(a: str, b: str, trace: str, config: Config | None = None, *, loop: bool = False) -> TraceResult:
+    """Replay a link trace (a CSV path or a shipped name: leo-pass, cellular-drive) on the link between a and b."""
+    data = start_trace(_config(config), a, b, trace, loop=loop)
+    return TraceResult(data["link"], data=data)
+
+
+def topo_trace_stop(config: Config | None = None, a: str | None = None, b: str | None = None) -> TraceResult:
+    """Stop the trace on the link between a and b (or every trace); each link gets its configured rate back."""
+    stopped = stop_traces(_config(config), a, b)
+    return TraceResult(f"{a}-{b}" if a and b else None, stopped, data={"stopped": stopped})
 
 
 def init(config: Config | None = None, *, cpus: float | None = None, clients: bool = False, bg_rate: str | None = "20M") -> InitResult:

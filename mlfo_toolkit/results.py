@@ -199,6 +199,14 @@ class MeterResult(Result):
     cohorts: list[int]
 
 
+@dataclass(frozen=True)
+class TraceResult(Result):
+    """A link trace started (its replayer's PID and log), or the replayers stopped."""
+
+    link: str | None
+    stopped: list[str] = field(default_factory=list)
+
+
 # --- monitoring and reports ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MonitorResult(Result):

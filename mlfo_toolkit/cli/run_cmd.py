@@ -49,6 +49,10 @@ def run(cfg: Config, experiment: Path, track: tuple[str, ...], dry_run: bool, ou
             f"{c['name']} {c['clients']} clients x {c['rounds']} rounds {c['strategy']}" + (f", policy {c['policy']}" if c.get('policy') else "") for c in r["cohorts"])) for r in plan.runs])
         for event in plan.events:
             click.echo(f"event: {event['kind']} {event['what']} at {event['at']}")
+        for run in plan.runs:
+            if run.get("absences") is not None:
+                spells = ", ".join(f"part {a['part']} rounds {a['away']}-{a['back'] - 1 if a['back'] else 'end'}" for a in run["absences"])
+                click.echo(f"away in {run['key']}: {spells or 'nobody'}")
         return
 
     def progress(event: str, data: dict[str, object]) -> None:

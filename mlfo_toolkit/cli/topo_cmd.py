@@ -195,6 +195,46 @@ def exec_(cfg: Config, node: str, command: tuple[str, ...], as_json: bool) -> No
 
 
 @topo.command()
+@click.argument("a")
+@click.argument("b")
+@click.argument("trace", required=False)
+@click.option("--loop", is_flag=True, help="Start the trace again when it ends (until stopped or `topo down`).")
+@click.option("--stop", is_flag=True, help="Stop the trace on the link A-B and give it its configured rate back.")
+@json_option("Print what was started (replayer PID, rows, duration, its log of applied rows) or stopped.")
+@pass_config
+def trace(cfg: Config, a: str, b: str, trace: str | None, loop: bool, stop: bool, as_json: bool) -> None:
+    """Make the link between A and B follow TRACE: a CSV of seconds,rate_mbit[,delay_ms,loss_percent].
+
+    TRACE is a path or a shipped trace: leo-pass (a 240 s LEO satellite pass, 29-75 Mbit/s) or
+    cellular-drive (300 s of LTE cell edge, 1-80 Mbit/s); topologies/traces/make_traces.py says how
+    they were made. A link joins a host and its switch or two switches (`mlfo topo show`). The
+    replayer runs in the background, recorded with the network, and writes each row it applied to
+    paths.state_dir/logs/trace-A-B.jsonl. Delay and loss need netem, which some kernels lack: then
+    only the rate follows the trace, and the result says so.
+
+    Example: mlfo topo trace swCampus1 swEdge0 leo-pass --loop
+    """
+    from mlfo_toolkit import api
+
+    if stop:
+        result = api.topo_trace_stop(cfg, a, b)
+        if as_json:
+            echo_json(result.to_dict())
+        else:
+            click.echo(f"stopped: {', '.join(result.stopped) or 'no trace ran on ' + a + '-' + b}")
+        return
+    if not trace:
+        raise click.UsageError("give a TRACE (a CSV path, leo-pass or cellular-drive), or --stop")
+    started = api.topo_trace(a, b, trace, cfg, loop=loop).to_dict()
+    if as_json:
+        echo_json(started)
+        return
+    click.echo(f"{started['link']} follows {started['trace']}: {started['rows']} rows over {started['duration_s']:g} s"
+               f"{' (looped)' if loop else ''}; delay and loss: {started['delay_and_loss']}")
+    click.echo(f"  applied rows: {started['log']}; stop with `mlfo topo trace {a} {b} --stop`")
+
+
+@topo.command()
 @json_option('Print {"pairs", "loss_percent", "failed": [[src, dst], ...]}.')
 @pass_config
 def ping(cfg: Config, as_json: bool) -> None:

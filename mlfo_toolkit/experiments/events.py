@@ -26,10 +26,19 @@ from mlfo_toolkit.experiments.spec import SWEEPABLE_EVENT_FIELDS, Background, Cp
 from mlfo_toolkit.meters.operations import clear_meters, set_meter
 from mlfo_toolkit.meters.plan import parse_rate_kbps
 from mlfo_toolkit.meters.probe import CohortProbe
-from mlfo_toolkit.net.changes import background_mbit, link_ends, read_link, remove_shaping, set_link, start_background, stop_background
+from mlfo_toolkit.net.changes import (
+    background_mbit,
+    link_ends,
+    read_link,
+    remove_shaping,
+    set_link,
+    start_background,
+    stop_background,
+)
 from mlfo_toolkit.net.hosts import read_cpu_limit, set_cpu
 from mlfo_toolkit.net.network import agent_process, restart_agent
 from mlfo_toolkit.net.state import running_network
+from mlfo_toolkit.net.traces import start_trace, stop_traces
 from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.records import ClientRecord, Deployment
 from mlfo_toolkit.orchestrator.sending import SentCohort
@@ -194,6 +203,11 @@ class Actions:
             if probe is not None:
                 effect.update(_around(probe, link.state, "after"))
         return effect
+
+    def _trace(self, trace: Any) -> dict[str, Any]:
+        started = start_trace(self.config, trace.a, trace.b, trace.file, loop=trace.loop)
+        self.undo.append(lambda: stop_traces(self.config, trace.a, trace.b))
+        return started
 
     def _cpu(self, cpu: Any) -> dict[str, Any]:
         state, _, _ = running_network(self.config)

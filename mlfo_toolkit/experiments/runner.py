@@ -23,12 +23,14 @@ from mlfo_toolkit.backends.emulated import EmulatedBackend
 from mlfo_toolkit.backends.loopback import LoopbackBackend
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
+from mlfo_toolkit.experiments.availability import absences, availability_events, availability_record
 from mlfo_toolkit.experiments.events import Actions
-from mlfo_toolkit.experiments.spec import NETWORK_EVENTS, Experiment, RunPlan, where
+from mlfo_toolkit.experiments.spec import NETWORK_EVENTS, Event, Experiment, RunPlan, where
 from mlfo_toolkit.experiments.timeline import Timeline, jsonable
 from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.meters.operations import clear_meters
+from mlfo_toolkit.net.network import network_conditions
 from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.assurance import load_policy
 from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file, parse_cohort_file, shape_cohorts
@@ -124,6 +126,19 @@ def check_policies(experiment: Experiment, cohort_file: CohortFile, config: Conf
                                   hint=err.hint) from None
 
 
+def run_availability(experiment: Experiment, cohorts: CohortFile, plan: RunPlan) -> tuple[list[Event], dict[str, Any] | None]:
+    """The run's availability events (kills and restarts) and its record, or nothing when the experiment has none."""
+    availability = experiment.spec.availability
+    if availability is None:
+        return [], None
+    cohort = next((c for c in cohorts.cohorts if c.name == availability.cohort), None)
+    if cohort is None:
+        raise ValidationError(f"no cohort '{availability.cohort}' in this run (cohorts: {', '.join(c.name for c in cohorts.cohorts)})",
+                              field="availability.cohort", line=where(experiment.lines, "availability", "cohort"), source=str(experiment.source))
+    spells = absences(availability, cohort.size, cohort.rounds, plan.seed)
+    return availability_events(availability, spells), availability_record(availability, spells, cohort.size, cohort.rounds)
+
+
 def plan_summary(experiment: Experiment, config: Config) -> dict[str, Any]:
     """What `--dry-run` prints: the runs, the events, a rough duration."""
     runs: list[dict[str, Any]] = []
@@ -131,9 +146,11 @@ def plan_summary(experiment: Experiment, config: Config) -> dict[str, Any]:
         cohorts = cohorts_for(experiment, config, plan)
         check_cohorts(experiment, cohorts)
         check_policies(experiment, cohorts, config)
+        _, availability = run_availability(experiment, cohorts, plan)
         runs.append({"key": plan.key, "point": plan.point, "seed": plan.seed,
                      "cohorts": [{"name": c.name, "clients": c.size, "rounds": c.rounds, "strategy": c.strategy,
-                                  "policy": c.policy} for c in cohorts.cohorts]})
+                                  "policy": c.policy} for c in cohorts.cohorts],
+                     **({"absences": availability["absences"]} if availability else {})})
     rounds = max((c["rounds"] for r in runs for c in r["cohorts"]), default=0)
     return {
         "experiment": experiment.name,
@@ -150,8 +167,10 @@ def _expected_seconds(experiment: Experiment, runs: int, rounds: int) -> int:
     about 3 s (its iperf3 probes); bringing the small topology up and down about 40 s."""
     spec = experiment.spec
     timeout = spec.fl.round_timeout or 600.0
-    first_fault = min((e.at.round for e in spec.timeline if e.at.round and (e.kill or (e.link and e.link.state == "down"))),
-                      default=None)
+    faults = [e.at.round for e in spec.timeline if e.at.round and (e.kill or (e.link and e.link.state == "down"))]
+    if spec.availability is not None:  # clients away: every round from the first absence waits for them
+        faults.append(min([a.away for a in spec.availability.absences or []] or [spec.availability.from_round]))
+    first_fault = min(faults, default=None)
     waiting = 0 if first_fault is None else max(0, rounds - first_fault + 1)
     per_run = 20 + 5 * (rounds - waiting) + timeout * waiting
     per_run += 3 * sum(1 for e in spec.timeline if e.kind in NETWORK_EVENTS)
@@ -181,10 +200,14 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
     started = time.monotonic()
     actions = Actions(cfg, "", plan.point, [])
     init_effect: dict[str, Any] | None = None
-    timeline = Timeline(list(spec.timeline), actions)
+    away_events, availability = run_availability(experiment, cohort_file, plan)
+    timeline = Timeline([*spec.timeline, *away_events], actions)
     partial = _Partial(run_dir, timeline, actions.sent, cfg)
+    conditions: dict[str, Any] | None = None
     with backend_block as backend:
         actions.campus = backend.campus
+        if network is not None:
+            conditions = network_conditions(cfg)
         try:
             if spec.init is not None:
                 init = spec.init.model_copy(update={k.split(".", 1)[1]: v for k, v in plan.point.items() if k.startswith("init.")})
@@ -215,6 +238,8 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
         "repetition": plan.repetition,
         "backend": spec.backend,
         "init": init_effect,
+        "conditions": conditions,
+        "availability": availability,
         "undo_problems": undone,
         "manifest": manifest({"experiment": experiment.source}, {"fl.seed": plan.seed}),
     }

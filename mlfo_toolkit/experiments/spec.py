@@ -11,6 +11,7 @@
       - at: {cohort: welding-a, round: 3}    # or at: {seconds: 20}
         kill: {cohort: welding-a, part: 1}   # or server: true; restart: {cohort, part}
       # network: meter {cohort, rate}, meter_clear N, link {a, b, rate | state: down/up},
+      #          trace {a, b, file: leo-pass | my.csv, loop},
       #          cpu {host, cpus}, background {rate | off}
     repeat: 2                                # seeds 1, 2 unless `seeds:` lists them
     sweep: {strategy: [FedAvg, FedMedian]}   # also policy, assurance.*, meter.rate, link.rate, init.cpus, ...
@@ -38,13 +39,14 @@ from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.fl.userapps import read_app
 from mlfo_toolkit.net.changes import link_ends
 from mlfo_toolkit.net.topology import load_topology
+from mlfo_toolkit.net.traces import load_trace
 from mlfo_toolkit.orchestrator.assurance import check_thresholds
 from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.names import NAME_MAX, NAME_PATTERN, SEED_MAX
 from mlfo_toolkit.util.yamlfiles import Float, Int, load_yaml, validate
 
 # Events that change the emulated network; on loopback there is nothing to change.
-NETWORK_EVENTS = ("meter", "meter_clear", "link", "cpu", "background")
+NETWORK_EVENTS = ("meter", "meter_clear", "link", "trace", "cpu", "background")
 EVENTS = ("kill", "restart", *NETWORK_EVENTS)
 SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients", "policy", "partition")
 # The closed loop's thresholds a sweep can vary: `sweep: {assurance.plateau_gain: [0.001, 0.01]}`.
@@ -52,7 +54,7 @@ SWEEPABLE_ASSURANCE_FIELDS = tuple(f"assurance.{name}" for name in AssuranceSett
                                    if name not in ("policy", "allowed_policies"))
 # An event's value a sweep can vary: `sweep: {meter.rate: [5mbit, 50mbit]}` sets it on every such event.
 SWEEPABLE_EVENT_FIELDS = {"meter.rate": ("meter", "rate"), "link.rate": ("link", "rate"), "cpu.cpus": ("cpu", "cpus"),
-                          "background.rate": ("background", "rate")}
+                          "background.rate": ("background", "rate"), "trace.file": ("trace", "file")}
 RATE_PATTERN = r"^\d+(\.\d+)?\s*([kKmMgG]?(bit|bps)?)$"
 BACKGROUND_RATE = RATE_PATTERN.replace("^", "^(off|").replace("$", ")$")
 # Sweepable values of the init section: `sweep: {init.cpus: [0.25, 1]}`.
@@ -125,6 +127,16 @@ class Link(_Model):
         return self
 
 
+class Trace(_Model):
+    """Make the link between nodes a and b follow a trace until the run ends: a CSV (relative to this file)
+    of seconds,rate_mbit[,delay_ms,loss_percent], or a shipped one (leo-pass, cellular-drive)."""
+
+    a: str
+    b: str
+    file: str = Field(max_length=1000)
+    loop: bool = False
+
+
 class Cpu(_Model):
     """A host's CPU limit in cores; null lifts it."""
 
@@ -138,6 +150,38 @@ class Background(_Model):
     rate: str = Field(pattern=BACKGROUND_RATE)
 
 
+class Absence(_Model):
+    """One client away: from the start of round `away` until the start of round `back` (null: to the end)."""
+
+    part: int = Field(ge=0)
+    away: int = Field(ge=1, le=10_000)
+    back: int | None = Field(None, ge=2, le=10_000)
+
+    @model_validator(mode="after")
+    def _back_after_away(self) -> Absence:
+        if self.back is not None and self.back <= self.away:
+            raise ValueError(f"back ({self.back}) must come after away ({self.away})")
+        return self
+
+
+class Availability(_Model):
+    """Which clients of a cohort are away when: drawn (a share of the clients each `hold_rounds` rounds, from a
+    seed) or listed (`absences`). Carried out as kill and restart events of the clients' SuperNodes."""
+
+    cohort: str
+    away_fraction: float | None = Field(None, gt=0, lt=1, description="the share of the cohort's clients away at any time")
+    hold_rounds: int = Field(2, ge=1, le=1000, description="rounds a drawn set of clients stays away before the next draw")
+    from_round: int = Field(2, ge=1, le=10_000, description="the first round with clients away")
+    seed: int | None = Field(None, description="the draws' seed (default: the run's seed)")
+    absences: list[Absence] | None = Field(None, max_length=10_000, description="per-client on/off times, instead of a draw")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Availability:
+        if (self.away_fraction is None) == (self.absences is None):
+            raise ValueError("give either away_fraction (a seeded draw) or absences (per-client on/off rounds)")
+        return self
+
+
 class Event(_Model):
     at: At
     kill: Kill | None = None
@@ -145,6 +189,7 @@ class Event(_Model):
     meter: Meter | None = None
     meter_clear: int | None = Field(None, ge=1)
     link: Link | None = None
+    trace: Trace | None = None
     cpu: Cpu | None = None
     background: Background | None = None
 
@@ -205,6 +250,7 @@ class ExperimentFile(_Model):
     shape: Shape = Field(default_factory=Shape)
     fl: FlOverrides = Field(default_factory=FlOverrides)
     timeline: list[Event] = Field(default_factory=list)
+    availability: Availability | None = None
     repeat: int = Field(1, ge=1, le=100)
     seeds: list[Int] | None = None
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
@@ -284,6 +330,7 @@ def load_experiment(path: Path) -> Experiment:
             raise ValidationError(err.reason, field="app", line=where(lines, "app"), source=source, hint=err.hint) from None
     if spec.backend == "network":
         _check_topology(spec, lines, source)
+    _check_traces(spec, path, lines, source)
     if spec.assurance is not None:
         check_thresholds(spec.assurance, "experiment", lines, source, ("assurance",))
     for key, values in spec.sweep.items():
@@ -364,6 +411,25 @@ def swept_value(spec: ExperimentFile, key: str, value: Any) -> Any:
     return value
 
 
+def _check_traces(spec: ExperimentFile, path: Path, lines: dict[tuple[Any, ...], int], source: str) -> None:
+    """Trace files load (a relative path is taken from the experiment's folder and made absolute)."""
+    swept = [str(v) for v in spec.sweep.get("trace.file", [])]
+    for i, event in enumerate(spec.timeline):
+        if event.trace is None:
+            continue
+        names = [event.trace.file, *swept]
+        resolved = [str((path.parent / n).resolve()) if (path.parent / n).exists() else n for n in names]
+        for name, field_name in zip(resolved, [f"timeline[{i}].trace.file", *["sweep.trace.file"] * len(swept)], strict=True):
+            try:
+                load_trace(name)
+            except ValidationError as err:
+                raise ValidationError(err.message, field=field_name, line=where(lines, "timeline", i, "trace", "file"), source=source,
+                                      hint=err.hint) from None
+        event.trace.file = resolved[0]
+        if swept:
+            spec.sweep["trace.file"] = resolved[1:]
+
+
 def _check_topology(spec: ExperimentFile, lines: dict[tuple[Any, ...], int], source: str) -> None:
     """Network events name hosts, links and cohorts of the topology: check them before anything starts."""
     try:
@@ -378,9 +444,11 @@ def _check_topology(spec: ExperimentFile, lines: dict[tuple[Any, ...], int], sou
             number = event.meter.cohort if event.meter is not None else event.meter_clear
             if number not in cohorts:
                 problem = f"topology {topology.name} has no cohort {number} (it has {', '.join(map(str, sorted(c for c in cohorts if c)))})"
-        elif event.link is not None:
+        elif event.link is not None or event.trace is not None:
+            ends = event.link or event.trace
+            assert ends is not None
             try:
-                link_ends(topology, event.link.a, event.link.b)
+                link_ends(topology, ends.a, ends.b)
             except ValidationError as err:
                 problem = err.reason
         elif event.cpu is not None and event.cpu.host not in hosts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,22 @@ def measure_mbit(state: NetworkState, client: str, server_ip: str, seconds: int)
     try:
         report = json.loads(done.stdout)
         return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
+    except (ValueError, KeyError):
+        raise MlfoError(f"iperf3 from {client} to {server_ip} failed: {(done.stdout + done.stderr)[-300:]}") from None
+
+
+def measure_series(state: NetworkState, client: str, server_ip: str, seconds: int) -> tuple[float, list[tuple[float, float, float]]]:
+    """iperf3 like measure_mbit, one figure a second: (wall time it started, [(start s, end s, Mbit/s received)]).
+
+    Reversed (-R: the server sends), so that each figure is what `client` received in that second, not what
+    its sender pushed into socket buffers (which overshoots the first second and swings after)."""
+    argv = host_command(state, client, ["iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-i", "1", "-J", "-R",
+                                        "--connect-timeout", "5000"])
+    started = time.time()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    try:
+        intervals = json.loads(done.stdout)["intervals"]
+        return started, [(float(i["sum"]["start"]), float(i["sum"]["end"]), float(i["sum"]["bits_per_second"]) / 1e6) for i in intervals]
     except (ValueError, KeyError):
         raise MlfoError(f"iperf3 from {client} to {server_ip} failed: {(done.stdout + done.stderr)[-300:]}") from None
 

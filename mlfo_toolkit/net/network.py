@@ -264,6 +264,20 @@ def network_status(config: Config) -> dict[str, Any]:
     }
 
 
+NO_NETEM = ("not emulated: this kernel has no netem qdisc, so link delays and the delay and loss of traces are "
+            "left out; rates (HTB) and meters are emulated")
+
+
+def network_conditions(config: Config) -> dict[str, Any]:
+    """What a run on the running network could and could not emulate, for its run.json and report."""
+    state = load_state(Path(config.paths.state_dir))
+    netem = bool(state.extra.get("netem"))
+    return {"topology": state.topology, "backend": state.backend,
+            "controller": (state.extra.get("controller") or {}).get("kind", "none"),
+            "netem": netem, "delay_and_loss": "emulated (netem)" if netem else NO_NETEM,
+            "traces": sorted(p.name.removeprefix("trace ") for p in state.processes if p.name.startswith("trace ") and p.alive())}
+
+
 def containers_status(state: NetworkState) -> list[dict[str, Any]]:
     """Each Docker host's container: its state, CPU limit (as `docker update --cpus` set it) and the memory
     of the mlfo processes running in it."""

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from mlfo_toolkit.errors import NotFoundError
-from mlfo_toolkit.reports.page import html_table, plain, write_page_file
+from mlfo_toolkit.reports.page import conditions_text, html_table, plain, write_page_file
 from mlfo_toolkit.reports.report import partition_title, plot_label_distribution
 from mlfo_toolkit.reports.runs import write_rows
 from mlfo_toolkit.reports.style import COLUMN, WIDE, integer_rounds, pyplot, save, series
@@ -250,6 +250,42 @@ def _figure_meter_rates(entries: list[dict[str, Any]], out: Path, formats: tuple
     return _save(fig, out / "meter-rates", formats, rows)
 
 
+def _figure_availability(entries: list[dict[str, Any]], out: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Who was away when: per run with an availability plan, a bar per absence (client by round), and a cross where the
+    MLFO saw the client lost."""
+    runs = [e for e in entries if e["run"].get("availability")]
+    if not runs:
+        return []
+    plt = pyplot()
+    shown = runs[:4]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(WIDE[0], 1.2 + 1.6 * len(shown)), squeeze=False, sharex=True)
+    rows: list[dict[str, Any]] = []
+    for ax, entry in zip(axes[:, 0], shown, strict=True):
+        plan = entry["run"]["availability"]
+        rounds, clients = int(plan["rounds"]), int(plan["clients"])
+        lost = {int((e.get("what") or {}).get("part", -1)): e.get("round") for e in entry["run"].get("events", [])
+                if e.get("kind") == "kill" and (e.get("effect") or {}).get("client_state") == "lost"}
+        for absence in plan["absences"]:
+            back = absence["back"] or rounds + 1
+            ax.barh(absence["part"], back - absence["away"], left=absence["away"] - 0.5, height=0.6, color=series(1)["color"],
+                    hatch="//", edgecolor="white")
+            rows.append({"run": entry["key"], "cohort": plan["cohort"], "part": absence["part"], "away_round": absence["away"],
+                         "back_round": absence["back"], "seen_lost": absence["part"] in lost})
+        for part, round_ in lost.items():
+            if round_ is not None:
+                ax.plot(round_, part, marker="x", color=series(0)["color"], linestyle="none")
+        first = min((a["away"] for a in plan["absences"]), default=1)
+        shares = [v for r, v in plan["away_share_by_round"].items() if int(r) >= first] or [0.0]
+        ax.set(ylabel="client part", ylim=(-0.7, clients - 0.3), xlim=(0.5, rounds + 0.5),
+               title=f"{entry['key']}: {len(plan['absences'])} absences; from round {first}, {statistics.fmean(shares):.0%} of the "
+                     f"clients away on average")
+        ax.set_yticks(range(clients))
+        ax.tick_params(axis="y", labelsize=6)
+    axes[-1, 0].set_xlabel("round")
+    axes[-1, 0].set_xticks(range(1, max(int(r["run"]["availability"]["rounds"]) for r in shown) + 1))
+    return _save(fig, out / "availability", formats, rows)
+
+
 def _table(points: list[Point], target: float) -> list[dict[str, Any]]:
     table = []
     for point in points:
@@ -306,6 +342,9 @@ CAPTIONS = {
     "labels": "Samples of each label per client (the first cohort of each sweep point; points with the same split share "
               "a panel): how the clients split the data.",
     "meter-rates": "Rate measured with iperf3 just before and just after each meter or link event.",
+    "availability": "Who was away when (the experiment's availability plan, up to four runs): a hatched bar per absence, "
+                    "from the round its client's SuperNode was killed to the round it was restarted; a cross where the "
+                    "MLFO saw the client lost.",
 }
 
 
@@ -353,6 +392,9 @@ def build_experiment_report(folders: Path | list[Path], target: float = 0.9, for
     meters = _figure_meter_rates(every, out, formats)
     if meters:
         figures["meter-rates"] = meters
+    away = _figure_availability(every, out, formats)
+    if away:
+        figures["availability"] = away
     table = _table(ordered, target)
     write_rows(out / "table.csv", table)
     write_json_atomically(out / "table.json", table)
@@ -413,6 +455,7 @@ def write_page(out: Path, experiments: list[dict[str, Any]], points: list[Point]
             "file": index.get("source", ""),
             "folder": str(experiment["folder"]),
             "backend": first.get("backend", ""),
+            "network": conditions_text(first.get("conditions")),
             "grid": "; ".join(f"{k}: {' | '.join(v)}" for k, v in grid.items()) or "(one point)",
             "seeds": ", ".join(str(s) for s in seeds),
             "runs": f"{len(runs)} finished",

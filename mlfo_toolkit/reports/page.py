@@ -31,6 +31,17 @@ def plain(value: Any, key: str = "") -> str:
     return str(value)
 
 
+def conditions_text(conditions: dict[str, Any] | None) -> str:
+    """One line on what the network emulated (run.json's `conditions`), e.g. that delay and loss were not."""
+    if not conditions:
+        return ""
+    parts = [f"{conditions.get('topology', '')} ({conditions.get('backend', '')}), controller {conditions.get('controller', 'none')}",
+             f"delay and loss: {conditions.get('delay_and_loss', '')}"]
+    if conditions.get("traces"):
+        parts.append(f"traces on {', '.join(conditions['traces'])}")
+    return "; ".join(parts)
+
+
 def html_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     """A table of plain values; columns empty in every row are left out."""
     if not rows:

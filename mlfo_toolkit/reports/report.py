@@ -11,7 +11,7 @@ from mlfo_toolkit.errors import NotFoundError, ValidationError
 from mlfo_toolkit.fl.anatomy import PHASES
 from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.monitoring.prometheus import query_range
-from mlfo_toolkit.reports.page import html_table, plain, write_page_file
+from mlfo_toolkit.reports.page import conditions_text, html_table, plain, write_page_file
 from mlfo_toolkit.reports.runs import file_sha256, plot_rounds, pyplot, save_figure, write_rows
 from mlfo_toolkit.util.files import write_json_atomically
 
@@ -282,6 +282,7 @@ def write_html(out: Path, run: dict[str, Any], plots: list[Path], manifest: dict
             if isinstance(row[key], float):
                 row[key] = round(row[key], 4)
     facts = {"folder": str(run.get("run_dir", "")), "wall seconds": run.get("wall_seconds"),
+             "network": conditions_text(run.get("conditions")),
              "versions": ", ".join(f"{k} {manifest[k]}" for k in ("mlfo", "flwr", "numpy", "python") if manifest.get(k)),
              "seeds": plain(manifest.get("seeds")), "machine": manifest.get("platform"),
              "inputs": ", ".join(f"{k}: {v.get('path')}" for k, v in (manifest.get("inputs") or {}).items())}

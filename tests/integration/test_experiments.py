@@ -166,3 +166,35 @@ def test_killing_the_fl_server_fails_the_deployment_with_its_reason(workdir: Pat
     assert event["effect"]["deployment_state"] == "failed" and "SuperLink" in event["effect"]["deployment_reason"], event
     assert event["effect"]["ended_after_seconds"] <= 10, event  # a dead SuperLink fails its deployment within 10 s
     assert len(run["cohorts"][0]["accuracy"]) < 4
+
+
+@pytest.mark.flower
+@pytest.mark.slow
+def test_thirty_percent_of_the_clients_away_at_any_time_runs_to_the_end(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped availability experiment (10 clients, 3 away from round 2 on), two rounds shorter."""
+    monkeypatch.setenv("MLFO_MLFO__LOST_AFTER_SECONDS", "3")  # how soon a silent agent is lost is not what is tested
+    text = (REPO / "experiments" / "availability.yaml").read_text().replace("rounds: 8}", "rounds: 6}")
+    experiment = workdir / "availability.yaml"
+    experiment.write_text(text.replace("../intents/", f"{REPO}/intents/"))
+    out = workdir / "exp"
+    result = CliRunner().invoke(cli, ["run", str(experiment), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "runs" / "base-r1" / "run.json").read_text())
+    (cohort,) = run["cohorts"]
+    assert cohort["state"] == "done" and len(cohort["accuracy"]) == 6 and cohort["accuracy"][-1] > 0.8, cohort
+    plan = run["availability"]
+    assert [plan["away_share_by_round"][str(r)] for r in range(1, 7)] == [0.0] + [0.3] * 5
+    # Every absence was carried out and seen by the MLFO: a kill as it began, the client lost, a restart as it ended.
+    kills = {(e["what"]["part"], e["round"]): e for e in run["events"] if e["kind"] == "kill"}
+    restarts = {(e["what"]["part"], e["round"]): e for e in run["events"] if e["kind"] == "restart"}
+    for absence in plan["absences"]:
+        kill = kills[(absence["part"], absence["away"])]
+        assert kill["ok"] and kill["effect"]["client_state"] == "lost", kill
+        if absence["back"]:
+            assert restarts[(absence["part"], absence["back"])]["ok"]
+    assert len(kills) == len(plan["absences"]) and cohort["short_rounds"] and min(cohort["short_rounds"]) >= 2
+    report = CliRunner().invoke(cli, ["report", str(out), "--json"])
+    assert report.exit_code == 0, report.output
+    rows = json.loads((out / "report" / "availability.json").read_text())
+    assert sorted((r["part"], r["away_round"]) for r in rows) == sorted((a["part"], a["away"]) for a in plan["absences"])
+    assert all(r["seen_lost"] for r in rows)

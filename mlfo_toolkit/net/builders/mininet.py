@@ -94,7 +94,8 @@ class MininetBuilder:
             )
         kernel = ovs_kernel_datapath()
         delays = any(link.delay_ms for link in topology.links)
-        netem = netem_available() if delays else True
+        netem = netem_available()
+        state.extra["netem"] = netem  # link traces and run records say whether delay and loss were emulated
         if delays and not netem:
             state.warnings.append(
                 "this kernel has no netem qdisc: link delays ("
