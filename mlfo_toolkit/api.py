@@ -299,9 +299,11 @@ def topo_trace_stop(config: Config | None = None, a: str | None = None, b: str |
     return TraceResult(f"{a}-{b}" if a and b else None, stopped, data={"stopped": stopped})
 
 
-def init(config: Config | None = None, *, cpus: float | None = None, clients: bool = False, bg_rate: str | None = "20M") -> InitResult:
-    """The prototype's init.sh: CPU limits, reachability of the FL servers, iperf3 background traffic."""
-    data = init_network(_config(config), cpus=cpus, clients=clients, bg_rate=bg_rate)
+def init(config: Config | None = None, *, cpus: float | None = None, clients: bool = False, bg_rate: str | None = "20M",
+         bg_pattern: str = "constant", bg_period: float = 30.0) -> InitResult:
+    """The prototype's init.sh: CPU limits, reachability of the FL servers, iperf3 background traffic (at a constant
+    rate, or following a step, sine or poisson pattern over bg_period seconds)."""
+    data = init_network(_config(config), cpus=cpus, clients=clients, bg_rate=bg_rate, bg_pattern=bg_pattern, bg_period=bg_period)
     return InitResult(**fields_of(data, InitResult), data=data)
 
 

@@ -182,7 +182,8 @@ class FlServer:
 
     def status(self) -> dict[str, Any]:
         events = self.events()
-        kept = ("round", "loss", "accuracy", "time", "sampled", "results", "failures", "excluded", "phases", "settings")
+        kept = ("round", "loss", "accuracy", "time", "sampled", "results", "failures", "excluded", "phases", "client_train_seconds",
+                "settings")
         rounds = [{k: e[k] for k in kept if k in e} for e in events if e.get("event") == "round"]
         kinds = {e.get("event") for e in events}
         failure = next((e.get("reason") for e in events if e.get("event") == "failed"), None)

@@ -11,6 +11,7 @@ next run starts from the same network.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -35,8 +36,9 @@ from mlfo_toolkit.net.changes import (
     start_background,
     stop_background,
 )
-from mlfo_toolkit.net.hosts import read_cpu_limit, set_cpu
+from mlfo_toolkit.net.hosts import read_cpu_limit, read_memory, set_cpu, set_memory
 from mlfo_toolkit.net.network import agent_process, restart_agent
+from mlfo_toolkit.net.profiles import ProfileSpec, assign_profiles, profiles_record
 from mlfo_toolkit.net.state import running_network
 from mlfo_toolkit.net.traces import start_trace, stop_traces
 from mlfo_toolkit.orchestrator.api_clients import campus_client
@@ -223,7 +225,8 @@ class Actions:
             stopped = stop_background(state, state_dir)
             effect: dict[str, Any] = {"rate": "off", "stopped": stopped}
         else:
-            started = start_background(state, topology, self.config, state_dir, background.rate)
+            started = start_background(state, topology, self.config, state_dir, background.rate, background.pattern,
+                                       background.period, self.config.fl.seed)
             effect = {**started, "measured_mbit": background_mbit(state)}
 
         def restore() -> None:
@@ -246,6 +249,27 @@ class Actions:
         background = self._background(Background(rate=init.background)) if init.background else None
         return {"cpu_limits": {name: effect["cpus_after"] for name, effect in limits.items()}, "background": background}
 
+    def profiles(self, spec: ProfileSpec, seed: int) -> dict[str, Any]:
+        """Every FL client's device profile for this run: its CPU limit and access link rate; undone after it."""
+        state, topology, _ = running_network(self.config)
+        clients = topology.fl_clients()
+        assigned = assign_profiles(spec, [h.name for h in clients], seed)
+        for host in clients:
+            profile = assigned[host.name]
+            self._cpu(Cpu(host=host.name, cpus=profile.cpus))
+            if profile.memory_mb is not None:
+                before = read_memory(state, host.name)
+                set_memory(state, host.name, profile.memory_mb)
+                self.undo.append(functools.partial(set_memory, state, host.name, before))
+            if profile.link_mbit is not None:
+                ends, configured = link_ends(topology, host.name, host.switch)
+                set_link(state, ends, rate_mbit=profile.link_mbit)
+                self.undo.append(functools.partial(_link_back, state, ends, configured))
+        record = profiles_record(spec, assigned)
+        for host in clients:
+            record["clients"][host.name]["ip"] = host.ip
+        return record
+
     def restore(self) -> list[str]:
         """Undo the run's network changes, newest first; what could not be undone."""
         problems = []
@@ -258,6 +282,14 @@ class Actions:
             except OSError as err:
                 problems.append(str(err))
         return problems
+
+
+def _link_back(state: Any, ends: list[Any], configured: float | None) -> None:
+    """A link's rate as the topology configured it (or unshaped, if it did not)."""
+    if configured:
+        set_link(state, ends, rate_mbit=configured)
+    else:
+        remove_shaping(state, ends)
 
 
 def _around(probe: Any, state: str | None, key: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.meters.operations import clear_meters
 from mlfo_toolkit.net.network import network_conditions
+from mlfo_toolkit.net.profiles import ProfileSpec
 from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.assurance import load_policy
 from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file, parse_cohort_file, shape_cohorts
@@ -200,6 +201,7 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
     started = time.monotonic()
     actions = Actions(cfg, "", plan.point, [])
     init_effect: dict[str, Any] | None = None
+    profiles_effect: dict[str, Any] | None = None
     away_events, availability = run_availability(experiment, cohort_file, plan)
     timeline = Timeline([*spec.timeline, *away_events], actions)
     partial = _Partial(run_dir, timeline, actions.sent, cfg)
@@ -213,6 +215,11 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
                 init = spec.init.model_copy(update={k.split(".", 1)[1]: v for k, v in plan.point.items() if k.startswith("init.")})
                 progress("run", {"run": plan.key, "state": f"init: {init.model_dump(exclude_none=True)}"})
                 init_effect = actions.init(init)
+            profile_spec = plan.point.get("profiles") or (spec.profiles.model_dump(by_alias=True, exclude_none=True) if spec.profiles else None)
+            if profile_spec:
+                profiles = ProfileSpec.model_validate(profile_spec)
+                progress("run", {"run": plan.key, "state": f"device profiles: {profiles.label()}"})
+                profiles_effect = actions.profiles(profiles, plan.seed)
             actions.sent.extend(post_cohorts(cohort_file, cfg, backend.campus))
             with timeline.ticking():
                 follow_deployments(actions.sent, cfg, backend.campus, timeout=spec.timeout,
@@ -240,6 +247,7 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
         "init": init_effect,
         "conditions": conditions,
         "availability": availability,
+        "profiles": profiles_effect,
         "undo_problems": undone,
         "manifest": manifest({"experiment": experiment.source}, {"fl.seed": plan.seed}),
     }

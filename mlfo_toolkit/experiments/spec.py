@@ -12,7 +12,7 @@
         kill: {cohort: welding-a, part: 1}   # or server: true; restart: {cohort, part}
       # network: meter {cohort, rate}, meter_clear N, link {a, b, rate | state: down/up},
       #          trace {a, b, file: leo-pass | my.csv, loop},
-      #          cpu {host, cpus}, background {rate | off}
+      #          cpu {host, cpus}, background {rate | off, pattern: step/sine/poisson, period}
     repeat: 2                                # seeds 1, 2 unless `seeds:` lists them
     sweep: {strategy: [FedAvg, FedMedian]}   # also policy, assurance.*, meter.rate, link.rate, init.cpus, ...
     policy: default                          # the closed loop's policy for every cohort (none, default,
@@ -38,6 +38,7 @@ from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.fl.userapps import read_app
 from mlfo_toolkit.net.changes import link_ends
+from mlfo_toolkit.net.profiles import ProfileSpec
 from mlfo_toolkit.net.topology import load_topology
 from mlfo_toolkit.net.traces import load_trace
 from mlfo_toolkit.orchestrator.assurance import check_thresholds
@@ -48,13 +49,14 @@ from mlfo_toolkit.util.yamlfiles import Float, Int, load_yaml, validate
 # Events that change the emulated network; on loopback there is nothing to change.
 NETWORK_EVENTS = ("meter", "meter_clear", "link", "trace", "cpu", "background")
 EVENTS = ("kill", "restart", *NETWORK_EVENTS)
-SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients", "policy", "partition")
+SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients", "policy", "partition", "profiles")
 # The closed loop's thresholds a sweep can vary: `sweep: {assurance.plateau_gain: [0.001, 0.01]}`.
 SWEEPABLE_ASSURANCE_FIELDS = tuple(f"assurance.{name}" for name in AssuranceSettings.model_fields
                                    if name not in ("policy", "allowed_policies"))
 # An event's value a sweep can vary: `sweep: {meter.rate: [5mbit, 50mbit]}` sets it on every such event.
 SWEEPABLE_EVENT_FIELDS = {"meter.rate": ("meter", "rate"), "link.rate": ("link", "rate"), "cpu.cpus": ("cpu", "cpus"),
-                          "background.rate": ("background", "rate"), "trace.file": ("trace", "file")}
+                          "background.rate": ("background", "rate"), "background.pattern": ("background", "pattern"),
+                          "trace.file": ("trace", "file")}
 RATE_PATTERN = r"^\d+(\.\d+)?\s*([kKmMgG]?(bit|bps)?)$"
 BACKGROUND_RATE = RATE_PATTERN.replace("^", "^(off|").replace("$", ")$")
 # Sweepable values of the init section: `sweep: {init.cpus: [0.25, 1]}`.
@@ -145,9 +147,12 @@ class Cpu(_Model):
 
 
 class Background(_Model):
-    """Background iperf3 traffic from the app-client host to the app-server host at `rate`, or `off`."""
+    """Background iperf3 traffic from the app-client host to the app-server host at `rate`, or `off`; with a
+    `pattern` (step, sine, poisson) the rate varies over `period` seconds (its peak is `rate`)."""
 
     rate: str = Field(pattern=BACKGROUND_RATE)
+    pattern: Literal["constant", "step", "sine", "poisson"] = "constant"
+    period: float = Field(30.0, ge=2, le=86_400)
 
 
 class Absence(_Model):
@@ -251,6 +256,8 @@ class ExperimentFile(_Model):
     fl: FlOverrides = Field(default_factory=FlOverrides)
     timeline: list[Event] = Field(default_factory=list)
     availability: Availability | None = None
+    profiles: ProfileSpec | None = Field(None, description="network: every FL client's device profile (a class, or a seeded "
+                                         "draw of CPU shares), applied before each run and undone after it")
     repeat: int = Field(1, ge=1, le=100)
     seeds: list[Int] | None = None
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
@@ -308,6 +315,10 @@ def load_experiment(path: Path) -> Experiment:
             raise ValidationError(f"a '{event.kind}' event changes the emulated network, which a loopback run does not have",
                                   field=f"timeline[{i}].{event.kind}", line=where(lines, "timeline", i, event.kind), source=source,
                                   hint="set backend: network (needs root and `mlfo topo up`), or drop the event")
+    if spec.backend == "loopback" and (spec.profiles is not None or "profiles" in spec.sweep):
+        raise ValidationError("device profiles set CPU limits and link rates of the emulated network's clients, which a "
+                              "loopback run does not have", field="profiles", line=where(lines, "profiles") or where(lines, "sweep"),
+                              source=source, hint="set backend: network (needs root), or drop profiles")
     if spec.backend == "loopback" and spec.init is not None:
         raise ValidationError("init sets CPU limits and background traffic in the emulated network, which a loopback run "
                               "does not have", field="init", line=where(lines, "init"), source=source,
@@ -385,6 +396,10 @@ def _label(key: str, value: Any) -> Any:
     """A sweep value as it names a run: a policy `path/file.py:Name` by its Name."""
     if key == "partition":
         return PartitionSpec.model_validate(value).slug()
+    if key == "profiles":
+        return ProfileSpec.model_validate(value).label()
+    if key == "trace.file":
+        return Path(str(value)).stem
     return str(value).rsplit(":", 1)[-1] if key == "policy" else value
 
 
@@ -399,6 +414,8 @@ def swept_value(spec: ExperimentFile, key: str, value: Any) -> Any:
         kind, name = SWEEPABLE_EVENT_FIELDS[key]
         action = next(getattr(e, kind) for e in spec.timeline if getattr(e, kind) is not None)
         return getattr(type(action).model_validate({**action.model_dump(), name: value}), name)
+    if key == "profiles":  # a plain mapping too
+        return ProfileSpec.model_validate(value).model_dump(by_alias=True, exclude_none=True)
     if key == "partition":  # kept as a plain mapping: it is written into run.json with the point
         base = spec.fl.partition.model_dump(exclude_none=True) if spec.fl.partition else {}
         return PartitionSpec.model_validate({**base, **value} if isinstance(value, dict) else value).model_dump(exclude_none=True)

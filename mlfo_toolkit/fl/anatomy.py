@@ -30,6 +30,7 @@ from mlfo_toolkit.fl.control import RunControl
 PHASES = ("sampling", "send", "receive", "train", "upload", "aggregate", "evaluate", "idle")
 TRAIN_START = "train-start"
 TRAIN_END = "train-end"
+TRAIN_PART = "mlfo-part"  # the client's partition id, so a round can say how long each client trained
 Message = Any  # flwr.app.Message; kept untyped so this module imports without Flower
 
 
@@ -46,6 +47,7 @@ class RoundRecord:
     arrivals: dict[str, float] = field(default_factory=dict)  # reply id -> poll that found it
     previous_poll: dict[str, float] = field(default_factory=dict)
     client_times: dict[str, tuple[float, float]] = field(default_factory=dict)  # reply id -> train start/end
+    client_parts: dict[str, int] = field(default_factory=dict)  # reply id -> the client's partition id
     aggregate: tuple[float, float] = (0.0, 0.0)
     stalled: bool = False  # a reply pull outlived the round's timeout
     excluded: int = 0  # sampled SuperNodes the MLFO saw gone during the round (not waited for)
@@ -228,6 +230,8 @@ class RoundClock:
             metrics = reply.content.get("metrics")
             if metrics is not None and TRAIN_START in metrics and TRAIN_END in metrics:
                 record.client_times[key] = (float(metrics[TRAIN_START]), float(metrics[TRAIN_END]))
+                if TRAIN_PART in metrics:
+                    record.client_parts[key] = int(metrics[TRAIN_PART])
 
     def summary(self, server_round: int, evaluate_started: float, evaluate_ended: float) -> dict[str, Any]:
         """The round event's anatomy fields: sampled, results, failures, phases."""
@@ -240,5 +244,8 @@ class RoundClock:
             "failures": record.failures,
             "excluded": record.excluded,
             "phases": record.phases(evaluate_started, evaluate_ended),
+            # Each client's training seconds, by partition id (stragglers; device profiles).
+            "client_train_seconds": {str(record.client_parts[k]): round(end - start, 4) for k, (start, end) in record.client_times.items()
+                                     if k in record.client_parts},
         }
 

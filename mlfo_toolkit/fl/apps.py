@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from mlfo_toolkit.fl import data, models
-from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_START, RoundClock, StopRequested
+from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_PART, TRAIN_START, RoundClock, StopRequested
 from mlfo_toolkit.fl.control import RunControl, Settings
 from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import make_strategy
@@ -169,6 +169,7 @@ def client_train(msg: Message, context: Context) -> Message:
                     "num-examples": int(len(indices)),
                     TRAIN_START: train_start,
                     TRAIN_END: time.time(),
+                    TRAIN_PART: int(context.node_config["partition-id"]),
                 }
             ),
         }

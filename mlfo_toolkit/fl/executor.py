@@ -40,11 +40,11 @@ import psutil
 import setproctitle
 
 from mlfo_toolkit.errors import UnreachableError
-from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_START
+from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_PART, TRAIN_START
 from mlfo_toolkit.fl.data import load_dataset
 from mlfo_toolkit.fl.polls import quicken_supernode
 from mlfo_toolkit.util.files import write_json_atomically
-from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, namespace_inode, setns
+from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, memory_cgroup, namespace_inode, setns
 from mlfo_toolkit.util.processes import ManagedProcess, same_process, tool_env
 
 # Flower is imported inside functions on purpose: agents import this module (for Registration and
@@ -178,6 +178,7 @@ class _Served:
     mtime: int
     namespace_fd: int | None  # None: the executor's own namespace
     cgroup: str | None  # None: the executor's own cgroup
+    memory_cgroup: str | None = None  # the host's memory cgroup, where it has one (device profiles)
     client: Any = None
     retry_at: float = 0.0
     next_poll: float = 0.0
@@ -221,6 +222,7 @@ class Executor:
         self._home_namespace = os.open("/proc/self/ns/net", os.O_RDONLY)
         self._home_inode = namespace_inode("self")
         self._home_cgroup = cpu_cgroup("self")
+        self._home_memory_cgroup = memory_cgroup("self")
 
     # --- start-up: everything a child needs, imported once --------------------------------------
     @staticmethod
@@ -265,7 +267,9 @@ class Executor:
             log.warning("ignoring registration %s: %s", name, err)
             return
         cgroup = cpu_cgroup(registration.pid)
-        served = _Served(registration, mtime, namespace_fd, None if cgroup == self._home_cgroup else cgroup)
+        memory = memory_cgroup(registration.pid)
+        served = _Served(registration, mtime, namespace_fd, None if cgroup == self._home_cgroup else cgroup,
+                         None if memory == self._home_memory_cgroup else memory)
         self.served[name] = served
         if registration.spawn:
             self._spawn_supernode(name, served)
@@ -451,6 +455,8 @@ def _enter_host(served: _Served, output: str) -> None:
     os.close(out)
     if served.cgroup is not None:
         join_cgroup(served.cgroup)
+    if served.memory_cgroup is not None:
+        join_cgroup(served.memory_cgroup)
     if served.namespace_fd is not None:
         setns(served.namespace_fd, CLONE_NEWNET)
 
@@ -493,6 +499,9 @@ def _time_training() -> None:
             records = list(reply.content.metric_records.values())
             if len(records) == 1 and TRAIN_START not in records[0]:
                 records[0][TRAIN_START], records[0][TRAIN_END] = started, ended
+                part = context.node_config.get("partition-id")
+                if isinstance(part, int) and TRAIN_PART not in records[0]:
+                    records[0][TRAIN_PART] = part
         return reply
 
     ClientApp.__call__ = timed  # type: ignore[method-assign,assignment]

@@ -18,6 +18,7 @@ from typing import Any
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, ValidationError
+from mlfo_toolkit.net.background import rate_mbit
 from mlfo_toolkit.net.hosts import host_command, ping, set_cpu, spawn_in_host, wait_listening
 from mlfo_toolkit.net.state import NetworkState, running_network, save_state, stop_processes
 from mlfo_toolkit.net.topology import Topology, interface_name
@@ -100,24 +101,31 @@ def stop_background(state: NetworkState, state_dir: Path) -> list[str]:
     return stopped
 
 
-def start_background(state: NetworkState, topology: Topology, config: Config, state_dir: Path, rate: str) -> dict[str, Any]:
+def start_background(state: NetworkState, topology: Topology, config: Config, state_dir: Path, rate: str,
+                     pattern: str = "constant", period: float = 30.0, seed: int = 1) -> dict[str, Any]:
     """iperf3 at `rate` from the app-client host to the app-server host (the prototype's init.sh), with the
-    socket exporter on the app client; replaces any running background traffic."""
+    socket exporter on the app client; replaces any running background traffic. A `pattern` other than
+    constant (step, sine, poisson; see net.background) varies the rate over `period` seconds."""
     stop_background(state, state_dir)
     sink, source = topology.one("app-server"), topology.one("app-client")
     log_dir = state_dir / "logs"
     server = spawn_in_host(state, sink.name, "iperf3-server", ["iperf3", "-s", "-B", sink.ip, "-p", str(BACKGROUND_PORT)], log_dir)
     wait_listening(state, [(sink.name, BACKGROUND_PORT, server)], 20)
-    spawn_in_host(state, source.name, "iperf3-client",
-                  ["iperf3", "-c", sink.ip, "-p", str(BACKGROUND_PORT), "-b", rate, "-t", "86400", "--connect-timeout", "5000",
-                   "-i", "1", "--forceflush"], log_dir)
+    if pattern == "constant":
+        sender = ["iperf3", "-c", sink.ip, "-p", str(BACKGROUND_PORT), "-b", rate, "-t", "86400", "--connect-timeout", "5000",
+                  "-i", "1", "--forceflush"]
+    else:
+        sender = [sys.executable, "-m", "mlfo_toolkit.net.background", "--to", f"{sink.ip}:{BACKGROUND_PORT}",
+                  "--rate-mbit", f"{rate_mbit(rate):g}", "--pattern", pattern, "--period", f"{period:g}", "--seed", str(seed)]
+    spawn_in_host(state, source.name, "iperf3-client", sender, log_dir)
     exporter_port = config.monitor.app_exporter_port
     exporter = spawn_in_host(state, source.name, "app-exporter",
                              [sys.executable, "-m", "mlfo_toolkit", "exporter", "--app", "background",
                               "--match-port", str(BACKGROUND_PORT), "--host", source.ip, "--port", str(exporter_port)], log_dir)
     wait_listening(state, [(source.name, exporter_port, exporter)], 60)
     background = {"rate": rate, "from": f"{source.name} ({source.ip})", "to": f"{sink.name} ({sink.ip}):{BACKGROUND_PORT}",
-                  "exporter": f"{source.ip}:{exporter_port}"}
+                  "exporter": f"{source.ip}:{exporter_port}",
+                  **({"pattern": pattern, "period_s": period, "seed": seed} if pattern != "constant" else {})}
     state.extra["background"] = background
     save_state(state, state_dir)
     return background
@@ -136,7 +144,8 @@ def background_mbit(state: NetworkState, wait: float = 2.5) -> float | None:
     return round(float(value) * {"K": 1e-3, "M": 1.0, "G": 1e3}.get(unit, 1e-6), 2)
 
 
-def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: str | None) -> dict[str, Any]:
+def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: str | None, bg_pattern: str = "constant",
+                 bg_period: float = 30.0) -> dict[str, Any]:
     """The prototype's init.sh: CPU limits, FL-server reachability from the cloud MLFO, background traffic."""
     state, topology, state_dir = running_network(config)
     limits: dict[str, float | None] = {}
@@ -148,7 +157,7 @@ def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: 
     cloud = topology.one("cloud-mlfo")
     reachable = {h.name: ping(state, cloud.name, h.ip) for h in topology.fl_servers()}
     if bg_rate and bg_rate not in ("0", "off"):
-        background = start_background(state, topology, config, state_dir, bg_rate)
+        background = start_background(state, topology, config, state_dir, bg_rate, bg_pattern, bg_period, config.fl.seed)
     else:
         stop_background(state, state_dir)
         background = {"rate": None}

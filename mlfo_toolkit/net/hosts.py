@@ -18,8 +18,18 @@ from typing import Any
 from mlfo_toolkit.errors import MlfoError, UnreachableError, ValidationError
 from mlfo_toolkit.net.image import docker_client
 from mlfo_toolkit.net.state import NetworkState, ProcessRecord, spawn_recorded
-from mlfo_toolkit.util.linux import CFS_PERIOD_US, CGROUP_V1_CPU, read_cpu_quota, set_cpu_quota
+from mlfo_toolkit.util.linux import (
+    CFS_PERIOD_US,
+    CGROUP_V1_CPU,
+    CGROUP_V1_MEMORY,
+    read_cpu_quota,
+    read_memory_limit,
+    set_cpu_quota,
+    set_memory_limit,
+)
 from mlfo_toolkit.util.processes import wait_for_port
+
+MEMORY_LIMITED_ROLES = ("fl-client",)  # the hosts device profiles give a memory limit
 
 
 # --- processes inside hosts ------------------------------------------------------------------
@@ -32,6 +42,8 @@ def spawn_in_host(
     launcher = [sys.executable, "-m", "mlfo_toolkit.net.inhost", "--pid", str(record.pid)]
     if record.cgroup and cpu_limited:
         launcher += ["--cgroup", record.cgroup]
+    if record.memory_cgroup and cpu_limited:
+        launcher += ["--cgroup", record.memory_cgroup]
     # In a Docker host this is the container's network namespace and its Docker CPU cgroup (what
     # `docker update --cpus` limits), with the machine's files and /proc: the agent and the shared
     # executor keep seeing one another's PIDs. `topo exec` enters the container's files too.
@@ -101,6 +113,20 @@ def make_cgroups(state: NetworkState) -> None:
         host.cgroup = str(path)
         state.cgroups.append(str(path))
     state.cgroups.append(str(parent))
+    if not CGROUP_V1_MEMORY.is_dir():
+        state.warnings.append("no cgroup v1 memory controller: device profiles' memory limits are not available")
+        return
+    # Memory cgroups too (device profiles limit a client's memory), unlimited until something sets them.
+    memory_parent = CGROUP_V1_MEMORY / f"mlfo-{state.owner_pid}"
+    memory_parent.mkdir(exist_ok=True)
+    for host in state.hosts:
+        if host.container or host.role not in MEMORY_LIMITED_ROLES:
+            continue
+        path = memory_parent / host.name
+        path.mkdir(exist_ok=True)
+        host.memory_cgroup = str(path)
+        state.cgroups.append(str(path))
+    state.cgroups.append(str(memory_parent))
 
 
 def set_cpu(state: NetworkState, host: str, cpus: float | None) -> None:
@@ -125,6 +151,33 @@ def read_cpu_limit(state: NetworkState, host: str) -> float | None:
     if record.cgroup:
         return read_cpu_quota(record.cgroup)
     raise MlfoError(f"host {host} has no CPU cgroup", hint="see `mlfo topo status` warnings")
+
+
+def set_memory(state: NetworkState, host: str, megabytes: float | None) -> None:
+    """Limit a client host's memory (None: unlimited): its memory cgroup, or its container's."""
+    record = state.host(host)
+    if record.container:
+        limit = f"{int(megabytes)}m" if megabytes else -1
+        docker_client().containers.get(record.container).update(mem_limit=limit, memswap_limit=limit)
+    elif record.memory_cgroup:
+        try:
+            set_memory_limit(record.memory_cgroup, megabytes)
+        except OSError as err:
+            raise MlfoError(f"cannot limit {host} to {megabytes} MB: {err.strerror}",
+                            hint="the kernel refuses a limit below what the host's processes use now") from None
+    else:
+        raise MlfoError(f"host {host} has no memory cgroup", hint="needs the cgroup v1 memory controller (see `mlfo topo status` warnings)")
+
+
+def read_memory(state: NetworkState, host: str) -> float | None:
+    """The host's memory limit in MB (None: unlimited)."""
+    record = state.host(host)
+    if record.container:
+        limit = docker_client().containers.get(record.container).attrs["HostConfig"].get("Memory") or 0
+        return round(limit / 1024 / 1024, 1) if limit > 0 else None
+    if record.memory_cgroup:
+        return read_memory_limit(record.memory_cgroup)
+    raise MlfoError(f"host {host} has no memory cgroup")
 
 
 # --- commands inside hosts ------------------------------------------------------------------------

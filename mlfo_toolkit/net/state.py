@@ -48,6 +48,7 @@ class HostRecord:
     interface: str
     cgroup: str | None = None
     container: str | None = None  # a Containernet host: its Docker container's name
+    memory_cgroup: str | None = None
 
 
 @dataclass

@@ -71,6 +71,7 @@ class FlRound(Record):
     results: int | None = None
     failures: int | None = None
     phases: dict[str, float] | None = None
+    client_train_seconds: dict[str, float] | None = None  # partition id -> its training seconds this round
 
     @property
     def short(self) -> bool:

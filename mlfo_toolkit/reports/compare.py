@@ -286,6 +286,76 @@ def _figure_availability(entries: list[dict[str, Any]], out: Path, formats: tupl
     return _save(fig, out / "availability", formats, rows)
 
 
+def _figure_profiles(points: list[Point], out: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Round time against the CPU share of the cohort's slowest client, per run with device profiles."""
+    rows: list[dict[str, Any]] = []
+    for point in points:
+        for entry, cohort in point.cohorts():
+            profiles = entry["run"].get("profiles")
+            seconds = [s for s in (cohort.get("round_seconds") or []) if s is not None]
+            if not profiles or not seconds:
+                continue
+            by_ip = {p.get("ip"): p for p in profiles["clients"].values()}
+            shares = [by_ip[a["agent"].rsplit(":", 1)[0]]["cpus"] for a in cohort.get("client_agents") or []
+                      if a["agent"].rsplit(":", 1)[0] in by_ip]
+            if not shares:
+                continue
+            rows.append({"point": point.label, "index": point.index, "run": entry["key"], "cohort": cohort["name"],
+                         "profile": profiles["spec"].get("class") or (profiles["spec"].get("draw") or {}).get("distribution"),
+                         "slowest_cpus": min(shares), "mean_cpus": round(statistics.fmean(shares), 3),
+                         "median_round_seconds": round(statistics.median(seconds), 3), "max_round_seconds": round(max(seconds), 3)})
+    if not rows:
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=COLUMN)
+    for point in points:
+        mine = [r for r in rows if r["index"] == point.index]
+        if mine:
+            ax.plot([r["slowest_cpus"] for r in mine], [r["median_round_seconds"] for r in mine], linestyle="none",
+                    marker=point.style["marker"], color=point.style["color"], label=f"{point.index + 1}: {point.label}")
+    ax.set(xlabel="CPU share of the slowest client (cores)", ylabel="median seconds per round",
+           title="Round time against the slowest client")
+    ax.set_xscale("log")
+    _legend(ax, len(points))
+    for row in rows:
+        row.pop("index")
+    return _save(fig, out / "profiles", formats, rows)
+
+
+def _figure_client_times(points: list[Point], out: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Each client's training seconds in each round against its CPU share (runs with device profiles)."""
+    rows: list[dict[str, Any]] = []
+    for point in points:
+        for entry, cohort in point.cohorts():
+            profiles = entry["run"].get("profiles")
+            if not profiles:
+                continue
+            by_ip = {p.get("ip"): (host, p) for host, p in profiles["clients"].items()}
+            hosts = {str(a["part"]): by_ip.get(a["agent"].rsplit(":", 1)[0]) for a in cohort.get("client_agents") or []}
+            for number, seconds in enumerate(cohort.get("client_train_seconds") or [], start=1):
+                for part, value in (seconds or {}).items():
+                    found = hosts.get(part)
+                    if found is not None:
+                        rows.append({"point": point.label, "index": point.index, "run": entry["key"], "cohort": cohort["name"],
+                                     "round": number, "part": int(part), "host": found[0], "cpus": found[1]["cpus"], "train_seconds": value})
+    if not rows:
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=COLUMN)
+    for point in points:
+        mine = [r for r in rows if r["index"] == point.index]
+        if mine:
+            ax.plot([r["cpus"] for r in mine], [r["train_seconds"] for r in mine], linestyle="none", alpha=0.7,
+                    marker=point.style["marker"], color=point.style["color"], label=f"{point.index + 1}: {point.label}")
+    ax.set(xlabel="client's CPU share (cores)", ylabel="training seconds in a round", title="Each client's training time")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _legend(ax, len(points))
+    for row in rows:
+        row.pop("index")
+    return _save(fig, out / "client-times", formats, rows)
+
+
 def _table(points: list[Point], target: float) -> list[dict[str, Any]]:
     table = []
     for point in points:
@@ -342,6 +412,10 @@ CAPTIONS = {
     "labels": "Samples of each label per client (the first cohort of each sweep point; points with the same split share "
               "a panel): how the clients split the data.",
     "meter-rates": "Rate measured with iperf3 just before and just after each meter or link event.",
+    "profiles": "Median seconds per round of each run against the CPU share of its cohort's slowest client (device "
+                "profiles; log scale): with every client sampled, a round waits for the slowest one.",
+    "client-times": "Each client's training seconds in each round (a dot per client and round, log scales) against "
+                    "its CPU share: the stragglers are the dots at the top left.",
     "availability": "Who was away when (the experiment's availability plan, up to four runs): a hatched bar per absence, "
                     "from the round its client's SuperNode was killed to the round it was restarted; a cross where the "
                     "MLFO saw the client lost.",
@@ -392,6 +466,12 @@ def build_experiment_report(folders: Path | list[Path], target: float = 0.9, for
     meters = _figure_meter_rates(every, out, formats)
     if meters:
         figures["meter-rates"] = meters
+    profiled = _figure_profiles(ordered, out, formats)
+    if profiled:
+        figures["profiles"] = profiled
+        client_times = _figure_client_times(ordered, out, formats)
+        if client_times:
+            figures["client-times"] = client_times
     away = _figure_availability(every, out, formats)
     if away:
         figures["availability"] = away

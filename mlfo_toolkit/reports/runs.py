@@ -69,6 +69,7 @@ def cohort_summary(cohort: SentCohort, config: Config | None = None) -> dict[str
         "strategy": record.params.strategy,
         "fraction_fit": record.params.fraction_fit,
         "clients": len(record.clients),
+        "client_agents": [{"part": c.part, "agent": c.agent} for c in record.clients],
         "server": record.server.server if record.server else None,
         "accuracy": [r.accuracy for r in rounds],
         "loss": [r.loss for r in rounds],
@@ -77,6 +78,7 @@ def cohort_summary(cohort: SentCohort, config: Config | None = None) -> dict[str
         "results": [r.results for r in rounds],
         "short_rounds": record.short_rounds,
         "phases": [r.phases for r in rounds],
+        "client_train_seconds": [r.client_train_seconds for r in rounds],
         "lost_clients": [{"agent": c.agent, "part": c.part, "lost_at": c.lost_at, "error": c.error}
                          for c in record.clients if c.state == "lost"],
         "restarted_clients": [{"agent": c.agent, "part": c.part, **r.to_json()} for c in record.clients for r in c.restarts],

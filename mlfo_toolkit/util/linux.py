@@ -11,6 +11,8 @@ from pathlib import Path
 CLONE_NEWNET = 0x40000000
 # The cgroup v1 cpu controller: CFS quotas are how a host's CPU share is limited.
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+# The cgroup v1 memory controller: a host's memory limit (device profiles).
+CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
 CFS_PERIOD_US = 100_000
 
 
@@ -60,16 +62,37 @@ def join_cgroup(directory: str) -> None:
 
 def cpu_cgroup(pid: int | str) -> str | None:
     """The cgroup v1 cpu directory of `pid`, or None without one."""
+    return _cgroup_of(pid, "cpu", CGROUP_V1_CPU)
+
+
+def memory_cgroup(pid: int | str) -> str | None:
+    """The cgroup v1 memory directory of `pid`, or None without one."""
+    return _cgroup_of(pid, "memory", CGROUP_V1_MEMORY)
+
+
+def _cgroup_of(pid: int | str, controller: str, root: Path) -> str | None:
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
         return None
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        if "cpu" in controllers.split(","):
-            directory = CGROUP_V1_CPU / path.lstrip("/")
+        if controller in controllers.split(","):
+            directory = root / path.lstrip("/")
             return str(directory) if directory.is_dir() else None
     return None
+
+
+def set_memory_limit(cgroup: str, megabytes: float | None) -> None:
+    """A memory cgroup's limit (None: unlimited). The kernel refuses a limit below what the group uses now."""
+    value = str(int(megabytes * 1024 * 1024)) if megabytes else "-1"
+    (Path(cgroup) / "memory.limit_in_bytes").write_text(value)
+
+
+def read_memory_limit(cgroup: str) -> float | None:
+    """A memory cgroup's limit in MB (None: unlimited, which the kernel shows as a huge number)."""
+    value = int((Path(cgroup) / "memory.limit_in_bytes").read_text())
+    return None if value >= 2**62 else round(value / 1024 / 1024, 1)
 
 
 def set_cpu_quota(cgroup: str, cpus: float | None) -> None:

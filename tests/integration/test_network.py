@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -404,3 +405,53 @@ def test_a_trace_event_replays_a_shipped_trace_and_the_run_says_what_was_not_emu
     assert report.returncode == 0, report.stderr
     page = Path(json.loads(report.stdout)["html"]).read_text()
     assert "delay and loss: " + run["conditions"]["delay_and_loss"] in page
+
+
+def test_background_traffic_follows_a_step_pattern(network: dict[str, Any]) -> None:
+    """30 Mbit/s for 2 s, nothing for 2 s, and again: the app client's interface shows both."""
+    result = mlfo(network["env"], network["workdir"], "init", "--cpus", "0.5", "--bg-rate", "30M", "--bg-pattern", "step",
+                  "--bg-period", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    background = json.loads(result.stdout)["background"]
+    assert background["pattern"] == "step" and background["period_s"] == 4
+    state = json.loads((network["workdir"] / "state" / "network.json").read_text())
+    app = next(h for h in state["hosts"] if h["name"] == "app.1")
+    rates = []
+    before = interface_bytes(app["pid"], "app.1-eth0")
+    for _ in range(16):
+        time.sleep(0.5)
+        now = interface_bytes(app["pid"], "app.1-eth0")
+        rates.append((now - before) * 8 / 0.5 / 1e6)
+        before = now
+    assert max(rates) > 20 and min(rates) < 2, [round(r, 1) for r in rates]  # on near the rate, off near nothing
+    off = mlfo(network["env"], network["workdir"], "init", "--bg-rate", "0", "--json")
+    assert off.returncode == 0 and json.loads(off.stdout)["background"]["rate"] is None
+
+
+def test_device_profiles_slow_the_clients_they_limit_and_are_undone(network: dict[str, Any]) -> None:
+    experiment = shipped_experiment("device-profiles", sweep={"profiles": [{"class": "edge-server"}, {"class": "rpi3"}]},
+                                    **{"shape.rounds": 3})
+    state = json.loads((network["workdir"] / "state" / "network.json").read_text())
+    fc10 = next(h for h in state["hosts"] if h["name"] == "fc.10")
+    quota = Path(fc10["cgroup"]) / "cpu.cfs_quota_us"
+    before = quota.read_text()
+    result, out = run_in_network(network, "profiles", experiment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train: dict[str, list[float]] = {}
+    for key, cpus, memory in (("profiles_edge-server-r1", 1.0, None), ("profiles_rpi3-r1", 0.1, 512.0)):
+        run = json.loads((out / "runs" / key / "run.json").read_text())
+        (cohort,) = run["cohorts"]
+        assert cohort["state"] == "done" and len(cohort["accuracy"]) == 3, cohort
+        profiles = run["profiles"]["clients"]
+        assert len(profiles) == 6 and {(p["cpus"], p["memory_mb"]) for p in profiles.values()} == {(cpus, memory)}
+        per_round = cohort["client_train_seconds"]
+        assert all(sorted(r) == ["0", "1", "2"] for r in per_round), per_round  # every client's training, every round
+        train[key] = sorted(s for r in per_round for s in r.values())
+        assert run["undo_problems"] == []
+    slow, fast = statistics.median(train["profiles_rpi3-r1"]), statistics.median(train["profiles_edge-server-r1"])
+    assert slow > 3 * fast, (slow, fast)  # a tenth of a core trains several times slower than a whole one
+    assert quota.read_text() == before  # limits undone after each run
+    assert (Path(fc10["memory_cgroup"]) / "memory.limit_in_bytes").read_text().strip() != str(512 * 1024 * 1024)
+    report = mlfo(network["env"], network["workdir"], "report", str(out), "--json")
+    assert report.returncode == 0, report.stderr
+    assert {"profiles.png", "client-times.png"} <= {Path(p).name for p in json.loads(report.stdout)["plots"]}
