@@ -171,6 +171,9 @@ def status(cfg: Config, as_json: bool) -> None:
                     right=["memory MB"])
     for host, cpus in info["cpu_limits"].items():
         click.echo(f"cpu limit {host}: {cpus if cpus else 'none'}")
+    for host, p in info.get("profiles", {}).items():
+        memory = f"{p['memory_mb']:g} MB" if p["memory_mb"] else "no memory limit"
+        click.echo(f"profile {host}: {p['profile']} ({p['cpus']:g} cores, {memory}, {p['link_mbit']:g} Mbit/s)")
     for warning in info["warnings"]:
         click.echo(f"warning: {warning}")
 

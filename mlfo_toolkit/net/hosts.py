@@ -17,7 +17,7 @@ from typing import Any
 
 from mlfo_toolkit.errors import MlfoError, UnreachableError, ValidationError
 from mlfo_toolkit.net.image import docker_client
-from mlfo_toolkit.net.state import NetworkState, ProcessRecord, spawn_recorded
+from mlfo_toolkit.net.state import HostRecord, NetworkState, ProcessRecord, spawn_recorded
 from mlfo_toolkit.util.linux import (
     CFS_PERIOD_US,
     CGROUP_V1_CPU,
@@ -99,34 +99,35 @@ def publish_port(state: NetworkState, host: str, ip: str, inner_port: int, outer
 
 # --- CPU limits -----------------------------------------------------------------------------------
 def make_cgroups(state: NetworkState) -> None:
-    """One CPU cgroup per host (cgroup v1 cpu controller), recorded for removal."""
+    """One CPU cgroup per host (cgroup v1 cpu controller), and a memory cgroup per FL client host (device
+    profiles limit its memory; unlimited until one does), recorded for removal."""
     if not CGROUP_V1_CPU.is_dir():
         state.warnings.append("no cgroup v1 cpu controller: CPU limits are not available")
         return
-    parent = CGROUP_V1_CPU / f"mlfo-{state.owner_pid}"
-    parent.mkdir(exist_ok=True)
-    for host in state.hosts:
-        if host.container:
-            continue  # a Docker host's processes join its container's cgroup, which Docker limits
-        path = parent / host.name
-        path.mkdir(exist_ok=True)
-        host.cgroup = str(path)
-        state.cgroups.append(str(path))
-    state.cgroups.append(str(parent))
+    for host, path in _host_cgroups(state, CGROUP_V1_CPU, None):
+        host.cgroup = path
     if not CGROUP_V1_MEMORY.is_dir():
         state.warnings.append("no cgroup v1 memory controller: device profiles' memory limits are not available")
         return
-    # Memory cgroups too (device profiles limit a client's memory), unlimited until something sets them.
-    memory_parent = CGROUP_V1_MEMORY / f"mlfo-{state.owner_pid}"
-    memory_parent.mkdir(exist_ok=True)
+    for host, path in _host_cgroups(state, CGROUP_V1_MEMORY, MEMORY_LIMITED_ROLES):
+        host.memory_cgroup = path
+
+
+def _host_cgroups(state: NetworkState, root: Path, roles: tuple[str, ...] | None) -> list[tuple[HostRecord, str]]:
+    """A cgroup per namespace host (of `roles`, or all) under root/mlfo-<owner pid>, children recorded before the parent
+    (so removal goes leaves first). A Docker host's processes join its container's cgroup, which Docker limits."""
+    parent = root / f"mlfo-{state.owner_pid}"
+    parent.mkdir(exist_ok=True)
+    made = []
     for host in state.hosts:
-        if host.container or host.role not in MEMORY_LIMITED_ROLES:
+        if host.container or (roles is not None and host.role not in roles):
             continue
-        path = memory_parent / host.name
+        path = parent / host.name
         path.mkdir(exist_ok=True)
-        host.memory_cgroup = str(path)
         state.cgroups.append(str(path))
-    state.cgroups.append(str(memory_parent))
+        made.append((host, str(path)))
+    state.cgroups.append(str(parent))
+    return made
 
 
 def set_cpu(state: NetworkState, host: str, cpus: float | None) -> None:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ConflictError, MlfoError, NotFoundError, UnreachableError
 from mlfo_toolkit.net.builders import get_builder
 from mlfo_toolkit.net.faucet import start_faucet, wait_switches_connected
-from mlfo_toolkit.net.hosts import make_cgroups, publish_port, spawn_in_host, wait_listening
+from mlfo_toolkit.net.hosts import make_cgroups, publish_port, set_cpu, set_memory, spawn_in_host, wait_listening
 from mlfo_toolkit.net.image import docker_client
 from mlfo_toolkit.net.state import (
     TOKEN_FILE,
@@ -104,6 +105,28 @@ def restart_agent(config: Config, host: str) -> ProcessRecord:
     save_state(state, state_dir)
     wait_listening(state, [(host, config.agent.port, new)], SERVICE_START_SECONDS)
     return new
+
+
+def apply_host_profiles(state: NetworkState, topology: Topology, progress: Progress = quiet) -> None:
+    """The topology's device profiles (`profile:` on a host): its CPU and memory limits, before anything runs
+    there (its link rate was built in). Recorded in the state; `topo status` shows them."""
+    applied: dict[str, dict[str, Any]] = {}
+    for host in (h for h in topology.hosts if h.profile):
+        set_cpu(state, host.name, host.cpus)
+        memory = host.memory_mb
+        if memory is not None:
+            record = state.host(host.name)
+            if record.memory_cgroup or record.container:
+                set_memory(state, host.name, memory)
+            else:
+                state.warnings.append(f"{host.name}: no memory cgroup, its profile's {memory:g} MB limit is not applied")
+                memory = None
+        applied[host.name] = {"profile": host.profile, "cpus": host.cpus, "memory_mb": memory, "link_mbit": host.bandwidth_mbit}
+    if applied:
+        state.extra["profiles"] = applied
+        state.extra["cpu_limits"] = {**state.extra.get("cpu_limits", {}), **{n: p["cpus"] for n, p in applied.items()}}
+        say(progress, "topo", f"device profiles on {len(applied)} hosts: "
+            + ", ".join(f"{c} x {p}" for p, c in Counter(p["profile"] for p in applied.values()).items()))
 
 
 def start_services(state: NetworkState, topology: Topology, config: Config, state_dir: Path, progress: Progress) -> None:
@@ -189,6 +212,7 @@ def network_up(
             say(progress, "topo", f"warning: {warning}")
         make_cgroups(state)
         save_state(state, state_dir)
+        apply_host_profiles(state, topology, progress)
         start_services(state, topology, config, state_dir, progress)
         state.phase = "up"
         save_state(state, state_dir)
@@ -260,6 +284,7 @@ def network_status(config: Config) -> dict[str, Any]:
         "published": state.published,
         "warnings": state.warnings,
         "cpu_limits": state.extra.get("cpu_limits", {}),
+        "profiles": state.extra.get("profiles", {}),
         "containers": containers_status(state),
     }
 

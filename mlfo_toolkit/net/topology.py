@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.net.profiles import DEVICE_CLASSES
 from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.resources import resource_path
 from mlfo_toolkit.util.yamlfiles import load_yaml, validate
@@ -40,6 +41,14 @@ class HostSpec(BaseModel):
     campus: int | None = Field(None, ge=1)
     publish: dict[int, int] = Field(default_factory=dict)
     bandwidth_mbit: float | None = Field(None, gt=0)
+    profile: str | None = Field(None, description="an FL client's device class (net.profiles): its CPU, memory and link, "
+                                "unless cpus or bandwidth_mbit say otherwise")
+
+    @model_validator(mode="after")
+    def _known_profile(self) -> HostSpec:
+        if self.profile is not None and self.profile not in DEVICE_CLASSES:
+            raise ValueError(f"unknown device class '{self.profile}' (classes: {', '.join(DEVICE_CLASSES)})")
+        return self
 
 
 class SwitchSpec(BaseModel):
@@ -165,6 +174,8 @@ class Host:
     campus: int | None = None
     publish: dict[int, int] = field(default_factory=dict)
     bandwidth_mbit: float | None = None
+    profile: str | None = None
+    memory_mb: float | None = None  # from the profile: applied at `topo up` where memory cgroups exist
 
 
 @dataclass
@@ -334,9 +345,12 @@ def build_topology(spec: TopologyFile, source: str, parameters: dict[str, int] |
     built_hosts = []
     for h in hosts:
         port = take(h.switch)
+        device = DEVICE_CLASSES[h.profile] if h.profile else {}
+        cpus = h.cpus if h.cpus is not None else device.get("cpus")
+        bandwidth = h.bandwidth_mbit or device.get("link_mbit") or default_bw
         built_hosts.append(
-            Host(h.name, h.role, h.ip, spec.subnet_prefix_len, h.switch, port, interface_name(h.name, 0), h.cpus, h.cohort,
-                 h.campus, dict(h.publish), h.bandwidth_mbit or default_bw)
+            Host(h.name, h.role, h.ip, spec.subnet_prefix_len, h.switch, port, interface_name(h.name, 0), cpus, h.cohort,
+                 h.campus, dict(h.publish), bandwidth, h.profile, device.get("memory_mb"))
         )
     built_links = []
     for link in links:

@@ -286,40 +286,51 @@ def _figure_availability(entries: list[dict[str, Any]], out: Path, formats: tupl
     return _save(fig, out / "availability", formats, rows)
 
 
-def _figure_profiles(points: list[Point], out: Path, formats: tuple[str, ...]) -> list[Path]:
-    """Round time against the CPU share of the cohort's slowest client, per run with device profiles."""
-    rows: list[dict[str, Any]] = []
-    for point in points:
-        for entry, cohort in point.cohorts():
-            profiles = entry["run"].get("profiles")
-            seconds = [s for s in (cohort.get("round_seconds") or []) if s is not None]
-            if not profiles or not seconds:
-                continue
-            by_ip = {p.get("ip"): p for p in profiles["clients"].values()}
-            shares = [by_ip[a["agent"].rsplit(":", 1)[0]]["cpus"] for a in cohort.get("client_agents") or []
-                      if a["agent"].rsplit(":", 1)[0] in by_ip]
-            if not shares:
-                continue
-            rows.append({"point": point.label, "index": point.index, "run": entry["key"], "cohort": cohort["name"],
-                         "profile": profiles["spec"].get("class") or (profiles["spec"].get("draw") or {}).get("distribution"),
-                         "slowest_cpus": min(shares), "mean_cpus": round(statistics.fmean(shares), 3),
-                         "median_round_seconds": round(statistics.median(seconds), 3), "max_round_seconds": round(max(seconds), 3)})
-    if not rows:
-        return []
+def _client_profiles(entry: dict[str, Any], cohort: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """A cohort's clients by partition id: the host each ran on and its device profile (run.json's `profiles`)."""
+    profiles = entry["run"].get("profiles") or {}
+    by_ip = {p.get("ip"): (host, p) for host, p in (profiles.get("clients") or {}).items()}
+    found = {str(a["part"]): by_ip.get(a["agent"].rsplit(":", 1)[0]) for a in cohort.get("client_agents") or []}
+    return {part: hit for part, hit in found.items() if hit is not None}
+
+
+def _scatter(points: list[Point], rows: list[dict[str, Any]], x: str, y: str, labels: tuple[str, str, str], log_y: bool,
+             stem: Path, formats: tuple[str, ...]) -> list[Path]:
+    """One marker per row at (x, y), in its sweep point's colour and marker; log x (CPU shares span decades)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=COLUMN)
     for point in points:
         mine = [r for r in rows if r["index"] == point.index]
         if mine:
-            ax.plot([r["slowest_cpus"] for r in mine], [r["median_round_seconds"] for r in mine], linestyle="none",
-                    marker=point.style["marker"], color=point.style["color"], label=f"{point.index + 1}: {point.label}")
-    ax.set(xlabel="CPU share of the slowest client (cores)", ylabel="median seconds per round",
-           title="Round time against the slowest client")
+            ax.plot([r[x] for r in mine], [r[y] for r in mine], linestyle="none", alpha=0.8, marker=point.style["marker"],
+                    color=point.style["color"], label=f"{point.index + 1}: {point.label}")
+    ax.set(xlabel=labels[0], ylabel=labels[1], title=labels[2])
     ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
     _legend(ax, len(points))
-    for row in rows:
-        row.pop("index")
-    return _save(fig, out / "profiles", formats, rows)
+    return _save(fig, stem, formats, [{k: v for k, v in r.items() if k != "index"} for r in rows])
+
+
+def _figure_profiles(points: list[Point], out: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Round time against the CPU share of the cohort's slowest client, per run with device profiles."""
+    rows: list[dict[str, Any]] = []
+    for point in points:
+        for entry, cohort in point.cohorts():
+            seconds = [s for s in (cohort.get("round_seconds") or []) if s is not None]
+            shares = [p["cpus"] for _, p in _client_profiles(entry, cohort).values()]
+            if not seconds or not shares:
+                continue
+            spec = entry["run"]["profiles"]["spec"]
+            rows.append({"point": point.label, "index": point.index, "run": entry["key"], "cohort": cohort["name"],
+                         "profile": spec.get("class") or (spec.get("draw") or {}).get("distribution"),
+                         "slowest_cpus": min(shares), "mean_cpus": round(statistics.fmean(shares), 3),
+                         "median_round_seconds": round(statistics.median(seconds), 3), "max_round_seconds": round(max(seconds), 3)})
+    if not rows:
+        return []
+    return _scatter(points, rows, "slowest_cpus", "median_round_seconds",
+                    ("CPU share of the slowest client (cores)", "median seconds per round", "Round time against the slowest client"),
+                    False, out / "profiles", formats)
 
 
 def _figure_client_times(points: list[Point], out: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -327,33 +338,18 @@ def _figure_client_times(points: list[Point], out: Path, formats: tuple[str, ...
     rows: list[dict[str, Any]] = []
     for point in points:
         for entry, cohort in point.cohorts():
-            profiles = entry["run"].get("profiles")
-            if not profiles:
-                continue
-            by_ip = {p.get("ip"): (host, p) for host, p in profiles["clients"].items()}
-            hosts = {str(a["part"]): by_ip.get(a["agent"].rsplit(":", 1)[0]) for a in cohort.get("client_agents") or []}
+            hosts = _client_profiles(entry, cohort)
             for number, seconds in enumerate(cohort.get("client_train_seconds") or [], start=1):
                 for part, value in (seconds or {}).items():
-                    found = hosts.get(part)
-                    if found is not None:
+                    if part in hosts:
+                        host, profile = hosts[part]
                         rows.append({"point": point.label, "index": point.index, "run": entry["key"], "cohort": cohort["name"],
-                                     "round": number, "part": int(part), "host": found[0], "cpus": found[1]["cpus"], "train_seconds": value})
+                                     "round": number, "part": int(part), "host": host, "cpus": profile["cpus"], "train_seconds": value})
     if not rows:
         return []
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=COLUMN)
-    for point in points:
-        mine = [r for r in rows if r["index"] == point.index]
-        if mine:
-            ax.plot([r["cpus"] for r in mine], [r["train_seconds"] for r in mine], linestyle="none", alpha=0.7,
-                    marker=point.style["marker"], color=point.style["color"], label=f"{point.index + 1}: {point.label}")
-    ax.set(xlabel="client's CPU share (cores)", ylabel="training seconds in a round", title="Each client's training time")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    _legend(ax, len(points))
-    for row in rows:
-        row.pop("index")
-    return _save(fig, out / "client-times", formats, rows)
+    return _scatter(points, rows, "cpus", "train_seconds",
+                    ("client's CPU share (cores)", "training seconds in a round", "Each client's training time"),
+                    True, out / "client-times", formats)
 
 
 def _table(points: list[Point], target: float) -> list[dict[str, Any]]:
@@ -463,18 +459,10 @@ def build_experiment_report(folders: Path | list[Path], target: float = 0.9, for
         figures["labels"] = [plot_label_distribution(split, out / f"labels.{fmt}") for fmt in formats]
         write_rows(out / "labels.csv", rows)
         write_json_atomically(out / "labels.json", rows)
-    meters = _figure_meter_rates(every, out, formats)
-    if meters:
-        figures["meter-rates"] = meters
-    profiled = _figure_profiles(ordered, out, formats)
-    if profiled:
-        figures["profiles"] = profiled
-        client_times = _figure_client_times(ordered, out, formats)
-        if client_times:
-            figures["client-times"] = client_times
-    away = _figure_availability(every, out, formats)
-    if away:
-        figures["availability"] = away
+    # Figures drawn only when some run has what they show (meter events, device profiles, an availability plan).
+    optional = {"meter-rates": _figure_meter_rates(every, out, formats), "profiles": _figure_profiles(ordered, out, formats),
+                "client-times": _figure_client_times(ordered, out, formats), "availability": _figure_availability(every, out, formats)}
+    figures.update({key: paths for key, paths in optional.items() if paths})
     table = _table(ordered, target)
     write_rows(out / "table.csv", table)
     write_json_atomically(out / "table.json", table)

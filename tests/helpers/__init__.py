@@ -38,10 +38,14 @@ def require_binary(name: str) -> str:
 
 
 def require_network_tools() -> None:
-    """Root, Open vSwitch running, iperf3: what an emulated network needs (skips with the reason otherwise)."""
+    """Root, Open vSwitch running, iperf3, Mininet: what an emulated network needs (skips with the reason otherwise)."""
     require_root()
-    for tool in ("ovs-vsctl", "iperf3", "ovs-ofctl"):
+    for tool in ("ovs-vsctl", "iperf3", "ovs-ofctl", "ethtool", "nsenter", "tc"):
         require_binary(tool)
+    try:
+        import mininet  # noqa: F401
+    except ImportError:
+        pytest.skip("needs Debian's mininet importable (`make test` as root installs it)")
     if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True, check=False).returncode != 0:
         pytest.skip("needs Open vSwitch running (`make ovs` as root)")
 

@@ -17,7 +17,7 @@ import requests
 
 from mlfo_toolkit.net.faucet import CHECKOUT_FAUCET
 from mlfo_toolkit.util.processes import free_port
-from tests.helpers import REPO, require_binary, require_root
+from tests.helpers import REPO, require_binary, require_network_tools
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -40,23 +40,21 @@ def faucet_flows(switch: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    require_root()
-    for tool in ("ovs-vsctl", "iperf3", "ethtool", "nsenter", "tc"):
-        require_binary(tool)
+    require_network_tools()
     if not CHECKOUT_FAUCET.exists():
         pytest.skip("needs Faucet (`make faucet` installs it in .venv-faucet)")
-    try:
-        import mininet  # noqa: F401
-    except ImportError:
-        pytest.skip("needs Debian's mininet importable (`make test` as root installs it)")
-    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("needs Open vSwitch running (`make ovs` as root)")
     workdir = tmp_path_factory.mktemp("faucet")
     port, openflow, metrics = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")}
     env |= {"MLFO_PATHS__STATE_DIR": str(workdir / "state"), "MLFO_PATHS__RUNS_DIR": str(workdir / "runs"),
             "MLFO_FAUCET__OPENFLOW_PORT": str(openflow), "MLFO_FAUCET__PROMETHEUS_PORT": str(metrics)}
-    started = mlfo(env, workdir, "topo", "up", "--topology", "small", "--param", f"publish_port={port}", "--controller", "faucet", "--detach")
+    # The small layout with every FL client a Jetson Nano (0.4 cores, 2 GB, 200 Mbit/s): a topology's device profiles.
+    text = (REPO / "topologies" / "small.yaml").read_text()
+    assert text.count('    campus: "{s}"\n') == 1
+    topology = workdir / "small-jetson.yaml"
+    topology.write_text(text.replace('    campus: "{s}"\n', '    campus: "{s}"\n    profile: jetson-nano\n'))
+    started = mlfo(env, workdir, "topo", "up", "--topology", str(topology), "--param", f"publish_port={port}", "--controller", "faucet",
+                   "--detach")
     assert started.returncode == 0, started.stderr
     state = json.loads((workdir / "state" / "network.json").read_text())
     try:
@@ -90,6 +88,20 @@ def test_faucet_forwards_every_packet(network: dict[str, Any]) -> None:
     faucet_pid = next(p["pid"] for p in state["processes"] if p["name"] == "faucet")
     sockets = [line.split()[3] for line in listening.splitlines() if f"pid={faucet_pid}," in line]
     assert sorted(sockets) == sorted([f"127.0.0.1:{network['openflow']}", f"127.0.0.1:{network['metrics']}"])
+
+
+def test_the_topologys_device_profiles_are_applied_at_up(network: dict[str, Any]) -> None:
+    status = json.loads(mlfo(network["env"], network["workdir"], "topo", "status", "--json").stdout)
+    clients = {h["name"] for h in network["state"]["hosts"] if h["role"] == "fl-client"}
+    assert set(status["profiles"]) == clients and len(clients) == 6
+    assert {(p["profile"], p["cpus"], p["memory_mb"], p["link_mbit"]) for p in status["profiles"].values()} == {("jetson-nano", 0.4, 2048.0, 200.0)}
+    host = next(h for h in network["state"]["hosts"] if h["name"] == "fc.20")
+    assert (Path(host["cgroup"]) / "cpu.cfs_quota_us").read_text().strip() == "40000"
+    assert int((Path(host["memory_cgroup"]) / "memory.limit_in_bytes").read_text()) == 2048 * 1024 * 1024
+    agent = next(p for p in network["state"]["processes"] if p["host"] == "fc.20" and p["name"] == "agent")
+    assert str(agent["pid"]) in (Path(host["memory_cgroup"]) / "cgroup.procs").read_text().split()  # its agent is in it
+    rates = subprocess.run(["tc", "class", "show", "dev", "swCampus2-eth1"], capture_output=True, text=True).stdout
+    assert "rate 200Mbit" in rates, rates
 
 
 def test_meter_through_faucet_limits_the_cohort_and_clear_leaves_faucet_alone(network: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ import yaml
 
 from mlfo_toolkit.net.builders.mininet import netem_available
 from mlfo_toolkit.util.processes import free_port
-from tests.helpers import REPO, require_binary, require_root
+from tests.helpers import REPO, require_network_tools
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -44,15 +44,7 @@ def interface_bytes(host_pid: int, interface: str) -> int:
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    require_root()
-    for tool in ("ovs-vsctl", "iperf3", "ethtool", "nsenter", "tc"):
-        require_binary(tool)
-    try:
-        import mininet  # noqa: F401
-    except ImportError:
-        pytest.skip("needs Debian's mininet importable (`make test` as root installs it)")
-    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("needs Open vSwitch running (`make ovs` as root)")
+    require_network_tools()
     workdir = tmp_path_factory.mktemp("network")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")}

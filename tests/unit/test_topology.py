@@ -104,3 +104,16 @@ def test_template_arithmetic_is_safe() -> None:
     assert substitute("{n*2}", {"n": 4}, "x") == 8
     with pytest.raises(ValidationError, match="bad expression"):
         substitute("{__import__('os')}", {}, "x")
+
+
+def test_a_hosts_device_profile_gives_its_cpu_memory_and_link_unless_the_host_says_otherwise() -> None:
+    hosts = [{"name": "h1", "role": "fl-client", "ip": "10.0.0.1", "switch": "s1", "profile": "rpi3"},
+             {"name": "h2", "role": "fl-client", "ip": "10.0.0.2", "switch": "s1", "profile": "rpi4", "cpus": 0.5, "bandwidth_mbit": 30},
+             {"name": "h3", "role": "fl-server", "ip": "10.0.0.3", "switch": "s1"}]
+    topology = build_topology(_spec(hosts=hosts, link_defaults={"bandwidth_mbit": 500}), "t.yaml")
+    h1, h2, h3 = topology.hosts
+    assert (h1.profile, h1.cpus, h1.memory_mb, h1.bandwidth_mbit) == ("rpi3", 0.1, 512.0, 20.0)
+    assert (h2.cpus, h2.memory_mb, h2.bandwidth_mbit) == (0.5, 2048.0, 30)
+    assert (h3.profile, h3.cpus, h3.memory_mb, h3.bandwidth_mbit) == (None, None, None, 500)
+    with pytest.raises(ValidationError, match="unknown device class 'pi5'"):
+        build_topology(_spec(hosts=[{**hosts[0], "profile": "pi5"}]), "t.yaml")
