@@ -415,7 +415,7 @@ def swept_value(spec: ExperimentFile, key: str, value: Any) -> Any:
         action = next(getattr(e, kind) for e in spec.timeline if getattr(e, kind) is not None)
         return getattr(type(action).model_validate({**action.model_dump(), name: value}), name)
     if key == "profiles":  # a plain mapping too
-        return ProfileSpec.model_validate(value).model_dump(by_alias=True, exclude_none=True)
+        return ProfileSpec.model_validate(value).model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
     if key == "partition":  # kept as a plain mapping: it is written into run.json with the point
         base = spec.fl.partition.model_dump(exclude_none=True) if spec.fl.partition else {}
         return PartitionSpec.model_validate({**base, **value} if isinstance(value, dict) else value).model_dump(exclude_none=True)

@@ -308,7 +308,7 @@ def _scatter(points: list[Point], rows: list[dict[str, Any]], x: str, y: str, la
     ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
-    _legend(ax, len(points))
+    _legend(ax, 4)  # always beside: a drawn profile's label is long
     return _save(fig, stem, formats, [{k: v for k, v in r.items() if k != "index"} for r in rows])
 
 

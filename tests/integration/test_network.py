@@ -379,10 +379,11 @@ def test_a_link_follows_a_trace_measured_once_a_second(network: dict[str, Any]) 
 
 
 def test_a_trace_event_replays_a_shipped_trace_and_the_run_says_what_was_not_emulated(network: dict[str, Any]) -> None:
-    experiment = shipped_experiment("link-traces", **{"shape.rounds": 2})
+    # One point of the shipped sweep (the sweep itself is checked without a network, in tests/unit).
+    experiment = shipped_experiment("link-traces", sweep={"trace.file": ["cellular-drive"]}, **{"shape.rounds": 2})
     result, out = run_in_network(network, "traces", experiment)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name, rows in (("file_leo-pass-r1", 240), ("file_cellular-drive-r1", 300)):
+    for name, rows in (("file_cellular-drive-r1", 300),):
         run = json.loads((out / "runs" / name / "run.json").read_text())
         assert run["cohorts"][0]["state"] == "done", run["cohorts"]
         (event,) = [e for e in run["events"] if e["kind"] == "trace"]
@@ -422,7 +423,7 @@ def test_background_traffic_follows_a_step_pattern(network: dict[str, Any]) -> N
 
 def test_device_profiles_slow_the_clients_they_limit_and_are_undone(network: dict[str, Any]) -> None:
     experiment = shipped_experiment("device-profiles", sweep={"profiles": [{"class": "edge-server"}, {"class": "rpi3"}]},
-                                    **{"shape.rounds": 3})
+                                    **{"shape.rounds": 2})
     state = json.loads((network["workdir"] / "state" / "network.json").read_text())
     fc10 = next(h for h in state["hosts"] if h["name"] == "fc.10")
     quota = Path(fc10["cgroup"]) / "cpu.cfs_quota_us"
@@ -433,7 +434,7 @@ def test_device_profiles_slow_the_clients_they_limit_and_are_undone(network: dic
     for key, cpus, memory in (("profiles_edge-server-r1", 1.0, None), ("profiles_rpi3-r1", 0.1, 512.0)):
         run = json.loads((out / "runs" / key / "run.json").read_text())
         (cohort,) = run["cohorts"]
-        assert cohort["state"] == "done" and len(cohort["accuracy"]) == 3, cohort
+        assert cohort["state"] == "done" and len(cohort["accuracy"]) == 2, cohort
         profiles = run["profiles"]["clients"]
         assert len(profiles) == 6 and {(p["cpus"], p["memory_mb"]) for p in profiles.values()} == {(cpus, memory)}
         per_round = cohort["client_train_seconds"]

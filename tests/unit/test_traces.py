@@ -72,3 +72,12 @@ def test_the_generator_reproduces_the_shipped_traces(tmp_path: Path) -> None:
     module.write("cellular-drive.csv", module.cellular_drive())
     for name in ("leo-pass.csv", "cellular-drive.csv"):
         assert (tmp_path / name).read_text() == (folder / name).read_text()
+
+
+def test_the_shipped_trace_experiment_sweeps_both_shipped_traces() -> None:
+    from mlfo_toolkit.experiments.spec import load_experiment
+    from tests.helpers import REPO
+
+    experiment = load_experiment(REPO / "experiments" / "link-traces.yaml")
+    assert [r.key for r in experiment.runs] == ["file_leo-pass-r1", "file_cellular-drive-r1"]
+    assert experiment.spec.topology.controller == "faucet"
