@@ -50,7 +50,7 @@ def set_(cfg: Config, cohort: int, rate: str, burst: str | None, direction: str,
         return
     for record in result["installed"]:
         click.echo(f"cohort {cohort} {record['direction']}link: meter {record['meter_id']} on {record['switch']}, "
-                   f"{record['rate_kbps'] / 1000:g} Mbit/s, {record['flows']} flows ({controller})")
+                   f"{record['rate_kbps'] / 1000:g} Mbit/s, {record['flows']} flows ({result['controller']})")
 
 
 @meter.command()
