@@ -166,7 +166,7 @@ def start_trace(config: Config, a: str, b: str, trace: str, *, loop: bool = Fals
     log = (state_dir / "logs" / f"trace-{a}-{b}.jsonl").resolve()
     log.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "mlfo_toolkit.net.traces", "--state-dir", str(state_dir.resolve()), "--a", a, "--b", b,
-            "--trace", str(trace_path(trace).resolve()), "--log", str(log), *(["--loop"] if loop else []), *(["--netem"] if netem else [])]
+            "--trace", str(Path(loaded.source).resolve()), "--log", str(log), *(["--loop"] if loop else []), *(["--netem"] if netem else [])]
     record = spawn_recorded(argv, state_dir / "logs" / f"trace-{a}-{b}.log", _trace_name(a, b))
     state.processes.append(record)
     save_state(state, state_dir)
