@@ -198,7 +198,8 @@ def _figure_round_time(points: list[Point], events: list[NumberedEvent], out: Pa
         ax.axvline(number - 0.5, color="#555555", linestyle=":", linewidth=0.9, zorder=1)
         ax.annotate(",".join(str(n) for n in numbers), (number - 0.5, top), xytext=(0, 2), textcoords="offset points",
                     ha="center", va="bottom", fontsize=7, bbox={"boxstyle": "circle,pad=0.2", "fc": "white", "ec": "#555555", "lw": 0.6})
-    ax.set(xlabel="round (numbers: events, see the events table)", ylabel="seconds", title="Time per round")
+    ax.set(xlabel="round (numbers: events, see the events table)", ylabel="seconds")
+    ax.set_title("Time per round", pad=14)  # above the event numbers on the top edge
     integer_rounds(ax)
     _legend(ax, len(points))
     return _save(fig, out / "round-time", formats, rows)
