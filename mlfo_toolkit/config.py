@@ -156,6 +156,11 @@ class FlSettings(_Section):
     server_poll_seconds: float = Field(
         0.25, ge=0, description="how often the ServerApp pulls replies (Flower's own loop: 3 s; 0 uses Flower's)"
     )
+    wakeups: bool = Field(
+        True, description="the ServerApp wakes the SuperNodes the shared executor runs when it pushed a round's messages, "
+        "and they wake it and the executor when they have work done, instead of Flower's fixed polls (mlfo_toolkit/fl/wake.py; "
+        "tested on Flower 1.42); false: Flower's 3 s polls"
+    )
     supernode_poll_seconds: float = Field(
         0.0, ge=0, le=3, description="how often a busy SuperNode the shared executor runs asks for messages, e.g. 0.2 "
         "(one cohort of 10: rounds about 40 % shorter; 50 clients on 2 cores: slower, the polls saturate the CPU); "

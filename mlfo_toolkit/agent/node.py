@@ -27,6 +27,7 @@ from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.partitions import KINDS, PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.fl.userapps import app_name, app_run_config, check_model_form, is_app, prepare_app
+from mlfo_toolkit.fl.wake import wake_dir
 from mlfo_toolkit.monitoring.metrics import FlowTraffic, process_tree
 from mlfo_toolkit.monitoring.sockets import ByteTotals, TcpConnection, tcp_connections
 from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
@@ -161,6 +162,7 @@ class FlServer:
     submitter: ManagedProcess | None
     metrics_file: Path
     started: float = field(default_factory=time.time)
+    wake_dir: Path | None = None  # the cohort's wake-up folder (mlfo_toolkit.fl.wake), removed with the server
 
     @property
     def control_file(self) -> Path:
@@ -217,6 +219,8 @@ class FlServer:
         if self.submitter is not None:
             self.submitter.stop()
         self.superlink.stop()
+        if self.wake_dir is not None:
+            shutil.rmtree(self.wake_dir, ignore_errors=True)
 
 
 @dataclass
@@ -335,10 +339,11 @@ class NodeAgent:
             )
             metrics_file = run_dir / "metrics.jsonl"
             server = FlServer(params, f"{self.advertise_host}:{port}", superlink, None, metrics_file)
+            server.wake_dir = self._wake_dir(server.address)
             self.server = server
             try:
                 wait_for_port(connect, port, SUPERLINK_START_SECONDS, superlink)
-                app_dir, overrides = self._run_config(params, app, run_dir, metrics_file, server.control_file)
+                app_dir, overrides = self._run_config(params, app, run_dir, metrics_file, server.control_file, server.wake_dir)
             except (MlfoError, OSError):  # a SuperLink that never got its run is no server to hand out
                 server.stop()
                 self.server = None
@@ -356,8 +361,15 @@ class NodeAgent:
             log.info("FL server %s started for deployment '%s'", server.address, params.deployment)
             return {"server": server.address, "deployment": params.deployment, "pid": superlink.pid}
 
+    def _wake_dir(self, superlink: str) -> Path | None:
+        """The wake-up folder of the cohort whose SuperLink is `superlink`: its SuperNodes (forked by the shared
+        executor) and its ServerApp wake each other there. None: Flower's own polls."""
+        if not self.config.fl.wakeups:
+            return None
+        return wake_dir(self.registration_dir(), superlink)
+
     def _run_config(self, params: ServerStartParams, app: FlowerApp | None, run_dir: Path, metrics_file: Path,
-                    control_file: Path) -> tuple[Path, dict[str, Any]]:
+                    control_file: Path, wakes: Path | None = None) -> tuple[Path, dict[str, Any]]:
         """The app folder to submit and its run-config overrides: mlfo's own app, or a registered one behind mlfo's host."""
         fl = self.config.fl
         seed = fl.seed if params.seed is None else params.seed
@@ -375,6 +387,7 @@ class NodeAgent:
                 "mlfo-min-available": params.minav,
                 "mlfo-round-timeout": float(timeout),
                 "mlfo-server-poll-seconds": fl.server_poll_seconds,
+                "mlfo-wake-dir": str(wakes or ""),
                 "mlfo-accuracy-keys": ",".join(app.accuracy_keys),
                 "mlfo-loss-keys": ",".join(app.loss_keys),
             }
@@ -396,6 +409,7 @@ class NodeAgent:
             "control-file": str(control_file),
             "round-timeout": timeout,
             "server-poll-seconds": fl.server_poll_seconds,
+            "wake-dir": str(wakes or ""),
         }
 
     # --- FL client ---------------------------------------------------------------------------
@@ -470,6 +484,8 @@ class NodeAgent:
                     watch=str(log_path), spawn=[*arguments, "--isolation", "process"], cwd=str(run_dir),
                     env={"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0"},
                     poll_seconds=self.config.fl.supernode_poll_seconds, poll_hot_seconds=self.config.fl.supernode_hot_seconds,
+                    wake_dir=str(self._wake_dir(params.server) or ""),
+                    dataset=[params.source, str(self.config.fl.data_dir.resolve())] if app is None else [],
                 ))
             else:
                 process = ManagedProcess(

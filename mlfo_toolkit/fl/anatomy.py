@@ -23,10 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.fl.control import RunControl
+from mlfo_toolkit.fl.wake import SERVER_SOCKET, Waker, WakeSocket
 
+WAKE_POLL_SECONDS = 2.0  # with wake-ups from the SuperNodes, how long the ServerApp waits before it looks anyway
 PHASES = ("sampling", "send", "receive", "train", "upload", "aggregate", "evaluate", "idle")
 TRAIN_START = "train-start"
 TRAIN_END = "train-end"
@@ -107,8 +110,17 @@ class RoundClock:
 
     def __init__(self, grid: Any, poll_seconds: float, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, control: RunControl | None = None,
-                 node_wait_seconds: float | None = None) -> None:
+                 node_wait_seconds: float | None = None, wake_dir: str = "") -> None:
         self.grid = grid
+        # Wake-ups (mlfo_toolkit.fl.wake): the cohort's SuperNodes pull as soon as a round is pushed, and a
+        # reply that went up ends the wait between two looks for replies.
+        self.waker: Waker | None = Waker(Path(wake_dir)) if wake_dir else None
+        self.replies: WakeSocket | None = None
+        if wake_dir:
+            try:
+                self.replies = WakeSocket(Path(wake_dir) / SERVER_SOCKET)
+            except OSError:  # no socket here: the replies are looked for every poll_seconds, as without wake-ups
+                self.replies = None
         # Flower's sample_nodes waits forever for min_available nodes: a run whose clients died would hang.
         self.node_wait_seconds = node_wait_seconds
         self._waiting_since: float | None = None
@@ -177,7 +189,11 @@ class RoundClock:
                 record.pushed, record.sampled = (push_start, push_start), len(messages)
                 self._note(record, answered, now, push_start)
             return answered
+        if self.replies is not None:
+            self.replies.drain()  # wake-ups of an earlier round's replies
         pushed = list(self.grid.push_messages(messages))
+        if self.waker is not None:
+            self.waker.wake_nodes()
         pending = {m for m in pushed if m}
         destination = {m: getattr(getattr(msg, "metadata", None), "dst_node_id", None) for m, msg in zip(pushed, messages)}
         push_end = self.clock()
@@ -214,8 +230,17 @@ class RoundClock:
             previous = now
             if not pending or (deadline is not None and now >= deadline):
                 break
-            self.sleep(self.poll_seconds)
+            if self.replies is not None and self._nodes_wake_server():
+                self.replies.wait(WAKE_POLL_SECONDS)  # at once when a reply went up; the timeout is a safety net
+            elif self.replies is not None:
+                self.replies.wait(self.poll_seconds)
+            else:
+                self.sleep(self.poll_seconds)
         return replies
+
+    def _nodes_wake_server(self) -> bool:
+        """Whether the cohort's SuperNodes say when their reply went up (they were forked with wake-ups)."""
+        return self.waker is not None and self.waker.has_nodes()
 
     @staticmethod
     def _note(record: RoundRecord, replies: list[Message], found_at: float, previous_poll: float) -> None:

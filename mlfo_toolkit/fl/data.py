@@ -153,11 +153,16 @@ LOADERS: dict[str, Callable[[Path], Dataset]] = {
 }
 
 
+BUILT_IN = frozenset({"handmnist"})  # datasets that read no file of fl.data_dir
+
+
 def load_dataset(name: str, data_dir: Path | str = Path("data")) -> Dataset:
     """Load a dataset by its catalog name, once per process while its files are unchanged.
 
     The shared executor loads the data once; every ClientApp task it forks inherits it.
     """
+    if name in BUILT_IN:  # no files: one copy whatever the folder (a task forked from the executor inherits it)
+        return _load_cached(name, "", ())
     folder = Path(data_dir).resolve()
     return _load_cached(name, str(folder), _fingerprint(folder / name))
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from mlfo_toolkit.errors import UnreachableError
 from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_PART, TRAIN_START
 from mlfo_toolkit.fl.data import load_dataset
 from mlfo_toolkit.fl.polls import quicken_supernode
+from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, memory_cgroup, namespace_inode, setns
 from mlfo_toolkit.util.processes import ManagedProcess, same_process, tool_env
@@ -58,6 +60,12 @@ REGISTRATION_SUFFIX = ".json"
 DEFAULT_POLL_SECONDS = 0.1
 DEFAULT_IDLE_POLL_SECONDS = 5.0
 DEFAULT_MAX_CHILDREN = 64
+# With a wake-up socket (mlfo_toolkit.fl.wake) SuperNodes and agents say when there is work, so the loop
+# only looks at the logs and the folder this often; a SuperNode with wake-ups is asked unprompted every
+# WAKE_IDLE_POLL_SECONDS.
+WAKE_LOOP_SECONDS = 0.5
+NO_TASK = 3  # a child that asked its SuperNode for a task and got none
+WAKE_IDLE_POLL_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,11 @@ class Registration:
     # The spawned SuperNode's polls while busy (mlfo_toolkit.fl.polls); 0: Flower's own 3 s.
     poll_seconds: float = 0.0
     poll_hot_seconds: float = 30.0
+    # The cohort's wake-up folder (mlfo_toolkit.fl.wake): the spawned SuperNode waits there instead of
+    # sleeping Flower's 3 s, and tells the executor and the ServerApp when it has work done. "": none.
+    wake_dir: str = ""
+    # [source, data_dir] of mlfo's own app: loaded once here, so every task inherits it instead of loading it again.
+    dataset: list[str] = field(default_factory=list)
 
 
 def _alive(pid: int) -> bool:
@@ -95,12 +108,23 @@ def register(directory: Path, registration: Registration) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{registration.name}{REGISTRATION_SUFFIX}"
     write_json_atomically(path, asdict(registration))
+    _wake_executor(directory)
     return path
 
 
 def unregister(directory: Path, name: str) -> None:
     for suffix in (REGISTRATION_SUFFIX, ".exited"):
         (directory / f"{name}{suffix}").unlink(missing_ok=True)
+    _wake_executor(directory)
+
+
+def _wake_executor(directory: Path) -> None:
+    """Tell the executor the folder changed (it looks at least every WAKE_LOOP_SECONDS anyway)."""
+    waker = Waker(directory)
+    try:
+        waker.wake_socket(EXECUTOR_SOCKET, b"?")
+    finally:
+        waker.close()
 
 
 class SpawnedSuperNode:
@@ -184,6 +208,8 @@ class _Served:
     next_poll: float = 0.0
     watched_size: int = -1
     supernode: int | None = None  # the SuperNode this executor started for the registration
+    woken: bool = False  # the SuperNode said it stored a message (wake-up): a child picks the task up
+    pickup: int | None = None  # PID of the child that asks this SuperNode for its task itself
 
     def due(self, now: float) -> bool:
         """Poll now if the SuperNode's log grew (it logs every message it pulls) or it was idle too long."""
@@ -223,6 +249,8 @@ class Executor:
         self._home_inode = namespace_inode("self")
         self._home_cgroup = cpu_cgroup("self")
         self._home_memory_cgroup = memory_cgroup("self")
+        self.node_sockets: dict[int, Path] = {}  # PID -> wake-up socket of the SuperNodes started here
+        self.wake: WakeSocket | None = None  # SuperNodes that stored a message say so here (their registration's name)
 
     # --- start-up: everything a child needs, imported once --------------------------------------
     @staticmethod
@@ -271,6 +299,11 @@ class Executor:
         served = _Served(registration, mtime, namespace_fd, None if cgroup == self._home_cgroup else cgroup,
                          None if memory == self._home_memory_cgroup else memory)
         self.served[name] = served
+        if len(registration.dataset) == 2:
+            try:
+                load_dataset(*registration.dataset)
+            except Exception as err:  # noqa: BLE001 - the task will say what is wrong with it, to its run
+                log.warning("could not load dataset %s for %s: %s", registration.dataset[0], registration.name, err)
         if registration.spawn:
             self._spawn_supernode(name, served)
         log.info("serving SuperNode %s (Runtime API %s, PID %d)", registration.name, registration.runtime,
@@ -282,7 +315,7 @@ class Executor:
         if pid == 0:
             code = 1
             try:
-                code = _run_supernode(served)
+                code = _run_supernode(served, self.directory)
             except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
                 with contextlib.suppress(Exception):
                     traceback.print_exc()
@@ -290,6 +323,8 @@ class Executor:
                 os._exit(code)
         served.supernode = pid
         self.supernodes[pid] = name
+        if served.registration.wake_dir:
+            self.node_sockets[pid] = node_socket(Path(served.registration.wake_dir), pid)
         stem = name.removesuffix(REGISTRATION_SUFFIX)
         write_json_atomically(self.directory / f"{stem}.started", {"pid": pid, "create_time": psutil.Process(pid).create_time()})
 
@@ -307,16 +342,8 @@ class Executor:
 
     # --- the loop -----------------------------------------------------------------------------
     def _client(self, served: _Served) -> Any:
-        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-        from flwr.supercore.runtime import RuntimeHttpClient
-
         if served.client is None:
-            served.client = RuntimeHttpClient.from_server_address(
-                server_address=served.registration.runtime,
-                insecure=True,
-                root_certificates=None,
-                interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-            )
+            served.client = runtime_client(served.registration.runtime)
         return served.client
 
     def poll_once(self) -> int:
@@ -331,9 +358,20 @@ class Executor:
             for served in list(self.served.values()):
                 if len(self.children) >= self.max_children:
                     break
+                if served.pickup is not None:
+                    continue  # its child is asking for the task right now
+                if served.woken:
+                    # A SuperNode that said it has a message: fork first, the child asks for the task from inside
+                    # the host. The loop never waits on a SuperNode's answer, so 25 tasks start side by side.
+                    served.woken = False
+                    served.next_poll = now + WAKE_IDLE_POLL_SECONDS
+                    served.pickup = self._fork(served, None)
+                    started += 1
+                    continue
                 if not served.due(now):
                     continue
-                served.next_poll = now + self.idle_poll_seconds
+                served.next_poll = now + (WAKE_IDLE_POLL_SECONDS if self.wake is not None and served.registration.wake_dir
+                                          else self.idle_poll_seconds)
                 if served.namespace_fd is not None:
                     # Connections opened now belong to the SuperNode's namespace (its loopback).
                     setns(served.namespace_fd, CLONE_NEWNET)
@@ -362,7 +400,8 @@ class Executor:
                 setns(self._home_namespace, CLONE_NEWNET)
         return started
 
-    def _fork(self, served: _Served, token: str) -> None:
+    def _fork(self, served: _Served, token: str | None) -> int:
+        """A child that runs the task with `token`, or (None) asks the SuperNode for its task first."""
         pid = os.fork()
         if pid == 0:  # the child: never returns into the loop
             code = 1
@@ -374,6 +413,7 @@ class Executor:
             finally:
                 os._exit(code)
         self.children[pid] = served.registration.name
+        return pid
 
     def reap(self) -> None:
         while self.children or self.supernodes:
@@ -394,13 +434,21 @@ class Executor:
                 else:
                     (self.directory / f"{stem}.started").unlink(missing_ok=True)
                 log.info("SuperNode %s (PID %d) ended with %d", stem, pid, code)
+                socket_path = self.node_sockets.pop(pid, None)
+                if socket_path is not None:  # a SuperNode killed by a signal never removed its own
+                    socket_path.unlink(missing_ok=True)
                 if name in self.served and self.served[name].supernode == pid:
                     self.ended[name] = self.served[name].mtime
                     self.served[name].supernode = None
                     self._forget(name)
                 continue
             name = self.children.pop(pid, "")
-            if code != 0:
+            served = self.served.get(name + REGISTRATION_SUFFIX)
+            if served is not None and served.pickup == pid:
+                served.pickup = None
+                if code != NO_TASK:
+                    served.watched_size = -1  # it ran a task: ask again at the next tick, more may be queued
+            if code not in (0, NO_TASK):
                 log.warning("ClientApp task of %s ended with %d", name, code)
 
     def run(self) -> None:
@@ -408,6 +456,12 @@ class Executor:
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         self.preload()
+        gc.collect()
+        gc.freeze()  # what is loaded now stays shared with every forked child (no copy-on-write of its pages by the GC)
+        try:
+            self.wake = WakeSocket(self.directory / EXECUTOR_SOCKET)
+        except OSError as err:  # a folder too deep for a socket path: the log sizes alone tell when to ask
+            log.warning("no wake-up socket in %s (%s): asking SuperNodes on their log sizes only", self.directory, err)
         log.info("executor ready, serving registrations in %s", self.directory)
         last_refresh = 0.0
         while not self._stop:
@@ -419,7 +473,15 @@ class Executor:
                 last_refresh = time.monotonic()
             self.reap()
             self.poll_once()
-            time.sleep(self.poll_seconds)
+            if self.wake is None:
+                time.sleep(self.poll_seconds)
+                continue
+            for woken in self.wake.wait(WAKE_LOOP_SECONDS):
+                served = self.served.get(woken.decode(errors="replace") + REGISTRATION_SUFFIX)
+                if served is not None:
+                    served.woken = True  # it stored a message: a child picks the task up now
+                else:
+                    last_refresh = 0.0  # an agent registered or removed a SuperNode: look at the folder now
         self.close()
 
     def _request_stop(self, signum: int, frame: Any) -> None:
@@ -440,9 +502,21 @@ class Executor:
         self.reap()
         for name in list(self.served):
             self._forget(name)
+        if self.wake is not None:
+            self.wake.close()
+            self.wake = None
         if self._home_namespace >= 0:
             os.close(self._home_namespace)
             self._home_namespace = -1
+
+
+def runtime_client(address: str) -> Any:
+    """A client of a SuperNode's Runtime API, as flower-superexec makes it."""
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
+                                                 interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
 
 
 def _enter_host(served: _Served, output: str) -> None:
@@ -461,7 +535,7 @@ def _enter_host(served: _Served, output: str) -> None:
         setns(served.namespace_fd, CLONE_NEWNET)
 
 
-def _run_supernode(served: _Served) -> int:
+def _run_supernode(served: _Served, executor_dir: Path) -> int:
     """In the forked child: become a SuperNode on the owner's host and run Flower's own `flower-supernode`."""
     os.setsid()  # its own session: stopping it never signals the executor
     registration = served.registration
@@ -470,10 +544,16 @@ def _run_supernode(served: _Served) -> int:
         os.chdir(registration.cwd)
     os.environ.update(registration.env)
     sys.argv = ["flower-supernode", *registration.spawn]
+    # No DEBUG lines of Flower's in the SuperNode's log (they reach the executor's handler, whose logger is at
+    # INFO, by propagation): one is written per AcquireTask, and a log that grows on every ask is asked again
+    # at once (its growth is how the executor learns of a message): 5 asks a second per idle SuperNode.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.INFO)
     setproctitle.setproctitle(f"flower-supernode [mlfo executor] {registration.name}")
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    quicken_supernode(registration.poll_seconds, registration.poll_hot_seconds)
+    quicken_supernode(registration.poll_seconds, registration.poll_hot_seconds, wake_folder=registration.wake_dir,
+                      executor_folder=str(executor_dir), name=registration.name)
 
     try:
         flower_supernode()
@@ -507,13 +587,24 @@ def _time_training() -> None:
     ClientApp.__call__ = timed  # type: ignore[method-assign,assignment]
 
 
-def _run_task(served: _Served, token: str) -> int:
-    """In the forked child: become part of the SuperNode's host, then run Flower's ClientApp runtime."""
+def _run_task(served: _Served, token: str | None) -> int:
+    """In the forked child: become part of the SuperNode's host, then run Flower's ClientApp runtime (with no
+    token: ask the SuperNode for its task first, as flower-superexec does; NO_TASK when it has none)."""
     registration = served.registration
     setproctitle.setproctitle(f"flwr-clientapp [mlfo executor] {registration.name}")
     _enter_host(served, registration.log)
     os.environ["FLWR_HOME"] = registration.flwr_home
     served.client = None  # the parent's connection is not the child's to use
+    if token is None:
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+        from flwr.supercore.constant import TaskType
+
+        client = runtime_client(registration.runtime)
+        answer = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
+        client.close()
+        if not (answer.HasField("task") and answer.token):
+            return NO_TASK
+        token = answer.token
     # Where this task runs, for anyone checking that the work stayed on the client's host.
     print(f"mlfo executor: task for {registration.name} in network namespace {namespace_inode('self')}, "
           f"cpu cgroup {cpu_cgroup('self') or '(the executor s own)'}", flush=True)

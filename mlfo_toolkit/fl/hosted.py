@@ -133,7 +133,7 @@ def server_main(grid: Grid, context: Context) -> None:
         control = RunControl(str(cfg.get("mlfo-control-file", "")) or None)
         round_timeout = float(cfg.get("mlfo-round-timeout", 600.0))
         clock = RoundClock(grid, poll_seconds=float(cfg.get("mlfo-server-poll-seconds", 0.25)), control=control,
-                           node_wait_seconds=3 * round_timeout)
+                           node_wait_seconds=3 * round_timeout, wake_dir=str(cfg.get("mlfo-wake-dir", "")))
         tracker = _Tracker(clock, control, cfg)
         rounds = int(cfg.get("mlfo-num-rounds", 0) or 0)
         append_event(metrics_file, {"event": "started", "rounds": rounds})

@@ -1,38 +1,54 @@
-"""Flower's SuperNode, polling at the speed of the work.
+"""Flower's SuperNode, waiting at the speed of the work.
 
 Flower 1.42's SuperNode (`flwr/supernode/start_client_internal.py`) sleeps a fixed 3 s whenever a
 pull finds no message, and 0.5 s at a time while it waits for its ClientApp's reply; no flag sets
 either. In a round of mlfo's emulated network that is most of the round: the work is milliseconds.
 
 mlfo forks the SuperNodes it serves from its own executor, so it owns their process. Before Flower's
-`flower-supernode` runs there, `quicken_supernode` gives that one module a `time` whose `sleep` is
-shorter while the node is busy: for `hot` seconds after it last handled a message, a pull that
-found nothing waits `fast` seconds instead of 3, and the waits for a reply take `fast / 4`; after
-that, the node falls back to Flower's 3 s, so an idle cohort costs what Flower's does. Every message
-still goes Flower's own way (Fleet API, SuperNode, Runtime API, ClientApp); only the waiting between
-polls changes. This reaches into a module of Flower's: it is applied only on the Flower versions it
-was read and measured on (TESTED), and refused loudly on another (set fl.supernode_poll_seconds: 0
-to run Flower's own timing there).
+`flower-supernode` runs there, `quicken_supernode` gives that one module a `time` whose `sleep`
+differs, in one of two ways:
+
+* **wake-ups** (`fl.wakeups`, the default; `mlfo_toolkit/fl/wake.py`): an idle SuperNode waits on a
+  socket of its own, which the cohort's ServerApp writes to right after it pushed a round's
+  messages, so it pulls at once; with nothing to do it asks every 10 s instead of Flower's 3 s. The
+  waits for its ClientApp's reply are short (20 ms), the executor is told at once that a message
+  came, and the ServerApp that the reply went up.
+* **fast polls** (`fl.supernode_poll_seconds`, for comparison): for `hot` seconds after it last
+  handled a message, a pull that found nothing waits `fast` seconds instead of 3, and the waits for a
+  reply take `fast / 4`; then it falls back to Flower's 3 s.
+
+Every message still goes Flower's own way (Fleet API, SuperNode, Runtime API, ClientApp); only the
+waiting between polls changes. This reaches into a module of Flower's: it is applied only on the
+Flower versions it was read and measured on (TESTED), and refused loudly on another (set
+fl.wakeups: false and fl.supernode_poll_seconds: 0 to run Flower's own timing there).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import types
+from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import MissingDependencyError
+from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 
 TESTED = ("1.42.",)
 FLOWER_IDLE_SLEEP = 3.0  # what Flower's SuperNode sleeps when a pull found nothing
+IDLE_WAIT = 10.0  # with wake-ups: how often an idle SuperNode asks anyway (Flower: 3 s)
+REPLY_WAIT = 0.02  # with wake-ups: how often a node that handles a message looks for its ClientApp's reply
 
 
 class PollClock:
     """Stands in for the `time` module inside Flower's SuperNode loop; only `sleep` differs."""
 
-    def __init__(self, fast: float, hot: float, clock: Any = time) -> None:
+    def __init__(self, fast: float, hot: float, clock: Any = time, *, wake: WakeSocket | None = None,
+                 waker: Waker | None = None, executor: Waker | None = None, name: str = "") -> None:
         self.fast, self.hot, self.clock = fast, hot, clock
+        self.wake, self.waker, self.executor, self.name = wake, waker, executor, name
         self.last_busy = clock.monotonic()  # a SuperNode that just started is about to get its first message
+        self.busy = False  # handled a message since its last idle wait
         self.polls = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -42,15 +58,31 @@ class PollClock:
         now = self.clock.monotonic()
         if seconds >= FLOWER_IDLE_SLEEP:  # a pull found nothing
             self.polls += 1
-            self.clock.sleep(self.fast if now - self.last_busy < self.hot else seconds)
+            if self.busy and self.waker is not None:
+                self.waker.wake_server()  # the loop pulls again only after its reply went up
+            self.busy = False
+            if self.wake is not None:
+                # Woken at once when the ServerApp pushed something; else it asks again after IDLE_WAIT (a
+                # wake-up is never lost on one machine, so the idle asks are a safety net, not the path).
+                self.wake.wait(max(seconds, IDLE_WAIT))
+            else:
+                self.clock.sleep(self.fast if self.fast > 0 and now - self.last_busy < self.hot else seconds)
             return
         self.last_busy = now  # waiting for its ClientApp's reply, or for a reply's objects
-        self.clock.sleep(min(seconds, self.fast / 4))
+        if not self.busy and self.executor is not None:
+            self.executor.wake_socket(EXECUTOR_SOCKET, self.name.encode())  # a message is stored: ask for the task now
+        self.busy = True
+        if self.wake is not None:
+            self.clock.sleep(min(seconds, REPLY_WAIT))
+        else:
+            self.clock.sleep(min(seconds, self.fast / 4 if self.fast > 0 else seconds))
 
 
-def quicken_supernode(fast: float, hot: float) -> PollClock | None:
-    """Make this process's Flower SuperNode poll every `fast` s while busy (see the module); None when `fast` is 0."""
-    if fast <= 0:
+def quicken_supernode(fast: float, hot: float, *, wake_folder: str = "", executor_folder: str = "",
+                      name: str = "") -> PollClock | None:
+    """Give this process's Flower SuperNode wake-ups (a `wake_folder`) or fast polls (`fast` > 0), see the
+    module; None when it gets neither (Flower's own timing)."""
+    if fast <= 0 and not wake_folder:
         return None
     import flwr
     from flwr.supernode import start_client_internal as loop
@@ -58,10 +90,15 @@ def quicken_supernode(fast: float, hot: float) -> PollClock | None:
     version = getattr(flwr, "__version__", "")
     if not version.startswith(TESTED) or not isinstance(getattr(loop, "time", None), types.ModuleType):
         raise MissingDependencyError(
-            f"mlfo's SuperNode polling is tested on Flower {', '.join(v + 'x' for v in TESTED)}, not {version}",
-            hint="install the Flower version mlfo pins (flwr==1.42.*), or set fl.supernode_poll_seconds: 0 "
-            "to keep Flower's own 3 s polls",
+            f"mlfo's SuperNode wake-ups are tested on Flower {', '.join(v + 'x' for v in TESTED)}, not {version}",
+            hint="install the Flower version mlfo pins (flwr==1.42.*), or set fl.wakeups: false and "
+            "fl.supernode_poll_seconds: 0 to keep Flower's own 3 s polls",
         )
-    clock = PollClock(fast, hot)
+    if wake_folder:
+        folder = Path(wake_folder)
+        clock = PollClock(fast, hot, wake=WakeSocket(node_socket(folder, os.getpid())), waker=Waker(folder),
+                          executor=Waker(Path(executor_folder)) if executor_folder else None, name=name)
+    else:
+        clock = PollClock(fast, hot)
     setattr(loop, "time", clock)  # noqa: B010  (this module only: Flower's other modules keep theirs)
     return clock

@@ -57,6 +57,7 @@ HOST_KEYS: dict[str, Any] = {
     "mlfo-min-available": 1,
     "mlfo-round-timeout": 600.0,
     "mlfo-server-poll-seconds": 0.25,
+    "mlfo-wake-dir": "",
     "mlfo-accuracy-keys": ",".join(DEFAULT_ACCURACY_KEYS),
     "mlfo-loss-keys": ",".join(DEFAULT_LOSS_KEYS),
 }

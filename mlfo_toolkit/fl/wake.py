@@ -1,0 +1,132 @@
+"""Wake-ups between a cohort's ServerApp and the SuperNodes mlfo forks: no fixed sleep on a round's path.
+
+Flower's SuperNode sleeps 3 s whenever a pull finds no message, and a ServerApp looks for replies
+on a fixed interval. Every process of an mlfo network runs on one machine and shares its file
+system, so a Unix datagram socket bound to a path reaches across network namespaces. A cohort gets
+one folder (`wake_dir(executor_dir, superlink_address)`):
+
+* each SuperNode the shared executor forks binds `node-<pid>.sock` there and, instead of Flower's
+  3 s sleep, waits on it for at most those 3 s;
+* the ServerApp (mlfo's `RoundClock`) sends one byte to every node socket right after it pushed a
+  round's messages, so each SuperNode pulls at once;
+* a SuperNode that has just pushed its reply sends one byte to `server.sock`, on which the
+  ServerApp waits between its looks for replies (at most `server_poll_seconds`);
+* a SuperNode that has just stored a message sends one byte to the executor's `executor.sock`, so
+  the executor asks it for the ClientApp task at once.
+
+A wake-up carries nothing: the messages still go Flower's own way (SuperLink, Fleet API, SuperNode,
+ClientApp). A lost or early wake-up costs at most the poll it replaced, so the timing can only get
+better than Flower's. Sockets are removed by the process that bound them; a stale one (its process
+killed) is skipped by senders (ECONNREFUSED) and removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import select
+import socket
+from pathlib import Path
+
+SERVER_SOCKET = "server.sock"
+EXECUTOR_SOCKET = "executor.sock"  # in the executor's own folder: a SuperNode stored a message, ask it for the task
+NODE_PREFIX = "node-"
+SOCKET_SUFFIX = ".sock"
+# sun_path holds 108 bytes; a deeper state folder falls back to plain polling (wake_dir returns None).
+MAX_SOCKET_PATH = 100
+
+
+def wake_dir(executor_dir: str | os.PathLike[str] | None, superlink: str) -> Path | None:
+    """The wake-up folder of the cohort whose SuperLink is `superlink` (HOST:PORT), or None (no executor folder,
+    or a path too long for a Unix socket)."""
+    if not executor_dir or not superlink:
+        return None
+    folder = Path(executor_dir) / "wake" / re.sub(r"[^A-Za-z0-9.-]", "_", superlink)
+    if len(str(folder / f"{NODE_PREFIX}{2**22}{SOCKET_SUFFIX}").encode()) > MAX_SOCKET_PATH:
+        return None
+    return folder
+
+
+def node_socket(folder: Path, pid: int) -> Path:
+    """Where the SuperNode with this PID waits for wake-ups."""
+    return folder / f"{NODE_PREFIX}{pid}{SOCKET_SUFFIX}"
+
+
+class WakeSocket:
+    """A Unix datagram socket bound at `path`: `wait(timeout)` returns early when someone sends to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket of a killed process with the same name
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.bind(str(path))
+        self.owner = os.getpid()
+
+    def wait(self, timeout: float) -> list[bytes]:
+        """Sleep up to `timeout` seconds or until woken; returns the wake-ups that came (none: timed out)."""
+        ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+        return self.drain() if ready else []
+
+    def drain(self) -> list[bytes]:
+        """Every pending wake-up, consumed."""
+        got: list[bytes] = []
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while True:
+                got.append(self.sock.recv(256))
+        return got
+
+    def close(self) -> None:
+        if os.getpid() == self.owner:  # a forked child never removes its parent's socket
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self.sock.close()
+
+
+class Waker:
+    """Sends wake-ups into one folder (an unbound datagram socket; a send never blocks)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+
+    def _send(self, path: Path, payload: bytes = b"!") -> bool:
+        try:
+            self.sock.sendto(payload or b"!", str(path))
+        except (BlockingIOError, InterruptedError):
+            return True  # its queue is full: it has wake-ups waiting already
+        except OSError as err:
+            if err.errno == errno.ECONNREFUSED:  # bound by a process that is gone
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            return False
+        return True
+
+    def wake_nodes(self) -> int:
+        """Wake every SuperNode of the cohort; returns how many sockets took the wake-up."""
+        woken = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.folder):
+                if entry.name.startswith(NODE_PREFIX) and entry.name.endswith(SOCKET_SUFFIX):
+                    woken += self._send(Path(entry.path))
+        return woken
+
+    def has_nodes(self) -> bool:
+        """Whether any SuperNode waits in the folder."""
+        with contextlib.suppress(FileNotFoundError):
+            return any(e.name.startswith(NODE_PREFIX) and e.name.endswith(SOCKET_SUFFIX) for e in os.scandir(self.folder))
+        return False
+
+    def wake_server(self) -> bool:
+        return self._send(self.folder / SERVER_SOCKET)
+
+    def wake_socket(self, name: str, payload: bytes = b"!") -> bool:
+        return self._send(self.folder / name, payload)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,132 @@
+"""Wake-ups between a ServerApp, its SuperNodes and the executor: a woken wait ends at once, an unwoken one
+waits its full time, a dead receiver is skipped and its socket removed, and the packed model is the model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlfo_toolkit.fl import models
+from mlfo_toolkit.fl.executor import Executor, Registration, register
+from mlfo_toolkit.fl.polls import IDLE_WAIT, REPLY_WAIT, PollClock
+from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, SERVER_SOCKET, Waker, WakeSocket, node_socket, wake_dir
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    # Unix socket paths are short (108 bytes): pytest's tmp_path can be deeper than that.
+    path = Path(f"/tmp/mlfo-wake-{os.getpid()}-{time.monotonic_ns()}")
+    yield path
+    for entry in path.glob("*"):
+        entry.unlink()
+    path.rmdir()
+
+
+def test_a_woken_wait_ends_at_once_and_an_unwoken_one_waits(folder: Path) -> None:
+    node = WakeSocket(node_socket(folder, 1234))
+    waker = Waker(folder)
+    started = time.monotonic()
+    assert node.wait(0.3) == [] and time.monotonic() - started >= 0.29  # nobody woke it: the full wait
+    assert waker.wake_nodes() == 1
+    started = time.monotonic()
+    assert node.wait(30) == [b"!"] and time.monotonic() - started < 1
+    assert waker.has_nodes()
+    node.close()
+    assert not node_socket(folder, 1234).exists() and not waker.has_nodes()
+    waker.close()
+
+
+def test_a_socket_whose_process_died_is_skipped_and_removed(folder: Path) -> None:
+    # A SuperNode killed by SIGKILL never removes its socket: the next wake-up finds nobody there.
+    code = f"from mlfo_toolkit.fl.wake import WakeSocket; from pathlib import Path; WakeSocket(Path({str(folder)!r}) / 'node-1.sock')"
+    subprocess.run([sys.executable, "-c", code + "; import os; os._exit(0)"], check=True)
+    assert (folder / "node-1.sock").exists()
+    live = WakeSocket(node_socket(folder, 2))
+    waker = Waker(folder)
+    assert waker.wake_nodes() == 1  # only the live one took it
+    assert not (folder / "node-1.sock").exists() and live.wait(1) == [b"!"]
+    assert waker.wake_server() is False  # no ServerApp waits here (yet): nothing happens
+    live.close()
+    waker.close()
+
+
+def test_the_wake_folder_is_per_superlink_and_refused_when_too_deep(tmp_path: Path) -> None:
+    assert wake_dir("/tmp/x", "10.0.0.1:9092") == Path("/tmp/x/wake/10.0.0.1_9092")
+    assert wake_dir("/tmp/x", "10.0.0.2:9092") != wake_dir("/tmp/x", "10.0.0.1:9092")
+    assert wake_dir(None, "10.0.0.1:9092") is None and wake_dir("/tmp/x", "") is None
+    assert wake_dir("/tmp/" + "d" * 120, "10.0.0.1:9092") is None  # beyond sun_path: Flower's own polls
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def test_a_supernode_with_wake_ups_tells_the_executor_and_the_server_and_waits_on_its_socket(folder: Path) -> None:
+    server = WakeSocket(folder / SERVER_SOCKET)
+    executor = WakeSocket(folder / EXECUTOR_SOCKET)
+    own = WakeSocket(node_socket(folder, os.getpid()))
+    clock = _Clock()
+    polls = PollClock(0, 30, clock, wake=own, waker=Waker(folder), executor=Waker(folder), name="site-client-1")
+    Waker(folder).wake_nodes()  # the ServerApp pushed a round
+    started = time.monotonic()
+    polls.sleep(3)  # a pull found nothing: wait on the socket, woken at once
+    assert time.monotonic() - started < 1 and clock.slept == []
+    polls.sleep(0.5)  # it stored a message and waits for its ClientApp's reply
+    polls.sleep(0.5)
+    assert executor.wait(1) == [b"site-client-1"]  # told once, by name
+    assert clock.slept == [REPLY_WAIT, REPLY_WAIT]
+    assert server.wait(0) == []
+    Waker(folder).wake_nodes()  # (so that this test does not wait IDLE_WAIT)
+    polls.sleep(3)  # its reply went up and the next pull found nothing: the ServerApp is told
+    assert server.wait(0) == [b"!"] and IDLE_WAIT > 3
+    for sock in (server, executor, own):
+        sock.close()
+
+
+def test_a_woken_supernode_gets_a_child_that_asks_for_its_task_itself(tmp_path: Path) -> None:
+    """The executor's loop never waits on a SuperNode: a woken one gets a forked child at once, which asks the
+    SuperNode (here unreachable) for its task; one child at a time per SuperNode."""
+    folder = tmp_path / "executor"
+    register(folder, Registration("a", "127.0.0.1:9", os.getpid(), str(tmp_path / "a"), str(tmp_path / "a.log")))
+    executor = Executor(folder)
+    executor.refresh()
+    served = executor.served["a.json"]
+    served.woken = True
+    assert executor.poll_once() == 1 and served.pickup is not None and not served.woken
+    served.woken = True
+    assert executor.poll_once() == 0  # its child is still asking: no second one
+    deadline = time.monotonic() + 30
+    while served.pickup is not None and time.monotonic() < deadline:
+        executor.reap()
+        time.sleep(0.05)
+    assert served.pickup is None and not executor.children
+    executor.close()
+
+
+def test_the_packed_model_trains_and_evaluates_as_the_unpacked_one() -> None:
+    params = models.init_params("complex", 64, 10, seed=3)
+    packed = models.pack(params)
+    assert len(packed) == 1 and packed[0].size == sum(p.size for p in params)
+    back = models.unpack(packed, "complex", 64, 10)
+    assert all(np.array_equal(a, b) for a, b in zip(params, back))
+    assert models.unpack(params, "complex", 64, 10) is params  # an unpacked list passes through
+    with pytest.raises(ValueError, match="has 4810 values, not 3"):
+        models.unpack([np.zeros(3)], "complex", 64, 10)
+    # FedAvg of packed models is the packed FedAvg of the models (element-wise).
+    other = models.init_params("complex", 64, 10, seed=4)
+    mean_packed = (packed[0] + models.pack(other)[0]) / 2
+    mean = [(a + b) / 2 for a, b in zip(params, other)]
+    assert np.allclose(mean_packed, models.pack(mean)[0])
