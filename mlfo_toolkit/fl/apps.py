@@ -44,7 +44,7 @@ def server_main(grid: Grid, context: Context) -> None:
         control = RunControl(str(cfg.get("control-file", "")) or None)
         # A round waits at most three round timeouts for enough clients (time for the MLFO to restart lost ones).
         clock = RoundClock(grid, poll_seconds=float(cfg["server-poll-seconds"]), control=control,
-                           node_wait_seconds=3 * float(cfg["round-timeout"]))
+                           node_wait_seconds=3 * float(cfg["round-timeout"]), wake_dir=str(cfg.get("wake-dir", "")))
         strategy = clock.instrument(
             make_strategy(
                 str(cfg["strategy"]),
@@ -60,7 +60,8 @@ def server_main(grid: Grid, context: Context) -> None:
 
         def evaluate(server_round: int, arrays: ArrayRecord, settings: dict[str, Any] | None = None) -> MetricRecord:
             started = time.time()
-            loss, accuracy = models.evaluate(arrays.to_numpy_ndarrays(), dataset.x_test, dataset.y_test)
+            params = models.unpack(arrays.to_numpy_ndarrays(), str(cfg["model"]), dataset.num_features, dataset.num_classes)
+            loss, accuracy = models.evaluate(params, dataset.x_test, dataset.y_test)
             anatomy = clock.summary(server_round, started, time.time())
             extra = {"settings": settings} if settings else {}
             append_event(
@@ -76,7 +77,7 @@ def server_main(grid: Grid, context: Context) -> None:
             "learning-rate": float(cfg["learning-rate"]),
             "batch-size": int(cfg["batch-size"]),
         })
-        reason = run_rounds(strategy, clock, control, ArrayRecord(initial), int(cfg["num-rounds"]), float(cfg["round-timeout"]),
+        reason = run_rounds(strategy, clock, control, ArrayRecord(models.pack(initial)), int(cfg["num-rounds"]), float(cfg["round-timeout"]),
                             train_config, evaluate)
     except Exception as err:
         append_event(metrics_file, {"event": "failed", "reason": f"{type(err).__name__}: {err}"})
@@ -143,6 +144,11 @@ def _local_data(context: Context) -> tuple[data.Dataset, np.ndarray]:
     return dataset, indices
 
 
+def _unpack(arrays: ArrayRecord, dataset: data.Dataset, context: Context) -> list[np.ndarray]:
+    return models.unpack(arrays.to_numpy_ndarrays(), str(context.node_config.get("model", "complex")), dataset.num_features,
+                         dataset.num_classes)
+
+
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition and send it back."""
@@ -151,7 +157,7 @@ def client_train(msg: Message, context: Context) -> Message:
     config = cast(ConfigRecord, msg.content["config"])
     arrays = cast(ArrayRecord, msg.content["arrays"])
     params, loss = models.train(
-        arrays.to_numpy_ndarrays(),
+        _unpack(arrays, dataset, context),
         dataset.x_train[indices],
         dataset.y_train[indices],
         epochs=int(cast(int, config.get("local-epochs", 5))),
@@ -162,7 +168,7 @@ def client_train(msg: Message, context: Context) -> Message:
     )
     content = RecordDict(
         {
-            "arrays": ArrayRecord(params),
+            "arrays": ArrayRecord(models.pack(params)),
             "metrics": MetricRecord(
                 {
                     "train_loss": loss,
@@ -186,6 +192,6 @@ def client_evaluate(msg: Message, context: Context) -> Message:
         int(node["partition-id"])
     ]
     arrays = cast(ArrayRecord, msg.content["arrays"])
-    loss, accuracy = models.evaluate(arrays.to_numpy_ndarrays(), dataset.x_test[share], dataset.y_test[share])
+    loss, accuracy = models.evaluate(_unpack(arrays, dataset, context), dataset.x_test[share], dataset.y_test[share])
     metrics = MetricRecord({"eval_loss": loss, "eval_acc": accuracy, "num-examples": int(len(share))})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
