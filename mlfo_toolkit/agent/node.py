@@ -79,6 +79,7 @@ class ControlParams(BaseModel):
     min_available: Int | None = Field(None, ge=1, le=10_000)
     rounds: Int | None = Field(None, ge=1, le=10_000)
     stop: str | None = Field(None, min_length=1, max_length=300)
+    hold: Int | None = Field(None, ge=0, le=10_000, description="rounds from this one on wait; 0: none")
 
 
 class ClientStartParams(BaseModel):
@@ -184,7 +185,7 @@ class FlServer:
 
     def status(self) -> dict[str, Any]:
         events = self.events()
-        kept = ("round", "loss", "accuracy", "time", "sampled", "results", "failures", "excluded", "phases", "client_train_seconds",
+        kept = ("round", "loss", "accuracy", "time", "sampled", "results", "failures", "excluded", "held_seconds", "phases", "client_train_seconds",
                 "settings")
         rounds = [{k: e[k] for k in kept if k in e} for e in events if e.get("event") == "round"]
         kinds = {e.get("event") for e in events}

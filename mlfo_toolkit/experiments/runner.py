@@ -22,7 +22,7 @@ from mlfo_toolkit.backends.base import Backend
 from mlfo_toolkit.backends.emulated import EmulatedBackend
 from mlfo_toolkit.backends.loopback import LoopbackBackend
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import MlfoError, ValidationError
+from mlfo_toolkit.errors import ConflictError, MlfoError, ValidationError
 from mlfo_toolkit.experiments.availability import absences, availability_events, availability_record
 from mlfo_toolkit.experiments.events import Actions
 from mlfo_toolkit.experiments.spec import NETWORK_EVENTS, Event, Experiment, RunPlan, where
@@ -203,7 +203,7 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
     init_effect: dict[str, Any] | None = None
     profiles_effect: dict[str, Any] | None = None
     away_events, availability = run_availability(experiment, cohort_file, plan)
-    timeline = Timeline([*spec.timeline, *away_events], actions)
+    timeline = Timeline([*spec.timeline, *away_events], actions, hold=lambda cohort, number: _hold(actions, cohort, number))
     partial = _Partial(run_dir, timeline, actions.sent, cfg)
     conditions: dict[str, Any] | None = None
     with backend_block as backend:
@@ -221,6 +221,8 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
                 progress("run", {"run": plan.key, "state": f"device profiles: {profiles.label()}"})
                 profiles_effect = actions.profiles(profiles, plan.seed)
             actions.sent.extend(post_cohorts(cohort_file, cfg, backend.campus))
+            for cohort in timeline.cohorts_with_rounds():
+                _hold(actions, cohort, timeline.held_round(cohort), wait_for_server=spec.timeout)
             with timeline.ticking():
                 follow_deployments(actions.sent, cfg, backend.campus, timeout=spec.timeout,
                                    progress=timeline.follow(progress, plan.key), poll_seconds=0.5)
@@ -281,6 +283,26 @@ def reaction(records: list[dict[str, Any]], sent: list[SentCohort]) -> None:
             record["effect"]["lost_after_seconds"] = round(lost_at - record["fired"], 2) if lost_at else None
             record["effect"]["client_state"] = "lost" if lost_at else client.state
             record["effect"]["restarted_later"] = bool(client.restarts)
+
+
+def _hold(actions: Actions, cohort: str, number: int, *, wait_for_server: float = 0.0) -> None:
+    """Hold round `number` (and later ones) of a cohort's FL run until its events fired; 0 lets it go on.
+    With `wait_for_server`, retry until the deployment has its FL server (rounds start only once its clients
+    connected, later still). A hold that cannot be set is logged: the events then fire when they are seen."""
+    sent = next((c for c in actions.sent if c.name == cohort), None)
+    if sent is None:
+        return
+    deadline = time.monotonic() + wait_for_server
+    with campus_client(actions.config, actions.campus) as client:
+        while True:
+            try:
+                client.control(sent.deployment_id, {"hold": number})
+                return
+            except MlfoError as err:
+                if time.monotonic() >= deadline or err.exit_code not in (ConflictError.exit_code,):
+                    log.warning("could not hold round %d of cohort %s: %s", number, cohort, err.message)
+                    return
+            time.sleep(0.05)
 
 
 def _stop_deployments(sent: list[SentCohort], config: Config, campus: str) -> None:

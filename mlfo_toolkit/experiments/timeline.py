@@ -19,12 +19,30 @@ from mlfo_toolkit.util.progress import Progress
 class Timeline:
     """Fires an experiment's events during one run and records each: when, and what it did."""
 
-    def __init__(self, events: list[Event], act: Callable[[Event], dict[str, Any]]) -> None:
+    def __init__(self, events: list[Event], act: Callable[[Event], dict[str, Any]],
+                 hold: Callable[[str, int], None] | None = None) -> None:
         self.pending = list(enumerate(events))
         self.act = act
+        # hold(cohort, round): the cohort's FL server does not start that round, or a later one, until told
+        # otherwise (0: go on). Each round with events is held until they fired, however fast rounds are.
+        self.hold = hold
         self.records: list[dict[str, Any]] = []
         self.started = time.time()
         self._lock = threading.Lock()
+
+    def held_round(self, cohort: str) -> int:
+        """The next round of `cohort` with an event still to fire (0: none)."""
+        with self._lock:
+            rounds = [e.at.round for _, e in self.pending if e.at.round is not None and e.at.cohort == cohort]
+        return min(rounds, default=0)
+
+    def cohorts_with_rounds(self) -> list[str]:
+        with self._lock:
+            return sorted({str(e.at.cohort) for _, e in self.pending if e.at.round is not None and e.at.cohort})
+
+    def _release(self, cohort: str) -> None:
+        if self.hold is not None:
+            self.hold(cohort, self.held_round(cohort))
 
     def due(self, *, cohort: str | None = None, starting_round: int | None = None) -> None:
         """Fire what is due: round events as that round of that cohort starts, time events once their time came."""
@@ -46,6 +64,8 @@ class Timeline:
             self.records.append({"index": index, "kind": event.kind, "at": event.at.model_dump(exclude_none=True),
                                  "what": jsonable(getattr(event, event.kind)), "fired": fired,
                                  "offset_seconds": round(fired - self.started, 2), "ok": ok, "effect": effect})
+        if cohort is not None and any(e.at.cohort == cohort and e.at.round is not None for _, e in ready):
+            self._release(cohort)  # its events of this round fired: the round may start (held again at the next)
 
 
     def follow(self, progress: Progress, run: str) -> Progress:

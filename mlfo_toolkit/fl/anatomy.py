@@ -4,7 +4,8 @@
 replies with the public Grid API (the same push-then-pull loop as Flower's `send_and_receive`, with
 a configurable interval instead of Flower's fixed 3 s), and records per round:
 
-* `sampling`: the strategy choosing and configuring its clients (waits for enough nodes);
+* `sampling`: the strategy choosing and configuring its clients (waits for enough nodes, and for the
+  MLFO while it holds the round: `held_seconds`);
 * `send`: pushing the messages to the SuperLink;
 * `receive`: until the slowest client starts training (SuperNode poll, ClientApp start, message pull);
 * `train`: that client's local training;
@@ -29,7 +30,8 @@ from typing import Any
 from mlfo_toolkit.fl.control import RunControl
 from mlfo_toolkit.fl.wake import SERVER_SOCKET, Waker, WakeSocket
 
-WAKE_POLL_SECONDS = 2.0  # with wake-ups from the SuperNodes, how long the ServerApp waits before it looks anyway
+WAKE_POLL_SECONDS = 2.0
+HOLD_POLL_SECONDS = 0.05  # how often a held round looks whether the MLFO let it go  # with wake-ups from the SuperNodes, how long the ServerApp waits before it looks anyway
 PHASES = ("sampling", "send", "receive", "train", "upload", "aggregate", "evaluate", "idle")
 TRAIN_START = "train-start"
 TRAIN_END = "train-end"
@@ -54,6 +56,7 @@ class RoundRecord:
     aggregate: tuple[float, float] = (0.0, 0.0)
     stalled: bool = False  # a reply pull outlived the round's timeout
     excluded: int = 0  # sampled SuperNodes the MLFO saw gone during the round (not waited for)
+    held: float = 0.0  # seconds the round waited for the MLFO before it started (counted in `sampling`)
 
     def phases(self, evaluate_started: float, evaluate_ended: float) -> dict[str, float]:
         """Seconds per phase; they add up to the round's wall time."""
@@ -123,6 +126,7 @@ class RoundClock:
                 self.replies = None
         # Flower's sample_nodes waits forever for min_available nodes: a run whose clients died would hang.
         self.node_wait_seconds = node_wait_seconds
+        self.hold_limit = node_wait_seconds if node_wait_seconds is not None else 600.0
         self._waiting_since: float | None = None
         self.poll_seconds = poll_seconds
         self.clock = clock
@@ -139,6 +143,7 @@ class RoundClock:
         def configure_train(server_round: int, *args: Any, **kwargs: Any) -> Any:
             record = RoundRecord(started=self.clock())
             self.rounds[server_round] = self._current = record
+            record.held = self.hold(server_round)
             messages = configure(server_round, *args, **kwargs)
             record.configured = self.clock()
             return messages
@@ -154,6 +159,14 @@ class RoundClock:
         strategy.configure_train = configure_train
         strategy.aggregate_train = aggregate_train
         return strategy
+
+    def hold(self, server_round: int) -> float:
+        """Wait while the MLFO holds this round (an experiment firing its events); seconds waited. A hold ends
+        at the latest after `hold_limit` seconds, so a forgotten one never stops a run."""
+        started = self.clock()
+        while self.control.read().holds(server_round) and self.clock() - started < self.hold_limit:
+            self.sleep(HOLD_POLL_SECONDS)
+        return round(self.clock() - started, 4)
 
     # --- the Grid side: what the strategy calls -------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -268,6 +281,7 @@ class RoundClock:
             "results": record.results,
             "failures": record.failures,
             "excluded": record.excluded,
+            "held_seconds": record.held,
             "phases": record.phases(evaluate_started, evaluate_ended),
             # Each client's training seconds, by partition id (stragglers; device profiles).
             "client_train_seconds": {str(record.client_parts[k]): round(end - start, 4) for k, (start, end) in record.client_times.items()

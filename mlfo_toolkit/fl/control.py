@@ -9,6 +9,9 @@ the file before every round and while it waits for replies (cheaply: only when t
 * `fraction_fit`, `min_fit`, `min_available`: the strategy's sampling for the next rounds.
 * `rounds`: the run's length (longer or shorter, never below the rounds already done).
 * `stop`: end now, with this reason (a round under way is dropped, not aggregated).
+* `hold`: do not start round `hold` or a later one yet (0: go on). An experiment holds each round it
+  has events for until they fired, so an event lands in its round however fast rounds are; a hold
+  never lasts longer than the run's round timeout.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 from mlfo_toolkit.util.files import write_json_atomically
 
-FIELDS = ("exclude_nodes", "fraction_fit", "min_fit", "min_available", "rounds", "stop")
+FIELDS = ("exclude_nodes", "fraction_fit", "min_fit", "min_available", "rounds", "stop", "hold")
 
 
 @dataclass
@@ -34,10 +37,15 @@ class Settings:
     min_available: int | None = None
     rounds: int | None = None
     stop: str | None = None
+    hold: int | None = None  # rounds from this one on wait (None or 0: none do)
 
     def to_dict(self) -> dict[str, Any]:
         return {"exclude_nodes": sorted(self.exclude_nodes), "fraction_fit": self.fraction_fit, "min_fit": self.min_fit,
-                "min_available": self.min_available, "rounds": self.rounds, "stop": self.stop}
+                "min_available": self.min_available, "rounds": self.rounds, "stop": self.stop, "hold": self.hold}
+
+    def holds(self, server_round: int) -> bool:
+        """Whether round `server_round` must wait before it starts."""
+        return bool(self.hold) and self.hold is not None and server_round >= self.hold and not self.stop
 
 
 class RunControl:
@@ -74,7 +82,7 @@ def settings_from(data: dict[str, Any]) -> Settings:
     return Settings(
         exclude_nodes={int(n) for n in data.get("exclude_nodes") or [] if isinstance(n, int) and not isinstance(n, bool)},
         fraction_fit=number("fraction_fit", float), min_fit=number("min_fit", int), min_available=number("min_available", int),
-        rounds=number("rounds", int), stop=str(data["stop"]) if data.get("stop") else None,
+        rounds=number("rounds", int), stop=str(data["stop"]) if data.get("stop") else None, hold=number("hold", int),
     )
 
 

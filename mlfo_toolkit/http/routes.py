@@ -202,6 +202,14 @@ def campus_app(core: CampusMlfo) -> FastAPI:
     def stop_deployment(deployment_id: str) -> dict[str, Any]:
         return core.stop_deployment(deployment_id)
 
+    @app.post("/deployments/{deployment_id}/control", dependencies=[private],
+              summary="Change the running FL run (sampling, length, stop, hold a round) before its next round")
+    async def control_deployment(deployment_id: str, request: Request) -> dict[str, Any]:
+        fields = await _fields(request)
+        params = validate(ControlParams, {**fields, "deployment": deployment_id}, {}, f"POST /deployments/{deployment_id}/control")
+        changes = params.model_dump(exclude={"deployment"}, exclude_none=True)
+        return await run_in_threadpool(core.control, deployment_id, changes)
+
     @app.post("/deployments/{deployment_id}/clients/{part}/restart", dependencies=[private],
               summary="Start a lost client's SuperNode again; it rejoins the running FL server")
     def restart_client(deployment_id: str, part: Annotated[int, PathParam(ge=0, le=10_000)]) -> dict[str, Any]:

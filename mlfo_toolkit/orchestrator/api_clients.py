@@ -133,6 +133,10 @@ class MlfoClient(ApiClient):
     def stop_deployment(self, deployment_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/deployments/{deployment_id}/stop", timeout=max(self.timeout, 60.0)))
 
+    def control(self, deployment_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change the running FL run (POST /deployments/ID/control; see mlfo_toolkit.fl.control)."""
+        return dict(self.request("POST", f"/deployments/{deployment_id}/control", json=dict(changes)))
+
     def restart_client(self, deployment_id: str, part: int, timeout: float = 150.0) -> dict[str, Any]:
         """Start a lost client's SuperNode again (it waits until the SuperNode is up)."""
         return dict(self.request("POST", f"/deployments/{deployment_id}/clients/{part}/restart", timeout=timeout))

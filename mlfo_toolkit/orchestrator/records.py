@@ -72,6 +72,7 @@ class FlRound(Record):
     failures: int | None = None
     phases: dict[str, float] | None = None
     client_train_seconds: dict[str, float] | None = None  # partition id -> its training seconds this round
+    held_seconds: float | None = None  # the round waited this long for the MLFO (an experiment's events) before it started
 
     @property
     def short(self) -> bool:

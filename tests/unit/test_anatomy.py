@@ -198,3 +198,56 @@ def test_a_round_that_waits_too_long_for_clients_fails_and_an_excluded_node_is_n
     update_control(control_file, {"stop": "target met at round 3"})
     with pytest.raises(StopRequested, match="target met"):
         timed.get_node_ids()
+
+
+def test_a_held_round_waits_for_the_mlfo_and_the_wait_is_counted(tmp_path: Any) -> None:
+    from mlfo_toolkit.fl.control import RunControl, update_control
+
+    clock = FakeClock()
+    control_file = tmp_path / "control.json"
+    update_control(control_file, {"hold": 2})
+    timed = RoundClock(FakeGrid(clock, {}), poll_seconds=0.25, clock=clock, sleep=clock.sleep,
+                       control=RunControl(control_file), node_wait_seconds=30)
+    strategy = timed.instrument(FakeStrategy(clock))
+    strategy.configure_train(1, None, None, timed)
+    assert timed.rounds[1].held == 0  # before the held round: no wait
+    released: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the experiment lets round 2 go 1.5 s later (and holds round 4)
+        clock.sleep(seconds)
+        if clock.now - timed.rounds[2].started >= 1.5 and not released:
+            released.append(clock.now)
+            update_control(control_file, {"hold": 4})
+
+    timed.sleep = sleep
+    strategy.configure_train(2, None, None, timed)
+    assert timed.rounds[2].held == pytest.approx(1.5, abs=0.06)
+    strategy.configure_train(3, None, None, timed)
+    assert timed.rounds[3].held == 0
+    # A hold nobody lifts ends at the run's limit: a forgotten hold never stops a run.
+    started = clock.now
+    strategy.configure_train(4, None, None, timed)
+    assert timed.rounds[4].held == pytest.approx(30, abs=0.1) and clock.now - started >= 30
+    # The summary says how long the round was held; its phases still add up to the round.
+    evaluate = clock.now
+    summary = timed.summary(4, evaluate, evaluate)
+    assert summary["held_seconds"] == timed.rounds[4].held
+    assert sum(summary["phases"].values()) == pytest.approx(evaluate - timed.rounds[4].started, abs=1e-3)
+
+
+def test_the_timeline_holds_each_round_with_events_until_they_fired() -> None:
+    from mlfo_toolkit.experiments.spec import Event
+    from mlfo_toolkit.experiments.timeline import Timeline
+
+    events = [Event.model_validate({"at": {"cohort": "a", "round": r}, "kill": {"cohort": "a", "part": 0}}) for r in (2, 4)]
+    events.append(Event.model_validate({"at": {"seconds": 60}, "kill": {"cohort": "b", "part": 0}}))
+    fired: list[str] = []
+    holds: list[tuple[str, int]] = []
+    timeline = Timeline(events, lambda e: fired.append(f"kill@{e.at.round}") or {}, hold=lambda c, n: holds.append((c, n)))
+    assert timeline.cohorts_with_rounds() == ["a"] and timeline.held_round("a") == 2 and timeline.held_round("b") == 0
+    timeline.due(cohort="a", starting_round=1)  # nothing due: no release
+    assert fired == [] and holds == []
+    timeline.due(cohort="a", starting_round=2)
+    assert fired == ["kill@2"] and holds == [("a", 4)]  # round 2 may start; round 4 is held next
+    timeline.due(cohort="a", starting_round=4)
+    assert fired == ["kill@2", "kill@4"] and holds[-1] == ("a", 0)  # no more events: nothing held
