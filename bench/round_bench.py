@@ -11,7 +11,7 @@ the benchmark:
    `flwr-clientapp` process per message), and `flwr run`, with the ServerApp on Flower's own
    `send_and_receive` (3 s polls);
 2. runs the same job through mlfo (`mlfo demo` on loopback: MLFOs, agents, the shared executor,
-   0.25 s reply polls, busy SuperNodes polling every --supernode-poll seconds);
+   wake-ups between the ServerApp, the SuperNodes and the executor unless --no-wakeups);
 
 then prints the median and p95 seconds per round of each, their ratio, how far MemAvailable fell, and
 the CPU seconds per client-round by the processes' own accounting (the bench and every process it
@@ -98,13 +98,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--supernode-poll", type=float, default=0.2,
-                        help="fl.supernode_poll_seconds for mlfo's run (0: Flower's 3 s, mlfo's default for now)")
+    parser.add_argument("--supernode-poll", type=float, default=0.0,
+                        help="fl.supernode_poll_seconds for mlfo's run: busy SuperNodes poll this often (0: off, the default)")
+    parser.add_argument("--no-wakeups", action="store_true", help="mlfo's run without wake-ups (fl.wakeups: false)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="mlfo-round-bench-"))
     config = load_config(None, environ={}).with_overrides({"paths.state_dir": str(workdir / "state"),
                                                             "paths.runs_dir": str(workdir / "runs"),
-                                                            "fl.supernode_poll_seconds": args.supernode_poll})
+                                                            "fl.supernode_poll_seconds": args.supernode_poll,
+                                                            "fl.wakeups": not args.no_wakeups})
     fl = {"strategy": "FedAvg", "fraction-fit": 0.5, "local-epochs": config.fl.local_epochs, "seed": config.fl.seed,
           "source": "handmnist", "model": "complex", "data-dir": str(workdir)}
     results = {}
@@ -113,8 +115,8 @@ def main() -> None:
         results["flower"] = flower_default(args.clients, args.rounds, workdir / "flower", fl)
     results["flower"]["memory_drop_gb"] = watch.drop_gb
     results["flower"]["cpu_seconds"] = watch.cpu_seconds
-    print(f"mlfo (shared executor, fast polls, SuperNode polls {args.supernode_poll} s): the same job through `mlfo demo` ...",
-          flush=True)
+    print(f"mlfo (shared executor, wake-ups {'off' if args.no_wakeups else 'on'}, busy polls {args.supernode_poll or 'off'}): "
+          "the same job through `mlfo demo` ...", flush=True)
     with MachineWatch() as watch:
         summary = api.demo(config, cohorts=1, clients=args.clients, rounds=args.rounds).to_dict()
     cohort = summary["cohorts"][0]
