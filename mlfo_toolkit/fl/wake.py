@@ -34,24 +34,36 @@ SERVER_SOCKET = "server.sock"
 EXECUTOR_SOCKET = "executor.sock"  # in the executor's own folder: a SuperNode stored a message, ask it for the task
 NODE_PREFIX = "node-"
 SOCKET_SUFFIX = ".sock"
-# sun_path holds 108 bytes; a deeper state folder falls back to plain polling (wake_dir returns None).
-MAX_SOCKET_PATH = 100
-
-
 def wake_dir(executor_dir: str | os.PathLike[str] | None, superlink: str) -> Path | None:
-    """The wake-up folder of the cohort whose SuperLink is `superlink` (HOST:PORT), or None (no executor folder,
-    or a path too long for a Unix socket)."""
+    """The wake-up folder of the cohort whose SuperLink is `superlink` (HOST:PORT); None without an executor folder."""
     if not executor_dir or not superlink:
         return None
-    folder = Path(executor_dir) / "wake" / re.sub(r"[^A-Za-z0-9.-]", "_", superlink)
-    if len(str(folder / f"{NODE_PREFIX}{2**22}{SOCKET_SUFFIX}").encode()) > MAX_SOCKET_PATH:
-        return None
-    return folder
+    return Path(executor_dir) / "wake" / re.sub(r"[^A-Za-z0-9.-]", "_", superlink)
 
 
 def node_socket(folder: Path, pid: int) -> Path:
     """Where the SuperNode with this PID waits for wake-ups."""
     return folder / f"{NODE_PREFIX}{pid}{SOCKET_SUFFIX}"
+
+
+class _Folder:
+    """A folder held open, so that its sockets have a short address however deep it is: a Unix socket's
+    path holds at most 108 bytes, and a run's folder is often deeper. `/proc/self/fd/N/NAME` reaches them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def address(self, name: str) -> str:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)  # FileNotFoundError until someone made it
+        return f"/proc/self/fd/{self.fd}/{name}"
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
 
 
 class WakeSocket:
@@ -62,9 +74,10 @@ class WakeSocket:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket of a killed process with the same name
+        self.folder = _Folder(path.parent)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
-        self.sock.bind(str(path))
+        self.sock.bind(self.folder.address(path.name))
         self.owner = os.getpid()
 
     def wait(self, timeout: float) -> list[bytes]:
@@ -85,6 +98,7 @@ class WakeSocket:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         self.sock.close()
+        self.folder.close()
 
 
 class Waker:
@@ -92,20 +106,28 @@ class Waker:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.held = _Folder(folder)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
 
-    def _send(self, path: Path, payload: bytes = b"!") -> bool:
-        try:
-            self.sock.sendto(payload or b"!", str(path))
-        except (BlockingIOError, InterruptedError):
-            return True  # its queue is full: it has wake-ups waiting already
-        except OSError as err:
-            if err.errno == errno.ECONNREFUSED:  # bound by a process that is gone
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-            return False
-        return True
+    def _send(self, name: str, payload: bytes = b"!") -> bool:
+        for attempt in range(2):
+            try:
+                self.sock.sendto(payload or b"!", self.held.address(name))
+            except (BlockingIOError, InterruptedError):
+                return True  # its queue is full: it has wake-ups waiting already
+            except FileNotFoundError:
+                if attempt == 0 and self.held.fd is not None:
+                    self.held.close()  # the folder was removed and made again: hold the new one
+                    continue
+                return False
+            except OSError as err:
+                if err.errno == errno.ECONNREFUSED:  # bound by a process that is gone
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.folder / name).unlink()
+                return False
+            return True
+        return False
 
     def wake_nodes(self) -> int:
         """Wake every SuperNode of the cohort; returns how many sockets took the wake-up."""
@@ -113,7 +135,7 @@ class Waker:
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.folder):
                 if entry.name.startswith(NODE_PREFIX) and entry.name.endswith(SOCKET_SUFFIX):
-                    woken += self._send(Path(entry.path))
+                    woken += self._send(entry.name)
         return woken
 
     def has_nodes(self) -> bool:
@@ -123,10 +145,11 @@ class Waker:
         return False
 
     def wake_server(self) -> bool:
-        return self._send(self.folder / SERVER_SOCKET)
+        return self._send(SERVER_SOCKET)
 
     def wake_socket(self, name: str, payload: bytes = b"!") -> bool:
-        return self._send(self.folder / name, payload)
+        return self._send(name, payload)
 
     def close(self) -> None:
         self.sock.close()
+        self.held.close()
