@@ -27,8 +27,9 @@ from mlfo_toolkit.experiments.spec import load_experiment
 from mlfo_toolkit.fl import fetch
 from mlfo_toolkit.fl.data import load_dataset
 from mlfo_toolkit.fl.partitions import PartitionSpec, cached_split, label_counts
+from mlfo_toolkit.http.agent_service import run_agent, run_exporter
 from mlfo_toolkit.http.schema import openapi_schema
-from mlfo_toolkit.http.service import run_agent, run_exporter, run_mlfo
+from mlfo_toolkit.http.service import run_mlfo
 from mlfo_toolkit.meters.controllers import resolve_controller
 from mlfo_toolkit.meters.operations import clear_meters, set_meter, show_meters, verify_meter
 from mlfo_toolkit.monitoring import prometheus as monitoring

@@ -16,7 +16,8 @@ from mlfo_toolkit.agent.node import NodeAgent
 from mlfo_toolkit.backends.base import BackendKind, StartedBackend
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.fl.executor import start_executor
-from mlfo_toolkit.http.routes import agent_app, campus_app, cloud_app
+from mlfo_toolkit.http.agent_routes import agent_app
+from mlfo_toolkit.http.routes import campus_app, cloud_app
 from mlfo_toolkit.http.server import HttpServer, close_all
 from mlfo_toolkit.monitoring.prometheus import write_targets
 from mlfo_toolkit.orchestrator.campus import CampusMlfo

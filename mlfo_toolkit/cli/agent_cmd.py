@@ -28,6 +28,8 @@ def agent(cfg: Config, host: str | None, port: int | None, fl_port: int | None) 
     GET  /status the FL server's rounds (loss, accuracy) and the clients' processes
     POST /stop   stop them (?deployment=ID: only that deployment's)
     """
-    from mlfo_toolkit import api
+    # Not through mlfo_toolkit.api, which imports every backend and both MLFOs: `topo up 5` starts 57 agents,
+    # and their imports are most of its time (api.serve_agent is the same function for Python callers).
+    from mlfo_toolkit.http.agent_service import run_agent
 
-    api.serve_agent(cfg.with_overrides({"agent.host": host, "agent.port": port, "agent.fl_server_port": fl_port}))
+    run_agent(cfg.with_overrides({"agent.host": host, "agent.port": port, "agent.fl_server_port": fl_port}))

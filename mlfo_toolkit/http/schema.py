@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.http.routes import agent_app, campus_app, cloud_app
+from mlfo_toolkit.http.agent_routes import agent_app
+from mlfo_toolkit.http.routes import campus_app, cloud_app
 from mlfo_toolkit.monitoring.metrics import MlfoMetrics
 
 SERVICES = ("campus", "cloud", "agent")

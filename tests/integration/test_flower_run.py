@@ -12,7 +12,7 @@ import requests
 
 from mlfo_toolkit.agent.node import NodeAgent
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.http.routes import agent_app
+from mlfo_toolkit.http.agent_routes import agent_app
 from mlfo_toolkit.http.server import HttpServer
 from tests.helpers import REPO, processes_under
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mlfo_toolkit.agent.node import NodeAgent
 from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.http.routes import agent_app
+from mlfo_toolkit.http.agent_routes import agent_app
 from mlfo_toolkit.http.server import HttpServer
 from tests.helpers.fuzzing import CLASSES, CLI_BAD, Case, cases
 from tests.helpers.orchestra import Orchestra, close, start_orchestra

@@ -115,7 +115,7 @@ def test_an_intent_id_with_spaces_deploys_under_a_safe_name(orchestra: Orchestra
 # --- 9: addresses are addresses -------------------------------------------------------------------
 def test_cli_refuses_server_addresses_flower_would_misread(workdir: Path, config: Config) -> None:
     from mlfo_toolkit.agent.node import NodeAgent
-    from mlfo_toolkit.http.routes import agent_app
+    from mlfo_toolkit.http.agent_routes import agent_app
     from mlfo_toolkit.http.server import HttpServer
 
     agent = NodeAgent(config, work_dir=workdir / "agent")
@@ -336,7 +336,7 @@ def test_silent_server_agent_fails_the_deployment_within_lost_after_seconds(conf
 @pytest.mark.slow
 def test_client_run_folders_are_unique(config: Config, workdir: Path) -> None:
     from mlfo_toolkit.agent.node import NodeAgent
-    from mlfo_toolkit.http.routes import agent_app
+    from mlfo_toolkit.http.agent_routes import agent_app
     from mlfo_toolkit.http.server import HttpServer
 
     agent = NodeAgent(config.with_overrides({"agent.fl_server_port": 0, "agent.max_clients": 2}), work_dir=workdir / "agent")

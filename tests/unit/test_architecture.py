@@ -182,6 +182,18 @@ def test_fastapi_is_imported_only_under_http() -> None:
     assert users and all(u.startswith("http/") for u in users), users
 
 
+def test_an_agent_imports_no_orchestrator() -> None:
+    """`topo up 5` starts 57 agents, and their imports are most of its time: an agent imports neither MLFO."""
+    probe = (
+        "import sys\n"
+        "import mlfo_toolkit.cli.agent_cmd, mlfo_toolkit.http.agent_service\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('mlfo_toolkit.orchestrator', 'mlfo_toolkit.backends', "
+        "'mlfo_toolkit.experiments', 'mlfo_toolkit.reports', 'mlfo_toolkit.api')) or m.split('.')[0] in ('matplotlib', 'sklearn', 'flwr')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "[]", out
+
+
 def test_help_is_fast_and_imports_nothing_heavy() -> None:
     probe = (
         "import sys, time; t = time.perf_counter()\n"

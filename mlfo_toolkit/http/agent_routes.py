@@ -1,0 +1,65 @@
+"""The routes of a node agent and of a socket exporter: the processes `topo up` starts on every host.
+
+Kept apart from the MLFOs' routes so that an agent imports neither orchestrator (57 agents start at
+`topo up 5`, each paying its own imports).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from mlfo_toolkit.agent.node import ClientStartParams, ControlParams, NodeAgent, ServerStartParams
+from mlfo_toolkit.http.app import service_app
+from mlfo_toolkit.http.forms import form_schema, read_fields
+from mlfo_toolkit.monitoring.metrics import AgentCollector, ServiceMetrics, SocketCollector
+from mlfo_toolkit.util.yamlfiles import validate
+
+
+def agent_app(agent: NodeAgent) -> FastAPI:
+    """A node agent's southbound API: FL servers (/serv) and clients (/cli) on this host."""
+    config = agent.config
+    metrics = ServiceMetrics("agent")
+    metrics.add(AgentCollector(agent))
+    app, private = service_app("agent", role="agent", tokens=(config.southbound_token,), max_body=config.api.max_upload_bytes,
+                               metrics=metrics, request_seconds=config.api.request_seconds)
+    app.state.max_body = config.api.max_upload_bytes
+
+    @app.post("/serv", status_code=201, dependencies=[private], openapi_extra=form_schema(ServerStartParams, with_file=False),
+              summary="Start an FL server (SuperLink) and its run")
+    async def serv(request: Request) -> JSONResponse:
+        params = validate(ServerStartParams, await read_fields(request), {}, "POST /serv")
+        return JSONResponse(await run_in_threadpool(agent.start_server, params), status_code=201)
+
+    @app.post("/cli", status_code=201, dependencies=[private], openapi_extra=form_schema(ClientStartParams, with_file=False),
+              summary="Start an FL client (SuperNode)")
+    async def cli(request: Request) -> JSONResponse:
+        params = validate(ClientStartParams, await read_fields(request), {}, "POST /cli")
+        return JSONResponse(await run_in_threadpool(agent.start_client, params), status_code=201)
+
+    @app.post("/control", dependencies=[private], summary="Change the running FL run (read by the ServerApp between rounds)")
+    async def control(request: Request) -> dict[str, Any]:
+        params = validate(ControlParams, await read_fields(request), {}, "POST /control")
+        return await run_in_threadpool(agent.control, params)
+
+    @app.get("/status", dependencies=[private], summary="The FL server and clients of this agent")
+    def status() -> dict[str, Any]:
+        return agent.status()
+
+    @app.post("/stop", dependencies=[private], summary="Stop this agent's FL processes (of one deployment, one client part, if given)")
+    def stop(deployment: Annotated[str | None, Query(max_length=64)] = None,
+             part: Annotated[int | None, Query(ge=0, le=10_000)] = None) -> dict[str, Any]:
+        return agent.stop(deployment, part)
+
+    return app
+
+
+def exporter_app(app_name: str, match_port: int) -> FastAPI:
+    """A socket exporter: `/metrics` of the TCP connections of one app (public, like node_exporter)."""
+    metrics = ServiceMetrics(f"{app_name} exporter")
+    metrics.add(SocketCollector(app_name, match_port))
+    app, _ = service_app(f"{app_name} exporter", tokens=(), max_body=1024, metrics=metrics, public_metrics=True)
+    return app
