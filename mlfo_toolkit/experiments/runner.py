@@ -299,10 +299,12 @@ def _hold(actions: Actions, cohort: str, number: int, *, wait_for_server: float 
                 client.control(sent.deployment_id, {"hold": number})
                 return
             except MlfoError as err:
-                if time.monotonic() >= deadline or err.exit_code not in (ConflictError.exit_code,):
+                # 409 until the deployment has its FL server; one that ended without it (refused, failed) never will.
+                if (time.monotonic() >= deadline or err.exit_code != ConflictError.exit_code
+                        or Deployment.model_validate(client.deployment(sent.deployment_id)).ended):
                     log.warning("could not hold round %d of cohort %s: %s", number, cohort, err.message)
                     return
-            time.sleep(0.05)
+            time.sleep(0.1)
 
 
 def _stop_deployments(sent: list[SentCohort], config: Config, campus: str) -> None:

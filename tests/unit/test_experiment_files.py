@@ -120,3 +120,53 @@ def test_an_experiments_app_must_be_a_flower_app_on_loopback(workdir: Path) -> N
         bad.write_text(f"name: bad\ncohorts: {COHORTS}\n{extra}\n")
         refused = CliRunner().invoke(cli, ["run", str(bad), "--dry-run", "--json"])
         assert refused.exit_code == 4 and message in refused.stdout and '"field": "app"' in refused.stdout.replace("'", '"')
+
+
+class _Campus:
+    """A campus MLFO whose deployment has no FL server for `conflicts` asks, and ends (failed) after `ends_after`."""
+
+    def __init__(self, conflicts: int, ends_after: int | None = None) -> None:
+        self.conflicts, self.ends_after, self.asks, self.held = conflicts, ends_after, 0, []
+
+    def __enter__(self) -> _Campus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def control(self, deployment_id: str, changes: dict[str, int]) -> dict[str, object]:
+        from mlfo_toolkit.errors import ConflictError
+
+        self.asks += 1
+        if self.asks <= self.conflicts:
+            raise ConflictError(f"deployment {deployment_id} has no FL server")
+        self.held.append(changes["hold"])
+        return {}
+
+    def deployment(self, deployment_id: str) -> dict[str, object]:
+        import time
+
+        ended = self.ends_after is not None and self.asks >= self.ends_after
+        return Deployment(id=deployment_id, name="a", intent_id="x", intent={}, pipeline={}, created=time.time(), updated=time.time(),
+                          params={"ipstart": 10, "cohortsize": 4, "strategy": "FedAvg", "fraction_fit": 1.0, "min_fit": 1,
+                                  "min_available": 1, "rounds": 3},
+                          state="failed" if ended else "deploying").to_json()
+
+
+def test_a_hold_waits_for_the_fl_server_but_not_for_a_deployment_that_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from mlfo_toolkit.config import Config
+    from mlfo_toolkit.experiments import runner
+    from mlfo_toolkit.experiments.events import Actions
+
+    actions = Actions(Config(), "127.0.0.1:1", {}, [SentCohort("a", 10, "d1")])
+    campus = _Campus(conflicts=3)
+    monkeypatch.setattr(runner, "campus_client", lambda *a, **k: campus)
+    runner._hold(actions, "a", 2, wait_for_server=60)
+    assert campus.held == [2] and campus.asks == 4  # set once the server was there
+    campus = _Campus(conflicts=10**6, ends_after=5)
+    started = time.monotonic()
+    runner._hold(actions, "a", 2, wait_for_server=60)
+    assert campus.held == [] and time.monotonic() - started < 5  # the deployment failed: no 60 s wait
+    runner._hold(actions, "b", 2, wait_for_server=60)  # a cohort that was never sent: nothing to hold
