@@ -292,9 +292,13 @@ def _link_back(state: Any, ends: list[Any], configured: float | None) -> None:
         remove_shaping(state, ends)
 
 
+LINK_UP_SECONDS = 5.0
+
+
 def _around(probe: Any, state: str | None, key: str) -> dict[str, Any]:
     """The probe's reading on one side of a link change: throughput, or (for down / up) whether it reaches."""
     if state is None:
         return {f"measured_mbit_{key}": probe.measure()}
-    return {f"reaches_{key}": probe.reaches()}
+    # After a link came up, give it LINK_UP_SECONDS to carry traffic again; a link that went down is judged at once.
+    return {f"reaches_{key}": probe.reaches(within=LINK_UP_SECONDS if (state, key) == ("up", "after") else 0.0)}
 

@@ -70,9 +70,15 @@ class CohortProbe:
     def measure(self, seconds: int = 1) -> float:
         return round(measure_mbit(self.state, self.client.name, self.server.ip, seconds), 2)
 
-    def reaches(self) -> bool:
-        """Whether the client reaches its FL server (one ping, 1 s)."""
-        return ping(self.state, self.client.name, self.server.ip, timeout_s=1)
+    def reaches(self, within: float = 0.0) -> bool:
+        """Whether the client reaches its FL server: one ping (1 s), or, with `within`, pings until one is answered
+        or that many seconds passed (a link just brought up needs a moment: OVS sees the carrier, ARP resolves)."""
+        deadline = time.monotonic() + within
+        while True:
+            if ping(self.state, self.client.name, self.server.ip, timeout_s=1):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     def __exit__(self, *exc: object) -> None:
         stop_processes(self._iperf)
