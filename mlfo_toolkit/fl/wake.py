@@ -129,20 +129,20 @@ class Waker:
             return True
         return False
 
+    def _node_names(self) -> list[str]:
+        """The SuperNode sockets in the folder (none while it does not exist)."""
+        try:
+            return [e.name for e in os.scandir(self.folder) if e.name.startswith(NODE_PREFIX) and e.name.endswith(SOCKET_SUFFIX)]
+        except FileNotFoundError:
+            return []
+
     def wake_nodes(self) -> int:
         """Wake every SuperNode of the cohort; returns how many sockets took the wake-up."""
-        woken = 0
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.folder):
-                if entry.name.startswith(NODE_PREFIX) and entry.name.endswith(SOCKET_SUFFIX):
-                    woken += self._send(entry.name)
-        return woken
+        return sum(self._send(name) for name in self._node_names())
 
     def has_nodes(self) -> bool:
         """Whether any SuperNode waits in the folder."""
-        with contextlib.suppress(FileNotFoundError):
-            return any(e.name.startswith(NODE_PREFIX) and e.name.endswith(SOCKET_SUFFIX) for e in os.scandir(self.folder))
-        return False
+        return bool(self._node_names())
 
     def wake_server(self) -> bool:
         return self._send(SERVER_SOCKET)
