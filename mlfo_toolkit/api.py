@@ -114,13 +114,17 @@ def _run_summary(sent: list[Any], run_dir: Path, inputs: dict[str, Path | None],
 # --- intents and deployments --------------------------------------------------------------------
 def demo(config: Config | None = None, *, cohorts: int | None = None, clients: int | None = None, rounds: int | None = None,
          cohort_file: Path | None = None, timeout: float = 900.0, progress: Progress | None = None,
-         app: Path | None = None) -> RunResult:
+         app: Path | None = None, aggregation: str | None = None, edges: int | None = None,
+         local_rounds: int | None = None) -> RunResult:
     """The whole chain on loopback (MLFOs, agents, Flower), no root; raises DeploymentFailed if a cohort failed
-    (the run folder is written first). `app`: a Flower app's folder, trained instead of mlfo's own model."""
+    (the run folder is written first). `app`: a Flower app's folder, trained instead of mlfo's own model.
+    `aggregation="hierarchical"`: each cohort's clients train under `edges` edge aggregators, `local_rounds`
+    rounds per global round."""
     cfg = _config(config)
     progress = progress or quiet
     cohort_path = cohort_file or resource_path("intents/cohorts.yaml")
-    shaped = shape_cohorts(load_cohort_file(cohort_path, cfg), cohorts, clients, rounds)
+    shaped = shape_cohorts(load_cohort_file(cohort_path, cfg), cohorts, clients, rounds, aggregation=aggregation, edges=edges,
+                           local_rounds=local_rounds)
     run_dir = new_run_dir(Path(cfg.paths.runs_dir), "demo")
     if app is not None:
         cfg = config_with_app(cfg, app, run_dir)

@@ -12,16 +12,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from mlfo_toolkit.config import Config, FlowerApp
 from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, ValidationError
 from mlfo_toolkit.fl.control import RunControl, update_control
 from mlfo_toolkit.fl.data import LOADERS
+from mlfo_toolkit.fl.edge import edge_socket
 from mlfo_toolkit.fl.executor import Registration, SpawnedSuperNode, register, start_executor, unregister
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.partitions import KINDS, PartitionSpec
@@ -65,6 +66,8 @@ class ServerStartParams(BaseModel):
     cohort: str = Field("", max_length=NAME_MAX, pattern=OPTIONAL_NAME)
     seed: Int | None = Field(None, ge=0, le=SEED_MAX, description="default: fl.seed")
     roundtimeout: Float | None = Field(None, gt=0, le=86_400, description="default: fl.round_timeout")
+    tier: Literal["global", "edge"] = Field("global", description="edge: an edge aggregator's run (mlfo_toolkit.fl.edge)")
+    localrounds: Int = Field(1, ge=1, le=1000, description="an edge run's local rounds per global round")
 
 
 class ControlParams(BaseModel):
@@ -97,11 +100,20 @@ class ClientStartParams(BaseModel):
     partitioning: str | None = None
     seed: Int | None = Field(None, ge=0, le=SEED_MAX, description="default: fl.seed")
     partition: str | None = Field(None, max_length=1024, description="JSON PartitionSpec; default: fl.partitioning")
+    relay: StrictBool = Field(False, description="the relay of this agent's edge run (mlfo_toolkit.fl.edge) to the global server")
 
     @field_validator("server")
     @classmethod
     def _address(cls, value: str) -> str:
         return check_address(value)
+
+    @field_validator("relay", mode="before")
+    @classmethod
+    def _form_bool(cls, value: Any) -> Any:
+        # A form sends text: "true"/"false" (what requests makes of True/False too); anything else is refused.
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        return value
 
 
 _NODE_ID = re.compile(r"SuperNode ID: (\d+)")
@@ -164,6 +176,7 @@ class FlServer:
     metrics_file: Path
     started: float = field(default_factory=time.time)
     wake_dir: Path | None = None  # the cohort's wake-up folder (mlfo_toolkit.fl.wake), removed with the server
+    edge_inbox: Path | None = None  # an edge run's socket for its relay (mlfo_toolkit.fl.edge)
 
     @property
     def control_file(self) -> Path:
@@ -185,7 +198,7 @@ class FlServer:
 
     def status(self) -> dict[str, Any]:
         events = self.events()
-        kept = ("round", "loss", "accuracy", "time", "sampled", "results", "failures", "excluded", "held_seconds", "phases", "client_train_seconds",
+        kept = ("round", "global_round", "loss", "accuracy", "time", "sampled", "results", "failures", "excluded", "held_seconds", "phases", "client_train_seconds",
                 "settings")
         rounds = [{k: e[k] for k in kept if k in e} for e in events if e.get("event") == "round"]
         kinds = {e.get("event") for e in events}
@@ -206,6 +219,7 @@ class FlServer:
         return {
             "address": self.address,
             "deployment": self.params.deployment,
+            "tier": self.params.tier,
             "strategy": self.params.algo,
             "rounds_total": control.rounds or self.params.numround,
             "state": state,
@@ -291,6 +305,9 @@ class NodeAgent:
         """Start a SuperLink and submit the FL run; answer the address clients connect to."""
         params.algo = canonical_strategy(params.algo, "algo")
         app = _check_pipeline(params.source, params.model, self.config.fl.apps)
+        if app is not None and params.tier == "edge":
+            raise ValidationError("an edge aggregator runs mlfo's built-in models only", field="tier",
+                                  hint="aggregate a registered Flower app flat (aggregation: flat)")
         with self._lock:
             if self.server is not None:
                 current = self.server.status()
@@ -341,10 +358,12 @@ class NodeAgent:
             metrics_file = run_dir / "metrics.jsonl"
             server = FlServer(params, f"{self.advertise_host}:{port}", superlink, None, metrics_file)
             server.wake_dir = self._wake_dir(server.address)
+            server.edge_inbox = edge_socket(run_dir) if params.tier == "edge" else None
             self.server = server
             try:
                 wait_for_port(connect, port, SUPERLINK_START_SECONDS, superlink)
-                app_dir, overrides = self._run_config(params, app, run_dir, metrics_file, server.control_file, server.wake_dir)
+                app_dir, overrides = self._run_config(params, app, run_dir, metrics_file, server.control_file, server.wake_dir,
+                                                      server.edge_inbox)
             except (MlfoError, OSError):  # a SuperLink that never got its run is no server to hand out
                 server.stop()
                 self.server = None
@@ -370,7 +389,7 @@ class NodeAgent:
         return wake_dir(self.registration_dir(), superlink)
 
     def _run_config(self, params: ServerStartParams, app: FlowerApp | None, run_dir: Path, metrics_file: Path,
-                    control_file: Path, wakes: Path | None = None) -> tuple[Path, dict[str, Any]]:
+                    control_file: Path, wakes: Path | None = None, edge_inbox: Path | None = None) -> tuple[Path, dict[str, Any]]:
         """The app folder to submit and its run-config overrides: mlfo's own app, or a registered one behind mlfo's host."""
         fl = self.config.fl
         seed = fl.seed if params.seed is None else params.seed
@@ -411,6 +430,8 @@ class NodeAgent:
             "round-timeout": timeout,
             "server-poll-seconds": fl.server_poll_seconds,
             "wake-dir": str(wakes or ""),
+            "edge-inbox": str(edge_inbox or ""),
+            "edge-rounds": params.localrounds,
         }
 
     # --- FL client ---------------------------------------------------------------------------
@@ -435,6 +456,7 @@ class NodeAgent:
         if params.part >= params.cohsize:
             raise ValidationError(f"part {params.part} must be below cohsize {params.cohsize}", field="part")
         spec = self._partition(params)
+        inbox = self._relay_inbox(params) if params.relay else None
         shared = ((app.isolation if app is not None else None) or self.config.fl.isolation) == "shared"
         requested = time.time()
         with self._lock:
@@ -457,6 +479,7 @@ class NodeAgent:
                     f'data-dir="{self.config.fl.data_dir.resolve()}"',
                     f"seed={seed}",
                     spec.node_config(seed),
+                    *([f'edge-inbox="{inbox}"'] if inbox else []),
                 ]
             )
             runtime_port = free_port()
@@ -516,6 +539,15 @@ class NodeAgent:
         client.ready_seconds = round(time.time() - client.started, 3)
         log.info("FL client part %d/%d -> %s started", params.part, params.cohsize, params.server)
         return {"client": name, "pid": process.pid, "server": params.server, "ready_seconds": client.ready_seconds}
+
+    def _relay_inbox(self, params: ClientStartParams) -> Path:
+        """The socket of this agent's edge run of the same deployment, which a relay hands its rounds to."""
+        with self._lock:
+            server = self.server
+        if server is None or server.edge_inbox is None or server.params.deployment != params.deployment:
+            raise ConflictError(f"this agent runs no edge aggregator of deployment '{params.deployment}'",
+                                hint="start the edge run first (POST /serv with tier=edge), then its relay")
+        return server.edge_inbox
 
     def _partition(self, params: ClientStartParams) -> PartitionSpec:
         """How this client's cohort splits the data: the request's spec, else the config's (ValidationError naming the field)."""

@@ -22,23 +22,34 @@ if TYPE_CHECKING:
 @click.option("--timeout", type=click.FloatRange(min=1), default=900, show_default=True, help="Seconds to wait for the FL runs.")
 @click.option("--app", "app", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A Flower app's folder (pyproject.toml with [tool.flwr.app]) to train instead of mlfo's own model.")
+@click.option("--aggregation", type=click.Choice(["flat", "hierarchical"]),
+              help="hierarchical: the clients train under edge aggregators; only their aggregates reach the cohort's server.")
+@click.option("--edges", type=click.IntRange(1, 50), help="Edge aggregators per cohort (hierarchical; default: one per 10 clients).")
+@click.option("--local-rounds", type=click.IntRange(1, 100), help="The edges' rounds per global round (hierarchical; default 1).")
 @json_option("Print one JSON object (cohorts, accuracy and loss per round, run_dir).")
 @pass_config
 def demo(cfg: Config, cohorts: int | None, clients: int | None, rounds: int | None, cohort_file: Path | None, timeout: float, app: Path | None,
-         as_json: bool) -> None:
+         aggregation: str | None, edges: int | None, local_rounds: int | None, as_json: bool) -> None:
     """Run the whole chain on loopback, no root: intents in, trained Flower models out.
 
     Starts a cloud MLFO, a campus MLFO and one node agent per FL server and client (each on
     its own free loopback port), sends the example cohort file, shows each round's held-out
     accuracy, writes run.json and accuracy-loss.png to a folder under paths.runs_dir, and
     stops everything it started.
+
+    With --aggregation hierarchical each cohort's clients are split into --edges groups; each
+    group's first client host also runs an edge aggregator (an edge SuperLink and a relay to
+    the cohort's server), which runs --local-rounds rounds with its clients per global round:
+
+        mlfo demo --clients 6 --aggregation hierarchical --edges 2 --local-rounds 2
     """
     from mlfo_toolkit import api
     from mlfo_toolkit.cli.intent_cmd import print_rounds
 
     with DeployProgress(enabled=not as_json) as progress:
         result = api.demo(cfg, cohort_file=cohort_file, cohorts=cohorts, clients=clients, rounds=rounds,
-                          timeout=timeout, progress=progress, app=app)
+                          timeout=timeout, progress=progress, app=app, aggregation=aggregation, edges=edges,
+                          local_rounds=local_rounds)
     if as_json:
         echo_json(result.to_dict())
     else:

@@ -15,8 +15,12 @@ from flwr.serverapp import Grid, ServerApp
 from mlfo_toolkit.fl import data, models
 from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_PART, TRAIN_START, RoundClock, StopRequested
 from mlfo_toolkit.fl.control import RunControl, Settings
+from mlfo_toolkit.fl.edge import EdgeError, EdgeInbox, ask_edge
 from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import make_strategy
+
+# How long a relay waits for its edge's local rounds (the global server's round timeout bounds it too).
+RELAY_TIMEOUT = 24 * 3600.0
 
 server_app = ServerApp()
 client_app = ClientApp()
@@ -70,8 +74,14 @@ def server_main(grid: Grid, context: Context) -> None:
             )
             return MetricRecord({"loss": loss, "accuracy": accuracy})
 
-        append_event(metrics_file, {"event": "started", "rounds": int(cfg["num-rounds"])})
+        inbox = str(cfg.get("edge-inbox", ""))
+        append_event(metrics_file, {"event": "started", "rounds": int(cfg["num-rounds"]), "tier": "edge" if inbox else "global"})
         wait_for_nodes(grid, int(cfg["min-available"]), float(cfg["round-timeout"]), metrics_file)
+        if inbox:
+            stopped = serve_edge(strategy, clock, control, EdgeInbox(Path(inbox)), int(cfg.get("edge-rounds", 1)),
+                                 float(cfg["round-timeout"]), evaluate)
+            append_event(metrics_file, {"event": "finished", "reason": stopped})
+            return
         train_config = ConfigRecord({
             "local-epochs": int(cfg["local-epochs"]),
             "learning-rate": float(cfg["learning-rate"]),
@@ -107,6 +117,59 @@ def run_rounds(strategy: Any, clock: RoundClock, control: RunControl, arrays: Ar
         if aggregated is not None:
             arrays = aggregated
         evaluate(current, arrays, applied)
+
+
+def serve_edge(strategy: Any, clock: RoundClock, control: RunControl, inbox: EdgeInbox, local_rounds: int, timeout: float,
+               evaluate: Any) -> str:
+    """The edge tier's run (mlfo_toolkit.fl.edge): for every global round its relay hands over, `local_rounds`
+    rounds of the edge's own clients, starting from the global model; the relay gets their aggregate and
+    the examples behind it. Runs until the MLFO stops it (or its SuperLink is stopped)."""
+    local = 0
+    try:
+        while True:
+            settings = control.read()
+            if settings.stop:
+                return settings.stop
+            request = inbox.next(timeout=1.0)
+            if request is None:
+                continue
+            arrays = ArrayRecord(request.arrays)
+            config = ConfigRecord({k: v for k, v in (request.header.get("config") or {}).items()
+                                   if isinstance(v, (bool, int, float, str)) and k != "server-round"})
+            global_round = int(request.header.get("global_round", 0))
+            examples, losses, results = 0, 0.0, 0
+            try:
+                for _ in range(local_rounds):
+                    local += 1
+                    applied = apply_settings(strategy, control.read())
+                    replies = clock.send_and_receive(strategy.configure_train(local, arrays, config, clock), timeout=timeout)
+                    aggregated, _ = strategy.aggregate_train(local, replies)
+                    if aggregated is not None:
+                        arrays = aggregated
+                    answered = [m for m in replies if not m.has_error() and "metrics" in m.content]
+                    counts = [_metric(m, "num-examples") for m in answered]
+                    examples, results = int(sum(counts)), len(answered)
+                    losses = sum(_metric(m, "train_loss") * n for m, n in zip(answered, counts)) / max(1, examples)
+                    evaluate(local, arrays, {**applied, "global_round": global_round})
+            except StopRequested as stop:
+                request.fail(f"the edge run was stopped: {stop}")
+                return str(stop)
+            except Exception as err:  # the relay gets the reason; the edge run serves the next global round
+                request.fail(f"{type(err).__name__}: {err}")
+                continue
+            if not examples:
+                request.fail(f"none of the edge's clients answered in local round {local}")
+                continue
+            request.answer({"num_examples": examples, "train_loss": losses, "results": results, "local_rounds": local_rounds},
+                           arrays.to_numpy_ndarrays())
+    finally:
+        inbox.close()
+
+
+def _metric(reply: Message, key: str) -> float:
+    """One number of a client's reply metrics (0 if it sent none)."""
+    value = cast(MetricRecord, reply.content["metrics"]).get(key, 0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def apply_settings(strategy: Any, settings: Settings) -> dict[str, Any]:
@@ -151,8 +214,11 @@ def _unpack(arrays: ArrayRecord, dataset: data.Dataset, context: Context) -> lis
 
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
-    """Train the received global model on this node's partition and send it back."""
+    """Train the received global model on this node's partition and send it back (an edge aggregator's
+    relay: have the edge's clients train it, and send back their aggregate)."""
     train_start = time.time()
+    if context.node_config.get("edge-inbox"):
+        return _relay(msg, context, train_start)
     dataset, indices = _local_data(context)
     config = cast(ConfigRecord, msg.content["config"])
     arrays = cast(ArrayRecord, msg.content["arrays"])
@@ -181,6 +247,28 @@ def client_train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+def _relay(msg: Message, context: Context, train_start: float) -> Message:
+    """The relay of an edge aggregator (mlfo_toolkit.fl.edge): one global round becomes the edge's local rounds."""
+    config = cast(ConfigRecord, msg.content["config"])
+    arrays = cast(ArrayRecord, msg.content["arrays"])
+    header = {"global_round": int(cast(int, config.get("server-round", 0))),
+              "config": {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}}
+    try:
+        reply, trained = ask_edge(Path(str(context.node_config["edge-inbox"])), header, arrays.to_numpy_ndarrays(),
+                                  timeout=RELAY_TIMEOUT)
+    except EdgeError as err:
+        raise RuntimeError(f"edge aggregator: {err}") from None
+    metrics = MetricRecord({
+        "train_loss": float(reply.get("train_loss", 0.0)),
+        "num-examples": int(reply["num_examples"]),
+        "edge-results": int(reply.get("results", 0)),
+        TRAIN_START: train_start,
+        TRAIN_END: time.time(),
+        TRAIN_PART: int(context.node_config["partition-id"]),
+    })
+    return Message(content=RecordDict({"arrays": ArrayRecord(trained), "metrics": metrics}), reply_to=msg)
 
 
 @client_app.evaluate()

@@ -46,7 +46,7 @@ def node_socket(folder: Path, pid: int) -> Path:
     return folder / f"{NODE_PREFIX}{pid}{SOCKET_SUFFIX}"
 
 
-class _Folder:
+class HeldFolder:
     """A folder held open, so that its sockets have a short address however deep it is: a Unix socket's
     path holds at most 108 bytes, and a run's folder is often deeper. `/proc/self/fd/N/NAME` reaches them."""
 
@@ -74,7 +74,7 @@ class WakeSocket:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket of a killed process with the same name
-        self.folder = _Folder(path.parent)
+        self.folder = HeldFolder(path.parent)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.sock.bind(self.folder.address(path.name))
@@ -106,7 +106,7 @@ class Waker:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.held = _Folder(folder)
+        self.held = HeldFolder(folder)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
 

@@ -38,8 +38,9 @@ from mlfo_toolkit.orchestrator.deployments import DeploymentTable
 from mlfo_toolkit.orchestrator.intake import Admission, ReceiveParams, ServerQueue
 from mlfo_toolkit.orchestrator.intents import Catalog, Intent, MomoConstraints, Pipeline, build_momo_intent
 from mlfo_toolkit.orchestrator.loop import AssuranceLoop
-from mlfo_toolkit.orchestrator.records import ClientRecord, ClientRestart, Deployment, DeploymentParams, ServerRecord
+from mlfo_toolkit.orchestrator.records import ClientRecord, ClientRestart, Deployment, DeploymentParams, EdgeTier, ServerRecord
 from mlfo_toolkit.orchestrator.store import Store
+from mlfo_toolkit.orchestrator.tiers import default_edges, edge_server_fields, plan_tiers, relay_fields
 from mlfo_toolkit.orchestrator.watch import DeploymentWatch
 from mlfo_toolkit.util.names import safe_name
 from mlfo_toolkit.util.stats import spread
@@ -107,6 +108,13 @@ class CampusMlfo:
                 if wanted > target.max_clients:
                     raise ValidationError(f"the intent allows {target.max_clients} clients but {field} is {wanted}: the run "
                                           "could never start", field="targets[0].constraints.max_clients")
+        if params.aggregation == "hierarchical":
+            if params.sameserver:
+                raise ValidationError("a hierarchical cohort has a global FL server of its own", field="sameserver",
+                                      hint="set sameserver to false, or aggregation to flat")
+            if target.max_clients is not None:
+                raise ValidationError("a hierarchical cohort trains every client: it takes no max_clients cap",
+                                      field="targets[0].constraints.max_clients", hint="drop max_clients, or aggregate flat")
         policy, overrides = self._check_assurance(params)
         memory_mb = self.admission.estimate(min(params.cohortsize, target.max_clients or params.cohortsize), params.sameserver)
         if self.queue.full():
@@ -124,6 +132,8 @@ class CampusMlfo:
                 fraction_fit=params.fracfit or fl.fraction_fit, min_fit=params.minfit or fl.min_fit,
                 min_available=params.minav or fl.min_available, rounds=params.numround or fl.rounds,
                 seed=params.seed, round_timeout=params.roundtimeout, partition=_partition(params.partition),
+                aggregation=params.aggregation, local_rounds=params.localrounds or 1,
+                edges=(params.edges or default_edges(params.cohortsize)) if params.aggregation == "hierarchical" else None,
             ),
             state="planned", created=now, updated=now,
             clients=[ClientRecord(agent=a, part=i) for i, a in enumerate(clients)],
@@ -219,7 +229,7 @@ class CampusMlfo:
                     self.control(deployment_id, {"exclude_nodes": [client.node_id]})
                 except MlfoError as err:  # the restart helps even so; the run waits out that node's replies
                     log.warning("deployment %s: could not exclude the lost SuperNode %s: %s", deployment_id, client.node_id, err.message)
-            answer = self._start_client(host, record, part, record.server.server)
+            answer = self._start_client(host, record, part, record.server_for(part) or record.server.server)
             with self.table.edit(deployment_id) as live:
                 entry = live.clients[part]
                 ended = live.ended
@@ -251,7 +261,7 @@ class CampusMlfo:
         if client is None or client.state != "spare" or record.server is None:
             raise ConflictError(f"client part {part} of {deployment_id} is not a spare part of a running deployment")
         started = time.monotonic()
-        answer = self._start_client(client.agent, record, part, record.server.server)
+        answer = self._start_client(client.agent, record, part, record.server_for(part) or record.server.server)
         with self.table.edit(deployment_id) as live:
             entry = live.clients[part]
             _started(entry, answer)
@@ -317,9 +327,14 @@ class CampusMlfo:
         try:
             record = self.table.update(deployment_id, state="deploying")
             params, pipeline = record.params, record.pipeline
+            tiers = plan_tiers(record) if params.aggregation == "hierarchical" else []
+            if tiers:
+                record = self.table.update(deployment_id, tiers=tiers)
+            # A hierarchical cohort's global server has one client per edge, and samples every edge.
             constraints = MomoConstraints(
                 sourcekind=pipeline["source"], modelkind=pipeline["model"], avgalgo=params.strategy,
-                fracfit=params.fraction_fit, minfit=params.min_fit, minav=params.min_available, numround=params.rounds,
+                fracfit=1.0 if tiers else params.fraction_fit, minfit=len(tiers) or params.min_fit,
+                minav=len(tiers) or params.min_available, numround=params.rounds,
                 sameserv=params.sameserver, deployment=deployment_id, cohort=record.name, seed=params.seed,
                 roundtimeout=params.round_timeout,
             )
@@ -329,12 +344,18 @@ class CampusMlfo:
             server = ServerRecord(server=answer["server"], agent=answer["agent"], shared_with=answer.get("shared_with"),
                                   pid=answer.get("pid"))
             record = self.table.update(deployment_id, server=server, released=False)
-            self._start_clients(record, server.server, started)
+            if tiers:
+                self._start_tiers(record, started)
+            else:
+                self._start_clients(record, started)
             record = self.table.get(deployment_id)
             failed = [c for c in record.clients if c.state == "failed"]
             usable = sum(1 for c in record.clients if c.state == "running")
             elapsed = time.monotonic() - started
             log.info("HTTP Intent took %.3f s (deployment %s)", elapsed, deployment_id)
+            broken = [t for t in record.tiers if t.state != "running"]
+            if broken:
+                raise MlfoError("edge aggregators did not start: " + "; ".join(f"edge {t.edge} on {t.agent}: {t.error}" for t in broken))
             if usable < params.min_available:
                 raise MlfoError(
                     f"only {usable} of {len(record.clients)} clients started, the run needs {params.min_available}: "
@@ -433,8 +454,59 @@ class CampusMlfo:
         with southbound(AgentClient, host, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as agent:
             return agent.start_client(client_fields(record, part, server))
 
-    def _start_clients(self, record: Deployment, server: str, started: float) -> None:
-        """Start the cohort's clients through a machine-wide pool; record when each one was up.
+    def _start_tiers(self, record: Deployment, started: float) -> None:
+        """A hierarchical deployment: every edge's run first (its clients need its address), then every client
+        under its edge, then each edge's relay to the global server (the global run starts once all are in)."""
+        assert record.server is not None
+
+        def start_edge(tier: EdgeTier) -> None:
+            changes: dict[str, Any]
+            with self._start_slots:
+                with self.table.edit(record.id) as live:
+                    live.tiers[tier.edge].state = "starting"  # a campus killed meanwhile stops it after its restart
+                try:
+                    with southbound(AgentClient, tier.agent, self.config, timeout=max(self.config.api.timeout_seconds, MOMO_DEPLOY_TIMEOUT)) as agent:
+                        answer = agent.start_server(edge_server_fields(record, tier))
+                    changes = {"server": _text(answer.get("server")), "pid": _number(answer.get("pid"))}
+                except MlfoError as err:
+                    changes = {"state": "failed", "error": f"its edge run did not start: {err.message}"}
+            with self.table.edit(record.id) as live:
+                for key, value in changes.items():
+                    setattr(live.tiers[tier.edge], key, value)
+
+        with ThreadPoolExecutor(max_workers=self.config.mlfo.start_concurrency, thread_name_prefix="edge") as pool:
+            list(pool.map(start_edge, record.tiers))
+        record = self.table.get(record.id)
+        for tier in record.tiers:  # an edge without its run: its clients have nothing to connect to
+            if tier.state == "failed":
+                with self.table.edit(record.id) as live:
+                    for part in tier.parts:
+                        live.clients[part].state, live.clients[part].error = "failed", tier.error
+        self._start_clients(self.table.get(record.id), started)
+        record = self.table.get(record.id)
+        global_server = record.server.server if record.server else ""
+
+        def start_relay(tier: EdgeTier) -> None:
+            if tier.state == "failed":
+                return
+            changes: dict[str, Any]
+            with self._start_slots:
+                try:
+                    with southbound(AgentClient, tier.agent, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as agent:
+                        answer = agent.start_client(relay_fields(record, tier, global_server))
+                    changes = {"state": "running", "relay": _text(answer.get("client")), "relay_pid": _number(answer.get("pid"))}
+                except MlfoError as err:
+                    changes = {"state": "failed", "error": f"its relay to the global server did not start: {err.message}"}
+            with self.table.edit(record.id) as live:
+                for key, value in changes.items():
+                    setattr(live.tiers[tier.edge], key, value)
+
+        with ThreadPoolExecutor(max_workers=self.config.mlfo.start_concurrency, thread_name_prefix="relay") as pool:
+            list(pool.map(start_relay, record.tiers))
+
+    def _start_clients(self, record: Deployment, started: float) -> None:
+        """Start the cohort's clients through a machine-wide pool, each to its FL server (its edge's, if it has
+        one); record when each one was up.
 
         A client is recorded `starting` (in the store) before its agent is asked, so that a campus killed
         meanwhile knows, after its restart, to stop it."""
@@ -444,6 +516,9 @@ class CampusMlfo:
             changes: dict[str, Any]
             answer: dict[str, Any] | None = None
             with self._start_slots:
+                server = record.server_for(client.part)
+                if client.state == "failed":
+                    return  # its edge did not start
                 if cap is not None and client.part >= cap:
                     changes = {"state": "spare"}  # beyond the intent's cap: its host waits for the closed loop
                 elif self._stopping.is_set():
@@ -452,7 +527,7 @@ class CampusMlfo:
                     with self.table.edit(record.id) as live:
                         live.clients[client.part].state = "starting"
                     try:
-                        answer = self._start_client(client.agent, record, client.part, server)
+                        answer = self._start_client(client.agent, record, client.part, server or "")
                         changes = {"ready_seconds": round(time.monotonic() - started, 3)}
                     except MlfoError as err:
                         changes = {"state": "failed", "error": err.message}
@@ -480,6 +555,7 @@ class CampusMlfo:
         log.info("deployment %s %s%s", deployment_id, state, f": {reason}" if reason else "")
         self.loop.forget(deployment_id)
         self._stop_clients(deployment_id, record.clients)
+        self._stop_tiers(deployment_id)
         self._release(deployment_id)
 
     def _stop_clients(self, deployment_id: str, clients: list[ClientRecord]) -> None:
@@ -497,6 +573,20 @@ class CampusMlfo:
                 entry = live.clients[client.part]
                 if entry.state in ("running", "starting"):
                     entry.state = "stopped"
+
+    def _stop_tiers(self, deployment_id: str) -> None:
+        """Stop the edge aggregators of a deployment (their edge run and relay) on their agents."""
+        for tier in self.table.get(deployment_id).tiers:
+            if tier.state not in ("running", "starting"):
+                continue
+            try:
+                with southbound(AgentClient, tier.agent, self.config, retries=0) as agent:
+                    agent.stop(deployment_id)
+            except MlfoError as err:
+                log.warning("could not stop edge %d of %s on %s: %s", tier.edge, deployment_id, tier.agent, err.message)
+                continue
+            with contextlib.suppress(StorageError), self.table.edit(deployment_id) as live:
+                live.tiers[tier.edge].state = "stopped"
 
     def _release(self, deployment_id: str) -> None:
         """Give the deployment's FL server back to the cloud MLFO (released stays false until it confirmed)."""
@@ -518,14 +608,14 @@ class CampusMlfo:
     def _abandon(self, deployment_id: str) -> None:
         """Stop whatever a deployment interrupted by a restart may have started, and free its server."""
         record = self.table.get(deployment_id)
-        for client in record.clients:
-            if client.state == "planned":
-                continue  # never asked (`starting` is written before the agent is called)
+        asked = [c.agent for c in record.clients if c.state != "planned"]  # `starting` is written before the agent is called
+        asked += [t.agent for t in record.tiers if t.state != "planned"]
+        for host in dict.fromkeys(asked):
             try:
-                with southbound(AgentClient, client.agent, self.config, retries=0) as agent:
+                with southbound(AgentClient, host, self.config, retries=0) as agent:
                     agent.stop(deployment_id)
             except MlfoError as err:
-                log.warning("could not stop client %s of %s: %s", client.agent, deployment_id, err.message)
+                log.warning("could not stop what %s ran of %s: %s", host, deployment_id, err.message)
         try:
             with southbound(MomoClient, self.config.mlfo.cloud, self.config) as cloud:
                 cloud.release(deployment_id)
@@ -549,8 +639,10 @@ class CampusMlfo:
                     if record.server is not None and record.released is False:
                         self._release(record.id)
                     leftover = [c for c in record.clients if c.state in ("running", "starting")]
-                    if leftover and record.finished and time.time() - record.finished > self.config.mlfo.janitor_seconds:
+                    tiers = [t for t in record.tiers if t.state in ("running", "starting")]
+                    if (leftover or tiers) and record.finished and time.time() - record.finished > self.config.mlfo.janitor_seconds:
                         self._stop_clients(record.id, leftover)
+                        self._stop_tiers(record.id)
             except Exception:  # the janitor must outlive whatever it tidies up
                 log.exception("janitor")
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -52,6 +52,9 @@ class CohortSpec(BaseModel):
     policy: str | None = Field(None, max_length=300, description="the closed loop's policy (default: the campus MLFO's assurance.policy)")
     assurance: dict[str, Any] | None = Field(None, description="assurance thresholds for this cohort (see the assurance config)")
     partition: PartitionSpec | None = Field(None, description="how the clients split the data (default: fl.partitioning)")
+    aggregation: Literal["flat", "hierarchical"] | None = Field(None, description="hierarchical: an edge aggregator per group of clients")
+    edges: int | None = Field(None, ge=1, le=1000, description="hierarchical: how many edges (default: one per 10 clients)")
+    local_rounds: int | None = Field(None, ge=1, le=1000, description="hierarchical: the edges' local rounds per global round")
 
 
 class CohortDefaults(BaseModel):
@@ -65,6 +68,9 @@ class CohortDefaults(BaseModel):
     policy: str | None = Field(None, max_length=300)
     assurance: dict[str, Any] | None = None
     partition: PartitionSpec | None = None
+    aggregation: Literal["flat", "hierarchical"] | None = None
+    edges: int | None = Field(None, ge=1, le=1000)
+    local_rounds: int | None = Field(None, ge=1, le=1000)
 
 
 class ReadableCohortFile(BaseModel):
@@ -113,6 +119,9 @@ class Cohort:
     policy: str | None = None  # None: the campus MLFO's assurance.policy
     assurance: dict[str, Any] | None = None  # thresholds over the campus MLFO's
     partition: PartitionSpec | None = None  # None: the agents' fl.partitioning
+    aggregation: str = "flat"  # or hierarchical (mlfo_toolkit.orchestrator.tiers)
+    edges: int | None = None  # hierarchical: None, one per 10 clients
+    local_rounds: int | None = None  # hierarchical: None, 1
 
     def form_fields(self, ipstart: int) -> dict[str, Any]:
         """The prototype's /receive form fields for this cohort (seed and roundtimeout, mlfo's, only when set)."""
@@ -131,6 +140,9 @@ class Cohort:
             "policy": self.policy,
             "assurance": json.dumps(self.assurance) if self.assurance else None,
             "partition": self.partition.model_dump_json(exclude_none=True) if self.partition else None,
+            "aggregation": self.aggregation if self.aggregation != "flat" else None,
+            "edges": self.edges if self.aggregation != "flat" else None,
+            "localrounds": self.local_rounds if self.aggregation != "flat" else None,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -251,6 +263,9 @@ def parse_cohort_file(text: str | bytes, source: str, base_dir: Path, config: Co
                     policy=c.policy or d.policy,
                     assurance=_thresholds({**(d.assurance or {}), **(c.assurance or {})}, i, lines, source),
                     partition=c.partition or d.partition,
+                    aggregation=c.aggregation or d.aggregation or "flat",
+                    edges=c.edges or d.edges,
+                    local_rounds=c.local_rounds or d.local_rounds,
                     where=f"cohorts[{i}]",
                     line=lines.get(("cohorts", i)),
                 )
@@ -280,9 +295,10 @@ def _strategy(name: str, field: str, line: int | None, source: str) -> str:
         raise ValidationError(f"unknown FL strategy '{name}'", field=field, line=line, source=source, hint=err.hint) from None
 
 
-def shape_cohorts(cohort_file: CohortFile, cohorts: int | None, clients: int | None, rounds: int | None) -> CohortFile:
-    """Repeat the file's cohorts to `cohorts` entries and set every size and round count asked for
-    (`mlfo demo --cohorts --clients --rounds`, an experiment's `shape`)."""
+def shape_cohorts(cohort_file: CohortFile, cohorts: int | None, clients: int | None, rounds: int | None, *,
+                  aggregation: str | None = None, edges: int | None = None, local_rounds: int | None = None) -> CohortFile:
+    """Repeat the file's cohorts to `cohorts` entries and set every size, round count and aggregation asked for
+    (`mlfo demo --cohorts --clients --rounds --aggregation`, an experiment's `shape`)."""
     template = cohort_file.cohorts
     count = cohorts or len(template)
     shaped = []
@@ -297,6 +313,9 @@ def shape_cohorts(cohort_file: CohortFile, cohorts: int | None, clients: int | N
             min_available=min(base.min_available, size) if not clients else size,
             min_fit=min(base.min_fit, size),
             sameserver=base.sameserver and i > 0,
+            aggregation=aggregation or base.aggregation,
+            edges=min(edges or base.edges or 1, size) if (edges or base.edges) else None,
+            local_rounds=local_rounds or base.local_rounds,
         ))
     return dataclasses.replace(cohort_file, cohorts=shaped)
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
@@ -36,6 +36,9 @@ class ReceiveParams(BaseModel):
     assurance: str | None = Field(None, max_length=4096, description="JSON object of assurance thresholds for this deployment")
     partition: str | None = Field(None, max_length=1024, description="JSON object: how the clients split the data "
                                   "(kind, alpha, classes, shards, seed; default: the agents' fl.partitioning)")
+    aggregation: Literal["flat", "hierarchical"] = Field("flat", description="hierarchical: an edge aggregator per group of clients")
+    edges: Int | None = Field(None, ge=1, le=1000, description="hierarchical: edges (default: one per 10 clients)")
+    localrounds: Int | None = Field(None, ge=1, le=1000, description="hierarchical: local rounds per global round (default 1)")
 
     @field_validator("minfit", "minav")
     @classmethod
@@ -44,6 +47,14 @@ class ReceiveParams(BaseModel):
         size, shared = info.data.get("cohortsize"), info.data.get("sameserver")
         if value is not None and size is not None and not shared and value > size:
             raise ValueError(f"{value} exceeds cohortsize={size}: the run could never start")
+        return value
+
+    @field_validator("edges")
+    @classmethod
+    def _edges_fit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        size = info.data.get("cohortsize")
+        if value is not None and size is not None and value > size:
+            raise ValueError(f"{value} edges for {size} clients: every edge needs a client")
         return value
 
     @field_validator("sameserver", mode="before")

@@ -17,6 +17,11 @@ TERMINAL_STATES: tuple[DeploymentState, ...] = ("done", "failed")
 # planned: not started yet; starting: its agent was asked; running; lost: its SuperNode or agent is gone;
 # failed: it never started; stopped: its deployment ended and it was stopped; spare: its part is not run
 # (beyond the intent's client cap, or taken out), its host free for the closed loop to use.
+Aggregation = Literal["flat", "hierarchical"]
+AGGREGATIONS: tuple[Aggregation, ...] = ("flat", "hierarchical")
+# An edge aggregator: planned, starting (its edge run, clients and relay being started), running, failed
+# (it never started, see error), stopped (its deployment ended).
+TierState = Literal["planned", "starting", "running", "failed", "stopped"]
 ClientState = Literal["planned", "starting", "running", "lost", "failed", "stopped", "spare"]
 
 
@@ -103,6 +108,24 @@ class DeploymentParams(Record):
     seed: int | None = None  # None: the agents' fl.seed
     round_timeout: float | None = None  # None: the agents' fl.round_timeout
     partition: dict[str, Any] | None = None  # None: the agents' fl.partitioning (a PartitionSpec's fields)
+    aggregation: Aggregation = "flat"  # hierarchical: an edge aggregator per group of clients (mlfo_toolkit.fl.edge)
+    edges: int | None = None  # hierarchical: how many edges the clients are split into
+    local_rounds: int = 1  # hierarchical: the edges' local rounds per global round
+
+
+class EdgeTier(Record):
+    """One edge of a hierarchical deployment: its aggregator (an edge SuperLink and a relay SuperNode of the
+    global SuperLink, on one agent) and the client parts under it."""
+
+    edge: int  # 0 ..; also the relay's part among the global server's clients
+    agent: str  # the aggregator's agent
+    parts: list[int]  # the deployment's client parts that train under it
+    state: TierState = "planned"
+    server: str | None = None  # the edge SuperLink, HOST:PORT, which its clients connect to
+    pid: int | None = None  # the edge SuperLink
+    relay: str | None = None  # the relay SuperNode's name on the agent
+    relay_pid: int | None = None
+    error: str | None = None
 
 
 MAX_DECISIONS = 500  # decisions kept in a deployment record (a long, noisy run flips on_track / at_risk often)
@@ -139,6 +162,7 @@ class Deployment(Record):
     updated: float
     server: ServerRecord | None = None
     clients: list[ClientRecord] = Field(default_factory=list)
+    tiers: list[EdgeTier] = Field(default_factory=list)  # hierarchical: the edges, each with its aggregator and parts
     rounds: list[FlRound] = Field(default_factory=list)
     initial: dict[str, Any] | None = None  # the initial model's evaluation (round 0)
     traffic: dict[str, Any] | None = None
@@ -169,6 +193,17 @@ class Deployment(Record):
 
     def client(self, part: int) -> ClientRecord | None:
         return next((c for c in self.clients if c.part == part), None)
+
+    def tier_of(self, part: int) -> EdgeTier | None:
+        """The edge a client part trains under (None: it talks to the global FL server)."""
+        return next((t for t in self.tiers if part in t.parts), None)
+
+    def server_for(self, part: int) -> str | None:
+        """The FL server (HOST:PORT) client `part` connects to: its edge's, or the deployment's."""
+        tier = self.tier_of(part)
+        if tier is not None:
+            return tier.server
+        return self.server.server if self.server else None
 
     def summary(self) -> dict[str, Any]:
         """The short form of `GET /deployments?view=summary`."""

@@ -71,6 +71,10 @@ def cohort_summary(cohort: SentCohort, config: Config | None = None) -> dict[str
         "clients": len(record.clients),
         "client_agents": [{"part": c.part, "agent": c.agent} for c in record.clients],
         "server": record.server.server if record.server else None,
+        "aggregation": record.params.aggregation,
+        "local_rounds": record.params.local_rounds if record.tiers else None,
+        "tiers": [{"edge": t.edge, "agent": t.agent, "server": t.server, "parts": t.parts, "state": t.state, "error": t.error}
+                  for t in record.tiers],
         "accuracy": [r.accuracy for r in rounds],
         "loss": [r.loss for r in rounds],
         "round_seconds": record.round_seconds(),

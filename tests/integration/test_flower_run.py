@@ -128,3 +128,27 @@ def test_agent_contract_and_typed_validation(agent, workdir: Path) -> None:  # t
     stopped = requests.post(url + "/stop", timeout=60).json()
     assert address in stopped["stopped"]
     assert processes_under(workdir) == []
+
+
+def test_two_tiers_train_for_real_and_only_the_edges_aggregates_reach_the_global_server(workdir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mlfo_toolkit", "demo", "--json", "--cohorts", "1", "--clients", "6", "--rounds", "3",
+         "--aggregation", "hierarchical", "--edges", "2", "--local-rounds", "2"],
+        capture_output=True, text=True, timeout=400, cwd=workdir,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (cohort,) = json.loads(out.stdout)["cohorts"]
+    assert cohort["aggregation"] == "hierarchical" and cohort["local_rounds"] == 2
+    first, second = cohort["tiers"]
+    assert (first["parts"], second["parts"]) == ([0, 1, 2], [3, 4, 5])
+    assert len({first["server"], second["server"], cohort["server"]}) == 3  # two edge SuperLinks and the global one
+    by_part = {c["part"]: c["agent"] for c in cohort["client_agents"]}
+    assert (first["agent"], second["agent"]) == (by_part[0], by_part[3])  # each edge on its first client's host
+    # The global server sampled one client per edge, and the model learned.
+    assert cohort["sampled"] == [2, 2, 2] and cohort["results"] == [2, 2, 2]
+    assert cohort["accuracy"][-1] >= 0.85 and cohort["accuracy"][-1] > cohort["accuracy"][0]
+    # What reached the global SuperLink: two updates a round (the model is 38 kB), not six.
+    model_bytes = 38_480
+    received = cohort["traffic"]["bytes_received"]
+    assert 3 * 2 * model_bytes <= received < 3 * 4 * model_bytes, received
+    assert processes_under(workdir) == []
