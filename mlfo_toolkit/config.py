@@ -174,6 +174,18 @@ class FlSettings(_Section):
     )
 
 
+class EdgePlan(_Section):
+    """One edge of hierarchical FL: its clients, its aggregator host, and its backhaul as declared."""
+
+    name: str = Field(max_length=64)
+    clients: list[str] = Field(default_factory=list, description="the client agents on this edge, HOST[:PORT]")
+    aggregator: str | None = Field(None, description="the agent that aggregates for it; unset: its first client's host")
+    kind: str | None = Field(None, max_length=40, description="its backhaul's kind (satellite, fixed-wireless, metro, ...)")
+    bandwidth_mbit: float | None = Field(None, gt=0, description="its backhaul's declared rate")
+    delay_ms: float | None = Field(None, ge=0, description="its backhaul's declared one-way delay")
+    interfaces: list[str] = Field(default_factory=list, description="the backhaul link's switch interfaces (byte counts)")
+
+
 class IpPlan(_Section):
     """Where the FL clients and FL servers are (agent addresses)."""
 
@@ -188,6 +200,7 @@ class IpPlan(_Section):
         default_factory=lambda: [f"10.0.{10 + n}.100" for n in range(1, 6)],
         description="FL server agents the cloud MLFO allocates from, HOST[:PORT]",
     )
+    edges: list[EdgePlan] = Field(default_factory=list, description="the network's edges for hierarchical FL (topo up fills it)")
 
 
 class PathSettings(_Section):

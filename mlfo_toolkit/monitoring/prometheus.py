@@ -28,7 +28,7 @@ from mlfo_toolkit.net.state import (
     spawn_recorded,
     stop_processes,
 )
-from mlfo_toolkit.net.topology import Topology
+from mlfo_toolkit.net.topology import AGENT_ROLES, Topology
 from mlfo_toolkit.util.files import write_json_atomically, write_secret
 from mlfo_toolkit.util.processes import wait_for_port
 from mlfo_toolkit.util.resources import resource_path
@@ -73,7 +73,7 @@ def prometheus_config(config: Config, topology: Topology | None, faucet: str | N
                 mlfo_targets.append({"targets": [f"{host.ip}:{port}"], "labels": {"role": host.role, "host": host.name}})
         agent_targets = []
         for host in topology.hosts:
-            if host.role in ("fl-server", "fl-client"):
+            if host.role in AGENT_ROLES:
                 cohort = host.cohort if host.role == "fl-server" else host.campus
                 labels = {"role": host.role, "host": host.name, **({"cohort_index": str(cohort)} if cohort else {})}
                 agent_targets.append({"targets": [f"{host.ip}:{inner.agent.port}"], "labels": labels})

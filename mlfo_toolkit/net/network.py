@@ -37,7 +37,7 @@ from mlfo_toolkit.net.state import (
     stop_processes,
     teardown,
 )
-from mlfo_toolkit.net.topology import Topology
+from mlfo_toolkit.net.topology import AGENT_ROLES, Topology
 from mlfo_toolkit.util.files import write_secret
 from mlfo_toolkit.util.progress import Progress, quiet, say
 from mlfo_toolkit.util.signals import terminate_as_interrupt
@@ -154,7 +154,7 @@ def start_services(state: NetworkState, topology: Topology, config: Config, stat
             start(host.name, "mlfo-cloud", [*mlfo, "serve", "--role", "cloud", "--host", host.ip, "--port", str(config.mlfo.momo_port)], config.mlfo.momo_port)
         elif host.role == "campus-mlfo":
             start(host.name, "mlfo-campus", [*mlfo, "serve", "--role", "campus", "--host", host.ip, "--port", str(config.mlfo.port)], config.mlfo.port)
-        elif host.role in ("fl-server", "fl-client"):
+        elif host.role in AGENT_ROLES:
             start(host.name, "agent", [*mlfo, "agent", "--host", host.ip, "--port", str(config.agent.port)], config.agent.port)
     say(progress, "topo", f"starting {len(waits)} mlfo services inside the hosts")
     wait_listening(state, waits, SERVICE_START_SECONDS)

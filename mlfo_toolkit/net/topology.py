@@ -23,7 +23,14 @@ from mlfo_toolkit.util.files import read_input
 from mlfo_toolkit.util.resources import resource_path
 from mlfo_toolkit.util.yamlfiles import load_yaml, validate
 
-Role = Literal["cloud-mlfo", "campus-mlfo", "fl-server", "fl-client", "app-server", "app-client", "prometheus"]
+Role = Literal["cloud-mlfo", "campus-mlfo", "fl-server", "fl-client", "fl-aggregator", "app-server", "app-client", "prometheus"]
+AGENT_ROLES = ("fl-server", "fl-client", "fl-aggregator")  # the hosts a node agent runs on
+# Backhaul kinds (the prototype's hierFL branch): a link `kind: satellite` gets these unless it sets its own.
+LINK_KINDS: dict[str, dict[str, float]] = {
+    "satellite": {"bandwidth_mbit": 600, "delay_ms": 15},
+    "fixed-wireless": {"bandwidth_mbit": 2000, "delay_ms": 10},
+    "metro": {"bandwidth_mbit": 10000, "delay_ms": 5},
+}
 ROLES: tuple[str, ...] = Role.__args__  # type: ignore[attr-defined]
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9.]{0,8}$"  # "<name>-ethNN" fits the 15 characters of an interface name
 MAX_PORT = 99
@@ -43,6 +50,7 @@ class HostSpec(BaseModel):
     bandwidth_mbit: float | None = Field(None, gt=0)
     profile: str | None = Field(None, description="an FL client's device class (net.profiles): its CPU, memory and link, "
                                 "unless cpus or bandwidth_mbit say otherwise")
+    edge: int | None = Field(None, ge=1, description="the edge an FL client or an aggregator belongs to (hierarchical FL)")
 
     @model_validator(mode="after")
     def _known_profile(self) -> HostSpec:
@@ -64,6 +72,14 @@ class LinkSpec(BaseModel):
     a: str
     b: str
     bandwidth_mbit: float | None = Field(None, gt=0)
+    delay_ms: float | None = Field(None, ge=0)
+    kind: str | None = Field(None, max_length=40, description="a link kind (link_kinds or the built-in ones): its rate and delay")
+
+
+class LinkKind(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bandwidth_mbit: float = Field(gt=0)
     delay_ms: float = Field(0.0, ge=0)
 
 
@@ -83,17 +99,19 @@ class TopologyFile(BaseModel):
     parameters: dict[str, int] = Field(default_factory=dict)
     link_defaults: LinkDefaults = Field(default_factory=LinkDefaults)
     subnet_prefix_len: int = Field(8, ge=1, le=30)
+    link_kinds: dict[str, LinkKind] = Field(default_factory=dict, description="link kinds beyond (or over) the built-in ones")
     switches: list[dict[str, Any]]
     hosts: list[dict[str, Any]]
     links: list[dict[str, Any]] = Field(default_factory=list)
 
 
 # --- template expansion ----------------------------------------------------------------------
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+              ast.Mod: operator.mod}
 
 
 def _arith(expression: str, variables: dict[str, int]) -> int:
-    """Evaluate `n+10`, `(s-1)*3+i` and the like: integers, names, + - * // only."""
+    """Evaluate `n+10`, `(s-1)*3+i` and the like: integers, names, + - * // % only."""
 
     def walk(node: ast.AST) -> int:
         if isinstance(node, ast.Expression):
@@ -112,7 +130,13 @@ def _arith(expression: str, variables: dict[str, int]) -> int:
 
 
 def substitute(value: Any, variables: dict[str, int], where: str) -> Any:
-    """Replace every `{expr}` in strings (recursively); a string that is one `{expr}` becomes an int."""
+    """Replace every `{expr}` in strings (recursively); a string that is one `{expr}` becomes an int.
+    `{one_of: [a, b, c], index: "{expr}"}` picks an entry (cycling: index 3 is `a` again)."""
+    if isinstance(value, dict) and set(value) == {"one_of", "index"}:
+        choices, index = value["one_of"], substitute(value["index"], variables, where)
+        if not isinstance(choices, list) or not choices or not isinstance(index, int):
+            raise ValidationError("one_of needs a list of choices and an integer index", field=where)
+        return substitute(choices[index % len(choices)], variables, where)
     if isinstance(value, dict):
         return {substitute(k, variables, where): substitute(v, variables, where) for k, v in value.items()}
     if isinstance(value, list):
@@ -176,6 +200,7 @@ class Host:
     bandwidth_mbit: float | None = None
     profile: str | None = None
     memory_mb: float | None = None  # from the profile: applied at `topo up` where memory cgroups exist
+    edge: int | None = None
 
 
 @dataclass
@@ -202,6 +227,7 @@ class Link:
     interface_b: str
     bandwidth_mbit: float | None
     delay_ms: float
+    kind: str | None = None
 
 
 @dataclass
@@ -279,6 +305,28 @@ class Topology:
             "links": [asdict(link) for link in self.links],
         }
 
+    def edges(self) -> list[dict[str, Any]]:
+        """The edges of hierarchical FL (hosts with `edge: N`), in edge order: each edge's clients, its
+        aggregator, and its backhaul (the link out of the clients' switch that has a kind, else the first)."""
+        numbers = sorted({h.edge for h in self.hosts if h.edge is not None})
+        out = []
+        for number in numbers:
+            clients = [h for h in self.fl_clients() if h.edge == number]
+            aggregators = [h for h in self.by_role("fl-aggregator") if h.edge == number]
+            switches = {h.switch for h in clients} or {h.switch for h in aggregators}
+            touching = [link for link in self.links if link.a in switches or link.b in switches]
+            backhaul = next((link for link in touching if link.kind), touching[0] if touching else None)
+            out.append({
+                "name": f"edge{number}",
+                "aggregator": aggregators[0].ip if aggregators else None,
+                "clients": [h.ip for h in clients],
+                "kind": backhaul.kind if backhaul else None,
+                "bandwidth_mbit": backhaul.bandwidth_mbit if backhaul else None,
+                "delay_ms": backhaul.delay_ms if backhaul else None,
+                "interfaces": [backhaul.interface_a, backhaul.interface_b] if backhaul else [],
+            })
+        return out
+
     def mlfo_config(self, config: Config) -> Config:
         """The config every mlfo process inside this network runs with: addresses from the topology."""
         cloud = self.one("cloud-mlfo")
@@ -287,6 +335,7 @@ class Topology:
                 "mlfo.cloud": f"{cloud.ip}:{config.mlfo.momo_port}",
                 "ip_plan.clients": [h.ip for h in self.fl_clients()],
                 "ip_plan.servers": [h.ip for h in self.fl_servers()],
+                "ip_plan.edges": self.edges(),
             },
             origin=f"topology {self.name}",
         )
@@ -326,10 +375,18 @@ def build_topology(spec: TopologyFile, source: str, parameters: dict[str, int] |
         seen_ips[host.ip] = host.name
         if host.switch not in switch_names:
             raise ValidationError(f"{host.name} hangs on unknown switch '{host.switch}'", field=f"hosts[{i}].switch", source=source)
+    kinds = {**{k: LinkKind(**v) for k, v in LINK_KINDS.items()}, **spec.link_kinds}
     for i, link in enumerate(links):
         for end in (link.a, link.b):
             if end not in switch_names:
                 raise ValidationError(f"link end '{end}' is not a switch (hosts attach with 'switch:')", field=f"links[{i}]", source=source)
+        if link.kind is not None and link.kind not in kinds:
+            raise ValidationError(f"unknown link kind '{link.kind}'", field=f"links[{i}].kind", source=source,
+                                  hint=f"kinds: {', '.join(sorted(kinds))}, or add it under link_kinds")
+    for i, host in enumerate(hosts):
+        if host.role == "fl-aggregator" and host.edge is None:
+            raise ValidationError(f"aggregator {host.name} names no edge", field=f"hosts[{i}].edge", source=source,
+                                  hint="give it `edge: N`, the edge whose clients it aggregates")
 
     # Ports: per switch, hosts first in spec order, then switch links in spec order.
     next_port = {s.name: 1 for s in switches}
@@ -350,14 +407,16 @@ def build_topology(spec: TopologyFile, source: str, parameters: dict[str, int] |
         bandwidth = h.bandwidth_mbit or device.get("link_mbit") or default_bw
         built_hosts.append(
             Host(h.name, h.role, h.ip, spec.subnet_prefix_len, h.switch, port, interface_name(h.name, 0), cpus, h.cohort,
-                 h.campus, dict(h.publish), bandwidth, h.profile, device.get("memory_mb"))
+                 h.campus, dict(h.publish), bandwidth, h.profile, device.get("memory_mb"), h.edge)
         )
     built_links = []
     for link in links:
         pa, pb = take(link.a), take(link.b)
+        kind = kinds[link.kind] if link.kind else None
+        bandwidth = link.bandwidth_mbit or (kind.bandwidth_mbit if kind else None) or default_bw
+        delay = link.delay_ms if link.delay_ms is not None else (kind.delay_ms if kind else spec.link_defaults.delay_ms)
         built_links.append(
-            Link(link.a, link.b, pa, pb, interface_name(link.a, pa), interface_name(link.b, pb),
-                 link.bandwidth_mbit or default_bw, link.delay_ms or spec.link_defaults.delay_ms)
+            Link(link.a, link.b, pa, pb, interface_name(link.a, pa), interface_name(link.b, pb), bandwidth, delay or 0.0, link.kind)
         )
     return Topology(spec.name, params, built_hosts, [Switch(s.name, s.dpid) for s in switches], built_links, source, spec.link_defaults.mtu)
 

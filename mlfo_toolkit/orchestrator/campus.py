@@ -327,7 +327,7 @@ class CampusMlfo:
         try:
             record = self.table.update(deployment_id, state="deploying")
             params, pipeline = record.params, record.pipeline
-            tiers = plan_tiers(record) if params.aggregation == "hierarchical" else []
+            tiers = plan_tiers(record, self.config) if params.aggregation == "hierarchical" else []
             if tiers:
                 record = self.table.update(deployment_id, tiers=tiers)
             # A hierarchical cohort's global server has one client per edge, and samples every edge.

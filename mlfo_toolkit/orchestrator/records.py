@@ -120,6 +120,9 @@ class EdgeTier(Record):
     edge: int  # 0 ..; also the relay's part among the global server's clients
     agent: str  # the aggregator's agent
     parts: list[int]  # the deployment's client parts that train under it
+    name: str | None = None  # the network's name for the edge (ip_plan.edges)
+    kind: str | None = None  # its backhaul's kind, as declared
+    link: dict[str, Any] | None = None  # its backhaul as declared: bandwidth_mbit, delay_ms
     state: TierState = "planned"
     server: str | None = None  # the edge SuperLink, HOST:PORT, which its clients connect to
     pid: int | None = None  # the edge SuperLink

@@ -1,10 +1,11 @@
 """Hierarchical deployments: which clients train under which edge aggregator, and what each edge runs.
 
-A cohort with `aggregation: hierarchical` is split into `edges` groups of neighbouring client parts
-(the IP plan numbers a campus's clients in a row, so a group is a network neighbourhood). Each group's
-first client host also runs its edge aggregator (mlfo_toolkit.fl.edge): an edge SuperLink for the
-group, and a relay SuperNode of the cohort's global SuperLink. The global server sees one client per
-edge and samples all of them every round.
+A cohort with `aggregation: hierarchical` trains under edge aggregators (mlfo_toolkit.fl.edge): an edge
+SuperLink for a group of its clients, and a relay SuperNode of the cohort's global SuperLink, on one
+host. In an emulated network the groups are the network's edges (the topology's `edge: N` hosts,
+ip_plan.edges), each under its aggregator host; on loopback they are `edges` groups of neighbouring
+client parts, each aggregated on its first client's host. The global server sees one client per edge
+and samples all of them every round.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mlfo_toolkit.config import Config, with_port
 from mlfo_toolkit.orchestrator.records import Deployment, EdgeTier
 
 
@@ -32,12 +34,32 @@ def default_edges(size: int) -> int:
     return max(1, math.ceil(size / 10))
 
 
-def plan_tiers(record: Deployment) -> list[EdgeTier]:
-    """The deployment's edges: each group's aggregator on the host of its first client part."""
+def plan_tiers(record: Deployment, config: Config) -> list[EdgeTier]:
+    """The deployment's edges. In a network that declares its edges (ip_plan.edges, from the topology) the
+    clients group by the edge their host is on, under that edge's aggregator host (else their first
+    client's); a client on no edge talks to the global server. Elsewhere (loopback) the parts split into
+    `edges` groups of neighbours, each aggregated on its first client's host."""
     params = record.params
-    groups = split_parts(params.cohortsize, params.edges or default_edges(params.cohortsize))
     agents = {c.part: c.agent for c in record.clients}
-    return [EdgeTier(edge=i, agent=agents[parts[0]], parts=parts) for i, parts in enumerate(groups)]
+    if not config.ip_plan.edges:
+        groups = split_parts(params.cohortsize, params.edges or default_edges(params.cohortsize))
+        return [EdgeTier(edge=i, agent=agents[parts[0]], parts=parts) for i, parts in enumerate(groups)]
+    port = config.agent.port
+    edge_of = {with_port(client, port): edge for edge in config.ip_plan.edges for client in edge.clients}
+    grouped: dict[str, list[int]] = {}
+    for part in sorted(agents):
+        edge = edge_of.get(agents[part])
+        if edge is not None:
+            grouped.setdefault(edge.name, []).append(part)
+    tiers: list[EdgeTier] = []
+    for edge in config.ip_plan.edges:
+        parts = grouped.get(edge.name)
+        if not parts:
+            continue
+        tiers.append(EdgeTier(edge=len(tiers), agent=with_port(edge.aggregator, port) if edge.aggregator else agents[parts[0]],
+                              parts=parts, name=edge.name, kind=edge.kind,
+                              link={"bandwidth_mbit": edge.bandwidth_mbit, "delay_ms": edge.delay_ms}))
+    return tiers
 
 
 def edge_server_fields(record: Deployment, tier: EdgeTier) -> dict[str, Any]:

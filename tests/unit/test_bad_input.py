@@ -106,7 +106,7 @@ def test_cli_names_the_problem_without_a_traceback(workdir: Path) -> None:
     _fails_cleanly(["--config", str(workdir / "binary.yaml"), "config", "show"], 3, "not UTF-8")
     (workdir / "dup.yaml").write_text("mlfo: {port: 1}\nmlfo: {port: 2}\n")
     _fails_cleanly(["--config", str(workdir / "dup.yaml"), "config", "show"], 3, "given twice")
-    _fails_cleanly(["topo", "show", "nosuchtopo"], 4, "shipped: prototype, small")
+    _fails_cleanly(["topo", "show", "nosuchtopo"], 4, "shipped: hierarchical, prototype, small")
     (workdir / "e.yaml").write_text("name: x\nsweep:\n  rounds: [five]\n")
     _fails_cleanly(["run", str(workdir / "e.yaml"), "--dry-run"], 4, "sweep.rounds[0]")
 

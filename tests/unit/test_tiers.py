@@ -133,7 +133,7 @@ def _record(size: int, edges: int, **params: object) -> Deployment:
 
 def test_each_edge_runs_on_its_first_clients_host_and_its_clients_connect_to_it() -> None:
     record = _record(6, 2)
-    record.tiers = plan_tiers(record)
+    record.tiers = plan_tiers(record, Config())
     assert [(t.edge, t.agent, t.parts) for t in record.tiers] == [(0, "10.0.1.10:5000", [0, 1, 2]), (1, "10.0.1.13:5000", [3, 4, 5])]
     fields = edge_server_fields(record, record.tiers[1])
     assert fields["tier"] == "edge" and fields["localrounds"] == 3 and fields["minav"] == 3 and fields["minfit"] == 1
@@ -162,3 +162,20 @@ def test_the_form_and_the_cohort_file_take_the_aggregation(config: Config) -> No
     assert shaped.cohorts[0].edges == 3  # never more edges than clients
     with pytest.raises(ValidationError, match=r"c:3, field 'cohorts\[0\]\.aggregation'"):
         parse_cohort_file("cohorts:\n  - size: 2\n    aggregation: tree\n    intent: welding.yaml\n", "c", REPO / "intents", config)
+
+
+def test_in_a_network_the_clients_train_under_the_aggregator_of_their_own_edge(config: Config) -> None:
+    from mlfo_toolkit.net.topology import load_topology
+
+    topology = load_topology(REPO / "topologies" / "hierarchical.yaml", {"edges": 3, "clients": 4})
+    inner = topology.mlfo_config(config)
+    assert [(e.name, e.kind, e.bandwidth_mbit, e.delay_ms) for e in inner.ip_plan.edges] == [
+        ("edge1", "satellite", 600, 15), ("edge2", "fixed-wireless", 2000, 10), ("edge3", "metro", 10000, 5)]
+    record = _record(10, 1)  # parts 0-9 from the pool's start: edge 1's four clients, edge 2's four, two of edge 3's
+    record.clients = [ClientRecord(agent=a, part=p) for p, a in enumerate(inner.client_agents()[:10])]
+    tiers = plan_tiers(record, inner)
+    port = config.agent.port
+    assert [(t.name, t.agent, t.parts, t.kind) for t in tiers] == [
+        ("edge1", f"10.1.1.1:{port}", [0, 1, 2, 3], "satellite"), ("edge2", f"10.1.2.1:{port}", [4, 5, 6, 7], "fixed-wireless"),
+        ("edge3", f"10.1.3.1:{port}", [8, 9], "metro")]
+    assert tiers[0].link == {"bandwidth_mbit": 600, "delay_ms": 15}

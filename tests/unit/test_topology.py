@@ -87,6 +87,9 @@ def _spec(**changes: object) -> TopologyFile:
         ({"links": [{"a": "s1", "b": "h1"}]}, "not a switch"),
         ({"switches": [{"repeat": {"var": "n", "from": 1, "to": "{cohorts}"}, "name": "s{n}", "dpid": "{n}"}]}, "unknown variable"),
         ({"hosts": [{"name": "h1; rm", "role": "fl-client", "ip": "10.0.0.1", "switch": "s1"}]}, "name"),
+        ({"switches": [{"name": "s1", "dpid": 1}, {"name": "s2", "dpid": 2}], "links": [{"a": "s1", "b": "s2", "kind": "carrier-pigeon"}]},
+         r"links\[0\]\.kind.*unknown link kind 'carrier-pigeon'"),
+        ({"hosts": [{"name": "a1", "role": "fl-aggregator", "ip": "10.0.0.1", "switch": "s1"}]}, "aggregator a1 names no edge"),
     ],
 )
 def test_bad_topologies(changes: dict[str, object], message: str) -> None:
@@ -117,3 +120,36 @@ def test_a_hosts_device_profile_gives_its_cpu_memory_and_link_unless_the_host_sa
     assert (h3.profile, h3.cpus, h3.memory_mb, h3.bandwidth_mbit) == (None, None, None, 500)
     with pytest.raises(ValidationError, match="unknown device class 'pi5'"):
         build_topology(_spec(hosts=[{**hosts[0], "profile": "pi5"}]), "t.yaml")
+
+
+def test_edges_of_different_kinds_each_with_its_aggregator_and_clients() -> None:
+    topology = load_topology(Path("hierarchical"), {"edges": 4, "clients": 10})
+    kinds = [(link.kind, link.bandwidth_mbit, link.delay_ms) for link in topology.links]
+    # the kinds go round: the fourth edge is a satellite one again
+    assert kinds == [("satellite", 600, 15), ("fixed-wireless", 2000, 10), ("metro", 10000, 5), ("satellite", 600, 15)]
+    edges = topology.edges()
+    assert [e["aggregator"] for e in edges] == ["10.1.1.1", "10.1.2.1", "10.1.3.1", "10.1.4.1"]
+    assert edges[1]["clients"] == [f"10.1.2.{i}" for i in range(10, 20)]
+    assert edges[2]["interfaces"] == ["edgesw3-eth12", "aggsw0-eth9"]  # the backhaul's two switch ports
+    assert len(topology.fl_clients()) == 40 and topology.by_role("fl-aggregator")[0].cpus == 1
+    # A link that sets its own rate keeps it; its kind gives the rest.
+    spec = _spec(switches=[{"name": "s1", "dpid": 1}, {"name": "s2", "dpid": 2}],
+                 links=[{"a": "s1", "b": "s2", "kind": "satellite", "bandwidth_mbit": 5}], link_kinds={"lora": {"bandwidth_mbit": 0.05}})
+    (link,) = build_topology(spec, "t.yaml").links
+    assert (link.kind, link.bandwidth_mbit, link.delay_ms) == ("satellite", 5, 15)
+
+
+def test_the_prototype_layout_gets_an_aggregator_per_campus_on_request() -> None:
+    plain = load_topology(None)
+    assert [e["aggregator"] for e in plain.edges()] == [None] * 5 and len(plain.edges()[0]["clients"]) == 10
+    topology = load_topology(None, {"aggregators": 1})
+    assert [h.name for h in topology.by_role("fl-aggregator")] == [f"agg.{s}" for s in range(1, 6)]
+    assert [e["aggregator"] for e in topology.edges()] == [f"10.0.2.{s}" for s in range(1, 6)]
+    assert topology.port_towards("swCampus2", "swEdge0") == 12  # ten clients and the aggregator, then the uplink
+
+
+def test_one_of_picks_in_turn() -> None:
+    choice = {"one_of": ["a", "b", "c"], "index": "{e-1}"}
+    assert [substitute(choice, {"e": e}, "x") for e in range(1, 6)] == ["a", "b", "c", "a", "b"]
+    with pytest.raises(ValidationError, match="one_of needs"):
+        substitute({"one_of": [], "index": "{e}"}, {"e": 1}, "x")

@@ -17,9 +17,10 @@ from mlfo_toolkit.errors import MissingDependencyError
 from mlfo_toolkit.net.builders.mininet import MininetBuilder
 from mlfo_toolkit.net.image import bind_mounts, docker_client, require_image
 from mlfo_toolkit.net.state import HostRecord, NetworkState
+from mlfo_toolkit.net.topology import AGENT_ROLES
 from mlfo_toolkit.util.linux import CGROUP_V1_CPU
 
-DOCKER_ROLES = ("fl-server", "fl-client", "campus-mlfo", "cloud-mlfo")
+DOCKER_ROLES = (*AGENT_ROLES, "campus-mlfo", "cloud-mlfo")
 
 
 def _docker_class() -> Any:

@@ -49,6 +49,9 @@ def check_prerequisites() -> None:
         raise MissingDependencyError("Open vSwitch is not running", hint="start it with `sudo make ovs`")
 
 
+MAX_SHAPED_MBIT = 1000  # Mininet's TCLink (bwParamMax): its tc parameters are not meant for faster links
+
+
 class MininetBuilder:
     """Realise a Topology with Mininet."""
 
@@ -123,9 +126,13 @@ class MininetBuilder:
         for host in topology.hosts:
             self._add_host(net, host, state)
 
-        def shaping(bandwidth: float | None, delay: float) -> dict[str, Any]:
+        unshaped: list[str] = []
+
+        def shaping(bandwidth: float | None, delay: float, name: str = "") -> dict[str, Any]:
             params: dict[str, Any] = {}
-            if bandwidth:
+            if bandwidth and bandwidth > MAX_SHAPED_MBIT:
+                unshaped.append(f"{name} {bandwidth:g}")  # Mininet's TCLink ignores it, with an error line
+            elif bandwidth:
                 params["bw"] = bandwidth
             if delay and netem:
                 params["delay"] = f"{delay:g}ms"
@@ -141,8 +148,11 @@ class MininetBuilder:
             net.addLink(
                 link.a, link.b, port1=link.port_a, port2=link.port_b,
                 intfName1=link.interface_a, intfName2=link.interface_b,
-                **shaping(link.bandwidth_mbit, link.delay_ms),
+                **shaping(link.bandwidth_mbit, link.delay_ms, f"{link.a}-{link.b}"),
             )
+        if unshaped:
+            state.warnings.append(f"Mininet shapes rates up to {MAX_SHAPED_MBIT} Mbit/s: links {', '.join(unshaped)} Mbit/s "
+                                  "run unshaped (as fast as this machine forwards); their delays are emulated")
         net.build()
         net.start()
         if topology.mtu != 1500:
