@@ -265,6 +265,18 @@ class AssuranceSettings(_Section):
         return AssuranceSettings.model_validate({**self.model_dump(), **(thresholds or {})})
 
 
+class PlacementSettings(_Section):
+    """Where a cohort with `aggregation: auto` aggregates (orchestrator.placement): per edge, an aggregator
+    when it saves the backhaul enough time and the aggregator's host has the CPU for it."""
+
+    policy: str = Field("pays-off", max_length=300, description="pays-off, or package.module:Name / file.py:Name")
+    allowed_policies: list[str] = Field(default_factory=list, description="placement policies a cohort may name, beyond pays-off")
+    min_saving_seconds: float = Field(0.1, ge=0, description="aggregate at an edge when it saves the backhaul at least this "
+                                      "much time per global round (its clients' updates against one aggregate, both ways)")
+    min_free_cpus: float = Field(0.25, ge=0, description="and its aggregator's host has at least these cores free")
+    probe_bytes: int = Field(4_000_000, ge=10_000, le=64 * 1024 * 1024, description="the download that measures an edge's rate")
+
+
 class TrackingSettings(_Section):
     """Where `mlfo report --to` and `mlfo run --track` log runs (needs mlfo-toolkit[tracking])."""
 
@@ -285,6 +297,7 @@ class Config(_Section):
     faucet: FaucetSettings = Field(default_factory=FaucetSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     assurance: AssuranceSettings = Field(default_factory=AssuranceSettings)
+    placement: PlacementSettings = Field(default_factory=PlacementSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     def client_agents(self) -> list[str]:

@@ -18,6 +18,7 @@ import pydantic
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
+from mlfo_toolkit.agent.probes import probe_path
 from mlfo_toolkit.config import Config, FlowerApp
 from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, ValidationError
 from mlfo_toolkit.fl.control import RunControl, update_control
@@ -114,6 +115,20 @@ class ClientStartParams(BaseModel):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         return value
+
+
+class ProbeParams(BaseModel):
+    """POST /probe: measure the path from this agent to the agent of an FL server of the pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(max_length=300, description="HOST:PORT of an FL server's agent (ip_plan.servers)")
+    bytes: Int = Field(4_000_000, ge=10_000, le=64 * 1024 * 1024, description="how much to download for the rate")
+
+    @field_validator("target")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return check_address(value)
 
 
 _NODE_ID = re.compile(r"SuperNode ID: (\d+)")
@@ -575,6 +590,17 @@ class NodeAgent:
         settings = update_control(server.control_file, params.model_dump(exclude={"deployment"}))
         log.info("deployment %s: run changed: %s", params.deployment, params.model_dump(exclude_none=True, exclude={"deployment"}))
         return {"deployment": params.deployment, "control": settings.to_dict()}
+
+    # --- placement measurements --------------------------------------------------------------
+    def probe(self, params: ProbeParams) -> dict[str, Any]:
+        """The path from here to an FL server's agent (mlfo_toolkit.agent.probes). Only the FL server pool is a
+        target (and, on loopback, another loopback agent): an agent is no tool to scan the network with."""
+        allowed = set(self.config.server_agents())
+        local = self.advertise_host.startswith("127.") and params.target.startswith("127.")
+        if params.target not in allowed and not local:
+            raise ValidationError(f"{params.target} is not an FL server of this network's pool", field="target",
+                                  hint=f"FL servers: {', '.join(sorted(allowed)) or 'none'}")
+        return probe_path(params.target, params.bytes, self.config.southbound_token)
 
     # --- status and stop ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 @click.option("--timeout", type=click.FloatRange(min=1), default=900, show_default=True, help="Seconds to wait for the FL runs.")
 @click.option("--app", "app", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A Flower app's folder (pyproject.toml with [tool.flwr.app]) to train instead of mlfo's own model.")
-@click.option("--aggregation", type=click.Choice(["flat", "hierarchical"]),
-              help="hierarchical: the clients train under edge aggregators; only their aggregates reach the cohort's server.")
+@click.option("--aggregation", type=click.Choice(["flat", "hierarchical", "auto"]),
+              help="hierarchical: the clients train under edge aggregators; only their aggregates reach the cohort's server. "
+                   "auto: the MLFO measures each edge and aggregates where it pays.")
 @click.option("--edges", type=click.IntRange(1, 50), help="Edge aggregators per cohort (hierarchical; default: one per 10 clients).")
 @click.option("--local-rounds", type=click.IntRange(1, 100), help="The edges' rounds per global round (hierarchical; default 1).")
 @json_option("Print one JSON object (cohorts, accuracy and loss per round, run_dir).")

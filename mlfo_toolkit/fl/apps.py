@@ -260,10 +260,11 @@ def _relay(msg: Message, context: Context, train_start: float) -> Message:
                                   timeout=RELAY_TIMEOUT)
     except EdgeError as err:
         raise RuntimeError(f"edge aggregator: {err}") from None
+    # The same keys as a client's reply: Flower's strategies aggregate only replies whose metrics match, and a
+    # cohort's global server may have clients on no edge next to the relays.
     metrics = MetricRecord({
         "train_loss": float(reply.get("train_loss", 0.0)),
         "num-examples": int(reply["num_examples"]),
-        "edge-results": int(reply.get("results", 0)),
         TRAIN_START: train_start,
         TRAIN_END: time.time(),
         TRAIN_PART: int(context.node_config["partition-id"]),

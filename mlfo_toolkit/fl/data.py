@@ -153,6 +153,9 @@ LOADERS: dict[str, Callable[[Path], Dataset]] = {
 }
 
 
+# (features, classes) of each dataset, known without loading it (the size of a model's update, for placement).
+SHAPES: dict[str, tuple[int, int]] = {"handmnist": (64, 10), "fashionmnist": (784, 10), "mnist": (784, 10), "cifar": (3072, 10)}
+
 BUILT_IN = frozenset({"handmnist"})  # datasets that read no file of fl.data_dir
 
 

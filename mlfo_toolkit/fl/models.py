@@ -34,6 +34,15 @@ def init_params(kind: str, num_features: int, num_classes: int, seed: int = 0) -
     )
 
 
+def update_bytes(kind: str, num_features: int, num_classes: int) -> int:
+    """The bytes of one packed update of a model kind (float64), without building it."""
+    if kind == "simple":
+        count = num_features * num_classes + num_classes
+    else:
+        count = num_features * HIDDEN_UNITS + HIDDEN_UNITS + HIDDEN_UNITS * num_classes + num_classes
+    return 8 * count
+
+
 def pack(params: Params) -> Params:
     """The model's arrays as one flat vector: one object in a Flower message instead of one per array. Every
     request Flower's Fleet API makes carries one object, so a round of the two-layer model costs about 40 %

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from mlfo_toolkit.agent.node import ClientStartParams, ControlParams, NodeAgent, ServerStartParams
+from mlfo_toolkit.agent.node import ClientStartParams, ControlParams, NodeAgent, ProbeParams, ServerStartParams
+from mlfo_toolkit.agent.probes import MAX_PROBE_BYTES, blob, free_cpus
 from mlfo_toolkit.http.app import service_app
 from mlfo_toolkit.http.forms import form_schema, read_fields
 from mlfo_toolkit.monitoring.metrics import AgentCollector, ServiceMetrics, SocketCollector
@@ -48,6 +49,20 @@ def agent_app(agent: NodeAgent) -> FastAPI:
     @app.get("/status", dependencies=[private], summary="The FL server and clients of this agent")
     def status() -> dict[str, Any]:
         return agent.status()
+
+    @app.get("/capacity", dependencies=[private], summary="This host's free CPU (cores), sampled over half a second")
+    def capacity() -> dict[str, Any]:
+        return free_cpus(0.5)
+
+    @app.post("/probe", dependencies=[private], openapi_extra=form_schema(ProbeParams, with_file=False),
+              summary="Measure the path from here to an FL server's agent: round-trip time and rate")
+    async def probe(request: Request) -> dict[str, Any]:
+        params = validate(ProbeParams, await read_fields(request), {}, "POST /probe")
+        return await run_in_threadpool(agent.probe, params)
+
+    @app.get("/probe/blob", dependencies=[private], summary="Zero bytes for another agent's rate probe")
+    def probe_blob(size: Annotated[int, Query(alias="bytes", ge=1, le=MAX_PROBE_BYTES)]) -> StreamingResponse:
+        return StreamingResponse(blob(size), media_type="application/octet-stream")
 
     @app.post("/stop", dependencies=[private], summary="Stop this agent's FL processes (of one deployment, one client part, if given)")
     def stop(deployment: Annotated[str | None, Query(max_length=64)] = None,

@@ -97,6 +97,12 @@ class AgentClient(ApiClient):
         """Change a running FL run (JSON: node ids are 64-bit numbers)."""
         return dict(self.request("POST", "/control", json=dict(changes)))
 
+    def capacity(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/capacity"))
+
+    def probe(self, target: str, size: int) -> dict[str, Any]:
+        return dict(self.request("POST", "/probe", data=_form({"target": target, "bytes": size})))
+
     def stop(self, deployment: str | None = None, part: int | None = None) -> dict[str, Any]:
         """Stop the agent's FL processes (only one deployment's if given, only its client `part` if given)."""
         params = {k: v for k, v in (("deployment", deployment), ("part", part)) if v is not None}

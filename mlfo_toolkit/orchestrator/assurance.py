@@ -11,12 +11,7 @@ before anything is done (`orchestrator.loop`).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
 import math
-import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -24,6 +19,7 @@ from typing import Any, Literal, Protocol
 from mlfo_toolkit.config import AssuranceSettings
 from mlfo_toolkit.errors import ValidationError
 from mlfo_toolkit.orchestrator.intents import Intent, client_cap, target_metric
+from mlfo_toolkit.util.plugins import SPEC, load_object
 from mlfo_toolkit.util.yamlfiles import field_name, line_of, validate
 
 AssuranceState = Literal["on_track", "at_risk", "met", "missed"]
@@ -302,7 +298,6 @@ class DefaultPolicy:
 
 
 # --- loading ------------------------------------------------------------------------------------------
-_SPEC = re.compile(r"^(?P<where>[A-Za-z0-9_./-]+?(?:\.py)?):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
 def load_policy(name: str, settings: AssuranceSettings, base: Path | None = None) -> Policy:
@@ -313,39 +308,9 @@ def load_policy(name: str, settings: AssuranceSettings, base: Path | None = None
         return NonePolicy()
     if name == "default":
         return DefaultPolicy()
-    match = _SPEC.match(name)
-    if not match:
+    if not SPEC.match(name):
         raise ValidationError(f"'{name}' is not none, default, package.module:Name or file.py:Name", field="policy")
-    where, attribute = match.group("where"), match.group("name")
-    try:
-        if where.endswith(".py"):
-            path = (base / where) if base is not None and not Path(where).is_absolute() else Path(where)
-            spec = importlib.util.spec_from_file_location(f"mlfo_policy_{path.stem}", path)
-            if spec is None or spec.loader is None:
-                raise ImportError(f"cannot load {path}")
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(where)
-        found = getattr(module, attribute)
-    except (ImportError, AttributeError, OSError, SyntaxError) as err:
-        raise ValidationError(f"cannot load policy '{name}': {err}", field="policy",
-                              hint="is the module importable (PYTHONPATH), or the file's path right?") from None
-    policy: Any = found
-    if inspect.isclass(found):
-        factory: Callable[..., Any] = found
-        policy = factory(settings) if _takes_an_argument(found) else factory()
-    if not callable(getattr(policy, "decide", None)):
-        raise ValidationError(f"policy '{name}' has no decide(observation) method", field="policy")
-    return policy  # type: ignore[no-any-return]
-
-
-def _takes_an_argument(cls: type) -> bool:
-    try:
-        parameters = list(inspect.signature(cls).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    return bool(parameters) and parameters[0].default is inspect.Parameter.empty
+    return load_object(name, settings, "decide", field="policy", base=base)  # type: ignore[no-any-return]
 
 
 def check_actions(returned: Any) -> list[Action]:

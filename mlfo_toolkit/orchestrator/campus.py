@@ -27,8 +27,11 @@ from mlfo_toolkit.errors import (
     UnreachableError,
     ValidationError,
 )
+from mlfo_toolkit.fl.data import SHAPES
+from mlfo_toolkit.fl.models import update_bytes
 from mlfo_toolkit.fl.partitions import KINDS, PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
+from mlfo_toolkit.fl.userapps import is_app
 from mlfo_toolkit.monitoring.metrics import AssuranceStates, DeploymentStates, MlfoMetrics
 from mlfo_toolkit.orchestrator.api_clients import AgentClient, MomoClient, southbound
 from mlfo_toolkit.orchestrator.assurance import SHIPPED_POLICIES, Target, check_thresholds, load_policy
@@ -38,9 +41,10 @@ from mlfo_toolkit.orchestrator.deployments import DeploymentTable
 from mlfo_toolkit.orchestrator.intake import Admission, ReceiveParams, ServerQueue
 from mlfo_toolkit.orchestrator.intents import Catalog, Intent, MomoConstraints, Pipeline, build_momo_intent
 from mlfo_toolkit.orchestrator.loop import AssuranceLoop
-from mlfo_toolkit.orchestrator.records import ClientRecord, ClientRestart, Deployment, DeploymentParams, EdgeTier, ServerRecord
+from mlfo_toolkit.orchestrator.placement import check_placement, load_placement
+from mlfo_toolkit.orchestrator.records import ClientRecord, ClientRestart, Decision, Deployment, DeploymentParams, EdgeTier, ServerRecord
 from mlfo_toolkit.orchestrator.store import Store
-from mlfo_toolkit.orchestrator.tiers import default_edges, edge_server_fields, plan_tiers, relay_fields
+from mlfo_toolkit.orchestrator.tiers import default_edges, edge_server_fields, global_members, plan_tiers, relay_fields
 from mlfo_toolkit.orchestrator.watch import DeploymentWatch
 from mlfo_toolkit.util.names import safe_name
 from mlfo_toolkit.util.stats import spread
@@ -108,7 +112,7 @@ class CampusMlfo:
                 if wanted > target.max_clients:
                     raise ValidationError(f"the intent allows {target.max_clients} clients but {field} is {wanted}: the run "
                                           "could never start", field="targets[0].constraints.max_clients")
-        if params.aggregation == "hierarchical":
+        if params.aggregation != "flat":
             if params.sameserver:
                 raise ValidationError("a hierarchical cohort has a global FL server of its own", field="sameserver",
                                       hint="set sameserver to false, or aggregation to flat")
@@ -133,7 +137,7 @@ class CampusMlfo:
                 min_available=params.minav or fl.min_available, rounds=params.numround or fl.rounds,
                 seed=params.seed, round_timeout=params.roundtimeout, partition=_partition(params.partition),
                 aggregation=params.aggregation, local_rounds=params.localrounds or 1,
-                edges=(params.edges or default_edges(params.cohortsize)) if params.aggregation == "hierarchical" else None,
+                edges=(params.edges or default_edges(params.cohortsize)) if params.aggregation != "flat" else None,
             ),
             state="planned", created=now, updated=now,
             clients=[ClientRecord(agent=a, part=i) for i, a in enumerate(clients)],
@@ -327,14 +331,17 @@ class CampusMlfo:
         try:
             record = self.table.update(deployment_id, state="deploying")
             params, pipeline = record.params, record.pipeline
-            tiers = plan_tiers(record, self.config) if params.aggregation == "hierarchical" else []
+            tiers = plan_tiers(record, self.config) if params.aggregation != "flat" else []
             if tiers:
                 record = self.table.update(deployment_id, tiers=tiers)
-            # A hierarchical cohort's global server has one client per edge, and samples every edge.
+            # A hierarchical cohort's global server has one client per edge (and every client on no edge), and
+            # samples all of them. With auto, how many is known after the placement: it is set then (control).
+            auto = params.aggregation == "auto"
+            members = global_members(record) if tiers else 0
             constraints = MomoConstraints(
                 sourcekind=pipeline["source"], modelkind=pipeline["model"], avgalgo=params.strategy,
-                fracfit=1.0 if tiers else params.fraction_fit, minfit=len(tiers) or params.min_fit,
-                minav=len(tiers) or params.min_available, numround=params.rounds,
+                fracfit=1.0 if tiers else params.fraction_fit, minfit=1 if auto else members or params.min_fit,
+                minav=1 if auto else members or params.min_available, numround=params.rounds,
                 sameserv=params.sameserver, deployment=deployment_id, cohort=record.name, seed=params.seed,
                 roundtimeout=params.round_timeout,
             )
@@ -344,7 +351,10 @@ class CampusMlfo:
             server = ServerRecord(server=answer["server"], agent=answer["agent"], shared_with=answer.get("shared_with"),
                                   pid=answer.get("pid"))
             record = self.table.update(deployment_id, server=server, released=False)
-            if tiers:
+            if auto:
+                self._place(deployment_id)
+                record = self.table.get(deployment_id)
+            if record.tiers:
                 self._start_tiers(record, started)
             else:
                 self._start_clients(record, started)
@@ -453,6 +463,74 @@ class CampusMlfo:
         """Ask the agent on `host` to start client `part` of a deployment; it answers once the SuperNode is up."""
         with southbound(AgentClient, host, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as agent:
             return agent.start_client(client_fields(record, part, server))
+
+    def _place(self, deployment_id: str) -> None:
+        """`aggregation: auto`: measure each edge, let the placement policy decide where to aggregate, keep the
+        decision with its numbers, and set the global run's sampling to the members it now has."""
+        record = self.table.get(deployment_id)
+        assert record.server is not None
+        settings = self.config.placement
+        target = record.server.agent
+        pipeline = record.pipeline
+
+        def agent_of(tier: EdgeTier) -> AgentClient:
+            return southbound(AgentClient, tier.agent, self.config, timeout=max(self.config.api.timeout_seconds, 60.0), retries=0)
+
+        def capacity(tier: EdgeTier) -> dict[str, Any]:
+            seen: dict[str, Any] = {"edge": tier.edge, "name": tier.name, "kind": tier.kind, "agent": tier.agent,
+                                    "clients": len(tier.parts), "rate_mbit": None, "rtt_ms": None, "link_source": None,
+                                    "cpus_free": None, "declared": tier.link, "errors": []}
+            try:
+                with agent_of(tier) as agent:
+                    seen["cpus_free"] = agent.capacity().get("cpus_free")
+            except MlfoError as err:
+                seen["errors"].append(f"capacity: {err.message}")
+            return seen
+
+        def path(tier: EdgeTier, seen: dict[str, Any]) -> dict[str, Any]:
+            try:
+                with agent_of(tier) as agent:
+                    found = agent.probe(target, settings.probe_bytes)
+                seen.update(rate_mbit=found.get("rate_mbit"), rtt_ms=found.get("rtt_ms"), link_source="measured")
+            except MlfoError as err:
+                seen["errors"].append(f"probe: {err.message}")
+                declared = tier.link or {}
+                if declared.get("bandwidth_mbit"):  # the network's declared backhaul instead
+                    delay = declared.get("delay_ms")
+                    seen.update(rate_mbit=declared["bandwidth_mbit"], rtt_ms=2 * delay if delay is not None else None,
+                                link_source="declared")
+            return seen
+
+        # The CPU first, for every edge at once, then the paths: a probe's download would count as busy CPU.
+        with ThreadPoolExecutor(max_workers=max(1, len(record.tiers)), thread_name_prefix="probe") as pool:
+            seen = list(pool.map(capacity, record.tiers))
+            edges = list(pool.map(path, record.tiers, seen))
+        shape = SHAPES.get(str(pipeline.get("source")))
+        observation: dict[str, Any] = {
+            "model_bytes": update_bytes(str(pipeline.get("model")), *shape) if shape and not is_app(str(pipeline.get("model"))) else None,
+            "local_rounds": record.params.local_rounds, "target": target, "edges": edges}
+        error = None
+        try:
+            policy = load_placement(settings.policy, settings)
+            placed = check_placement(policy.place(observation), [t.edge for t in record.tiers])
+        except Exception as err:  # a policy that fails or answers nonsense: every edge goes flat, and the record says why
+            error = f"{type(err).__name__}: {err}"
+            placed = {t.edge: {"edge": t.edge, "aggregate": False, "reason": "the placement policy failed"} for t in record.tiers}
+        chosen = [t for t in record.tiers if placed[t.edge]["aggregate"]]
+        actions = [{"kind": "aggregate_at_edge" if placed[t.edge]["aggregate"] else "flat", "edge": t.name or t.edge,
+                    "status": "done", "detail": placed[t.edge]["reason"]} for t in record.tiers]
+        decision = Decision(at=time.time(), round=0, trigger="placement", policy=settings.policy, observed=observation,
+                            rules=[f"{t.name or t.edge}: {placed[t.edge]['reason']}" for t in record.tiers], actions=actions, error=error)
+        with self.table.edit(deployment_id) as live:
+            live.tiers = [t.model_copy(update={"edge": i}) for i, t in enumerate(chosen)]
+            live.decisions.append(decision)
+        record = self.table.get(deployment_id)
+        members = global_members(record)
+        params = record.params
+        self.control(deployment_id, {"fraction_fit": 1.0 if record.tiers else params.fraction_fit,
+                                     "min_fit": members if record.tiers else params.min_fit,
+                                     "min_available": members if record.tiers else params.min_available})
+        log.info("deployment %s: aggregators placed on %s", deployment_id, [t.name or t.agent for t in record.tiers] or "no edge")
 
     def _start_tiers(self, record: Deployment, started: float) -> None:
         """A hierarchical deployment: every edge's run first (its clients need its address), then every client

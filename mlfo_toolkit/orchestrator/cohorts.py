@@ -52,7 +52,8 @@ class CohortSpec(BaseModel):
     policy: str | None = Field(None, max_length=300, description="the closed loop's policy (default: the campus MLFO's assurance.policy)")
     assurance: dict[str, Any] | None = Field(None, description="assurance thresholds for this cohort (see the assurance config)")
     partition: PartitionSpec | None = Field(None, description="how the clients split the data (default: fl.partitioning)")
-    aggregation: Literal["flat", "hierarchical"] | None = Field(None, description="hierarchical: an edge aggregator per group of clients")
+    aggregation: Literal["flat", "hierarchical", "auto"] | None = Field(
+        None, description="hierarchical: an edge aggregator per group of clients; auto: where the MLFO measures that it pays")
     edges: int | None = Field(None, ge=1, le=1000, description="hierarchical: how many edges (default: one per 10 clients)")
     local_rounds: int | None = Field(None, ge=1, le=1000, description="hierarchical: the edges' local rounds per global round")
 
@@ -68,7 +69,7 @@ class CohortDefaults(BaseModel):
     policy: str | None = Field(None, max_length=300)
     assurance: dict[str, Any] | None = None
     partition: PartitionSpec | None = None
-    aggregation: Literal["flat", "hierarchical"] | None = None
+    aggregation: Literal["flat", "hierarchical", "auto"] | None = None
     edges: int | None = Field(None, ge=1, le=1000)
     local_rounds: int | None = Field(None, ge=1, le=1000)
 
@@ -119,7 +120,7 @@ class Cohort:
     policy: str | None = None  # None: the campus MLFO's assurance.policy
     assurance: dict[str, Any] | None = None  # thresholds over the campus MLFO's
     partition: PartitionSpec | None = None  # None: the agents' fl.partitioning
-    aggregation: str = "flat"  # or hierarchical (mlfo_toolkit.orchestrator.tiers)
+    aggregation: str = "flat"  # or hierarchical, auto (mlfo_toolkit.orchestrator.tiers, .placement)
     edges: int | None = None  # hierarchical: None, one per 10 clients
     local_rounds: int | None = None  # hierarchical: None, 1
 

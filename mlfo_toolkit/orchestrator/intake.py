@@ -36,7 +36,8 @@ class ReceiveParams(BaseModel):
     assurance: str | None = Field(None, max_length=4096, description="JSON object of assurance thresholds for this deployment")
     partition: str | None = Field(None, max_length=1024, description="JSON object: how the clients split the data "
                                   "(kind, alpha, classes, shards, seed; default: the agents' fl.partitioning)")
-    aggregation: Literal["flat", "hierarchical"] = Field("flat", description="hierarchical: an edge aggregator per group of clients")
+    aggregation: Literal["flat", "hierarchical", "auto"] = Field(
+        "flat", description="hierarchical: an edge aggregator per group of clients; auto: where the MLFO measures that it pays")
     edges: Int | None = Field(None, ge=1, le=1000, description="hierarchical: edges (default: one per 10 clients)")
     localrounds: Int | None = Field(None, ge=1, le=1000, description="hierarchical: local rounds per global round (default 1)")
 

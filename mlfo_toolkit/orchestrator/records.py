@@ -17,8 +17,9 @@ TERMINAL_STATES: tuple[DeploymentState, ...] = ("done", "failed")
 # planned: not started yet; starting: its agent was asked; running; lost: its SuperNode or agent is gone;
 # failed: it never started; stopped: its deployment ended and it was stopped; spare: its part is not run
 # (beyond the intent's client cap, or taken out), its host free for the closed loop to use.
-Aggregation = Literal["flat", "hierarchical"]
-AGGREGATIONS: tuple[Aggregation, ...] = ("flat", "hierarchical")
+# auto: the MLFO measures each edge and places an aggregator where its placement policy says it pays.
+Aggregation = Literal["flat", "hierarchical", "auto"]
+AGGREGATIONS: tuple[Aggregation, ...] = ("flat", "hierarchical", "auto")
 # An edge aggregator: planned, starting (its edge run, clients and relay being started), running, failed
 # (it never started, see error), stopped (its deployment ended).
 TierState = Literal["planned", "starting", "running", "failed", "stopped"]

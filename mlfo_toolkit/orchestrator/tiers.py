@@ -43,7 +43,7 @@ def plan_tiers(record: Deployment, config: Config) -> list[EdgeTier]:
     agents = {c.part: c.agent for c in record.clients}
     if not config.ip_plan.edges:
         groups = split_parts(params.cohortsize, params.edges or default_edges(params.cohortsize))
-        return [EdgeTier(edge=i, agent=agents[parts[0]], parts=parts) for i, parts in enumerate(groups)]
+        return [EdgeTier(edge=i, agent=agents[parts[0]], parts=parts, name=f"edge{i + 1}") for i, parts in enumerate(groups)]
     port = config.agent.port
     edge_of = {with_port(client, port): edge for edge in config.ip_plan.edges for client in edge.clients}
     grouped: dict[str, list[int]] = {}
@@ -83,3 +83,9 @@ def relay_fields(record: Deployment, tier: EdgeTier, global_server: str) -> dict
               "cohsize": len(record.tiers), "part": tier.edge, "deployment": record.id, "cohort": record.name,
               "seed": record.params.seed, "relay": True}
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def global_members(record: Deployment) -> int:
+    """How many clients the global FL server of a hierarchical deployment has: one relay per edge, and every
+    client part on no edge."""
+    return len(record.tiers) + sum(1 for c in record.clients if record.tier_of(c.part) is None)

@@ -109,6 +109,18 @@ def test_agent_contract_and_typed_validation(agent, workdir: Path) -> None:  # t
         assert answer.status_code == 400, (path, fields, answer.text)
         assert answer.json()["field"] == field
     assert requests.get(url + "/status", timeout=5).json() == {"node": "127.0.0.1", "server": None, "clients": []}
+    # Placement measurements: a path to another loopback agent (here itself), never to a host outside the pool.
+    path = requests.post(url + "/probe", data={"target": url.removeprefix("http://"), "bytes": "1000000"}, timeout=30)
+    assert path.status_code == 200, path.text
+    assert path.json()["bytes"] == 1_000_000 and path.json()["rate_mbit"] > 10 and path.json()["rtt_ms"] > 0
+    outside = requests.post(url + "/probe", data={"target": "10.9.9.9:5000"}, timeout=10)
+    assert outside.status_code == 400 and outside.json()["field"] == "target"
+    assert requests.get(url + "/probe/blob", params={"bytes": 10**9}, timeout=10).status_code in (400, 422)
+    capacity = requests.get(url + "/capacity", timeout=10).json()
+    assert 0 <= capacity["cpus_free"] <= capacity["machine_free"] + 1e-6
+    relay = requests.post(url + "/cli", data={"source": "handmnist", "model": "simple", "server": "127.0.0.1:6000", "cohsize": "2",
+                                              "part": "0", "deployment": "d1", "relay": "true"}, timeout=10)
+    assert relay.status_code == 409 and "no edge aggregator" in relay.json()["message"]  # a relay needs its edge run here
 
     serv = {"algo": "fedavg", "fracfit": "1", "minfit": "1", "minav": "1", "numround": "1", "model": "simple"}
     missing = requests.post(url + "/serv", data={"algo": "fedavg", "numround": "1"}, timeout=10)
@@ -151,4 +163,34 @@ def test_two_tiers_train_for_real_and_only_the_edges_aggregates_reach_the_global
     model_bytes = 38_480
     received = cohort["traffic"]["bytes_received"]
     assert 3 * 2 * model_bytes <= received < 3 * 4 * model_bytes, received
+    assert processes_under(workdir) == []
+
+
+def test_auto_measures_each_edge_and_a_researchers_policy_places_the_aggregators(workdir: Path) -> None:
+    (workdir / "second_only.py").write_text(
+        "class SecondOnly:\n"
+        "    def place(self, observation):\n"
+        "        return [{'edge': e['edge'], 'aggregate': e['edge'] == 1, 'reason': f\"measured {e['rate_mbit']} Mbit/s\"}\n"
+        "                for e in observation['edges']]\n")
+    policy = f"{workdir / 'second_only.py'}:SecondOnly"
+    (workdir / "mlfo.yaml").write_text(f"placement:\n  policy: {policy}\n  allowed_policies: [{policy}]\n  probe_bytes: 500000\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "mlfo_toolkit", "demo", "--json", "--cohorts", "1", "--clients", "6", "--rounds", "3",
+         "--aggregation", "auto", "--edges", "2"],
+        capture_output=True, text=True, timeout=400, cwd=workdir,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (cohort,) = json.loads(out.stdout)["cohorts"]
+    placement = next(d for d in cohort["decisions"] if d["trigger"] == "placement")
+    assert placement["policy"] == policy
+    measured = placement["observed"]["edges"]
+    assert [e["link_source"] for e in measured] == ["measured", "measured"] and all(e["rate_mbit"] > 10 for e in measured)
+    assert placement["observed"]["model_bytes"] == 38_480
+    assert [a["kind"] for a in placement["actions"]] == ["flat", "aggregate_at_edge"]
+    # Only the second edge got an aggregator: its three clients train under it, the first edge's three talk to
+    # the global server, which samples four members a round.
+    (tier,) = cohort["tiers"]
+    assert tier["parts"] == [3, 4, 5] and tier["edge"] == 0
+    assert cohort["sampled"] == [4, 4, 4] and cohort["results"] == [4, 4, 4]
+    assert cohort["accuracy"][-1] > cohort["accuracy"][0]
     assert processes_under(workdir) == []

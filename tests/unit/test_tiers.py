@@ -179,3 +179,44 @@ def test_in_a_network_the_clients_train_under_the_aggregator_of_their_own_edge(c
         ("edge1", f"10.1.1.1:{port}", [0, 1, 2, 3], "satellite"), ("edge2", f"10.1.2.1:{port}", [4, 5, 6, 7], "fixed-wireless"),
         ("edge3", f"10.1.3.1:{port}", [8, 9], "metro")]
     assert tiers[0].link == {"bandwidth_mbit": 600, "delay_ms": 15}
+
+
+def _edges(*rates: float | None, cpus: float | None = 1.0, clients: int = 10) -> dict[str, object]:
+    return {"model_bytes": 38_480, "edges": [{"edge": i, "clients": clients, "rate_mbit": r, "cpus_free": cpus} for i, r in enumerate(rates)]}
+
+
+def test_pays_off_aggregates_behind_a_slow_backhaul_and_nowhere_else() -> None:
+    from mlfo_toolkit.config import PlacementSettings
+    from mlfo_toolkit.orchestrator.placement import PaysOff, check_placement
+
+    policy = PaysOff(PlacementSettings(min_saving_seconds=0.1, min_free_cpus=0.25))
+    placed = check_placement(policy.place(_edges(10, 600, 2000)), [0, 1, 2])
+    assert [placed[e]["aggregate"] for e in range(3)] == [True, False, False]
+    # ten 38 kB updates down and up over 10 Mbit/s, against one of each: 0.55 s a round
+    assert placed[0]["saving_seconds"] == pytest.approx(2 * 9 * 38_480 * 8 / 10e6, rel=1e-3)
+    assert "600 Mbit/s" in placed[1]["reason"] and "< placement.min_saving_seconds 0.1" in placed[1]["reason"]
+    # where it would pay but the aggregator's host is busy, it does not aggregate either
+    busy = check_placement(policy.place(_edges(10, cpus=0.1)), [0])[0]
+    assert not busy["aggregate"] and "0.10 cores free" in busy["reason"]
+    unknown = check_placement(policy.place(_edges(None)), [0])[0]
+    assert not unknown["aggregate"] and "neither measured nor declared" in unknown["reason"]
+
+
+def test_a_researchers_placement_policy_is_loaded_only_when_allowed_and_its_answer_is_checked(tmp_path: Path) -> None:
+    from mlfo_toolkit.config import PlacementSettings
+    from mlfo_toolkit.orchestrator.placement import check_placement, load_placement
+
+    mine = tmp_path / "mine.py"
+    mine.write_text("class EveryOther:\n    def place(self, observation):\n"
+                    "        return [{'edge': e['edge'], 'aggregate': e['edge'] % 2 == 0, 'reason': 'even'} for e in observation['edges']]\n")
+    name = f"{mine}:EveryOther"
+    with pytest.raises(ValidationError, match="not allowed"):
+        load_placement(name, PlacementSettings())
+    policy = load_placement(name, PlacementSettings(allowed_policies=[name]))
+    placed = check_placement(policy.place(_edges(1, 1, 1)), [0, 1, 2])
+    assert [placed[e]["aggregate"] for e in range(3)] == [True, False, True]
+    with pytest.raises(ValueError, match="edge 7"):
+        check_placement([{"edge": 7, "aggregate": True}], [0, 1])
+    with pytest.raises(ValueError, match="not a list"):
+        check_placement("everywhere", [0])
+    assert check_placement([], [0, 1])[1]["reason"] == "the policy did not place it"
