@@ -275,6 +275,9 @@ class PlacementSettings(_Section):
                                       "much time per global round (its clients' updates against one aggregate, both ways)")
     min_free_cpus: float = Field(0.25, ge=0, description="and its aggregator's host has at least these cores free")
     probe_bytes: int = Field(4_000_000, ge=10_000, le=64 * 1024 * 1024, description="the download that measures an edge's rate")
+    on_edge_lost: Literal["rehome", "drop"] = Field(
+        "rehome", description="an edge aggregator lost mid-run: its clients start again towards the global FL server "
+        "(rehome), or the edge leaves the run (drop)")
 
 
 class TrackingSettings(_Section):

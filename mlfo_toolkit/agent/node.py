@@ -613,11 +613,13 @@ class NodeAgent:
                 server["traffic"] = {"bytes_sent": sample.bytes_sent, "bytes_received": sample.bytes_received}
             return {"node": self.advertise_host, "server": server, "clients": [c.status() for c in self.clients]}
 
-    def stop(self, deployment: str | None = None, part: int | None = None) -> dict[str, Any]:
-        """Stop every FL process here, or only those of one deployment (only its client `part`, if given)."""
+    def stop(self, deployment: str | None = None, part: int | None = None, edge_run: bool = False) -> dict[str, Any]:
+        """Stop every FL process here, or only those of one deployment (only its client `part`, if given; only its
+        edge aggregator, the edge run and its relay, with `edge_run`)."""
         with self._lock:
             stopped = []
-            if self.server is not None and deployment in (None, self.server.params.deployment) and part is None:
+            server_too = part is None and (not edge_run or (self.server is not None and self.server.params.tier == "edge"))
+            if self.server is not None and deployment in (None, self.server.params.deployment) and server_too:
                 # Its final round stays in /metrics a while, so that Prometheus scrapes it after the stop.
                 self._ended.append((time.time(), self.server.params.deployment, self.server.params.cohort, self.server.status()))
                 log.info("stopping FL server %s of deployment '%s' (asked to stop %s)", self.server.address,
@@ -627,7 +629,9 @@ class NodeAgent:
                 self.server = None
             keep = []
             for client in self.clients:
-                if deployment in (None, client.params.deployment) and part in (None, client.params.part):
+                # A relay's part is its edge's number among the global server's clients, not a data part.
+                mine = client.params.relay if edge_run else (part is None or (client.params.part == part and not client.params.relay))
+                if deployment in (None, client.params.deployment) and mine:
                     self._stop_client(client)
                     stopped.append(f"client part {client.params.part}")
                 else:

@@ -42,7 +42,7 @@ from mlfo_toolkit.net.profiles import ProfileSpec, assign_profiles, profiles_rec
 from mlfo_toolkit.net.state import running_network
 from mlfo_toolkit.net.traces import start_trace, stop_traces
 from mlfo_toolkit.orchestrator.api_clients import campus_client
-from mlfo_toolkit.orchestrator.records import ClientRecord, Deployment
+from mlfo_toolkit.orchestrator.records import ClientRecord, Deployment, EdgeTier
 from mlfo_toolkit.orchestrator.sending import SentCohort
 
 # How long a restart waits for the MLFO to see the killed client lost (it checks every client_check_seconds).
@@ -105,6 +105,17 @@ class Actions:
         record = self._deployment(kill.cohort)
         if kill.agent:
             return self._kill_agent(kill, record)
+        if kill.edge is not None:
+            tier = self._tier(record, kill.cohort, kill.edge)
+            killed = []
+            for pid, what in ((tier.relay_pid, "relay"), (tier.pid, "edge SuperLink")):
+                try:
+                    _kill_pid(pid, f"the {what} of edge {tier.name or tier.edge} of {kill.cohort}", record.created)
+                    killed.append(pid)
+                except MlfoError:
+                    if not killed and what == "edge SuperLink":
+                        raise
+            return {"cohort": kill.cohort, "edge": tier.name or tier.edge, "agent": tier.agent, "pids": killed}
         if kill.server:
             server = record.server
             _kill_pid(server.pid if server else None, f"the FL server of {kill.cohort}", record.created)
@@ -113,20 +124,31 @@ class Actions:
         _kill_pid(client.pid, f"client part {kill.part} of {kill.cohort}", record.created)
         return {"cohort": kill.cohort, "part": kill.part, "agent": client.agent, "pid": client.pid}
 
-    def _agent_of(self, record: Deployment, cohort: str, part: int | None, server: bool, event: str) -> tuple[str, Any]:
-        """The address and recorded agent process that run a deployment's FL server or one of its clients."""
-        address = (record.server.agent if record.server else "") if server else self._client(record, cohort, part, event).agent
+    def _tier(self, record: Deployment, cohort: str, edge: int | str) -> EdgeTier:
+        tier = next((t for t in record.tiers if edge in (t.edge, t.name)), None)
+        if tier is None:
+            raise ValidationError(f"cohort '{cohort}' has no edge aggregator {edge!r} (edges: "
+                                  f"{', '.join(str(t.name or t.edge) for t in record.tiers) or 'none'})", field="timeline.kill.edge")
+        return tier
+
+    def _agent_of(self, record: Deployment, cohort: str, part: int | None, server: bool, event: str,
+                  edge: int | str | None = None) -> tuple[str, Any]:
+        """The address and recorded agent process that run a deployment's FL server, an edge aggregator or a client."""
+        if edge is not None:
+            address = self._tier(record, cohort, edge).agent
+        else:
+            address = (record.server.agent if record.server else "") if server else self._client(record, cohort, part, event).agent
         state, _, _ = running_network(self.config)
         return address, agent_process(state, address)
 
     def _kill_agent(self, kill: Any, record: Deployment) -> dict[str, Any]:
-        address, agent = self._agent_of(record, kill.cohort, kill.part, kill.server, "kill")
+        address, agent = self._agent_of(record, kill.cohort, kill.part, kill.server, "kill", kill.edge)
         if not agent.alive():
             raise MlfoError(f"the agent on {agent.host} (PID {agent.pid}) is not running")
         os.kill(agent.pid, signal.SIGKILL)  # a crash: its Flower processes die with it, nothing stops them cleanly
         self.undo.append(lambda: self._agent_back(str(agent.host)))
         return {"cohort": kill.cohort, "host": agent.host, "agent": address, "pid": agent.pid, "part": kill.part,
-                "server": kill.server or None}
+                "server": kill.server or None, "edge": kill.edge}
 
     def _agent_back(self, host: str) -> dict[str, Any] | None:
         """Start a host's killed agent again (at a restart event, or when the run ends)."""

@@ -75,6 +75,13 @@ def cohorts_for(experiment: Experiment, config: Config, plan: RunPlan) -> Cohort
     partition = point.get("partition") or (spec.fl.partition.model_dump(exclude_none=True) if spec.fl.partition else None)
     if partition:
         changes["partition"] = PartitionSpec.model_validate(partition)
+    for name in ("aggregation", "local_rounds"):
+        value = point.get(name, getattr(spec.fl, name))
+        if value is not None:
+            changes[name] = value
+    edges = point.get("edges", spec.fl.edges)
+    if edges:  # never more edges than a cohort has clients
+        shaped = dataclasses.replace(shaped, cohorts=[dataclasses.replace(c, edges=min(int(edges), c.size)) for c in shaped.cohorts])
     policy = run_policy(experiment, plan)
     if policy:
         changes["policy"] = policy
@@ -150,7 +157,8 @@ def plan_summary(experiment: Experiment, config: Config) -> dict[str, Any]:
         _, availability = run_availability(experiment, cohorts, plan)
         runs.append({"key": plan.key, "point": plan.point, "seed": plan.seed,
                      "cohorts": [{"name": c.name, "clients": c.size, "rounds": c.rounds, "strategy": c.strategy,
-                                  "policy": c.policy} for c in cohorts.cohorts],
+                                  "policy": c.policy, "aggregation": c.aggregation, "edges": c.edges,
+                                  "local_rounds": c.local_rounds} for c in cohorts.cohorts],
                      **({"absences": availability["absences"]} if availability else {})})
     rounds = max((c["rounds"] for r in runs for c in r["cohorts"]), default=0)
     return {
@@ -269,6 +277,16 @@ def reaction(records: list[dict[str, Any]], sent: list[SentCohort]) -> None:
             record["effect"].update(deployment_state=target.state, deployment_reason=target.reason)
             if target.finished is not None and record.get("fired") is not None:
                 record["effect"]["ended_after_seconds"] = round(max(0.0, target.finished - float(record["fired"])), 2)
+            continue
+        if record["kind"] == "kill" and what.get("edge") is not None:
+            # How the MLFO took an edge aggregator's death: when it saw it, what it did with the edge's clients.
+            tier = next((t for t in target.tiers if t.lost_at and what["edge"] in (t.name, t.edge)), None)
+            if tier is not None and tier.lost_at is not None:
+                record["effect"].update(edge_state=tier.state, handled=tier.handled, parts=tier.parts_before,
+                                        lost_after_seconds=round(tier.lost_at - float(record["fired"]), 2))
+            record["effect"]["deployment_state"] = target.state
+            continue
+        if what.get("part") is None:
             continue
         client = target.client(what["part"])
         if client is None:

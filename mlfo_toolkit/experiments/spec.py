@@ -49,7 +49,8 @@ from mlfo_toolkit.util.yamlfiles import Float, Int, load_yaml, validate
 # Events that change the emulated network; on loopback there is nothing to change.
 NETWORK_EVENTS = ("meter", "meter_clear", "link", "trace", "cpu", "background")
 EVENTS = ("kill", "restart", *NETWORK_EVENTS)
-SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients", "policy", "partition", "profiles")
+SWEEPABLE = ("strategy", "fraction_fit", "rounds", "clients", "policy", "partition", "profiles", "aggregation", "local_rounds",
+             "edges")
 # The closed loop's thresholds a sweep can vary: `sweep: {assurance.plateau_gain: [0.001, 0.01]}`.
 SWEEPABLE_ASSURANCE_FIELDS = tuple(f"assurance.{name}" for name in AssuranceSettings.model_fields
                                    if name not in ("policy", "allowed_policies"))
@@ -85,18 +86,21 @@ class At(_Model):
 
 
 class Kill(_Model):
-    """SIGKILL the SuperNode of one client (`part`) of a cohort, or its FL server's SuperLink (`server: true`);
-    with `agent: true` (network) the node agent that runs it, and with the agent its Flower processes."""
+    """SIGKILL the SuperNode of one client (`part`) of a cohort, its FL server's SuperLink (`server: true`), or
+    an edge aggregator of a hierarchical cohort (`edge`: its number from 0 or its name, e.g. edge2: its edge
+    SuperLink and its relay); with `agent: true` (network) the node agent that runs it, and with the agent
+    its Flower processes."""
 
     cohort: str
     part: int | None = Field(None, ge=0)
     server: bool = False
+    edge: int | str | None = Field(None, description="an edge aggregator: its number (from 0) or its name")
     agent: bool = False
 
     @model_validator(mode="after")
     def _one_target(self) -> Kill:
-        if (self.part is None) == (not self.server):
-            raise ValueError("name either part (a client) or server: true")
+        if sum((self.part is not None, self.server, self.edge is not None)) != 1:
+            raise ValueError("name one of part (a client), server: true or edge (an edge aggregator)")
         return self
 
 
@@ -224,6 +228,9 @@ class FlOverrides(_Model):
     round_timeout: float | None = Field(None, gt=0, le=86_400)
     partition: PartitionSpec | None = Field(None, description="how every cohort's clients split the data; a swept one "
                                             "is laid over it (so a fixed partition seed here holds for every point)")
+    aggregation: Literal["flat", "hierarchical", "auto"] | None = Field(None, description="every cohort's aggregation")
+    local_rounds: Int | None = Field(None, ge=1, le=1000, description="hierarchical: the edges' local rounds per global round")
+    edges: Int | None = Field(None, ge=1, le=1000, description="hierarchical on loopback: how many edges")
 
 
 class TopologyChoice(_Model):
@@ -269,7 +276,8 @@ class ExperimentFile(_Model):
 # The model and field that check each sweepable run setting.
 SWEPT_SETTINGS: dict[str, tuple[type[BaseModel], str]] = {
     "fraction_fit": (FlOverrides, "fraction_fit"), "rounds": (Shape, "rounds"), "clients": (Shape, "clients"),
-    "policy": (AssuranceSettings, "policy"),
+    "policy": (AssuranceSettings, "policy"), "aggregation": (FlOverrides, "aggregation"), "local_rounds": (FlOverrides, "local_rounds"),
+    "edges": (FlOverrides, "edges"),
 }
 SWEEP_KEYS = (*SWEEPABLE, *SWEEPABLE_EVENT_FIELDS, *SWEEPABLE_INIT_FIELDS, *SWEEPABLE_ASSURANCE_FIELDS)
 

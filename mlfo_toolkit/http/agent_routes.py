@@ -66,8 +66,10 @@ def agent_app(agent: NodeAgent) -> FastAPI:
 
     @app.post("/stop", dependencies=[private], summary="Stop this agent's FL processes (of one deployment, one client part, if given)")
     def stop(deployment: Annotated[str | None, Query(max_length=64)] = None,
-             part: Annotated[int | None, Query(ge=0, le=10_000)] = None) -> dict[str, Any]:
-        return agent.stop(deployment, part)
+             part: Annotated[int | None, Query(ge=0, le=10_000)] = None,
+             edge_run: Annotated[bool, Query(description="only the deployment's edge aggregator (edge run and relay)")] = False,
+             ) -> dict[str, Any]:
+        return agent.stop(deployment, part, edge_run)
 
     return app
 

@@ -103,9 +103,12 @@ class AgentClient(ApiClient):
     def probe(self, target: str, size: int) -> dict[str, Any]:
         return dict(self.request("POST", "/probe", data=_form({"target": target, "bytes": size})))
 
-    def stop(self, deployment: str | None = None, part: int | None = None) -> dict[str, Any]:
-        """Stop the agent's FL processes (only one deployment's if given, only its client `part` if given)."""
-        params = {k: v for k, v in (("deployment", deployment), ("part", part)) if v is not None}
+    def stop(self, deployment: str | None = None, part: int | None = None, edge_run: bool = False) -> dict[str, Any]:
+        """Stop the agent's FL processes (only one deployment's if given, only its client `part` if given, only its
+        edge aggregator with `edge_run`)."""
+        params: dict[str, Any] = {k: v for k, v in (("deployment", deployment), ("part", part)) if v is not None}
+        if edge_run:
+            params["edge_run"] = "true"
         return dict(self.request("POST", "/stop", params=params or None))
 
 

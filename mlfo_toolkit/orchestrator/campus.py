@@ -79,7 +79,7 @@ class CampusMlfo:
         self.queue = ServerQueue(config)
         self.cohort_meter = CohortMeter(config)
         self.loop = AssuranceLoop(config, self.table, self, self.metrics)
-        self.watch = DeploymentWatch(config, self.table, self._finish, self.loop)
+        self.watch = DeploymentWatch(config, self.table, self._finish, self.loop, edge_lost=self._edge_lost)
         # Starting a client starts a Python process that imports Flower: a few at a time, machine-wide.
         self._start_slots = threading.BoundedSemaphore(config.mlfo.start_concurrency)
         self._stopping = threading.Event()
@@ -531,6 +531,59 @@ class CampusMlfo:
                                      "min_fit": members if record.tiers else params.min_fit,
                                      "min_available": members if record.tiers else params.min_available})
         log.info("deployment %s: aggregators placed on %s", deployment_id, [t.name or t.agent for t in record.tiers] or "no edge")
+
+    def _edge_lost(self, deployment_id: str, edge: int) -> None:
+        """An edge aggregator died mid-run (seen by the watch): the run goes on. Its relay is excluded at the
+        global server; its clients start again towards the global server (placement.on_edge_lost: rehome),
+        or are stopped and the edge leaves the run (drop). The global run's sampling follows its members."""
+        how = self.config.placement.on_edge_lost
+        record = self.table.get(deployment_id)
+        tier = record.tiers[edge]
+        parts = list(tier.parts)
+        with self.table.edit(deployment_id) as live:
+            gone = live.tiers[edge]
+            gone.handled, gone.parts_before, gone.parts = how, parts, []
+            for part in parts:
+                client = live.clients[part]
+                if client.state in ("running", "starting", "lost"):
+                    client.state, client.error = ("lost" if how == "rehome" else "spare"), f"its edge aggregator ({tier.name or edge}) was lost"
+        # What is left of the aggregator on its host (a relay or edge run still alive) is stopped, and so are its
+        # clients' SuperNodes, which would wait for the dead edge SuperLink.
+        for host in dict.fromkeys([tier.agent, *(record.clients[p].agent for p in parts)]):
+            try:
+                with southbound(AgentClient, host, self.config, retries=0) as agent:
+                    if host == tier.agent:
+                        agent.stop(deployment_id, edge_run=True)
+                    for part in parts:
+                        if record.clients[part].agent == host:
+                            agent.stop(deployment_id, part)
+            except MlfoError as err:
+                log.warning("deployment %s: could not stop what edge %s left on %s: %s", deployment_id, tier.name or edge, host, err.message)
+        record = self.table.get(deployment_id)
+        members = global_members(record)
+        changes: dict[str, Any] = {"min_fit": max(1, members), "min_available": max(1, members)}
+        if tier.relay_node_id is not None:
+            changes["exclude_nodes"] = [tier.relay_node_id]
+        try:
+            self.control(deployment_id, changes)
+        except MlfoError as err:
+            log.warning("deployment %s: could not change the global run after edge %s was lost: %s", deployment_id, edge, err.message)
+        actions: list[dict[str, Any]] = [{"kind": "exclude_relay", "edge": tier.name or edge, "status": "done", "detail": str(changes)}]
+        if how == "rehome":
+            for part in parts:
+                try:
+                    self.restart(deployment_id, part)
+                    actions.append({"kind": "rehome_client", "part": part, "status": "done"})
+                except MlfoError as err:
+                    actions.append({"kind": "rehome_client", "part": part, "status": "failed", "detail": err.message})
+        else:
+            actions.append({"kind": "drop_edge", "edge": tier.name or edge, "parts": parts, "status": "done"})
+        decision = Decision(at=time.time(), round=len(record.rounds), trigger="edge_lost", policy=f"placement.on_edge_lost: {how}",
+                            observed={"edge": tier.name or edge, "agent": tier.agent, "reason": tier.error, "parts": parts},
+                            rules=[f"edge {tier.name or edge} lost: {tier.error}"], actions=actions)
+        with contextlib.suppress(StorageError), self.table.edit(deployment_id) as live:
+            live.decisions.append(decision)
+        log.info("deployment %s: edge %s lost (%s); %s", deployment_id, tier.name or edge, tier.error, how)
 
     def _start_tiers(self, record: Deployment, started: float) -> None:
         """A hierarchical deployment: every edge's run first (its clients need its address), then every client

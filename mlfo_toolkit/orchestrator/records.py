@@ -22,7 +22,9 @@ Aggregation = Literal["flat", "hierarchical", "auto"]
 AGGREGATIONS: tuple[Aggregation, ...] = ("flat", "hierarchical", "auto")
 # An edge aggregator: planned, starting (its edge run, clients and relay being started), running, failed
 # (it never started, see error), stopped (its deployment ended).
-TierState = Literal["planned", "starting", "running", "failed", "stopped"]
+# lost: it died mid-run (its edge run or relay exited, or its agent went silent); its clients were re-homed
+# to the global server or dropped (placement.on_edge_lost).
+TierState = Literal["planned", "starting", "running", "failed", "stopped", "lost"]
 ClientState = Literal["planned", "starting", "running", "lost", "failed", "stopped", "spare"]
 
 
@@ -129,7 +131,12 @@ class EdgeTier(Record):
     pid: int | None = None  # the edge SuperLink
     relay: str | None = None  # the relay SuperNode's name on the agent
     relay_pid: int | None = None
+    relay_node_id: int | None = None  # the relay's SuperNode id at the global SuperLink, once known
     error: str | None = None
+    silent_since: float | None = None  # its agent has not answered since then
+    lost_at: float | None = None
+    handled: str | None = None  # what the MLFO did when it was lost: rehome or drop
+    parts_before: list[int] = Field(default_factory=list)  # its client parts before it was lost
 
 
 MAX_DECISIONS = 500  # decisions kept in a deployment record (a long, noisy run flips on_track / at_risk often)

@@ -86,6 +86,8 @@ def relay_fields(record: Deployment, tier: EdgeTier, global_server: str) -> dict
 
 
 def global_members(record: Deployment) -> int:
-    """How many clients the global FL server of a hierarchical deployment has: one relay per edge, and every
-    client part on no edge."""
-    return len(record.tiers) + sum(1 for c in record.clients if record.tier_of(c.part) is None)
+    """How many clients the global FL server of a hierarchical deployment has: one relay per live edge, and every
+    client part on no edge (those of an edge that was lost and re-homed too)."""
+    live = sum(1 for t in record.tiers if t.state in ("planned", "starting", "running"))
+    # A dropped edge's clients are spare, out of the run; a re-homed edge's are the global server's own.
+    return live + sum(1 for c in record.clients if record.tier_of(c.part) is None and c.state != "spare")

@@ -18,21 +18,24 @@ from mlfo_toolkit.errors import MlfoError, StorageError
 from mlfo_toolkit.orchestrator.api_clients import AgentClient, southbound
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
 from mlfo_toolkit.orchestrator.loop import AssuranceLoop
-from mlfo_toolkit.orchestrator.records import TERMINAL_STATES, ClientRecord, FlRound
+from mlfo_toolkit.orchestrator.records import TERMINAL_STATES, ClientRecord, EdgeTier, FlRound
 
 log = logging.getLogger(__name__)
 
 Finish = Callable[[str, str, "str | None"], None]
+EdgeLost = Callable[[str, int], None]
 
 
 class DeploymentWatch:
     """The campus MLFO's watch over running deployments; `follow(id)` runs until that deployment ends."""
 
-    def __init__(self, config: Config, table: DeploymentTable, finish: Finish, loop: AssuranceLoop | None = None) -> None:
+    def __init__(self, config: Config, table: DeploymentTable, finish: Finish, loop: AssuranceLoop | None = None,
+                 edge_lost: EdgeLost | None = None) -> None:
         self.config = config
         self.table = table
         self.finish = finish
         self.loop = loop
+        self.edge_lost = edge_lost
         self.stopping = threading.Event()
 
     def follow(self, deployment_id: str) -> None:
@@ -90,6 +93,10 @@ class DeploymentWatch:
                               short_rounds=[r.round for r in rounds if r.short], control=server.get("control"))
             lost = []
             if time.monotonic() >= next_client_check:
+                if record.tiers:
+                    for edge in self.check_tiers(deployment_id):
+                        if self.edge_lost is not None:
+                            self.edge_lost(deployment_id, edge)
                 lost = self.check_clients(deployment_id)
                 next_client_check = time.monotonic() + cfg.client_check_seconds
             if server.get("state") in TERMINAL_STATES:
@@ -143,6 +150,50 @@ class DeploymentWatch:
             # A client restarted while the agents were asked keeps its new record.
             record.clients = [checked if checked.name == fresh.name else fresh for checked, fresh in zip(clients, record.clients)]
             return [c.part for c in record.clients if c.state == "lost" and c.part not in before]
+
+
+    def check_tiers(self, deployment_id: str) -> list[int]:
+        """Ask each edge aggregator's agent about its edge run and relay; return the edges seen lost now (their
+        edge run or relay exited, or their agent was silent for mlfo.lost_after_seconds)."""
+        tiers = [t for t in self.table.get(deployment_id).tiers if t.state == "running"]
+        timeout = min(self.config.api.timeout_seconds, self.config.mlfo.lost_after_seconds / 2)
+        found: dict[int, tuple[str | None, int | None, float | None]] = {}  # edge -> (why lost, relay node id, silent since)
+
+        def check(tier: EdgeTier) -> None:
+            try:
+                with southbound(AgentClient, tier.agent, self.config, timeout=timeout, retries=0) as agent:
+                    status = agent.status()
+            except MlfoError as err:
+                since = tier.silent_since or time.time()
+                silent = time.time() - since
+                why = f"its agent has not answered for {silent:.0f} s: {err.message}" if silent >= self.config.mlfo.lost_after_seconds else None
+                found[tier.edge] = (why, tier.relay_node_id, since)
+                return
+            server = status.get("server") or {}
+            relay = next((c for c in status.get("clients", []) if c.get("name") == tier.relay), None)
+            node_id = relay.get("node_id") if relay and isinstance(relay.get("node_id"), int) else tier.relay_node_id
+            why = None
+            if server.get("address") != tier.server or server.get("state") == "failed":
+                why = f"its edge run is gone: {server.get('reason') or 'no FL server on its agent'}"
+            elif relay is None or relay.get("state") != "running":
+                why = f"its relay to the global server exited: {(relay or {}).get('log_tail') or 'no such client on its agent'}"
+            found[tier.edge] = (why, node_id, None)
+
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="check-edge") as pool:
+            list(pool.map(check, tiers))
+        lost = []
+        with self.table.edit(deployment_id) as record:
+            if record.ended:
+                return []
+            for edge, (why, node_id, silent_since) in found.items():
+                tier = record.tiers[edge]
+                if tier.state != "running":
+                    continue
+                tier.relay_node_id, tier.silent_since = node_id, silent_since
+                if why is not None:
+                    tier.state, tier.error, tier.lost_at = "lost", why, time.time()
+                    lost.append(edge)
+        return lost
 
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlfo_toolkit.cli.main import cli
-from tests.helpers import REPO, require_network_tools
+from tests.helpers import REPO, processes_under, require_network_tools
 
 KILL = REPO / "experiments" / "kill-a-client.yaml"
 COHORTS = REPO / "intents" / "cohorts.yaml"
@@ -200,3 +200,30 @@ def test_thirty_percent_of_the_clients_away_at_any_time_runs_to_the_end(workdir:
     rows = json.loads((out / "report" / "availability.json").read_text())
     assert sorted((r["part"], r["away_round"]) for r in rows) == sorted((a["part"], a["away"]) for a in plan["absences"])
     assert all(r["seen_lost"] for r in rows)
+
+
+@pytest.mark.flower
+@pytest.mark.slow
+def test_killing_an_edge_aggregator_rehomes_its_clients_and_the_run_finishes(workdir: Path) -> None:
+    out = workdir / "exp"
+    experiment = workdir / "kill-an-edge.yaml"
+    experiment.write_text((REPO / "experiments" / "kill-an-edge.yaml").read_text().replace("../intents/", f"{REPO}/intents/"))
+    result = CliRunner().invoke(cli, ["run", str(experiment), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "runs" / "base-r1" / "run.json").read_text())
+    (cohort,) = run["cohorts"]
+    assert cohort["state"] == "done" and len(cohort["accuracy"]) == 5
+    assert cohort["accuracy"][-1] > cohort["accuracy"][0] and cohort["accuracy"][-1] >= 0.85
+    (kill,) = run["events"]
+    assert kill["ok"] and kill["round"] == 3 and kill["what"]["edge"] == 1
+    effect = kill["effect"]
+    assert effect["edge"] == "edge2" and effect["edge_state"] == "lost" and effect["handled"] == "rehome"
+    assert effect["parts"] == [3, 4, 5] and effect["lost_after_seconds"] < 5
+    # Two edges sampled until the kill; then the surviving edge and the three re-homed clients.
+    assert cohort["sampled"][:2] == [2, 2] and cohort["sampled"][-1] == 4 and cohort["results"][-1] == 4
+    assert cohort["tiers"][1]["state"] == "lost" and cohort["tiers"][1]["parts_before"] == [3, 4, 5]
+    assert processes_under(workdir) == []
+    report = CliRunner().invoke(cli, ["report", str(out), "--json"])
+    assert report.exit_code == 0, report.output
+    rows = json.loads((out / "report" / "round-time.json").read_text())
+    assert any(r.get("event") == "kill" and r["round"] == 3 for r in rows)

@@ -48,6 +48,9 @@ COHORTS = REPO / "intents" / "cohorts.yaml"
     ("name: x\nsweep:\n  assurance.plateau_gain: [0.01, -1]\n", "sweep.assurance.plateau_gain[1]", 3),
     (f"name: x\ncohorts: {COHORTS}\npolicy: nowhere.py:Nothing\n", "policy", 3),
     (f"name: x\ncohorts: {COHORTS}\nsweep:\n  policy: [none, os:NoSuchThing]\n", "sweep.policy", 4),
+    ("name: x\nsweep:\n  aggregation: [flat, tree]\n", "sweep.aggregation[1]", 3),
+    ("name: x\nsweep:\n  local_rounds: [1, 0]\n", "sweep.local_rounds[1]", 3),
+    ("name: x\ntimeline:\n  - at: {seconds: 1}\n    kill: {cohort: a, part: 0, edge: 1}\n", "timeline[0].kill", 4),
 ])
 def test_a_bad_experiment_file_names_field_and_line_and_starts_nothing(workdir: Path, text: str, field: str, line: int) -> None:
     path = workdir / "e.yaml"
@@ -67,6 +70,18 @@ def test_dry_run_lists_runs_events_and_duration(workdir: Path) -> None:
     assert [r["cohorts"][0]["strategy"] for r in plan["runs"]] == ["FedAvg", "FedMedian"]
     assert plan["events"][0]["kind"] == "kill" and plan["expected_seconds"] > 0
     assert not (workdir / "runs").exists()
+
+
+def test_an_aggregation_sweep_plans_a_run_per_point_with_its_cohorts(workdir: Path) -> None:
+    path = workdir / "h.yaml"
+    path.write_text(f"name: h\ncohorts: {COHORTS}\nshape: {{cohorts: 1, clients: 6}}\nfl: {{edges: 2}}\n"
+                    "sweep:\n  aggregation: [flat, hierarchical, auto]\n  local_rounds: [1, 3]\n")
+    result = CliRunner().invoke(cli, ["run", str(path), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert len(runs) == 6 and runs[0]["key"] == "aggregation_flat-local_rounds_1-r1"
+    cohort = next(r for r in runs if r["key"] == "aggregation_auto-local_rounds_3-r1")["cohorts"][0]
+    assert (cohort["aggregation"], cohort["local_rounds"], cohort["edges"]) == ("auto", 3, 2)
 
 
 def test_a_policy_sweep_plans_a_run_per_policy(workdir: Path) -> None:
