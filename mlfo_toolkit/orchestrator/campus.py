@@ -230,7 +230,7 @@ class CampusMlfo:
             if client.node_id is not None:
                 # Flower would go on sampling the lost SuperNode until its heartbeat expires (60 s).
                 try:
-                    self.control(deployment_id, {"exclude_nodes": [client.node_id]})
+                    self.control(deployment_id, {"exclude_nodes": [client.node_id]}, part=part)
                 except MlfoError as err:  # the restart helps even so; the run waits out that node's replies
                     log.warning("deployment %s: could not exclude the lost SuperNode %s: %s", deployment_id, client.node_id, err.message)
             answer = self._start_client(host, record, part, record.server_for(part) or record.server.server)
@@ -279,17 +279,22 @@ class CampusMlfo:
         if client is None or client.state != "running":
             raise ConflictError(f"client part {part} of {deployment_id} is not running")
         if client.node_id is not None:
-            self.control(deployment_id, {"exclude_nodes": [client.node_id]})
+            self.control(deployment_id, {"exclude_nodes": [client.node_id]}, part=part)
         with southbound(AgentClient, client.agent, self.config) as agent:
             agent.stop(deployment_id, part)
         self.table.update_client(deployment_id, part, state="spare", node_id=None)
         return {"part": part}
 
-    def control(self, deployment_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Change the running FL run through its server's agent (read by the ServerApp before the next round)."""
+    def control(self, deployment_id: str, changes: dict[str, Any], part: int | None = None) -> dict[str, Any]:
+        """Change the running FL run through its server's agent (read by the ServerApp before the next round); with
+        `part`, the run that client trains in: its edge's, if it is under an edge aggregator."""
         record = self.table.get(deployment_id)
         if record.server is None:
             raise ConflictError(f"deployment {deployment_id} has no FL server")
+        tier = record.tier_of(part) if part is not None else None
+        if tier is not None:
+            with southbound(AgentClient, tier.agent, self.config) as agent:
+                return agent.control({"deployment": deployment_id, **changes})
         with southbound(AgentClient, record.server.agent, self.config) as agent:
             answer = agent.control({"deployment": deployment_id, **changes})
         with contextlib.suppress(StorageError):
