@@ -102,6 +102,7 @@ class ClientStartParams(BaseModel):
     seed: Int | None = Field(None, ge=0, le=SEED_MAX, description="default: fl.seed")
     partition: str | None = Field(None, max_length=1024, description="JSON PartitionSpec; default: fl.partitioning")
     relay: StrictBool = Field(False, description="the relay of this agent's edge run (mlfo_toolkit.fl.edge) to the global server")
+    tier: Literal["global", "edge"] = Field("global", description="edge: a client of an edge aggregator (its traffic is counted so)")
 
     @field_validator("server")
     @classmethod
@@ -649,9 +650,9 @@ class NodeAgent:
 
     # --- HTTP --------------------------------------------------------------------------------
     # --- traffic and metrics ------------------------------------------------------------------
-    def _flows(self) -> list[tuple[str, str, str, int, Any]]:
-        """(side, deployment, cohort, root PID, connection filter) of every FL process here."""
-        out: list[tuple[str, str, str, int, Any]] = []
+    def _flows(self) -> list[tuple[str, str, str, int, Any, str]]:
+        """(side, deployment, cohort, root PID, connection filter, tier) of every FL process here."""
+        out: list[tuple[str, str, str, int, Any, str]] = []
         if self.server is not None:
             port = int(self.server.address.rsplit(":", 1)[1])
 
@@ -659,13 +660,14 @@ class NodeAgent:
                 # The SuperLink's end of a client's connection; its own ServerApp's connections are internal.
                 return c.local_port == port and not any(o.local == c.peer and set(o.pids) & tree for o in every)
 
-            out.append(("server", self.server.params.deployment, self.server.params.cohort, self.server.superlink.pid, server_side))
+            out.append(("server", self.server.params.deployment, self.server.params.cohort, self.server.superlink.pid, server_side,
+                        self.server.params.tier))
         for client in self.clients:
 
             def client_side(c: TcpConnection, tree: set[int], every: list[TcpConnection], target: str = client.params.server) -> bool:
                 return c.peer == target
 
-            out.append(("client", client.params.deployment, client.params.cohort, client.process.pid, client_side))
+            out.append(("client", client.params.deployment, client.params.cohort, client.process.pid, client_side, client.params.tier))
         return out
 
     def traffic(self) -> list[FlowTraffic]:
@@ -674,13 +676,13 @@ class NodeAgent:
             flows = self._flows()
         connections = tcp_connections()
         samples = []
-        for side, deployment, cohort, pid, mine in flows:
+        for side, deployment, cohort, pid, mine, tier in flows:
             tree = process_tree(pid)
             pids = {p.pid for p in tree}
             chosen = [c for c in connections if set(c.pids) & pids and mine(c, pids, connections)]
             totals = self._byte_totals.setdefault((side, deployment, pid), ByteTotals())
             sent, received = totals.update(chosen)
-            samples.append(FlowTraffic(side, deployment, cohort, chosen, sent, received, tree))
+            samples.append(FlowTraffic(side, deployment, cohort, chosen, sent, received, tree, tier))
         return samples
 
     def runs(self) -> list[tuple[str, str, dict[str, Any]]]:

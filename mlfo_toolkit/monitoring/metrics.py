@@ -144,6 +144,7 @@ class FlowTraffic:
     bytes_sent: int
     bytes_received: int
     processes: list[psutil.Process]
+    tier: str = "global"  # hierarchical FL: edge for an edge run and the clients under it, global for the rest
 
 
 class AgentCollector(Collector):
@@ -168,8 +169,16 @@ class AgentCollector(Collector):
         received = CounterMetricFamily("mlfo_fl_bytes_received", "Bytes received on FL connections", labels=labels)
         cpu = CounterMetricFamily("mlfo_fl_process_cpu_seconds", "CPU time of the Flower processes", labels=labels)
         memory = GaugeMetricFamily("mlfo_fl_process_memory_bytes", "Resident memory of the Flower processes", labels=labels)
+        flow_labels = [*labels, "tier"]
+        rtt = GaugeMetricFamily("mlfo_tcp_rtt_seconds", "Smoothed RTT of FL connections", labels=[*flow_labels, "peer"])
+        cwnd = GaugeMetricFamily("mlfo_tcp_cwnd_segments", "Congestion window of FL connections", labels=[*flow_labels, "peer"])
+        rate = GaugeMetricFamily("mlfo_tcp_delivery_rate_bytes", "Delivery rate of FL connections (bytes/s)", labels=[*flow_labels, "peer"])
+        sent = CounterMetricFamily("mlfo_fl_bytes_sent", "Bytes sent on FL connections", labels=flow_labels)
+        received = CounterMetricFamily("mlfo_fl_bytes_received", "Bytes received on FL connections", labels=flow_labels)
+        cpu = CounterMetricFamily("mlfo_fl_process_cpu_seconds", "CPU time of the Flower processes", labels=flow_labels)
+        memory = GaugeMetricFamily("mlfo_fl_process_memory_bytes", "Resident memory of the Flower processes", labels=flow_labels)
         for flow in self.agent.traffic():
-            values = [flow.deployment, flow.cohort, flow.side]
+            values = [flow.deployment, flow.cohort, flow.side, flow.tier]
             for c in flow.connections:
                 rtt.add_metric([*values, c.peer], c.rtt_seconds)
                 cwnd.add_metric([*values, c.peer], c.cwnd)
@@ -185,6 +194,8 @@ class AgentCollector(Collector):
         )
         short = CounterMetricFamily("mlfo_fl_short_rounds", "Rounds that got fewer results than they sampled", labels=labels[:2])
         for deployment, cohort, status in self.agent.runs():
+            if status.get("tier") == "edge":
+                continue  # an edge run's local rounds: not the cohort's model (its bytes and CPU are counted above, tier=edge)
             if status["rounds"]:
                 last = status["rounds"][-1]
                 accuracy.add_metric([deployment, cohort], last["accuracy"])

@@ -795,7 +795,8 @@ def client_fields(record: Deployment, part: int, server: str) -> dict[str, Any]:
     return {"source": record.pipeline["source"], "model": record.pipeline["model"], "server": server,
             "cohsize": record.params.cohortsize, "part": part, "deployment": record.id, "cohort": record.name,
             "seed": record.params.seed,
-            "partition": json.dumps(record.params.partition) if record.params.partition else None}
+            "partition": json.dumps(record.params.partition) if record.params.partition else None,
+            "tier": "edge" if record.tier_of(part) is not None else None}
 
 
 def _partition(text: str | None) -> dict[str, Any] | None:
