@@ -27,8 +27,10 @@ CHUNK = 256 * 1024
 
 
 def free_cpus(interval: float = 0.5) -> dict[str, Any]:
-    """Cores this host can still give: its CPU limit (its cgroup's quota, else the machine's cores) less what
-    its processes use, and never more than the machine has idle. Sampled over `interval` seconds."""
+    """Cores this host can still give, sampled over `interval` seconds: its CPU limit (its cgroup's quota) less
+    what its processes use; a host without a limit (loopback, an unlimited emulated host), what the machine
+    has idle. An emulated host's own allowance is what counts: the machine's idle share at one instant says
+    more about the other hosts starting than about this one."""
     cgroup = cpu_cgroup(os.getpid())
     limit = read_cpu_quota(cgroup) if cgroup else None
     cores = float(psutil.cpu_count() or 1)
@@ -50,7 +52,7 @@ def free_cpus(interval: float = 0.5) -> dict[str, Any]:
     busy = psutil.cpu_percent(None) / 100.0
     machine_free = cores * (1.0 - busy)
     host_used = (used() - before) / interval if members else None
-    free = machine_free if limit is None or host_used is None else min(machine_free, max(0.0, limit - host_used))
+    free = machine_free if limit is None or host_used is None else max(0.0, limit - host_used)
     return {"cpus_limit": limit, "cpus_used": None if host_used is None else round(host_used, 3),
             "machine_free": round(machine_free, 3), "cpus_free": round(free, 3), "interval": interval}
 

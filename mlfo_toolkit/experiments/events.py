@@ -262,14 +262,19 @@ class Actions:
         return {**effect, "rate_before": before}
 
     def init(self, init: Any) -> dict[str, Any]:
-        """`mlfo init` for this run: CPU limits of the FL servers (and clients), background traffic; undone after it."""
+        """`mlfo init` for this run: CPU limits of the FL servers (and clients), background traffic, link changes; undone
+        after it."""
         state, topology, _ = running_network(self.config)
         limits = {}
         for host in topology.hosts:
             if host.role == "fl-server" or (init.clients and host.role == "fl-client"):
                 limits[host.name] = self._cpu(Cpu(host=host.name, cpus=init.cpus if init.cpus is not None else host.cpus))
+            elif host.role == "fl-aggregator" and host.cpus:  # an edge aggregator: the CPU its topology gives it
+                limits[host.name] = self._cpu(Cpu(host=host.name, cpus=host.cpus))
         background = self._background(Background(rate=init.background)) if init.background else None
-        return {"cpu_limits": {name: effect["cpus_after"] for name, effect in limits.items()}, "background": background}
+        links = [self._link(link) for link in init.links]
+        return {"cpu_limits": {name: effect["cpus_after"] for name, effect in limits.items()}, "background": background,
+                **({"links": links} if links else {})}
 
     def profiles(self, spec: ProfileSpec, seed: int) -> dict[str, Any]:
         """Every FL client's device profile for this run: its CPU limit and access link rate; undone after it."""

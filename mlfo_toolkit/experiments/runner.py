@@ -30,8 +30,10 @@ from mlfo_toolkit.experiments.timeline import Timeline, jsonable
 from mlfo_toolkit.fl.partitions import PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.meters.operations import clear_meters
+from mlfo_toolkit.net.backhaul import BackhaulCounter
 from mlfo_toolkit.net.network import network_conditions
 from mlfo_toolkit.net.profiles import ProfileSpec
+from mlfo_toolkit.net.state import network_topology
 from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.assurance import load_policy
 from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file, parse_cohort_file, shape_cohorts
@@ -214,10 +216,14 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
     timeline = Timeline([*spec.timeline, *away_events], actions, hold=lambda cohort, number: _hold(actions, cohort, number))
     partial = _Partial(run_dir, timeline, actions.sent, cfg)
     conditions: dict[str, Any] | None = None
+    backhaul: BackhaulCounter | contextlib.nullcontext[None] = contextlib.nullcontext(None)
     with backend_block as backend:
         actions.campus = backend.campus
         if network is not None:
             conditions = network_conditions(cfg)
+            edges = network_topology(Path(cfg.paths.state_dir))[1].edges()
+            if edges:  # the bytes over each edge's backhaul, on its interface, while the run goes on
+                backhaul = BackhaulCounter(edges)
         try:
             if spec.init is not None:
                 init = spec.init.model_copy(update={k.split(".", 1)[1]: v for k, v in plan.point.items() if k.startswith("init.")})
@@ -228,12 +234,13 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
                 profiles = ProfileSpec.model_validate(profile_spec)
                 progress("run", {"run": plan.key, "state": f"device profiles: {profiles.label()}"})
                 profiles_effect = actions.profiles(profiles, plan.seed)
-            actions.sent.extend(post_cohorts(cohort_file, cfg, backend.campus))
-            for cohort in timeline.cohorts_with_rounds():
-                _hold(actions, cohort, timeline.held_round(cohort), wait_for_server=spec.timeout)
-            with timeline.ticking():
-                follow_deployments(actions.sent, cfg, backend.campus, timeout=spec.timeout,
-                                   progress=timeline.follow(progress, plan.key), poll_seconds=0.5)
+            with backhaul:
+                actions.sent.extend(post_cohorts(cohort_file, cfg, backend.campus))
+                for cohort in timeline.cohorts_with_rounds():
+                    _hold(actions, cohort, timeline.held_round(cohort), wait_for_server=spec.timeout)
+                with timeline.ticking():
+                    follow_deployments(actions.sent, cfg, backend.campus, timeout=spec.timeout,
+                                       progress=timeline.follow(progress, plan.key), poll_seconds=0.5)
         except BaseException:
             partial.keep(backend.campus)
             if network is not None:
@@ -245,8 +252,15 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
                 clear_meters(cfg)  # the next run starts unmetered
     timeline.place(actions.sent)
     reaction(timeline.records, actions.sent)
+    cohorts = [cohort_summary(c, cfg) for c in actions.sent]
+    if isinstance(backhaul, BackhaulCounter):
+        for summary, sent in zip(cohorts, actions.sent):
+            if sent.record is not None and sent.record.initial and sent.record.rounds:
+                ends = [sent.record.initial.get("time"), *(r.time for r in sorted(sent.record.rounds, key=lambda r: r.round))]
+                if all(t is not None for t in ends):
+                    summary["backhaul"] = backhaul.summary([float(t) for t in ends if t is not None])
     return {
-        "cohorts": [cohort_summary(c, cfg) for c in actions.sent],
+        "cohorts": cohorts,
         "events": timeline.records,
         "run_dir": str(run_dir),
         "wall_seconds": round(time.monotonic() - started, 2),

@@ -248,6 +248,8 @@ class Init(_Model):
     cpus: float | None = Field(None, gt=0, le=256, description="FL servers' CPU limit (default: each host's cpus in the topology)")
     clients: bool = Field(False, description="limit the FL clients too")
     background: str | None = Field(None, pattern=BACKGROUND_RATE, description="background traffic rate, or off")
+    links: list[Link] = Field(default_factory=list, description="links changed before the cohorts are sent (e.g. a "
+                              "throttled backhaul the MLFO's placement then measures)")
 
 
 class ExperimentFile(_Model):

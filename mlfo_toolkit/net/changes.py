@@ -153,6 +153,9 @@ def init_network(config: Config, *, cpus: float | None, clients: bool, bg_rate: 
         if host.role == "fl-server" or (clients and host.role == "fl-client"):
             limits[host.name] = cpus if cpus is not None else host.cpus
             set_cpu(state, host.name, limits[host.name])
+        elif host.role == "fl-aggregator" and host.cpus:  # an edge aggregator gets the CPU its topology gives it
+            limits[host.name] = host.cpus
+            set_cpu(state, host.name, host.cpus)
     state.extra["cpu_limits"] = limits
     cloud = topology.one("cloud-mlfo")
     reachable = {h.name: ping(state, cloud.name, h.ip) for h in topology.fl_servers()}

@@ -506,10 +506,11 @@ class CampusMlfo:
                                 link_source="declared")
             return seen
 
-        # The CPU first, for every edge at once, then the paths: a probe's download would count as busy CPU.
+        # The CPU first, for every edge at once, then the paths one at a time: a probe's download would count as
+        # busy CPU, and probes at once would share the cloud's side of every path (and, emulated, the machine).
         with ThreadPoolExecutor(max_workers=max(1, len(record.tiers)), thread_name_prefix="probe") as pool:
             seen = list(pool.map(capacity, record.tiers))
-            edges = list(pool.map(path, record.tiers, seen))
+        edges = [path(tier, found) for tier, found in zip(record.tiers, seen)]
         shape = SHAPES.get(str(pipeline.get("source")))
         observation: dict[str, Any] = {
             "model_bytes": update_bytes(str(pipeline.get("model")), *shape) if shape and not is_app(str(pipeline.get("model"))) else None,

@@ -229,6 +229,47 @@ def _figure_traffic(points: list[Point], out: Path, formats: tuple[str, ...]) ->
     return _save(fig, out / "traffic", formats, rows)
 
 
+KIND_HATCHES = ("", "//", "..", "xx", "\\\\", "++")
+
+
+def _figure_backhaul(points: list[Point], out: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Hierarchical FL: the bytes over the edges' backhauls per global round (counted on the links' interfaces),
+    stacked by link kind, per sweep point; beside them the accuracy by round. Drawn when some run counted them."""
+    measured = [(point, entry, cohort) for point in points for entry, cohort in point.cohorts() if cohort.get("backhaul")]
+    if not measured:
+        return []
+    plt = pyplot()
+    kinds = sorted({k for _, _, c in measured for k in c["backhaul"].get("mean_per_round_by_kind", {})})
+    rows: list[dict[str, Any]] = []
+    fig, (bytes_ax, acc_ax) = plt.subplots(1, 2, figsize=WIDE)
+    shown = []
+    for point in points:
+        runs = [c["backhaul"] for p, _, c in measured if p is point]
+        if not runs:
+            continue
+        shown.append(point)
+        bottom = 0.0
+        for k, kind in enumerate(kinds):
+            values = [r["mean_per_round_by_kind"].get(kind, 0) / 1e6 for r in runs]
+            mean = statistics.fmean(values)
+            bytes_ax.bar(point.index, mean, bottom=bottom, color=point.style["color"], hatch=KIND_HATCHES[k % len(KIND_HATCHES)],
+                         edgecolor="white", label=kind if point is shown[0] else None)
+            bottom += mean
+            rows.append({"point": point.label, "kind": kind, "mb_per_round_mean": round(mean, 4), "runs": len(values)})
+        for _, cohort in point.cohorts():
+            acc_ax.plot(range(1, len(cohort["accuracy"]) + 1), cohort["accuracy"], color=point.style["color"],
+                        marker=point.style["marker"], linestyle=point.style["linestyle"], markersize=3, linewidth=1,
+                        label=f"{point.index + 1}: {point.label}" if cohort is point.cohorts()[0][1] else None)
+    bytes_ax.set_xticks([p.index for p in shown], [str(p.index + 1) for p in shown])
+    bytes_ax.set(xlabel="sweep point", ylabel="MB per global round", title="Backhaul bytes (on its interfaces), by link kind")
+    bytes_ax.grid(axis="x", visible=False)
+    bytes_ax.legend(fontsize="x-small", title="link kind", title_fontsize="x-small")
+    acc_ax.set(xlabel="global round", ylabel="held-out accuracy", title="Accuracy")
+    integer_rounds(acc_ax)
+    _legend(acc_ax, 4)
+    return _save(fig, out / "backhaul", formats, rows)
+
+
 def _figure_meter_rates(entries: list[dict[str, Any]], out: Path, formats: tuple[str, ...]) -> list[Path]:
     rows = []
     for entry in entries:
@@ -357,6 +398,9 @@ def _table(points: list[Point], target: float) -> list[dict[str, Any]]:
     table = []
     for point in points:
         finals, times, traffic, lengths, run_seconds, states, wants = [], [], [], [], [], [], set()
+        backhaul = [float(c["backhaul"]["mean_per_round"]) for _, c in point.cohorts()
+                    if (c.get("backhaul") or {}).get("mean_per_round") is not None]
+        aggregators = [float(len(c.get("tiers") or [])) for _, c in point.cohorts() if c.get("aggregation") not in (None, "flat")]
         actions: dict[str, int] = defaultdict(int)
         for _, cohort in point.cohorts():
             if cohort["accuracy"] and cohort["accuracy"][-1] is not None:
@@ -391,6 +435,8 @@ def _table(points: list[Point], target: float) -> list[dict[str, Any]]:
             "seconds_to_target": round(statistics.fmean(reached), 2) if reached else None,
             "reached_target": f"{len(reached)}/{len(times)}",
             "traffic_mb_mean": round(statistics.fmean(traffic) / 1e6, 2) if traffic else None,
+            "backhaul_mb_per_round_mean": round(statistics.fmean(backhaul) / 1e6, 3) if backhaul else None,
+            "aggregators_mean": round(statistics.fmean(aggregators), 2) if aggregators else None,
             "rounds_mean": round(statistics.fmean(lengths), 2) if lengths else None,
             "round_seconds_total_mean": round(statistics.fmean(run_seconds), 1) if run_seconds else None,
             "target_met": f"{assured.count('met')}/{len(assured)}" if assured else None,
@@ -406,6 +452,9 @@ CAPTIONS = {
     "round-time": "Seconds per round, per sweep point as above. Numbers mark the round as which the timeline's events "
                   "fired (see the events table); crosses mark rounds that got fewer results than they sampled.",
     "traffic": "FL traffic per round at the FL server (both directions), mean per sweep point; the whiskers span the runs.",
+    "backhaul": "Hierarchical FL: bytes that crossed the edges' backhaul links per global round (rounds 2 on, counted on "
+                "each link's interface: FL updates and every other packet), stacked by link kind, mean per sweep point; "
+                "beside them each run's held-out accuracy by round.",
     "labels": "Samples of each label per client (the first cohort of each sweep point; points with the same split share "
               "a panel): how the clients split the data.",
     "meter-rates": "Rate measured with iperf3 just before and just after each meter or link event.",
@@ -462,7 +511,8 @@ def build_experiment_report(folders: Path | list[Path], target: float = 0.9, for
         write_json_atomically(out / "labels.json", rows)
     # Figures drawn only when some run has what they show (meter events, device profiles, an availability plan).
     optional = {"meter-rates": _figure_meter_rates(every, out, formats), "profiles": _figure_profiles(ordered, out, formats),
-                "client-times": _figure_client_times(ordered, out, formats), "availability": _figure_availability(every, out, formats)}
+                "client-times": _figure_client_times(ordered, out, formats), "availability": _figure_availability(every, out, formats),
+                "backhaul": _figure_backhaul(ordered, out, formats)}
     figures.update({key: paths for key, paths in optional.items() if paths})
     table = _table(ordered, target)
     write_rows(out / "table.csv", table)

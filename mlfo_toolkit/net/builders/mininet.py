@@ -152,7 +152,7 @@ class MininetBuilder:
             )
         if unshaped:
             state.warnings.append(f"Mininet shapes rates up to {MAX_SHAPED_MBIT} Mbit/s: links {', '.join(unshaped)} Mbit/s "
-                                  "run unshaped (as fast as this machine forwards); their delays are emulated")
+                                  "run unshaped (as fast as this machine forwards)" + ("; their delays are emulated" if netem else ""))
         net.build()
         net.start()
         if topology.mtu != 1500:
