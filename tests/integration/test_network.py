@@ -206,6 +206,28 @@ def test_fl_runs_across_the_network(network: dict[str, Any]) -> None:
     assert all(g >= ROUNDS * MODEL_BYTES for g in grown.values()), grown
 
 
+def test_two_tiers_train_across_the_network_and_only_aggregates_reach_the_cloud(network: dict[str, Any]) -> None:
+    state = network["state"]
+    server_pid = next(h["pid"] for h in state["hosts"] if h["name"] == "fed.1")
+    before = interface_bytes(server_pid, "fed.1-eth0")
+    cohorts = network["workdir"] / "hierarchical.yaml"
+    cohorts.write_text(f"cohorts:\n  - {{name: tiers, size: 6, intent: {REPO / 'intents' / 'welding.yaml'}, min_available: 6, "
+                       f"fraction_fit: 1.0, rounds: {ROUNDS}, aggregation: hierarchical, local_rounds: 2}}\n")
+    result = mlfo(network["env"], network["workdir"], "intent", "send", str(cohorts), "--mlfo", f"127.0.0.1:{network['port']}", "--wait",
+                  "--json", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (cohort,) = json.loads(result.stdout)["cohorts"]
+    assert cohort["state"] == "done" and cohort["accuracy"][-1] >= 0.85
+    # The network's edges (its two campuses), each aggregated on its first client's host, inside its namespace.
+    assert [(t["name"], t["agent"].split(":")[0], t["parts"]) for t in cohort["tiers"]] == [
+        ("edge1", "10.0.1.10", [0, 1, 2]), ("edge2", "10.0.1.13", [3, 4, 5])]
+    assert all(t["server"].startswith(t["agent"].split(":")[0] + ":") for t in cohort["tiers"])
+    assert cohort["sampled"] == [2] * ROUNDS and cohort["results"] == [2] * ROUNDS
+    # At the global server's interface: two models out and two aggregates in a round, not six of each.
+    grown = interface_bytes(server_pid, "fed.1-eth0") - before
+    assert ROUNDS * 4 * MODEL_BYTES <= grown < ROUNDS * 8 * MODEL_BYTES, grown
+
+
 def test_a_researchers_flower_app_runs_across_the_network(network: dict[str, Any]) -> None:
     workdir = network["workdir"]
     intent = yaml.safe_load((REPO / "intents" / "welding.yaml").read_text())
