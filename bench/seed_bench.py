@@ -1,7 +1,7 @@
 """Benchmark (run on demand, as root): the seed's experiment in the emulated network.
 
     sudo .venv/bin/python bench/seed_bench.py [--cohorts 5] [--clients 10] [--rounds 20] [--cpus 2] [--supernode-poll 0.2]
-        [--controller faucet]
+        [--controller faucet] [--aggregation hierarchical]
 
 As a user would run it: `mlfo topo up N --detach` (the prototype's layout, Mininet + Open vSwitch),
 `mlfo init --cpus C` (CPU limits on the FL servers, reachability check, 20 Mbit/s background
@@ -44,10 +44,10 @@ def mlfo(env: dict[str, str], *args: str, timeout: float = 3600) -> subprocess.C
                           timeout=timeout, check=False)
 
 
-def cohort_file(path: Path, cohorts: int, clients: int, rounds: int) -> Path:
+def cohort_file(path: Path, cohorts: int, clients: int, rounds: int, aggregation: str = "flat") -> Path:
     intent = resource_path("intents/welding.yaml")
     path.write_text(yaml.safe_dump({
-        "defaults": {"strategy": "FedAvg", "fraction_fit": 0.5, "min_fit": 1, "rounds": rounds},
+        "defaults": {"strategy": "FedAvg", "fraction_fit": 0.5, "min_fit": 1, "rounds": rounds, "aggregation": aggregation},
         "cohorts": [{"name": f"welding-{n + 1}", "size": clients, "intent": str(intent), "min_available": clients}
                     for n in range(cohorts)],
     }, sort_keys=False))
@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--supernode-poll", type=float, default=0.0,
                         help="fl.supernode_poll_seconds of the network's agents (0: Flower's 3 s, the default)")
     parser.add_argument("--controller", choices=["faucet"], help="bring the network up under this controller")
+    parser.add_argument("--aggregation", choices=["flat", "hierarchical", "auto"], default="flat",
+                        help="hierarchical: an aggregator per campus (each campus of the layout is an edge)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds a real Mininet network")
@@ -124,7 +126,7 @@ def main() -> None:
             init = mlfo(env, "init", "--cpus", str(args.cpus), "--json")
             if init.returncode != 0:
                 sys.exit(f"mlfo init failed ({init.returncode}):\n{init.stderr[-3000:]}")
-            path = cohort_file(workdir / "cohorts.yaml", args.cohorts, args.clients, args.rounds)
+            path = cohort_file(workdir / "cohorts.yaml", args.cohorts, args.clients, args.rounds, args.aggregation)
             print(f"sending {args.cohorts} cohorts x {args.clients} clients x {args.rounds} rounds ...", flush=True)
             with MachineWatch() as watch_fl:
                 started = time.monotonic()

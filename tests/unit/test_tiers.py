@@ -220,3 +220,23 @@ def test_a_researchers_placement_policy_is_loaded_only_when_allowed_and_its_answ
     with pytest.raises(ValueError, match="not a list"):
         check_placement("everywhere", [0])
     assert check_placement([], [0, 1])[1]["reason"] == "the policy did not place it"
+
+
+def test_backhaul_bytes_are_split_by_the_rounds_and_summed_by_link_kind() -> None:
+    from mlfo_toolkit.net.backhaul import BackhaulCounter, interface_bytes
+
+    edges = [{"name": "edge1", "kind": "satellite", "interfaces": ["edgesw1-eth12", "aggsw0-eth7"], "bandwidth_mbit": 600},
+             {"name": "edge2", "kind": "metro", "interfaces": ["edgesw2-eth12", "aggsw0-eth8"]},
+             {"name": "edge3", "kind": "metro", "interfaces": ["edgesw3-eth12", "aggsw0-eth9"]}]
+    counter = BackhaulCounter(edges)
+    # counters at t = 0, 1, 2, 3: edge1 carries 100 a second, edge2 10, edge3 30 (then its link vanished)
+    counter.samples = [(float(t), [100 * t, 10 * t, 30 * t if t < 3 else None]) for t in range(4)]
+    rounds = counter.per_round([0.0, 1.0, 2.0, 3.0])
+    assert [r["bytes"]["edge1"] for r in rounds] == [100, 100, 100] and rounds[2]["bytes"]["edge3"] is None
+    assert [r["total"] for r in rounds] == [140, 140, 110]
+    summary = counter.summary([0.0, 1.0, 2.0, 3.0])  # the mean leaves round 1 out (registration, the first model)
+    assert summary["mean_per_round_by_edge"] == {"edge1": 100, "edge2": 10, "edge3": 30}
+    assert summary["mean_per_round_by_kind"] == {"satellite": 100, "metro": 40}
+    assert summary["edges"][0] == {"name": "edge1", "kind": "satellite", "interface": "edgesw1-eth12", "declared_mbit": 600,
+                                   "declared_delay_ms": None}
+    assert interface_bytes("lo") is not None and interface_bytes("no-such-if0") is None
