@@ -691,8 +691,8 @@ class CampusMlfo:
                 record = self.table.get(deployment_id)  # ended in memory; written again by the janitor
         log.info("deployment %s %s%s", deployment_id, state, f": {reason}" if reason else "")
         self.loop.forget(deployment_id)
+        self._stop_tiers(deployment_id)  # first: an edge run holds its host's one FL server slot
         self._stop_clients(deployment_id, record.clients)
-        self._stop_tiers(deployment_id)
         self._release(deployment_id)
 
     def _stop_clients(self, deployment_id: str, clients: list[ClientRecord]) -> None:

@@ -202,6 +202,14 @@ class Deployment(Record):
     def ended(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    @property
+    def settled(self) -> bool:
+        """Ended, and its ending done: its FL server given back (if it had one), no client or edge aggregator left
+        running. Only then are its hosts free for another deployment's FL servers."""
+        busy = ("running", "starting")
+        return (self.ended and self.released is not False and not any(c.state in busy for c in self.clients)
+                and not any(t.state in busy for t in self.tiers))
+
     def client(self, part: int) -> ClientRecord | None:
         return next((c for c in self.clients if c.part == part), None)
 
