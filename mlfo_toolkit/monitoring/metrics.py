@@ -162,13 +162,6 @@ class AgentCollector(Collector):
         accuracy = GaugeMetricFamily("model_accuracy", "Held-out accuracy of the global model after the last round", labels=labels[:2])
         loss = GaugeMetricFamily("model_loss", "Held-out loss of the global model after the last round", labels=labels[:2])
         round_ = GaugeMetricFamily("mlfo_fl_round", "Last finished FL round", labels=labels[:2])
-        rtt = GaugeMetricFamily("mlfo_tcp_rtt_seconds", "Smoothed RTT of FL connections", labels=[*labels, "peer"])
-        cwnd = GaugeMetricFamily("mlfo_tcp_cwnd_segments", "Congestion window of FL connections", labels=[*labels, "peer"])
-        rate = GaugeMetricFamily("mlfo_tcp_delivery_rate_bytes", "Delivery rate of FL connections (bytes/s)", labels=[*labels, "peer"])
-        sent = CounterMetricFamily("mlfo_fl_bytes_sent", "Bytes sent on FL connections", labels=labels)
-        received = CounterMetricFamily("mlfo_fl_bytes_received", "Bytes received on FL connections", labels=labels)
-        cpu = CounterMetricFamily("mlfo_fl_process_cpu_seconds", "CPU time of the Flower processes", labels=labels)
-        memory = GaugeMetricFamily("mlfo_fl_process_memory_bytes", "Resident memory of the Flower processes", labels=labels)
         flow_labels = [*labels, "tier"]
         rtt = GaugeMetricFamily("mlfo_tcp_rtt_seconds", "Smoothed RTT of FL connections", labels=[*flow_labels, "peer"])
         cwnd = GaugeMetricFamily("mlfo_tcp_cwnd_segments", "Congestion window of FL connections", labels=[*flow_labels, "peer"])

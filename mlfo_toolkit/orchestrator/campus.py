@@ -595,24 +595,15 @@ class CampusMlfo:
         """A hierarchical deployment: every edge's run first (its clients need its address), then every client
         under its edge, then each edge's relay to the global server (the global run starts once all are in)."""
         assert record.server is not None
+        with self.table.edit(record.id) as live:
+            for tier in live.tiers:
+                tier.state = "starting"  # a campus killed meanwhile stops them after its restart
 
-        def start_edge(tier: EdgeTier) -> None:
-            changes: dict[str, Any]
-            with self._start_slots:
-                with self.table.edit(record.id) as live:
-                    live.tiers[tier.edge].state = "starting"  # a campus killed meanwhile stops it after its restart
-                try:
-                    with southbound(AgentClient, tier.agent, self.config, timeout=max(self.config.api.timeout_seconds, MOMO_DEPLOY_TIMEOUT)) as agent:
-                        answer = agent.start_server(edge_server_fields(record, tier))
-                    changes = {"server": _text(answer.get("server")), "pid": _number(answer.get("pid"))}
-                except MlfoError as err:
-                    changes = {"state": "failed", "error": f"its edge run did not start: {err.message}"}
-            with self.table.edit(record.id) as live:
-                for key, value in changes.items():
-                    setattr(live.tiers[tier.edge], key, value)
+        def edge_run(agent: AgentClient, tier: EdgeTier) -> dict[str, Any]:
+            answer = agent.start_server(edge_server_fields(record, tier))
+            return {"server": _text(answer.get("server")), "pid": _number(answer.get("pid"))}
 
-        with ThreadPoolExecutor(max_workers=self.config.mlfo.start_concurrency, thread_name_prefix="edge") as pool:
-            list(pool.map(start_edge, record.tiers))
+        self._each_tier(record, "edge run", MOMO_DEPLOY_TIMEOUT, edge_run)
         record = self.table.get(record.id)
         for tier in record.tiers:  # an edge without its run: its clients have nothing to connect to
             if tier.state == "failed":
@@ -623,23 +614,32 @@ class CampusMlfo:
         record = self.table.get(record.id)
         global_server = record.server.server if record.server else ""
 
-        def start_relay(tier: EdgeTier) -> None:
+        def relay(agent: AgentClient, tier: EdgeTier) -> dict[str, Any]:
+            answer = agent.start_client(relay_fields(record, tier, global_server))
+            return {"state": "running", "relay": _text(answer.get("client")), "relay_pid": _number(answer.get("pid"))}
+
+        self._each_tier(record, "relay to the global server", CLIENT_START_TIMEOUT, relay)
+
+    def _each_tier(self, record: Deployment, step: str, timeout: float, ask: Callable[[AgentClient, EdgeTier], dict[str, Any]]) -> None:
+        """Ask each edge's agent (but a failed edge's) to start one part of its aggregator, a few at a time (the start
+        pool); the answer's changes go on the edge's record, or it fails with the reason."""
+
+        def one(tier: EdgeTier) -> None:
             if tier.state == "failed":
                 return
             changes: dict[str, Any]
             with self._start_slots:
                 try:
-                    with southbound(AgentClient, tier.agent, self.config, timeout=max(self.config.api.timeout_seconds, CLIENT_START_TIMEOUT)) as agent:
-                        answer = agent.start_client(relay_fields(record, tier, global_server))
-                    changes = {"state": "running", "relay": _text(answer.get("client")), "relay_pid": _number(answer.get("pid"))}
+                    with southbound(AgentClient, tier.agent, self.config, timeout=max(self.config.api.timeout_seconds, timeout)) as agent:
+                        changes = ask(agent, tier)
                 except MlfoError as err:
-                    changes = {"state": "failed", "error": f"its relay to the global server did not start: {err.message}"}
+                    changes = {"state": "failed", "error": f"its {step} did not start: {err.message}"}
             with self.table.edit(record.id) as live:
                 for key, value in changes.items():
                     setattr(live.tiers[tier.edge], key, value)
 
-        with ThreadPoolExecutor(max_workers=self.config.mlfo.start_concurrency, thread_name_prefix="relay") as pool:
-            list(pool.map(start_relay, record.tiers))
+        with ThreadPoolExecutor(max_workers=self.config.mlfo.start_concurrency, thread_name_prefix="edge") as pool:
+            list(pool.map(one, record.tiers))
 
     def _start_clients(self, record: Deployment, started: float) -> None:
         """Start the cohort's clients through a machine-wide pool, each to its FL server (its edge's, if it has
