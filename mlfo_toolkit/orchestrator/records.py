@@ -137,6 +137,7 @@ class EdgeTier(Record):
     lost_at: float | None = None
     handled: str | None = None  # what the MLFO did when it was lost: rehome or drop
     parts_before: list[int] = Field(default_factory=list)  # its client parts before it was lost
+    traffic: dict[str, Any] | None = None  # its edge SuperLink's FL bytes so far (bytes_sent, bytes_received), as last seen
 
 
 MAX_DECISIONS = 500  # decisions kept in a deployment record (a long, noisy run flips on_track / at_risk often)

@@ -158,6 +158,7 @@ class DeploymentWatch:
         tiers = [t for t in self.table.get(deployment_id).tiers if t.state == "running"]
         timeout = min(self.config.api.timeout_seconds, self.config.mlfo.lost_after_seconds / 2)
         found: dict[int, tuple[str | None, int | None, float | None]] = {}  # edge -> (why lost, relay node id, silent since)
+        traffic: dict[int, dict[str, Any]] = {}  # edge -> its edge SuperLink's bytes so far
 
         def check(tier: EdgeTier) -> None:
             try:
@@ -170,6 +171,8 @@ class DeploymentWatch:
                 found[tier.edge] = (why, tier.relay_node_id, since)
                 return
             server = status.get("server") or {}
+            if server.get("address") == tier.server and isinstance(server.get("traffic"), dict):
+                traffic[tier.edge] = server["traffic"]
             relay = next((c for c in status.get("clients", []) if c.get("name") == tier.relay), None)
             node_id = relay.get("node_id") if relay and isinstance(relay.get("node_id"), int) else tier.relay_node_id
             why = None
@@ -190,6 +193,7 @@ class DeploymentWatch:
                 if tier.state != "running":
                     continue
                 tier.relay_node_id, tier.silent_since = node_id, silent_since
+                tier.traffic = traffic.get(edge, tier.traffic)
                 if why is not None:
                     tier.state, tier.error, tier.lost_at = "lost", why, time.time()
                     lost.append(edge)

@@ -394,6 +394,11 @@ def _figure_client_times(points: list[Point], out: Path, formats: tuple[str, ...
                     True, out / "client-times", formats)
 
 
+def _bytes(traffic: dict[str, Any] | None) -> int:
+    """Both directions of a traffic record (0 without one)."""
+    return int((traffic or {}).get("bytes_sent", 0)) + int((traffic or {}).get("bytes_received", 0))
+
+
 def _table(points: list[Point], target: float) -> list[dict[str, Any]]:
     table = []
     for point in points:
@@ -401,6 +406,9 @@ def _table(points: list[Point], target: float) -> list[dict[str, Any]]:
         backhaul = [float(c["backhaul"]["mean_per_round"]) for _, c in point.cohorts()
                     if (c.get("backhaul") or {}).get("mean_per_round") is not None]
         aggregators = [float(len(c.get("tiers") or [])) for _, c in point.cohorts() if c.get("aggregation") not in (None, "flat")]
+        # FL bytes per round by tier: at the global server, and at the edge aggregators' SuperLinks together.
+        edge_tier = [sum(_bytes(t.get("traffic")) for t in c["tiers"]) / max(1, len(c["accuracy"])) for _, c in point.cohorts()
+                     if c.get("tiers")]
         actions: dict[str, int] = defaultdict(int)
         for _, cohort in point.cohorts():
             if cohort["accuracy"] and cohort["accuracy"][-1] is not None:
@@ -437,6 +445,9 @@ def _table(points: list[Point], target: float) -> list[dict[str, Any]]:
             "traffic_mb_mean": round(statistics.fmean(traffic) / 1e6, 2) if traffic else None,
             "backhaul_mb_per_round_mean": round(statistics.fmean(backhaul) / 1e6, 3) if backhaul else None,
             "aggregators_mean": round(statistics.fmean(aggregators), 2) if aggregators else None,
+            "global_tier_mb_per_round_mean": round(statistics.fmean(t / max(1, n) for t, n in zip(traffic, lengths)) / 1e6, 3)
+            if traffic and any(lengths) else None,
+            "edge_tier_mb_per_round_mean": round(statistics.fmean(edge_tier) / 1e6, 3) if edge_tier else None,
             "rounds_mean": round(statistics.fmean(lengths), 2) if lengths else None,
             "round_seconds_total_mean": round(statistics.fmean(run_seconds), 1) if run_seconds else None,
             "target_met": f"{assured.count('met')}/{len(assured)}" if assured else None,

@@ -74,7 +74,8 @@ def cohort_summary(cohort: SentCohort, config: Config | None = None) -> dict[str
         "aggregation": record.params.aggregation,
         "local_rounds": record.params.local_rounds if record.tiers else None,
         "tiers": [{"edge": t.edge, "name": t.name, "kind": t.kind, "agent": t.agent, "server": t.server, "parts": t.parts,
-                   "state": t.state, "error": t.error, "handled": t.handled, "parts_before": t.parts_before, "lost_at": t.lost_at}
+                   "state": t.state, "error": t.error, "handled": t.handled, "parts_before": t.parts_before, "lost_at": t.lost_at,
+                   "traffic": t.traffic}
                   for t in record.tiers],
         "accuracy": [r.accuracy for r in rounds],
         "loss": [r.loss for r in rounds],

@@ -163,6 +163,8 @@ def test_two_tiers_train_for_real_and_only_the_edges_aggregates_reach_the_global
     model_bytes = 38_480
     received = cohort["traffic"]["bytes_received"]
     assert 3 * 2 * model_bytes <= received < 3 * 4 * model_bytes, received
+    # ... while each edge's SuperLink took its three clients' updates, two local rounds a global round (as last polled).
+    assert all(t["traffic"]["bytes_received"] >= 6 * model_bytes for t in (first, second)), (first, second)
     assert processes_under(workdir) == []
 
 
