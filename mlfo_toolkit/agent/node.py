@@ -594,11 +594,11 @@ class NodeAgent:
 
     # --- placement measurements --------------------------------------------------------------
     def probe(self, params: ProbeParams) -> dict[str, Any]:
-        """The path from here to an FL server's agent (mlfo_toolkit.agent.probes). Only the FL server pool is a
-        target (and, on loopback, another loopback agent): an agent is no tool to scan the network with."""
+        """The path from here to an FL server's agent (mlfo_toolkit.agent.probes). Only the FL server pool of this
+        agent's config is a target: an agent is no tool to scan the network with, nor to hand its southbound token
+        (which the probe's download carries) to another service."""
         allowed = set(self.config.server_agents())
-        local = self.advertise_host.startswith("127.") and params.target.startswith("127.")
-        if params.target not in allowed and not local:
+        if params.target not in allowed:
             raise ValidationError(f"{params.target} is not an FL server of this network's pool", field="target",
                                   hint=f"FL servers: {', '.join(sorted(allowed)) or 'none'}")
         return probe_path(params.target, params.bytes, self.config.southbound_token)

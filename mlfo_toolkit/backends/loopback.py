@@ -47,8 +47,10 @@ class LoopbackBackend(StartedBackend):
         self.executor: ManagedProcess | None = None
         self._labels: list[tuple[str, str, str]] = []
 
-    def _agent(self, name: str, fl_port: int, role: str) -> str:
-        config = self.config.with_overrides({"agent.host": LOOPBACK, "agent.port": 0, "agent.fl_server_port": fl_port})
+    def _agent(self, name: str, fl_port: int, role: str, servers: list[str] | None = None) -> str:
+        # A client agent knows the FL server agents: the only targets of its placement probes (POST /probe).
+        config = self.config.with_overrides({"agent.host": LOOPBACK, "agent.port": 0, "agent.fl_server_port": fl_port,
+                                             **({"ip_plan.servers": servers} if servers else {})})
         agent = NodeAgent(config, work_dir=self.work_dir / "nodes" / name)
         self.agents.append(agent)
         server = HttpServer(agent_app(agent), LOOPBACK, 0, threads=4).start()
@@ -64,7 +66,7 @@ class LoopbackBackend(StartedBackend):
             self.executor = start_executor(executor_dir, self.work_dir / "executor.log", parent_pid=os.getpid())
             self.config = self.config.with_overrides({"fl.executor_dir": str(executor_dir)})
         server_agents = [self._agent(f"fed.{n + 1}", free_port(), "fl-server") for n in range(self.servers)]
-        client_agents = [self._agent(f"fc.{n + 1}", 0, "fl-client") for n in range(self.clients)]
+        client_agents = [self._agent(f"fc.{n + 1}", 0, "fl-client", server_agents) for n in range(self.clients)]
         state_dir = self.work_dir / "state"
         cloud_config = self.config.with_overrides({"ip_plan.servers": server_agents, "paths.state_dir": str(state_dir)})
         cloud_store = open_store(cloud_config, "cloud")

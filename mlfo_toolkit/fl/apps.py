@@ -67,7 +67,9 @@ def server_main(grid: Grid, context: Context) -> None:
             params = models.unpack(arrays.to_numpy_ndarrays(), str(cfg["model"]), dataset.num_features, dataset.num_classes)
             loss, accuracy = models.evaluate(params, dataset.x_test, dataset.y_test)
             anatomy = clock.summary(server_round, started, time.time())
-            extra = {"settings": settings} if settings else {}
+            extra: dict[str, Any] = {"settings": settings} if settings else {}
+            if settings and "global_round" in settings:  # an edge run's local round: the global round it served
+                extra["global_round"] = settings["global_round"]
             append_event(
                 metrics_file,
                 {"event": "round", "round": server_round, "loss": loss, "accuracy": accuracy, **anatomy, **extra},

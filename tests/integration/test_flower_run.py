@@ -109,12 +109,21 @@ def test_agent_contract_and_typed_validation(agent, workdir: Path) -> None:  # t
         assert answer.status_code == 400, (path, fields, answer.text)
         assert answer.json()["field"] == field
     assert requests.get(url + "/status", timeout=5).json() == {"node": "127.0.0.1", "server": None, "clients": []}
-    # Placement measurements: a path to another loopback agent (here itself), never to a host outside the pool.
-    path = requests.post(url + "/probe", data={"target": url.removeprefix("http://"), "bytes": "1000000"}, timeout=30)
-    assert path.status_code == 200, path.text
-    assert path.json()["bytes"] == 1_000_000 and path.json()["rate_mbit"] > 10 and path.json()["rtt_ms"] > 0
-    outside = requests.post(url + "/probe", data={"target": "10.9.9.9:5000"}, timeout=10)
-    assert outside.status_code == 400 and outside.json()["field"] == "target"
+    # Placement measurements: a path to an FL server agent of the pool (here: this agent, as another one's
+    # server), never to another host or service, which would get the southbound token the download carries.
+    prober = NodeAgent(node.config.with_overrides({"ip_plan.servers": [url.removeprefix("http://")]}), work_dir=workdir / "prober")
+    prober_http = HttpServer(agent_app(prober), "127.0.0.1", 0).start()
+    try:
+        path = requests.post(f"http://{prober_http.address}/probe", data={"target": url.removeprefix("http://"), "bytes": "1000000"},
+                             timeout=30)
+        assert path.status_code == 200, path.text
+        assert path.json()["bytes"] == 1_000_000 and path.json()["rate_mbit"] > 10 and path.json()["rtt_ms"] > 0
+        for elsewhere in ("10.9.9.9:5000", prober_http.address):
+            outside = requests.post(f"http://{prober_http.address}/probe", data={"target": elsewhere}, timeout=10)
+            assert outside.status_code == 400 and outside.json()["field"] == "target"
+    finally:
+        prober_http.close()
+        prober.close()
     assert requests.get(url + "/probe/blob", params={"bytes": 10**9}, timeout=10).status_code in (400, 422)
     capacity = requests.get(url + "/capacity", timeout=10).json()
     assert 0 <= capacity["cpus_free"] <= capacity["machine_free"] + 1e-6
