@@ -31,7 +31,7 @@ from mlfo_toolkit.fl.control import RunControl
 from mlfo_toolkit.fl.wake import SERVER_SOCKET, Waker, WakeSocket
 
 WAKE_POLL_SECONDS = 2.0
-SALVAGE_SECONDS = 2.0  # after a stuck pull, how long the round asks for each pending reply on its own
+PULL_WAIT_SECONDS = 1.0  # how long one look for replies waits for its pulls (each answers at once unless stuck)
 HOLD_POLL_SECONDS = 0.05  # how often a held round looks whether the MLFO let it go  # with wake-ups from the SuperNodes, how long the ServerApp waits before it looks anyway
 PHASES = ("sampling", "send", "receive", "train", "upload", "aggregate", "evaluate", "idle")
 TRAIN_START = "train-start"
@@ -216,23 +216,23 @@ class RoundClock:
         deadline = None if timeout is None else push_end + timeout
         replies: list[Message] = []
         previous = push_end
+        # One pull per pending reply, side by side. Flower's pull of several replies waits for a reply whose
+        # objects never finish uploading (its SuperNode died mid-upload) until the SuperLink's push session
+        # expires (180 s), holding the others it already took with it; a pull of its own holds only that one.
+        pulls: dict[str, _Pull] = {}
         while pending:
-            pull = _Pull(self.grid, pending)
-            pull.start()
-            pull.join(None if deadline is None else max(0.0, deadline - self.clock()))
-            if pull.is_alive():
-                # Flower's pull waits for a reply whose objects never finish uploading (its SuperNode died
-                # mid-upload) until the SuperLink's push session expires (180 s), and returns none of the
-                # others meanwhile. The round's time is up: each reply still pending is asked for on its own,
-                # side by side, so those that did arrive count; the stuck pulls finish on their own, unheard.
-                if record is not None:
-                    record.stalled = True
-                found = self._salvage(pending)
-                if record is not None:
-                    self._note(record, found, self.clock(), previous)
-                replies.extend(found)
-                break
-            found = pull.replies()
+            for message in pending:
+                if message not in pulls:
+                    pulls[message] = _Pull(self.grid, {message})
+                    pulls[message].start()
+            waited_until = min(self.clock() + PULL_WAIT_SECONDS, deadline if deadline is not None else float("inf"))
+            for pull in list(pulls.values()):
+                pull.join(max(0.0, waited_until - self.clock()))
+            found = []
+            for message, pull in list(pulls.items()):
+                if not pull.is_alive():
+                    del pulls[message]
+                    found.extend(pull.replies())
             now = self.clock()
             if record is not None:
                 self._note(record, found, now, previous)
@@ -255,20 +255,9 @@ class RoundClock:
                 self.replies.wait(self.poll_seconds)
             else:
                 self.sleep(self.poll_seconds)
+        if any(pull.is_alive() for message, pull in pulls.items() if message in pending) and record is not None:
+            record.stalled = True  # a reply's pull outlived the round: it finishes on its own, unheard
         return replies
-
-    def _salvage(self, pending: set[str]) -> list[Message]:
-        """One pull per pending reply, side by side, for at most SALVAGE_SECONDS: the replies that are complete."""
-        pulls = [_Pull(self.grid, {message}) for message in pending]
-        for pull in pulls:
-            pull.start()
-        deadline = time.monotonic() + SALVAGE_SECONDS
-        found: list[Message] = []
-        for pull in pulls:
-            pull.join(max(0.0, deadline - time.monotonic()))
-            if not pull.is_alive() and pull.error is None:
-                found.extend(pull.found)
-        return found
 
     def _nodes_wake_server(self) -> bool:
         """Whether the cohort's SuperNodes say when their reply went up (they were forked with wake-ups)."""

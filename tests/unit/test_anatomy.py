@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mlfo_toolkit.fl.anatomy import PHASES, SALVAGE_SECONDS, TRAIN_END, TRAIN_START, RoundClock
+from mlfo_toolkit.fl.anatomy import PHASES, TRAIN_END, TRAIN_START, RoundClock
 from mlfo_toolkit.util.stats import percentile, spread
 
 
@@ -132,7 +132,7 @@ def test_a_pull_stuck_on_a_half_uploaded_reply_ends_the_round_at_its_timeout() -
     answered = Reply(Metadata("m1"))
 
     class StuckGrid:
-        """m2's client died mid-upload: any pull that includes m2 hangs, and returns m1's reply with it only then."""
+        """m2's client died mid-upload: any pull that includes m2 hangs (and would hold m1's reply with it)."""
 
         def push_messages(self, messages: list[str]) -> list[str]:
             return list(messages)
@@ -146,12 +146,12 @@ def test_a_pull_stuck_on_a_half_uploaded_reply_ends_the_round_at_its_timeout() -
     timed = RoundClock(StuckGrid(), poll_seconds=0.05)
     started = time.monotonic()
     try:
-        # The healthy client's reply still counts: it is asked for on its own once the round's time is up.
+        # The healthy client's reply still counts: each reply is pulled on its own.
         assert timed.send_and_receive(messages=["m1", "m2"], timeout=0.5) == [answered]
         waited = time.monotonic() - started
     finally:
         release.set()
-    assert 0.5 <= waited < 0.5 + SALVAGE_SECONDS + 1.0
+    assert 0.5 <= waited < 2.0
 
 
 def test_flower_own_loop_when_poll_seconds_is_zero() -> None:
