@@ -44,7 +44,7 @@ from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.cohorts import load_cohort_file, plan_cohorts, shape_cohorts
 from mlfo_toolkit.orchestrator.intents import Catalog, config_with_app, load_intent_file, understood
 from mlfo_toolkit.orchestrator.records import Deployment
-from mlfo_toolkit.orchestrator.sending import follow_deployments, post_cohorts, raise_for_failures
+from mlfo_toolkit.orchestrator.sending import follow_deployments, post_cohorts, raise_for_failures, wait_settled
 from mlfo_toolkit.reports.compare import build_experiment_report, is_experiment, load_index, load_runs
 from mlfo_toolkit.reports.report import build_report, load_run, plot_label_distribution
 from mlfo_toolkit.reports.runs import cohort_summary, manifest, new_run_dir, write_run
@@ -135,6 +135,7 @@ def demo(config: Config | None = None, *, cohorts: int | None = None, clients: i
     with LoopbackBackend(cfg, run_dir, servers=servers, clients=clients_total) as backend:
         sent = post_cohorts(shaped, backend.config, backend.campus)
         follow_deployments(sent, backend.config, backend.campus, timeout=timeout, progress=progress, poll_seconds=0.5)
+        wait_settled(sent, backend.config, backend.campus, timeout=30.0)
         # With `mlfo monitor up` running, stay up until Prometheus scraped once more: the final round reaches it.
         monitoring.wait_for_final_scrape(cfg, time.time())
     summary = _run_summary(sent, run_dir, {"cohort_file": cohort_path, **({"app": app / "pyproject.toml"} if app else {})}, cfg,

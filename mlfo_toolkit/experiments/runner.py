@@ -39,7 +39,7 @@ from mlfo_toolkit.orchestrator.assurance import load_policy
 from mlfo_toolkit.orchestrator.cohorts import CohortFile, load_cohort_file, parse_cohort_file, shape_cohorts
 from mlfo_toolkit.orchestrator.intents import config_with_app
 from mlfo_toolkit.orchestrator.records import Deployment
-from mlfo_toolkit.orchestrator.sending import SentCohort, follow_deployments, post_cohorts
+from mlfo_toolkit.orchestrator.sending import SentCohort, follow_deployments, post_cohorts, wait_settled
 from mlfo_toolkit.reports.runs import cohort_summary, manifest, write_run
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.progress import Progress, quiet
@@ -242,7 +242,7 @@ def run_one(experiment: Experiment, plan: RunPlan, config: Config, run_dir: Path
                     follow_deployments(actions.sent, cfg, backend.campus, timeout=spec.timeout,
                                        progress=timeline.follow(progress, plan.key), poll_seconds=0.5)
             if network is not None:
-                _wait_settled(actions.sent, cfg, backend.campus)  # the next run must find the hosts free
+                wait_settled(actions.sent, cfg, backend.campus)  # the next run must find the hosts free
         except BaseException:
             partial.keep(backend.campus)
             if network is not None:
@@ -339,25 +339,6 @@ def _hold(actions: Actions, cohort: str, number: int, *, wait_for_server: float 
                     log.warning("could not hold round %d of cohort %s: %s", number, cohort, err.message)
                     return
             time.sleep(0.1)
-
-
-SETTLE_SECONDS = 60.0
-
-
-def _wait_settled(sent: list[SentCohort], config: Config, campus: str) -> None:
-    """Wait (bounded) until the network's MLFO has stopped what each ended deployment ran: a deployment counts as
-    ended before its clients and edge aggregators are stopped, and the next run would find an edge host busy."""
-    deadline = time.monotonic() + SETTLE_SECONDS
-    with campus_client(config, campus) as client:
-        for cohort in sent:
-            while time.monotonic() < deadline:
-                record = Deployment.model_validate(client.deployment(cohort.deployment_id))
-                if record.settled:
-                    cohort.record = record
-                    break
-                time.sleep(0.25)
-            else:
-                log.warning("deployment %s did not finish stopping within %.0f s", cohort.deployment_id, SETTLE_SECONDS)
 
 
 def _stop_deployments(sent: list[SentCohort], config: Config, campus: str) -> None:

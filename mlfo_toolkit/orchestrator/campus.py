@@ -716,14 +716,19 @@ class CampusMlfo:
         for tier in self.table.get(deployment_id).tiers:
             if tier.state not in ("running", "starting"):
                 continue
+            traffic = tier.traffic
             try:
                 with southbound(AgentClient, tier.agent, self.config, retries=0) as agent:
+                    with contextlib.suppress(MlfoError):  # its edge SuperLink's bytes to the end, for the record
+                        server = agent.status().get("server") or {}
+                        if server.get("address") == tier.server and isinstance(server.get("traffic"), dict):
+                            traffic = server["traffic"]
                     agent.stop(deployment_id)
             except MlfoError as err:
                 log.warning("could not stop edge %d of %s on %s: %s", tier.edge, deployment_id, tier.agent, err.message)
                 continue
             with contextlib.suppress(StorageError), self.table.edit(deployment_id) as live:
-                live.tiers[tier.edge].state = "stopped"
+                live.tiers[tier.edge].state, live.tiers[tier.edge].traffic = "stopped", traffic
 
     def _release(self, deployment_id: str) -> None:
         """Give the deployment's FL server back to the cloud MLFO (released stays false until it confirmed)."""

@@ -3,6 +3,7 @@ the deployments it made until their FL runs end."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from mlfo_toolkit.orchestrator.api_clients import campus_client
 from mlfo_toolkit.orchestrator.cohorts import CohortFile
 from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.util.progress import Progress, quiet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,3 +93,23 @@ def raise_for_failures(sent: list[SentCohort]) -> None:
             "; ".join(f"cohort {c.name} failed: {c.record.reason if c.record else None}" for c in failed),
             hint="GET /deployments/ID on the MLFO shows per-client status",
         )
+
+
+SETTLE_SECONDS = 60.0
+
+
+def wait_settled(sent: list[SentCohort], config: Config, campus: str, timeout: float = SETTLE_SECONDS) -> None:
+    """Wait (bounded) until the MLFO has stopped what each ended deployment ran, and keep those final records: a
+    deployment counts as ended before its clients and edge aggregators are stopped (and their last figures read),
+    and a next run on the same network would find an edge host busy."""
+    deadline = time.monotonic() + timeout
+    with campus_client(config, campus) as client:
+        for cohort in sent:
+            while time.monotonic() < deadline:
+                record = Deployment.model_validate(client.deployment(cohort.deployment_id))
+                if record.settled:
+                    cohort.record = record
+                    break
+                time.sleep(0.25)
+            else:
+                log.warning("deployment %s did not finish stopping within %.0f s", cohort.deployment_id, timeout)
