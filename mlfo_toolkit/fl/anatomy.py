@@ -30,9 +30,9 @@ from typing import Any
 from mlfo_toolkit.fl.control import RunControl
 from mlfo_toolkit.fl.wake import SERVER_SOCKET, Waker, WakeSocket
 
-WAKE_POLL_SECONDS = 2.0
+WAKE_POLL_SECONDS = 2.0  # with wake-ups from the SuperNodes, how long the ServerApp waits before it looks anyway
 PULL_WAIT_SECONDS = 1.0  # how long one look for replies waits for its pulls (each answers at once unless stuck)
-HOLD_POLL_SECONDS = 0.05  # how often a held round looks whether the MLFO let it go  # with wake-ups from the SuperNodes, how long the ServerApp waits before it looks anyway
+HOLD_POLL_SECONDS = 0.05  # how often a held round looks whether the MLFO let it go
 PHASES = ("sampling", "send", "receive", "train", "upload", "aggregate", "evaluate", "idle")
 TRAIN_START = "train-start"
 TRAIN_END = "train-end"
@@ -226,8 +226,8 @@ class RoundClock:
                     pulls[message] = _Pull(self.grid, {message})
                     pulls[message].start()
             waited_until = min(self.clock() + PULL_WAIT_SECONDS, deadline if deadline is not None else float("inf"))
-            for pull in list(pulls.values()):
-                pull.join(max(0.0, waited_until - self.clock()))
+            for message in pending:  # a stuck pull of a reply no longer waited for (its node excluded) is not waited on
+                pulls[message].join(max(0.0, waited_until - self.clock()))
             found = []
             for message, pull in list(pulls.items()):
                 if not pull.is_alive():

@@ -139,7 +139,7 @@ def serve_edge(strategy: Any, clock: RoundClock, control: RunControl, inbox: Edg
             config = ConfigRecord({k: v for k, v in (request.header.get("config") or {}).items()
                                    if isinstance(v, (bool, int, float, str)) and k != "server-round"})
             global_round = int(request.header.get("global_round", 0))
-            examples, losses, results = 0, 0.0, 0
+            examples, losses = 0, 0.0
             try:
                 for _ in range(local_rounds):
                     local += 1
@@ -150,7 +150,7 @@ def serve_edge(strategy: Any, clock: RoundClock, control: RunControl, inbox: Edg
                         arrays = aggregated
                     answered = [m for m in replies if not m.has_error() and "metrics" in m.content]
                     counts = [_metric(m, "num-examples") for m in answered]
-                    examples, results = int(sum(counts)), len(answered)
+                    examples = int(sum(counts))
                     losses = sum(_metric(m, "train_loss") * n for m, n in zip(answered, counts)) / max(1, examples)
                     evaluate(local, arrays, {**applied, "global_round": global_round})
             except StopRequested as stop:
@@ -162,8 +162,7 @@ def serve_edge(strategy: Any, clock: RoundClock, control: RunControl, inbox: Edg
             if not examples:
                 request.fail(f"none of the edge's clients answered in local round {local}")
                 continue
-            request.answer({"num_examples": examples, "train_loss": losses, "results": results, "local_rounds": local_rounds},
-                           arrays.to_numpy_ndarrays())
+            request.answer({"num_examples": examples, "train_loss": losses}, arrays.to_numpy_ndarrays())
     finally:
         inbox.close()
 

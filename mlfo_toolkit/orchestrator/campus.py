@@ -44,7 +44,7 @@ from mlfo_toolkit.orchestrator.loop import AssuranceLoop
 from mlfo_toolkit.orchestrator.placement import check_placement, load_placement
 from mlfo_toolkit.orchestrator.records import ClientRecord, ClientRestart, Decision, Deployment, DeploymentParams, EdgeTier, ServerRecord
 from mlfo_toolkit.orchestrator.store import Store
-from mlfo_toolkit.orchestrator.tiers import default_edges, edge_server_fields, global_members, plan_tiers, relay_fields
+from mlfo_toolkit.orchestrator.tiers import default_edges, edge_server_fields, edge_traffic, global_members, plan_tiers, relay_fields
 from mlfo_toolkit.orchestrator.watch import DeploymentWatch
 from mlfo_toolkit.util.names import safe_name
 from mlfo_toolkit.util.stats import spread
@@ -720,9 +720,7 @@ class CampusMlfo:
             try:
                 with southbound(AgentClient, tier.agent, self.config, retries=0) as agent:
                     with contextlib.suppress(MlfoError):  # its edge SuperLink's bytes to the end, for the record
-                        server = agent.status().get("server") or {}
-                        if server.get("address") == tier.server and isinstance(server.get("traffic"), dict):
-                            traffic = server["traffic"]
+                        traffic = edge_traffic(agent.status(), tier) or traffic
                     agent.stop(deployment_id)
             except MlfoError as err:
                 log.warning("could not stop edge %d of %s on %s: %s", tier.edge, deployment_id, tier.agent, err.message)

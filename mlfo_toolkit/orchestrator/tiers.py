@@ -91,3 +91,10 @@ def global_members(record: Deployment) -> int:
     live = sum(1 for t in record.tiers if t.state in ("planned", "starting", "running"))
     # A dropped edge's clients are spare, out of the run; a re-homed edge's are the global server's own.
     return live + sum(1 for c in record.clients if record.tier_of(c.part) is None and c.state != "spare")
+
+
+def edge_traffic(status: dict[str, Any], tier: EdgeTier) -> dict[str, Any] | None:
+    """An edge's FL bytes from its agent's /status: those of its own edge SuperLink, if that still runs there."""
+    server = status.get("server") or {}
+    traffic = server.get("traffic")
+    return traffic if server.get("address") == tier.server and isinstance(traffic, dict) else None

@@ -19,6 +19,7 @@ from mlfo_toolkit.orchestrator.api_clients import AgentClient, southbound
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
 from mlfo_toolkit.orchestrator.loop import AssuranceLoop
 from mlfo_toolkit.orchestrator.records import TERMINAL_STATES, ClientRecord, EdgeTier, FlRound
+from mlfo_toolkit.orchestrator.tiers import edge_traffic
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,9 @@ class DeploymentWatch:
                 found[tier.edge] = (why, tier.relay_node_id, since)
                 return
             server = status.get("server") or {}
-            if server.get("address") == tier.server and isinstance(server.get("traffic"), dict):
-                traffic[tier.edge] = server["traffic"]
+            seen = edge_traffic(status, tier)
+            if seen is not None:
+                traffic[tier.edge] = seen
             relay = next((c for c in status.get("clients", []) if c.get("name") == tier.relay), None)
             node_id = relay.get("node_id") if relay and isinstance(relay.get("node_id"), int) else tier.relay_node_id
             why = None
