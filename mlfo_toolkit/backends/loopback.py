@@ -23,7 +23,7 @@ from mlfo_toolkit.monitoring.prometheus import write_targets
 from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.cloud import CloudMlfo
 from mlfo_toolkit.orchestrator.store import Store, open_store
-from mlfo_toolkit.util.processes import ManagedProcess, free_port
+from mlfo_toolkit.util.processes import ManagedProcess
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
@@ -65,7 +65,9 @@ class LoopbackBackend(StartedBackend):
             executor_dir = self.work_dir / "executor"
             self.executor = start_executor(executor_dir, self.work_dir / "executor.log", parent_pid=os.getpid())
             self.config = self.config.with_overrides({"fl.executor_dir": str(executor_dir)})
-        server_agents = [self._agent(f"fed.{n + 1}", free_port(), "fl-server") for n in range(self.servers)]
+        # Port 0: each FL server agent picks its SuperLink's port when it starts one (a port reserved
+        # now could be bound by another listener before then).
+        server_agents = [self._agent(f"fed.{n + 1}", 0, "fl-server") for n in range(self.servers)]
         client_agents = [self._agent(f"fc.{n + 1}", 0, "fl-client", server_agents) for n in range(self.clients)]
         state_dir = self.work_dir / "state"
         cloud_config = self.config.with_overrides({"ip_plan.servers": server_agents, "paths.state_dir": str(state_dir)})

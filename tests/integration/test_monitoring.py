@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from mlfo_toolkit.monitoring.prometheus import query_range
+from mlfo_toolkit.net.hosts import listening
 from mlfo_toolkit.util.processes import free_port, wait_for_port
 from tests.helpers import REPO, require_binary
 
@@ -49,7 +50,11 @@ def test_prometheus_scrapes_a_demo_run_and_the_dashboard_has_data(workdir: Path)
         # The background app: an iperf3 flow on loopback and mlfo's socket exporter for it.
         iperf_port, exporter_port = free_port(), free_port()
         helpers.append(subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iperf_port)], stdout=subprocess.DEVNULL))
-        wait_for_port("127.0.0.1", iperf_port, 10)
+        # Not a connect probe: iperf3 takes a connection that sends no test for a failed test and
+        # re-opens its socket, which once refused the real client.
+        deadline = time.monotonic() + 10
+        while not listening(helpers[0].pid, iperf_port) and time.monotonic() < deadline:
+            time.sleep(0.05)
         helpers.append(subprocess.Popen(["iperf3", "-c", "127.0.0.1", "-p", str(iperf_port), "-b", "1M", "-t", "600"], stdout=subprocess.DEVNULL))
         helpers.append(subprocess.Popen(
             [sys.executable, "-m", "mlfo_toolkit", "exporter", "--app", "background", "--match-port", str(iperf_port),
