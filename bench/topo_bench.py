@@ -27,10 +27,23 @@ def mlfo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mlfo_toolkit", *args], env=env, capture_output=True, text=True, timeout=1800)
 
 
-def tree_rss(pid: int) -> int:
+def tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    return sum(memory(p, "rss") for p in tree(pid))
+
+
+def memory(process: psutil.Process, kind: str) -> int:
+    """RSS, or PSS (shared pages split among the processes sharing them: services forked from one launcher share
+    what it imported, and summed RSS counts those pages once per service)."""
+    try:
+        return int(getattr(process.memory_full_info() if kind == "pss" else process.memory_info(), kind))
     except psutil.Error:
         return 0
 
@@ -61,8 +74,11 @@ def main() -> None:
         for host in (h for h in state["hosts"] if h.get("container")):
             mine = [p for p in state["processes"] if p["host"] == host["name"]]
             containers.append(tree_rss(host["pid"]) + sum(tree_rss(p["pid"]) for p in mine))
-        services = sum(tree_rss(p["pid"]) for p in state["processes"])
-        owner = tree_rss(state["owner_pid"]) - services
+        service_processes = {p.pid: p for r in state["processes"] for p in tree(r["pid"])}
+        services = sum(memory(p, "rss") for p in service_processes.values())
+        services_pss = sum(memory(p, "pss") for p in service_processes.values())
+        # The services are forked by a launcher, not by `topo up`: only what is not one of them is the owner's.
+        owner = sum(memory(p, "rss") for p in tree(state["owner_pid"]) if p.pid not in service_processes)
         vswitchd = sum(p.memory_info().rss for p in psutil.process_iter() if p.name() == "ovs-vswitchd")
         started = time.monotonic()
         ping = mlfo(env, "topo", "ping", "--json")
@@ -78,7 +94,8 @@ def main() -> None:
         print(f"  topo up (to all services listening): {up_seconds:7.1f} s")
         print(f"  topo ping ({mesh.get('pairs')} pairs, {mesh.get('loss_percent')}% loss): {ping_seconds:7.1f} s")
         print(f"  topo down:                           {down_seconds:7.1f} s  (exit {down.returncode})")
-        print(f"  memory: mlfo services {services / mib:7.0f} MiB ({services / mib / max(1, len(state['processes'])):.0f} MiB each)")
+        print(f"  memory: mlfo services {services / mib:7.0f} MiB RSS ({services / mib / max(1, len(state['processes'])):.0f} MiB each), "
+              f"{services_pss / mib:.0f} MiB PSS ({services_pss / mib / max(1, len(state['processes'])):.0f} MiB each)")
         print(f"          topo up process (Mininet, host shells) {owner / mib:7.0f} MiB, ovs-vswitchd {vswitchd / mib:.0f} MiB")
         print(f"          machine used before {used_before / mib:.0f} MiB, during {used_during / mib:.0f} MiB (+{(used_during - used_before) / mib:.0f} MiB)")
         if containers:

@@ -7,6 +7,8 @@ changes to a running network (`net.changes`) are built from these.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ from mlfo_toolkit.util.linux import (
 )
 from mlfo_toolkit.util.processes import wait_for_port
 
+MLFO_COMMAND = [sys.executable, "-m", "mlfo_toolkit"]  # how a service's argv is recorded (and restarted)
 MEMORY_LIMITED_ROLES = ("fl-client",)  # the hosts device profiles give a memory limit
 
 
@@ -51,6 +54,56 @@ def spawn_in_host(
     process.argv = list(argv)  # what runs inside the host, without the launcher
     state.processes.append(process)
     return process
+
+
+class ServiceLauncher:
+    """Starts mlfo services inside hosts, forked from one pre-imported Python (`net.launcher`): one Python
+    start and one set of imports for all of them, not one per service. Start it early: it imports while
+    the network is built."""
+
+    def __init__(self, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = log_dir / "launcher.log"
+        with open(self.log, "ab") as errors:
+            self.process = subprocess.Popen([sys.executable, "-m", "mlfo_toolkit.net.launcher"], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=errors, text=True)
+
+    def launch(self, state: NetworkState, services: Sequence[tuple[str, str, list[str], dict[str, str]]],
+               log_dir: Path) -> list[ProcessRecord]:
+        """Start each (host, name, mlfo CLI args, env) in its host's namespace and cgroups; each is recorded in
+        the state as soon as it runs."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        records: list[ProcessRecord] = []
+        for host, name, args, env in services:
+            record = state.host(host)
+            log = str(log_dir / f"{host}-{name}.log")
+            request = {"args": args, "env": env, "log": log, "pid": record.pid,
+                       "cgroups": [c for c in (record.cgroup, record.memory_cgroup) if c],
+                       "title": " ".join([*MLFO_COMMAND, *args])}
+            try:
+                self.process.stdin.write(json.dumps(request) + "\n")
+                self.process.stdin.flush()
+                line = self.process.stdout.readline()
+            except OSError:
+                line = ""
+            answer = json.loads(line) if line.strip() else {"error": f"the launcher ended (see {self.log})"}
+            if "error" in answer:
+                raise MlfoError(f"could not start {name} on {host}: {answer['error']}", hint=f"see {self.log}")
+            process = ProcessRecord(name, int(answer["pid"]), host, float(answer["create_time"]), [*MLFO_COMMAND, *args], log)
+            state.processes.append(process)
+            records.append(process)
+        return records
+
+    def close(self) -> None:
+        """End the launcher (its input ends); the services it started keep running."""
+        with contextlib.suppress(OSError):
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def listening(host_pid: int, port: int) -> bool:

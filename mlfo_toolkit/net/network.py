@@ -22,7 +22,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ConflictError, MlfoError, NotFoundError, UnreachableError
 from mlfo_toolkit.net.builders import get_builder
 from mlfo_toolkit.net.faucet import start_faucet, wait_switches_connected
-from mlfo_toolkit.net.hosts import make_cgroups, publish_port, set_cpu, set_memory, spawn_in_host, wait_listening
+from mlfo_toolkit.net.hosts import ServiceLauncher, make_cgroups, publish_port, set_cpu, set_memory, spawn_in_host, wait_listening
 from mlfo_toolkit.net.image import docker_client
 from mlfo_toolkit.net.state import (
     TOKEN_FILE,
@@ -129,12 +129,13 @@ def apply_host_profiles(state: NetworkState, topology: Topology, progress: Progr
             + ", ".join(f"{c} x {p}" for p, c in Counter(p["profile"] for p in applied.values()).items()))
 
 
-def start_services(state: NetworkState, topology: Topology, config: Config, state_dir: Path, progress: Progress) -> None:
+def start_services(state: NetworkState, topology: Topology, config: Config, state_dir: Path, progress: Progress,
+                   launcher: ServiceLauncher) -> None:
     """MLFOs on their hosts, an agent on every FL host, the published ports on loopback."""
     config_file = _service_config(config, topology, state_dir)
     state.config_file = str(config_file)
     log_dir = state_dir / "logs"
-    mlfo = [sys.executable, "-m", "mlfo_toolkit", "--config", str(config_file)]
+    mlfo = ["--config", str(config_file)]  # the services' CLI arguments start with the network's config
     # Agents and the cloud MLFO listen on host addresses: closed by default. Without a configured
     # token, a random one is made for this network; only the MLFOs (and Prometheus) carry it.
     southbound = config.southbound_token or secrets.token_urlsafe(32)
@@ -142,22 +143,26 @@ def start_services(state: NetworkState, topology: Topology, config: Config, stat
     env_base = {"MLFO_API__SOUTHBOUND_TOKEN": southbound}
     if config.api.token:
         env_base["MLFO_API__TOKEN"] = config.api.token
-    waits: list[tuple[str, int, ProcessRecord]] = []
-    if config.fl.isolation == "shared":
-        start_executor(state, state_dir, log_dir)
+    services: list[tuple[str, str, list[str], dict[str, str]]] = []
+    ports: list[int] = []
 
-    def start(host: str, name: str, argv: list[str], port: int) -> None:
-        waits.append((host, port, spawn_in_host(state, host, name, argv, log_dir, _service_env(env_base, state_dir, host))))
+    def start(host: str, name: str, args: list[str], port: int) -> None:
+        services.append((host, name, [*mlfo, *args], _service_env(env_base, state_dir, host)))
+        ports.append(port)
 
     for host in topology.hosts:
         if host.role == "cloud-mlfo":
-            start(host.name, "mlfo-cloud", [*mlfo, "serve", "--role", "cloud", "--host", host.ip, "--port", str(config.mlfo.momo_port)], config.mlfo.momo_port)
+            start(host.name, "mlfo-cloud", ["serve", "--role", "cloud", "--host", host.ip, "--port", str(config.mlfo.momo_port)], config.mlfo.momo_port)
         elif host.role == "campus-mlfo":
-            start(host.name, "mlfo-campus", [*mlfo, "serve", "--role", "campus", "--host", host.ip, "--port", str(config.mlfo.port)], config.mlfo.port)
+            start(host.name, "mlfo-campus", ["serve", "--role", "campus", "--host", host.ip, "--port", str(config.mlfo.port)], config.mlfo.port)
         elif host.role in AGENT_ROLES:
-            start(host.name, "agent", [*mlfo, "agent", "--host", host.ip, "--port", str(config.agent.port)], config.agent.port)
-    say(progress, "topo", f"starting {len(waits)} mlfo services inside the hosts")
-    wait_listening(state, waits, SERVICE_START_SECONDS)
+            start(host.name, "agent", ["agent", "--host", host.ip, "--port", str(config.agent.port)], config.agent.port)
+    say(progress, "topo", f"starting {len(services)} mlfo services inside the hosts (forked from one launcher)")
+    started = time.monotonic()
+    records = launcher.launch(state, services, log_dir)
+    launcher.close()
+    wait_listening(state, [(s[0], port, r) for s, port, r in zip(services, ports, records, strict=True)], SERVICE_START_SECONDS)
+    say(progress, "topo", f"{len(records)} services listening in {time.monotonic() - started:.1f} s")
     for host in topology.hosts:
         for inner_port, outer_port in host.publish.items():
             if not outer_port:
@@ -191,7 +196,14 @@ def network_up(
     builder.checkpoint = lambda: save_state(state, state_dir)
     builder.prepare(state_dir)
     save_state(state, state_dir)
+    launcher: ServiceLauncher | None = None
     try:
+        # The executor (Flower's imports) and the services' launcher (mlfo's) start first: they import while
+        # the network is built, which mostly waits on Mininet's shells.
+        if config.fl.isolation == "shared":
+            start_executor(state, state_dir, state_dir / "logs")
+            save_state(state, state_dir)
+        launcher = ServiceLauncher(state_dir / "logs")
         say(progress, "topo", f"building {len(topology.switches)} switches, {len(topology.hosts)} hosts, {len(topology.links)} switch links ({backend})")
         started = time.monotonic()
         openflow = None
@@ -213,10 +225,12 @@ def network_up(
         make_cgroups(state)
         save_state(state, state_dir)
         apply_host_profiles(state, topology, progress)
-        start_services(state, topology, config, state_dir, progress)
+        start_services(state, topology, config, state_dir, progress, launcher)
         state.phase = "up"
         save_state(state, state_dir)
     except BaseException:
+        if launcher is not None:
+            launcher.close()
         save_state(state, state_dir)
         network_stop(state_dir, builder)
         raise
