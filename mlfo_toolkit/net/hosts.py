@@ -57,7 +57,7 @@ def spawn_in_host(
 
 
 class ServiceLauncher:
-    """Starts mlfo services inside hosts, forked from one pre-imported Python (`net.launcher`): one Python
+    """Starts mlfo services inside hosts, forked from one pre-imported Python (`cli.launcher`): one Python
     start and one set of imports for all of them, not one per service. Start it early: it imports while
     the network is built."""
 
@@ -65,7 +65,7 @@ class ServiceLauncher:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log = log_dir / "launcher.log"
         with open(self.log, "ab") as errors:
-            self.process = subprocess.Popen([sys.executable, "-m", "mlfo_toolkit.net.launcher"], stdin=subprocess.PIPE,
+            self.process = subprocess.Popen([sys.executable, "-m", "mlfo_toolkit.cli.launcher"], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=errors, text=True)
 
     def launch(self, state: NetworkState, services: Sequence[tuple[str, str, list[str], dict[str, str]]],

@@ -14,7 +14,7 @@ Protocol (no shell, no pickles): one JSON object per line on stdin, each
 The launcher exits at the end of its input; its children, in sessions of their own, keep running
 (they are recorded by PID, and stopped by PID, as any service).
 
-    python -m mlfo_toolkit.net.launcher < requests.jsonl
+    python -m mlfo_toolkit.cli.launcher < requests.jsonl
 """
 
 from __future__ import annotations
