@@ -110,8 +110,11 @@ _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.m
               ast.Mod: operator.mod}
 
 
+_FUNCTIONS = {"min": min, "max": max}
+
+
 def _arith(expression: str, variables: dict[str, int]) -> int:
-    """Evaluate `n+10`, `(s-1)*3+i` and the like: integers, names, + - * // % only."""
+    """Evaluate `n+10`, `(s-1)*3+i`, `max(5, cohorts)` and the like: integers, names, + - * // %, min and max."""
 
     def walk(node: ast.AST) -> int:
         if isinstance(node, ast.Expression):
@@ -124,6 +127,9 @@ def _arith(expression: str, variables: dict[str, int]) -> int:
             return variables[node.id]
         if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
             return int(_OPERATORS[type(node.op)](walk(node.left), walk(node.right)))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS and len(node.args) >= 2
+                and not node.keywords):
+            return int(_FUNCTIONS[node.func.id](walk(a) for a in node.args))
         raise ValueError(f"unsupported expression '{expression}'")
 
     return walk(ast.parse(expression.strip(), mode="eval"))

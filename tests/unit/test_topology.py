@@ -52,6 +52,19 @@ def test_prototype_is_parameterised_by_cohorts(cohorts: int) -> None:
     assert len([s for s in topology.switches if s.name.startswith("csw")]) == cohorts
 
 
+def test_ten_cohorts_get_ten_campus_switches_of_ten_clients() -> None:
+    topology = load_topology(None, {"cohorts": 10})
+    clients = topology.fl_clients()
+    assert len(clients) == 100 and len({h.ip for h in topology.hosts}) == len(topology.hosts)
+    assert len({s.dpid_hex for s in topology.switches}) == len(topology.switches)
+    assert [h.ip for h in clients if h.campus == 10] == [f"10.0.1.10{i}" for i in range(10)]
+    assert topology.cohort_switch(10).name == "swCamp10" and topology.cohort_switch(9).name == "swCampus9"
+    assert all(len(h.interface) <= 15 for h in topology.hosts)
+    five = load_topology(None, {"cohorts": 5})  # the prototype's own DPIDs are unchanged at 5
+    assert {s.name: int(s.dpid_hex, 16) for s in five.switches if s.name in ("swCampus5", "csw1", "csw5")} == {
+        "swCampus5": 8, "csw1": 9, "csw5": 13}
+
+
 def test_small_topology() -> None:
     topology = load_topology(Path("small"))
     assert [h.ip for h in topology.fl_clients()] == [f"10.0.1.{i}" for i in range(10, 16)]
@@ -105,8 +118,11 @@ def test_unknown_parameter_is_reported() -> None:
 def test_template_arithmetic_is_safe() -> None:
     assert substitute("10.0.{n+10}.{(s-1)*3+i}", {"n": 2, "s": 2, "i": 1}, "x") == "10.0.12.4"
     assert substitute("{n*2}", {"n": 4}, "x") == 8
+    assert substitute("{max(5, n)}-{min(n, 9)}", {"n": 12}, "x") == "12-9"
     with pytest.raises(ValidationError, match="bad expression"):
         substitute("{__import__('os')}", {}, "x")
+    with pytest.raises(ValidationError, match="bad expression"):
+        substitute("{max(n)}", {"n": 1}, "x")  # min and max of two or more values only
 
 
 def test_a_hosts_device_profile_gives_its_cpu_memory_and_link_unless_the_host_says_otherwise() -> None:
