@@ -35,6 +35,9 @@ class DeploymentTable:
         self.on_store_error = on_store_error
         self.unsaved: set[str] = set()
         self._records: dict[str, Deployment] = {}
+        # Each record as it was last written, without its `updated` time: an edit that changed nothing (a poll
+        # of an idle run) is neither written nor dated.
+        self._written: dict[str, dict[str, Any]] = {}
         for raw in store.all(DEPLOYMENT):
             try:
                 record = Deployment.model_validate(raw)
@@ -79,6 +82,8 @@ class DeploymentTable:
         with self.lock:
             record = self._live(deployment_id)
             yield record
+            if deployment_id not in self.unsaved and self._unchanged(record):
+                return
             record.updated = time.time()
             try:
                 self._put(record)
@@ -131,9 +136,18 @@ class DeploymentTable:
             raise NotFoundError(f"no deployment '{deployment_id}'")
         return record
 
+    def _unchanged(self, record: Deployment) -> bool:
+        data = record.to_json()
+        data.pop("updated", None)
+        return self._written.get(record.id) == data
+
     def _put(self, record: Deployment) -> None:
+        data = record.to_json()
         try:
-            self.store.put(DEPLOYMENT, record.id, record.to_json(), record.created)
+            self.store.put(DEPLOYMENT, record.id, data, record.created)
+            data = dict(data)
+            data.pop("updated", None)
+            self._written[record.id] = data
         except StorageError as err:
             log.error("%s (deployment %s)", err.message, record.id)
             if self.on_store_error is not None:

@@ -403,3 +403,20 @@ def test_a_long_noisy_run_keeps_a_bounded_number_of_decisions(loop: tuple[Assura
     record = table.get("d1")
     assert len(record.decisions) == MAX_DECISIONS and record.decisions_dropped > 0
     assert record.decisions[0].actions[0]["kind"] == "set_rounds"  # a decision that acted is kept longest
+
+
+def test_an_edit_that_changes_nothing_is_neither_written_nor_dated(tmp_path: Path) -> None:
+    store = Store(tmp_path / "campus.sqlite3")
+    table = DeploymentTable(store)
+    running_deployment(table, {"value": 0.9})
+    writes: list[str] = []
+    put = store.put
+    store.put = lambda kind, record_id, data, created: (writes.append(record_id), put(kind, record_id, data, created))[1]  # type: ignore[method-assign]
+    dated = table.get("d1").updated
+    table.update("d1", rounds=[])  # an idle poll: the same (empty) rounds again
+    with table.edit("d1"):
+        pass
+    assert writes == [] and table.get("d1").updated == dated
+    add_round(table, 1, 0.8)
+    assert writes == ["d1"] and table.get("d1").updated > dated
+    assert DeploymentTable(Store(tmp_path / "campus.sqlite3")).get("d1").rounds[0].accuracy == 0.8
