@@ -1,6 +1,7 @@
 """Benchmark (run on demand, as root): the seed's experiment in the emulated network.
 
     sudo .venv/bin/python bench/seed_bench.py [--cohorts 5] [--clients 10] [--rounds 20] [--cpus 2] [--supernode-poll 0.2]
+    sudo .venv/bin/python bench/seed_bench.py --cohorts 10     # 10 x 10 x 20 in `topo up 10` (ten campus switches)
         [--controller faucet] [--aggregation hierarchical]
 
 As a user would run it: `mlfo topo up N --detach` (the prototype's layout, Mininet + Open vSwitch),
@@ -111,8 +112,8 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")}
     env.update({"MLFO_PATHS__STATE_DIR": str(workdir / "state"), "MLFO_PATHS__RUNS_DIR": str(workdir / "runs"),
                 "MLFO_FL__SUPERNODE_POLL_SECONDS": str(args.supernode_poll)})
-    if args.cohorts * args.clients > 50:
-        sys.exit("the prototype's layout has 50 FL clients (five campus switches of ten)")
+    if args.cohorts * args.clients > 10 * max(5, args.cohorts):
+        sys.exit("the prototype's layout has ten FL clients per campus switch, and max(5, cohorts) campus switches")
     with MachineWatch() as watch_all:
         started = time.monotonic()
         up = mlfo(env, "topo", "up", str(args.cohorts), "--detach", *(["--controller", args.controller] if args.controller else []))
