@@ -159,9 +159,22 @@ def plan(cohort_file: Path | None = None, config: Config | None = None, *, any_i
     """Which FL server and client agents each cohort gets, contacting nothing.
 
     Without a file: the shipped intents/cohorts.yaml (what `mlfo demo` sends)."""
-    cfg = _config(config)
+    cfg = _planned_against(_config(config))
     path = cohort_file or resource_path("intents/cohorts.yaml")
     return PlanResult.of(plan_cohorts(load_cohort_file(path, cfg, any_intent_path=any_intent_path), cfg))
+
+
+def _planned_against(config: Config) -> Config:
+    """The config cohorts are planned with: its own IP plan, else the running network's (whose clients
+    may be more than the default plan's 50: `topo up 10` has 100)."""
+    if config.ip_plan.clients:
+        return config
+    running = running_topology(Path(config.paths.state_dir))
+    if running is None:
+        return config
+    _, topology = running
+    return config.with_overrides({"ip_plan.clients": [h.ip for h in topology.fl_clients()],
+                                  "ip_plan.servers": [h.ip for h in topology.fl_servers()]})
 
 
 def _without_token(config: Config) -> Config:
@@ -178,7 +191,7 @@ def send_cohorts(cohort_file: Path, config: Config | None = None, *, mlfo: str |
     `trust_file_address` says to trust the address the file names."""
     cfg = _config(config)
     parsed = load_cohort_file(cohort_file, cfg, any_intent_path=any_intent_path)
-    plan_cohorts(parsed, cfg)  # the same checks as `plan`: what plan accepts, send accepts
+    plan_cohorts(parsed, _planned_against(cfg))  # the same checks as `plan`: what plan accepts, send accepts
     own = f"{cfg.mlfo.host}:{cfg.mlfo.port}"
     address = mlfo or parsed.mlfo or own
     trusted = bool(mlfo) or address == own or trust_file_address

@@ -121,3 +121,22 @@ def test_a_cohorts_partition_reaches_the_form_and_a_bad_one_names_its_field(conf
     with pytest.raises(ValidationError) as err:
         parse_cohort_file(text.replace("classes: 2", "classes: zero"), "c.yaml", INTENTS, config)
     assert err.value.field == "cohorts[1].partition.classes" and err.value.line == 4
+
+
+def test_cohorts_are_planned_against_the_running_networks_clients(config: Config, tmp_path: Path) -> None:
+    from mlfo_toolkit import api
+    from mlfo_toolkit.net.state import NetworkState, save_state
+    from mlfo_toolkit.net.topology import load_topology
+
+    cohorts = tmp_path / "ten.yaml"
+    cohorts.write_text("cohorts:\n" + "".join(f"  - {{name: c{n}, size: 10, intent: {REPO / 'intents' / 'welding.yaml'}}}\n"
+                                              for n in range(10)))
+    state_dir = tmp_path / "state"
+    cfg = config.with_overrides({"paths.state_dir": str(state_dir), "ip_plan.clients": []})
+    with pytest.raises(ValidationError, match="outside the IP plan"):
+        api.plan(cohorts, cfg, any_intent_path=True)  # the default plan: 50 clients
+    topology = load_topology(None, {"cohorts": 10})  # as `topo up 10` recorded it: 100 clients, 10 FL servers
+    save_state(NetworkState(topology.name, topology.source, topology.parameters, "mininet", 1, 0.0), state_dir)
+    planned = api.plan(cohorts, cfg, any_intent_path=True).to_dict()
+    last = planned["cohorts"][-1]
+    assert last["clients"][-1].startswith("10.0.1.109") and last["server"].startswith("10.0.20.100")
