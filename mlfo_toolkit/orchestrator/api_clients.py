@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from mlfo_toolkit.config import Config
@@ -51,7 +52,12 @@ class ApiClient:
         kwargs.setdefault("timeout", self.timeout)
         try:
             response = self.session.request(method, url, **kwargs)
-        except requests.ConnectionError:
+        except requests.ConnectionError as err:
+            reason = getattr(err.args[0], "reason", None) if err.args else None
+            if isinstance(reason, ReadTimeoutError):  # connected, then no answer: requests calls that a ConnectionError
+                raise UnreachableError(
+                    f"the {self.service} at {self.address} did not answer {method} {path} within {kwargs['timeout']:.0f} s"
+                ) from None
             raise UnreachableError(
                 f"cannot reach the {self.service} at {self.address}",
                 hint=f"is it running? (check the address and port; {method} {path})",

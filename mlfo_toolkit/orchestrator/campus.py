@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 # An agent answers /cli once its SuperNode is up, the cloud answers /momo/deploy once the SuperLink
 # is: under load (50 clients starting on 2 cores) both take a while.
 CLIENT_START_TIMEOUT = 130.0
-MOMO_DEPLOY_TIMEOUT = 90.0
+MOMO_DEPLOY_TIMEOUT = 150.0  # above the cloud's own wait for a server start (cloud.SERVER_START_TIMEOUT)
 MOMO_ATTEMPTS = 3
 
 

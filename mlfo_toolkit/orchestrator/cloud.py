@@ -26,6 +26,8 @@ from mlfo_toolkit.orchestrator.store import Store
 log = logging.getLogger(__name__)
 
 ALLOCATION = "allocation"
+# How long a server start may take (the agent waits up to 60 s for its SuperLink, under load).
+SERVER_START_TIMEOUT = 130.0
 
 
 class CloudMlfo:
@@ -88,7 +90,10 @@ class CloudMlfo:
             return {"server": self._server_of(deployment), "agent": earlier.agent, "shared_with": earlier.shares}
         started = time.monotonic()
         try:
-            with southbound(AgentClient, record.agent, self.config) as agent:
+            # The agent answers once its SuperLink listens: with many cohorts sent at once, that is many Flower
+            # processes starting on a few cores (10 at once took longer than api.timeout_seconds).
+            with southbound(AgentClient, record.agent, self.config,
+                            timeout=max(self.config.api.timeout_seconds, SERVER_START_TIMEOUT)) as agent:
                 answer = agent.start_server({
                     "algo": constraints.avgalgo, "fracfit": constraints.fracfit, "minfit": constraints.minfit,
                     "minav": constraints.minav, "numround": constraints.numround, "source": constraints.sourcekind,

@@ -19,3 +19,21 @@ def test_exit_codes_command() -> None:
     assert result.exit_code == 0
     listed = json.loads(result.output)
     assert listed["invalid_input"]["code"] == 4 and listed["deployment_failed"]["code"] == 7
+
+
+def test_a_service_that_accepts_but_does_not_answer_is_said_to_be_slow_not_unreachable() -> None:
+    import socket
+
+    import pytest
+
+    from mlfo_toolkit.errors import UnreachableError
+    from mlfo_toolkit.orchestrator.api_clients import AgentClient
+
+    with socket.socket() as listener:  # accepts connections (the kernel's backlog) and never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        with AgentClient(address, timeout=0.3) as agent, pytest.raises(UnreachableError, match="did not answer POST /serv within"):
+            agent.start_server({"algo": "FedAvg"})
+    with AgentClient(address, timeout=0.3, retries=0) as agent, pytest.raises(UnreachableError, match="cannot reach the node agent"):
+        agent.status()  # nothing listens there any more
