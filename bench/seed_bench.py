@@ -136,7 +136,7 @@ def main() -> None:
                 wall = time.monotonic() - started
             if not sent.stdout.strip():
                 sys.exit(f"intent send failed ({sent.returncode}):\n{sent.stderr[-3000:]}")
-            summary = json.loads(sent.stdout)
+            summary, _ = json.JSONDecoder().raw_decode(sent.stdout.strip())  # a failed cohort adds an error document after it
             print(f"intent send --wait: {wall:.1f} s (exit {sent.returncode})")
         finally:
             down = mlfo(env, "topo", "down")

@@ -58,6 +58,10 @@ class MlfoSettings(_Section):
     lost_after_seconds: float = Field(
         10.0, gt=0, description="an agent silent this long is lost: its client shows lost, its server fails the run"
     )
+    busy_lost_after_seconds: float = Field(
+        60.0, gt=0, description="an agent that takes connections but does not answer (a saturated host) is lost after "
+        "this long, or lost_after_seconds if that is longer; one that refuses them, after lost_after_seconds",
+    )
     start_concurrency: int = Field(
         4, ge=1, le=256, description="FL clients started at once across all deployments (each is a Python process)"
     )

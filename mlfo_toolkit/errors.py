@@ -111,6 +111,10 @@ class UnreachableError(MlfoError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class SlowAnswerError(UnreachableError):
+    """A service took the connection but did not answer in time: busy, not gone."""
+
+
 class RemoteError(MlfoError):
     """A remote service answered with an HTTP error; `status` carries its code."""
 

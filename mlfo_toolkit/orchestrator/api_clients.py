@@ -15,7 +15,7 @@ from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import UnreachableError, ValidationError, error_for_status
+from mlfo_toolkit.errors import SlowAnswerError, UnreachableError, ValidationError, error_for_status
 
 Client = TypeVar("Client", bound="ApiClient")
 
@@ -55,7 +55,7 @@ class ApiClient:
         except requests.ConnectionError as err:
             reason = getattr(err.args[0], "reason", None) if err.args else None
             if isinstance(reason, ReadTimeoutError):  # connected, then no answer: requests calls that a ConnectionError
-                raise UnreachableError(
+                raise SlowAnswerError(
                     f"the {self.service} at {self.address} did not answer {method} {path} within {kwargs['timeout']:.0f} s"
                 ) from None
             raise UnreachableError(
@@ -63,7 +63,7 @@ class ApiClient:
                 hint=f"is it running? (check the address and port; {method} {path})",
             ) from None
         except requests.Timeout:
-            raise UnreachableError(
+            raise SlowAnswerError(
                 f"the {self.service} at {self.address} did not answer within {self.timeout:.0f} s"
             ) from None
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from mlfo_toolkit.config import Config
-from mlfo_toolkit.errors import MlfoError, StorageError
+from mlfo_toolkit.errors import MlfoError, SlowAnswerError, StorageError
 from mlfo_toolkit.orchestrator.api_clients import AgentClient, southbound
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
 from mlfo_toolkit.orchestrator.loop import AssuranceLoop
@@ -80,7 +80,7 @@ class DeploymentWatch:
                 last_contact = time.monotonic()
             except MlfoError as err:
                 silent = time.monotonic() - last_contact
-                if silent >= cfg.lost_after_seconds:
+                if silent >= lost_after(self.config, err):
                     self.finish(deployment_id, "failed",
                                 f"lost contact with the FL server's agent {record.server.agent} for {silent:.0f} s: {err.message}")
                     return
@@ -129,7 +129,7 @@ class DeploymentWatch:
                 if client.silent_since is None:
                     client.silent_since = time.time()
                 silent = time.time() - client.silent_since
-                if silent >= self.config.mlfo.lost_after_seconds and client.state != "lost":
+                if silent >= lost_after(self.config, err) and client.state != "lost":
                     _lost(client, "unreachable", f"its agent has not answered for {silent:.0f} s: {err.message}")
                 return
             client.silent_since = None
@@ -168,7 +168,7 @@ class DeploymentWatch:
             except MlfoError as err:
                 since = tier.silent_since or time.time()
                 silent = time.time() - since
-                why = f"its agent has not answered for {silent:.0f} s: {err.message}" if silent >= self.config.mlfo.lost_after_seconds else None
+                why = f"its agent has not answered for {silent:.0f} s: {err.message}" if silent >= lost_after(self.config, err) else None
                 found[tier.edge] = (why, tier.relay_node_id, since)
                 return
             server = status.get("server") or {}
@@ -200,6 +200,14 @@ class DeploymentWatch:
                     tier.state, tier.error, tier.lost_at = "lost", why, time.time()
                     lost.append(edge)
         return lost
+
+
+def lost_after(config: Config, err: MlfoError) -> float:
+    """How long an agent may be silent before it counts as lost. One that took the connection and did not answer in
+    time is busy (at 10 x 10 on two cores, FL server agents answered late while their hosts were saturated), and
+    gets mlfo.busy_lost_after_seconds; one that cannot be reached, mlfo.lost_after_seconds."""
+    mlfo = config.mlfo
+    return max(mlfo.lost_after_seconds, mlfo.busy_lost_after_seconds) if isinstance(err, SlowAnswerError) else mlfo.lost_after_seconds
 
 
 T = TypeVar("T")

@@ -37,3 +37,14 @@ def test_a_service_that_accepts_but_does_not_answer_is_said_to_be_slow_not_unrea
             agent.start_server({"algo": "FedAvg"})
     with AgentClient(address, timeout=0.3, retries=0) as agent, pytest.raises(UnreachableError, match="cannot reach the node agent"):
         agent.status()  # nothing listens there any more
+
+
+def test_a_busy_agent_is_given_longer_than_a_gone_one_before_it_counts_as_lost() -> None:
+    from mlfo_toolkit.config import Config
+    from mlfo_toolkit.errors import SlowAnswerError, UnreachableError
+    from mlfo_toolkit.orchestrator.watch import lost_after
+
+    config = Config().with_overrides({"mlfo.lost_after_seconds": 4, "mlfo.busy_lost_after_seconds": 30})
+    assert lost_after(config, UnreachableError("cannot reach the node agent")) == 4
+    assert lost_after(config, SlowAnswerError("the node agent did not answer GET /status within 2 s")) == 30
+    assert lost_after(config.with_overrides({"mlfo.lost_after_seconds": 90}), SlowAnswerError("slow")) == 90
