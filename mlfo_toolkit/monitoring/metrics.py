@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -112,13 +114,32 @@ class AssuranceStates(Collector):
         yield from (target, met, state)
 
 
+# Listing a process's descendants reads every process on the machine (/proc/*/stat): an FL server's tree (its
+# SuperLink, SuperExec, ServerApp) changes at its start and end, not between two polls of its agent.
+TREE_REUSE_SECONDS = 5.0
+_trees: dict[int, tuple[float, list[psutil.Process]]] = {}
+_trees_lock = threading.Lock()
+
+
 def process_tree(pid: int) -> list[psutil.Process]:
-    """A process and all its descendants (Flower detaches some: the parent link still holds)."""
+    """A process and all its descendants (Flower detaches some: the parent link still holds), at most
+    TREE_REUSE_SECONDS old."""
+    now = time.monotonic()
+    with _trees_lock:
+        taken, tree = _trees.get(pid, (0.0, []))
+        if now - taken < TREE_REUSE_SECONDS and tree and tree[0].is_running():
+            return tree
     try:
         root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
+        tree = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return []
+        tree = []
+    with _trees_lock:
+        for old in [p for p, (t, _) in _trees.items() if now - t >= TREE_REUSE_SECONDS]:
+            del _trees[old]
+        if tree:
+            _trees[pid] = (now, tree)
+    return tree
 
 
 def _cpu_and_memory(processes: list[psutil.Process]) -> tuple[float, int]:

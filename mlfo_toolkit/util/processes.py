@@ -44,6 +44,9 @@ def find_tool(name: str) -> str:
 # How often a running process's descendants are listed (each listing scans every process on the
 # machine). Once a second, so a tree whose root is SIGKILLed (re-parenting its children) is still known.
 REMEMBER_SECONDS = 1.0
+# A tied process's guard walks its tree too (util.guard), and stops it when this process dies: its own
+# record of the tree can be older. At 5 FL servers polled twice a second, the walks were most of an idle agent's CPU.
+TIED_REMEMBER_SECONDS = 10.0
 
 
 class ManagedProcess:
@@ -70,11 +73,12 @@ class ManagedProcess:
         self.pid = self.popen.pid
         self._known: dict[int, psutil.Process] = {}
         self._remembered = 0.0
+        self._remember_every = TIED_REMEMBER_SECONDS if tied else REMEMBER_SECONDS
         self._lock = threading.Lock()
 
     def running(self) -> bool:
         alive = self.popen.poll() is None
-        if alive and time.monotonic() - self._remembered >= REMEMBER_SECONDS:
+        if alive and time.monotonic() - self._remembered >= self._remember_every:
             # Keep the tree known while it is whole: after a SIGKILL of this process its children are
             # re-parented and could no longer be found from it.
             self._remember_tree()
