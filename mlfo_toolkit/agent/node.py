@@ -340,7 +340,9 @@ class NodeAgent:
             run_dir.mkdir(parents=True, exist_ok=True)
             bind = self.config.agent.host
             connect = reachable_host(bind)
-            port = self.config.agent.fl_server_port or self._free_fl_port(bind, connect)
+            # Picked now (agent.fl_server_port 0), not when the agent started: a port reserved early can be taken by any
+            # listener bound to port 0 in between. One in use anyway is refused just below.
+            port = self.config.agent.fl_server_port or free_port(bind)
             flwr_home = run_dir / "flwr-home"
             flwr_home.mkdir(exist_ok=True)
             (flwr_home / "config.toml").write_text(
@@ -396,19 +398,6 @@ class NodeAgent:
             )
             log.info("FL server %s started for deployment '%s'", server.address, params.deployment)
             return {"server": server.address, "deployment": params.deployment, "pid": superlink.pid}
-
-    @staticmethod
-    def _free_fl_port(bind: str, connect: str) -> int:
-        """A port no one listens on now, picked as the server starts (agent.fl_server_port 0).
-
-        Picked now, not when the agent started: a port chosen early can be taken by any listener bound
-        to port 0 in between (on loopback, every agent's HTTP server and SuperNode shares the host).
-        """
-        for _ in range(5):
-            port = free_port(bind)
-            if not port_in_use(connect, port):
-                return port
-        raise ConflictError(f"no free port for an FL server on {connect}", hint="give this agent an --fl-port")
 
     def _wake_dir(self, superlink: str) -> Path | None:
         """The wake-up folder of the cohort whose SuperLink is `superlink`: its SuperNodes (forked by the shared

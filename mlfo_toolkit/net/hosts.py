@@ -63,20 +63,20 @@ class ServiceLauncher:
 
     def __init__(self, log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = log_dir
         self.log = log_dir / "launcher.log"
         with open(self.log, "ab") as errors:
             self.process = subprocess.Popen([sys.executable, "-m", "mlfo_toolkit.cli.launcher"], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=errors, text=True)
 
-    def launch(self, state: NetworkState, services: Sequence[tuple[str, str, list[str], dict[str, str]]],
-               log_dir: Path) -> list[ProcessRecord]:
-        """Start each (host, name, mlfo CLI args, env) in its host's namespace and cgroups; each is recorded in
-        the state as soon as it runs."""
+    def launch(self, state: NetworkState, services: Sequence[tuple[str, str, list[str], dict[str, str]]]) -> list[ProcessRecord]:
+        """Start each (host, name, mlfo CLI args, env) in its host's namespace and cgroups, logging to HOST-NAME.log in
+        the launcher's folder; each is recorded in the state as soon as it runs."""
         assert self.process.stdin is not None and self.process.stdout is not None
         records: list[ProcessRecord] = []
         for host, name, args, env in services:
             record = state.host(host)
-            log = str(log_dir / f"{host}-{name}.log")
+            log = str(self.log_dir / f"{host}-{name}.log")
             request = {"args": args, "env": env, "log": log, "pid": record.pid,
                        "cgroups": [c for c in (record.cgroup, record.memory_cgroup) if c],
                        "title": " ".join([*MLFO_COMMAND, *args])}

@@ -159,7 +159,7 @@ def start_services(state: NetworkState, topology: Topology, config: Config, stat
             start(host.name, "agent", ["agent", "--host", host.ip, "--port", str(config.agent.port)], config.agent.port)
     say(progress, "topo", f"starting {len(services)} mlfo services inside the hosts (forked from one launcher)")
     started = time.monotonic()
-    records = launcher.launch(state, services, log_dir)
+    records = launcher.launch(state, services)
     launcher.close()
     wait_listening(state, [(s[0], port, r) for s, port, r in zip(services, ports, records, strict=True)], SERVICE_START_SECONDS)
     say(progress, "topo", f"{len(records)} services listening in {time.monotonic() - started:.1f} s")

@@ -55,22 +55,21 @@ class ApiClient:
         except requests.ConnectionError as err:
             reason = getattr(err.args[0], "reason", None) if err.args else None
             if isinstance(reason, ReadTimeoutError):  # connected, then no answer: requests calls that a ConnectionError
-                raise SlowAnswerError(
-                    f"the {self.service} at {self.address} did not answer {method} {path} within {kwargs['timeout']:.0f} s"
-                ) from None
+                raise self._slow(method, path, kwargs["timeout"]) from None
             raise UnreachableError(
                 f"cannot reach the {self.service} at {self.address}",
                 hint=f"is it running? (check the address and port; {method} {path})",
             ) from None
         except requests.Timeout:
-            raise SlowAnswerError(
-                f"the {self.service} at {self.address} did not answer within {self.timeout:.0f} s"
-            ) from None
+            raise self._slow(method, path, kwargs["timeout"]) from None
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
                 ValueError) as err:
             raise ValidationError(f"'{self.address}' is not a usable address of the {self.service}: {err}",
                                   field="address", hint="write HOST:PORT, e.g. 127.0.0.1:8000 or [::1]:8000") from None
         return self._handle(response, method, path)
+
+    def _slow(self, method: str, path: str, timeout: float) -> SlowAnswerError:
+        return SlowAnswerError(f"the {self.service} at {self.address} did not answer {method} {path} within {timeout:.0f} s")
 
     def _handle(self, response: requests.Response, method: str, path: str) -> Any:
         try:

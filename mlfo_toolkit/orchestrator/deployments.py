@@ -82,11 +82,13 @@ class DeploymentTable:
         with self.lock:
             record = self._live(deployment_id)
             yield record
-            if deployment_id not in self.unsaved and self._unchanged(record):
+            data = record.to_json()
+            data.pop("updated", None)
+            if deployment_id not in self.unsaved and self._written.get(deployment_id) == data:
                 return
             record.updated = time.time()
             try:
-                self._put(record)
+                self._put(record, data)
             except StorageError:
                 self.unsaved.add(record.id)
                 raise
@@ -136,18 +138,14 @@ class DeploymentTable:
             raise NotFoundError(f"no deployment '{deployment_id}'")
         return record
 
-    def _unchanged(self, record: Deployment) -> bool:
-        data = record.to_json()
-        data.pop("updated", None)
-        return self._written.get(record.id) == data
-
-    def _put(self, record: Deployment) -> None:
-        data = record.to_json()
+    def _put(self, record: Deployment, unchanged: dict[str, Any] | None = None) -> None:
+        """Write a record; `unchanged` is its JSON without `updated`, when the caller has it already."""
+        if unchanged is None:
+            unchanged = record.to_json()
+            unchanged.pop("updated", None)
         try:
-            self.store.put(DEPLOYMENT, record.id, data, record.created)
-            data = dict(data)
-            data.pop("updated", None)
-            self._written[record.id] = data
+            self.store.put(DEPLOYMENT, record.id, {**unchanged, "updated": record.updated}, record.created)
+            self._written[record.id] = unchanged
         except StorageError as err:
             log.error("%s (deployment %s)", err.message, record.id)
             if self.on_store_error is not None:

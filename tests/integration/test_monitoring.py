@@ -55,6 +55,7 @@ def test_prometheus_scrapes_a_demo_run_and_the_dashboard_has_data(workdir: Path)
         deadline = time.monotonic() + 10
         while not listening(helpers[0].pid, iperf_port) and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert listening(helpers[0].pid, iperf_port), "iperf3 -s did not listen within 10 s"
         helpers.append(subprocess.Popen(["iperf3", "-c", "127.0.0.1", "-p", str(iperf_port), "-b", "1M", "-t", "600"], stdout=subprocess.DEVNULL))
         helpers.append(subprocess.Popen(
             [sys.executable, "-m", "mlfo_toolkit", "exporter", "--app", "background", "--match-port", str(iperf_port),
