@@ -62,6 +62,11 @@ class ApiClient:
             ) from None
         except requests.Timeout:
             raise self._slow(method, path, kwargs["timeout"]) from None
+        except requests.exceptions.ChunkedEncodingError:  # it answered, then died mid-body
+            raise UnreachableError(
+                f"the {self.service} at {self.address} broke off its answer to {method} {path}",
+                hint="it stopped while answering: is it still running?",
+            ) from None
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
                 ValueError) as err:
             raise ValidationError(f"'{self.address}' is not a usable address of the {self.service}: {err}",

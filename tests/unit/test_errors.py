@@ -48,3 +48,31 @@ def test_a_busy_agent_is_given_longer_than_a_gone_one_before_it_counts_as_lost()
     assert lost_after(config, UnreachableError("cannot reach the node agent")) == 4
     assert lost_after(config, SlowAnswerError("the node agent did not answer GET /status within 2 s")) == 30
     assert lost_after(config.with_overrides({"mlfo.lost_after_seconds": 90}), SlowAnswerError("slow")) == 90
+
+
+def test_a_service_that_dies_mid_answer_is_unreachable_not_an_internal_error() -> None:
+    import socket
+    import threading
+
+    import pytest
+
+    from mlfo_toolkit.errors import SlowAnswerError, UnreachableError
+    from mlfo_toolkit.orchestrator.api_clients import AgentClient
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def answer_half() -> None:  # headers promise 401 bytes, then the process is gone
+            conn, _ = listener.accept()
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 401\r\n\r\n")
+            conn.close()
+
+        thread = threading.Thread(target=answer_half, daemon=True)
+        thread.start()
+        with AgentClient(f"127.0.0.1:{listener.getsockname()[1]}", timeout=5, retries=0) as agent, \
+                pytest.raises(UnreachableError, match="broke off its answer to GET /status") as caught:
+            agent.status()
+        assert not isinstance(caught.value, SlowAnswerError)  # gone, not busy: the short lost_after applies
+        thread.join(5)
