@@ -24,7 +24,7 @@ from mlfo_toolkit.errors import CapacityError, ConflictError, MlfoError, Validat
 from mlfo_toolkit.fl.control import RunControl, update_control
 from mlfo_toolkit.fl.data import LOADERS
 from mlfo_toolkit.fl.edge import edge_socket
-from mlfo_toolkit.fl.executor import Registration, SpawnedSuperNode, register, start_executor, unregister
+from mlfo_toolkit.fl.executor import REGISTRATION_SUFFIX, Registration, Spawned, register, start_executor, unregister
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.partitions import KINDS, PartitionSpec
 from mlfo_toolkit.fl.strategies import canonical_strategy
@@ -187,12 +187,13 @@ class FlServer:
 
     params: ServerStartParams
     address: str
-    superlink: ManagedProcess
+    superlink: ManagedProcess | Spawned
     submitter: ManagedProcess | None
     metrics_file: Path
     started: float = field(default_factory=time.time)
     wake_dir: Path | None = None  # the cohort's wake-up folder (mlfo_toolkit.fl.wake), removed with the server
     edge_inbox: Path | None = None  # an edge run's socket for its relay (mlfo_toolkit.fl.edge)
+    registration: Path | None = None  # the shared executor's registration of a SuperLink it forked
 
     @property
     def control_file(self) -> Path:
@@ -250,6 +251,8 @@ class FlServer:
         if self.submitter is not None:
             self.submitter.stop()
         self.superlink.stop()
+        if self.registration is not None:
+            unregister(self.registration.parent, self.registration.name.removesuffix(REGISTRATION_SUFFIX))
         if self.wake_dir is not None:
             shutil.rmtree(self.wake_dir, ignore_errors=True)
 
@@ -259,7 +262,7 @@ class FlClient:
     """One SuperNode serving partition `part` of a cohort."""
 
     params: ClientStartParams
-    process: ManagedProcess | SpawnedSuperNode
+    process: ManagedProcess | Spawned
     name: str
     runtime_port: int | None = None  # the Runtime API a shared executor polls (isolation: shared)
     started: float = field(default_factory=time.time)
@@ -355,26 +358,12 @@ class NodeAgent:
                 # Not ours (ours were stopped above): never hand clients a SuperLink someone else runs.
                 raise ConflictError(f"port {port} on {connect} is already in use by a process this agent did not start",
                                     hint="stop that process, or give this agent another --fl-port")
-            superlink = ManagedProcess(
-                "flower-superlink",
-                [
-                    find_tool("flower-superlink"),
-                    "--insecure",
-                    "--host",
-                    bind,
-                    "--port",
-                    str(port),
-                    "--disable-runtime-dependency-installation",
-                    # No --database: Flower keeps the SuperLink's state in memory, which rules out the
-                    # "database is locked" errors that lost messages at 50 clients.
-                ],
-                log_path=run_dir / "superlink.log",
-                env=env,
-                cwd=run_dir,
-                tied=True,
-            )
+            # No --database: Flower keeps the SuperLink's state in memory, which rules out the
+            # "database is locked" errors that lost messages at 50 clients.
+            arguments = ["--insecure", "--host", bind, "--port", str(port), "--disable-runtime-dependency-installation"]
+            superlink, registration = self._start_superlink(arguments, run_dir, flwr_home, env)
             metrics_file = run_dir / "metrics.jsonl"
-            server = FlServer(params, f"{self.advertise_host}:{port}", superlink, None, metrics_file)
+            server = FlServer(params, f"{self.advertise_host}:{port}", superlink, None, metrics_file, registration=registration)
             server.wake_dir = self._wake_dir(server.address)
             server.edge_inbox = edge_socket(run_dir) if params.tier == "edge" else None
             self.server = server
@@ -398,6 +387,26 @@ class NodeAgent:
             )
             log.info("FL server %s started for deployment '%s'", server.address, params.deployment)
             return {"server": server.address, "deployment": params.deployment, "pid": superlink.pid}
+
+    def _start_superlink(self, arguments: list[str], run_dir: Path, flwr_home: Path,
+                         env: dict[str, str]) -> tuple[ManagedProcess | Spawned, Path | None]:
+        """Flower's SuperLink: forked by the network's shared executor (Flower already imported there), else a process."""
+        log_path = run_dir / "superlink.log"
+        if self.config.fl.isolation == "shared" and self.config.fl.executor_dir is not None:
+            name = f"{self._label}-server-{self._runs}"
+            registration = register(self.registration_dir(), Registration(
+                name, "", os.getpid(), str(flwr_home), str(log_path), spawn=arguments, cwd=str(run_dir),
+                env={"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0"}, kind="superlink",
+            ))
+            try:
+                return Spawned.wait_started(self.registration_dir(), name, log_path, SUPERNODE_SPAWN_SECONDS,
+                                            "flower-superlink"), registration
+            except MlfoError:
+                unregister(self.registration_dir(), name)
+                raise
+        process = ManagedProcess("flower-superlink", [find_tool("flower-superlink"), *arguments], log_path=log_path,
+                                 env=env, cwd=run_dir, tied=True)
+        return process, None
 
     def _wake_dir(self, superlink: str) -> Path | None:
         """The wake-up folder of the cohort whose SuperLink is `superlink`: its SuperNodes (forked by the shared
@@ -516,7 +525,7 @@ class NodeAgent:
             ]
             flwr_home = run_dir / "flwr-home"
             log_path = run_dir / "supernode.log"
-            process: ManagedProcess | SpawnedSuperNode
+            process: ManagedProcess | Spawned
             if shared:
                 # The shared executor forks the SuperNode into this agent's host (namespace, cgroup):
                 # Flower is imported once for all of them, and a start takes a fraction of a second.
@@ -537,7 +546,7 @@ class NodeAgent:
         try:
             if shared:
                 try:
-                    process = SpawnedSuperNode.wait_started(self.registration_dir(), name, log_path, SUPERNODE_SPAWN_SECONDS)
+                    process = Spawned.wait_started(self.registration_dir(), name, log_path, SUPERNODE_SPAWN_SECONDS)
                 except MlfoError:
                     unregister(self.registration_dir(), name)
                     raise

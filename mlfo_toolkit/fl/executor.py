@@ -13,7 +13,10 @@ this executor does, and starts the SuperNodes too, with everything imported once
 * it asks each SuperNode for tasks with Flower's `AcquireTask` (as `flower-superexec` does), at once
   when the SuperNode's log grew (it logs every message it pulls), else every few seconds;
 * each task runs in a child forked from the executor that joins the same host and calls Flower's
-  own `run_clientapp`, which pulls the message from the SuperNode and pushes the reply back.
+  own `run_clientapp`, which pulls the message from the SuperNode and pushes the reply back;
+* an FL server agent's registration of kind "superlink" is forked the same way into the server's host
+  as Flower's own `flower-superlink`: a SuperLink is up in a fraction of a second instead of the 1.5 s
+  a new Python takes to import it. Nothing is polled for it.
 
 So the FL traffic still leaves from each client's own host (the SuperNode runs there and talks to the
 SuperLink), the training CPU is charged to the client host's cgroup, and the Runtime API stays on the
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import json
 import logging
 import os
@@ -50,7 +54,7 @@ from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, memor
 from mlfo_toolkit.util.processes import ManagedProcess, same_process, tool_env
 
 # Flower is imported inside functions on purpose: agents import this module (for Registration and
-# SpawnedSuperNode) and must not pay Flower's import; the executor process imports it once, in preload().
+# Spawned) and must not pay Flower's import; the executor process imports it once, in preload().
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,8 @@ class Registration:
     wake_dir: str = ""
     # [source, data_dir] of mlfo's own app: loaded once here, so every task inherits it instead of loading it again.
     dataset: list[str] = field(default_factory=list)
+    # "supernode", or "superlink": `spawn` holds `flower-superlink`'s arguments, `runtime` is unused, nothing is polled.
+    kind: str = "supernode"
 
 
 def _alive(pid: int) -> bool:
@@ -127,14 +133,15 @@ def _wake_executor(directory: Path) -> None:
         waker.close()
 
 
-class SpawnedSuperNode:
-    """The agent's handle on a SuperNode the executor started: watched and stopped by PID.
+class Spawned:
+    """The agent's handle on a SuperNode or SuperLink the executor started: watched and stopped by PID.
 
     It offers what the agent uses of a ManagedProcess: running(), returncode(), stop(), tail().
     """
 
-    def __init__(self, name: str, directory: Path, pid: int, create_time: float, log_path: Path) -> None:
-        self.name = f"flower-supernode {name}"
+    def __init__(self, name: str, directory: Path, pid: int, create_time: float, log_path: Path,
+                 tool: str = "flower-supernode") -> None:
+        self.name = f"{tool} {name}"
         self.directory = directory
         self.registration = name
         self.pid = pid
@@ -142,18 +149,19 @@ class SpawnedSuperNode:
         self.log_path = log_path
 
     @classmethod
-    def wait_started(cls, directory: Path, name: str, log_path: Path, timeout: float) -> SpawnedSuperNode:
-        """Wait until the executor reports the SuperNode of registration `name` started."""
+    def wait_started(cls, directory: Path, name: str, log_path: Path, timeout: float,
+                     tool: str = "flower-supernode") -> Spawned:
+        """Wait until the executor reports the process of registration `name` started."""
         started = directory / f"{name}.started"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 data = json.loads(started.read_text())
-                return cls(name, directory, int(data["pid"]), float(data["create_time"]), log_path)
+                return cls(name, directory, int(data["pid"]), float(data["create_time"]), log_path, tool)
             except (OSError, ValueError, KeyError):
-                time.sleep(0.1)
+                time.sleep(0.05)
         raise UnreachableError(
-            f"the shared ClientApp executor did not start SuperNode {name} within {timeout:.0f} s",
+            f"the shared ClientApp executor did not start {tool} {name} within {timeout:.0f} s",
             hint=f"is the executor serving {directory} running? its log is executor.log beside that folder",
         )
 
@@ -169,7 +177,7 @@ class SpawnedSuperNode:
             return -1  # gone, and the executor has not said how
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM (Flower's SuperNode leaves its SuperLink cleanly), then SIGKILL after `timeout`."""
+        """SIGTERM (a SuperNode leaves its SuperLink cleanly; a SuperLink stops its SuperExec), then SIGKILL after `timeout`."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if not self.running():
                 return
@@ -207,7 +215,7 @@ class _Served:
     retry_at: float = 0.0
     next_poll: float = 0.0
     watched_size: int = -1
-    supernode: int | None = None  # the SuperNode this executor started for the registration
+    spawned: int | None = None  # the SuperNode (or SuperLink) this executor started for the registration
     woken: bool = False  # the SuperNode said it stored a message (wake-up): a child picks the task up
     pickup: int | None = None  # PID of the child that asks this SuperNode for its task itself
 
@@ -240,7 +248,7 @@ class Executor:
         self.parent_pid = parent_pid
         self.served: dict[str, _Served] = {}
         self.children: dict[int, str] = {}
-        self.supernodes: dict[int, str] = {}  # PID -> registration name of the SuperNodes started here
+        self.spawned: dict[int, str] = {}  # PID -> registration name of the SuperNodes and SuperLinks started here
         # Registrations whose SuperNode ended (name -> mtime): never started twice, so a SuperNode that
         # died stays dead (its agent shows it lost) instead of coming back as a second node.
         self.ended: dict[str, int] = {}
@@ -262,6 +270,8 @@ class Executor:
         import flwr.supernode.runtime.run_clientapp  # noqa: F401
 
         import mlfo_toolkit.fl.apps  # noqa: F401  (mlfo's Flower app: it imports Flower)
+
+        _preload_superlink()
 
         load_dataset("handmnist")
 
@@ -305,34 +315,40 @@ class Executor:
             except Exception as err:  # noqa: BLE001 - the task will say what is wrong with it, to its run
                 log.warning("could not load dataset %s for %s: %s", registration.dataset[0], registration.name, err)
         if registration.spawn:
-            self._spawn_supernode(name, served)
-        log.info("serving SuperNode %s (Runtime API %s, PID %d)", registration.name, registration.runtime,
-                 served.supernode or registration.pid)
+            self._spawn(name, served)
+        if registration.kind == "superlink":
+            log.info("started SuperLink %s (PID %s)", registration.name, served.spawned)
+        else:
+            log.info("serving SuperNode %s (Runtime API %s, PID %d)", registration.name, registration.runtime,
+                     served.spawned or registration.pid)
 
-    def _spawn_supernode(self, name: str, served: _Served) -> None:
-        """Fork Flower's SuperNode for a registration that asks for it (Flower is already imported here)."""
+    def _spawn(self, name: str, served: _Served) -> None:
+        """Fork Flower's SuperNode or SuperLink for a registration that asks for it (Flower is already imported here)."""
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = _run_supernode(served, self.directory)
+                if served.registration.kind == "superlink":
+                    code = _run_superlink(served)
+                else:
+                    code = _run_supernode(served, self.directory)
             except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
                 with contextlib.suppress(Exception):
                     traceback.print_exc()
             finally:
                 os._exit(code)
-        served.supernode = pid
-        self.supernodes[pid] = name
-        if served.registration.wake_dir:
+        served.spawned = pid
+        self.spawned[pid] = name
+        if served.registration.wake_dir and served.registration.kind == "supernode":
             self.node_sockets[pid] = node_socket(Path(served.registration.wake_dir), pid)
         stem = name.removesuffix(REGISTRATION_SUFFIX)
         write_json_atomically(self.directory / f"{stem}.started", {"pid": pid, "create_time": psutil.Process(pid).create_time()})
 
     def _forget(self, name: str) -> None:
         served = self.served.pop(name)
-        if served.supernode is not None:
+        if served.spawned is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(served.supernode, signal.SIGTERM)  # reaped (and its exit recorded) in reap()
+                os.kill(served.spawned, signal.SIGTERM)  # reaped (and its exit recorded) in reap()
         if served.client is not None:
             with contextlib.suppress(Exception):
                 served.client.close()
@@ -358,8 +374,8 @@ class Executor:
             for served in list(self.served.values()):
                 if len(self.children) >= self.max_children:
                     break
-                if served.pickup is not None:
-                    continue  # its child is asking for the task right now
+                if served.pickup is not None or served.registration.kind != "supernode":
+                    continue  # its child is asking for the task right now; a SuperLink has no tasks
                 if served.woken:
                     # A SuperNode that said it has a message: fork first, the child asks for the task from inside
                     # the host. The loop never waits on a SuperNode's answer, so 25 tasks start side by side.
@@ -416,30 +432,31 @@ class Executor:
         return pid
 
     def reap(self) -> None:
-        while self.children or self.supernodes:
+        while self.children or self.spawned:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
-                self.supernodes.clear()
+                self.spawned.clear()
                 return
             if pid == 0:
                 return
             code = os.waitstatus_to_exitcode(status)
-            if pid in self.supernodes:
-                name = self.supernodes.pop(pid)
+            if pid in self.spawned:
+                name = self.spawned.pop(pid)
                 stem = name.removesuffix(REGISTRATION_SUFFIX)
                 if (self.directory / name).exists():  # its agent still follows it: say how it ended
                     write_json_atomically(self.directory / f"{stem}.exited", {"pid": pid, "code": code})
                 else:
                     (self.directory / f"{stem}.started").unlink(missing_ok=True)
-                log.info("SuperNode %s (PID %d) ended with %d", stem, pid, code)
+                log.info("%s %s (PID %d) ended with %d", "SuperNode" if name not in self.served
+                         or self.served[name].registration.kind == "supernode" else "SuperLink", stem, pid, code)
                 socket_path = self.node_sockets.pop(pid, None)
                 if socket_path is not None:  # a SuperNode killed by a signal never removed its own
                     socket_path.unlink(missing_ok=True)
-                if name in self.served and self.served[name].supernode == pid:
+                if name in self.served and self.served[name].spawned == pid:
                     self.ended[name] = self.served[name].mtime
-                    self.served[name].supernode = None
+                    self.served[name].spawned = None
                     self._forget(name)
                 continue
             name = self.children.pop(pid, "")
@@ -489,14 +506,14 @@ class Executor:
 
     def close(self, timeout: float = 5.0) -> None:
         """End every running child (tasks and SuperNodes started here), then release the namespaces."""
-        for pid in [*self.children, *self.supernodes]:
+        for pid in [*self.children, *self.spawned]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while (self.children or self.supernodes) and time.monotonic() < deadline:
+        while (self.children or self.spawned) and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)
-        for pid in [*self.children, *self.supernodes]:
+        for pid in [*self.children, *self.spawned]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.reap()
@@ -557,6 +574,39 @@ def _run_supernode(served: _Served, executor_dir: Path) -> int:
 
     try:
         flower_supernode()
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 0
+    return 0
+
+
+def _preload_superlink() -> None:
+    """Import what `flower-superlink` runs (its FastAPI app and uvicorn's server), so a fork starts serving at once."""
+    import flwr.superlink.cli.flower_superlink  # noqa: F401
+    import flwr.superlink.main  # noqa: F401
+
+    # uvicorn picks these when it starts; importing them here keeps the fork from paying for them.
+    for module in ("uvicorn.lifespan.on", "uvicorn.loops.auto", "uvicorn.protocols.http.auto",
+                   "uvicorn.protocols.http.h11_impl", "uvicorn.protocols.http.httptools_impl",
+                   "uvicorn.protocols.websockets.auto"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+
+
+def _run_superlink(served: _Served) -> int:
+    """In the forked child: become Flower's own `flower-superlink` on the owner's host (its namespace and cgroup)."""
+    os.setsid()  # its own session: stopping it never signals the executor
+    registration = served.registration
+    _enter_host(served, registration.log)
+    if registration.cwd:
+        os.chdir(registration.cwd)
+    os.environ.update(tool_env(registration.env))  # its SuperExec is found beside this interpreter
+    sys.argv = ["flower-superlink", *registration.spawn]
+    logging.getLogger().handlers.clear()  # Flower's and uvicorn's own handlers write its log; the executor's would repeat it
+    setproctitle.setproctitle(f"flower-superlink [mlfo executor] {registration.name}")
+    from flwr.superlink.cli.flower_superlink import flower_superlink
+
+    try:
+        flower_superlink()
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 0
     return 0

@@ -307,6 +307,40 @@ def test_killed_server_agent_leaves_no_orphans_and_a_restart_is_not_confused(wor
 
 @pytest.mark.flower
 @pytest.mark.slow
+def test_a_shared_executor_forks_the_superlink_and_it_ends_with_its_agent(workdir: Path) -> None:
+    from mlfo_toolkit.fl.executor import start_executor
+
+    executor = start_executor(workdir / "executor", workdir / "executor.log")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")}
+    env |= {"MLFO_PATHS__STATE_DIR": str(workdir / "state"), "MLFO_FL__EXECUTOR_DIR": str(workdir / "executor")}
+    agent = subprocess.Popen([sys.executable, "-m", "mlfo_toolkit", "agent", "--port", str(port), "--fl-port", "0"],
+                             cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, 30)
+        answer = requests.post(f"http://127.0.0.1:{port}/serv", data=SERV, timeout=90)
+        assert answer.status_code == 201, answer.text
+        superlink = psutil.Process(answer.json()["pid"])
+        assert superlink.ppid() == executor.pid, "the SuperLink was not forked by the shared executor"
+        fl_port = int(answer.json()["server"].rsplit(":", 1)[1])
+        assert any(c.laddr.port == fl_port and c.status == psutil.CONN_LISTEN for c in superlink.net_connections()), \
+            "the forked process is not the SuperLink"
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(10)
+        # The executor sees the owner gone and stops the SuperLink; Flower's SuperExec and ServerApp follow their parents.
+        deadline = time.monotonic() + 15
+        while processes_under(workdir / "state") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert processes_under(workdir / "state") == [], "Flower processes outlived their agent"
+        assert executor.running(), "the executor must outlive an agent it served"
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        executor.stop()
+
+
+@pytest.mark.flower
+@pytest.mark.slow
 def test_silent_server_agent_fails_the_deployment_within_lost_after_seconds(config: Config, workdir: Path) -> None:
     port, fl_port = free_port(), free_port()
     agent = start_agent(workdir, port, fl_port)

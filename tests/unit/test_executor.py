@@ -87,12 +87,12 @@ def test_admission_refuses_with_the_numbers(config: Config, tmp_path: Path) -> N
 def test_spawned_supernode_handle_follows_and_stops_by_pid(tmp_path: Path) -> None:
     import json
 
-    from mlfo_toolkit.fl.executor import SpawnedSuperNode
+    from mlfo_toolkit.fl.executor import Spawned
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     (tmp_path / "x.started").write_text(json.dumps({"pid": sleeper.pid, "create_time": psutil.Process(sleeper.pid).create_time()}))
     (tmp_path / "x.log").write_text("one\ntwo\n")
-    handle = SpawnedSuperNode.wait_started(tmp_path, "x", tmp_path / "x.log", timeout=5)
+    handle = Spawned.wait_started(tmp_path, "x", tmp_path / "x.log", timeout=5)
     assert handle.running() and handle.returncode() is None and handle.tail(1) == "two"
     (tmp_path / "x.exited").write_text(json.dumps({"pid": sleeper.pid, "code": 3}))
     handle.stop(timeout=2)
@@ -104,10 +104,10 @@ def test_spawned_supernode_handle_follows_and_stops_by_pid(tmp_path: Path) -> No
 
 def test_no_executor_means_a_clear_error(tmp_path: Path) -> None:
     from mlfo_toolkit.errors import UnreachableError
-    from mlfo_toolkit.fl.executor import SpawnedSuperNode
+    from mlfo_toolkit.fl.executor import Spawned
 
-    with pytest.raises(UnreachableError, match="did not start SuperNode x"):
-        SpawnedSuperNode.wait_started(tmp_path, "x", tmp_path / "x.log", timeout=0.3)
+    with pytest.raises(UnreachableError, match="did not start flower-supernode x"):
+        Spawned.wait_started(tmp_path, "x", tmp_path / "x.log", timeout=0.3)
 
 
 def test_a_restarted_agent_numbers_its_runs_after_the_last(config: Config, tmp_path: Path) -> None:
