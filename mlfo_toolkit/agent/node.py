@@ -361,7 +361,7 @@ class NodeAgent:
             # No --database: Flower keeps the SuperLink's state in memory, which rules out the
             # "database is locked" errors that lost messages at 50 clients.
             arguments = ["--insecure", "--host", bind, "--port", str(port), "--disable-runtime-dependency-installation"]
-            superlink, registration = self._start_superlink(arguments, run_dir, flwr_home, env)
+            superlink, registration = self._start_superlink(arguments, f"{connect}:{port}", run_dir, flwr_home, env)
             metrics_file = run_dir / "metrics.jsonl"
             server = FlServer(params, f"{self.advertise_host}:{port}", superlink, None, metrics_file, registration=registration)
             server.wake_dir = self._wake_dir(server.address)
@@ -388,14 +388,15 @@ class NodeAgent:
             log.info("FL server %s started for deployment '%s'", server.address, params.deployment)
             return {"server": server.address, "deployment": params.deployment, "pid": superlink.pid}
 
-    def _start_superlink(self, arguments: list[str], run_dir: Path, flwr_home: Path,
+    def _start_superlink(self, arguments: list[str], runtime: str, run_dir: Path, flwr_home: Path,
                          env: dict[str, str]) -> tuple[ManagedProcess | Spawned, Path | None]:
-        """Flower's SuperLink: forked by the network's shared executor (Flower already imported there), else a process."""
+        """Flower's SuperLink (Runtime API at `runtime`): forked by the network's shared executor with its ServerApp
+        (Flower already imported there, mlfo_toolkit.fl.link), else a process of its own with Flower's SuperExec."""
         log_path = run_dir / "superlink.log"
         if self.config.fl.isolation == "shared" and self.config.fl.executor_dir is not None:
             name = f"{self._label}-server-{self._runs}"
             registration = register(self.registration_dir(), Registration(
-                name, "", os.getpid(), str(flwr_home), str(log_path), spawn=arguments, cwd=str(run_dir),
+                name, runtime, os.getpid(), str(flwr_home), str(log_path), spawn=[*arguments, "--isolation", "process"], cwd=str(run_dir),
                 env={"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0"}, kind="superlink",
             ))
             try:

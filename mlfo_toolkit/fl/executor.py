@@ -14,9 +14,10 @@ this executor does, and starts the SuperNodes too, with everything imported once
   when the SuperNode's log grew (it logs every message it pulls), else every few seconds;
 * each task runs in a child forked from the executor that joins the same host and calls Flower's
   own `run_clientapp`, which pulls the message from the SuperNode and pushes the reply back;
-* an FL server agent's registration of kind "superlink" is forked the same way into the server's host
-  as Flower's own `flower-superlink`: a SuperLink is up in a fraction of a second instead of the 1.5 s
-  a new Python takes to import it. Nothing is polled for it.
+* an FL server agent's registration of kind "superlink" is forked the same way into the server's host,
+  where it runs Flower's own `flower-superlink` and takes its ServerApp task (mlfo_toolkit.fl.link): a
+  SuperLink is up in a fraction of a second instead of the 1.5 s a new Python takes to import it,
+  and its ServerApp starts without a SuperExec. The executor polls nothing for it.
 
 So the FL traffic still leaves from each client's own host (the SuperNode runs there and talks to the
 SuperLink), the training CPU is charged to the client host's cgroup, and the Runtime API stays on the
@@ -47,6 +48,7 @@ import setproctitle
 from mlfo_toolkit.errors import UnreachableError
 from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_PART, TRAIN_START
 from mlfo_toolkit.fl.data import load_dataset
+from mlfo_toolkit.fl.link import run_link, runtime_client
 from mlfo_toolkit.fl.polls import quicken_supernode
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 from mlfo_toolkit.util.files import write_json_atomically
@@ -527,15 +529,6 @@ class Executor:
             self._home_namespace = -1
 
 
-def runtime_client(address: str) -> Any:
-    """A client of a SuperNode's Runtime API, as flower-superexec makes it."""
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-    from flwr.supercore.runtime import RuntimeHttpClient
-
-    return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
-                                                 interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
-
-
 def _enter_host(served: _Served, output: str) -> None:
     """In a forked child: default signals, output to `output`, the registration's cgroup and namespace."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -581,8 +574,10 @@ def _run_supernode(served: _Served, executor_dir: Path) -> int:
 
 def _preload_superlink() -> None:
     """Import what `flower-superlink` runs (its FastAPI app and uvicorn's server), so a fork starts serving at once."""
+    import flwr.supercore.logger  # noqa: F401
     import flwr.superlink.cli.flower_superlink  # noqa: F401
     import flwr.superlink.main  # noqa: F401
+    import flwr.superlink.runtime  # noqa: F401  (the ServerApp's runtime)
 
     # uvicorn picks these when it starts; importing them here keeps the fork from paying for them.
     for module in ("uvicorn.lifespan.on", "uvicorn.loops.auto", "uvicorn.protocols.http.auto",
@@ -593,23 +588,17 @@ def _preload_superlink() -> None:
 
 
 def _run_superlink(served: _Served) -> int:
-    """In the forked child: become Flower's own `flower-superlink` on the owner's host (its namespace and cgroup)."""
+    """In the forked child: on the owner's host (its namespace and cgroup), run Flower's SuperLink and its ServerApps
+    (mlfo_toolkit.fl.link)."""
     os.setsid()  # its own session: stopping it never signals the executor
     registration = served.registration
     _enter_host(served, registration.log)
     if registration.cwd:
         os.chdir(registration.cwd)
-    os.environ.update(tool_env(registration.env))  # its SuperExec is found beside this interpreter
-    sys.argv = ["flower-superlink", *registration.spawn]
+    os.environ.update(tool_env(registration.env))
     logging.getLogger().handlers.clear()  # Flower's and uvicorn's own handlers write its log; the executor's would repeat it
-    setproctitle.setproctitle(f"flower-superlink [mlfo executor] {registration.name}")
-    from flwr.superlink.cli.flower_superlink import flower_superlink
-
-    try:
-        flower_superlink()
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else 0
-    return 0
+    setproctitle.setproctitle(f"mlfo FL server [mlfo executor] {registration.name}")
+    return run_link(registration.name, registration.runtime, registration.spawn)
 
 
 def _time_training() -> None:

@@ -29,14 +29,14 @@ PR_SET_PDEATHSIG = 1
 REMEMBER_SECONDS = 10.0
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the guard dies, even by SIGKILL (prctl PR_SET_PDEATHSIG)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def guard(owner: tuple[int, float], argv: list[str]) -> int:
-    child = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads here yet)
+    child = subprocess.Popen(argv, preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads here yet)
     known: dict[int, psutil.Process] = {}
     stopping = False
 

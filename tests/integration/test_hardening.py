@@ -320,11 +320,18 @@ def test_a_shared_executor_forks_the_superlink_and_it_ends_with_its_agent(workdi
         wait_for_port("127.0.0.1", port, 30)
         answer = requests.post(f"http://127.0.0.1:{port}/serv", data=SERV, timeout=90)
         assert answer.status_code == 201, answer.text
-        superlink = psutil.Process(answer.json()["pid"])
-        assert superlink.ppid() == executor.pid, "the SuperLink was not forked by the shared executor"
+        server = psutil.Process(answer.json()["pid"])
+        assert server.ppid() == executor.pid, "the FL server was not forked by the shared executor"
         fl_port = int(answer.json()["server"].rsplit(":", 1)[1])
-        assert any(c.laddr.port == fl_port and c.status == psutil.CONN_LISTEN for c in superlink.net_connections()), \
-            "the forked process is not the SuperLink"
+        listening = [p for p in server.children() if any(c.laddr.port == fl_port and c.status == psutil.CONN_LISTEN
+                                                         for c in p.net_connections())]
+        assert len(listening) == 1, "no SuperLink under the forked FL server"
+        # `flwr run` submitted the run: its ServerApp starts beside the SuperLink, with no SuperExec in between.
+        deadline = time.monotonic() + 30
+        while len(server.children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(server.children()) == 2, "the run's ServerApp did not start"
+        assert not [p for p in server.children(recursive=True) if "superexec" in " ".join(p.cmdline())]
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
         # The executor sees the owner gone and stops the SuperLink; Flower's SuperExec and ServerApp follow their parents.
