@@ -188,12 +188,12 @@ class FlServer:
     params: ServerStartParams
     address: str
     superlink: ManagedProcess | Spawned
-    submitter: ManagedProcess | None
+    submitter: ManagedProcess | Spawned | None
     metrics_file: Path
     started: float = field(default_factory=time.time)
     wake_dir: Path | None = None  # the cohort's wake-up folder (mlfo_toolkit.fl.wake), removed with the server
     edge_inbox: Path | None = None  # an edge run's socket for its relay (mlfo_toolkit.fl.edge)
-    registration: Path | None = None  # the shared executor's registration of a SuperLink it forked
+    registrations: list[Path] = field(default_factory=list)  # the shared executor's of what it forked for this server
 
     @property
     def control_file(self) -> Path:
@@ -251,8 +251,8 @@ class FlServer:
         if self.submitter is not None:
             self.submitter.stop()
         self.superlink.stop()
-        if self.registration is not None:
-            unregister(self.registration.parent, self.registration.name.removesuffix(REGISTRATION_SUFFIX))
+        for registration in self.registrations:
+            unregister(registration.parent, registration.name.removesuffix(REGISTRATION_SUFFIX))
         if self.wake_dir is not None:
             shutil.rmtree(self.wake_dir, ignore_errors=True)
 
@@ -361,9 +361,11 @@ class NodeAgent:
             # No --database: Flower keeps the SuperLink's state in memory, which rules out the
             # "database is locked" errors that lost messages at 50 clients.
             arguments = ["--insecure", "--host", bind, "--port", str(port), "--disable-runtime-dependency-installation"]
-            superlink, registration = self._start_superlink(arguments, f"{connect}:{port}", run_dir, flwr_home, env)
+            superlink, registration = self._start_flower("superlink", f"{self._label}-server-{self._runs}", arguments,
+                                                         f"{connect}:{port}", run_dir, run_dir / "superlink.log", env)
             metrics_file = run_dir / "metrics.jsonl"
-            server = FlServer(params, f"{self.advertise_host}:{port}", superlink, None, metrics_file, registration=registration)
+            server = FlServer(params, f"{self.advertise_host}:{port}", superlink, None, metrics_file)
+            server.registrations.extend([registration] if registration else [])
             server.wake_dir = self._wake_dir(server.address)
             server.edge_inbox = edge_socket(run_dir) if params.tier == "edge" else None
             self.server = server
@@ -377,36 +379,39 @@ class NodeAgent:
                 raise
             run_config = run_dir / "run-config.toml"
             run_config.write_text(tomli_w.dumps(overrides))
-            server.submitter = ManagedProcess(
-                "flwr run",
-                [find_tool("flwr"), "run", str(app_dir), FEDERATION, "--run-config", str(run_config), "--stream"],
-                log_path=run_dir / "flwr-run.log",
-                env=env,
-                cwd=run_dir,
-                tied=True,
-            )
+            try:
+                server.submitter, registration = self._start_flower(
+                    "flwr-run", f"{self._label}-run-{self._runs}",
+                    ["run", str(app_dir), FEDERATION, "--run-config", str(run_config), "--stream"], "", run_dir,
+                    run_dir / "flwr-run.log", env)
+            except MlfoError:
+                server.stop()
+                self.server = None
+                raise
+            server.registrations.extend([registration] if registration else [])
             log.info("FL server %s started for deployment '%s'", server.address, params.deployment)
             return {"server": server.address, "deployment": params.deployment, "pid": superlink.pid}
 
-    def _start_superlink(self, arguments: list[str], runtime: str, run_dir: Path, flwr_home: Path,
-                         env: dict[str, str]) -> tuple[ManagedProcess | Spawned, Path | None]:
-        """Flower's SuperLink (Runtime API at `runtime`): forked by the network's shared executor with its ServerApp
-        (Flower already imported there, mlfo_toolkit.fl.link), else a process of its own with Flower's SuperExec."""
-        log_path = run_dir / "superlink.log"
+    def _start_flower(self, kind: str, name: str, arguments: list[str], runtime: str, run_dir: Path, log_path: Path,
+                      env: dict[str, str]) -> tuple[ManagedProcess | Spawned, Path | None]:
+        """Flower's SuperLink (kind "superlink", Runtime API at `runtime`) or `flwr ARGUMENTS` (kind "flwr-run"): forked by
+        the network's shared executor into this host (Flower is imported there once; a SuperLink runs its ServerApp
+        itself, mlfo_toolkit.fl.link), else a process of its own (a SuperLink with Flower's SuperExec)."""
+        tool = "flower-superlink" if kind == "superlink" else "flwr"
+        flwr_home = env["FLWR_HOME"]
         if self.config.fl.isolation == "shared" and self.config.fl.executor_dir is not None:
-            name = f"{self._label}-server-{self._runs}"
             registration = register(self.registration_dir(), Registration(
-                name, runtime, os.getpid(), str(flwr_home), str(log_path), spawn=[*arguments, "--isolation", "process"], cwd=str(run_dir),
-                env={"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0"}, kind="superlink",
+                name, runtime, os.getpid(), flwr_home, str(log_path), cwd=str(run_dir), kind=kind,
+                spawn=[*arguments, "--isolation", "process"] if kind == "superlink" else arguments,
+                env={"FLWR_HOME": flwr_home, "FLWR_TELEMETRY_ENABLED": "0"},
             ))
             try:
-                return Spawned.wait_started(self.registration_dir(), name, log_path, SUPERNODE_SPAWN_SECONDS,
-                                            "flower-superlink"), registration
+                return Spawned.wait_started(self.registration_dir(), name, log_path, SUPERNODE_SPAWN_SECONDS, tool), registration
             except MlfoError:
                 unregister(self.registration_dir(), name)
                 raise
-        process = ManagedProcess("flower-superlink", [find_tool("flower-superlink"), *arguments], log_path=log_path,
-                                 env=env, cwd=run_dir, tied=True)
+        process = ManagedProcess(tool if kind == "superlink" else "flwr run", [find_tool(tool), *arguments],
+                                 log_path=log_path, env=env, cwd=run_dir, tied=True)
         return process, None
 
     def _wake_dir(self, superlink: str) -> Path | None:

@@ -71,6 +71,7 @@ DEFAULT_MAX_CHILDREN = 64
 # WAKE_IDLE_POLL_SECONDS.
 WAKE_LOOP_SECONDS = 0.5
 NO_TASK = 3  # a child that asked its SuperNode for a task and got none
+EXIT_NOTE_SECONDS = 1.0  # how long a handle waits for the executor to note how a process it started ended
 WAKE_IDLE_POLL_SECONDS = 30.0
 
 
@@ -98,7 +99,8 @@ class Registration:
     wake_dir: str = ""
     # [source, data_dir] of mlfo's own app: loaded once here, so every task inherits it instead of loading it again.
     dataset: list[str] = field(default_factory=list)
-    # "supernode", or "superlink": `spawn` holds `flower-superlink`'s arguments, `runtime` is unused, nothing is polled.
+    # "supernode"; "superlink": `spawn` holds `flower-superlink`'s arguments, `runtime` its Runtime API
+    # (mlfo_toolkit.fl.link); "flwr-run": `spawn` holds the arguments of a `flwr` command. Only SuperNodes are polled.
     kind: str = "supernode"
 
 
@@ -149,6 +151,7 @@ class Spawned:
         self.pid = pid
         self.create_time = create_time
         self.log_path = log_path
+        self._code: int | None = None
 
     @classmethod
     def wait_started(cls, directory: Path, name: str, log_path: Path, timeout: float,
@@ -171,12 +174,20 @@ class Spawned:
         return same_process(self.pid, self.create_time)
 
     def returncode(self) -> int | None:
+        if self._code is not None:
+            return self._code
         if self.running():
             return None
-        try:
-            return int(json.loads((self.directory / f"{self.registration}.exited").read_text())["code"])
-        except (OSError, ValueError, KeyError):
-            return -1  # gone, and the executor has not said how
+        deadline = time.monotonic() + EXIT_NOTE_SECONDS
+        while True:  # the executor notes the exit when it reaps the process: a moment after it ended
+            try:
+                self._code = int(json.loads((self.directory / f"{self.registration}.exited").read_text())["code"])
+            except (OSError, ValueError, KeyError):
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                self._code = -1  # gone, and the executor has not said how
+            return self._code
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (a SuperNode leaves its SuperLink cleanly; a SuperLink stops its SuperExec), then SIGKILL after `timeout`."""
@@ -297,9 +308,19 @@ class Executor:
             if name not in self.served and name not in self.ended:
                 self._add(name, mtime)
 
+    def _drop(self, name: str) -> None:
+        """Remove the registration of an agent that is gone: nobody else will, and it must not be read again."""
+        stem = name.removesuffix(REGISTRATION_SUFFIX)
+        for suffix in (REGISTRATION_SUFFIX, ".started", ".exited"):
+            (self.directory / f"{stem}{suffix}").unlink(missing_ok=True)
+
     def _add(self, name: str, mtime: int) -> None:
         try:
             registration = Registration(**json.loads((self.directory / name).read_text()))
+            if not _alive(registration.pid):
+                log.info("removing %s: its agent (PID %d) is gone", name, registration.pid)
+                self._drop(name)
+                return
             namespace_fd = None
             if namespace_inode(registration.pid) != self._home_inode:
                 namespace_fd = os.open(f"/proc/{registration.pid}/ns/net", os.O_RDONLY)
@@ -318,27 +339,29 @@ class Executor:
                 log.warning("could not load dataset %s for %s: %s", registration.dataset[0], registration.name, err)
         if registration.spawn:
             self._spawn(name, served)
-        if registration.kind == "superlink":
-            log.info("started SuperLink %s (PID %s)", registration.name, served.spawned)
+        if registration.kind != "supernode":
+            log.info("started %s %s (PID %s)", registration.kind, registration.name, served.spawned)
         else:
             log.info("serving SuperNode %s (Runtime API %s, PID %d)", registration.name, registration.runtime,
                      served.spawned or registration.pid)
 
     def _spawn(self, name: str, served: _Served) -> None:
-        """Fork Flower's SuperNode or SuperLink for a registration that asks for it (Flower is already imported here)."""
+        """Fork Flower's SuperNode, SuperLink or `flwr` for a registration that asks for it (Flower is imported here)."""
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 if served.registration.kind == "superlink":
                     code = _run_superlink(served)
+                elif served.registration.kind == "flwr-run":
+                    code = _run_flwr(served)
                 else:
                     code = _run_supernode(served, self.directory)
             except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
                 with contextlib.suppress(Exception):
                     traceback.print_exc()
             finally:
-                os._exit(code)
+                _exit_as(code)
         served.spawned = pid
         self.spawned[pid] = name
         if served.registration.wake_dir and served.registration.kind == "supernode":
@@ -451,8 +474,8 @@ class Executor:
                     write_json_atomically(self.directory / f"{stem}.exited", {"pid": pid, "code": code})
                 else:
                     (self.directory / f"{stem}.started").unlink(missing_ok=True)
-                log.info("%s %s (PID %d) ended with %d", "SuperNode" if name not in self.served
-                         or self.served[name].registration.kind == "supernode" else "SuperLink", stem, pid, code)
+                log.info("%s %s (PID %d) ended with %d", self.served[name].registration.kind if name in self.served
+                         else "process", stem, pid, code)
                 socket_path = self.node_sockets.pop(pid, None)
                 if socket_path is not None:  # a SuperNode killed by a signal never removed its own
                     socket_path.unlink(missing_ok=True)
@@ -574,6 +597,7 @@ def _run_supernode(served: _Served, executor_dir: Path) -> int:
 
 def _preload_superlink() -> None:
     """Import what `flower-superlink` runs (its FastAPI app and uvicorn's server), so a fork starts serving at once."""
+    import flwr.cli.app  # noqa: F401  (`flwr run`, which submits the run)
     import flwr.supercore.logger  # noqa: F401
     import flwr.superlink.cli.flower_superlink  # noqa: F401
     import flwr.superlink.main  # noqa: F401
@@ -599,6 +623,38 @@ def _run_superlink(served: _Served) -> int:
     logging.getLogger().handlers.clear()  # Flower's and uvicorn's own handlers write its log; the executor's would repeat it
     setproctitle.setproctitle(f"mlfo FL server [mlfo executor] {registration.name}")
     return run_link(registration.name, registration.runtime, registration.spawn)
+
+
+def _exit_as(code: int) -> None:
+    """End a forked child with `code`; a negative one (-N: stopped by signal N) by that signal, as a process would."""
+    if code < 0:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(-code, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [-code])
+            os.kill(os.getpid(), -code)
+    os._exit(code & 0xFF)
+
+
+def _run_flwr(served: _Served) -> int:
+    """In the forked child: Flower's own `flwr` command line (e.g. `flwr run`, which submits an FL run) on the owner's host."""
+    os.setsid()
+    registration = served.registration
+    _enter_host(served, registration.log)
+    if registration.cwd:
+        os.chdir(registration.cwd)
+    os.environ.update(tool_env(registration.env))
+    logging.getLogger().handlers.clear()
+    setproctitle.setproctitle(f"flwr {' '.join(registration.spawn[:1])} [mlfo executor] {registration.name}")
+    from flwr.cli.app import app
+
+    sys.argv = ["flwr", *registration.spawn]
+    try:
+        app()
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 0
+    return 0
 
 
 def _time_training() -> None:

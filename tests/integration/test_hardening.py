@@ -332,6 +332,9 @@ def test_a_shared_executor_forks_the_superlink_and_it_ends_with_its_agent(workdi
             time.sleep(0.2)
         assert len(server.children()) == 2, "the run's ServerApp did not start"
         assert not [p for p in server.children(recursive=True) if "superexec" in " ".join(p.cmdline())]
+        # `flwr run` too: every Flower process of this server is the executor's, none a Python of its own.
+        forked = {p.pid for p in psutil.Process(executor.pid).children(recursive=True)}
+        assert {p.pid for p in processes_under(workdir / "state")} <= forked
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
         # The executor sees the owner gone and stops the SuperLink; Flower's SuperExec and ServerApp follow their parents.
