@@ -15,6 +15,7 @@ from mlfo_toolkit.config import Config, load_config
 from mlfo_toolkit.errors import MlfoError
 from mlfo_toolkit.net.image import docker_client
 from mlfo_toolkit.net.state import NetworkState
+from mlfo_toolkit.util.processes import same_process
 from tests.helpers import DECOY_RECORD
 from tests.helpers.orchestra import Orchestra, close, start_orchestra
 
@@ -56,7 +57,10 @@ def no_network_left_by_a_killed_run(tmp_path_factory: pytest.TempPathFactory) ->
         if here.resolve() in decoy.parents:
             continue
         try:
-            docker_client().containers.get(decoy.read_text().strip()).remove(force=True)
-        except Exception:  # noqa: BLE001 - gone already, or no Docker: nothing to remove
+            record = json.loads(decoy.read_text())
+            if same_process(record["pid"], record["create_time"]):
+                continue  # a concurrent run's decoy: its own module removes it
+            docker_client().containers.get(record["name"]).remove(force=True)
+        except Exception:  # noqa: BLE001 - gone already, unreadable, or no Docker: nothing to remove
             pass
         decoy.unlink(missing_ok=True)

@@ -57,7 +57,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     assert started.returncode == 0, started.stderr[-3000:]
     state = json.loads((workdir / "state" / "network.json").read_text())
     decoy = f"{state['containers'][0]}-not-ours"
-    (workdir / DECOY_RECORD).write_text(decoy)  # a run killed before the end still has it removed (conftest)
+    # A run killed before the end still has it removed by the next one (conftest), never by one running beside it.
+    (workdir / DECOY_RECORD).write_text(json.dumps({"name": decoy, "pid": os.getpid(),
+                                                   "create_time": psutil.Process().create_time()}))
     foreign = docker_client().containers.run(json.loads(built.stdout)["image"], "sleep 600", detach=True, name=decoy)
     info = {"env": env, "workdir": workdir, "port": port, "state": state}
     try:
