@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mlfo_toolkit.util.processes import free_port, wait_for_port  # noqa: E402
 
-FLOWER = ("flower-superlink", "flwr run", "flwr-serverapp", "flower-supernode", "flwr-clientapp", "flower-superexec")
+FLOWER = ("flower-superlink", "flwr run", "flwr-serverapp", "flower-supernode", "flwr-clientapp", "flower-superexec", "mlfo FL server")
 WELDING = Path(__file__).resolve().parent.parent / "intents" / "welding.yaml"
 
 

@@ -29,8 +29,9 @@ from mlfo_toolkit.orchestrator.records import Deployment
 from mlfo_toolkit.orchestrator.sending import follow_deployments, post_cohorts
 from mlfo_toolkit.util.resources import resource_path
 
-KINDS = ("flower-supernode", "flwr-clientapp", "flower-superlink", "flwr-serverapp", "flwr run", "mlfo_toolkit.fl.executor",
-         "mlfo_toolkit.util.guard")
+# Processes the executor forks carry these in their titles ("flower-superlink [mlfo executor] NAME").
+KINDS = ("flower-supernode", "flwr-clientapp", "flower-superlink", "flwr-serverapp", "flwr run", "mlfo FL server",
+         "mlfo_toolkit.fl.executor", "mlfo_toolkit.util.guard")
 
 
 def kind_of(process: psutil.Process, bench: int) -> str | None:

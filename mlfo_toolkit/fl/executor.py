@@ -568,21 +568,30 @@ def _enter_host(served: _Served, output: str) -> None:
         setns(served.namespace_fd, CLONE_NEWNET)
 
 
-def _run_supernode(served: _Served, executor_dir: Path) -> int:
-    """In the forked child: become a SuperNode on the owner's host and run Flower's own `flower-supernode`."""
+def _become(served: _Served, title: str, output: str) -> None:
+    """In a forked child that runs a Flower process: its title, its own session, the owner's host, folder and environment."""
+    # The title first: setproctitle makes room for it in the original environment block, and cannot once
+    # os.environ has replaced the strings there.
+    setproctitle.setproctitle(title)
     os.setsid()  # its own session: stopping it never signals the executor
     registration = served.registration
-    _enter_host(served, registration.watch or registration.log)
+    _enter_host(served, output)
     if registration.cwd:
         os.chdir(registration.cwd)
     os.environ.update(registration.env)
+    os.environ["PATH"] = tool_env()["PATH"]  # what it starts (Flower's SuperExec, say) is found beside this interpreter
+
+
+def _run_supernode(served: _Served, executor_dir: Path) -> int:
+    """In the forked child: become a SuperNode on the owner's host and run Flower's own `flower-supernode`."""
+    registration = served.registration
+    _become(served, f"flower-supernode [mlfo executor] {registration.name}", registration.watch or registration.log)
     sys.argv = ["flower-supernode", *registration.spawn]
     # No DEBUG lines of Flower's in the SuperNode's log (they reach the executor's handler, whose logger is at
     # INFO, by propagation): one is written per AcquireTask, and a log that grows on every ask is asked again
     # at once (its growth is how the executor learns of a message): 5 asks a second per idle SuperNode.
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.INFO)
-    setproctitle.setproctitle(f"flower-supernode [mlfo executor] {registration.name}")
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     quicken_supernode(registration.poll_seconds, registration.poll_hot_seconds, wake_folder=registration.wake_dir,
@@ -614,14 +623,9 @@ def _preload_superlink() -> None:
 def _run_superlink(served: _Served) -> int:
     """In the forked child: on the owner's host (its namespace and cgroup), run Flower's SuperLink and its ServerApps
     (mlfo_toolkit.fl.link)."""
-    os.setsid()  # its own session: stopping it never signals the executor
     registration = served.registration
-    _enter_host(served, registration.log)
-    if registration.cwd:
-        os.chdir(registration.cwd)
-    os.environ.update(tool_env(registration.env))
+    _become(served, f"mlfo FL server [mlfo executor] {registration.name}", registration.log)
     logging.getLogger().handlers.clear()  # Flower's and uvicorn's own handlers write its log; the executor's would repeat it
-    setproctitle.setproctitle(f"mlfo FL server [mlfo executor] {registration.name}")
     return run_link(registration.name, registration.runtime, registration.spawn)
 
 
@@ -639,14 +643,9 @@ def _exit_as(code: int) -> None:
 
 def _run_flwr(served: _Served) -> int:
     """In the forked child: Flower's own `flwr` command line (e.g. `flwr run`, which submits an FL run) on the owner's host."""
-    os.setsid()
     registration = served.registration
-    _enter_host(served, registration.log)
-    if registration.cwd:
-        os.chdir(registration.cwd)
-    os.environ.update(tool_env(registration.env))
+    _become(served, f"flwr {' '.join(registration.spawn[:1])} [mlfo executor] {registration.name}", registration.log)
     logging.getLogger().handlers.clear()
-    setproctitle.setproctitle(f"flwr {' '.join(registration.spawn[:1])} [mlfo executor] {registration.name}")
     from flwr.cli.app import app
 
     sys.argv = ["flwr", *registration.spawn]
