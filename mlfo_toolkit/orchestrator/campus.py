@@ -792,6 +792,7 @@ class CampusMlfo:
         self.queue.server_freed()
         for thread in self._threads:
             thread.join(timeout=10)
+        self.watch.close()
 
 
 def client_fields(record: Deployment, part: int, server: str) -> dict[str, Any]:

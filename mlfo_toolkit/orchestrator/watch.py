@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, SlowAnswerError, StorageError
-from mlfo_toolkit.orchestrator.api_clients import AgentClient, southbound
+from mlfo_toolkit.orchestrator.api_clients import AgentPool
 from mlfo_toolkit.orchestrator.deployments import DeploymentTable
 from mlfo_toolkit.orchestrator.loop import AssuranceLoop
 from mlfo_toolkit.orchestrator.records import TERMINAL_STATES, ClientRecord, EdgeTier, FlRound
@@ -38,6 +38,16 @@ class DeploymentWatch:
         self.loop = loop
         self.edge_lost = edge_lost
         self.stopping = threading.Event()
+        # Polled every second (servers) or every client_check_seconds (clients, edges): connections and threads are
+        # kept, not made anew for each poll.
+        self.agents = AgentPool(config, timeout=min(config.api.timeout_seconds, config.mlfo.lost_after_seconds / 2))
+        self._checks = ThreadPoolExecutor(max_workers=16, thread_name_prefix="check")
+
+    def close(self) -> None:
+        """Stop following (each follow() returns at its next poll) and drop the kept connections and threads."""
+        self.stopping.set()
+        self._checks.shutdown(wait=False, cancel_futures=True)
+        self.agents.close()
 
     def follow(self, deployment_id: str) -> None:
         """Follow the FL run on the server's agent until it ends; record rounds and lost clients as they come.
@@ -69,14 +79,12 @@ class DeploymentWatch:
         self._turn(deployment_id, "start" if not seen_rounds else "round")
         last_contact = time.monotonic()
         next_client_check = time.monotonic() + cfg.client_check_seconds
-        timeout = min(self.config.api.timeout_seconds, cfg.lost_after_seconds / 2)
         while not self.stopping.wait(cfg.poll_seconds):
             record = self.table.get(deployment_id)
             if record.ended or record.server is None:
                 return
             try:
-                with southbound(AgentClient, record.server.agent, self.config, timeout=timeout, retries=0) as agent:
-                    status = agent.status()
+                status = self.agents.get(record.server.agent).status()
                 last_contact = time.monotonic()
             except MlfoError as err:
                 silent = time.monotonic() - last_contact
@@ -115,16 +123,16 @@ class DeploymentWatch:
     def check_clients(self, deployment_id: str) -> list[int]:
         """Ask each client's agent about its SuperNode; a gone one (or a silent agent) shows `lost`. Returns the
         parts seen lost now."""
+        if self.stopping.is_set():
+            return []  # closing: the kept threads are gone
         clients = self.table.get(deployment_id).clients
         before = {c.part for c in clients if c.state == "lost"}
-        timeout = min(self.config.api.timeout_seconds, self.config.mlfo.lost_after_seconds / 2)
 
         def check(client: ClientRecord) -> None:
             if client.state not in ("running", "lost") or client.lost_reason == "exited":
                 return
             try:
-                with southbound(AgentClient, client.agent, self.config, timeout=timeout, retries=0) as agent:
-                    status = agent.status()
+                status = self.agents.get(client.agent).status()
             except MlfoError as err:
                 if client.silent_since is None:
                     client.silent_since = time.time()
@@ -143,8 +151,7 @@ class DeploymentWatch:
             elif client.state == "lost":
                 client.state, client.error, client.lost_at, client.lost_reason = "running", None, None, None
 
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="check") as pool:
-            list(pool.map(check, clients))
+        list(self._checks.map(check, clients))
         with self.table.edit(deployment_id) as record:
             if record.ended:
                 return []
@@ -156,15 +163,15 @@ class DeploymentWatch:
     def check_tiers(self, deployment_id: str) -> list[int]:
         """Ask each edge aggregator's agent about its edge run and relay; return the edges seen lost now (their
         edge run or relay exited, or their agent was silent for mlfo.lost_after_seconds)."""
+        if self.stopping.is_set():
+            return []
         tiers = [t for t in self.table.get(deployment_id).tiers if t.state == "running"]
-        timeout = min(self.config.api.timeout_seconds, self.config.mlfo.lost_after_seconds / 2)
         found: dict[int, tuple[str | None, int | None, float | None]] = {}  # edge -> (why lost, relay node id, silent since)
         traffic: dict[int, dict[str, Any]] = {}  # edge -> its edge SuperLink's bytes so far
 
         def check(tier: EdgeTier) -> None:
             try:
-                with southbound(AgentClient, tier.agent, self.config, timeout=timeout, retries=0) as agent:
-                    status = agent.status()
+                status = self.agents.get(tier.agent).status()
             except MlfoError as err:
                 since = tier.silent_since or time.time()
                 silent = time.time() - since
@@ -184,8 +191,7 @@ class DeploymentWatch:
                 why = f"its relay to the global server exited: {(relay or {}).get('log_tail') or 'no such client on its agent'}"
             found[tier.edge] = (why, node_id, None)
 
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="check-edge") as pool:
-            list(pool.map(check, tiers))
+        list(self._checks.map(check, tiers))
         lost = []
         with self.table.edit(deployment_id) as record:
             if record.ended:
