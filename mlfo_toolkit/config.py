@@ -53,8 +53,13 @@ class MlfoSettings(_Section):
     momo_port: int = Field(9000, ge=0, le=65535, description="Mo-Mo API port of the cloud MLFO")
     cloud: str = Field("127.0.0.1:9000", description="HOST:PORT of the cloud MLFO's Mo-Mo API")
     catalog: Path | None = Field(None, description="operand catalog; default: intents/catalog.yaml")
-    poll_seconds: float = Field(1.0, gt=0, description="how often a deployment's FL server agent is polled")
-    client_check_seconds: float = Field(3.0, gt=0, description="how often each FL client's agent is checked")
+    poll_seconds: float = Field(
+        1.0, gt=0, description="how often a deployment's FL server agent is polled while its rounds move (when no round "
+        "ended for 10 polls: every client_check_seconds, at most lost_after_seconds / 2)"
+    )
+    client_check_seconds: float = Field(
+        5.0, gt=0, description="how often each FL client's agent is checked (a silent one is lost after lost_after_seconds)"
+    )
     lost_after_seconds: float = Field(
         10.0, gt=0, description="an agent silent this long is lost: its client shows lost, its server fails the run"
     )

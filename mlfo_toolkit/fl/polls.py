@@ -10,7 +10,7 @@ differs, in one of two ways:
 
 * **wake-ups** (`fl.wakeups`, the default; `mlfo_toolkit/fl/wake.py`): an idle SuperNode waits on a
   socket of its own, which the cohort's ServerApp writes to right after it pushed a round's
-  messages, so it pulls at once; with nothing to do it still asks every 3 s, as Flower's does. The
+  messages, so it pulls at once; with nothing to do it still asks every 10 s (Flower's: 3 s). The
   waits for its ClientApp's reply are short (20 ms), the executor is told at once that a message
   came, and the ServerApp that the reply went up.
 * **fast polls** (`fl.supernode_poll_seconds`, for comparison): for `hot` seconds after it last
@@ -36,7 +36,9 @@ from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 
 TESTED = ("1.42.",)
 FLOWER_IDLE_SLEEP = 3.0  # what Flower's SuperNode sleeps when a pull found nothing
-IDLE_WAIT = 3.0  # with wake-ups: how often an idle SuperNode asks anyway, as Flower's does (a safety net)
+# With wake-ups: how often an idle SuperNode asks anyway (a safety net: every push of mlfo's ServerApps wakes it).
+# Flower's own 3 s made fifty idle SuperNodes a fifth of a core, with their SuperLinks' answers.
+IDLE_WAIT = 10.0
 REPLY_WAIT = 0.02  # with wake-ups: how often a node that handles a message looks for its ClientApp's reply
 
 

@@ -23,6 +23,7 @@ from mlfo_toolkit.orchestrator.tiers import edge_traffic
 
 log = logging.getLogger(__name__)
 
+QUIET_POLLS = 10  # polls without a new round before a deployment's FL server is polled less often
 Finish = Callable[[str, str, "str | None"], None]
 EdgeLost = Callable[[str, int], None]
 
@@ -79,7 +80,12 @@ class DeploymentWatch:
         self._turn(deployment_id, "start" if not seen_rounds else "round")
         last_contact = time.monotonic()
         next_client_check = time.monotonic() + cfg.client_check_seconds
-        while not self.stopping.wait(cfg.poll_seconds):
+        # A run whose rounds stand still (held, waiting for clients, or slow) is polled less often; never so rarely that
+        # a lost server is seen much later than lost_after_seconds.
+        quiet_wait = max(cfg.poll_seconds, min(cfg.client_check_seconds, cfg.lost_after_seconds / 2))
+        quiet_polls = 0
+        while not self.stopping.wait(cfg.poll_seconds if quiet_polls < QUIET_POLLS else quiet_wait):
+            quiet_polls += 1
             record = self.table.get(deployment_id)
             if record.ended or record.server is None:
                 return
@@ -116,6 +122,7 @@ class DeploymentWatch:
                 return
             if len(rounds) > seen_rounds:
                 seen_rounds = len(rounds)
+                quiet_polls = 0
                 self._turn(deployment_id, "round")
             elif lost:
                 self._turn(deployment_id, "lost")
