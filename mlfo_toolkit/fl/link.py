@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from typing import Any
 
 import setproctitle
 
+from mlfo_toolkit.fl.polls import quiet_uvicorn
 from mlfo_toolkit.util.guard import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ def _fork(title: str, body: Callable[[], int]) -> int:
 
 def _superlink(arguments: list[str]) -> int:
     from flwr.superlink.cli.flower_superlink import flower_superlink
+
+    quiet_uvicorn(importlib.import_module("flwr.superlink.cli.flower_superlink"))  # the module (its package exports the function)
 
     sys.argv = ["flower-superlink", *arguments]
     try:

@@ -140,3 +140,46 @@ def test_the_packed_model_trains_and_evaluates_as_the_unpacked_one() -> None:
     mean_packed = (packed[0] + models.pack(other)[0]) / 2
     mean = [(a + b) / 2 for a, b in zip(params, other)]
     assert np.allclose(mean_packed, models.pack(mean)[0])
+
+
+def test_a_quietened_uvicorn_ticks_once_a_second_still_serves_and_stops_at_a_signal() -> None:
+    import signal
+    import threading
+    import types
+
+    import requests
+    import uvicorn
+
+    from mlfo_toolkit.fl.polls import quiet_uvicorn
+    from mlfo_toolkit.util.processes import free_port, wait_for_port
+
+    class Server(uvicorn.Server):  # a subclass: the patch must not reach the uvicorn mlfo's own services use
+        ticks = 0
+
+        async def on_tick(self, counter: int) -> bool:
+            Server.ticks += 1
+            return await super().on_tick(counter)
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+            await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    quiet_uvicorn(types.ModuleType("flower_like"))  # a module without uvicorn: nothing happens
+    flower_like = types.ModuleType("flower_like")
+    flower_like.uvicorn = types.SimpleNamespace(Server=Server)  # type: ignore[attr-defined]
+    quiet_uvicorn(flower_like)
+    assert uvicorn.Server.main_loop is not Server.main_loop
+    port = free_port()
+    server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port("127.0.0.1", port, 10)
+    assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).text == "ok"
+    before = Server.ticks
+    time.sleep(2.0)
+    assert Server.ticks - before <= 3  # uvicorn's own loop: about 20 in two seconds
+    started = time.monotonic()
+    server.handle_exit(signal.SIGTERM, None)  # as uvicorn's signal handler does
+    thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - started < 1.0
