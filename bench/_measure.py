@@ -45,3 +45,73 @@ class MachineWatch:
     def drop_gb(self) -> float:
         """How far MemAvailable fell below its value at the start, in GB."""
         return round((self.available_before - self.min_available) / 1e9, 2)
+
+
+# What a process is, from its command line (mlfo's forks carry titles such as "flower-supernode [mlfo executor] NAME").
+KINDS = ("flwr-clientapp", "flower-supernode", "flower-superlink", "flwr-serverapp", "mlfo FL server", "flwr run",
+         "mlfo_toolkit.fl.executor", "ovs-vswitchd", "mlfo_toolkit.cli.launcher", "iperf3", "prometheus")
+
+
+def _kind(pid: int) -> str:
+    try:
+        line = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
+    if "mlfo_toolkit.cli.launcher" in line or " agent " in f" {line} " or " serve " in f" {line} ":
+        return "mlfo services (agents, MLFOs)"
+    for kind in KINDS:
+        if kind in line:
+            return kind
+    return "other"
+
+
+def _cpu_table() -> dict[int, tuple[int, str, float, float]]:
+    """PID -> (start tick, kind, own CPU s, CPU s of its reaped children) of every process, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14) ... starttime(19)
+        table[int(entry)] = (int(fields[19]), _kind(int(entry)), (int(fields[11]) + int(fields[12])) / tick,
+                             (int(fields[13]) + int(fields[14])) / tick)
+    return table
+
+
+def _busy_seconds() -> float:
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuByKind:
+    """The machine's busy CPU seconds over a job, and how they split among kinds of process (by /proc: a process's
+    own time, plus the time of the children it reaped meanwhile, which is where a forked ClientApp task's goes)."""
+
+    def __enter__(self) -> CpuByKind:
+        self._before, self._busy_before = _cpu_table(), _busy_seconds()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        after = _cpu_table()
+        self.busy = round(_busy_seconds() - self._busy_before, 1)
+        self.by_kind: dict[str, float] = {}
+        for pid, (start, what, own, reaped) in after.items():
+            earlier = self._before.get(pid)
+            if earlier is not None and earlier[0] == start:
+                own, reaped = own - earlier[2], reaped - earlier[3]
+            self.by_kind[what] = self.by_kind.get(what, 0.0) + own + reaped
+
+    def lines(self, per: float, unit: str) -> list[str]:
+        """The kinds, largest first, in CPU seconds and per `unit` (`per` of them)."""
+        rows = [f"{'process kind':<32} {'CPU s':>8} {'per ' + unit:>16}"]
+        for what, seconds in sorted(self.by_kind.items(), key=lambda item: -item[1]):
+            if seconds >= 0.5:
+                rows.append(f"{what:<32} {seconds:>8.1f} {seconds / per:>16.3f}")
+        rows.append(f"{'machine (busy, all processes)':<32} {self.busy:>8.1f} {self.busy / per:>16.3f}")
+        return rows

@@ -10,8 +10,8 @@ traffic), then a cohort file of N cohorts x CLIENTS welding clients, fraction_fi
 rounds, sent with `mlfo intent send --wait --json` to the campus MLFO published on loopback, and
 `mlfo topo down` at the end. Prints per cohort: final accuracy, rounds done, rounds with fewer
 results, seconds per round (median, p95), the median phase split, orchestration time (and client
-start-up p50/p95), then MemAvailable drop (since before `topo up`, and since the intents were sent)
-and peak load. With --controller faucet the network runs under Faucet (`make faucet`): the
+start-up p50/p95), then MemAvailable drop (since before `topo up`, and since the intents were sent),
+peak load, and the CPU seconds per client-round of each kind of process and of the machine. With --controller faucet the network runs under Faucet (`make faucet`): the
 benchmark also pings every pair through Faucet's flows and meters a cohort to 10 Mbit/s with
 `meter verify` (then clears it) before the FL run.
 """
@@ -31,7 +31,7 @@ from statistics import median
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import MachineWatch  # noqa: E402
+from _measure import CpuByKind, MachineWatch  # noqa: E402
 
 from mlfo_toolkit.fl.anatomy import PHASES  # noqa: E402
 from mlfo_toolkit.util.resources import resource_path  # noqa: E402
@@ -129,7 +129,7 @@ def main() -> None:
                 sys.exit(f"mlfo init failed ({init.returncode}):\n{init.stderr[-3000:]}")
             path = cohort_file(workdir / "cohorts.yaml", args.cohorts, args.clients, args.rounds, args.aggregation)
             print(f"sending {args.cohorts} cohorts x {args.clients} clients x {args.rounds} rounds ...", flush=True)
-            with MachineWatch() as watch_fl:
+            with MachineWatch() as watch_fl, CpuByKind() as cpu:
                 started = time.monotonic()
                 sent = mlfo(env, "intent", "send", str(path), "--mlfo", PUBLISHED_CAMPUS, "--wait", "--json",
                             "--timeout", str(args.timeout), timeout=args.timeout + 60)
@@ -142,6 +142,9 @@ def main() -> None:
             down = mlfo(env, "topo", "down")
             print(f"topo down: exit {down.returncode}")
     report(summary, watch_all, watch_fl)
+    client_rounds = sum(r.get("results") or r.get("sampled") or 1 for c in summary["cohorts"] for r in c.get("rounds", []))
+    print(f"CPU during the FL runs, {client_rounds} client-rounds (a client trained in a round):")
+    print("\n".join(cpu.lines(client_rounds, "client-round")))
     (workdir / "seed-bench.json").write_text(json.dumps(summary))
     print(f"full summary: {workdir / 'seed-bench.json'}")
 
