@@ -142,7 +142,7 @@ def main() -> None:
             down = mlfo(env, "topo", "down")
             print(f"topo down: exit {down.returncode}")
     report(summary, watch_all, watch_fl)
-    client_rounds = sum(r.get("results") or r.get("sampled") or 1 for c in summary["cohorts"] for r in c.get("rounds", []))
+    client_rounds = max(1, sum(len(trained or {}) for c in summary["cohorts"] for trained in c.get("client_train_seconds") or []))
     print(f"CPU during the FL runs, {client_rounds} client-rounds (a client trained in a round):")
     print("\n".join(cpu.lines(client_rounds, "client-round")))
     (workdir / "seed-bench.json").write_text(json.dumps(summary))
