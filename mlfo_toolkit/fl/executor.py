@@ -53,6 +53,7 @@ from mlfo_toolkit.fl.link import run_link, runtime_client
 from mlfo_toolkit.fl.polls import quicken_supernode, quiet_uvicorn
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 from mlfo_toolkit.util.files import write_json_atomically
+from mlfo_toolkit.util.guard import die_with_parent
 from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, memory_cgroup, namespace_inode, setns
 from mlfo_toolkit.util.processes import ManagedProcess, same_process, tool_env
 
@@ -353,10 +354,14 @@ class Executor:
 
     def _spawn(self, name: str, served: _Served) -> None:
         """Fork Flower's SuperNode, SuperLink or `flwr` for a registration that asks for it (Flower is imported here)."""
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                die_with_parent()  # an executor that is killed takes what it started along (its tasks end with it anyway)
+                if os.getppid() != parent:
+                    raise SystemExit(1)
                 if served.registration.kind == "superlink":
                     code = _run_superlink(served)
                 elif served.registration.kind == "flwr-run":

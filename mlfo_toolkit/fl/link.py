@@ -40,7 +40,8 @@ from mlfo_toolkit.util.guard import die_with_parent
 
 log = logging.getLogger(__name__)
 
-ASK_SECONDS = 0.2  # until the run's ServerApp task came (`flwr run` submits it about a second after /serv)
+ASK_SECONDS = 0.2  # until the run's ServerApp task came (`flwr run` submits it about a second after /serv) ...
+FAST_ASK_WINDOW = 60.0  # ... for at most this long after the start; then every IDLE_ASK_SECONDS
 IDLE_ASK_SECONDS = 5.0  # after a run ended: another run on the same SuperLink is not mlfo's way, but Flower allows it
 STOP_SECONDS = 2.0  # each of the two: the agent's stop kills this process after 5 s (its children die with it)
 _SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
@@ -131,8 +132,11 @@ def run_link(name: str, runtime: str, arguments: list[str]) -> int:
     superlink = _fork(f"flower-superlink [mlfo executor] {name}", functools.partial(_superlink, arguments))
     serverapp: int | None = None
     code: int | None = None
-    ask_at, ask_every = time.monotonic(), ASK_SECONDS
+    started = ask_at = time.monotonic()
+    ask_every = ASK_SECONDS
     while code is None:
+        if ask_every == ASK_SECONDS and time.monotonic() - started > FAST_ASK_WINDOW:
+            ask_every = IDLE_ASK_SECONDS  # no run came (its `flwr run` failed?): no fast asks for ever
         if serverapp is None and time.monotonic() >= ask_at:
             token = _ask(runtime)
             if token is not None:
