@@ -27,6 +27,7 @@ from mlfo_toolkit.fl.edge import edge_socket
 from mlfo_toolkit.fl.executor import REGISTRATION_SUFFIX, Registration, Spawned, register, start_executor, unregister
 from mlfo_toolkit.fl.models import MODEL_KINDS
 from mlfo_toolkit.fl.partitions import KINDS, PartitionSpec
+from mlfo_toolkit.fl.polls import tested_flower
 from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.fl.userapps import app_name, app_run_config, check_model_form, is_app, prepare_app
 from mlfo_toolkit.fl.wake import wake_dir
@@ -399,7 +400,9 @@ class NodeAgent:
         itself, mlfo_toolkit.fl.link), else a process of its own (a SuperLink with Flower's SuperExec)."""
         tool = "flower-superlink" if kind == "superlink" else "flwr"
         flwr_home = env["FLWR_HOME"]
-        if self.config.fl.isolation == "shared" and self.config.fl.executor_dir is not None:
+        # Forked only on the Flower mlfo pins (its FL server reaches into Flower's SuperLink and ServerApp runtime);
+        # on another, Flower's own processes run, as with fl.isolation subprocess.
+        if self.config.fl.isolation == "shared" and self.config.fl.executor_dir is not None and tested_flower():
             registration = register(self.registration_dir(), Registration(
                 name, runtime, os.getpid(), flwr_home, str(log_path), cwd=str(run_dir), kind=kind,
                 spawn=[*arguments, "--isolation", "process"] if kind == "superlink" else arguments,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import os
 import time
 import types
@@ -42,6 +43,14 @@ FLOWER_IDLE_SLEEP = 3.0  # what Flower's SuperNode sleeps when a pull found noth
 # Flower's own 3 s made fifty idle SuperNodes a fifth of a core, with their SuperLinks' answers.
 IDLE_WAIT = 10.0
 REPLY_WAIT = 0.02  # with wake-ups: how often a node that handles a message looks for its ClientApp's reply
+
+
+def tested_flower() -> bool:
+    """Whether the installed Flower is one mlfo's changes to it were read and measured on (without importing it)."""
+    try:
+        return importlib.metadata.version("flwr").startswith(TESTED)
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 class PollClock:

@@ -159,3 +159,13 @@ def test_the_poll_lever_is_applied_only_on_the_flower_it_was_tested_on(monkeypat
     monkeypatch.setattr(flwr, "__version__", "1.43.0")
     with pytest.raises(MissingDependencyError, match="tested on Flower 1.42.x, not 1.43.0"):
         quicken_supernode(0.2, 30)
+
+
+def test_the_fl_server_is_forked_only_on_the_flower_mlfo_pins(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    from mlfo_toolkit.fl import polls
+
+    assert polls.tested_flower()  # the pinned one is installed here
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.43.0")
+    assert not polls.tested_flower()  # another: the agent starts Flower's own SuperLink process instead
