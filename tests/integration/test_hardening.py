@@ -23,7 +23,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.store import Store
 from mlfo_toolkit.util.processes import free_port, wait_for_port
-from tests.helpers import REPO, processes_under, serve_briefly
+from tests.helpers import REPO, processes_under, serve_briefly, wait_for
 from tests.helpers.orchestra import (
     WELDING,
     Orchestra,
@@ -280,9 +280,7 @@ def test_killed_server_agent_leaves_no_orphans_and_a_restart_is_not_confused(wor
         assert len(processes_under(workdir / "state")) >= 2  # SuperLink, flwr run (and Flower's children)
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
-        deadline = time.monotonic() + 10
-        while processes_under(workdir / "state") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: not processes_under(workdir / "state"), timeout=10)
         assert processes_under(workdir / "state") == [], "Flower processes outlived their agent"
         # A restarted agent on the same ports starts a SuperLink of its own.
         agent = start_agent(workdir, port, fl_port)
@@ -338,9 +336,7 @@ def test_a_shared_executor_forks_the_superlink_and_it_ends_with_its_agent(workdi
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
         # The executor sees the owner gone and stops the SuperLink; Flower's SuperExec and ServerApp follow their parents.
-        deadline = time.monotonic() + 15
-        while processes_under(workdir / "state") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: not processes_under(workdir / "state"), timeout=15)
         assert processes_under(workdir / "state") == [], "Flower processes outlived their agent"
         assert executor.running(), "the executor must outlive an agent it served"
     finally:
@@ -370,9 +366,7 @@ def test_silent_server_agent_fails_the_deployment_within_lost_after_seconds(conf
         assert time.monotonic() - killed <= 3 + built.config.mlfo.poll_seconds + 3
         assert "internal error" not in record["reason"], record
         # The dead agent's guards stop its Flower processes on their own poll (1 s) and grace (5 s).
-        deadline = time.monotonic() + 10
-        while processes_under(workdir / "state") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: not processes_under(workdir / "state"), timeout=10)
         assert processes_under(workdir / "state") == [], "Flower processes outlived their agent"
     finally:
         if agent.poll() is None:

@@ -171,7 +171,7 @@ def test_a_quietened_uvicorn_ticks_once_a_second_still_serves_and_stops_at_a_sig
     quiet_uvicorn(flower_like)
     assert uvicorn.Server.main_loop is not Server.main_loop
     port = free_port()
-    server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="none"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for_port("127.0.0.1", port, 10)
