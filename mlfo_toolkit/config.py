@@ -111,9 +111,9 @@ class FlowerApp(_Section):
     path: Path = Field(description="the app's folder (its pyproject.toml has [tool.flwr.app.components])")
     isolation: Literal["shared", "subprocess"] | None = Field(
         None,
-        description="shared: the executor forks each task, which then imports the app (fast; PyTorch works too, "
-        "its threads start in the child); subprocess: Flower's default, a fresh process per message (for an app "
-        "that misbehaves after a fork); unset: fl.isolation",
+        description="shared: the executor forks each task and the FL server, which then import the app (fast; PyTorch "
+        "works too, its threads start in the child); subprocess: Flower's default, a fresh process per message and a "
+        "SuperExec per SuperLink (for an app that misbehaves after a fork); unset: fl.isolation",
     )
     run_config: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="fixed run-config values for the app (the intent's settings win)"
@@ -156,8 +156,8 @@ class FlSettings(_Section):
     round_timeout: float = Field(600.0, gt=0, description="seconds to wait for clients per round")
     isolation: Literal["shared", "subprocess"] = Field(
         "shared",
-        description="shared: one long-lived executor forks every ClientApp task (fast, light); "
-        "subprocess: Flower's default, a SuperExec per SuperNode and a new process per message",
+        description="shared: one long-lived executor forks every SuperNode, ClientApp task, SuperLink and ServerApp "
+        "(fast, light); subprocess: Flower's default, a SuperExec per SuperNode and SuperLink, a new process per message",
     )
     executor_dir: Path | None = Field(
         None, description="registration folder of a shared executor run by `topo up`/`demo`; unset: each agent runs its own"

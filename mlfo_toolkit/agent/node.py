@@ -362,8 +362,10 @@ class NodeAgent:
             # No --database: Flower keeps the SuperLink's state in memory, which rules out the
             # "database is locked" errors that lost messages at 50 clients.
             arguments = ["--insecure", "--host", bind, "--port", str(port), "--disable-runtime-dependency-installation"]
+            # A registered app that misbehaves after a fork says so (isolation: subprocess): its ServerApp gets Flower's own processes.
+            forked = ((app.isolation if app is not None else None) or self.config.fl.isolation) == "shared"
             superlink, registration = self._start_flower("superlink", f"{self._label}-server-{self._runs}", arguments,
-                                                         f"{connect}:{port}", run_dir, run_dir / "superlink.log", env)
+                                                         f"{connect}:{port}", run_dir, run_dir / "superlink.log", env, forked)
             metrics_file = run_dir / "metrics.jsonl"
             server = FlServer(params, f"{self.advertise_host}:{port}", superlink, None, metrics_file)
             server.registrations.extend([registration] if registration else [])
@@ -384,7 +386,7 @@ class NodeAgent:
                 server.submitter, registration = self._start_flower(
                     "flwr-run", f"{self._label}-run-{self._runs}",
                     ["run", str(app_dir), FEDERATION, "--run-config", str(run_config), "--stream"], "", run_dir,
-                    run_dir / "flwr-run.log", env)
+                    run_dir / "flwr-run.log", env, forked)
             except MlfoError:
                 server.stop()
                 self.server = None
@@ -394,15 +396,15 @@ class NodeAgent:
             return {"server": server.address, "deployment": params.deployment, "pid": superlink.pid}
 
     def _start_flower(self, kind: str, name: str, arguments: list[str], runtime: str, run_dir: Path, log_path: Path,
-                      env: dict[str, str]) -> tuple[ManagedProcess | Spawned, Path | None]:
+                      env: dict[str, str], forked: bool) -> tuple[ManagedProcess | Spawned, Path | None]:
         """Flower's SuperLink (kind "superlink", Runtime API at `runtime`) or `flwr ARGUMENTS` (kind "flwr-run"): forked by
         the network's shared executor into this host (Flower is imported there once; a SuperLink runs its ServerApp
-        itself, mlfo_toolkit.fl.link), else a process of its own (a SuperLink with Flower's SuperExec)."""
+        itself, mlfo_toolkit.fl.link) when `forked`, else a process of its own (a SuperLink with Flower's SuperExec)."""
         tool = "flower-superlink" if kind == "superlink" else "flwr"
         flwr_home = env["FLWR_HOME"]
         # Forked only on the Flower mlfo pins (its FL server reaches into Flower's SuperLink and ServerApp runtime);
         # on another, Flower's own processes run, as with fl.isolation subprocess.
-        if self.config.fl.isolation == "shared" and self.config.fl.executor_dir is not None and tested_flower():
+        if forked and self.config.fl.executor_dir is not None and tested_flower():
             registration = register(self.registration_dir(), Registration(
                 name, runtime, os.getpid(), flwr_home, str(log_path), cwd=str(run_dir), kind=kind,
                 spawn=[*arguments, "--isolation", "process"] if kind == "superlink" else arguments,
