@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,13 @@ from tests.helpers import REPO, processes_under
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
 
-def test_demo_json_trains_and_cleans_up(workdir: Path) -> None:
+@pytest.mark.parametrize("isolation", ["shared", "subprocess"])
+def test_demo_json_trains_and_cleans_up(workdir: Path, isolation: str) -> None:
+    # shared: the executor forks every Flower process; subprocess: Flower's own deployment, the comparison.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")} | {"MLFO_FL__ISOLATION": isolation}
     out = subprocess.run(
         [sys.executable, "-m", "mlfo_toolkit", "demo", "--json", "--cohorts", "1", "--clients", "3", "--rounds", "3"],
-        capture_output=True, text=True, timeout=400, cwd=workdir,
+        capture_output=True, text=True, timeout=400, cwd=workdir, env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
@@ -36,6 +40,7 @@ def test_demo_json_trains_and_cleans_up(workdir: Path) -> None:
     run_dir = workdir / summary["run_dir"]
     assert (run_dir / "run.json").is_file()
     assert (run_dir / "accuracy-loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "executor").exists() == (isolation == "shared")
     assert processes_under(workdir) == []
 
 
