@@ -19,17 +19,16 @@ The launcher exits at the end of its input; its children, in sessions of their o
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
 import sys
-import traceback
 from typing import Any
 
 import psutil
 import setproctitle
 
+from mlfo_toolkit.util.forks import exit_code, fork_child
 from mlfo_toolkit.util.linux import enter_network_namespace, join_cgroup
 
 
@@ -59,12 +58,8 @@ def _child(request: dict[str, Any]) -> int:
     from mlfo_toolkit.util.signals import terminate_as_interrupt
 
     sys.argv = ["mlfo", *request["args"]]
-    try:
-        with terminate_as_interrupt():
-            cli.main(args=list(request["args"]), prog_name="mlfo")
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    return 0
+    with terminate_as_interrupt():
+        return exit_code(lambda: cli.main(args=list(request["args"]), prog_name="mlfo"))
 
 
 def launch(request: dict[str, Any]) -> dict[str, Any]:
@@ -72,19 +67,7 @@ def launch(request: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(request.get("args"), list) or not request.get("log") or not isinstance(request.get("pid"), int):
         return {"error": "a request needs args (a list), log and pid"}
     sys.stdout.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = _child(request)
-        except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
-            with contextlib.suppress(Exception):
-                traceback.print_exc()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
+    pid = fork_child(lambda: _child(request))
     return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
 
 

@@ -38,7 +38,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ from mlfo_toolkit.fl.link import run_link, runtime_client
 from mlfo_toolkit.fl.polls import quicken_supernode, quiet_uvicorn
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 from mlfo_toolkit.util.files import write_json_atomically
-from mlfo_toolkit.util.guard import die_with_parent
+from mlfo_toolkit.util.forks import exit_code, fork_child
 from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, memory_cgroup, namespace_inode, setns
 from mlfo_toolkit.util.processes import ManagedProcess, same_process, tool_env
 
@@ -354,25 +353,9 @@ class Executor:
 
     def _spawn(self, name: str, served: _Served) -> None:
         """Fork Flower's SuperNode, SuperLink or `flwr` for a registration that asks for it (Flower is imported here)."""
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                die_with_parent()  # an executor that is killed takes what it started along (its tasks end with it anyway)
-                if os.getppid() != parent:
-                    raise SystemExit(1)
-                if served.registration.kind == "superlink":
-                    code = _run_superlink(served)
-                elif served.registration.kind == "flwr-run":
-                    code = _run_flwr(served)
-                else:
-                    code = _run_supernode(served, self.directory)
-            except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
-                with contextlib.suppress(Exception):
-                    traceback.print_exc()
-            finally:
-                _exit_as(code)
+        run = {"superlink": _run_superlink, "flwr-run": _run_flwr}.get(served.registration.kind)
+        # Tied: an executor that is killed takes what it started along (its tasks end with it anyway).
+        pid = fork_child(lambda: run(served) if run else _run_supernode(served, self.directory), tied=True)
         served.spawned = pid
         self.spawned[pid] = name
         if served.registration.wake_dir and served.registration.kind == "supernode":
@@ -420,10 +403,10 @@ class Executor:
                     served.pickup = self._fork(served, None)
                     started += 1
                     continue
-                if not served.due(now, woken=self.wake is not None and bool(served.registration.wake_dir)):
+                wakes = self.wake is not None and bool(served.registration.wake_dir)  # it says when it has a message
+                if not served.due(now, woken=wakes):
                     continue
-                served.next_poll = now + (WAKE_IDLE_POLL_SECONDS if self.wake is not None and served.registration.wake_dir
-                                          else self.idle_poll_seconds)
+                served.next_poll = now + (WAKE_IDLE_POLL_SECONDS if wakes else self.idle_poll_seconds)
                 if served.namespace_fd is not None:
                     # Connections opened now belong to the SuperNode's namespace (its loopback).
                     setns(served.namespace_fd, CLONE_NEWNET)
@@ -454,16 +437,7 @@ class Executor:
 
     def _fork(self, served: _Served, token: str | None) -> int:
         """A child that runs the task with `token`, or (None) asks the SuperNode for its task first."""
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the loop
-            code = 1
-            try:
-                code = _run_task(served, token)
-            except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
-                with contextlib.suppress(Exception):
-                    traceback.print_exc()
-            finally:
-                os._exit(code)
+        pid = fork_child(lambda: _run_task(served, token))  # the child never returns into the loop
         self.children[pid] = served.registration.name
         return pid
 
@@ -608,12 +582,7 @@ def _run_supernode(served: _Served, executor_dir: Path) -> int:
     quiet_uvicorn(importlib.import_module("flwr.supernode.cli.flower_supernode"))  # the module (its package exports the function)
     quicken_supernode(registration.poll_seconds, registration.poll_hot_seconds, wake_folder=registration.wake_dir,
                       executor_folder=str(executor_dir), name=registration.name)
-
-    try:
-        flower_supernode()
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else 0
-    return 0
+    return exit_code(flower_supernode)
 
 
 def _preload_superlink() -> None:
@@ -641,18 +610,6 @@ def _run_superlink(served: _Served) -> int:
     return run_link(registration.name, registration.runtime, registration.spawn)
 
 
-def _exit_as(code: int) -> None:
-    """End a forked child with `code`; a negative one (-N: stopped by signal N) by that signal, as a process would."""
-    if code < 0:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-            signal.signal(-code, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [-code])
-            os.kill(os.getpid(), -code)
-    os._exit(code & 0xFF)
-
-
 def _run_flwr(served: _Served) -> int:
     """In the forked child: Flower's own `flwr` command line (e.g. `flwr run`, which submits an FL run) on the owner's host."""
     registration = served.registration
@@ -661,11 +618,7 @@ def _run_flwr(served: _Served) -> int:
     from flwr.cli.app import app
 
     sys.argv = ["flwr", *registration.spawn]
-    try:
-        app()
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else 0
-    return 0
+    return exit_code(app)
 
 
 def _time_training() -> None:
@@ -744,11 +697,7 @@ def _run_task(served: _Served, token: str | None) -> int:
 
     _time_training()
     _install_each_fab_once()
-    try:
-        run_clientapp(runtime_api_address=registration.runtime, token=token, insecure=True)
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else 0
-    return 0
+    return exit_code(lambda: run_clientapp(runtime_api_address=registration.runtime, token=token, insecure=True))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,7 +28,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from queue import Queue
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import setproctitle
 
 from mlfo_toolkit.fl.polls import quiet_uvicorn
-from mlfo_toolkit.util.guard import die_with_parent
+from mlfo_toolkit.util.forks import exit_code, fork_child
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +47,16 @@ _SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
 
 
 def _fork(title: str, body: Callable[[], int]) -> int:
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])  # the parent blocks these to wait for them
-            die_with_parent()  # SIGTERM if this process is SIGKILLed (and if it already was: end now)
-            if os.getppid() == parent:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                    signal.signal(sig, signal.SIG_DFL)
-                setproctitle.setproctitle(title)
-                code = body()
-        except BaseException:  # noqa: BLE001 - the child must end here, whatever happens
-            with contextlib.suppress(Exception):
-                traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    return pid
+    """A child tied to this process (SIGTERM if it is SIGKILLed), with the signals this process waits for unblocked."""
+
+    def child() -> int:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # the parent blocks these to wait for them
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        setproctitle.setproctitle(title)
+        return body()
+
+    return fork_child(child, tied=True)
 
 
 def _superlink(arguments: list[str]) -> int:
@@ -76,11 +65,7 @@ def _superlink(arguments: list[str]) -> int:
     quiet_uvicorn(importlib.import_module("flwr.superlink.cli.flower_superlink"))  # the module (its package exports the function)
 
     sys.argv = ["flower-superlink", *arguments]
-    try:
-        flower_superlink()
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else 0
-    return 0
+    return exit_code(flower_superlink)
 
 
 def _serverapp(runtime: str, token: str, superlink: int) -> int:
@@ -91,13 +76,10 @@ def _serverapp(runtime: str, token: str, superlink: int) -> int:
     queue: Queue[str | None] = Queue()
     mirror_output_to_queue(queue)
     try:
-        run_serverapp(runtime_api_address=runtime, log_queue=queue, token=token, insecure=True, certificates=None,
-                      parent_pid=superlink, runtime_dependency_install=False)
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else 0
+        return exit_code(lambda: run_serverapp(runtime_api_address=runtime, log_queue=queue, token=token, insecure=True,
+                                               certificates=None, parent_pid=superlink, runtime_dependency_install=False))
     finally:
         restore_output()
-    return 0
 
 
 def runtime_client(address: str) -> Any:
