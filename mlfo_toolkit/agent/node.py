@@ -32,7 +32,7 @@ from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.fl.userapps import app_name, app_run_config, check_model_form, is_app, prepare_app
 from mlfo_toolkit.fl.wake import wake_dir
 from mlfo_toolkit.monitoring.metrics import FlowTraffic, process_tree
-from mlfo_toolkit.monitoring.sockets import ByteTotals, TcpConnection, tcp_connections
+from mlfo_toolkit.monitoring.sockets import SS_REUSE_SECONDS, ByteTotals, TcpConnection, tcp_connections
 from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
 from mlfo_toolkit.util.processes import ManagedProcess, find_tool, free_port, port_in_use, tool_env, wait_for_port
 from mlfo_toolkit.util.resources import resource_path
@@ -627,10 +627,16 @@ class NodeAgent:
 
     # --- status and stop ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        # Only the FL server's traffic goes into the answer: a client-only agent need not sample sockets.
-        traffic = {(t.side, t.deployment): t for t in self.traffic()} if self.server is not None else {}
+        # Only the FL server's traffic goes into the answer: a client-only agent need not sample sockets. The answer
+        # that says the run ended is the MLFO's last look at its bytes, so it is sampled now: a sample up to
+        # SS_REUSE_SECONDS old could miss the last round's updates.
         with self._lock:
             server = self.server.status() if self.server else None
+        traffic = {}
+        if server is not None:
+            ended = server.get("state") in ("done", "failed")
+            traffic = {(t.side, t.deployment): t for t in self.traffic(0.0 if ended else SS_REUSE_SECONDS)}
+        with self._lock:
             if server is not None and ("server", server["deployment"]) in traffic:
                 sample = traffic[("server", server["deployment"])]
                 server["traffic"] = {"bytes_sent": sample.bytes_sent, "bytes_received": sample.bytes_received}
@@ -692,11 +698,11 @@ class NodeAgent:
             out.append(("client", client.params.deployment, client.params.cohort, client.process.pid, client_side, client.params.tier))
         return out
 
-    def traffic(self) -> list[FlowTraffic]:
-        """Sample the FL connections now (ss): current TCP state and bytes accumulated over the run."""
+    def traffic(self, max_age: float = SS_REUSE_SECONDS) -> list[FlowTraffic]:
+        """Sample the FL connections (ss, at most `max_age` s old): current TCP state and bytes accumulated over the run."""
         with self._lock:
             flows = self._flows()
-        connections = tcp_connections()
+        connections = tcp_connections(max_age)
         samples = []
         for side, deployment, cohort, pid, mine, tier in flows:
             tree = process_tree(pid)

@@ -81,12 +81,12 @@ _ss_cache: tuple[float, list[TcpConnection]] = (-SS_REUSE_SECONDS, [])
 _ss_lock = threading.Lock()
 
 
-def tcp_connections() -> list[TcpConnection]:
-    """Established TCP connections of this network namespace (empty if ss is missing), at most 2 s old."""
+def tcp_connections(max_age: float = SS_REUSE_SECONDS) -> list[TcpConnection]:
+    """Established TCP connections of this network namespace (empty if ss is missing), at most `max_age` s old."""
     global _ss_cache
     with _ss_lock:
         taken, connections = _ss_cache
-        if time.monotonic() - taken < SS_REUSE_SECONDS:
+        if time.monotonic() - taken < max_age:
             return connections
         try:
             done = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True, text=True, timeout=10, check=False)

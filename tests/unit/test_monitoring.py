@@ -79,3 +79,35 @@ def test_grafana_provisioning_matches_the_dashboard() -> None:
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == source["uid"]
         assert panel["targets"] and all(t["expr"] and t["refId"] for t in panel["targets"])
+
+
+def test_the_answer_that_a_run_ended_counts_the_bytes_that_came_last(config: Config, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ss is sampled at most every 2 s while a run goes on; the status that says the run is done is the MLFO's last
+    look at its traffic, so it counts what arrived since (a round of 1 s once went missing from a report)."""
+    import os
+    import subprocess
+    from types import SimpleNamespace
+
+    from mlfo_toolkit.agent.node import NodeAgent
+    from mlfo_toolkit.monitoring import sockets
+
+    received = [1000]
+
+    def ss(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        received[0] += 38_480  # a model update arrived since the last look
+        line = f"0 0 10.0.0.1:9092 10.0.0.2:4000 users:((\"flower-superlin\",pid={os.getpid()},fd=9))\n"
+        return subprocess.CompletedProcess([], 0, line + f"\t cubic rtt:0.5/0.1 bytes_sent:10 bytes_received:{received[0]}\n", "")
+
+    monkeypatch.setattr(sockets.subprocess, "run", ss)
+    monkeypatch.setattr(sockets, "_ss_cache", (-sockets.SS_REUSE_SECONDS, []))
+    state = {"state": "running"}
+    agent = NodeAgent(config, work_dir=tmp_path / "agent")
+    agent.server = SimpleNamespace(  # type: ignore[assignment]
+        address="10.0.0.1:9092", superlink=SimpleNamespace(pid=os.getpid()),
+        params=SimpleNamespace(deployment="d1", cohort="c", tier="flat"),
+        status=lambda: {"address": "10.0.0.1:9092", "deployment": "d1", **state})
+    assert agent.status()["server"]["traffic"]["bytes_received"] == 39_480
+    assert agent.status()["server"]["traffic"]["bytes_received"] == 39_480  # a poll a moment later: the same sample
+    state["state"] = "done"
+    assert agent.status()["server"]["traffic"]["bytes_received"] == 77_960
