@@ -49,7 +49,7 @@ from mlfo_toolkit.errors import UnreachableError
 from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_PART, TRAIN_START
 from mlfo_toolkit.fl.data import load_dataset
 from mlfo_toolkit.fl.link import run_link, runtime_client
-from mlfo_toolkit.fl.polls import quicken_supernode, quiet_uvicorn
+from mlfo_toolkit.fl.polls import quicken_supernode, quiet_telemetry, quiet_uvicorn
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.forks import exit_code, fork_child
@@ -483,6 +483,7 @@ class Executor:
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         self.preload()
+        quiet_telemetry()  # after the imports: the modules that took Flower's `event` by name are loaded
         gc.collect()
         gc.freeze()  # what is loaded now stays shared with every forked child (no copy-on-write of its pages by the GC)
         try:
