@@ -54,26 +54,37 @@ def tested_flower() -> bool:
 
 
 class PollClock:
-    """Stands in for the `time` module inside Flower's SuperNode loop; only `sleep` differs."""
+    """Stands in for the `time` module inside Flower's SuperNode loop; only `sleep` differs. Flower's loop also tells
+    it when it stored a message (`stored`) and when the reply went up (`pushed`), see `quicken_supernode`."""
 
     def __init__(self, fast: float, hot: float, clock: Any = time, *, wake: WakeSocket | None = None,
                  waker: Waker | None = None, executor: Waker | None = None, name: str = "") -> None:
         self.fast, self.hot, self.clock = fast, hot, clock
         self.wake, self.waker, self.executor, self.name = wake, waker, executor, name
         self.last_busy = clock.monotonic()  # a SuperNode that just started is about to get its first message
-        self.busy = False  # handled a message since its last idle wait
         self.polls = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.clock, name)
 
+    def stored(self) -> None:
+        """Flower's loop pulled and stored a message and now waits for its ClientApp's reply: the executor is told at
+        once, for every message. (Told only after an idle pull, a message pulled right after the last reply went up
+        waited for the executor's 30 s safety poll: 30 s rounds after a client's link came back.)"""
+        self.last_busy = self.clock.monotonic()
+        if self.executor is not None:
+            self.executor.wake_socket(EXECUTOR_SOCKET, self.name.encode())
+
+    def pushed(self) -> None:
+        """The reply went up to the SuperLink: the ServerApp is told."""
+        self.last_busy = self.clock.monotonic()
+        if self.waker is not None:
+            self.waker.wake_server()
+
     def sleep(self, seconds: float) -> None:
         now = self.clock.monotonic()
         if seconds >= FLOWER_IDLE_SLEEP:  # a pull found nothing
             self.polls += 1
-            if self.busy and self.waker is not None:
-                self.waker.wake_server()  # the loop pulls again only after its reply went up
-            self.busy = False
             if self.wake is not None:
                 # Woken at once when the ServerApp pushed something; else it asks again after IDLE_WAIT (a
                 # wake-up is never lost on one machine, so the idle asks are a safety net, not the path).
@@ -82,9 +93,6 @@ class PollClock:
                 self.clock.sleep(self.fast if self.fast > 0 and now - self.last_busy < self.hot else seconds)
             return
         self.last_busy = now  # waiting for its ClientApp's reply, or for a reply's objects
-        if not self.busy and self.executor is not None:
-            self.executor.wake_socket(EXECUTOR_SOCKET, self.name.encode())  # a message is stored: ask for the task now
-        self.busy = True
         if self.wake is not None:
             self.clock.sleep(min(seconds, REPLY_WAIT))
         else:
@@ -101,7 +109,8 @@ def quicken_supernode(fast: float, hot: float, *, wake_folder: str = "", executo
     from flwr.supernode import start_client_internal as loop
 
     version = getattr(flwr, "__version__", "")
-    if not version.startswith(TESTED) or not isinstance(getattr(loop, "time", None), types.ModuleType):
+    push = getattr(loop, "_push_messages", None)
+    if not version.startswith(TESTED) or not isinstance(getattr(loop, "time", None), types.ModuleType) or push is None:
         raise MissingDependencyError(
             f"mlfo's SuperNode wake-ups are tested on Flower {', '.join(v + 'x' for v in TESTED)}, not {version}",
             hint="install the Flower version mlfo pins (flwr==1.42.*), or set fl.wakeups: false and "
@@ -114,6 +123,15 @@ def quicken_supernode(fast: float, hot: float, *, wake_folder: str = "", executo
     else:
         clock = PollClock(fast, hot)
     setattr(loop, "time", clock)  # noqa: B010  (this module only: Flower's other modules keep theirs)
+
+    def push_messages(*args: Any, **kwargs: Any) -> Any:
+        # Flower's loop calls this right after it stored a pulled message; it waits for the reply and pushes it.
+        clock.stored()
+        done = push(*args, **kwargs)
+        clock.pushed()
+        return done
+
+    setattr(loop, "_push_messages", push_messages)  # noqa: B010
     return clock
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from mlfo_toolkit.fl import models
 from mlfo_toolkit.fl.executor import Executor, Registration, register
-from mlfo_toolkit.fl.polls import IDLE_WAIT, REPLY_WAIT, PollClock
+from mlfo_toolkit.fl.polls import REPLY_WAIT, PollClock
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, SERVER_SOCKET, Waker, WakeSocket, node_socket, wake_dir
 
 
@@ -94,16 +94,46 @@ def test_a_supernode_with_wake_ups_tells_the_executor_and_the_server_and_waits_o
     started = time.monotonic()
     polls.sleep(3)  # a pull found nothing: wait on the socket, woken at once
     assert time.monotonic() - started < 1 and clock.slept == []
-    polls.sleep(0.5)  # it stored a message and waits for its ClientApp's reply
+    polls.stored()  # it stored a message and waits for its ClientApp's reply
+    polls.sleep(0.5)
     polls.sleep(0.5)
     assert executor.wait(1) == [b"site-client-1"]  # told once, by name
     assert clock.slept == [REPLY_WAIT, REPLY_WAIT]
     assert server.wait(0) == []
-    Waker(folder).wake_nodes()  # (so that this test does not wait IDLE_WAIT)
-    polls.sleep(3)  # its reply went up and the next pull found nothing: the ServerApp is told
-    assert server.wait(0) == [b"!"] and IDLE_WAIT >= 3
+    polls.pushed()  # its reply went up: the ServerApp is told
+    assert server.wait(0) == [b"!"]
+    # The next pull found a message at once (no idle pull between): the executor is told again, for this one.
+    polls.stored()
+    assert executor.wait(1) == [b"site-client-1"]
     for sock in (server, executor, own):
         sock.close()
+
+
+def test_flowers_loop_tells_the_clock_of_every_message_it_stored(tmp_path: Path) -> None:
+    """Two messages back to back (a client whose link came back finds its missed round's message and the next one):
+    the executor hears of each. Flower's own loop, with a pull that finds two messages, then nothing."""
+    from flwr.supernode import start_client_internal as loop
+
+    from mlfo_toolkit.fl.polls import quicken_supernode
+
+    folder = tmp_path / "wake"
+    folder.mkdir()
+    executor = WakeSocket(folder / EXECUTOR_SOCKET)
+    saved = (loop.time, loop._push_messages)
+    calls: list[str] = []
+    loop._push_messages = lambda **kwargs: calls.append("push")
+    try:
+        clock = quicken_supernode(0, 30, wake_folder=str(folder), executor_folder=str(folder), name="n1")
+        assert clock is not None
+        loop._push_messages(state=None, object_store=None, send=None, push_object=None)
+        loop._push_messages(state=None, object_store=None, send=None, push_object=None)
+        assert calls == ["push", "push"]
+        assert executor.wait(1) + executor.wait(1) == [b"n1", b"n1"]
+    finally:
+        loop.time, loop._push_messages = saved
+        if clock is not None and clock.wake is not None:
+            clock.wake.close()
+        executor.close()
 
 
 def test_a_woken_supernode_gets_a_child_that_asks_for_its_task_itself(tmp_path: Path) -> None:
