@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mlfo_toolkit.errors import MissingDependencyError
-from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
+from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, NAMED_WAKE_PATIENCE, Waker, WakeSocket, node_socket
 
 TESTED = ("1.42.",)
 FLOWER_IDLE_SLEEP = 3.0  # what Flower's SuperNode sleeps when a pull found nothing
@@ -70,10 +70,11 @@ class PollClock:
     def stored(self) -> None:
         """Flower's loop pulled and stored a message and now waits for its ClientApp's reply: the executor is told at
         once, for every message. (Told only after an idle pull, a message pulled right after the last reply went up
-        waited for the executor's 30 s safety poll: 30 s rounds after a client's link came back.)"""
+        waited for the executor's 30 s safety poll: 30 s rounds after a client's link came back.) A round's messages
+        reach many SuperNodes at once, more than the executor's socket queues: this one waits for room."""
         self.last_busy = self.clock.monotonic()
         if self.executor is not None:
-            self.executor.wake_socket(EXECUTOR_SOCKET, self.name.encode())
+            self.executor.wake_socket(EXECUTOR_SOCKET, self.name.encode(), patience=NAMED_WAKE_PATIENCE)
 
     def pushed(self) -> None:
         """The reply went up to the SuperLink: the ServerApp is told."""

@@ -28,12 +28,15 @@ import os
 import re
 import select
 import socket
+import time
 from pathlib import Path
 
 SERVER_SOCKET = "server.sock"
 EXECUTOR_SOCKET = "executor.sock"  # in the executor's own folder: a SuperNode stored a message, ask it for the task
 NODE_PREFIX = "node-"
 SOCKET_SUFFIX = ".sock"
+FULL_QUEUE_RETRY = 0.005  # seconds between the tries of a named wake-up whose receiver's queue is full
+NAMED_WAKE_PATIENCE = 2.0  # how long a SuperNode tries to tell the executor of a message (its 30 s poll is the net)
 def wake_dir(executor_dir: str | os.PathLike[str] | None, superlink: str) -> Path | None:
     """The wake-up folder of the cohort whose SuperLink is `superlink` (HOST:PORT); None without an executor folder."""
     if not executor_dir or not superlink:
@@ -110,15 +113,24 @@ class Waker:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
 
-    def _send(self, name: str, payload: bytes = b"!") -> bool:
-        for attempt in range(2):
+    def _send(self, name: str, payload: bytes = b"!", patience: float = 0.0) -> bool:
+        """Send one wake-up. A full queue (Linux holds net.unix.max_dgram_qlen, 10, datagrams) means the receiver has
+        wake-ups waiting already, which is enough for a plain one; a named one (`patience` > 0: the executor must
+        learn which SuperNode stored a message) is sent again until there is room, for up to `patience` seconds."""
+        deadline = time.monotonic() + patience
+        attempt = 0
+        while attempt < 2:
             try:
                 self.sock.sendto(payload or b"!", self.held.address(name))
             except (BlockingIOError, InterruptedError):
-                return True  # its queue is full: it has wake-ups waiting already
+                if time.monotonic() < deadline:
+                    time.sleep(FULL_QUEUE_RETRY)  # the receiver drains its whole queue whenever it wakes
+                    continue
+                return not patience  # its queue is full: it has wake-ups waiting already (not this name's, though)
             except FileNotFoundError:
                 if attempt == 0 and self.held.fd is not None:
                     self.held.close()  # the folder was removed and made again: hold the new one
+                    attempt += 1
                     continue
                 return False
             except OSError as err:
@@ -147,8 +159,8 @@ class Waker:
     def wake_server(self) -> bool:
         return self._send(SERVER_SOCKET)
 
-    def wake_socket(self, name: str, payload: bytes = b"!") -> bool:
-        return self._send(name, payload)
+    def wake_socket(self, name: str, payload: bytes = b"!", *, patience: float = 0.0) -> bool:
+        return self._send(name, payload, patience)
 
     def close(self) -> None:
         self.sock.close()

@@ -31,8 +31,9 @@ def test_kill_then_restart_twice_then_report_and_resume(workdir: Path) -> None:
     # restarted SuperNode has two rounds to rejoin (a fast round may be over before it has connected).
     kill_file = workdir / "kill-a-client.yaml"
     text = KILL.read_text().replace("round: 3}", "round: 2}").replace("round: 5}", "round: 3}").replace("rounds: 6}", "rounds: 5}")
+    text = text.replace("round_timeout: 8 ", "round_timeout: 4 ")  # rounds take 1-2 s here: the dead client's round ends sooner
     text = text.replace("../intents/", f"{REPO}/intents/")
-    assert text.count("round: 2}") == 1 and text.count("round: 3}") == 1 and "rounds: 5}" in text
+    assert text.count("round: 2}") == 1 and text.count("round: 3}") == 1 and "rounds: 5}" in text and "round_timeout: 4 " in text
     kill_file.write_text(text)
     result = CliRunner().invoke(cli, ["run", str(kill_file), "-o", str(out), "--track", "tensorboard", "--json"])
     assert result.exit_code == 0, result.output
@@ -174,6 +175,8 @@ def test_thirty_percent_of_the_clients_away_at_any_time_runs_to_the_end(workdir:
     """The shipped availability experiment (10 clients, 3 away from round 2 on), two rounds shorter."""
     monkeypatch.setenv("MLFO_MLFO__LOST_AFTER_SECONDS", "3")  # how soon a silent agent is lost is not what is tested
     text = (REPO / "experiments" / "availability.yaml").read_text().replace("rounds: 8}", "rounds: 6}")
+    text = text.replace("round_timeout: 6 ", "round_timeout: 4 ")  # each round with clients away waits this out
+    assert "rounds: 6}" in text and "round_timeout: 4 " in text
     experiment = workdir / "availability.yaml"
     experiment.write_text(text.replace("../intents/", f"{REPO}/intents/"))
     out = workdir / "exp"

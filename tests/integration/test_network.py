@@ -322,6 +322,9 @@ def test_network_faults_take_effect_and_are_undone(network: dict[str, Any]) -> N
     assert restart["agent_pid"] != kill["pid"] and restart["ran_to_end"], restart
     # The MLFO's view: rounds from the kill on got fewer results than they sampled.
     assert cohort["short_rounds"] and min(cohort["short_rounds"]) >= 4, cohort
+    # The last round has every client again: part 1's link came back (its SuperNode found the missed round's message
+    # and the next one back to back) and part 2 was restarted.
+    assert cohort["results"][-1] == cohort["sampled"][-1] == 3, (cohort["sampled"], cohort["results"])
     assert run["undo_problems"] == [] and run["seed"] == 1
     assert quota.read_text() == before  # fed.1's CPU limit is what it was before the run, not the event's 0.25
     report = mlfo(network["env"], network["workdir"], "report", str(out), "--json")

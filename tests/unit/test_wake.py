@@ -131,8 +131,10 @@ def test_flowers_loop_tells_the_clock_of_every_message_it_stored(tmp_path: Path)
         assert executor.wait(1) + executor.wait(1) == [b"n1", b"n1"]
     finally:
         loop.time, loop._push_messages = saved
-        if clock is not None and clock.wake is not None:
-            clock.wake.close()
+        if clock is not None:
+            for sock in (clock.wake, clock.waker, clock.executor):
+                if sock is not None:
+                    sock.close()
         executor.close()
 
 
@@ -241,3 +243,31 @@ def test_a_tasks_telemetry_events_run_nothing_when_telemetry_is_off(enabled: str
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
+
+
+def test_a_named_wake_up_waits_for_room_in_a_full_queue(folder: Path) -> None:
+    """Linux queues ten datagrams on a Unix socket. A round's messages reach 25 SuperNodes at once; a SuperNode whose
+    wake-up found the executor's queue full was never asked for its task until the executor's 30 s poll."""
+    import threading
+
+    executor = WakeSocket(folder / EXECUTOR_SOCKET)
+    waker = Waker(folder)
+    sent = 0
+    while sent < 64:  # fill the queue: a plain wake-up into a full queue still counts as told
+        try:
+            waker.sock.sendto(b"filler", waker.held.address(EXECUTOR_SOCKET))
+            sent += 1
+        except BlockingIOError:
+            break
+    assert 0 < sent < 64 and waker.wake_socket(EXECUTOR_SOCKET, b"lost") is True  # dropped, as before
+    drained: list[bytes] = []
+    timer = threading.Timer(0.3, lambda: drained.extend(executor.drain()))
+    timer.start()
+    started = time.monotonic()
+    assert waker.wake_socket(EXECUTOR_SOCKET, b"site-client-7", patience=2.0) is True
+    assert 0.2 < time.monotonic() - started < 1.5
+    timer.join()
+    assert b"site-client-7" not in drained and b"lost" not in drained
+    assert executor.wait(1) == [b"site-client-7"]  # it got in once there was room
+    waker.close()
+    executor.close()
