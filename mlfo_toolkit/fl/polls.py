@@ -29,8 +29,10 @@ import asyncio
 import contextlib
 import importlib.metadata
 import os
+import sys
 import time
 import types
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +182,6 @@ def quiet_telemetry() -> bool:
     the thread or the payload. Returns whether it changed anything (only on the tested Flower, telemetry off)."""
     if not tested_flower():
         return False
-    import sys
-    from concurrent.futures import Future
-
     from flwr.supercore import telemetry
 
     if telemetry.FLWR_TELEMETRY_ENABLED != "0" or telemetry.FLWR_TELEMETRY_LOGGING == "1":
