@@ -37,6 +37,8 @@ NODE_PREFIX = "node-"
 SOCKET_SUFFIX = ".sock"
 FULL_QUEUE_RETRY = 0.005  # seconds between the tries of a named wake-up whose receiver's queue is full
 NAMED_WAKE_PATIENCE = 2.0  # how long a SuperNode tries to tell the executor of a message (its 30 s poll is the net)
+
+
 def wake_dir(executor_dir: str | os.PathLike[str] | None, superlink: str) -> Path | None:
     """The wake-up folder of the cohort whose SuperLink is `superlink` (HOST:PORT); None without an executor folder."""
     if not executor_dir or not superlink:
