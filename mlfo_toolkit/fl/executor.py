@@ -47,7 +47,7 @@ import setproctitle
 
 from mlfo_toolkit.errors import UnreachableError
 from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_PART, TRAIN_START
-from mlfo_toolkit.fl.data import load_dataset
+from mlfo_toolkit.fl.data import load_dataset_apart
 from mlfo_toolkit.fl.link import run_link, runtime_client
 from mlfo_toolkit.fl.polls import quicken_supernode, quiet_telemetry, quiet_uvicorn
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
@@ -292,7 +292,7 @@ class Executor:
 
         _preload_superlink()
 
-        load_dataset("handmnist")
+        load_dataset_apart("handmnist")  # without keeping scikit-learn: every fork from here is cheaper
 
     # --- registrations ------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -340,7 +340,7 @@ class Executor:
         self.served[name] = served
         if len(registration.dataset) == 2:
             try:
-                load_dataset(*registration.dataset)
+                load_dataset_apart(*registration.dataset)
             except Exception as err:  # noqa: BLE001 - the task will say what is wrong with it, to its run
                 log.warning("could not load dataset %s for %s: %s", registration.dataset[0], registration.name, err)
         if registration.spawn:
