@@ -46,6 +46,18 @@ def test_the_executors_data_is_loaded_apart_the_same_and_without_scikit_learn() 
     assert out.stdout.split() == ["False", "True", "True", "True", "float64", "int64"]
 
 
+def test_with_no_room_to_hand_the_data_over_the_executor_loads_it_itself() -> None:
+    """A full disk (no temporary folder for the hand-over) costs the executor its leaner forks, not its data."""
+    probe = ("import errno, sys\nfrom mlfo_toolkit.fl import data\n"
+             "def full(*args, **kwargs):\n    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+             "data.tempfile.TemporaryDirectory = full\n"
+             "loaded = data.load_dataset_apart('handmnist')\n"
+             "print(len(loaded.y_train) + len(loaded.y_test), 'sklearn' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1797", "True"]
+
+
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
 def test_partitions_are_disjoint_and_cover(scheme: str) -> None:
     labels = data.load_dataset("handmnist").y_train
