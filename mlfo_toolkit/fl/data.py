@@ -194,6 +194,8 @@ def load_dataset_apart(name: str, data_dir: Path | str = Path("data")) -> Datase
             _, status = os.waitpid(fork_child(child), 0)
             if os.waitstatus_to_exitcode(status) == 0:
                 with np.load(saved) as arrays:
+                    for earlier in [k for k in _kept if k[:2] == key[:2]]:
+                        del _kept[earlier]  # the same dataset before its files changed: one copy at a time
                     _kept[key] = Dataset(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                                          int(arrays["num_classes"]))
     except (OSError, ValueError, KeyError):  # no room for the hand-over (a full disk) or a torn file: load it here

@@ -144,6 +144,42 @@ def test_fashionmnist_loader_on_generated_files(tmp_path: Path) -> None:
         data.load_dataset("fashionmnist", tmp_path)
 
 
+CHANGED_FILES_PROBE = """
+import gzip, struct, sys
+import numpy as np
+from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.fl import data
+folder = sys.argv[1]
+first = data.load_dataset_apart("fashionmnist", folder)
+labels = folder + "/fashionmnist/train-labels-idx1-ubyte.gz"
+array = (np.arange(20) + 1) % 10
+open(labels, "wb").write(gzip.compress(struct.pack(">BBBBI", 0, 0, 8, 1, 20) + array.astype(np.uint8).tobytes()))
+second = data.load_dataset_apart("fashionmnist", folder)
+open(labels, "wb").write(b"not idx")
+try:
+    data.load_dataset_apart("fashionmnist", folder)
+except ValidationError as err:
+    print("refused:", "not an IDX file" in str(err))
+print(first.y_train[:3].tolist(), second.y_train[:3].tolist(), len(data._kept), "sklearn" in sys.modules)
+"""
+
+
+def test_data_loaded_apart_follows_its_files_and_their_errors(tmp_path: Path) -> None:
+    """The executor's copy of a dataset is the one its files hold now (one copy at a time), and a broken file gives
+    the error a load in the executor would."""
+    folder = tmp_path / "fashionmnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    _idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
+    _idx(folder / "train-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    _idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28)))
+    _idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(10))
+    out = subprocess.run([sys.executable, "-c", CHANGED_FILES_PROBE, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["refused: True", "[0, 1, 2] [1, 2, 3] 1 False"]
+
+
 def test_cifar_loader_on_generated_files(tmp_path: Path) -> None:
     with pytest.raises(MissingDependencyError, match="CIFAR-10 is not in"):
         data.load_dataset("cifar", tmp_path)
