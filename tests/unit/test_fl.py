@@ -126,16 +126,21 @@ def _idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
-def test_fashionmnist_loader_on_generated_files(tmp_path: Path) -> None:
-    with pytest.raises(MissingDependencyError, match="fashionmnist is not in"):
-        data.load_dataset("fashionmnist", tmp_path)
-    folder = tmp_path / "fashionmnist"
-    folder.mkdir()
+def _fashion_files(folder: Path) -> None:
+    """A Fashion-MNIST folder of 20 training and 10 test images, in the IDX files it ships as."""
     rng = np.random.default_rng(0)
     _idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
     _idx(folder / "train-labels-idx1-ubyte.gz", np.arange(20) % 10)
     _idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28)))
     _idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(10))
+
+
+def test_fashionmnist_loader_on_generated_files(tmp_path: Path) -> None:
+    with pytest.raises(MissingDependencyError, match="fashionmnist is not in"):
+        data.load_dataset("fashionmnist", tmp_path)
+    folder = tmp_path / "fashionmnist"
+    folder.mkdir()
+    _fashion_files(folder)
     fashion = data.load_dataset("fashionmnist", tmp_path)
     assert fashion.x_train.shape == (20, 784) and fashion.x_test.shape == (10, 784)
     assert fashion.x_train.max() <= 1.0 and list(fashion.y_test) == list(range(10))
@@ -169,11 +174,7 @@ def test_data_loaded_apart_follows_its_files_and_their_errors(tmp_path: Path) ->
     the error a load in the executor would."""
     folder = tmp_path / "fashionmnist"
     folder.mkdir()
-    rng = np.random.default_rng(0)
-    _idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
-    _idx(folder / "train-labels-idx1-ubyte.gz", np.arange(20) % 10)
-    _idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28)))
-    _idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(10))
+    _fashion_files(folder)
     out = subprocess.run([sys.executable, "-c", CHANGED_FILES_PROBE, str(tmp_path)], capture_output=True, text=True,
                          timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
