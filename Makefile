@@ -18,8 +18,9 @@ FAUCET_VERSION := 1.10.12
 demo: install
 	$(BIN)/mlfo demo
 
+# Two workers: the tests that build the emulated network run one after another in one of them (tests/conftest.py).
 test: system install-test faucet
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 $(BIN)/python:
 	$(PYTHON) -m venv --system-site-packages $(VENV)

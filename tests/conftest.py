@@ -30,6 +30,19 @@ def config(workdir: Path) -> Config:
     )
 
 
+# `make test` runs the suite in two workers (pytest-xdist, `--dist loadgroup`). The tests of these modules build
+# the emulated network (namespaces, Open vSwitch, cgroups, Docker) or time rounds and rates in it: they run one
+# after another in one worker, as they would alone, and the other worker takes the rest.
+ONE_AT_A_TIME = {"test_network", "test_experiments", "test_containernet", "test_faucet", "test_scale"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.rsplit(".", 1)[-1] in ONE_AT_A_TIME:
+            item.add_marker(pytest.mark.xdist_group("network"))
+
+
 # The threads an MLFO runs until it is closed: the cloud's and the campus's janitors.
 JANITORS = ("cloud-janitor", "_janitor-janitor")
 

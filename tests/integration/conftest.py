@@ -28,6 +28,12 @@ def orchestra(config: Config, workdir: Path) -> Iterator[Orchestra]:
     close(closables)
 
 
+def this_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This test run's pytest folder (pytest-N), also from a worker of `pytest -n` (pytest-N/popen-gwK)."""
+    here = tmp_path_factory.getbasetemp().resolve()
+    return here.parent if os.environ.get("PYTEST_XDIST_WORKER") else here
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_network_left_by_a_killed_run(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Take down, by their records, networks that an earlier test run left when it was killed mid-test.
@@ -39,9 +45,10 @@ def no_network_left_by_a_killed_run(tmp_path_factory: pytest.TempPathFactory) ->
     """
     if os.geteuid() != 0:
         return
-    here = tmp_path_factory.getbasetemp()
-    earlier = {path.resolve() for path in here.parent.glob("pytest-*/*/state/network.json")}
-    for record in sorted(path for path in earlier if here.resolve() not in path.parents):
+    here = this_run(tmp_path_factory)
+    earlier = {path.resolve() for pattern in ("pytest-*/*/state/network.json", "pytest-*/popen-gw*/*/state/network.json")
+               for path in here.parent.glob(pattern)}
+    for record in sorted(path for path in earlier if here not in path.parents):
         try:
             state = NetworkState.from_dict(json.loads(record.read_text()))
         except (OSError, ValueError, TypeError):
@@ -53,8 +60,10 @@ def no_network_left_by_a_killed_run(tmp_path_factory: pytest.TempPathFactory) ->
             api.topo_down(config)
         except MlfoError as error:
             warnings.warn(f"could not take down the network recorded in {record}: {error}", stacklevel=1)
-    for decoy in sorted({path.resolve() for path in here.parent.glob(f"pytest-*/*/{DECOY_RECORD}")}):
-        if here.resolve() in decoy.parents:
+    decoys = {path.resolve() for pattern in (f"pytest-*/*/{DECOY_RECORD}", f"pytest-*/popen-gw*/*/{DECOY_RECORD}")
+              for path in here.parent.glob(pattern)}
+    for decoy in sorted(decoys):
+        if here in decoy.parents:
             continue
         try:
             record = json.loads(decoy.read_text())
