@@ -36,6 +36,7 @@ def config(workdir: Path) -> Config:
 ONE_AT_A_TIME = {"test_network", "test_experiments", "test_containernet", "test_faucet", "test_scale"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         module = getattr(item, "module", None)
