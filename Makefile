@@ -20,7 +20,7 @@ demo: install
 
 # Two workers: the tests that build the emulated network run one after another in one of them (tests/conftest.py).
 test: system install-test faucet
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 $(BIN)/python:
 	$(PYTHON) -m venv --system-site-packages $(VENV)
