@@ -32,11 +32,12 @@ def config(workdir: Path) -> Config:
 
 
 # `make test` runs the suite in two workers (pytest-xdist, `-n 2 --dist loadscope`): a module's tests stay together
-# in one worker (its module-scoped network or runs are built once). The modules below build the emulated network
-# (namespaces, Open vSwitch, cgroups, Docker) or time rounds and rates in it: they form one unit, so they run one
-# after another in one worker, as they would alone, while the other worker takes the rest. (A scheduler of our own,
-# not `xdist_group` marks: on pytest 9.2 those no longer group, pytest-dev/pytest-xdist#1386.)
-ONE_AT_A_TIME = {"test_network", "test_experiments", "test_containernet", "test_faucet", "test_scale"}
+# in one worker (its module-scoped network or runs are built once). The tests below build the emulated network
+# (namespaces, Open vSwitch, cgroups, Docker; the same switch names): they form one unit, so they run one after
+# another in one worker, as they would alone, while the other worker takes the rest. (A scheduler of our own, not
+# `xdist_group` marks: on pytest 9.2 those no longer group, pytest-dev/pytest-xdist#1386.)
+NETWORK_MODULES = {"test_network", "test_containernet", "test_faucet"}
+NETWORK_TESTS = {"tests/integration/test_experiments.py::test_a_network_run_brings_its_network_up_and_takes_it_down"}
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: only called when it runs the suite
@@ -48,7 +49,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class NetworkModulesTogether(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return "the emulated network" if Path(module).stem in ONE_AT_A_TIME else module
+            return "the emulated network" if Path(module).stem in NETWORK_MODULES or nodeid in NETWORK_TESTS else module
 
     return NetworkModulesTogether(config, log)
 
