@@ -34,7 +34,7 @@ from typing import Any
 
 import setproctitle
 
-from mlfo_toolkit.fl.polls import quiet_uvicorn
+from mlfo_toolkit.fl.polls import lean_superlink_middleware, quiet_uvicorn
 from mlfo_toolkit.util.forks import exit_code, fork_child
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def _superlink(arguments: list[str]) -> int:
     from flwr.superlink.cli.flower_superlink import flower_superlink
 
     quiet_uvicorn(importlib.import_module("flwr.superlink.cli.flower_superlink"))  # the module (its package exports the function)
+    lean_superlink_middleware()
 
     sys.argv = ["flower-superlink", *arguments]
     return exit_code(flower_superlink)

@@ -3,6 +3,7 @@ waits its full time, a dead receiver is skipped and its socket removed, and the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -271,3 +272,51 @@ def test_a_named_wake_up_waits_for_room_in_a_full_queue(folder: Path) -> None:
     assert executor.wait(1) == [b"site-client-7"]  # it got in once there was room
     waker.close()
     executor.close()
+
+
+LEAN_PROBE = """
+import asyncio, json, sys
+import httpx
+from starlette.middleware.base import BaseHTTPMiddleware
+from mlfo_toolkit.fl.polls import lean_superlink_middleware
+applied = sys.argv[1] == "lean" and lean_superlink_middleware()
+from flwr.superlink import main
+app = main.create_app()
+crossed = []
+dispatch = BaseHTTPMiddleware.__call__
+async def counted(self, scope, receive, send):
+    crossed[-1] += 1
+    await dispatch(self, scope, receive, send)
+BaseHTTPMiddleware.__call__ = counted
+async def ask(client, method, path, **kw):
+    crossed.append(0)
+    r = await client.request(method, path, **kw)
+    return {"status": r.status_code, "cache": r.headers.get("cache-control"), "layers": crossed[-1]}
+async def probe():
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://superlink") as client:
+        proto = {"content-type": "application/protobuf"}
+        return {"applied": applied,
+                "health": await ask(client, "GET", "/health"),
+                "fleet": await ask(client, "POST", "/v1/fleet/pull-messages", content=b"", headers=proto),
+                "login": await ask(client, "POST", "/v1/control/get-login-details", content=b"", headers=proto)}
+print(json.dumps(asyncio.run(probe())))
+"""
+
+
+def test_a_lean_superlink_skips_the_control_middlewares_for_fleet_requests_and_keeps_its_checks() -> None:
+    """Flower's SuperLink app as mlfo's forked SuperLink builds it: a request off the Control API crosses three
+    middlewares, not eight; an unsigned Fleet request is still refused by the SuperNode signature check (the third);
+    a Control request still crosses all eight (its sensitive routes keep their no-cache header). Flower's own app
+    answers the same."""
+    results = {}
+    for variant in ("flower", "lean"):
+        out = subprocess.run([sys.executable, "-c", LEAN_PROBE, variant], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    flower, lean = results["flower"], results["lean"]
+    assert lean["applied"] and not flower["applied"]
+    for key in ("health", "fleet", "login"):  # the same answers
+        assert {k: v for k, v in lean[key].items() if k != "layers"} == {k: v for k, v in flower[key].items() if k != "layers"}, key
+    assert flower["health"]["layers"] == 8 and lean["health"]["layers"] == 3, (flower, lean)
+    assert lean["fleet"]["status"] == 401 and lean["fleet"]["layers"] == 3, lean  # the SuperNode signature check stays
+    assert lean["login"]["layers"] == flower["login"]["layers"] == 8 and lean["login"]["cache"] == "no-store", lean
