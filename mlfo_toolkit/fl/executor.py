@@ -288,6 +288,11 @@ class Executor:
         import flwr.supernode.main  # noqa: F401  (the SuperNode's Runtime API app)
         import flwr.supernode.runtime.run_clientapp  # noqa: F401
 
+        # NumPy 2 imports numpy.random on first use (its module __getattr__). Nothing above uses it any more (scikit-learn,
+        # which did, now loads the data in a child), so every ClientApp task imported it anew to split its partition:
+        # a fifth of a task's samples under py-spy.
+        import numpy.random  # noqa: F401
+
         import mlfo_toolkit.fl.apps  # noqa: F401  (mlfo's Flower app: it imports Flower)
 
         _preload_superlink()

@@ -169,3 +169,32 @@ def test_the_fl_server_is_forked_only_on_the_flower_mlfo_pins(monkeypatch: pytes
     assert polls.tested_flower()  # the pinned one is installed here
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.43.0")
     assert not polls.tested_flower()  # another: the agent starts Flower's own SuperLink process instead
+
+
+TASK_PROBE = """
+import sys
+from flwr.app import Context, RecordDict
+from mlfo_toolkit.fl import apps, models
+from mlfo_toolkit.fl.executor import Executor
+Executor.preload()
+preloaded = set(sys.modules)
+# What a ClientApp task of mlfo's app does with a train message: its partition of the data, training, the packed reply.
+context = Context(run_id=1, node_id=1, node_config={"source": "handmnist", "num-partitions": 10, "partition-id": 3},
+                  state=RecordDict(), run_config={})
+dataset, indices = apps._local_data(context)
+params = models.init_params("complex", dataset.num_features, dataset.num_classes)
+params, loss = models.train(params, dataset.x_train[indices], dataset.y_train[indices], epochs=1, learning_rate=0.1,
+                            batch_size=32, seed=1)
+models.pack(params)
+print(sorted(set(sys.modules) - preloaded))
+"""
+
+
+def test_a_task_imports_nothing_the_executor_did_not_preload(tmp_path: Path) -> None:
+    """Every ClientApp task is forked from the executor: a module its work imports is imported again by every task
+    (numpy.random was, a fifth of a task's CPU samples). After the executor's preload, a train task's own work
+    (its partition, training, the packed reply) imports nothing."""
+    out = subprocess.run([sys.executable, "-c", TASK_PROBE], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
