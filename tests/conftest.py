@@ -54,6 +54,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return NetworkModulesTogether(config, log)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """As root, before any test: take down what an earlier, killed run left (tests/helpers/leftovers.py). Done once, in
+    the process that starts the run (with `pytest -n`, the controller, before its workers start)."""
+    factory = getattr(session.config, "_tmp_path_factory", None)  # what the tmp_path_factory fixture hands out
+    if hasattr(session.config, "workerinput") or os.geteuid() != 0 or factory is None:
+        return
+    from tests.helpers.leftovers import take_down_what_killed_runs_left
+
+    take_down_what_killed_runs_left(factory.getbasetemp())
+
+
 # The threads an MLFO runs until it is closed: the cloud's and the campus's janitors.
 JANITORS = ("cloud-janitor", "_janitor-janitor")
 
