@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import resource
+import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 from anyio import to_thread
+from uvicorn.server import HANDLED_SIGNALS
 
 from mlfo_toolkit.errors import ConfigError, ConflictError
 
@@ -70,6 +74,21 @@ class _QuietServer(uvicorn.Server):
         if self._wake is not None:
             self._wake.set()  # a signal handler runs in the loop's thread
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, except that the signal that stopped the server is not raised again here, inside the event loop:
+        with mlfo's handler (SIGTERM as KeyboardInterrupt) that ended the loop in the middle of a task, and `mlfo agent`
+        once hung on its way out. `HttpServer.serve_forever` raises it after the loop has closed."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
 
 class HttpServer:
     """One ASGI app on one listening socket; the port is known before serving starts (port 0 works)."""
@@ -119,8 +138,11 @@ class HttpServer:
         return f"{host}:{self.port}"
 
     def serve_forever(self) -> None:
-        """Serve in this thread until `close()` (or, in the main thread, SIGINT/SIGTERM)."""
+        """Serve in this thread until `close()` (or, in the main thread, SIGINT/SIGTERM, which is then raised again
+        once the server has shut down, as uvicorn does, but outside its event loop)."""
         asyncio.run(self._serve())
+        for captured in reversed(self._server._captured_signals):
+            signal.raise_signal(captured)
 
     async def _serve(self) -> None:
         # Sync routes run in anyio's worker threads; size them like the service asks.
