@@ -139,8 +139,21 @@ class HttpServer:
 
     def serve_forever(self) -> None:
         """Serve in this thread until `close()` (or, in the main thread, SIGINT/SIGTERM, which is then raised again
-        once the server has shut down, as uvicorn does, but outside its event loop)."""
-        asyncio.run(self._serve())
+        once the server has shut down, as uvicorn does, but outside its event loop).
+
+        In the main thread a stop signal asks the server to stop (uvicorn's handler) from before the event loop starts:
+        mlfo's own handler (SIGTERM as KeyboardInterrupt) could otherwise fire while the loop was starting, before
+        uvicorn installed its handler, and the KeyboardInterrupt was logged and lost there. A fresh-clone test run had
+        `mlfo agent` still serving 30 s after its SIGTERM (found still serving later; a second SIGTERM stopped it)."""
+        if threading.current_thread() is not threading.main_thread():
+            asyncio.run(self._serve())
+            return
+        previous = {sig: signal.signal(sig, self._server.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            asyncio.run(self._serve())
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         for captured in reversed(self._server._captured_signals):
             signal.raise_signal(captured)
 
