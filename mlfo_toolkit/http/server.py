@@ -76,9 +76,9 @@ class _QuietServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """uvicorn's, except that the signal that stopped the server is not raised again here, inside the event loop:
-        with mlfo's handler (SIGTERM as KeyboardInterrupt) that ended the loop in the middle of a task, and `mlfo agent`
-        once hung on its way out. `HttpServer.serve_forever` raises it after the loop has closed."""
+        """uvicorn's, except that the signal that stopped the server is not raised again here, inside the event loop,
+        where mlfo's handler (SIGTERM as KeyboardInterrupt) would end the loop in the middle of a task:
+        `HttpServer.serve_forever` raises it after the loop has closed."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
