@@ -202,18 +202,16 @@ def quiet_telemetry() -> bool:
     return True
 
 
-CONTROL_PREFIX = "/v1/control/"  # Flower's Control API (`flwr run`, `flwr ls`, log streams); Fleet is /v1/fleet/, Runtime /v1/runtime/
-
-
 class _ControlApartStack:
     """An ASGI app that sends Control API requests (and the lifespan) through Flower's whole middleware stack, and the
-    other HTTP requests through the stack without the middlewares that let them pass unchanged."""
+    other HTTP requests through the stack without the middlewares that let them pass unchanged. `is_control` is the
+    test Flower's Control middlewares make of a path."""
 
-    def __init__(self, whole: Any, lean: Any) -> None:
-        self.whole, self.lean = whole, lean
+    def __init__(self, whole: Any, lean: Any, is_control: Any) -> None:
+        self.whole, self.lean, self.is_control = whole, lean, is_control
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not str(scope.get("path", "")).startswith(CONTROL_PREFIX):
+        if scope["type"] == "http" and not self.is_control(str(scope.get("path", ""))):
             await self.lean(scope, receive, send)
         else:
             await self.whole(scope, receive, send)
@@ -253,7 +251,7 @@ def lean_superlink_middleware() -> bool:
         app.user_middleware = lean
         lean_stack = app.build_middleware_stack()
         app.user_middleware = whole
-        app.middleware_stack = cast(Any, _ControlApartStack(app.build_middleware_stack(), lean_stack))
+        app.middleware_stack = cast(Any, _ControlApartStack(app.build_middleware_stack(), lean_stack, control._is_control_path))
         return app
 
     setattr(superlink_main, "create_app", create_app)  # noqa: B010

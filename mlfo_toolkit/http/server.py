@@ -76,18 +76,10 @@ class _QuietServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """uvicorn's, except that the signal that stopped the server is not raised again here, inside the event loop,
-        where mlfo's handler (SIGTERM as KeyboardInterrupt) would end the loop in the middle of a task:
-        `HttpServer.serve_forever` raises it after the loop has closed."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+        """Nothing here: in the main thread `HttpServer.serve_forever` hands the stop signals to `handle_exit` from
+        before the event loop starts, and raises the signal again once the loop has closed (uvicorn's own version
+        raised it inside the loop, where mlfo's handler, SIGTERM as KeyboardInterrupt, would end it mid-task)."""
+        yield
 
 
 class HttpServer:
