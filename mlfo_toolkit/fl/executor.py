@@ -49,7 +49,7 @@ from mlfo_toolkit.errors import UnreachableError
 from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_PART, TRAIN_START
 from mlfo_toolkit.fl.data import load_dataset_apart
 from mlfo_toolkit.fl.link import run_link, runtime_client
-from mlfo_toolkit.fl.polls import quicken_supernode, quiet_telemetry, quiet_uvicorn
+from mlfo_toolkit.fl.polls import lean_supernode_middleware, quicken_supernode, quiet_telemetry, quiet_uvicorn
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.forks import exit_code, fork_child
@@ -586,6 +586,7 @@ def _run_supernode(served: _Served, executor_dir: Path) -> int:
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     quiet_uvicorn(importlib.import_module("flwr.supernode.cli.flower_supernode"))  # the module (its package exports the function)
+    lean_supernode_middleware()
     quicken_supernode(registration.poll_seconds, registration.poll_hot_seconds, wake_folder=registration.wake_dir,
                       executor_folder=str(executor_dir), name=registration.name)
     return exit_code(flower_supernode)

@@ -217,6 +217,105 @@ class _ControlApartStack:
             await self.whole(scope, receive, send)
 
 
+class _InlineHTTPMiddleware:
+    """One of Flower's `BaseHTTPMiddleware`s, its `dispatch` run in line for unary protobuf requests.
+
+    Starlette runs a `BaseHTTPMiddleware`'s inner app in a task of its own and copies the response through a memory
+    stream (a task group, two streams and a streaming response per request and layer): in a SuperLink under load,
+    that machinery was more of its CPU than the handlers. A unary protobuf request (a Fleet or Runtime call: a
+    body in, one protobuf out) needs none of it: here the same `dispatch` gets the same request, and its `call_next`
+    runs the inner app at once and hands back the whole response (status, headers, body as sent). An exception of
+    the inner app reaches `dispatch` as it does from Starlette's `call_next`. Any other request (a stream, a route
+    not in Flower's protobuf table) goes through Flower's middleware itself."""
+
+    def __init__(self, app: Any, base: Any, args: tuple[Any, ...], kwargs: dict[str, Any], inline: Any) -> None:
+        self.app = app
+        self.base = base(app, *args, **kwargs)  # Flower's own layer, for every request not taken in line
+        self.dispatch = self.base.dispatch_func
+        self.inline = inline
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.inline(scope):
+            await self.base(scope, receive, send)
+            return
+        # The request and response classes of Flower's protobuf layer (FastAPI's, which are Starlette's).
+        from flwr.supercore.protobuf import translation
+
+        Request, Response = vars(translation)["Request"], vars(translation)["Response"]
+
+        request = Request(scope, receive)
+        body = await request.body()  # kept by the request: `dispatch` reads it again at no cost
+
+        async def call_next(_: Any) -> Any:
+            start: dict[str, Any] = {}
+            parts: list[bytes] = []
+            replayed = False
+
+            async def replay() -> dict[str, Any]:  # the body again for the layers inside, then what the client sends
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return cast(dict[str, Any], await receive())
+
+            async def keep(message: MutableMapping[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    start.update(message)
+                elif message["type"] == "http.response.body":
+                    parts.append(message.get("body", b""))
+
+            await self.app(scope, replay, keep)
+            if not start:
+                raise RuntimeError("No response returned.")  # as Starlette's call_next says
+            response = Response(b"".join(parts), status_code=start["status"])
+            response.raw_headers = list(start.get("headers", []))
+            return response
+
+        response = await self.dispatch(request, call_next)
+        await response(scope, receive, send)
+
+
+def _unary_protobuf(is_control: Any) -> Any:
+    """The test of a request scope: a unary protobuf call of Flower's (its route in Flower's protobuf table, not
+    a Control path: the only streams of the tested Flower are Control routes)."""
+    from flwr.supercore.protobuf.translation import PROTOBUF_REQUEST_TYPES
+
+    def unary(scope: MutableMapping[str, Any]) -> bool:
+        path = str(scope.get("path", ""))
+        return (str(scope.get("method", "")), path) in PROTOBUF_REQUEST_TYPES and not is_control(path)
+
+    return unary
+
+
+def _inlined(middleware: list[Any], inline: Any) -> list[Any]:
+    """`middleware` (Starlette `Middleware` entries) with every `BaseHTTPMiddleware` run in line where `inline` says."""
+    from flwr.supercore.protobuf import translation
+
+    base_http_middleware = vars(translation)["BaseHTTPMiddleware"]  # Starlette's, as Flower's middlewares use it
+    return [type(m)(_InlineHTTPMiddleware, base=m.cls, args=m.args, kwargs=m.kwargs, inline=inline)
+            if isinstance(m.cls, type) and issubclass(m.cls, base_http_middleware) else m for m in middleware]
+
+
+def lean_supernode_middleware() -> bool:
+    """In a SuperNode mlfo forked: its Runtime API (the ClientApp tasks' pulls, objects and pushes) runs Flower's two
+    middlewares (error translation, protobuf translation) in line for unary protobuf calls (`_InlineHTTPMiddleware`).
+    Only on the tested Flower, in this process; returns whether it applies."""
+    if not tested_flower():
+        return False
+    from flwr.supernode import main as supernode_main
+
+    flower_create_app = supernode_main.create_app
+
+    def create_app(*args: Any, **kwargs: Any) -> Any:
+        app = flower_create_app(*args, **kwargs)
+        if app.middleware_stack is None:
+            app.user_middleware = _inlined(list(app.user_middleware), _unary_protobuf(lambda path: False))
+        return app
+
+    setattr(supernode_main, "create_app", create_app)  # noqa: B010
+    return True
+
+
 def lean_superlink_middleware() -> bool:
     """In a SuperLink mlfo forked: the Fleet and Runtime requests skip the middlewares that do nothing for them.
 
@@ -227,8 +326,8 @@ def lean_superlink_middleware() -> bool:
     call crosses all eight: 1.2-1.4 ms of the SuperLink's CPU per request, 0.65 ms across the other three (measured
     in process on Flower's app). Here Control requests still take the whole stack; the others take the stack
     without those five (the Fleet event log stays when a plugin is set). Error translation, the protobuf
-    translation and the SuperNode signature check stay on every request. Only on the tested Flower, in this
-    process; returns whether it applies."""
+    translation and the SuperNode signature check stay on every request, run in line for unary protobuf calls
+    (`_InlineHTTPMiddleware`). Only on the tested Flower, in this process; returns whether it applies."""
     if not tested_flower():
         return False
     from flwr.superlink import main as superlink_main
@@ -248,7 +347,7 @@ def lean_superlink_middleware() -> bool:
         lean = [m for m in whole if cast(Any, m.cls) not in passing]
         if len(lean) == len(whole) or app.middleware_stack is not None:
             return app  # nothing to skip, or the app was started already: Flower's own stack
-        app.user_middleware = lean
+        app.user_middleware = _inlined(lean, _unary_protobuf(control._is_control_path))
         lean_stack = app.build_middleware_stack()
         app.user_middleware = whole
         app.middleware_stack = cast(Any, _ControlApartStack(app.build_middleware_stack(), lean_stack, control._is_control_path))

@@ -278,45 +278,78 @@ LEAN_PROBE = """
 import asyncio, json, sys
 import httpx
 from starlette.middleware.base import BaseHTTPMiddleware
-from mlfo_toolkit.fl.polls import lean_superlink_middleware
-applied = sys.argv[1] == "lean" and lean_superlink_middleware()
+from mlfo_toolkit.fl.polls import lean_superlink_middleware, lean_supernode_middleware
+applied = sys.argv[1] == "lean" and lean_superlink_middleware() and lean_supernode_middleware()
+dispatched, streamed = [], []  # per request: the middlewares' checks that ran, and the layers that streamed the response
+setup, crossing = BaseHTTPMiddleware.__init__, BaseHTTPMiddleware.__call__
+def set_up(self, *args, **kwargs):
+    setup(self, *args, **kwargs)
+    dispatch = self.dispatch_func
+    async def counted(request, call_next):
+        dispatched[-1] += 1
+        return await dispatch(request, call_next)
+    self.dispatch_func = counted
+async def crossed(self, scope, receive, send):
+    streamed[-1] += 1
+    await crossing(self, scope, receive, send)
+BaseHTTPMiddleware.__init__, BaseHTTPMiddleware.__call__ = set_up, crossed
 from flwr.superlink import main
-app = main.create_app()
-crossed = []
-dispatch = BaseHTTPMiddleware.__call__
-async def counted(self, scope, receive, send):
-    crossed[-1] += 1
-    await dispatch(self, scope, receive, send)
-BaseHTTPMiddleware.__call__ = counted
-async def ask(client, method, path, **kw):
-    crossed.append(0)
-    r = await client.request(method, path, **kw)
-    return {"status": r.status_code, "cache": r.headers.get("cache-control"), "layers": crossed[-1]}
+from flwr.supernode import main as node_main
+from flwr.supernode.nodestate import NodeStateFactory
+from flwr.supercore.object_store import ObjectStoreFactory
+apps = {"link": main.create_app(),
+        "node": node_main.create_app(state_factory=NodeStateFactory(objectstore_factory=ObjectStoreFactory()),
+                                     superexec_auth_secret=None)}
+async def ask(client, method, path, body=b""):
+    dispatched.append(0)
+    streamed.append(0)
+    r = await client.request(method, path, content=body, headers={"content-type": "application/protobuf"})
+    return {"status": r.status_code, "body": r.content.hex(), "headers": sorted(r.headers.items()),
+            "dispatched": dispatched[-1], "streamed": streamed[-1]}
 async def probe():
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://superlink") as client:
-        proto = {"content-type": "application/protobuf"}
-        return {"applied": applied,
-                "health": await ask(client, "GET", "/health"),
-                "fleet": await ask(client, "POST", "/v1/fleet/pull-messages", content=b"", headers=proto),
-                "login": await ask(client, "POST", "/v1/control/get-login-details", content=b"", headers=proto)}
+    answers = {"applied": applied}
+    for name, app in apps.items():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://flower") as client:
+            answers[name + " health"] = await ask(client, "GET", "/health")
+            answers[name + " task"] = await ask(client, "POST", "/v1/runtime/acquire-task")
+            answers[name + " garbled"] = await ask(client, "POST", "/v1/runtime/pull-object", b"\\xff\\xff")
+            answers[name + " no token"] = await ask(client, "POST", "/v1/runtime/pull-object")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps["link"]), base_url="http://flower") as client:
+        answers["link fleet"] = await ask(client, "POST", "/v1/fleet/pull-messages")
+        answers["link login"] = await ask(client, "POST", "/v1/control/get-login-details")
+    return answers
 print(json.dumps(asyncio.run(probe())))
 """
 
 
-def test_a_lean_superlink_skips_the_control_middlewares_for_fleet_requests_and_keeps_its_checks() -> None:
-    """Flower's SuperLink app as mlfo's forked SuperLink builds it: a request off the Control API crosses three
-    middlewares, not eight; an unsigned Fleet request is still refused by the SuperNode signature check (the third);
-    a Control request still crosses all eight (its sensitive routes keep their no-cache header). Flower's own app
-    answers the same."""
+def test_lean_flower_apps_answer_as_flowers_own_with_fewer_middleware_layers() -> None:
+    """Flower's SuperLink and SuperNode apps as mlfo's forked processes build them, against Flower's own, request by
+    request: the same status, body and headers (a task, an unauthenticated pull, a garbled payload, an unsigned
+    Fleet request, a Control route's no-cache header). Off the Control API the SuperLink runs three of its eight
+    middlewares' checks (error translation, protobuf translation, the SuperNode signature check), and for a unary
+    protobuf call (a Fleet or Runtime request) none of them streams the response through a task of its own; a
+    Control request crosses all eight as in Flower."""
     results = {}
     for variant in ("flower", "lean"):
         out = subprocess.run([sys.executable, "-c", LEAN_PROBE, variant], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr[-2000:]
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    flower, lean = results["flower"], results["lean"]
-    assert lean["applied"] and not flower["applied"]
-    for key in ("health", "fleet", "login"):  # the same answers
-        assert {k: v for k, v in lean[key].items() if k != "layers"} == {k: v for k, v in flower[key].items() if k != "layers"}, key
-    assert flower["health"]["layers"] == 8 and lean["health"]["layers"] == 3, (flower, lean)
-    assert lean["fleet"]["status"] == 401 and lean["fleet"]["layers"] == 3, lean  # the SuperNode signature check stays
-    assert lean["login"]["layers"] == flower["login"]["layers"] == 8 and lean["login"]["cache"] == "no-store", lean
+    flower, lean = results.pop("flower"), results.pop("lean")
+    assert lean.pop("applied") and not flower.pop("applied")
+    for key in flower:  # the same answers
+        assert {k: v for k, v in lean[key].items() if k not in ("dispatched", "streamed")} == \
+            {k: v for k, v in flower[key].items() if k not in ("dispatched", "streamed")}, key
+    statuses = {key: flower[key]["status"] for key in flower}
+    assert statuses["link task"] == statuses["node task"] == 200 and statuses["link fleet"] == 401, statuses
+    assert statuses["node garbled"] == 400 and statuses["node no token"] == 401, statuses
+    layers = {key: (flower[key]["dispatched"], flower[key]["streamed"], lean[key]["dispatched"], lean[key]["streamed"])
+              for key in flower}
+    assert layers["link health"] == (8, 8, 3, 3), layers  # not a protobuf call: Flower's own three layers
+    for key in ("link task", "link no token"):
+        assert layers[key] == (8, 8, 3, 0), (key, layers)  # the three checks, none streaming
+    assert layers["link fleet"] == (7, 7, 3, 0), layers  # refused by the signature check (the Fleet event log after it)
+    assert layers["link garbled"] == (5, 5, 2, 0), layers  # the protobuf translation refuses it, as in Flower
+    for key in ("node task", "node garbled", "node no token"):
+        assert layers[key] == (2, 2, 2, 0), (key, layers)
+    assert layers["link login"] == (8, 8, 8, 8) and lean["link login"]["headers"] == flower["link login"]["headers"], layers
+    assert ["cache-control", "no-store"] in lean["link login"]["headers"], lean["link login"]
