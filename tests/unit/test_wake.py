@@ -293,6 +293,13 @@ async def crossed(self, scope, receive, send):
     streamed[-1] += 1
     await crossing(self, scope, receive, send)
 BaseHTTPMiddleware.__init__, BaseHTTPMiddleware.__call__ = set_up, crossed
+import anyio.to_thread
+handed = []  # per request: the synchronous calls handed to a worker thread
+hand_off = anyio.to_thread.run_sync
+async def counted_hand_off(*args, **kwargs):
+    handed[-1] += 1
+    return await hand_off(*args, **kwargs)
+anyio.to_thread.run_sync = counted_hand_off
 from flwr.superlink import main
 from flwr.supernode import main as node_main
 from flwr.supernode.nodestate import NodeStateFactory
@@ -303,9 +310,10 @@ apps = {"link": main.create_app(),
 async def ask(client, method, path, body=b""):
     dispatched.append(0)
     streamed.append(0)
+    handed.append(0)
     r = await client.request(method, path, content=body, headers={"content-type": "application/protobuf"})
     return {"status": r.status_code, "body": r.content.hex(), "headers": sorted(r.headers.items()),
-            "dispatched": dispatched[-1], "streamed": streamed[-1]}
+            "dispatched": dispatched[-1], "streamed": streamed[-1], "handed": handed[-1]}
 async def probe():
     answers = {"applied": applied}
     for name, app in apps.items():
@@ -322,13 +330,16 @@ print(json.dumps(asyncio.run(probe())))
 """
 
 
+COUNTS = ("dispatched", "streamed", "handed")
+
+
 def test_lean_flower_apps_answer_as_flowers_own_with_fewer_middleware_layers() -> None:
     """Flower's SuperLink and SuperNode apps as mlfo's forked processes build them, against Flower's own, request by
     request: the same status, body and headers (a task, an unauthenticated pull, a garbled payload, an unsigned
     Fleet request, a Control route's no-cache header). Off the Control API the SuperLink runs three of its eight
     middlewares' checks (error translation, protobuf translation, the SuperNode signature check), and for a unary
     protobuf call (a Fleet or Runtime request) none of them streams the response through a task of its own; a
-    Control request crosses all eight as in Flower."""
+    Control request crosses all eight as in Flower. A unary call hands nothing to a worker thread."""
     results = {}
     for variant in ("flower", "lean"):
         out = subprocess.run([sys.executable, "-c", LEAN_PROBE, variant], capture_output=True, text=True, timeout=60)
@@ -337,8 +348,7 @@ def test_lean_flower_apps_answer_as_flowers_own_with_fewer_middleware_layers() -
     flower, lean = results.pop("flower"), results.pop("lean")
     assert lean.pop("applied") and not flower.pop("applied")
     for key in flower:  # the same answers
-        assert {k: v for k, v in lean[key].items() if k not in ("dispatched", "streamed")} == \
-            {k: v for k, v in flower[key].items() if k not in ("dispatched", "streamed")}, key
+        assert {k: v for k, v in lean[key].items() if k not in COUNTS} == {k: v for k, v in flower[key].items() if k not in COUNTS}, key
     statuses = {key: flower[key]["status"] for key in flower}
     assert statuses["link task"] == statuses["node task"] == 200 and statuses["link fleet"] == 401, statuses
     assert statuses["node garbled"] == 400 and statuses["node no token"] == 401, statuses
@@ -353,3 +363,8 @@ def test_lean_flower_apps_answer_as_flowers_own_with_fewer_middleware_layers() -
         assert layers[key] == (2, 2, 2, 0), (key, layers)
     assert layers["link login"] == (8, 8, 8, 8) and lean["link login"]["headers"] == flower["link login"]["headers"], layers
     assert ["cache-control", "no-store"] in lean["link login"]["headers"], lean["link login"]
+    # The synchronous work of a unary call (dependencies, the signature check, the handler) runs in line; a Control
+    # call still hands its work to the thread pool as in Flower.
+    for key in ("link task", "link no token", "link fleet", "node task", "node no token"):
+        assert flower[key]["handed"] > 0 and lean[key]["handed"] == 0, (key, flower[key], lean[key])
+    assert lean["link login"]["handed"] == flower["link login"]["handed"] > 0, (flower["link login"], lean["link login"])
