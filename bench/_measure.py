@@ -65,8 +65,8 @@ def _kind(pid: int) -> str:
     return "other"
 
 
-def _cpu_table() -> dict[int, tuple[int, str, float, float]]:
-    """PID -> (start tick, kind, own CPU s, CPU s of its reaped children) of every process, from /proc."""
+def _cpu_table() -> dict[int, tuple[int, int, str, float, float]]:
+    """PID -> (start tick, parent PID, kind, own CPU s, CPU s of its reaped children) of every process, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
     table = {}
     for entry in os.listdir("/proc"):
@@ -77,8 +77,8 @@ def _cpu_table() -> dict[int, tuple[int, str, float, float]]:
         except OSError:
             continue
         # after the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14) ... starttime(19)
-        table[int(entry)] = (int(fields[19]), _kind(int(entry)), (int(fields[11]) + int(fields[12])) / tick,
-                             (int(fields[13]) + int(fields[14])) / tick)
+        table[int(entry)] = (int(fields[19]), int(fields[1]), _kind(int(entry)),
+                             (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick)
     return table
 
 
@@ -90,22 +90,54 @@ def _busy_seconds() -> float:
 
 
 class CpuByKind:
-    """The machine's busy CPU seconds over a job, and how they split among kinds of process (by /proc: a process's
-    own time, plus the time of the children it reaped meanwhile, which is where a forked ClientApp task's goes)."""
+    """The machine's busy CPU seconds over a job, and how they split among kinds of process (by /proc).
+
+    The processes are looked at every `every` seconds, and each counts with the last CPU time seen of it, so a
+    SuperNode or SuperLink that ends before the job does still counts as itself (its parent, which reaps it, would
+    otherwise get its time). What a parent reaped beyond the children seen (a forked ClientApp task lives a
+    fraction of a second) counts for the parent's kind, which is where a task's time goes."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every = every
+        self._stop = threading.Event()
+        self._seen: dict[tuple[int, int], tuple[int, str, float, float]] = {}  # (pid, start) -> (ppid, kind, own, reaped)
+
+    def _look(self) -> None:
+        for pid, (start, ppid, what, own, reaped) in _cpu_table().items():
+            known = self._seen.get((pid, start))
+            # A fork first shows its parent's command line, then its own title; a zombie shows none.
+            self._seen[(pid, start)] = (ppid, known[1] if known and what == "other" else what, own, reaped)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            self._look()
 
     def __enter__(self) -> CpuByKind:
-        self._before, self._busy_before = _cpu_table(), _busy_seconds()
+        self._before = {(pid, row[0]): row for pid, row in _cpu_table().items()}
+        self._busy_before = _busy_seconds()
+        self._thread = threading.Thread(target=self._watch, name="cpu-by-kind", daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        after = _cpu_table()
+        self._stop.set()
+        self._thread.join()
+        self._look()
         self.busy = round(_busy_seconds() - self._busy_before, 1)
+        alive = {(pid, row[0]) for pid, row in _cpu_table().items()}
+        # Own time of every process seen, since the start (or since it began).
+        own_since = {key: own - (self._before[key][3] if key in self._before else 0.0)
+                     for key, (_, _, own, _) in self._seen.items()}
+        # Children seen that ended: their parent's reaped time already holds them.
+        reaped_seen: dict[int, float] = {}
+        for key, (ppid, _, _, _) in self._seen.items():
+            if key not in alive:
+                reaped_seen[ppid] = reaped_seen.get(ppid, 0.0) + own_since[key]
         self.by_kind: dict[str, float] = {}
-        for pid, (start, what, own, reaped) in after.items():
-            earlier = self._before.get(pid)
-            if earlier is not None and earlier[0] == start:
-                own, reaped = own - earlier[2], reaped - earlier[3]
-            self.by_kind[what] = self.by_kind.get(what, 0.0) + own + reaped
+        for key, (_, what, _, reaped) in self._seen.items():
+            reaped_since = reaped - (self._before[key][4] if key in self._before else 0.0)
+            unseen = max(0.0, reaped_since - reaped_seen.get(key[0], 0.0))
+            self.by_kind[what] = self.by_kind.get(what, 0.0) + own_since[key] + unseen
 
     def lines(self, per: float, unit: str) -> list[str]:
         """The kinds, largest first, in CPU seconds and per `unit` (`per` of them)."""
