@@ -86,5 +86,10 @@ def serve_briefly(args: list[str], workdir: Path, port: int) -> tuple[subprocess
         wait_for_port("127.0.0.1", port, 30)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # it did not stop: the test fails, and the service does not outlive it
+            proc.kill()
+            proc.communicate()
+            raise
     return proc, stderr
