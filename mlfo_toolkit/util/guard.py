@@ -4,6 +4,9 @@ The node agent starts Flower's SuperLink and `flwr run` in sessions of their own
 its SuperExec further still), so a SIGKILLed agent used to leave them training. Each runs under
 this guard instead: it remembers every descendant while the parent links exist and, when the
 owner process is gone (or the child ends, or it gets SIGTERM), stops that whole tree by PID.
+The guard is a child subreaper (prctl PR_SET_CHILD_SUBREAPER): a descendant whose parent died (a
+ServerApp whose SuperLink was killed, started after the guard last looked) becomes the guard's
+child, not init's, so the last look finds it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from mlfo_toolkit.util.processes import end_processes, same_process
 
 POLL_SECONDS = 1.0
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 # Listing descendants scans every process on the machine (this kernel has no /proc/PID/task/*/children),
 # about 400 at the seed's scale: do it rarely. The tree is walked once more at the end, while the
 # child still holds it together; the periodic walk only covers a child that exits on its own.
@@ -35,17 +39,30 @@ def die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def become_subreaper() -> None:
+    """Orphaned descendants of this process become its children (Linux 3.4+), not init's."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
 def guard(owner: tuple[int, float], argv: list[str]) -> int:
+    become_subreaper()
     child = subprocess.Popen(argv, preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads here yet)
     known: dict[int, psutil.Process] = {}
     stopping = False
 
     def remember() -> None:
         try:
-            for proc in psutil.Process(os.getpid()).children(recursive=True):
-                known.setdefault(proc.pid, proc)
+            descendants = psutil.Process(os.getpid()).children(recursive=True)
         except psutil.Error:
-            pass
+            return
+        for proc in descendants:
+            known.setdefault(proc.pid, proc)
+            try:
+                if proc.pid != child.pid and proc.ppid() == os.getpid() and proc.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(proc.pid, os.WNOHANG)  # an orphan that came to the guard and ended: reap it
+                    known.pop(proc.pid, None)
+            except (psutil.Error, ChildProcessError):
+                pass
 
     def stop_all() -> None:
         remember()
