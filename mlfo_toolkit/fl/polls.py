@@ -227,8 +227,8 @@ def _sync_work_in_line(module_names: tuple[str, ...]) -> None:
     calls the function at once in the event loop's thread instead of handing it to a worker thread.
 
     For every Fleet or Runtime call, FastAPI and Flower hand the synchronous parts to Starlette's thread pool: each
-    dependency (the state, the settings), the SuperNode signature check and the handler, four hand-offs for work
-    that takes microseconds (a state lookup, an ECDSA check). Each hand-off costs the event loop a capacity limiter,
+    dependency (the state, the settings, the version check), the SuperNode signature check and the handler: six
+    hand-offs for an acquire-task, for work that takes microseconds (a state lookup, an ECDSA check). Each hand-off costs the event loop a capacity limiter,
     a cancel scope and a wake-up from the worker: under load, a fifth of a SuperLink's CPU, while the handlers
     themselves were a few percent (py-spy, GIL samples). The handlers on these routes answer at once (no waits,
     no long polls), so running them in line keeps the answers and their order. Every other request (a stream, a
