@@ -102,11 +102,14 @@ class CpuByKind:
         self._stop = threading.Event()
         self._seen: dict[tuple[int, int], tuple[int, str, float, float]] = {}  # (pid, start) -> (ppid, kind, own, reaped)
 
-    def _look(self) -> None:
-        for pid, (start, ppid, what, own, reaped) in _cpu_table().items():
+    def _look(self) -> set[tuple[int, int]]:
+        """Note every process's CPU time now; the (pid, start) of those running."""
+        table = _cpu_table()
+        for pid, (start, ppid, what, own, reaped) in table.items():
             known = self._seen.get((pid, start))
             # A fork first shows its parent's command line, then its own title; a zombie shows none.
             self._seen[(pid, start)] = (ppid, known[1] if known and what == "other" else what, own, reaped)
+        return {(pid, row[0]) for pid, row in table.items()}
 
     def _watch(self) -> None:
         while not self._stop.wait(self.every):
@@ -122,9 +125,8 @@ class CpuByKind:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join()
-        self._look()
+        alive = self._look()
         self.busy = round(_busy_seconds() - self._busy_before, 1)
-        alive = {(pid, row[0]) for pid, row in _cpu_table().items()}
         # Own time of every process seen, since the start (or since it began).
         own_since = {key: own - (self._before[key][3] if key in self._before else 0.0)
                      for key, (_, _, own, _) in self._seen.items()}

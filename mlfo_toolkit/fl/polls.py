@@ -228,9 +228,9 @@ def _sync_work_in_line(module_names: tuple[str, ...]) -> None:
 
     For every Fleet or Runtime call, FastAPI and Flower hand the synchronous parts to Starlette's thread pool: each
     dependency (the state, the settings, the version check), the SuperNode signature check and the handler: six
-    hand-offs for an acquire-task, for work that takes microseconds (a state lookup, an ECDSA check). Each hand-off costs the event loop a capacity limiter,
-    a cancel scope and a wake-up from the worker: under load, a fifth of a SuperLink's CPU, while the handlers
-    themselves were a few percent (py-spy, GIL samples). The handlers on these routes answer at once (no waits,
+    hand-offs for an acquire-task, for work that takes microseconds (a state lookup, an ECDSA check). Each hand-off
+    costs the event loop a capacity limiter, a cancel scope and a wake-up from the worker: under load, a fifth of a
+    SuperLink's CPU, while the handlers themselves were a few percent (py-spy, GIL samples). The handlers on these routes answer at once (no waits,
     no long polls), so running them in line keeps the answers and their order. Every other request (a stream, a
     Control call, the model `responses` route) still uses the thread pool."""
     for name in module_names:
@@ -269,21 +269,20 @@ class _InlineHTTPMiddleware:
     not in Flower's protobuf table) goes through Flower's middleware itself."""
 
     def __init__(self, app: Any, base: Any, args: tuple[Any, ...], kwargs: dict[str, Any], inline: Any) -> None:
+        from flwr.supercore.protobuf import translation
+
         self.app = app
         self.base = base(app, *args, **kwargs)  # Flower's own layer, for every request not taken in line
         self.dispatch = self.base.dispatch_func
         self.inline = inline
+        # The request and response classes of Flower's protobuf layer (FastAPI's, which are Starlette's).
+        self.request_class, self.response_class = vars(translation)["Request"], vars(translation)["Response"]
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not self.inline(scope):
             await self.base(scope, receive, send)
             return
-        # The request and response classes of Flower's protobuf layer (FastAPI's, which are Starlette's).
-        from flwr.supercore.protobuf import translation
-
-        Request, Response = vars(translation)["Request"], vars(translation)["Response"]
-
-        request = Request(scope, receive)
+        request = self.request_class(scope, receive)
         body = await request.body()  # kept by the request: `dispatch` reads it again at no cost
 
         async def call_next(_: Any) -> Any:
@@ -307,7 +306,7 @@ class _InlineHTTPMiddleware:
             await self.app(scope, replay, keep)
             if not start:
                 raise RuntimeError("No response returned.")  # as Starlette's call_next says
-            response = Response(b"".join(parts), status_code=start["status"])
+            response = self.response_class(b"".join(parts), status_code=start["status"])
             response.raw_headers = list(start.get("headers", []))
             return response
 
