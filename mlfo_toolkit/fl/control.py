@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,19 @@ def settings_from(data: dict[str, Any]) -> Settings:
     )
 
 
+# The agent serves control requests in parallel threads (the closed loop and the client watch may change a run
+# at once): a read-merge-write of the file is done by one of them at a time, so no change overwrites another.
+_UPDATING = threading.Lock()
+
+
 def update_control(path: Path, changes: dict[str, Any]) -> Settings:
     """Merge changes into a control file (excluded nodes add up; a value replaces the earlier one)."""
-    try:
-        current = json.loads(path.read_text())
-    except (OSError, ValueError):
-        current = {}
-    merged = {**current, **{k: v for k, v in changes.items() if k in FIELDS and k != "exclude_nodes" and v is not None}}
-    merged["exclude_nodes"] = sorted({*current.get("exclude_nodes", []), *changes.get("exclude_nodes", [])})
-    write_json_atomically(path, merged)
+    with _UPDATING:
+        try:
+            current = json.loads(path.read_text())
+        except (OSError, ValueError):
+            current = {}
+        merged = {**current, **{k: v for k, v in changes.items() if k in FIELDS and k != "exclude_nodes" and v is not None}}
+        merged["exclude_nodes"] = sorted({*current.get("exclude_nodes", []), *changes.get("exclude_nodes", [])})
+        write_json_atomically(path, merged)
     return settings_from(merged)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -258,3 +260,17 @@ def test_the_timeline_holds_each_round_with_events_until_they_fired() -> None:
     assert fired == ["kill@2"] and holds == [("a", 4)]  # round 2 may start; round 4 is held next
     timeline.due(cohort="a", starting_round=4)
     assert fired == ["kill@2", "kill@4"] and holds[-1] == ("a", 0)  # no more events: nothing held
+
+
+def test_changes_sent_at_once_to_a_run_all_reach_its_control_file(tmp_path: Path) -> None:
+    """The MLFO's closed loop and its client watch change a run at the same time (a node taken out, the sampling
+    halved): the agent serves their requests in parallel threads, and no change may overwrite another (a lost
+    fraction_fit sent a reshaped cohort back to sampling every client)."""
+    from mlfo_toolkit.fl.control import RunControl, update_control
+
+    control_file = tmp_path / "control.json"
+    changes = [{"exclude_nodes": [node]} for node in range(40)] + [{"fraction_fit": 0.5}, {"min_fit": 2}]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda change: update_control(control_file, change), changes))
+    settings = RunControl(control_file).read()
+    assert settings.exclude_nodes == set(range(40)) and settings.fraction_fit == 0.5 and settings.min_fit == 2, settings
