@@ -85,13 +85,16 @@ class AssuranceLoop:
             observation = dataclasses.replace(observation, assessment=assessment)
             name, policy = self._policy(record, settings)
             error = None
-            try:
-                actions = check_actions(policy.decide(observation))
-            except Exception as err:  # a researcher's policy must not take the MLFO down
-                error = f"policy {name} failed ({type(err).__name__}: {err}); the deployment goes on under none"
-                log.warning("deployment %s: %s", deployment_id, error)
-                self._policies[deployment_id] = ("none", NonePolicy())
-                actions = []
+            actions: list[Action] = []
+            # After a stop the run ends with the round under way, which may still report: the loop records what it
+            # shows and does not ask the policy again (a second stop, with the next round's figures, was once recorded).
+            if not _stopped(record):
+                try:
+                    actions = check_actions(policy.decide(observation))
+                except Exception as err:  # a researcher's policy must not take the MLFO down
+                    error = f"policy {name} failed ({type(err).__name__}: {err}); the deployment goes on under none"
+                    log.warning("deployment %s: %s", deployment_id, error)
+                    self._policies[deployment_id] = ("none", NonePolicy())
             results: list[dict[str, Any]] = []
             for action in actions:  # each bounded against the record as the earlier ones left it
                 results.append(self._carry_out(self.table.get(deployment_id), observation, action, results))
@@ -319,6 +322,11 @@ class AssuranceLoop:
         return (f"round {first.round}: {first.results}/{first.sampled} results"
                 + (f", {took:.1f} s" if took is not None else "") + (f", accuracy {first.accuracy:.4f}" if first.accuracy is not None else "")
                 + (f", lost clients {lost}" if lost else ", no client lost"))
+
+
+def _stopped(record: Deployment) -> bool:
+    """Whether the loop stopped this run already (a stop action done)."""
+    return any(a.get("kind") == "stop" and a.get("status") == "done" for d in record.decisions for a in d.actions)
 
 
 def _trim(record: Deployment) -> None:

@@ -317,6 +317,24 @@ def test_an_ended_deployment_gets_no_turn(loop: tuple[AssuranceLoop, DeploymentT
     assert the_loop.step("d1", "round") is None and recorder.calls == []
 
 
+def test_after_a_stop_the_round_under_way_is_recorded_and_nothing_more_is_decided(
+        loop: tuple[AssuranceLoop, DeploymentTable, Recorder]) -> None:
+    """The run ends with the round under way when the stop came; that round may still report. The loop records what
+    it showed and asks the policy nothing more (it once recorded a second stop with that round's figures)."""
+    the_loop, table, recorder = loop
+    running_deployment(table, {"value": 0.9})
+    asked = Scripted([[Action("stop", outcome="met", reason="first")], [Action("stop", outcome="met", reason="again")]])
+    the_loop._policies["d1"] = ("scripted", asked)
+    add_round(table, 2, 0.91)
+    assert [a["status"] for a in the_loop.step("d1", "round").actions] == ["done"]  # type: ignore[union-attr]
+    add_round(table, 3, 0.92)
+    assert the_loop.step("d1", "round") is None
+    assert recorder.calls == [("control", {"stop": "target met at round 2: first"})]
+    assert len(asked.answers) == 1, "the policy was asked after the stop"
+    decisions = table.get("d1").decisions
+    assert len(decisions) == 1 and (decisions[0].outcome or "").startswith("round 3: 4/4 results")
+
+
 def test_the_readme_policy_is_the_shipped_file_and_trains_fewer_clients_while_on_track() -> None:
     from tests.helpers import REPO
 
