@@ -54,8 +54,8 @@ class MlfoSettings(_Section):
     cloud: str = Field("127.0.0.1:9000", description="HOST:PORT of the cloud MLFO's Mo-Mo API")
     catalog: Path | None = Field(None, description="operand catalog; default: intents/catalog.yaml")
     poll_seconds: float = Field(
-        1.0, gt=0, description="how often a deployment's FL server agent is polled while its rounds move (when no round "
-        "ended for 10 polls: every client_check_seconds, at most lost_after_seconds / 2)"
+        1.0, gt=0, description="how soon a deployment's FL server agent is asked again after it could not be reached "
+        "(or answered at once with nothing new); an agent that can waits for the next round and answers when it ends"
     )
     client_check_seconds: float = Field(
         5.0, gt=0, description="how often each FL client's agent is checked (a silent one is lost after lost_after_seconds)"

@@ -48,6 +48,10 @@ SUPERNODE_START_SECONDS = 120.0
 SUPERNODE_SPAWN_SECONDS = 30.0
 # How long a stopped FL server's last round stays in /metrics (Prometheus scrapes every few seconds).
 ENDED_METRICS_SECONDS = 60.0
+# A `/status` that waits for the next round (the MLFO's watch) looks at the run this often: a round is answered
+# within this of its end, at the cost of a stat.
+STATUS_LOOK_SECONDS = 0.05
+STATUS_MAX_WAIT_SECONDS = 30.0
 
 
 class ServerStartParams(BaseModel):
@@ -247,6 +251,16 @@ class FlServer:
             "pids": [self.superlink.pid] + ([self.submitter.pid] if self.submitter else []),
             "control": control.to_dict(),
         }
+
+    def mark(self) -> tuple[Any, ...]:
+        """What changes when the run moves on: its events file (a round, its end) and its processes. Cheap (a stat
+        and two looks at processes), so that a waiting `/status` can look often."""
+        try:
+            seen = self.metrics_file.stat()
+            events = (seen.st_size, seen.st_mtime_ns)
+        except OSError:
+            events = (-1, 0)
+        return (*events, self.superlink.running(), self.submitter.returncode() if self.submitter else None)
 
     def stop(self) -> None:
         if self.submitter is not None:
@@ -626,6 +640,12 @@ class NodeAgent:
         return probe_path(params.target, params.bytes, self.config.southbound_token)
 
     # --- status and stop ---------------------------------------------------------------------
+    def status_mark(self) -> tuple[Any, ...]:
+        """Changes when the answer of `status()` about the FL server may have: a waiting `/status` looks at it every
+        STATUS_LOOK_SECONDS and asks `status()` again only when it changed."""
+        server = self.server
+        return (id(server), *server.mark()) if server is not None else (None,)
+
     def status(self) -> dict[str, Any]:
         # Only the FL server's traffic goes into the answer: a client-only agent need not sample sockets. The answer
         # that says the run ended is the MLFO's last look at its bytes, so it is sampled now: a sample up to
@@ -722,3 +742,12 @@ class NodeAgent:
         current = [(server.params.deployment, server.params.cohort, server.status())] if server else []
         latest = {deployment: (deployment, cohort, status) for deployment, cohort, status in [*ended, *current]}
         return list(latest.values())  # one entry per deployment: Prometheus refuses a series twice
+
+
+def round_news(answer: dict[str, Any], rounds_after: int) -> bool:
+    """Whether an agent's `status()` answer has what a watch waiting after round `rounds_after` waits for: a later
+    round, the run's end, or no FL server at all."""
+    server = answer.get("server")
+    if not server:
+        return True
+    return server.get("state") in ("done", "failed") or len(server.get("rounds") or []) > rounds_after

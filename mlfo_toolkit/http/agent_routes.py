@@ -6,13 +6,23 @@ Kept apart from the MLFOs' routes so that an agent imports neither orchestrator 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from mlfo_toolkit.agent.node import ClientStartParams, ControlParams, NodeAgent, ProbeParams, ServerStartParams
+from mlfo_toolkit.agent.node import (
+    STATUS_LOOK_SECONDS,
+    STATUS_MAX_WAIT_SECONDS,
+    ClientStartParams,
+    ControlParams,
+    NodeAgent,
+    ProbeParams,
+    ServerStartParams,
+    round_news,
+)
 from mlfo_toolkit.agent.probes import MAX_PROBE_BYTES, blob, free_cpus
 from mlfo_toolkit.http.app import service_app
 from mlfo_toolkit.http.forms import form_schema, read_fields
@@ -47,8 +57,23 @@ def agent_app(agent: NodeAgent) -> FastAPI:
         return await run_in_threadpool(agent.control, params)
 
     @app.get("/status", dependencies=[private], summary="The FL server and clients of this agent")
-    def status() -> dict[str, Any]:
-        return agent.status()
+    async def status(
+        rounds_after: Annotated[int | None, Query(ge=0, le=1_000_000, description=(
+            "answer once the FL server has more rounds than this, its run ended or it is gone (or `wait` passed)"))] = None,
+        wait: Annotated[float, Query(ge=0, le=STATUS_MAX_WAIT_SECONDS, description="seconds to wait for that at most")] = 0.0,
+    ) -> dict[str, Any]:
+        # The MLFO's watch waits here for the next round, so that its closed loop acts on each round as it ends rather
+        # than at its next poll. Waiting costs a stat every STATUS_LOOK_SECONDS and no thread.
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + wait
+        mark = agent.status_mark()
+        answer = await run_in_threadpool(agent.status)
+        while rounds_after is not None and not round_news(answer, rounds_after) and clock() < deadline:
+            while agent.status_mark() == mark and clock() < deadline:
+                await asyncio.sleep(min(STATUS_LOOK_SECONDS, max(0.0, deadline - clock())))
+            mark = agent.status_mark()
+            answer = await run_in_threadpool(agent.status)
+        return answer
 
     @app.get("/capacity", dependencies=[private], summary="This host's free CPU (cores), sampled over half a second")
     def capacity() -> dict[str, Any]:

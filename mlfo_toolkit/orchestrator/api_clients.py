@@ -101,8 +101,13 @@ class AgentClient(ApiClient):
     def start_client(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/cli", data=_form(fields)))
 
-    def status(self) -> dict[str, Any]:
-        return dict(self.request("GET", "/status"))
+    def status(self, rounds_after: int | None = None, wait: float = 0.0) -> dict[str, Any]:
+        """The agent's FL server and clients. With `rounds_after`, the agent holds its answer (at most `wait`
+        seconds) until its FL server has a later round, its run ended or it is gone."""
+        if rounds_after is None:
+            return dict(self.request("GET", "/status"))
+        return dict(self.request("GET", "/status", params={"rounds_after": rounds_after, "wait": f"{wait:.3f}"},
+                                 timeout=wait + self.timeout))
 
     def control(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Change a running FL run (JSON: node ids are 64-bit numbers)."""

@@ -788,7 +788,7 @@ class CampusMlfo:
 
     def close(self) -> None:
         self._stopping.set()
-        self.watch.stopping.set()
+        self.watch.stop()
         self.queue.server_freed()
         for thread in self._threads:
             thread.join(timeout=10)

@@ -2,10 +2,15 @@
 
 A client whose SuperNode exited, or whose agent stays silent for `mlfo.lost_after_seconds`, is marked
 lost; the deployment ends when the FL run ends, or fails when the FL server is gone or silent.
+
+The server's agent is asked to answer when the next round ends (`GET /status?rounds_after=N&wait=S`), so that
+the closed loop takes each round as it ends, however short the rounds: polled every `mlfo.poll_seconds`, a
+loop saw sub-second rounds late, or two at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -23,7 +28,7 @@ from mlfo_toolkit.orchestrator.tiers import edge_traffic
 
 log = logging.getLogger(__name__)
 
-QUIET_POLLS = 10  # polls without a new round before a deployment's FL server is polled less often
+MAX_WAIT_SECONDS = 30.0  # the longest an FL server's agent is asked to hold its answer (the agent's own limit)
 Finish = Callable[[str, str, "str | None"], None]
 EdgeLost = Callable[[str, int], None]
 
@@ -43,10 +48,19 @@ class DeploymentWatch:
         # kept, not made anew for each poll.
         self.agents = AgentPool(config, timeout=min(config.api.timeout_seconds, config.mlfo.lost_after_seconds / 2))
         self._checks = ThreadPoolExecutor(max_workers=16, thread_name_prefix="check")
+        self._asking: set[threading.Event] = set()  # the asks in flight, each ended at once by close()
+        self._asking_lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Stop following: each follow() returns at once, or after the turn it is in (an ask in flight is given up)."""
+        with self._asking_lock:
+            self.stopping.set()
+            for asking in self._asking:
+                asking.set()
 
     def close(self) -> None:
-        """Stop following (each follow() returns at its next poll) and drop the kept connections and threads."""
-        self.stopping.set()
+        """Stop following and drop the kept connections and threads."""
+        self.stop()
         self._checks.shutdown(wait=False, cancel_futures=True)
         self.agents.close()
 
@@ -80,24 +94,28 @@ class DeploymentWatch:
         self._turn(deployment_id, "start" if not seen_rounds else "round")
         last_contact = time.monotonic()
         next_client_check = time.monotonic() + cfg.client_check_seconds
-        # A run whose rounds stand still (held, waiting for clients, or slow) is polled less often; never so rarely that
-        # a lost server is seen much later than lost_after_seconds.
-        quiet_wait = max(cfg.poll_seconds, min(cfg.client_check_seconds, cfg.lost_after_seconds / 2))
-        quiet_polls = 0
-        while not self.stopping.wait(cfg.poll_seconds if quiet_polls < QUIET_POLLS else quiet_wait):
-            quiet_polls += 1
+        while not self.stopping.is_set():
             record = self.table.get(deployment_id)
             if record.ended or record.server is None:
                 return
+            agent = self.agents.get(record.server.agent)
+            # The server's agent holds its answer until a round after the last one seen ends (or the run does), so the
+            # closed loop acts on each round as it ends; at most until the clients' next check, and never so long that
+            # a silent agent is noticed much later than lost_after_seconds.
+            wait = min(max(0.0, next_client_check - time.monotonic()), cfg.lost_after_seconds / 2, MAX_WAIT_SECONDS)
+            asked = time.monotonic()
             try:
-                status = self.agents.get(record.server.agent).status()
+                status = self._ask(functools.partial(agent.status, rounds_after=seen_rounds, wait=wait)) if wait > 0 else agent.status()
                 last_contact = time.monotonic()
+            except _Closed:
+                return
             except MlfoError as err:
                 silent = time.monotonic() - last_contact
                 if silent >= lost_after(self.config, err):
                     self.finish(deployment_id, "failed",
                                 f"lost contact with the FL server's agent {record.server.agent} for {silent:.0f} s: {err.message}")
                     return
+                self.stopping.wait(cfg.poll_seconds)
                 continue
             server = status.get("server") or {}
             if server.get("address") != record.server.server:
@@ -122,10 +140,43 @@ class DeploymentWatch:
                 return
             if len(rounds) > seen_rounds:
                 seen_rounds = len(rounds)
-                quiet_polls = 0
                 self._turn(deployment_id, "round")
             elif lost:
                 self._turn(deployment_id, "lost")
+            elif wait > 0 and (early := time.monotonic() - asked) < min(wait, cfg.poll_seconds):
+                # Nothing new, yet answered at once: an agent that does not wait. Ask it every poll_seconds.
+                self.stopping.wait(cfg.poll_seconds - early)
+
+    def _ask(self, call: Callable[[], T]) -> T:
+        """`call()` on a thread of its own, given up (`_Closed`) as soon as the watch closes: an ask that waits for
+        the next round holds its thread for seconds, and closing the MLFO must not wait for it."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["answer"] = call()
+            except BaseException as err:  # handed to the asking thread
+                box["error"] = err
+            finally:
+                done.set()
+
+        with self._asking_lock:
+            if self.stopping.is_set():
+                raise _Closed
+            self._asking.add(done)
+        try:
+            threading.Thread(target=run, name="ask-agent", daemon=True).start()
+            done.wait()
+        finally:
+            with self._asking_lock:
+                self._asking.discard(done)
+        if "error" in box:
+            raise box["error"]
+        if "answer" not in box:
+            raise _Closed
+        answer: T = box["answer"]
+        return answer
 
     def check_clients(self, deployment_id: str) -> list[int]:
         """Ask each client's agent about its SuperNode; a gone one (or a silent agent) shows `lost`. Returns the
@@ -235,6 +286,10 @@ def _ask_loop(call: Callable[[], T], deployment_id: str, when: str) -> T | None:
     except Exception:
         log.exception("the closed loop of deployment %s (%s)", deployment_id, when)
         return None
+
+
+class _Closed(Exception):
+    """The watch closed while an ask was in flight."""
 
 
 def _lost(client: ClientRecord, reason: str, error: str) -> None:

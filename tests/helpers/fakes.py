@@ -26,6 +26,7 @@ class FakeAgent:
                                              {"round": 2, "loss": 0.4, "accuracy": 0.9, "time": 0}]
         self.control_calls: list[dict[str, Any]] = []
         self.report_clients = False  # list the clients it started as running in /status (else none: they show lost)
+        self.waits = False  # hold a /status?rounds_after=N&wait=S answer as the real agent does (else answer at once)
         self.lock = threading.Lock()
         api = FakeApi(token)
 
@@ -48,6 +49,12 @@ class FakeAgent:
 
         @api.route("GET", "/status")
         def status(request: Request) -> dict[str, Any]:
+            # Like the real agent, it holds its answer until a later round, the run's end or `wait` (if asked to).
+            if self.waits and "rounds_after" in request.query:
+                after, deadline = int(request.query["rounds_after"]), time.monotonic() + float(request.query["wait"])
+                while (len(self.rounds) <= after and self.final_state == "running" and not self.server_stopped
+                       and not self.control_calls and time.monotonic() < deadline):
+                    time.sleep(0.02)
             if not self.serv_calls or self.server_stopped:
                 time.sleep(self.status_delay)
                 return {"server": None, "clients": []}

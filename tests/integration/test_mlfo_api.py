@@ -240,3 +240,33 @@ def test_seed_and_round_timeout_reach_the_agents_and_a_lost_client_restarts(conf
         assert requests.get(f"{built.url}/health", timeout=5).status_code == 200  # and it kept serving
     finally:
         close(closables)
+
+
+def test_the_campus_takes_each_round_as_it_ends_and_closes_without_waiting_for_the_next(config: Config, workdir: Path) -> None:
+    """The watch asks the server's agent to answer when the next round ends: the round shows at once, although the
+    MLFO would poll only every 30 s here and check clients once a minute; and closing the MLFO does not wait for
+    the ask in flight."""
+    slow = {"mlfo.poll_seconds": 30, "mlfo.client_check_seconds": 60, "mlfo.lost_after_seconds": 120}
+    built, closables = start_orchestra(config.with_overrides(slow), workdir, servers=1)
+    try:
+        agent = built.servers[0]
+        agent.final_state, agent.waits = "running", True
+        deployment = send(built, cohortsize=2, numround=5).json()["id"]
+        deadline = time.monotonic() + 10
+        while len(built.campus.deployment(deployment).rounds) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(built.campus.deployment(deployment).rounds) == 2  # what the agent had when it was first asked
+        time.sleep(0.5)  # the watch now waits on the agent for round 3
+        agent.rounds.append({"round": 3, "loss": 0.3, "accuracy": 0.93, "time": 0})
+        ended = time.monotonic()
+        while len(built.campus.deployment(deployment).rounds) < 3 and time.monotonic() < ended + 20:
+            time.sleep(0.05)
+        seen = time.monotonic() - ended
+        assert len(built.campus.deployment(deployment).rounds) == 3
+        assert seen < 5, f"round 3 showed {seen:.1f} s after it ended: the watch did not wait on the agent"
+        time.sleep(0.5)  # waiting on the agent for round 4
+        closing = time.monotonic()
+        built.campus.close()
+        assert time.monotonic() - closing < 5, "closing the campus MLFO waited for the agent's answer"
+    finally:
+        close(closables)

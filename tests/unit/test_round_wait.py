@@ -1,0 +1,97 @@
+"""An agent's `/status` that waits for the next round: the MLFO's watch learns of a round as it ends."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mlfo_toolkit.agent.node import FlServer, NodeAgent
+from mlfo_toolkit.config import Config
+from mlfo_toolkit.errors import RemoteError
+from mlfo_toolkit.http.agent_routes import agent_app
+from mlfo_toolkit.http.server import HttpServer
+from mlfo_toolkit.orchestrator.api_clients import AgentClient
+
+
+class _Process:
+    pid = 1
+
+    def running(self) -> bool:
+        return True
+
+    def returncode(self) -> int | None:
+        return None
+
+    def tail(self, lines: int = 20) -> str:
+        return ""
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture
+def served(config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    agent = NodeAgent(config, work_dir=tmp_path / "agent")
+    monkeypatch.setattr(agent, "traffic", lambda max_age=0.0: [])
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps({"event": "started"}) + "\n")
+    params = SimpleNamespace(deployment="d1", tier="flat", algo="fedavg", numround=5, cohort="c")
+    agent.server = FlServer(params=params, address="127.0.0.1:9092", superlink=_Process(), submitter=None,  # type: ignore[arg-type]
+                            metrics_file=metrics)
+    http = HttpServer(agent_app(agent), "127.0.0.1", 0).start()
+    try:
+        yield AgentClient(http.address, timeout=5), metrics
+    finally:
+        http.close()
+
+
+def _round(metrics: Path, number: int, partial: bool = False) -> None:
+    line = json.dumps({"event": "round", "round": number, "loss": 0.5, "accuracy": 0.8, "time": time.time()})
+    with metrics.open("a") as out:
+        out.write(line[:10] if partial else line + "\n")
+
+
+def test_a_waiting_status_answers_when_the_round_ends(served: Any) -> None:
+    client, metrics = served
+    answers: list[dict[str, Any]] = []
+    asking = threading.Thread(target=lambda: answers.append(client.status(rounds_after=0, wait=20)))
+    asked = time.monotonic()
+    asking.start()
+    time.sleep(0.4)
+    assert not answers, "answered before any round ended"
+    _round(metrics, 1)
+    asking.join(25)
+    took = time.monotonic() - asked
+    assert answers and [r["round"] for r in answers[0]["server"]["rounds"]] == [1]
+    assert took < 10, f"answered after {took:.1f} s: at the end of its wait, not at the round's end"
+
+
+def test_a_waiting_status_ignores_other_lines_and_answers_with_what_it_has_when_the_wait_ends(served: Any) -> None:
+    client, metrics = served
+    _round(metrics, 1)
+    answer = client.status(rounds_after=0, wait=5)  # round 1 is already there: at once
+    assert [r["round"] for r in answer["server"]["rounds"]] == [1]
+    writer = threading.Timer(0.2, lambda: _round(metrics, 2, partial=True))  # a line being written is no round
+    writer.start()
+    asked = time.monotonic()
+    answer = client.status(rounds_after=1, wait=1.0)
+    writer.join()
+    assert time.monotonic() - asked >= 0.9
+    assert [r["round"] for r in answer["server"]["rounds"]] == [1]
+    assert answer["server"]["state"] == "running"
+
+
+def test_a_bad_wait_is_refused_naming_the_field_and_the_agent_serves_on(served: Any) -> None:
+    client, _ = served
+    for query, field in (({"rounds_after": 0, "wait": 3600}, "wait"), ({"rounds_after": "two", "wait": 1}, "rounds_after")):
+        with pytest.raises(RemoteError) as refused:
+            client.request("GET", "/status", params=query)
+        assert refused.value.status == 400 and field in json.dumps(refused.value.body), refused.value.body
+    assert client.status()["server"]["address"] == "127.0.0.1:9092"
