@@ -10,9 +10,10 @@ differs, in one of two ways:
 
 * **wake-ups** (`fl.wakeups`, the default; `mlfo_toolkit/fl/wake.py`): an idle SuperNode waits on a
   socket of its own, which the cohort's ServerApp writes to right after it pushed a round's
-  messages, so it pulls at once; with nothing to do it still asks every 10 s (Flower's: 3 s). The
-  waits for its ClientApp's reply are short (20 ms), the executor is told at once that a message
-  came, and the ServerApp that the reply went up.
+  messages, so it pulls at once; with nothing to do it still asks every 10 s (Flower's: 3 s). While
+  it waits for its ClientApp's reply it is woken when the ClientApp pushes to it (looking every
+  0.25 s anyway), the executor is told at once that a message came, and the ServerApp that the
+  reply went up.
 * **fast polls** (`fl.supernode_poll_seconds`, for comparison): for `hot` seconds after it last
   handled a message, a pull that found nothing waits `fast` seconds instead of 3, and the waits for a
   reply take `fast / 4`; then it falls back to Flower's 3 s.
@@ -31,6 +32,7 @@ import contextvars
 import importlib.metadata
 import os
 import sys
+import threading
 import time
 import types
 from collections.abc import MutableMapping
@@ -46,7 +48,10 @@ FLOWER_IDLE_SLEEP = 3.0  # what Flower's SuperNode sleeps when a pull found noth
 # With wake-ups: how often an idle SuperNode asks anyway (a safety net: every push of mlfo's ServerApps wakes it).
 # Flower's own 3 s made fifty idle SuperNodes a fifth of a core, with their SuperLinks' answers.
 IDLE_WAIT = 10.0
-REPLY_WAIT = 0.02  # with wake-ups: how often a node that handles a message looks for its ClientApp's reply
+# With wake-ups, a node that handles a message is woken when its ClientApp pushes to it (the reply, its objects);
+# it looks anyway this often (a safety net). It looked every 20 ms before: Flower's scan of its message store at each
+# look was 18 % of a loaded SuperNode's interpreter samples (py-spy --gil, `mlfo demo` 3 x 10 x 40).
+REPLY_WAIT = 0.25
 
 
 def tested_flower() -> bool:
@@ -67,6 +72,7 @@ class PollClock:
         self.wake, self.waker, self.executor, self.name = wake, waker, executor, name
         self.last_busy = clock.monotonic()  # a SuperNode that just started is about to get its first message
         self.polls = 0
+        self.pushed_here = threading.Event()  # the ClientApp pushed to this SuperNode (see `came`)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.clock, name)
@@ -79,6 +85,11 @@ class PollClock:
         self.last_busy = self.clock.monotonic()
         if self.executor is not None:
             self.executor.wake_socket(EXECUTOR_SOCKET, self.name.encode(), patience=NAMED_WAKE_PATIENCE)
+
+    def came(self) -> None:
+        """The ClientApp pushed its reply, or one of the reply's objects, to this SuperNode: Flower's loop, waiting
+        for them, looks again at once. Set after the push was stored, so the look finds it."""
+        self.pushed_here.set()
 
     def pushed(self) -> None:
         """The reply went up to the SuperLink: the ServerApp is told."""
@@ -99,7 +110,10 @@ class PollClock:
             return
         self.last_busy = now  # waiting for its ClientApp's reply, or for a reply's objects
         if self.wake is not None:
-            self.clock.sleep(min(seconds, REPLY_WAIT))
+            # Cleared after the wait: a push that came before the clear was stored before Flower's next look (which
+            # finds it); one after it leaves the event set for the next wait.
+            if self.pushed_here.wait(min(seconds, REPLY_WAIT)):
+                self.pushed_here.clear()
         else:
             self.clock.sleep(min(seconds, self.fast / 4 if self.fast > 0 else seconds))
 
@@ -137,7 +151,28 @@ def quicken_supernode(fast: float, hot: float, *, wake_folder: str = "", executo
         return done
 
     setattr(loop, "_push_messages", push_messages)  # noqa: B010
+    if wake_folder:
+        _tell_of_pushes(clock)
     return clock
+
+
+def _tell_of_pushes(clock: PollClock) -> None:
+    """The SuperNode's Runtime API handlers that store what its ClientApp pushes (the reply, its objects) tell the
+    clock when they stored it. Flower's routes look the handlers up on this module at each call."""
+    from flwr.supernode.servicer.runtime import runtime_handlers as handlers
+
+    for name in ("push_messages", "push_object"):
+        original = getattr(handlers, name, None)
+        if not callable(original):
+            raise MissingDependencyError(f"Flower's SuperNode has no Runtime handler {name}: mlfo's wake-ups do not fit it",
+                                         hint="install the Flower version mlfo pins (flwr==1.42.*), or set fl.wakeups: false")
+
+        def told(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            answer = _original(*args, **kwargs)
+            clock.came()
+            return answer
+
+        setattr(handlers, name, told)
 
 
 QUIET_TICK = 1.0  # seconds between the idle ticks of a quietened uvicorn (its own: 0.1 s)

@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,10 +98,16 @@ def test_a_supernode_with_wake_ups_tells_the_executor_and_the_server_and_waits_o
     polls.sleep(3)  # a pull found nothing: wait on the socket, woken at once
     assert time.monotonic() - started < 1 and clock.slept == []
     polls.stored()  # it stored a message and waits for its ClientApp's reply
+    waited = time.monotonic()
+    polls.sleep(0.5)  # nothing pushed yet: it looks again after REPLY_WAIT, not Flower's 0.5 s
+    assert REPLY_WAIT * 0.9 <= time.monotonic() - waited < 0.5
+    threading.Timer(0.05, polls.came).start()  # the ClientApp pushes its reply
+    waited = time.monotonic()
     polls.sleep(0.5)
-    polls.sleep(0.5)
+    assert time.monotonic() - waited < REPLY_WAIT * 0.9, "not woken by the ClientApp's push"
+    assert not polls.pushed_here.is_set()  # the next wait waits again
     assert executor.wait(1) == [b"site-client-1"]  # told once, by name
-    assert clock.slept == [REPLY_WAIT, REPLY_WAIT]
+    assert clock.slept == []
     assert server.wait(0) == []
     polls.pushed()  # its reply went up: the ServerApp is told
     assert server.wait(0) == [b"!"]
@@ -120,9 +128,22 @@ def test_flowers_loop_tells_the_clock_of_every_message_it_stored(tmp_path: Path)
     folder = tmp_path / "wake"
     folder.mkdir()
     executor = WakeSocket(folder / EXECUTOR_SOCKET)
+    from flwr.supernode.servicer.runtime import runtime_handlers as handlers
+
     saved = (loop.time, loop._push_messages)
+    saved_handlers = (handlers.push_messages, handlers.push_object)
     calls: list[str] = []
     loop._push_messages = lambda **kwargs: calls.append("push")
+    stored: list[str] = []
+
+    def storing(what: str) -> Any:
+        def handler(*args: Any) -> None:
+            assert not clock.pushed_here.is_set(), "the clock was told before the push was stored"  # type: ignore[union-attr]
+            stored.append(what)
+        return handler
+
+    handlers.push_messages, handlers.push_object = storing("message"), storing("object")
+    clock = None
     try:
         clock = quicken_supernode(0, 30, wake_folder=str(folder), executor_folder=str(folder), name="n1")
         assert clock is not None
@@ -130,8 +151,17 @@ def test_flowers_loop_tells_the_clock_of_every_message_it_stored(tmp_path: Path)
         loop._push_messages(state=None, object_store=None, send=None, push_object=None)
         assert calls == ["push", "push"]
         assert executor.wait(1) + executor.wait(1) == [b"n1", b"n1"]
+        # The ClientApp's pushes reach Flower's handlers (stand-ins here, wrapped as Flower's are), which then wake
+        # the clock: after the push was stored.
+        assert not clock.pushed_here.is_set()
+        handlers.push_object(None, None, None)
+        assert stored == ["object"] and clock.pushed_here.is_set()
+        clock.pushed_here.clear()
+        handlers.push_messages(None, None, None)
+        assert stored == ["object", "message"] and clock.pushed_here.is_set()
     finally:
         loop.time, loop._push_messages = saved
+        handlers.push_messages, handlers.push_object = saved_handlers
         if clock is not None:
             for sock in (clock.wake, clock.waker, clock.executor):
                 if sock is not None:
