@@ -138,6 +138,8 @@ def main() -> None:
                 sys.exit(f"intent send failed ({sent.returncode}):\n{sent.stderr[-3000:]}")
             summary, _ = json.JSONDecoder().raw_decode(sent.stdout.strip())  # a failed cohort adds an error document after it
             print(f"intent send --wait: {wall:.1f} s (exit {sent.returncode})")
+            if "cohorts" not in summary:  # refused as a whole: the error document says why
+                sys.exit(f"intent send failed ({sent.returncode}):\n{sent.stdout[-3000:]}\n{sent.stderr[-3000:]}")
         finally:
             down = mlfo(env, "topo", "down")
             print(f"topo down: exit {down.returncode}")
