@@ -140,3 +140,35 @@ def test_cohorts_are_planned_against_the_running_networks_clients(config: Config
     planned = api.plan(cohorts, cfg, any_intent_path=True).to_dict()
     last = planned["cohorts"][-1]
     assert last["clients"][-1].startswith("10.0.1.109") and last["server"].startswith("10.0.20.100")
+
+
+def test_the_closed_loops_meter_finds_a_cohorts_campus_once_per_network(config: Config, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop asks for a deployment's meter on every turn: the topology is read once per network (it was read and
+    expanded on every turn, a sixth of the campus MLFO's CPU), and a new network in the same folder is read anew."""
+    from mlfo_toolkit.net import state as net_state
+    from mlfo_toolkit.net.state import NetworkState, save_state
+    from mlfo_toolkit.net.topology import load_topology
+    from mlfo_toolkit.orchestrator import cohort_meter
+    from mlfo_toolkit.orchestrator.cohort_meter import CohortMeter
+    from mlfo_toolkit.orchestrator.records import ClientRecord, Deployment, DeploymentParams
+
+    state_dir = tmp_path / "state"
+    topology = load_topology(None, {"cohorts": 5})
+    save_state(NetworkState(topology.name, topology.source, topology.parameters, "mininet", 1, 0.0), state_dir)
+    reads: list[Path] = []
+    monkeypatch.setattr(cohort_meter, "network_topology", lambda d: (reads.append(d), net_state.network_topology(d))[1])
+    meter = CohortMeter(config.with_overrides({"mlfo.network_dir": str(state_dir)}))
+
+    def deployment(campus: int) -> Deployment:
+        return Deployment(id="d", name="c", intent_id="x", intent={}, pipeline={}, state="running", created=0, updated=0,
+                          params=DeploymentParams(ipstart=10, cohortsize=2, strategy="FedAvg", fraction_fit=1.0, min_fit=1,
+                                                  min_available=1, rounds=1),
+                          clients=[ClientRecord(agent=f"10.0.1.{campus}{i}:5000", part=i) for i in range(2)])
+
+    assert [meter._target(deployment(c))[1] for c in (2, 3, 2, 5)] == [2, 3, 2, 5]
+    assert len(reads) == 1
+    bigger = load_topology(None, {"cohorts": 10})  # `topo up 10` in the same folder: campus 10's clients exist now
+    save_state(NetworkState(bigger.name, bigger.source, bigger.parameters, "mininet", 2, 0.0, phase="up"), state_dir)
+    wide = deployment(0).model_copy(update={"clients": [ClientRecord(agent=f"10.0.1.10{i}:5000", part=i) for i in range(2)]})
+    assert meter._target(wide)[1] == 10 and len(reads) == 2
