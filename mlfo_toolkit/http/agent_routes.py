@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from mlfo_toolkit.agent.node import (
+    PROCESS_LOOK_SECONDS,
     STATUS_LOOK_SECONDS,
     STATUS_MAX_WAIT_SECONDS,
     ClientStartParams,
@@ -63,15 +64,21 @@ def agent_app(agent: NodeAgent) -> FastAPI:
         wait: Annotated[float, Query(ge=0, le=STATUS_MAX_WAIT_SECONDS, description="seconds to wait for that at most")] = 0.0,
     ) -> dict[str, Any]:
         # The MLFO's watch waits here for the next round, so that its closed loop acts on each round as it ends rather
-        # than at its next poll. Waiting costs a stat every STATUS_LOOK_SECONDS and no thread.
+        # than at its next poll. Waiting costs a stat every STATUS_LOOK_SECONDS, a look at the processes every
+        # PROCESS_LOOK_SECONDS, and no thread.
         clock = asyncio.get_running_loop().time
         deadline = clock() + wait
-        mark = agent.status_mark()
+        events, whole = agent.status_mark(processes=False), agent.status_mark()
         answer = await run_in_threadpool(agent.status)
         while rounds_after is not None and not round_news(answer, rounds_after) and clock() < deadline:
-            while agent.status_mark() == mark and clock() < deadline:
+            next_whole = clock() + PROCESS_LOOK_SECONDS
+            while clock() < deadline and agent.status_mark(processes=False) == events:
+                if clock() >= next_whole:
+                    if agent.status_mark() != whole:
+                        break
+                    next_whole = clock() + PROCESS_LOOK_SECONDS
                 await asyncio.sleep(min(STATUS_LOOK_SECONDS, max(0.0, deadline - clock())))
-            mark = agent.status_mark()
+            events, whole = agent.status_mark(processes=False), agent.status_mark()
             answer = await run_in_threadpool(agent.status)
         return answer
 

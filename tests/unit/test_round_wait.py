@@ -21,12 +21,13 @@ from mlfo_toolkit.orchestrator.api_clients import AgentClient
 
 class _Process:
     pid = 1
+    alive = True
 
     def running(self) -> bool:
-        return True
+        return self.alive
 
     def returncode(self) -> int | None:
-        return None
+        return None if self.alive else -9
 
     def tail(self, lines: int = 20) -> str:
         return ""
@@ -47,7 +48,7 @@ def served(config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
                             metrics_file=metrics)
     http = HttpServer(agent_app(agent), "127.0.0.1", 0).start()
     try:
-        yield AgentClient(http.address, timeout=5), metrics
+        yield AgentClient(http.address, timeout=5), metrics, agent.server.superlink
     finally:
         http.close()
 
@@ -59,7 +60,7 @@ def _round(metrics: Path, number: int, partial: bool = False) -> None:
 
 
 def test_a_waiting_status_answers_when_the_round_ends(served: Any) -> None:
-    client, metrics = served
+    client, metrics, _ = served
     answers: list[dict[str, Any]] = []
     asking = threading.Thread(target=lambda: answers.append(client.status(rounds_after=0, wait=20)))
     asked = time.monotonic()
@@ -74,7 +75,7 @@ def test_a_waiting_status_answers_when_the_round_ends(served: Any) -> None:
 
 
 def test_a_waiting_status_ignores_other_lines_and_answers_with_what_it_has_when_the_wait_ends(served: Any) -> None:
-    client, metrics = served
+    client, metrics, _ = served
     _round(metrics, 1)
     answer = client.status(rounds_after=0, wait=5)  # round 1 is already there: at once
     assert [r["round"] for r in answer["server"]["rounds"]] == [1]
@@ -89,9 +90,19 @@ def test_a_waiting_status_ignores_other_lines_and_answers_with_what_it_has_when_
 
 
 def test_a_bad_wait_is_refused_naming_the_field_and_the_agent_serves_on(served: Any) -> None:
-    client, _ = served
+    client, _, _ = served
     for query, field in (({"rounds_after": 0, "wait": 3600}, "wait"), ({"rounds_after": "two", "wait": 1}, "rounds_after")):
         with pytest.raises(RemoteError) as refused:
             client.request("GET", "/status", params=query)
         assert refused.value.status == 400 and field in json.dumps(refused.value.body), refused.value.body
     assert client.status()["server"]["address"] == "127.0.0.1:9092"
+
+
+def test_a_waiting_status_answers_when_the_superlink_dies(served: Any) -> None:
+    """Its events file says nothing then: the processes are looked at every PROCESS_LOOK_SECONDS."""
+    client, _, superlink = served
+    threading.Timer(0.3, lambda: setattr(superlink, "alive", False)).start()
+    asked = time.monotonic()
+    answer = client.status(rounds_after=0, wait=20)
+    assert answer["server"]["state"] == "failed" and "SuperLink exited" in answer["server"]["reason"]
+    assert time.monotonic() - asked < 10, "answered at the end of its wait, not when the SuperLink died"
