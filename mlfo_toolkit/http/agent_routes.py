@@ -7,6 +7,7 @@ Kept apart from the MLFOs' routes so that an agent imports neither orchestrator 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -64,23 +65,40 @@ def agent_app(agent: NodeAgent) -> FastAPI:
         wait: Annotated[float, Query(ge=0, le=STATUS_MAX_WAIT_SECONDS, description="seconds to wait for that at most")] = 0.0,
     ) -> dict[str, Any]:
         # The MLFO's watch waits here for the next round, so that its closed loop acts on each round as it ends rather
-        # than at its next poll. Waiting costs a stat every STATUS_LOOK_SECONDS, a look at the processes every
-        # PROCESS_LOOK_SECONDS, and no thread.
-        clock = asyncio.get_running_loop().time
-        deadline = clock() + wait
-        events, whole = agent.status_mark(processes=False), agent.status_mark()
-        answer = await run_in_threadpool(agent.status)
-        while rounds_after is not None and not round_news(answer, rounds_after) and clock() < deadline:
-            next_whole = clock() + PROCESS_LOOK_SECONDS
-            while clock() < deadline and agent.status_mark(processes=False) == events:
-                if clock() >= next_whole:
-                    if agent.status_mark() != whole:
-                        break
-                    next_whole = clock() + PROCESS_LOOK_SECONDS
-                await asyncio.sleep(min(STATUS_LOOK_SECONDS, max(0.0, deadline - clock())))
+        # than at its next poll. Waiting holds no thread: it is woken when the run's events file changes (inotify;
+        # else it stats the file every STATUS_LOOK_SECONDS) and looks at the server's processes every
+        # PROCESS_LOOK_SECONDS.
+        if rounds_after is None or wait <= 0:
+            return await run_in_threadpool(agent.status)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        changes = agent.events_changes()  # before the first look: a change after it wakes the wait
+        woken = asyncio.Event()
+        if changes is not None:
+            loop.add_reader(changes.fd, woken.set)
+        try:
             events, whole = agent.status_mark(processes=False), agent.status_mark()
             answer = await run_in_threadpool(agent.status)
-        return answer
+            while not round_news(answer, rounds_after) and loop.time() < deadline:
+                next_whole = loop.time() + PROCESS_LOOK_SECONDS
+                while loop.time() < deadline and agent.status_mark(processes=False) == events:
+                    if loop.time() >= next_whole:
+                        if agent.status_mark() != whole:
+                            break
+                        next_whole = loop.time() + PROCESS_LOOK_SECONDS
+                    look = PROCESS_LOOK_SECONDS if changes is not None else STATUS_LOOK_SECONDS
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), max(0.0, min(look, deadline - loop.time(), next_whole - loop.time())))
+                    woken.clear()
+                    if changes is not None:
+                        changes.drain()
+                events, whole = agent.status_mark(processes=False), agent.status_mark()
+                answer = await run_in_threadpool(agent.status)
+            return answer
+        finally:
+            if changes is not None:
+                loop.remove_reader(changes.fd)
+                changes.close()
 
     @app.get("/capacity", dependencies=[private], summary="This host's free CPU (cores), sampled over half a second")
     def capacity() -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Linux primitives mlfo's hosts are made of: network namespaces (setns) and cgroup v1 CPU limits."""
+"""Linux primitives mlfo's hosts are made of: network namespaces (setns), cgroup v1 CPU limits, and a folder's
+changes (inotify) for what would otherwise be polled."""
 
 from __future__ import annotations
 
@@ -107,3 +108,37 @@ def read_cpu_quota(cgroup: str) -> float | None:
     quota = int((Path(cgroup) / "cpu.cfs_quota_us").read_text())
     period = int((Path(cgroup) / "cpu.cfs_period_us").read_text())
     return round(quota / period, 3) if quota > 0 else None
+
+
+# inotify(7): a file in the folder was written, closed after writing, created or moved in.
+_IN_CHANGES = 0x2 | 0x8 | 0x100 | 0x80  # IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO
+_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+
+
+class FolderChanges:
+    """An inotify watch on one folder: `fd` turns readable when a file in it changes (`drain` then empties it).
+
+    OSError when inotify is unavailable (its per-user limit reached, a file system without it): poll instead."""
+
+    def __init__(self, folder: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"inotify_init1: {os.strerror(errno)}")
+        if libc.inotify_add_watch(fd, os.fsencode(folder), _IN_CHANGES) < 0:
+            errno = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(errno, f"inotify_add_watch {folder}: {os.strerror(errno)}")
+        self.fd = fd
+
+    def drain(self) -> None:
+        """Read away the changes noted so far."""
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -36,16 +36,23 @@ class _Process:
         pass
 
 
-@pytest.fixture
-def served(config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+@pytest.fixture(params=["inotify", "stat"])
+def served(request: pytest.FixtureRequest, config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An agent with an FL server, over HTTP; woken by inotify, or (where inotify is unavailable) stating the file."""
     agent = NodeAgent(config, work_dir=tmp_path / "agent")
     monkeypatch.setattr(agent, "traffic", lambda max_age=0.0: [])
+    if request.param == "stat":
+        monkeypatch.setattr(agent, "events_changes", lambda: None)
     metrics = tmp_path / "run" / "metrics.jsonl"
     metrics.parent.mkdir()
     metrics.write_text(json.dumps({"event": "started"}) + "\n")
     params = SimpleNamespace(deployment="d1", tier="flat", algo="fedavg", numround=5, cohort="c")
     agent.server = FlServer(params=params, address="127.0.0.1:9092", superlink=_Process(), submitter=None,  # type: ignore[arg-type]
                             metrics_file=metrics)
+    if request.param == "inotify":
+        watch = agent.events_changes()
+        assert watch is not None, "inotify is unavailable here"
+        watch.close()
     http = HttpServer(agent_app(agent), "127.0.0.1", 0).start()
     try:
         yield AgentClient(http.address, timeout=5), metrics, agent.server.superlink
