@@ -124,6 +124,12 @@ class DeploymentWatch:
             rounds = [FlRound.model_validate(r) for r in server.get("rounds", [])]
             self.table.update(deployment_id, rounds=rounds, initial=server.get("initial"), traffic=server.get("traffic"),
                               short_rounds=[r.round for r in rounds if r.short], control=server.get("control"))
+            new_round = len(rounds) > seen_rounds and server.get("state") not in TERMINAL_STATES
+            if new_round:
+                # The loop's turn first, then the clients' check: the next round is already under way, and a decision
+                # (a stop) that lands after it is a round late.
+                seen_rounds = len(rounds)
+                self._turn(deployment_id, "round")
             lost = []
             if time.monotonic() >= next_client_check:
                 if record.tiers:
@@ -138,12 +144,9 @@ class DeploymentWatch:
                     reason = reason or self._conclude(deployment_id)
                 self.finish(deployment_id, server["state"], reason)
                 return
-            if len(rounds) > seen_rounds:
-                seen_rounds = len(rounds)
-                self._turn(deployment_id, "round")
-            elif lost:
+            if lost:
                 self._turn(deployment_id, "lost")
-            elif wait > 0 and (early := time.monotonic() - asked) < min(wait, cfg.poll_seconds):
+            elif not new_round and wait > 0 and (early := time.monotonic() - asked) < min(wait, cfg.poll_seconds):
                 # Nothing new, yet answered at once: an agent that does not wait. Ask it every poll_seconds.
                 self.stopping.wait(cfg.poll_seconds - early)
 

@@ -154,9 +154,14 @@ def test_a_met_target_ends_the_run_early_and_status_says_so(runs: Runs) -> None:
     assert record["state"] == "done" and "target met" in record["reason"], record["reason"]
     accuracy = [r["accuracy"] for r in sorted(record["rounds"], key=lambda r: r["round"])]
     first = next(i for i, a in enumerate(accuracy, start=1) if a >= 0.88)
-    # Stopped right after the round that reached it (the loop acts on the round it sees; the round
-    # under way when the stop came is dropped, not trained on).
-    assert len(accuracy) <= first + 1 < 15, accuracy
+    # The loop decided to stop on the round that reached it (the agent answers the watch as each round ends), or on
+    # the next if two ended within one turn; the run then ends with the round under way. How many rounds start
+    # before the stop lands depends on how busy two cores are (five runs here, other tests beside): a fresh-clone
+    # run once had two under way; a loop that saw rounds late ran three past the target.
+    stops = [d for d in record["decisions"] if any(a["kind"] == "stop" and a["status"] == "done" for a in d["actions"])]
+    seen = [(d["round"], d["trigger"], [a["kind"] for a in d["actions"]]) for d in record["decisions"]]
+    assert len(stops) == 1 and stops[0]["round"] <= first + 1, (accuracy, seen)
+    assert len(accuracy) <= stops[0]["round"] + 2 and first + 1 < 15, (accuracy, seen)
     assert record["assurance"]["state"] == "met" and len(done_actions(record, "stop")) == 1
     scraped = requests.get(f"http://{campus}/metrics", timeout=5).text
     assert f'mlfo_intent_target{{cohort="reach",deployment="{deployment}",metric="accuracy"}} 0.88' in scraped
