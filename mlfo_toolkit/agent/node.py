@@ -655,14 +655,16 @@ class NodeAgent:
             return (None,)
         return (id(server), *server.events_mark(), *(server.processes_mark() if processes else ()))
 
-    def events_changes(self) -> FolderChanges | None:
-        """An inotify watch on the FL server's run folder (its events file), for a waiting `/status`; None if there is
-        no server or inotify is unavailable (then it stats every STATUS_LOOK_SECONDS)."""
+    def events_changes(self) -> tuple[FolderChanges, str] | None:
+        """An inotify watch on the FL server's run folder, and the name of its events file there (the folder's other
+        files, the SuperLink's log among them, change all through a round: only this one's changes count), for a
+        waiting `/status`; None if there is no server or inotify is unavailable (then it stats every
+        STATUS_LOOK_SECONDS)."""
         server = self.server
         if server is None:
             return None
         try:
-            return FolderChanges(server.metrics_file.parent)
+            return FolderChanges(server.metrics_file.parent), server.metrics_file.name
         except OSError as err:
             log.debug("no inotify on %s (%s): a waiting /status polls", server.metrics_file.parent, err)
             return None

@@ -72,10 +72,17 @@ def agent_app(agent: NodeAgent) -> FastAPI:
             return await run_in_threadpool(agent.status)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        changes = agent.events_changes()  # before the first look: a change after it wakes the wait
+        watched = agent.events_changes()  # before the first look: a change after it wakes the wait
+        changes = watched[0] if watched is not None else None
         woken = asyncio.Event()
-        if changes is not None:
-            loop.add_reader(changes.fd, woken.set)
+        if watched is not None:
+            folder, events_file = watched
+
+            def changed() -> None:
+                if events_file in folder.drain():
+                    woken.set()
+
+            loop.add_reader(folder.fd, changed)
         try:
             events, whole = agent.status_mark(processes=False), agent.status_mark()
             answer = await run_in_threadpool(agent.status)
@@ -90,8 +97,6 @@ def agent_app(agent: NodeAgent) -> FastAPI:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(woken.wait(), max(0.0, min(look, deadline - loop.time(), next_whole - loop.time())))
                     woken.clear()
-                    if changes is not None:
-                        changes.drain()
                 events, whole = agent.status_mark(processes=False), agent.status_mark()
                 answer = await run_in_threadpool(agent.status)
             return answer

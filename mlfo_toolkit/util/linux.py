@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,13 +133,19 @@ class FolderChanges:
             raise OSError(errno, f"inotify_add_watch {folder}: {os.strerror(errno)}")
         self.fd = fd
 
-    def drain(self) -> None:
-        """Read away the changes noted so far."""
+    def drain(self) -> set[str]:
+        """Read away the changes noted so far; the names of the files they were to."""
+        names: set[str] = set()
         try:
-            while os.read(self.fd, 4096):
-                pass
+            while chunk := os.read(self.fd, 65536):
+                at = 0
+                while at + 16 <= len(chunk):  # struct inotify_event: wd, mask, cookie, len, then the name
+                    length = int.from_bytes(chunk[at + 12:at + 16], sys.byteorder)
+                    names.add(chunk[at + 16:at + 16 + length].rstrip(b"\0").decode(errors="replace"))
+                    at += 16 + length
         except BlockingIOError:
             pass
+        return names
 
     def close(self) -> None:
         os.close(self.fd)

@@ -52,10 +52,10 @@ def served(request: pytest.FixtureRequest, config: Config, tmp_path: Path, monke
     if request.param == "inotify":
         watch = agent.events_changes()
         assert watch is not None, "inotify is unavailable here"
-        watch.close()
+        watch[0].close()
     http = HttpServer(agent_app(agent), "127.0.0.1", 0).start()
     try:
-        yield AgentClient(http.address, timeout=5), metrics, agent.server.superlink
+        yield AgentClient(http.address, timeout=5), metrics, agent.server.superlink, agent
     finally:
         http.close()
 
@@ -67,7 +67,7 @@ def _round(metrics: Path, number: int, partial: bool = False) -> None:
 
 
 def test_a_waiting_status_answers_when_the_round_ends(served: Any) -> None:
-    client, metrics, _ = served
+    client, metrics, _, _ = served
     answers: list[dict[str, Any]] = []
     asking = threading.Thread(target=lambda: answers.append(client.status(rounds_after=0, wait=20)))
     asked = time.monotonic()
@@ -82,7 +82,7 @@ def test_a_waiting_status_answers_when_the_round_ends(served: Any) -> None:
 
 
 def test_a_waiting_status_ignores_other_lines_and_answers_with_what_it_has_when_the_wait_ends(served: Any) -> None:
-    client, metrics, _ = served
+    client, metrics, _, _ = served
     _round(metrics, 1)
     answer = client.status(rounds_after=0, wait=5)  # round 1 is already there: at once
     assert [r["round"] for r in answer["server"]["rounds"]] == [1]
@@ -97,7 +97,7 @@ def test_a_waiting_status_ignores_other_lines_and_answers_with_what_it_has_when_
 
 
 def test_a_bad_wait_is_refused_naming_the_field_and_the_agent_serves_on(served: Any) -> None:
-    client, _, _ = served
+    client, _, _, _ = served
     for query, field in (({"rounds_after": 0, "wait": 3600}, "wait"), ({"rounds_after": "two", "wait": 1}, "rounds_after")):
         with pytest.raises(RemoteError) as refused:
             client.request("GET", "/status", params=query)
@@ -107,9 +107,38 @@ def test_a_bad_wait_is_refused_naming_the_field_and_the_agent_serves_on(served: 
 
 def test_a_waiting_status_answers_when_the_superlink_dies(served: Any) -> None:
     """Its events file says nothing then: the processes are looked at every PROCESS_LOOK_SECONDS."""
-    client, _, superlink = served
+    client, _, superlink, _ = served
     threading.Timer(0.3, lambda: setattr(superlink, "alive", False)).start()
     asked = time.monotonic()
     answer = client.status(rounds_after=0, wait=20)
     assert answer["server"]["state"] == "failed" and "SuperLink exited" in answer["server"]["reason"]
     assert time.monotonic() - asked < 10, "answered at the end of its wait, not when the SuperLink died"
+
+
+def test_a_waiting_status_is_not_woken_by_the_run_folders_other_files(served: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SuperLink's log, in the same folder, is written all through a round: only the events file counts."""
+    client, metrics, _, agent = served
+    computed: list[float] = []
+    status, mark = agent.status, agent.status_mark
+    monkeypatch.setattr(agent, "status", lambda: (computed.append(time.monotonic()), status())[1])
+    looks: list[float] = []
+    monkeypatch.setattr(agent, "status_mark", lambda processes=True: (looks.append(time.monotonic()), mark(processes))[1])
+    watched = agent.events_changes()
+    if watched is not None:
+        watched[0].close()
+    log = metrics.with_name("superlink.log")
+
+    def chatter() -> None:
+        for _ in range(20):
+            with log.open("a") as out:
+                out.write("INFO : a Flower log line\n")
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=chatter)
+    writer.start()
+    answer = client.status(rounds_after=0, wait=1.0)
+    writer.join()
+    assert answer["server"]["rounds"] == []
+    assert len(computed) == 2, f"status computed {len(computed)} times"  # at the start and at the end of the wait
+    if watched is not None:  # woken by inotify: only the processes' look once a second, not a look per log line
+        assert len(looks) < 10, f"{len(looks)} looks in 1 s: woken by the log's writes"
