@@ -58,6 +58,8 @@ def agent_app(agent: NodeAgent) -> FastAPI:
         params = validate(ControlParams, await read_fields(request), {}, "POST /control")
         return await run_in_threadpool(agent.control, params)
 
+    answered: dict[str, tuple[tuple[Any, ...], float, dict[str, Any]]] = {}  # the last waiting answer, with its mark
+
     @app.get("/status", dependencies=[private], summary="The FL server and clients of this agent")
     async def status(
         rounds_after: Annotated[int | None, Query(ge=0, le=1_000_000, description=(
@@ -85,7 +87,13 @@ def agent_app(agent: NodeAgent) -> FastAPI:
             loop.add_reader(folder.fd, changed)
         try:
             events, whole = agent.status_mark(processes=False), agent.status_mark()
-            answer = await run_in_threadpool(agent.status)
+            last = answered.get("last")
+            if last is not None and last[0] == whole and loop.time() - last[1] < PROCESS_LOOK_SECONDS:
+                # The watch asks again at once after an answer (a round's end, when the next round starts): nothing
+                # changed since, so that answer stands, without reading the run's files again.
+                answer = last[2]
+            else:
+                answer = await run_in_threadpool(agent.status)
             while not round_news(answer, rounds_after) and loop.time() < deadline:
                 next_whole = loop.time() + PROCESS_LOOK_SECONDS
                 while loop.time() < deadline and agent.status_mark(processes=False) == events:
@@ -99,6 +107,7 @@ def agent_app(agent: NodeAgent) -> FastAPI:
                     woken.clear()
                 events, whole = agent.status_mark(processes=False), agent.status_mark()
                 answer = await run_in_threadpool(agent.status)
+            answered["last"] = (whole, loop.time(), answer)
             return answer
         finally:
             if changes is not None:
