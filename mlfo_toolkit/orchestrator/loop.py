@@ -231,7 +231,7 @@ class AssuranceLoop:
         """Why an action is not done (its bound, its cool-down, or it makes no sense here), or None. `earlier`:
         the actions of this same turn so far (they count as done in this round)."""
         settings = observation.settings
-        done = [(d.round, a) for d in record.decisions for a in d.actions if a.get("status") == "done" and a.get("kind") == action.kind]
+        done = _done(record, action.kind)
         done += [(observation.round, a) for a in earlier if a.get("status") == "done" and a.get("kind") == action.kind]
         if len(done) >= settings.max_actions_per_kind:
             return f"{action.kind} was done {len(done)} times in this run (assurance.max_actions_per_kind)"
@@ -324,9 +324,14 @@ class AssuranceLoop:
                 + (f", lost clients {lost}" if lost else ", no client lost"))
 
 
+def _done(record: Deployment, kind: str) -> list[tuple[int, dict[str, Any]]]:
+    """The actions of one kind the loop carried out in this run, each with its decision's round."""
+    return [(d.round, a) for d in record.decisions for a in d.actions if a.get("status") == "done" and a.get("kind") == kind]
+
+
 def _stopped(record: Deployment) -> bool:
     """Whether the loop stopped this run already (a stop action done)."""
-    return any(a.get("kind") == "stop" and a.get("status") == "done" for d in record.decisions for a in d.actions)
+    return bool(_done(record, "stop"))
 
 
 def _trim(record: Deployment) -> None:
