@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python bench/seed_bench.py [--cohorts 5] [--clients 10] [--rounds 20] [--cpus 2] [--supernode-poll 0.2]
     sudo .venv/bin/python bench/seed_bench.py --cohorts 10     # 10 x 10 x 20 in `topo up 10` (ten campus switches)
-        [--controller faucet] [--aggregation hierarchical]
+        [--controller faucet] [--aggregation hierarchical] [--patch-links]
 
 As a user would run it: `mlfo topo up N --detach` (the prototype's layout, Mininet + Open vSwitch),
 `mlfo init --cpus C` (CPU limits on the FL servers, reachability check, 20 Mbit/s background
@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--supernode-poll", type=float, default=0.0,
                         help="fl.supernode_poll_seconds of the network's agents (0: Flower's 3 s, the default)")
     parser.add_argument("--controller", choices=["faucet"], help="bring the network up under this controller")
+    parser.add_argument("--patch-links", action="store_true",
+                        help="switch-to-switch links as OVS patch ports (`--param patch_links=1`), not shaped veth pairs")
     parser.add_argument("--aggregation", choices=["flat", "hierarchical", "auto"], default="flat",
                         help="hierarchical: an aggregator per campus (each campus of the layout is an edge)")
     args = parser.parse_args()
@@ -116,10 +118,12 @@ def main() -> None:
         sys.exit("the prototype's layout has ten FL clients per campus switch, and max(5, cohorts) campus switches")
     with MachineWatch() as watch_all:
         started = time.monotonic()
-        up = mlfo(env, "topo", "up", str(args.cohorts), "--detach", *(["--controller", args.controller] if args.controller else []))
+        up = mlfo(env, "topo", "up", str(args.cohorts), "--detach", *(["--controller", args.controller] if args.controller else []),
+                  *(["--param", "patch_links=1"] if args.patch_links else []))
         if up.returncode != 0:
             sys.exit(f"topo up failed ({up.returncode}):\n{up.stderr[-3000:]}")
-        print(f"topo up {args.cohorts}{' --controller ' + args.controller if args.controller else ''}: "
+        print(f"topo up {args.cohorts}{' --controller ' + args.controller if args.controller else ''}"
+              f"{' --param patch_links=1' if args.patch_links else ''}: "
               f"{time.monotonic() - started:.1f} s", flush=True)
         try:
             if args.controller:

@@ -62,9 +62,9 @@ def show(topology_file: Path | None, cohorts: int | None, params: tuple[str, ...
     print_table(["switch", "dpid", "onos id", "ports"],
                 [(s.name, s.dpid_hex, s.onos_id, ", ".join(f"{port}->{peer}" for port, peer in topology.links_of(s.name)))
                  for s in topology.switches])
-    print_table(["link", "Mbit/s", "delay ms"],
-                [(f"{link.a}:{link.port_a} <-> {link.b}:{link.port_b}", link.bandwidth_mbit or "-", f"{link.delay_ms:g}" if link.delay_ms else "-")
-                 for link in topology.links])
+    print_table(["link", "Mbit/s", "delay ms", "kind"],
+                [(f"{link.a}:{link.port_a} <-> {link.b}:{link.port_b}", link.bandwidth_mbit or "-", f"{link.delay_ms:g}" if link.delay_ms else "-",
+                  "patch" if link.patch else "veth") for link in topology.links])
 
 
 @topo.command()

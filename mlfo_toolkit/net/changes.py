@@ -46,6 +46,9 @@ def link_ends(topology: Topology, a: str, b: str) -> tuple[list[LinkEnd], float 
                     LinkEnd(second, interface_name(second, host.port), False)], host.bandwidth_mbit
     for link in topology.links:
         if {link.a, link.b} == {a, b}:
+            if link.patch:
+                raise ValidationError(f"link {link.a}-{link.b} is a patch link (OVS patch ports): it has no rate, delay or state to change",
+                                      field="link", hint="make it a veth link in the topology (`patch: false`)")
             return [LinkEnd(link.a, link.interface_a, False), LinkEnd(link.b, link.interface_b, False)], link.bandwidth_mbit
     raise ValidationError(f"no link between '{a}' and '{b}' in topology {topology.name}", field="link",
                           hint="a link joins a host and its switch, or two switches (`mlfo topo show`)")

@@ -74,6 +74,8 @@ class LinkSpec(BaseModel):
     bandwidth_mbit: float | None = Field(None, gt=0)
     delay_ms: float | None = Field(None, ge=0)
     kind: str | None = Field(None, max_length=40, description="a link kind (link_kinds or the built-in ones): its rate and delay")
+    patch: bool | None = Field(None, description="a pair of OVS patch ports (no rate, delay or interface), not a veth pair; "
+                               "default: link_defaults.patch")
 
 
 class LinkKind(BaseModel):
@@ -89,6 +91,7 @@ class LinkDefaults(BaseModel):
     bandwidth_mbit: float | None = Field(None, gt=0)
     delay_ms: float = Field(0.0, ge=0)
     mtu: int = Field(1500, ge=576, le=9000)
+    patch: bool = Field(False, description="switch links are OVS patch ports (the rate and delay here then apply to host links only)")
 
 
 class TopologyFile(BaseModel):
@@ -234,6 +237,8 @@ class Link:
     bandwidth_mbit: float | None
     delay_ms: float
     kind: str | None = None
+    # A pair of OVS patch ports: OVS carries a packet across it inside one datapath pass; it has no interface, rate or delay.
+    patch: bool = False
 
 
 @dataclass
@@ -382,10 +387,17 @@ def build_topology(spec: TopologyFile, source: str, parameters: dict[str, int] |
         if host.switch not in switch_names:
             raise ValidationError(f"{host.name} hangs on unknown switch '{host.switch}'", field=f"hosts[{i}].switch", source=source)
     kinds = {**{k: LinkKind(**v) for k, v in LINK_KINDS.items()}, **spec.link_kinds}
+    patched = [link.patch if link.patch is not None else spec.link_defaults.patch for link in links]
     for i, link in enumerate(links):
         for end in (link.a, link.b):
             if end not in switch_names:
                 raise ValidationError(f"link end '{end}' is not a switch (hosts attach with 'switch:')", field=f"links[{i}]", source=source)
+        if patched[i]:
+            for name in ("bandwidth_mbit", "delay_ms", "kind"):
+                if getattr(link, name):  # a delay of 0 is what a patch link has
+                    raise ValidationError(f"link {link.a}-{link.b} is a patch link (OVS patch ports): it has no {name}",
+                                          field=f"links[{i}].{name}", source=source,
+                                          hint="drop the field, or make it a veth link with `patch: false`")
         if link.kind is not None and link.kind not in kinds:
             raise ValidationError(f"unknown link kind '{link.kind}'", field=f"links[{i}].kind", source=source,
                                   hint=f"kinds: {', '.join(sorted(kinds))}, or add it under link_kinds")
@@ -416,8 +428,11 @@ def build_topology(spec: TopologyFile, source: str, parameters: dict[str, int] |
                  h.campus, dict(h.publish), bandwidth, h.profile, device.get("memory_mb"), h.edge)
         )
     built_links = []
-    for link in links:
+    for link, patch in zip(links, patched, strict=True):
         pa, pb = take(link.a), take(link.b)
+        if patch:
+            built_links.append(Link(link.a, link.b, pa, pb, interface_name(link.a, pa), interface_name(link.b, pb), None, 0.0, patch=True))
+            continue
         kind = kinds[link.kind] if link.kind else None
         bandwidth = link.bandwidth_mbit or (kind.bandwidth_mbit if kind else None) or default_bw
         delay = link.delay_ms if link.delay_ms is not None else (kind.delay_ms if kind else spec.link_defaults.delay_ms)

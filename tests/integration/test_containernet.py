@@ -52,7 +52,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     again = mlfo(env, workdir, "image", "build", "--json")
     assert json.loads(again.stdout)["built"] is False  # a content-hash tag: nothing to rebuild
     port = free_port()
-    started = mlfo(env, workdir, "topo", "up", "--topology", "small", "--param", f"publish_port={port}",
+    # Its switches are joined by OVS patch ports (the namespace-host networks of the other modules by veth pairs).
+    started = mlfo(env, workdir, "topo", "up", "--topology", "small", "--param", f"publish_port={port}", "--param", "patch_links=1",
                    "--backend", "containernet", "--detach", "--json")
     assert started.returncode == 0, started.stderr[-3000:]
     state = json.loads((workdir / "state" / "network.json").read_text())
@@ -107,6 +108,18 @@ def test_ping_exec_and_status(network: dict[str, Any]) -> None:
     status = json.loads(mlfo(env, cwd, "topo", "status", "--json").stdout)
     assert {c["state"] for c in status["containers"]} == {"running"}
     assert all(c["memory_mb"] > 10 for c in status["containers"] if c["host"].startswith("fed"))  # an agent runs in each
+
+
+def test_switches_are_joined_by_patch_ports_which_no_link_change_can_touch(network: dict[str, Any]) -> None:
+    env, cwd = network["env"], network["workdir"]
+    kinds = subprocess.run(["ovs-vsctl", "--columns=name,type", "--format=csv", "--no-headings", "list", "interface"],
+                           capture_output=True, text=True, check=True).stdout
+    patches = sorted(line.split(",")[0] for line in kinds.splitlines() if line.endswith(",patch"))
+    assert patches == sorted(["swCampus1-eth4", "swEdge0-eth3", "swCampus2-eth4", "swEdge0-eth4", "swEdge0-eth5", "aggsw0-eth4",
+                              "csw1-eth2", "aggsw0-eth5", "csw2-eth2", "aggsw0-eth6"])
+    assert not any(Path(f"/sys/class/net/{name}").exists() for name in patches)  # no kernel interface, no tc
+    refused = mlfo(env, cwd, "topo", "trace", "swCampus1", "swEdge0", "leo-pass")
+    assert refused.returncode == 4 and "swCampus1-swEdge0 is a patch link" in refused.stderr, refused.stderr
 
 
 def test_init_limits_cpu_through_docker_and_fl_trains_across(network: dict[str, Any]) -> None:

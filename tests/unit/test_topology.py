@@ -6,6 +6,7 @@ import pytest
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import ValidationError
+from mlfo_toolkit.net.changes import link_ends
 from mlfo_toolkit.net.topology import TopologyFile, build_topology, load_topology, shipped_topologies, substitute
 
 
@@ -103,6 +104,12 @@ def _spec(**changes: object) -> TopologyFile:
         ({"switches": [{"name": "s1", "dpid": 1}, {"name": "s2", "dpid": 2}], "links": [{"a": "s1", "b": "s2", "kind": "carrier-pigeon"}]},
          r"links\[0\]\.kind.*unknown link kind 'carrier-pigeon'"),
         ({"hosts": [{"name": "a1", "role": "fl-aggregator", "ip": "10.0.0.1", "switch": "s1"}]}, "aggregator a1 names no edge"),
+        ({"switches": [{"name": "s1", "dpid": 1}, {"name": "s2", "dpid": 2}], "links": [{"a": "s1", "b": "s2", "patch": True, "bandwidth_mbit": 50}]},
+         r"links\[0\]\.bandwidth_mbit.*s1-s2 is a patch link"),
+        ({"switches": [{"name": "s1", "dpid": 1}, {"name": "s2", "dpid": 2}], "links": [{"a": "s1", "b": "s2", "patch": True, "delay_ms": 5}]},
+         r"links\[0\]\.delay_ms.*patch link"),
+        ({"switches": [{"name": "s1", "dpid": 1}, {"name": "s2", "dpid": 2}], "link_defaults": {"patch": True},
+          "links": [{"a": "s1", "b": "s2", "kind": "satellite"}]}, r"links\[0\]\.kind.*patch link"),
     ],
 )
 def test_bad_topologies(changes: dict[str, object], message: str) -> None:
@@ -169,3 +176,24 @@ def test_one_of_picks_in_turn() -> None:
     assert [substitute(choice, {"e": e}, "x") for e in range(1, 6)] == ["a", "b", "c", "a", "b"]
     with pytest.raises(ValidationError, match="one_of needs"):
         substitute({"one_of": [], "index": "{e}"}, {"e": 1}, "x")
+
+
+def test_patch_links_between_switches_have_no_rate_or_delay_and_keep_the_port_numbers() -> None:
+    shaped, patched = load_topology(None), load_topology(None, {"patch_links": 1})
+    assert not any(link.patch for link in shaped.links)
+    assert all(link.patch and link.bandwidth_mbit is None and link.delay_ms == 0 for link in patched.links)
+    assert all(h.bandwidth_mbit == 500 for h in patched.hosts)  # the hosts' own links keep their rate
+    # Meters and Faucet address switch ports by number: the same in both layouts.
+    assert [(s.name, shaped.links_of(s.name)) for s in shaped.switches] == [(s.name, patched.links_of(s.name)) for s in patched.switches]
+    with pytest.raises(ValidationError, match="swEdge0-satsw0 is a patch link"):
+        link_ends(patched, "satsw0", "swEdge0")
+    assert link_ends(patched, "fc.10", "swCampus1")[1] == 500  # a host's link is still a veth pair, with its rate
+
+
+def test_link_defaults_patch_applies_to_every_switch_link_that_does_not_say_otherwise() -> None:
+    spec = _spec(switches=[{"name": "s1", "dpid": 1}, {"name": "s2", "dpid": 2}, {"name": "s3", "dpid": 3}],
+                 link_defaults={"patch": True, "bandwidth_mbit": 100},
+                 links=[{"a": "s1", "b": "s2"}, {"a": "s2", "b": "s3", "patch": False, "delay_ms": 5}])
+    first, second = build_topology(spec, "t.yaml").links
+    assert first.patch and first.bandwidth_mbit is None
+    assert not second.patch and second.bandwidth_mbit == 100 and second.delay_ms == 5

@@ -53,6 +53,24 @@ def check_prerequisites() -> None:
 MAX_SHAPED_MBIT = 1000  # Mininet's TCLink (bwParamMax): its tc parameters are not meant for faster links
 
 
+def _patch_link_class() -> Any:
+    """Mininet's OVSLink (a pair of OVS patch ports between two switches), whose ends say they are up: the patch
+    ports OVS makes have no kernel interface for Mininet's `ip link` check to read (Containernet's Mininet asks)."""
+    from mininet.link import Link, OVSIntf, OVSLink
+
+    class PatchIntf(OVSIntf):  # type: ignore[misc]
+        def isUp(self, setUp: bool = False) -> bool:  # noqa: N802 - Mininet's name
+            return True
+
+    class PatchLink(OVSLink):  # type: ignore[misc]
+        def __init__(self, node1: Any, node2: Any, **params: Any) -> None:
+            self.isPatchLink = True
+            params.update(cls1=PatchIntf, cls2=PatchIntf)
+            Link.__init__(self, node1, node2, **params)
+
+    return PatchLink
+
+
 class MininetBuilder:
     """Realise a Topology with Mininet."""
 
@@ -88,7 +106,7 @@ class MininetBuilder:
         setLogLevel("critical")  # tc prints r2q notices as errors
         bridges = [s.name for s in topology.switches]
         interfaces = [f"{h.switch}-eth{h.port}" for h in topology.hosts]
-        interfaces += [i for link in topology.links for i in (link.interface_a, link.interface_b)]
+        interfaces += [i for link in topology.links if not link.patch for i in (link.interface_a, link.interface_b)]
         existing = set(run_tool(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split())
         stale = [b for b in bridges if b in existing] + [i for i in interfaces if Path(f"/sys/class/net/{i}").exists()]
         if stale:
@@ -179,7 +197,7 @@ class MininetBuilder:
             net.addLink(
                 link.a, link.b, port1=link.port_a, port2=link.port_b,
                 intfName1=link.interface_a, intfName2=link.interface_b,
-                **shaping(link.bandwidth_mbit, link.delay_ms, f"{link.a}-{link.b}"),
+                **({"cls": _patch_link_class()} if link.patch else shaping(link.bandwidth_mbit, link.delay_ms, f"{link.a}-{link.b}")),
             )
         if unshaped:
             state.warnings.append(f"Mininet shapes rates up to {MAX_SHAPED_MBIT} Mbit/s: links {', '.join(unshaped)} Mbit/s "
@@ -192,7 +210,9 @@ class MininetBuilder:
             # One `ip -batch` and one ovs-vsctl for all of them (one command each was a second at 60 hosts).
             commands = "".join(f"link set dev {interface} mtu {topology.mtu}\n" for interface in interfaces)
             subprocess.run(["ip", "-batch", "-"], input=commands, capture_output=True, text=True, timeout=30, check=False)
-            ports = [p for bridge in bridges for p in run_tool(["ovs-vsctl", "--timeout=10", "list-ports", bridge]).stdout.split()]
+            patches = {i for link in topology.links if link.patch for i in (link.interface_a, link.interface_b)}
+            ports = [p for bridge in bridges for p in run_tool(["ovs-vsctl", "--timeout=10", "list-ports", bridge]).stdout.split()
+                     if p not in patches]
             sets = [a for port in ports for a in ("--", "set", "interface", port, f"mtu_request={topology.mtu}")]
             if sets:
                 run_tool(["ovs-vsctl", "--timeout=30", *sets])
