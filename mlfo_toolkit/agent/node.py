@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -333,6 +335,8 @@ class NodeAgent:
         self._executor: ManagedProcess | None = None
         self._starting = 0  # clients being started right now (not in self.clients yet)
         self._byte_totals: dict[tuple[str, str, int], ByteTotals] = {}
+        # The last answer a waiting `status_after` gave: (its status_mark, loop time, answer).
+        self._last_answer: tuple[tuple[Any, ...], float, dict[str, Any]] | None = None
         self._ended: list[tuple[float, str, str, dict[str, Any]]] = []  # stopped FL servers' last status, for /metrics
         # Unique among every agent that registers with one shared executor (host and folder).
         self._label = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.advertise_host}-{self.work_dir.parent.name}-{self.work_dir.name}")
@@ -668,6 +672,54 @@ class NodeAgent:
         except OSError as err:
             log.debug("no inotify on %s (%s): a waiting /status polls", server.metrics_file.parent, err)
             return None
+
+    async def status_after(self, rounds_after: int, wait: float) -> dict[str, Any]:
+        """`status()` once the FL server has more than `rounds_after` rounds, its run ended or it is gone, or after
+        `wait` seconds with what it has. The MLFO's watch waits here for the next round, so that its closed loop acts on
+        each round as it ends rather than at its next poll. Waiting holds no thread: it is woken when the run's events
+        file changes (inotify; else it stats the file every STATUS_LOOK_SECONDS), looks at the server's processes
+        every PROCESS_LOOK_SECONDS, and computes `status()` again only when one of them changed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        watched = self.events_changes()  # before the first look: a change after it wakes the wait
+        changes = watched[0] if watched is not None else None
+        woken = asyncio.Event()
+        if watched is not None:
+            folder, events_file = watched
+
+            def changed() -> None:
+                if events_file in folder.drain():
+                    woken.set()
+
+            loop.add_reader(folder.fd, changed)
+        try:
+            events, whole = self.status_mark(processes=False), self.status_mark()
+            last = self._last_answer
+            if last is not None and last[0] == whole and loop.time() - last[1] < PROCESS_LOOK_SECONDS:
+                # The watch asks again at once after an answer (a round's end, when the next round starts): nothing
+                # changed since, so that answer stands, without reading the run's files again.
+                answer = last[2]
+            else:
+                answer = await asyncio.to_thread(self.status)
+            while not round_news(answer, rounds_after) and loop.time() < deadline:
+                next_whole = loop.time() + PROCESS_LOOK_SECONDS
+                while loop.time() < deadline and self.status_mark(processes=False) == events:
+                    if loop.time() >= next_whole:
+                        if self.status_mark() != whole:
+                            break
+                        next_whole = loop.time() + PROCESS_LOOK_SECONDS
+                    look = PROCESS_LOOK_SECONDS if changes is not None else STATUS_LOOK_SECONDS
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), max(0.0, min(look, deadline - loop.time(), next_whole - loop.time())))
+                    woken.clear()
+                events, whole = self.status_mark(processes=False), self.status_mark()
+                answer = await asyncio.to_thread(self.status)
+            self._last_answer = (whole, loop.time(), answer)
+            return answer
+        finally:
+            if changes is not None:
+                loop.remove_reader(changes.fd)
+                changes.close()
 
     def status(self) -> dict[str, Any]:
         # Only the FL server's traffic goes into the answer: a client-only agent need not sample sockets. The answer

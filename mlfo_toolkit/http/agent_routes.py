@@ -6,25 +6,13 @@ Kept apart from the MLFOs' routes so that an agent imports neither orchestrator 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from mlfo_toolkit.agent.node import (
-    PROCESS_LOOK_SECONDS,
-    STATUS_LOOK_SECONDS,
-    STATUS_MAX_WAIT_SECONDS,
-    ClientStartParams,
-    ControlParams,
-    NodeAgent,
-    ProbeParams,
-    ServerStartParams,
-    round_news,
-)
+from mlfo_toolkit.agent.node import STATUS_MAX_WAIT_SECONDS, ClientStartParams, ControlParams, NodeAgent, ProbeParams, ServerStartParams
 from mlfo_toolkit.agent.probes import MAX_PROBE_BYTES, blob, free_cpus
 from mlfo_toolkit.http.app import service_app
 from mlfo_toolkit.http.forms import form_schema, read_fields
@@ -58,61 +46,15 @@ def agent_app(agent: NodeAgent) -> FastAPI:
         params = validate(ControlParams, await read_fields(request), {}, "POST /control")
         return await run_in_threadpool(agent.control, params)
 
-    answered: dict[str, tuple[tuple[Any, ...], float, dict[str, Any]]] = {}  # the last waiting answer, with its mark
-
     @app.get("/status", dependencies=[private], summary="The FL server and clients of this agent")
     async def status(
         rounds_after: Annotated[int | None, Query(ge=0, le=1_000_000, description=(
             "answer once the FL server has more rounds than this, its run ended or it is gone (or `wait` passed)"))] = None,
         wait: Annotated[float, Query(ge=0, le=STATUS_MAX_WAIT_SECONDS, description="seconds to wait for that at most")] = 0.0,
     ) -> dict[str, Any]:
-        # The MLFO's watch waits here for the next round, so that its closed loop acts on each round as it ends rather
-        # than at its next poll. Waiting holds no thread: it is woken when the run's events file changes (inotify;
-        # else it stats the file every STATUS_LOOK_SECONDS) and looks at the server's processes every
-        # PROCESS_LOOK_SECONDS.
         if rounds_after is None or wait <= 0:
             return await run_in_threadpool(agent.status)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        watched = agent.events_changes()  # before the first look: a change after it wakes the wait
-        changes = watched[0] if watched is not None else None
-        woken = asyncio.Event()
-        if watched is not None:
-            folder, events_file = watched
-
-            def changed() -> None:
-                if events_file in folder.drain():
-                    woken.set()
-
-            loop.add_reader(folder.fd, changed)
-        try:
-            events, whole = agent.status_mark(processes=False), agent.status_mark()
-            last = answered.get("last")
-            if last is not None and last[0] == whole and loop.time() - last[1] < PROCESS_LOOK_SECONDS:
-                # The watch asks again at once after an answer (a round's end, when the next round starts): nothing
-                # changed since, so that answer stands, without reading the run's files again.
-                answer = last[2]
-            else:
-                answer = await run_in_threadpool(agent.status)
-            while not round_news(answer, rounds_after) and loop.time() < deadline:
-                next_whole = loop.time() + PROCESS_LOOK_SECONDS
-                while loop.time() < deadline and agent.status_mark(processes=False) == events:
-                    if loop.time() >= next_whole:
-                        if agent.status_mark() != whole:
-                            break
-                        next_whole = loop.time() + PROCESS_LOOK_SECONDS
-                    look = PROCESS_LOOK_SECONDS if changes is not None else STATUS_LOOK_SECONDS
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(woken.wait(), max(0.0, min(look, deadline - loop.time(), next_whole - loop.time())))
-                    woken.clear()
-                events, whole = agent.status_mark(processes=False), agent.status_mark()
-                answer = await run_in_threadpool(agent.status)
-            answered["last"] = (whole, loop.time(), answer)
-            return answer
-        finally:
-            if changes is not None:
-                loop.remove_reader(changes.fd)
-                changes.close()
+        return await agent.status_after(rounds_after, wait)
 
     @app.get("/capacity", dependencies=[private], summary="This host's free CPU (cores), sampled over half a second")
     def capacity() -> dict[str, Any]:
