@@ -34,7 +34,7 @@ from mlfo_toolkit.fl.strategies import canonical_strategy
 from mlfo_toolkit.fl.userapps import app_name, app_run_config, check_model_form, is_app, prepare_app
 from mlfo_toolkit.fl.wake import wake_dir
 from mlfo_toolkit.monitoring.metrics import FlowTraffic, process_tree
-from mlfo_toolkit.monitoring.sockets import SS_REUSE_SECONDS, ByteTotals, TcpConnection, tcp_connections
+from mlfo_toolkit.monitoring.sockets import SS_REUSE_SECONDS, ByteTotals, TcpConnection, socket_inodes, tcp_connections
 from mlfo_toolkit.util.linux import FolderChanges
 from mlfo_toolkit.util.names import NAME_MAX, OPTIONAL_NAME, SEED_MAX
 from mlfo_toolkit.util.processes import ManagedProcess, find_tool, free_port, port_in_use, tool_env, wait_for_port
@@ -779,15 +779,15 @@ class NodeAgent:
         if self.server is not None:
             port = int(self.server.address.rsplit(":", 1)[1])
 
-            def server_side(c: TcpConnection, tree: set[int], every: list[TcpConnection]) -> bool:
+            def server_side(c: TcpConnection, sockets: set[int], every: list[TcpConnection]) -> bool:
                 # The SuperLink's end of a client's connection; its own ServerApp's connections are internal.
-                return c.local_port == port and not any(o.local == c.peer and set(o.pids) & tree for o in every)
+                return c.local_port == port and not any(o.local == c.peer and o.inode in sockets for o in every)
 
             out.append(("server", self.server.params.deployment, self.server.params.cohort, self.server.superlink.pid, server_side,
                         self.server.params.tier))
         for client in self.clients:
 
-            def client_side(c: TcpConnection, tree: set[int], every: list[TcpConnection], target: str = client.params.server) -> bool:
+            def client_side(c: TcpConnection, sockets: set[int], every: list[TcpConnection], target: str = client.params.server) -> bool:
                 return c.peer == target
 
             out.append(("client", client.params.deployment, client.params.cohort, client.process.pid, client_side, client.params.tier))
@@ -801,8 +801,8 @@ class NodeAgent:
         samples = []
         for side, deployment, cohort, pid, mine, tier in flows:
             tree = process_tree(pid)
-            pids = {p.pid for p in tree}
-            chosen = [c for c in connections if set(c.pids) & pids and mine(c, pids, connections)]
+            sockets = socket_inodes({p.pid for p in tree})
+            chosen = [c for c in connections if c.inode in sockets and mine(c, sockets, connections)]
             totals = self._byte_totals.setdefault((side, deployment, pid), ByteTotals())
             sent, received = totals.update(chosen)
             samples.append(FlowTraffic(side, deployment, cohort, chosen, sent, received, tree, tier))

@@ -1,11 +1,15 @@
-"""TCP socket statistics from `ss -tinp` (iproute2): RTT, congestion window, bytes, per connection.
+"""TCP socket statistics from `ss -tine` (iproute2): RTT, congestion window, bytes, per connection.
 
 The prototype ran a socket-statistics exporter beside every node; mlfo reads the same kernel
-tcp_info through iproute2's ss, in the network namespace it runs in.
+tcp_info through iproute2's ss, in the network namespace it runs in. Which process owns a
+connection is read from the file descriptors of the processes asked about (`socket_inodes`), not
+with `ss -p`, which reads those of every process on the machine (300 of them at the seed's scale:
+six times the CPU of the sample itself, at every round's end on every FL server's agent).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -19,7 +23,7 @@ _FIELDS = {
     "bytes_received": re.compile(r"\bbytes_received:(\d+)"),
     "delivery_rate": re.compile(r"\bdelivery_rate ([0-9.]+)([KMG]?)bps"),
 }
-_PIDS = re.compile(r"pid=(\d+)")
+_INODE = re.compile(r"\bino:(\d+)")
 _SCALE = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}
 
 
@@ -27,7 +31,7 @@ _SCALE = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}
 class TcpConnection:
     local: str
     peer: str
-    pids: tuple[int, ...]
+    inode: int  # the socket's: owned by the processes whose file descriptors name it (socket_inodes)
     rtt_seconds: float
     cwnd: int
     bytes_sent: int
@@ -44,7 +48,7 @@ class TcpConnection:
 
 
 def parse_ss(text: str) -> list[TcpConnection]:
-    """Parse `ss -tinpH state established`: a header line per socket, then its indented tcp_info line."""
+    """Parse `ss -tineH state established`: a header line per socket (with its inode), then its indented tcp_info line."""
     connections = []
     header: list[str] | None = None
     for line in text.splitlines():
@@ -62,7 +66,7 @@ def parse_ss(text: str) -> list[TcpConnection]:
             TcpConnection(
                 local=header[2],
                 peer=header[3],
-                pids=tuple(int(p) for p in _PIDS.findall(" ".join(header[4:]))),
+                inode=int(inode.group(1)) if (inode := _INODE.search(" ".join(header[4:]))) else 0,
                 rtt_seconds=float(values["rtt"].group(1)) / 1000 if values["rtt"] else 0.0,
                 cwnd=int(values["cwnd"].group(1)) if values["cwnd"] else 0,
                 bytes_sent=int(values["bytes_sent"].group(1)) if values["bytes_sent"] else 0,
@@ -74,8 +78,7 @@ def parse_ss(text: str) -> list[TcpConnection]:
     return connections
 
 
-# `ss -tinp` walks every process's file descriptors: at 50 FL clients, running it on every status
-# call cost a good share of a core. Samples this recent are reused (status polls, scrapes).
+# Samples this recent are reused (status polls, scrapes): ss is a process of its own each time.
 SS_REUSE_SECONDS = 2.0
 _ss_cache: tuple[float, list[TcpConnection]] = (-SS_REUSE_SECONDS, [])
 _ss_lock = threading.Lock()
@@ -89,12 +92,32 @@ def tcp_connections(max_age: float = SS_REUSE_SECONDS) -> list[TcpConnection]:
         if time.monotonic() - taken < max_age:
             return connections
         try:
-            done = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True, text=True, timeout=10, check=False)
+            done = subprocess.run(["ss", "-tineH", "state", "established"], capture_output=True, text=True, timeout=10, check=False)
             connections = parse_ss(done.stdout)
         except (FileNotFoundError, subprocess.TimeoutExpired):
             connections = []
         _ss_cache = (time.monotonic(), connections)
         return connections
+
+
+def socket_inodes(pids: set[int]) -> set[int]:
+    """The inodes of the sockets these processes hold (what `TcpConnection.inode` names); a process that is gone or
+    not ours to read adds none."""
+    inodes = set()
+    for pid in pids:
+        try:
+            entries = os.scandir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    target = os.readlink(entry.path)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
 
 
 class ByteTotals:

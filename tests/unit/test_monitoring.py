@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,24 +15,49 @@ import yaml
 
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.monitoring.prometheus import prometheus_config
-from mlfo_toolkit.monitoring.sockets import ByteTotals, parse_ss
+from mlfo_toolkit.monitoring.sockets import ByteTotals, parse_ss, socket_inodes, tcp_connections
 from mlfo_toolkit.net.topology import load_topology
 from tests.helpers import REPO
 
-SS = """0      0      10.0.11.100:6000 10.0.1.10:45186 users:(("flower-superlin",pid=4242,fd=17))
+SS = """0      0      10.0.11.100:6000 10.0.1.10:45186 ino:4242 sk:3ea91 cgroup:/ <->
 \t bbr wscale:9,9 rto:204 rtt:2.792/5.526 ato:40 mss:25344 cwnd:18 bytes_sent:2638 bytes_acked:2638 bytes_received:2587 delivery_rate 40550400000bps app_limited
-0      0      10.0.11.100:6000 10.0.1.11:45190 users:(("flower-superlin",pid=4242,fd=18))
+0      0      10.0.11.100:6000 10.0.1.11:45190 ino:4243 sk:3ea92 cgroup:/ <->
 \t cubic rtt:0.5/0.1 cwnd:10 bytes_sent:100 bytes_received:50 delivery_rate 8Mbps
 """
 
 
 def test_parse_ss() -> None:
     first, second = parse_ss(SS)
-    assert (first.local, first.peer, first.pids) == ("10.0.11.100:6000", "10.0.1.10:45186", (4242,))
+    assert (first.local, first.peer, first.inode, second.inode) == ("10.0.11.100:6000", "10.0.1.10:45186", 4242, 4243)
     assert first.rtt_seconds == pytest.approx(0.002792) and first.cwnd == 18
     assert (first.bytes_sent, first.bytes_received) == (2638, 2587)
     assert first.delivery_rate_bytes == 40550400000 / 8 and second.delivery_rate_bytes == 1e6
     assert first.local_port == 6000 and first.peer_port == 45186
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs iproute2's ss")
+def test_a_connection_is_owned_by_the_process_holding_its_socket_and_no_other() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    # A connection of this process, and one of a child process to the same listener.
+    mine = socket.create_connection(("127.0.0.1", port))
+    accepted: list[socket.socket] = []
+    child = subprocess.Popen([sys.executable, "-c", f"import socket, sys; s = socket.create_connection(('127.0.0.1', {port})); "
+                              "print(s.getsockname()[1], flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        child_port = int(child.stdout.readline())
+        accepted += [listener.accept()[0] for _ in range(2)]
+        connections = {c.local: c for c in tcp_connections(0.0)}
+        ours, theirs = socket_inodes({os.getpid()}), socket_inodes({child.pid})
+        assert connections[f"127.0.0.1:{mine.getsockname()[1]}"].inode in ours - theirs
+        assert connections[f"127.0.0.1:{child_port}"].inode in theirs - ours
+        assert socket_inodes({2**22 + 7}) == set()  # no such process: no sockets, no error
+    finally:
+        child.kill()
+        child.wait()
+        for s in (mine, listener, *accepted):
+            s.close()
 
 
 def test_byte_totals_survive_closed_connections() -> None:
@@ -93,10 +123,12 @@ def test_the_answer_that_a_run_ended_counts_the_bytes_that_came_last(config: Con
     from mlfo_toolkit.monitoring import sockets
 
     received = [1000]
+    held = socket.socket()  # the SuperLink's end of the connection: a socket this process holds
+    inode = os.fstat(held.fileno()).st_ino
 
     def ss(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
         received[0] += 38_480  # a model update arrived since the last look
-        line = f"0 0 10.0.0.1:9092 10.0.0.2:4000 users:((\"flower-superlin\",pid={os.getpid()},fd=9))\n"
+        line = f"0 0 10.0.0.1:9092 10.0.0.2:4000 ino:{inode} sk:1 <->\n"
         return subprocess.CompletedProcess([], 0, line + f"\t cubic rtt:0.5/0.1 bytes_sent:10 bytes_received:{received[0]}\n", "")
 
     monkeypatch.setattr(sockets.subprocess, "run", ss)
@@ -111,3 +143,4 @@ def test_the_answer_that_a_run_ended_counts_the_bytes_that_came_last(config: Con
     assert agent.status()["server"]["traffic"]["bytes_received"] == 39_480  # a poll a moment later: the same sample
     state["state"] = "done"
     assert agent.status()["server"]["traffic"]["bytes_received"] == 77_960
+    held.close()
