@@ -110,7 +110,7 @@ def test_ping_exec_and_status(network: dict[str, Any]) -> None:
     assert all(c["memory_mb"] > 10 for c in status["containers"] if c["host"].startswith("fed"))  # an agent runs in each
 
 
-def test_switches_are_joined_by_patch_ports_which_no_link_change_can_touch(network: dict[str, Any]) -> None:
+def test_switches_are_joined_by_patch_ports_which_meters_use_and_no_link_change_can_touch(network: dict[str, Any]) -> None:
     env, cwd = network["env"], network["workdir"]
     kinds = subprocess.run(["ovs-vsctl", "--columns=name,type", "--format=csv", "--no-headings", "list", "interface"],
                            capture_output=True, text=True, check=True).stdout
@@ -120,6 +120,14 @@ def test_switches_are_joined_by_patch_ports_which_no_link_change_can_touch(netwo
     assert not any(Path(f"/sys/class/net/{name}").exists() for name in patches)  # no kernel interface, no tc
     refused = mlfo(env, cwd, "topo", "trace", "swCampus1", "swEdge0", "leo-pass")
     assert refused.returncode == 4 and "swCampus1-swEdge0 is a patch link" in refused.stderr, refused.stderr
+    # A meter still limits its cohort: its flows output to the patch port towards the edge.
+    verified = mlfo(env, cwd, "meter", "verify", "--port", "1", "--rate", "10mbit", "--json")
+    try:
+        assert verified.returncode == 0, verified.stderr[-2000:]
+        figures = json.loads(verified.stdout)
+        assert figures["metered_mbit"] < 12 < 100 < min(figures["unmetered_mbit"], figures["other_cohort_mbit"]), figures
+    finally:
+        assert mlfo(env, cwd, "meter", "clear").returncode == 0
 
 
 def test_init_limits_cpu_through_docker_and_fl_trains_across(network: dict[str, Any]) -> None:
