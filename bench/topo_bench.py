@@ -1,7 +1,7 @@
 """Benchmark (run on demand, as root): time `topo up` and `topo down` of the prototype's full layout
 (5 cohorts, 50 clients) and report memory. Not a test.
 
-    sudo .venv/bin/python bench/topo_bench.py [--cohorts 5] [--repeat 1] [--backend mininet containernet]
+    sudo .venv/bin/python bench/topo_bench.py [--cohorts 5] [--repeat 1] [--backend mininet containernet] [--patch-links]
 
 Prints build/teardown seconds, the ping mesh, and the memory of every process the network
 started (RSS summed over each process tree), plus the machine's used memory before and during;
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--cohorts", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--backend", nargs="+", default=["mininet"], choices=["mininet", "containernet"])
+    parser.add_argument("--patch-links", action="store_true", help="switch links as OVS patch ports (`--param patch_links=1`)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds a real Mininet network")
@@ -63,7 +64,8 @@ def main() -> None:
         env["MLFO_PATHS__STATE_DIR"] = str(workdir / "state")
         used_before = psutil.virtual_memory().used
         started = time.monotonic()
-        up = mlfo(env, "topo", "up", str(args.cohorts), "--param", "publish_port=0", "--backend", backend, "--detach")
+        up = mlfo(env, "topo", "up", str(args.cohorts), "--param", "publish_port=0", "--backend", backend, "--detach",
+                  *(["--param", "patch_links=1"] if args.patch_links else []))
         up_seconds = time.monotonic() - started
         if up.returncode != 0:
             sys.exit(f"topo up failed:\n{up.stderr}")
