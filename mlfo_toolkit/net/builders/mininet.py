@@ -71,6 +71,20 @@ def _patch_link_class() -> Any:
     return PatchLink
 
 
+def _make_veth_pairs(pairs: list[tuple[str, str, int | None]]) -> None:
+    """Make veth pairs (first end, second end, PID of the process whose network namespace the first end goes to, or
+    None to keep both here) with one `ip -batch`. Names come from the topology (checked: letters, digits, dots)."""
+    lines = []
+    for first, second, namespace_pid in pairs:
+        lines.append(f"link add name {first} type veth peer name {second}\n")
+        if namespace_pid is not None:
+            lines.append(f"link set {first} netns {namespace_pid}\n")
+    done = subprocess.run(["ip", "-batch", "-"], input="".join(lines), capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise MlfoError(f"making the network's veth pairs failed: {done.stderr.strip()[:300]}",
+                        hint="`mlfo topo down` removes what was made; `ip link` shows what is in the way")
+
+
 class MininetBuilder:
     """Realise a Topology with Mininet."""
 
@@ -129,6 +143,7 @@ class MininetBuilder:
             state.warnings.append("no openvswitch kernel module: switches use OVS's userspace datapath (netdev)")
         state.bridges = bridges
         state.interfaces = interfaces
+        self.checkpoint()  # on record before they are made: a `topo up` killed while building leaves nothing behind
 
         class Switch(OVSSwitch):  # type: ignore[misc]
             """Containernet's Mininet adds each link's port to its switch at once (`attach`, one ovs-vsctl and a tc
@@ -165,7 +180,15 @@ class MininetBuilder:
             protocols="OpenFlow13",
             failMode="secure" if controller else "standalone",
         )
-        net = self._network(topo=None, build=False, controller=None, switch=switch_class, link=TCLink, autoSetMacs=False, waitConnected=False)
+        class PreparedLink(TCLink):  # type: ignore[misc]
+            """Mininet's TCLink on a veth pair made beforehand, with the others, in one `ip -batch` (`_make_veth_pairs`)."""
+
+            @classmethod
+            def makeIntfPair(cls, *args: Any, **kwargs: Any) -> None:  # noqa: N802 - Mininet's name
+                return None
+
+        net = self._network(topo=None, build=False, controller=None, switch=switch_class, link=PreparedLink, autoSetMacs=False,
+                            waitConnected=False)
         self.net = net
         if controller:
             address, _, port = controller.rpartition(":")
@@ -175,6 +198,10 @@ class MininetBuilder:
         for host in topology.hosts:
             self._add_host(net, host, state)
 
+        # Every veth pair at once, each host's end in its host (Mininet makes a pair and moves its ends with three
+        # commands per link: 2.4 s of `topo up 5`).
+        _make_veth_pairs([(host.interface, f"{host.switch}-eth{host.port}", net.get(host.name).pid) for host in topology.hosts]
+                         + [(link.interface_a, link.interface_b, None) for link in topology.links if not link.patch])
         unshaped: list[str] = []
 
         def shaping(bandwidth: float | None, delay: float, name: str = "") -> dict[str, Any]:
