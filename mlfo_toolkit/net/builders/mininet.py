@@ -85,6 +85,26 @@ def _make_veth_pairs(pairs: list[tuple[str, str, int | None]]) -> None:
                         hint="`mlfo topo down` removes what was made; `ip link` shows what is in the way")
 
 
+def _take_down_switches_and_links(net: Any) -> None:
+    """Delete every switch (with its ports) in one ovs-vsctl and every veth pair in one `ip -batch`, then leave Mininet
+    no links to stop: it deletes a link's two interfaces and takes its port off the switch one command each (4.3 s of
+    `topo down` at `topo up 5`). Deleting a veth pair's end here, in the machine's namespace, deletes its peer in the
+    host. Mininet's own stop then ends the switches' and hosts' shells (its `del-br` is `--if-exists`)."""
+    bridges = [a for switch in net.switches for a in ("--", "--if-exists", "del-br", switch.name)]
+    if bridges:
+        run_tool(["ovs-vsctl", "--timeout=30", *bridges[1:]])
+    ends = []
+    for link in net.links:
+        if getattr(link, "isPatchLink", False):
+            continue  # its ports went with the switches
+        ends.append(link.intf2.name if link.intf1.node.inNamespace else link.intf1.name)
+    if ends:
+        # -force: go on past an interface already gone (one that failed to come up, say).
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {end}\n" for end in ends),
+                       capture_output=True, text=True, timeout=120, check=False)
+    net.links = []
+
+
 class MininetBuilder:
     """Realise a Topology with Mininet."""
 
@@ -255,5 +275,6 @@ class MininetBuilder:
 
     def stop(self) -> None:
         if self.net is not None:
+            _take_down_switches_and_links(self.net)
             self.net.stop()
             self.net = None
