@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 import uuid
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ def check_prerequisites() -> None:
 MAX_SHAPED_MBIT = 1000  # Mininet's TCLink (bwParamMax): its tc parameters are not meant for faster links
 
 
+@cache
 def _patch_link_class() -> Any:
     """Mininet's OVSLink (a pair of OVS patch ports between two switches), whose ends say they are up: the patch
     ports OVS makes have no kernel interface for Mininet's `ip link` check to read (Containernet's Mininet asks)."""
