@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,6 +161,28 @@ def stop_processes(records: list[ProcessRecord]) -> list[str]:
     return [f"{r.name} ({r.pid})" for r in records if r.pid in stopped]
 
 
+def remove_bridges(names: list[str]) -> list[str]:
+    """Delete these OVS bridges, with their ports, in one ovs-vsctl; the names of those that were there and are gone."""
+    if not names:
+        return []
+    there = [b for b in names if b in set(run_tool(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split())]
+    if there:
+        run_tool(["ovs-vsctl", "--timeout=30", *[a for b in there for a in ("--", "--if-exists", "del-br", b)][1:]])
+    left = set(run_tool(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split())
+    return [b for b in there if b not in left]
+
+
+def remove_interfaces(names: list[str]) -> list[str]:
+    """Delete these interfaces of the machine's namespace in one `ip -batch` (a veth pair goes with either end, also
+    from a host's namespace); the names of those that were there and are gone."""
+    there = [i for i in names if Path(f"/sys/class/net/{i}").exists()]
+    if there:
+        # -force: go on past one that went with its peer or is gone already.
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {i}\n" for i in there),
+                       capture_output=True, text=True, timeout=120, check=False)
+    return [i for i in there if not Path(f"/sys/class/net/{i}").exists()]
+
+
 def teardown(state: NetworkState) -> dict[str, list[str]]:
     """Remove exactly what the state lists: processes, host namespaces, bridges, interfaces, cgroups."""
     removed: dict[str, list[str]] = {"processes": stop_processes(state.processes), "hosts": [], "bridges": [], "interfaces": [],
@@ -167,12 +190,8 @@ def teardown(state: NetworkState) -> dict[str, list[str]]:
     # A host is an interactive shell holding a namespace; it ignores SIGTERM and has nothing to save.
     gone = set(stop_trees([(h.pid, h.create_time) for h in state.hosts], timeout=2, first_signal=signal.SIGKILL))
     removed["hosts"] = [h.name for h in state.hosts if h.pid in gone]
-    for bridge in state.bridges:
-        if run_tool(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge]).returncode == 0:
-            removed["bridges"].append(bridge)
-    for interface in state.interfaces:
-        if Path(f"/sys/class/net/{interface}").exists() and run_tool(["ip", "link", "del", interface]).returncode == 0:
-            removed["interfaces"].append(interface)
+    removed["bridges"] = remove_bridges(state.bridges)
+    removed["interfaces"] = remove_interfaces(state.interfaces)
     for cgroup in state.cgroups:
         path = Path(cgroup)
         if path.is_dir():

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, NeedsRootError
-from mlfo_toolkit.net.state import HostRecord, NetworkState
+from mlfo_toolkit.net.state import HostRecord, NetworkState, remove_bridges, remove_interfaces
 from mlfo_toolkit.net.topology import Topology
 from mlfo_toolkit.util.processes import run_tool
 
@@ -91,18 +91,10 @@ def _take_down_switches_and_links(net: Any) -> None:
     no links to stop: it deletes a link's two interfaces and takes its port off the switch one command each (4.3 s of
     `topo down` at `topo up 5`). Deleting a veth pair's end here, in the machine's namespace, deletes its peer in the
     host. Mininet's own stop then ends the switches' and hosts' shells (its `del-br` is `--if-exists`)."""
-    bridges = [a for switch in net.switches for a in ("--", "--if-exists", "del-br", switch.name)]
-    if bridges:
-        run_tool(["ovs-vsctl", "--timeout=30", *bridges[1:]])
-    ends = []
-    for link in net.links:
-        if getattr(link, "isPatchLink", False):
-            continue  # its ports went with the switches
-        ends.append(link.intf2.name if link.intf1.node.inNamespace else link.intf1.name)
-    if ends:
-        # -force: go on past an interface already gone (one that failed to come up, say).
-        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {end}\n" for end in ends),
-                       capture_output=True, text=True, timeout=120, check=False)
+    remove_bridges([switch.name for switch in net.switches])
+    # A patch link's ports went with the switches.
+    remove_interfaces([link.intf2.name if link.intf1.node.inNamespace else link.intf1.name
+                       for link in net.links if not getattr(link, "isPatchLink", False)])
     net.links = []
 
 
