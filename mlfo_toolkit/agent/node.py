@@ -682,7 +682,6 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         watched = self.events_changes()  # before the first look: a change after it wakes the wait
-        changes = watched[0] if watched is not None else None
         woken = asyncio.Event()
         if watched is not None:
             folder, events_file = watched
@@ -708,7 +707,7 @@ class NodeAgent:
                         if self.status_mark() != whole:
                             break
                         next_whole = loop.time() + PROCESS_LOOK_SECONDS
-                    look = PROCESS_LOOK_SECONDS if changes is not None else STATUS_LOOK_SECONDS
+                    look = PROCESS_LOOK_SECONDS if watched is not None else STATUS_LOOK_SECONDS
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(woken.wait(), max(0.0, min(look, deadline - loop.time(), next_whole - loop.time())))
                     woken.clear()
@@ -717,9 +716,9 @@ class NodeAgent:
             self._last_answer = (whole, loop.time(), answer)
             return answer
         finally:
-            if changes is not None:
-                loop.remove_reader(changes.fd)
-                changes.close()
+            if watched is not None:
+                loop.remove_reader(watched[0].fd)
+                watched[0].close()
 
     def status(self) -> dict[str, Any]:
         # Only the FL server's traffic goes into the answer: a client-only agent need not sample sockets. The answer
