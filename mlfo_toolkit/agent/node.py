@@ -58,6 +58,8 @@ ENDED_METRICS_SECONDS = 60.0
 STATUS_LOOK_SECONDS = 0.1
 PROCESS_LOOK_SECONDS = 1.0
 STATUS_MAX_WAIT_SECONDS = 30.0
+# How long a stopped FL server's `flwr run` may take to end by itself when its run has finished (it streams the last logs).
+SUBMITTER_FINISH_SECONDS = 5.0
 
 
 class ServerStartParams(BaseModel):
@@ -272,6 +274,12 @@ class FlServer:
 
     def stop(self) -> None:
         if self.submitter is not None:
+            if any(e.get("event") == "finished" for e in self.events()):
+                # The run is over: `flwr run` is streaming the ServerApp's last log lines (the app's own result among
+                # them) and ends by itself; a stop right away cut them from flwr-run.log.
+                deadline = time.monotonic() + SUBMITTER_FINISH_SECONDS
+                while self.submitter.running() and time.monotonic() < deadline:
+                    time.sleep(0.05)
             self.submitter.stop()
         self.superlink.stop()
         for registration in self.registrations:

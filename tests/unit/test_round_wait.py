@@ -142,3 +142,29 @@ def test_a_waiting_status_is_not_woken_by_the_run_folders_other_files(served: An
     assert len(computed) == 2, f"status computed {len(computed)} times"  # at the start and at the end of the wait
     if watched is not None:  # woken by inotify: only the processes' look once a second, not a look per log line
         assert len(looks) < 10, f"{len(looks)} looks in 1 s: woken by the log's writes"
+
+
+class _Streaming(_Process):
+    """A `flwr run` still streaming the run's last log lines: it ends by itself `ends_after` s after it is first asked."""
+
+    def __init__(self, ends_after: float) -> None:
+        self.ends_after, self.asked, self.cut = ends_after, None, False
+
+    def running(self) -> bool:
+        self.asked = self.asked or time.monotonic()
+        return time.monotonic() - self.asked < self.ends_after
+
+    def stop(self) -> None:
+        self.cut = self.running()  # a SIGTERM while it still streams cuts the log's end
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_stopped_servers_flwr_run_ends_by_itself_once_the_run_finished(tmp_path: Path, finished: bool) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"event": e}) + "\n" for e in ["started", "round"] + (["finished"] if finished else [])))
+    submitter = _Streaming(ends_after=0.3)
+    server = FlServer(params=SimpleNamespace(), address="127.0.0.1:9092", superlink=_Process(), submitter=submitter,  # type: ignore[arg-type]
+                      metrics_file=metrics)
+    server.stop()
+    # Finished: its last log lines (the app's result) are written before it ends. A run stopped midway is not waited for.
+    assert submitter.cut is (not finished)
