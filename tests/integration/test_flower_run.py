@@ -144,8 +144,9 @@ def test_agent_contract_and_typed_validation(agent, workdir: Path) -> None:  # t
     address = started.json()["server"]
     again = requests.post(url + "/serv", data={**serv, "numround": "2"}, timeout=10)
     assert again.status_code == 409  # one FL server per node at a time
+    # The agent's first client starts its executor (Flower's imports) before the SuperNode: as long as /serv may take.
     client = requests.post(
-        url + "/cli", data={"source": "handmnist", "model": "simple", "server": address, "cohsize": "1", "part": "0"}, timeout=10
+        url + "/cli", data={"source": "handmnist", "model": "simple", "server": address, "cohsize": "1", "part": "0"}, timeout=90
     )
     assert client.status_code == 201
     status = requests.get(url + "/status", timeout=5).json()
