@@ -351,6 +351,8 @@ class CampusMlfo:
                 roundtimeout=params.round_timeout,
             )
             momo = build_momo_intent(record.intent_id, Pipeline(**pipeline), constraints)
+            if params.sameserver:
+                self._await_previous(deployment_id)
             answer = self._server_for(deployment_id, momo.model_dump(exclude_none=True))
             started = time.monotonic()  # orchestration counts from the server given, not from the queue
             server = ServerRecord(server=answer["server"], agent=answer["agent"], shared_with=answer.get("shared_with"),
@@ -387,6 +389,19 @@ class CampusMlfo:
             self._finish(deployment_id, "failed", f"internal error: {err}")
             return
         self.watch.follow(deployment_id)
+
+    def _await_previous(self, deployment_id: str) -> None:
+        """A sameserver deployment shares the server of the cohort sent before it: wait until that one has its
+        server (or has ended). Deployments run at once, and two sent back to back reached the cloud MLFO in either
+        order: the second was refused, no server being active yet."""
+        deadline = time.monotonic() + self.config.mlfo.queue_wait_seconds
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            records = self.table.all()
+            ids = [r.id for r in records]
+            earlier = [r for r in records[:ids.index(deployment_id)] if not r.ended] if deployment_id in ids else []
+            if not earlier or earlier[-1].server is not None:
+                return
+            self._stopping.wait(0.05)
 
     def _server_for(self, deployment_id: str, momo: dict[str, Any]) -> dict[str, Any]:
         """An FL server from the cloud MLFO; while every server is busy, wait in the queue (bounded, fair)."""

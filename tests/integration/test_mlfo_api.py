@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from mlfo_toolkit.cli.main import cli
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.orchestrator.campus import CampusMlfo
+from mlfo_toolkit.orchestrator.intents import parse_momo_intent
 from mlfo_toolkit.orchestrator.store import Store
 from tests.helpers.orchestra import WELDING, Orchestra, close, send, start_orchestra
 
@@ -95,8 +97,18 @@ def test_missing_file_field_and_other_bodies(orchestra: Orchestra) -> None:
     assert requests.delete(f"{orchestra.url}/receive", timeout=5).status_code == 405
 
 
-def test_sameserver_shares_the_previous_cohorts_server(orchestra: Orchestra) -> None:
+def test_sameserver_shares_the_previous_cohorts_server(orchestra: Orchestra, monkeypatch: pytest.MonkeyPatch) -> None:
     orchestra.servers[0].final_state = "running"  # the first cohort's run is still going
+    # The first cohort's request for a server is slow to leave the campus MLFO: the second, sent at once, must
+    # not reach the cloud MLFO first and be refused (deployments run at once; CI saw that order).
+    ask = orchestra.campus._momo_deploy
+
+    def slow_unless_shared(momo: dict[str, Any]) -> dict[str, Any]:
+        if not parse_momo_intent(momo)[1].sameserv:
+            time.sleep(0.5)
+        return ask(momo)
+
+    monkeypatch.setattr(orchestra.campus, "_momo_deploy", slow_unless_shared)
     first = send(orchestra, cohortsize=2, ipstart=10).json()["id"]
     second = send(orchestra, cohortsize=2, ipstart=12, sameserver="true").json()["id"]
     deadline = time.monotonic() + 10
