@@ -89,6 +89,33 @@ def _busy_seconds() -> float:
     return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+Seen = dict[tuple[int, int], tuple[int, str, float, float]]  # (pid, start) -> (ppid, kind, own CPU s, reaped CPU s)
+
+
+def attribute(seen: Seen, before: dict[tuple[int, int], tuple[int, int, str, float, float]],
+              alive: set[tuple[int, int]]) -> dict[str, float]:
+    """CPU seconds by kind since `before`: each process's own time, and what it reaped beyond the children seen.
+
+    A child that ended is in its parent's reaped time with all it had reaped itself (the kernel adds a reaped
+    child's own and reaped time to its parent's), so both come off the parent's: a SuperLink's ServerApps are
+    counted once, as themselves, and not again for the executor that reaped the SuperLink."""
+    def since(key: tuple[int, int], own: float, reaped: float) -> tuple[float, float]:
+        old = before.get(key)
+        return own - (old[3] if old else 0.0), reaped - (old[4] if old else 0.0)
+
+    reaped_seen: dict[int, float] = {}
+    for key, (ppid, _, own, reaped) in seen.items():
+        if key not in alive:
+            own_since, reaped_since = since(key, own, reaped)
+            reaped_seen[ppid] = reaped_seen.get(ppid, 0.0) + own_since + reaped_since
+    by_kind: dict[str, float] = {}
+    for key, (_, what, own, reaped) in seen.items():
+        own_since, reaped_since = since(key, own, reaped)
+        unseen = max(0.0, reaped_since - reaped_seen.get(key[0], 0.0))
+        by_kind[what] = by_kind.get(what, 0.0) + own_since + unseen
+    return by_kind
+
+
 class CpuByKind:
     """The machine's busy CPU seconds over a job, and how they split among kinds of process (by /proc).
 
@@ -100,7 +127,7 @@ class CpuByKind:
     def __init__(self, every: float = 0.5) -> None:
         self.every = every
         self._stop = threading.Event()
-        self._seen: dict[tuple[int, int], tuple[int, str, float, float]] = {}  # (pid, start) -> (ppid, kind, own, reaped)
+        self._seen: Seen = {}
 
     def _look(self) -> set[tuple[int, int]]:
         """Note every process's CPU time now; the (pid, start) of those running."""
@@ -127,19 +154,7 @@ class CpuByKind:
         self._thread.join()
         alive = self._look()
         self.busy = round(_busy_seconds() - self._busy_before, 1)
-        # Own time of every process seen, since the start (or since it began).
-        own_since = {key: own - (self._before[key][3] if key in self._before else 0.0)
-                     for key, (_, _, own, _) in self._seen.items()}
-        # Children seen that ended: their parent's reaped time already holds them.
-        reaped_seen: dict[int, float] = {}
-        for key, (ppid, _, _, _) in self._seen.items():
-            if key not in alive:
-                reaped_seen[ppid] = reaped_seen.get(ppid, 0.0) + own_since[key]
-        self.by_kind: dict[str, float] = {}
-        for key, (_, what, _, reaped) in self._seen.items():
-            reaped_since = reaped - (self._before[key][4] if key in self._before else 0.0)
-            unseen = max(0.0, reaped_since - reaped_seen.get(key[0], 0.0))
-            self.by_kind[what] = self.by_kind.get(what, 0.0) + own_since[key] + unseen
+        self.by_kind = attribute(self._seen, self._before, alive)
 
     def lines(self, per: float, unit: str) -> list[str]:
         """The kinds, largest first, in CPU seconds and per `unit` (`per` of them)."""

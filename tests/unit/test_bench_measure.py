@@ -1,0 +1,31 @@
+"""The benches' CPU accounting by kind of process (bench/_measure.py): every CPU second counted once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from _measure import attribute  # noqa: E402
+
+
+def test_a_reaped_child_and_what_it_reaped_count_once() -> None:
+    # The executor (pid 1) reaped a SuperLink (pid 2, own 5 s), which had reaped its ServerApp (pid 3, own 3 s),
+    # and a task too short to be seen (2 s): the kernel added 5 + 3 + 2 to the executor's reaped time.
+    seen = {
+        (1, 100): (0, "executor", 1.0, 10.0),
+        (2, 200): (1, "superlink", 5.0, 3.0),
+        (3, 300): (2, "serverapp", 3.0, 0.0),
+    }
+    by_kind = attribute(seen, before={}, alive={(1, 100)})
+    assert by_kind == {"executor": 3.0, "superlink": 5.0, "serverapp": 3.0}
+    assert sum(by_kind.values()) == 11.0  # what the three and the task used, no more
+
+
+def test_time_before_the_window_is_left_out() -> None:
+    # A process that existed before: only what it used and reaped since counts.
+    before = {(1, 100): (100, 0, "executor", 4.0, 6.0)}
+    seen = {(1, 100): (0, "executor", 5.0, 9.0), (2, 200): (1, "task", 1.0, 0.0)}
+    by_kind = attribute(seen, before, alive={(1, 100)})
+    assert by_kind == {"executor": 1.0 + 2.0, "task": 1.0}
