@@ -468,8 +468,11 @@ def test_device_profiles_slow_the_clients_they_limit_and_are_undone(network: dic
         assert all(sorted(r) == ["0", "1", "2"] for r in per_round), per_round  # every client's training, every round
         train[key] = sorted(s for r in per_round for s in r.values())
         assert run["undo_problems"] == []
-    slow, fast = statistics.median(train["profiles_rpi3-r1"]), statistics.median(train["profiles_edge-server-r1"])
-    assert slow > 3 * fast, (slow, fast)  # a tenth of a core trains several times slower than a whole one
+    # A tenth of a core trains several times slower than a whole one. The whole core's fastest training is its own
+    # speed: the other test worker's FL runs only add to its times (CI saw its median at 46 ms, from 10-14 ms alone),
+    # while the limit makes the tenth's typical training wait out a CPU period (about 100 ms).
+    slow, fast = statistics.median(train["profiles_rpi3-r1"]), min(train["profiles_edge-server-r1"])
+    assert slow > 3 * fast, (slow, train)
     assert quota.read_text() == before  # limits undone after each run
     assert (Path(fc10["memory_cgroup"]) / "memory.limit_in_bytes").read_text().strip() != str(512 * 1024 * 1024)
     report = mlfo(network["env"], network["workdir"], "report", str(out), "--json")
