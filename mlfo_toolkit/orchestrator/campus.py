@@ -396,10 +396,8 @@ class CampusMlfo:
         order: the second was refused, no server being active yet."""
         deadline = time.monotonic() + self.config.mlfo.queue_wait_seconds
         while not self._stopping.is_set() and time.monotonic() < deadline:
-            records = self.table.all()
-            ids = [r.id for r in records]
-            earlier = [r for r in records[:ids.index(deployment_id)] if not r.ended] if deployment_id in ids else []
-            if not earlier or earlier[-1].server is not None:
+            earlier = self.table.sent_before(deployment_id)
+            if earlier is None or earlier.server is not None:
                 return
             self._stopping.wait(0.05)
 

@@ -57,6 +57,17 @@ class DeploymentTable:
         with self.lock:
             return [r.model_copy(deep=True) for r in self._records.values()]
 
+    def sent_before(self, deployment_id: str) -> Deployment | None:
+        """A copy of the latest deployment added before `deployment_id` that has not ended (None if there is none)."""
+        with self.lock:
+            earlier: Deployment | None = None
+            for record in self._records.values():
+                if record.id == deployment_id:
+                    break
+                if not record.ended:
+                    earlier = record
+            return earlier.model_copy(deep=True) if earlier is not None else None
+
     def assured(self, recent_seconds: float = 600.0) -> list[AssuredDeployment]:
         """Deployments with a target, running or ended within `recent_seconds` (for the assurance metrics)."""
         now = time.time()
