@@ -165,7 +165,8 @@ def remove_bridges(names: list[str]) -> list[str]:
     """Delete these OVS bridges, with their ports, in one ovs-vsctl; the names of those that were there and are gone."""
     if not names:
         return []
-    there = [b for b in names if b in set(run_tool(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split())]
+    existing = set(run_tool(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split())
+    there = [b for b in names if b in existing]
     if there:
         run_tool(["ovs-vsctl", "--timeout=30", *[a for b in there for a in ("--", "--if-exists", "del-br", b)][1:]])
     left = set(run_tool(["ovs-vsctl", "--timeout=10", "list-br"]).stdout.split())
