@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,8 +178,7 @@ def remove_interfaces(names: list[str]) -> list[str]:
     there = [i for i in names if Path(f"/sys/class/net/{i}").exists()]
     if there:
         # -force: go on past one that went with its peer or is gone already.
-        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {i}\n" for i in there),
-                       capture_output=True, text=True, timeout=120, check=False)
+        run_tool(["ip", "-force", "-batch", "-"], timeout=120, input="".join(f"link del {i}\n" for i in there))
     return [i for i in there if not Path(f"/sys/class/net/{i}").exists()]
 
 

@@ -131,9 +131,10 @@ def spawn(argv: Sequence[str], log: Path, *, env: Mapping[str, str] | None = Non
                                 env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
 
 
-def run_tool(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run a system tool (ip, ovs-vsctl, ...) to completion, output captured, never raising on its exit code."""
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+def run_tool(argv: Sequence[str], timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a system tool (ip, ovs-vsctl, ...) to completion, output captured, never raising on its exit code; `input`
+    goes to its stdin (`ip -batch -`)."""
+    return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def end_processes(procs: Sequence[psutil.Process], timeout: float = 5.0, first_signal: int = signal.SIGTERM) -> None:

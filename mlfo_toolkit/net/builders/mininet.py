@@ -5,7 +5,6 @@ root-only system package that unit tests, `--help` and loopback runs never need.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import uuid
 from functools import cache, partial
@@ -80,7 +79,7 @@ def _make_veth_pairs(pairs: list[tuple[str, str, int | None]]) -> None:
         lines.append(f"link add name {first} type veth peer name {second}\n")
         if namespace_pid is not None:
             lines.append(f"link set {first} netns {namespace_pid}\n")
-    done = subprocess.run(["ip", "-batch", "-"], input="".join(lines), capture_output=True, text=True, timeout=120, check=False)
+    done = run_tool(["ip", "-batch", "-"], timeout=120, input="".join(lines))
     if done.returncode != 0:
         raise MlfoError(f"making the network's veth pairs failed: {done.stderr.strip()[:300]}",
                         hint="`mlfo topo down` removes what was made; `ip link` shows what is in the way")
@@ -249,7 +248,7 @@ class MininetBuilder:
         if topology.mtu != 1500:
             # One `ip -batch` and one ovs-vsctl for all of them (one command each was a second at 60 hosts).
             commands = "".join(f"link set dev {interface} mtu {topology.mtu}\n" for interface in interfaces)
-            subprocess.run(["ip", "-batch", "-"], input=commands, capture_output=True, text=True, timeout=30, check=False)
+            run_tool(["ip", "-batch", "-"], input=commands)
             patches = {i for link in topology.links if link.patch for i in (link.interface_a, link.interface_b)}
             ports = [p for bridge in bridges for p in run_tool(["ovs-vsctl", "--timeout=10", "list-ports", bridge]).stdout.split()
                      if p not in patches]
