@@ -274,3 +274,37 @@ def test_changes_sent_at_once_to_a_run_all_reach_its_control_file(tmp_path: Path
         list(pool.map(lambda change: update_control(control_file, change), changes))
     settings = RunControl(control_file).read()
     assert settings.exclude_nodes == set(range(40)) and settings.fraction_fit == 0.5 and settings.min_fit == 2, settings
+
+
+def test_a_held_round_sleeps_until_the_control_file_changes(tmp_path: Any) -> None:
+    """On the real clock a held ServerApp is woken by the control file's change (inotify), not by polling it: it
+    starts its round as soon as the hold is lifted, and looks at the file a handful of times however long it waits."""
+    import threading
+
+    from mlfo_toolkit.fl.control import RunControl, update_control
+
+    control_file = tmp_path / "control.json"
+    update_control(control_file, {"hold": 1})
+    looks: list[float] = []
+
+    class CountedControl(RunControl):
+        def read(self) -> Any:
+            looks.append(time.monotonic())
+            return super().read()
+
+    timed = RoundClock(FakeGrid(FakeClock(), {}), poll_seconds=0.25, control=CountedControl(control_file), node_wait_seconds=30)
+    lifted: list[float] = []
+
+    def lift() -> None:
+        time.sleep(0.6)
+        update_control(tmp_path / "other.json", {"hold": 0})  # another file in the folder does not end the wait
+        time.sleep(0.2)
+        lifted.append(time.monotonic())
+        update_control(control_file, {"hold": 0})
+
+    threading.Thread(target=lift, daemon=True).start()
+    held = timed.hold(1)
+    started = time.monotonic()
+    assert lifted and started - lifted[0] < 0.2  # polled every 50 ms it ended within 50 ms too; woken, at once
+    assert 0.7 <= held < 1.2
+    assert len(looks) <= 4  # polled every 50 ms: 17 looks
