@@ -26,8 +26,6 @@ fl.wakeups: false and fl.supernode_poll_seconds: 0 to run Flower's own timing th
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import contextvars
 import importlib.metadata
 import os
@@ -42,6 +40,7 @@ from typing import Any, cast
 
 from mlfo_toolkit.errors import MissingDependencyError
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, NAMED_WAKE_PATIENCE, Waker, WakeSocket, node_socket
+from mlfo_toolkit.util.ticks import Ticks
 
 TESTED = ("1.42.",)
 FLOWER_IDLE_SLEEP = 3.0  # what Flower's SuperNode sleeps when a pull found nothing
@@ -190,19 +189,17 @@ def quiet_uvicorn(flower_module: types.ModuleType) -> None:
     handle_exit = server.handle_exit
 
     async def main_loop(self: Any) -> None:
-        self._mlfo_wake, self._mlfo_loop = asyncio.Event(), asyncio.get_running_loop()
+        self._mlfo_ticks = ticks = Ticks()
         counter = 0
         while not await self.on_tick(counter):  # on_tick refreshes the Date header when counter % 10 == 0
             counter = (counter + 10) % 864_000
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._mlfo_wake.wait(), timeout=QUIET_TICK)
+            await ticks.sleep(QUIET_TICK)
 
     def quiet_exit(self: Any, sig: int, frame: Any) -> None:
         handle_exit(self, sig, frame)
-        wake, loop = getattr(self, "_mlfo_wake", None), getattr(self, "_mlfo_loop", None)
-        if wake is not None and loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has ended already
-                loop.call_soon_threadsafe(wake.set)
+        ticks = getattr(self, "_mlfo_ticks", None)
+        if ticks is not None:
+            ticks.wake()
 
     server.main_loop = main_loop
     server.handle_exit = quiet_exit
