@@ -23,10 +23,11 @@ from mlfo_toolkit.util.ticks import Ticks
 
 log = logging.getLogger(__name__)
 
-# Idle keep-alive connections are closed after this many seconds; a request's head has
+# Idle keep-alive connections are closed after this many seconds (longer than the MLFO's client checks, every
+# 5 s: with uvicorn's 5 s each check made a new connection, and its old one waited out TIME_WAIT); a request's head has
 # `request_seconds` (api.request_seconds) to arrive once its connection is open (`_SlowRequestGuard`),
 # and its body as long again from then (the BodyLimit middleware).
-KEEP_ALIVE_SECONDS = 5
+KEEP_ALIVE_SECONDS = 15
 REQUEST_HEAD_SECONDS = 10.0
 
 

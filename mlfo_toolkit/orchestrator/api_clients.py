@@ -189,7 +189,7 @@ def southbound(kind: type[Client], address: str, config: Config, *, timeout: flo
 
 class AgentPool:
     """Clients of the agents an MLFO polls, one per address, kept between polls: each poll reuses the agent's
-    keep-alive connection (uvicorn keeps it 5 s) instead of a new session and TCP connect. Safe to share
+    keep-alive connection (mlfo's services keep it 15 s) instead of a new session and TCP connect. Safe to share
     between threads (requests' connection pool is)."""
 
     def __init__(self, config: Config, *, timeout: float) -> None:
