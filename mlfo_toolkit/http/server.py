@@ -84,7 +84,6 @@ class HttpServer:
 
     def __init__(self, app: Any, host: str, port: int, *, threads: int = 8, request_seconds: float = REQUEST_HEAD_SECONDS) -> None:
         _raise_fd_limit()
-        self.request_seconds = request_seconds
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
