@@ -23,10 +23,10 @@ def _app() -> FastAPI:
 
 def test_a_server_stops_at_once_though_it_ticks_once_a_second() -> None:
     server = HttpServer(_app(), "127.0.0.1", 0).start()
-    time.sleep(0.3)  # mid-tick
+    time.sleep(0.1)  # early in a tick
     started = time.monotonic()
     server.close()
-    assert time.monotonic() - started < 0.6  # woken: uvicorn's own 0.1 s to close, not the rest of the 1 s tick
+    assert time.monotonic() - started < 0.6  # woken: uvicorn's own moment to close, not the rest of the 1 s tick
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", server.port)) != 0  # nothing listens any more
 
@@ -41,6 +41,6 @@ def test_a_request_head_that_never_completes_is_closed_and_others_are_served() -
                 quick.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 assert b'{"hello":"world"}' in quick.recv(4096) + quick.recv(4096)
             assert slow.recv(4096) == b""  # closed by the server
-            assert 1.0 <= time.monotonic() - started < 3.5  # after request_seconds, on one of the next ticks
+            assert 1.0 <= time.monotonic() - started < 5.0  # after request_seconds, on one of the next ticks (1-3 s)
     finally:
         server.close()
