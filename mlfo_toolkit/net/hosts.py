@@ -24,6 +24,7 @@ from mlfo_toolkit.util.linux import (
     CFS_PERIOD_US,
     CGROUP_V1_CPU,
     CGROUP_V1_MEMORY,
+    listening_tcp_ports,
     read_cpu_quota,
     read_memory_limit,
     set_cpu_quota,
@@ -108,16 +109,7 @@ class ServiceLauncher:
 
 def listening(host_pid: int, port: int) -> bool:
     """Whether anything listens on TCP `port` in the network namespace of `host_pid`."""
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{host_pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
+    return port in listening_tcp_ports(host_pid)
 
 
 def wait_listening(state: NetworkState, waits: list[tuple[str, int, ProcessRecord]], timeout: float) -> None:
@@ -125,14 +117,16 @@ def wait_listening(state: NetworkState, waits: list[tuple[str, int, ProcessRecor
     deadline = time.monotonic() + timeout
     pending = list(waits)
     while pending and time.monotonic() < deadline:
+        ports = {host: listening_tcp_ports(state.host(host).pid) for host in {host for host, _, _ in pending}}
         for item in list(pending):
             host, port, process = item
-            if listening(state.host(host).pid, port):
+            if port in ports[host]:
                 pending.remove(item)
             elif not process.alive():
                 tail = Path(process.log or "").read_text(errors="replace").splitlines()[-5:] if process.log else []
                 raise MlfoError(f"{process.name} on {host} exited before listening on port {port}", hint="\n".join(tail))
-        time.sleep(0.3)
+        if pending:
+            time.sleep(0.1)
     if pending:
         raise UnreachableError(
             f"not listening after {timeout:.0f} s: " + ", ".join(f"{h}:{p}" for h, p, _ in pending),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
+import struct
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +51,57 @@ def network_namespace_of(pid: int) -> Iterator[None]:
             setns(own, CLONE_NEWNET)
     finally:
         os.close(own)
+
+
+# sock_diag (linux/sock_diag.h, linux/inet_diag.h): the kernel's socket tables over netlink, as `ss` reads them.
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+TCP_LISTEN = 10
+_NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+_INET_DIAG_REQ = struct.Struct("=BBBxI48x")  # family, protocol, extensions, states, a zero socket id (48 bytes)
+
+
+def listening_tcp_ports(pid: int) -> set[int]:
+    """The TCP ports something listens on in the network namespace of `pid` (empty when that process is gone).
+
+    Asked over sock_diag for listening sockets only: the kernel then walks its listening table, where reading
+    /proc/PID/net/tcp walks every connection's hash bucket of the machine (10 ms a read here, and `topo up` waits
+    for 57 services)."""
+    try:
+        if namespace_inode(pid) == namespace_inode("thread-self"):
+            diag = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+        else:
+            with network_namespace_of(pid):  # a netlink socket belongs to the namespace it was made in
+                diag = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+    except OSError:
+        return set()
+    ports: set[int] = set()
+    with diag:
+        for sequence, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
+            request = _INET_DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN)
+            diag.sendto(_NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(request), SOCK_DIAG_BY_FAMILY,
+                                           NLM_F_REQUEST | NLM_F_DUMP, sequence, 0) + request, (0, 0))
+            while not _read_listening(diag.recv(65536), ports):
+                pass
+    return ports
+
+
+def _read_listening(data: bytes, ports: set[int]) -> bool:
+    """Add the local ports of one sock_diag reply's messages to `ports`; whether the dump is done."""
+    offset = 0
+    while offset + _NLMSG_HEADER.size <= len(data):
+        length, kind, _, _, _ = _NLMSG_HEADER.unpack_from(data, offset)
+        if kind == NLMSG_DONE:
+            return True
+        if kind == NLMSG_ERROR:
+            errno = -struct.unpack_from("=i", data, offset + _NLMSG_HEADER.size)[0]
+            raise OSError(errno, f"sock_diag: {os.strerror(errno)}")
+        # inet_diag_msg: family, state, timer, retransmits (a byte each), then the socket id, local port first
+        ports.add(struct.unpack_from("!H", data, offset + _NLMSG_HEADER.size + 4)[0])
+        offset += (length + 3) & ~3
+    return False
 
 
 def namespace_inode(pid: int | str) -> int:
