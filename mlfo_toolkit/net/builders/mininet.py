@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,42 @@ def _make_veth_pairs(pairs: list[tuple[str, str, int | None]]) -> None:
                         hint="`mlfo topo down` removes what was made; `ip link` shows what is in the way")
 
 
+@dataclass
+class _Settings:
+    """What Mininet's TCIntf.config does to the interfaces of one network namespace, gathered to be done at once:
+    each up (`ip -batch`), its offloads (`ethtool -K`, one each) and its queueing (`tc -batch`)."""
+
+    pid: int | None  # a host's process, whose network namespace they are in; None: the machine's own
+    ip: list[str] = field(default_factory=list)
+    ethtool: list[list[str]] = field(default_factory=list)
+    tc: list[str] = field(default_factory=list)
+
+    def argv(self, tool: list[str]) -> list[str]:
+        return tool if self.pid is None else ["nsenter", "--target", str(self.pid), "--net", "--", *tool]
+
+    def apply(self) -> list[str]:
+        """Run them; what failed, one line each."""
+        steps: list[tuple[str, list[str], str | None]] = [("ip -batch", ["ip", "-batch", "-"], "".join(self.ip))] if self.ip else []
+        steps += [(f"ethtool -K {options[0]}", ["ethtool", "-K", *options], None) for options in self.ethtool]
+        steps += [("tc -batch", ["tc", "-batch", "-"], "".join(self.tc))] if self.tc else []
+        where = f"the host of PID {self.pid}" if self.pid is not None else "the machine's namespace"
+        failed = []
+        for what, tool, lines in steps:
+            done = run_tool(self.argv(tool), timeout=60, input=lines)
+            if done.returncode != 0:
+                failed.append(f"{what} in {where}: {(done.stderr or done.stdout).strip()[:200]}")
+        return failed
+
+
+def _apply_settings(settings: list[_Settings]) -> None:
+    """Every namespace's interface settings, a few namespaces at a time (each is a handful of short tool runs)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        failed = [line for lines in pool.map(_Settings.apply, settings) for line in lines]
+    if failed:
+        raise MlfoError(f"setting up the network's interfaces failed: {'; '.join(failed[:3])}",
+                        hint="`mlfo topo down` removes what was made; `ip link` and `tc qdisc` show what is there")
+
+
 def _take_down_switches_and_links(net: Any) -> None:
     """Delete every switch (with its ports) in one ovs-vsctl and every veth pair in one `ip -batch`, then leave Mininet
     no links to stop: it deletes a link's two interfaces and takes its port off the switch one command each (4.3 s of
@@ -124,7 +162,7 @@ class MininetBuilder:
     def build(self, topology: Topology, state: NetworkState, controller: str | None) -> None:
         check_prerequisites()
         import mininet.net  # noqa: F401  (first: Containernet's mininet.link and mininet.node import each other)
-        from mininet.link import TCLink
+        from mininet.link import TCIntf, TCLink
         from mininet.log import setLogLevel
         from mininet.node import OVSSwitch, RemoteController
         from mininet.util import errRun
@@ -159,9 +197,11 @@ class MininetBuilder:
 
         class Switch(OVSSwitch):  # type: ignore[misc]
             """Containernet's Mininet adds each link's port to its switch at once (`attach`, one ovs-vsctl and a tc
-            re-application per port), then again when the switches start (one batched ovs-vsctl that re-creates
-            the bridge with every port, and the tc settings re-applied): until they start, the first is skipped.
-            A link added to a running network (none is, by mlfo) is still attached at once."""
+            re-application per port), then again when the switches start: until they start, the first is skipped.
+            They start in batch (one ovs-vsctl for every bridge and port, where Mininet runs one per switch and then
+            re-applies every port's tc settings one command at a time); the ports' settings are applied once,
+            afterwards, for every interface together (`_apply_settings`). A link added to a running network (none
+            is, by mlfo) is still attached at once."""
 
             running = False
 
@@ -171,11 +211,6 @@ class MininetBuilder:
 
             @classmethod
             def batchStartup(cls, switches: list[Any], run: Any = errRun) -> list[Any]:  # noqa: N802 - Mininet's name
-                """Mininet's batched start re-applies every switch port's tc settings afterwards, because the kernel
-                datapath replaces them. The userspace datapath leaves them alone (checked: the HTB class of a
-                port is there without it), so there the re-application (2 s at 60 hosts) is skipped."""
-                if kernel:
-                    return list(super().batchStartup(switches, run))
                 commands = [c.strip() for switch in switches for c in switch.commands]
                 for switch in switches:
                     switch.cmds, switch.batch = [], False
@@ -191,9 +226,39 @@ class MininetBuilder:
             datapath="kernel" if kernel else "user",
             protocols="OpenFlow13",
             failMode="secure" if controller else "standalone",
+            batch=True,
         )
+        deferring = [True]
+
+        class DeferredIntf(TCIntf):  # type: ignore[misc]
+            """Mininet's TCIntf, whose settings wait, while the network is built, until the switches have their ports
+            (OVS resets a port's queueing when it takes it): then they are applied for every interface at once.
+            Mininet ran 5-6 commands through a node's shell per interface, twice on a switch's side: 3 s of
+            `topo up 5`."""
+
+            def config(self, **params: Any) -> Any:
+                return None if deferring[0] else super().config(**params)
+
+            def settings(self, host_side: bool, mtu: int) -> tuple[str, list[str], list[str]]:
+                """Mininet's TCIntf.config, as lines for `ip -batch`, `ethtool -K` options and `tc -batch` lines: up, no
+                GRO, checksum offloads on (TX off on a host's side: the userspace datapath drops TCP segments whose
+                checksum was offloaded), and the link's HTB rate (and netem delay) with Mininet's own commands."""
+                params = self.params
+                name = self.name
+                ip = f"link set dev {name} up" + (f" mtu {mtu}" if host_side and mtu != 1500 else "") + "\n"
+                offloads = [name, "gro", "off", "tx", "off" if host_side else "on", "rx", "on"]
+                bandwidth, parent = self.bwCmds(bw=params.get("bw"))
+                delay, _ = self.delayCmds(parent, delay=params.get("delay"))
+                return ip, offloads, [(command % ("", name)).strip() + "\n" for command in bandwidth + delay]
+
         class PreparedLink(TCLink):  # type: ignore[misc]
-            """Mininet's TCLink on a veth pair made beforehand, with the others, in one `ip -batch` (`_make_veth_pairs`)."""
+            """Mininet's TCLink on a veth pair made beforehand, with the others, in one `ip -batch` (`_make_veth_pairs`),
+            its interfaces set up afterwards, with all the others (DeferredIntf)."""
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs.setdefault("cls1", DeferredIntf)
+                kwargs.setdefault("cls2", DeferredIntf)
+                super().__init__(*args, **kwargs)
 
             @classmethod
             def makeIntfPair(cls, *args: Any, **kwargs: Any) -> None:  # noqa: N802 - Mininet's name
@@ -245,23 +310,28 @@ class MininetBuilder:
         net.start()
         for switch in net.switches:
             switch.running = True
+        deferring[0] = False
         if topology.mtu != 1500:
             # One `ip -batch` and one ovs-vsctl for all of them (one command each was a second at 60 hosts).
             commands = "".join(f"link set dev {interface} mtu {topology.mtu}\n" for interface in interfaces)
             run_tool(["ip", "-batch", "-"], input=commands)
-            patches = {i for link in topology.links if link.patch for i in (link.interface_a, link.interface_b)}
-            ports = [p for bridge in bridges for p in run_tool(["ovs-vsctl", "--timeout=10", "list-ports", bridge]).stdout.split()
-                     if p not in patches]
-            sets = [a for port in ports for a in ("--", "set", "interface", port, f"mtu_request={topology.mtu}")]
+            # The switches' ports are the switch ends of the veth links (a patch port has no MTU of its own).
+            sets = [a for port in interfaces for a in ("--", "set", "interface", port, f"mtu_request={topology.mtu}")]
             if sets:
                 run_tool(["ovs-vsctl", "--timeout=30", *sets])
+        by_namespace: dict[int | None, _Settings] = {}
+        for link in net.links:
+            for intf in (link.intf1, link.intf2):
+                if isinstance(intf, DeferredIntf):
+                    pid = intf.node.pid if intf.node.inNamespace else None
+                    ip, offloads, tc = intf.settings(host_side=pid is not None, mtu=topology.mtu)
+                    settings = by_namespace.setdefault(pid, _Settings(pid))
+                    settings.ip.append(ip)
+                    settings.ethtool.append(offloads)
+                    settings.tc.extend(tc)
+        _apply_settings(list(by_namespace.values()))
         for host in topology.hosts:
-            node = net.get(host.name)
-            # The userspace datapath drops TCP segments with offloaded checksums: compute them in software.
-            node.cmd("ethtool", "-K", host.interface, "tx", "off")
-            if topology.mtu != 1500:
-                node.cmd("ip", "link", "set", "dev", host.interface, "mtu", str(topology.mtu))
-            state.hosts.append(self._record(host, node))
+            state.hosts.append(self._record(host, net.get(host.name)))
         if not kernel:
             time.sleep(0.5)  # let the userspace datapath pick up its ports
 
