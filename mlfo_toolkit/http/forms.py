@@ -3,6 +3,7 @@ their limits, and the answers to what cannot be read. Shared by the MLFO and age
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -98,7 +99,18 @@ def unsupported_handler(app: FastAPI) -> None:
 
 
 def form_schema(model: type[Any], *, with_file: bool) -> dict[str, Any]:
-    """OpenAPI request body of a prototype form, generated from the model that validates it."""
+    """OpenAPI request body of a prototype form, generated from the model that validates it (a copy of it: the
+    generation is done once per model, in the service launcher before it forks its 57 services)."""
+    key = (model, with_file)
+    if key not in _FORM_SCHEMAS:
+        _FORM_SCHEMAS[key] = _form_schema(model, with_file)
+    return copy.deepcopy(_FORM_SCHEMAS[key])
+
+
+_FORM_SCHEMAS: dict[tuple[type[Any], bool], dict[str, Any]] = {}
+
+
+def _form_schema(model: type[Any], with_file: bool) -> dict[str, Any]:
     schema = model.model_json_schema()
     properties = dict(schema.get("properties", {}))
     required = list(schema.get("required", []))
