@@ -100,11 +100,14 @@ class _Settings:
     def argv(self, tool: list[str]) -> list[str]:
         return tool if self.pid is None else ["nsenter", "--target", str(self.pid), "--net", "--", *tool]
 
-    def apply(self) -> list[str]:
-        """Run them; what failed, one line each."""
-        steps: list[tuple[str, list[str], str | None]] = [("ip -batch", ["ip", "-batch", "-"], "".join(self.ip))] if self.ip else []
-        steps += [(f"ethtool -K {options[0]}", ["ethtool", "-K", *options], None) for options in self.ethtool]
-        steps += [("tc -batch", ["tc", "-batch", "-"], "".join(self.tc))] if self.tc else []
+    def apply(self, queues: bool) -> list[str]:
+        """Run the interfaces' links (up, offloads) or, with `queues`, their queueing; what failed, one line each."""
+        steps: list[tuple[str, list[str], str | None]] = []
+        if queues and self.tc:
+            steps.append(("tc -batch", ["tc", "-batch", "-"], "".join(self.tc)))
+        elif not queues:
+            steps += [("ip -batch", ["ip", "-batch", "-"], "".join(self.ip))] if self.ip else []
+            steps += [(f"ethtool -K {options[0]}", ["ethtool", "-K", *options], None) for options in self.ethtool]
         where = f"the host of PID {self.pid}" if self.pid is not None else "the machine's namespace"
         failed = []
         for what, tool, lines in steps:
@@ -114,10 +117,11 @@ class _Settings:
         return failed
 
 
-def _apply_settings(settings: list[_Settings]) -> None:
-    """Every namespace's interface settings, a few namespaces at a time (each is a handful of short tool runs)."""
+def _apply_settings(settings: list[_Settings], *, queues: bool) -> None:
+    """Every namespace's interface settings (links, or their queueing), a few namespaces at a time (each is a handful
+    of short tool runs)."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        failed = [line for lines in pool.map(_Settings.apply, settings) for line in lines]
+        failed = [line for lines in pool.map(lambda one: one.apply(queues), settings) for line in lines]
     if failed:
         raise MlfoError(f"setting up the network's interfaces failed: {'; '.join(failed[:3])}",
                         hint="`mlfo topo down` removes what was made; `ip link` and `tc qdisc` show what is there")
@@ -199,7 +203,7 @@ class MininetBuilder:
             """Containernet's Mininet adds each link's port to its switch at once (`attach`, one ovs-vsctl and a tc
             re-application per port), then again when the switches start: until they start, the first is skipped.
             They start in batch (one ovs-vsctl for every bridge and port, where Mininet runs one per switch and then
-            re-applies every port's tc settings one command at a time); the ports' settings are applied once,
+            re-applies every port's tc settings one command at a time); the ports' queueing is applied once,
             afterwards, for every interface together (`_apply_settings`). A link added to a running network (none
             is, by mlfo) is still attached at once."""
 
@@ -231,10 +235,10 @@ class MininetBuilder:
         deferring = [True]
 
         class DeferredIntf(TCIntf):  # type: ignore[misc]
-            """Mininet's TCIntf, whose settings wait, while the network is built, until the switches have their ports
-            (OVS resets a port's queueing when it takes it): then they are applied for every interface at once.
-            Mininet ran 5-6 commands through a node's shell per interface, twice on a switch's side: 3 s of
-            `topo up 5`."""
+            """Mininet's TCIntf, whose settings wait while the links are made, then are applied for every interface
+            together (`_apply_settings`): up and offloads before the switches start, the queueing after they have
+            their ports (OVS resets a port's queueing when it takes it). Mininet ran 5-6 commands through a node's
+            shell per interface, twice on a switch's side: 3 s of `topo up 5`."""
 
             def config(self, **params: Any) -> Any:
                 return None if deferring[0] else super().config(**params)
@@ -306,6 +310,20 @@ class MininetBuilder:
         if unshaped:
             state.warnings.append(f"Mininet shapes rates up to {MAX_SHAPED_MBIT} Mbit/s: links {', '.join(unshaped)} Mbit/s "
                                   "run unshaped (as fast as this machine forwards)" + ("; their delays are emulated" if netem else ""))
+        # The interfaces are up (with their offloads) before the switches take them, as Mininet had them: a
+        # controller learns each port as it connects. Their queueing comes after: OVS resets it when it takes a port.
+        by_namespace: dict[int | None, _Settings] = {}
+        for link in net.links:
+            for intf in (link.intf1, link.intf2):
+                if isinstance(intf, DeferredIntf):
+                    pid = intf.node.pid if intf.node.inNamespace else None
+                    ip, offloads, tc = intf.settings(host_side=pid is not None, mtu=topology.mtu)
+                    one = by_namespace.setdefault(pid, _Settings(pid))
+                    one.ip.append(ip)
+                    one.ethtool.append(offloads)
+                    one.tc.extend(tc)
+        settings = list(by_namespace.values())
+        _apply_settings(settings, queues=False)
         net.build()
         net.start()
         for switch in net.switches:
@@ -319,17 +337,7 @@ class MininetBuilder:
             sets = [a for port in interfaces for a in ("--", "set", "interface", port, f"mtu_request={topology.mtu}")]
             if sets:
                 run_tool(["ovs-vsctl", "--timeout=30", *sets])
-        by_namespace: dict[int | None, _Settings] = {}
-        for link in net.links:
-            for intf in (link.intf1, link.intf2):
-                if isinstance(intf, DeferredIntf):
-                    pid = intf.node.pid if intf.node.inNamespace else None
-                    ip, offloads, tc = intf.settings(host_side=pid is not None, mtu=topology.mtu)
-                    settings = by_namespace.setdefault(pid, _Settings(pid))
-                    settings.ip.append(ip)
-                    settings.ethtool.append(offloads)
-                    settings.tc.extend(tc)
-        _apply_settings(list(by_namespace.values()))
+        _apply_settings(settings, queues=True)
         for host in topology.hosts:
             state.hosts.append(self._record(host, net.get(host.name)))
         if not kernel:
