@@ -31,6 +31,7 @@ import setproctitle
 
 from mlfo_toolkit.util.forks import exit_code, fork_child
 from mlfo_toolkit.util.linux import enter_network_namespace, join_cgroup
+from mlfo_toolkit.util.processes import start_time
 
 
 def preload() -> None:
@@ -82,7 +83,7 @@ def launch(request: dict[str, Any]) -> dict[str, Any]:
         return {"error": "a request needs args (a list), log and pid"}
     sys.stdout.flush()
     pid = fork_child(lambda: _child(request))
-    return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
+    return {"pid": pid, "create_time": start_time(pid)}
 
 
 def main() -> None:

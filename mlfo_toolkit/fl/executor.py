@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import setproctitle
 
 from mlfo_toolkit.errors import UnreachableError
@@ -54,7 +53,7 @@ from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.forks import exit_code, fork_child
 from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, memory_cgroup, namespace_inode, setns
-from mlfo_toolkit.util.processes import ManagedProcess, same_process, tool_env
+from mlfo_toolkit.util.processes import ManagedProcess, same_process, start_time, tool_env
 
 # Flower is imported inside functions on purpose: agents import this module (for Registration and
 # Spawned) and must not pay Flower's import; the executor process imports it once, in preload().
@@ -366,7 +365,7 @@ class Executor:
         if served.registration.wake_dir and served.registration.kind == "supernode":
             self.node_sockets[pid] = node_socket(Path(served.registration.wake_dir), pid)
         stem = name.removesuffix(REGISTRATION_SUFFIX)
-        write_json_atomically(self.directory / f"{stem}.started", {"pid": pid, "create_time": psutil.Process(pid).create_time()})
+        write_json_atomically(self.directory / f"{stem}.started", {"pid": pid, "create_time": start_time(pid)})
 
     def _forget(self, name: str) -> None:
         served = self.served.pop(name)

@@ -39,6 +39,7 @@ from mlfo_toolkit.net.state import (
 )
 from mlfo_toolkit.net.topology import AGENT_ROLES, Topology
 from mlfo_toolkit.util.files import write_secret
+from mlfo_toolkit.util.processes import start_time
 from mlfo_toolkit.util.progress import Progress, quiet, say
 from mlfo_toolkit.util.signals import terminate_as_interrupt
 
@@ -191,7 +192,7 @@ def network_up(
         alive = "is running" if existing.owner_alive() else "was left behind by a run that was killed"
         raise MlfoError(f"a network ({existing.topology}) {alive}", hint="`mlfo topo down` removes it first")
     me = psutil.Process()
-    state = NetworkState(topology.name, topology.source, topology.parameters, backend, me.pid, me.create_time())
+    state = NetworkState(topology.name, topology.source, topology.parameters, backend, me.pid, start_time(me.pid))
     builder = get_builder(backend)
     builder.checkpoint = lambda: save_state(state, state_dir)
     builder.prepare(state_dir)

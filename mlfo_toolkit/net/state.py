@@ -10,14 +10,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from mlfo_toolkit.config import Config
 from mlfo_toolkit.errors import MlfoError, NotFoundError
 from mlfo_toolkit.net.image import docker_client
 from mlfo_toolkit.net.topology import Topology, load_topology
 from mlfo_toolkit.util.files import write_json_atomically
-from mlfo_toolkit.util.processes import run_tool, same_process, spawn, stop_trees
+from mlfo_toolkit.util.processes import run_tool, same_process, spawn, start_time, stop_trees
 
 STATE_FILE = "network.json"
 
@@ -121,7 +119,7 @@ def spawn_recorded(
 ) -> ProcessRecord:
     """Start a process (no shell) in its own session, output to `log`, and return its record."""
     proc = spawn(argv, log, env={**os.environ, **env} if env else None)
-    return ProcessRecord(name, proc.pid, host, psutil.Process(proc.pid).create_time(), argv, str(log))
+    return ProcessRecord(name, proc.pid, host, start_time(proc.pid), argv, str(log))
 
 
 def network_topology(state_dir: Path) -> tuple[NetworkState, Topology]:
@@ -191,14 +189,31 @@ def teardown(state: NetworkState) -> dict[str, list[str]]:
     removed["hosts"] = [h.name for h in state.hosts if h.pid in gone]
     removed["bridges"] = remove_bridges(state.bridges)
     removed["interfaces"] = remove_interfaces(state.interfaces)
-    for cgroup in state.cgroups:
-        path = Path(cgroup)
-        if path.is_dir():
+    removed["cgroups"] = remove_cgroups(state.cgroups)
+    return removed
+
+
+def remove_cgroups(paths: list[str], timeout: float = 10.0) -> list[str]:
+    """Remove these cgroup folders (each before its parent, as listed); those removed. A cgroup is busy while a
+    process that ended in it waits to be reaped: a service whose launcher is gone is init's to reap, which here
+    takes a second or two, so a busy one is tried again until `timeout`."""
+    removed = []
+    pending = [Path(p) for p in paths if Path(p).is_dir()]
+    deadline = time.monotonic() + timeout
+    while pending:
+        busy = []
+        for path in pending:
             try:
                 path.rmdir()
-                removed["cgroups"].append(cgroup)
-            except OSError:
+                removed.append(str(path))
+            except FileNotFoundError:
                 pass
+            except OSError:
+                busy.append(path)
+        if not busy or time.monotonic() >= deadline:
+            break
+        pending = busy
+        time.sleep(0.1)
     return removed
 
 

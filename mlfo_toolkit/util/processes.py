@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -66,8 +67,8 @@ class ManagedProcess:
         self.argv = list(argv)
         if tied:
             # Dies with this process, even after a SIGKILL (see mlfo_toolkit.util.guard).
-            me = psutil.Process()
-            self.argv = [sys.executable, "-m", "mlfo_toolkit.util.guard", "--owner", f"{me.pid}:{me.create_time()}", "--", *self.argv]
+            me = os.getpid()
+            self.argv = [sys.executable, "-m", "mlfo_toolkit.util.guard", "--owner", f"{me}:{start_time(me)}", "--", *self.argv]
         self.log_path = log_path
         self.popen = spawn(self.argv, log_path, env=env, cwd=cwd)
         self.pid = self.popen.pid
@@ -141,10 +142,36 @@ def end_processes(procs: Sequence[psutil.Process], timeout: float = 5.0, first_s
     """Send `first_signal` to each, wait once for all, SIGKILL whatever is left."""
     for proc in procs:
         _signal(proc, first_signal)
-    _, alive = psutil.wait_procs(list(procs), timeout=timeout)
+    alive = _wait_ended(procs, timeout)
     for proc in alive:
         _signal(proc, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=2)
+    _wait_ended(alive, 2)
+
+
+def _wait_ended(procs: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each has ended; those still running after `timeout`. A process that ended and waits for its parent
+    to reap it has ended: a service whose launcher is gone belongs to init, which here reaps only every second or two
+    (psutil's wait_procs waited for that: 2 s of every `topo down`). Our own children are reaped here."""
+    deadline = time.monotonic() + timeout
+    pending = list(procs)
+    while True:
+        pending = [proc for proc in pending if not _ended(proc)]
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        time.sleep(0.05)
+
+
+def _ended(proc: psutil.Process) -> bool:
+    try:
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+    with contextlib.suppress(psutil.Error, ChildProcessError):
+        proc.wait(0)  # reaps it if it is our child; another's stays a zombie until its parent reaps it
+    return True
 
 
 def stop_trees(targets: Sequence[tuple[int, float]], timeout: float = 5.0, first_signal: int = signal.SIGTERM) -> list[int]:
@@ -155,7 +182,7 @@ def stop_trees(targets: Sequence[tuple[int, float]], timeout: float = 5.0, first
     for pid, create_time in targets:
         try:
             root = psutil.Process(pid)
-            if abs(root.create_time() - create_time) >= 0.5:
+            if abs(_started_at(root, create_time) - create_time) >= 0.5:
                 continue  # the PID now belongs to someone else
             roots.append(pid)
             tree += [root, *root.children(recursive=True)]
@@ -165,11 +192,33 @@ def stop_trees(targets: Sequence[tuple[int, float]], timeout: float = 5.0, first
     return roots
 
 
+def start_time(pid: int) -> float:
+    """When `pid` started, in seconds since the machine booted: what mlfo records to know a process again (a PID is
+    reused). Unlike psutil's create_time (boot time + this), it does not move when the wall clock is stepped (NTP, a
+    VM resumed): a 22 s step once made `topo down` take every service for another process and leave all running.
+    Raises psutil.NoSuchProcess when `pid` is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        raise psutil.NoSuchProcess(pid) from None
+    return int(stat.rsplit(")", 1)[1].split()[19]) / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# A recorded time above this is a wall-clock create time (state written by an older mlfo), not seconds since boot.
+_WALL_CLOCK = 1e8
+
+
+def _started_at(proc: psutil.Process, recorded: float) -> float:
+    """The process's start, in the clock `recorded` is in."""
+    return proc.create_time() if recorded > _WALL_CLOCK else start_time(proc.pid)
+
+
 def same_process(pid: int, create_time: float) -> bool:
-    """Whether `pid` is still the live process that was created at `create_time` (PIDs are reused)."""
+    """Whether `pid` is still the live process that started at `create_time` (`start_time`; PIDs are reused)."""
     try:
         proc = psutil.Process(pid)
-        return abs(proc.create_time() - create_time) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
+        return abs(_started_at(proc, create_time) - create_time) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 

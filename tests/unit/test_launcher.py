@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+
+from mlfo_toolkit.util.processes import start_time
 
 
 def launch(*requests: dict[str, object]) -> list[dict[str, object]]:
@@ -30,7 +31,7 @@ def test_a_launched_service_runs_mlfos_cli_in_the_namespace_given_into_its_own_l
     log = tmp_path / "service.log"
     (answer,) = launch({"args": ["--help"], "log": str(log), "pid": os.getpid(), "env": {"MLFO_X": "1"},
                         "title": "mlfo --help [test]"})
-    assert isinstance(answer["pid"], int) and answer["create_time"] == pytest.approx(psutil.Process(answer["pid"]).create_time())
+    assert isinstance(answer["pid"], int) and answer["create_time"] == pytest.approx(start_time(answer["pid"]))
     deadline = time.monotonic() + 30
     while "Usage: mlfo" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
         time.sleep(0.05)

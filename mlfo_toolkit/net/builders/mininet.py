@@ -13,12 +13,10 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from mlfo_toolkit.errors import MissingDependencyError, MlfoError, NeedsRootError
 from mlfo_toolkit.net.state import HostRecord, NetworkState, remove_bridges, remove_interfaces
 from mlfo_toolkit.net.topology import Topology
-from mlfo_toolkit.util.processes import run_tool
+from mlfo_toolkit.util.processes import run_tool, start_time
 
 
 def ovs_kernel_datapath() -> bool:
@@ -161,7 +159,7 @@ class MininetBuilder:
         net.addHost(host.name, ip=f"{host.ip}/{host.prefix_len}")
 
     def _record(self, host: Any, node: Any) -> HostRecord:
-        return HostRecord(host.name, host.role, host.ip, node.pid, psutil.Process(node.pid).create_time(), host.interface)
+        return HostRecord(host.name, host.role, host.ip, node.pid, start_time(node.pid), host.interface)
 
     def build(self, topology: Topology, state: NetworkState, controller: str | None) -> None:
         check_prerequisites()
