@@ -107,11 +107,6 @@ class ServiceLauncher:
             self.process.wait()
 
 
-def listening(host_pid: int, port: int) -> bool:
-    """Whether anything listens on TCP `port` in the network namespace of `host_pid`."""
-    return port in listening_tcp_ports(host_pid)
-
-
 def wait_listening(state: NetworkState, waits: list[tuple[str, int, ProcessRecord]], timeout: float) -> None:
     """Wait until each (host, port, process) listens; fail at once when one of the processes exits."""
     deadline = time.monotonic() + timeout

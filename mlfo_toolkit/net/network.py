@@ -191,8 +191,7 @@ def network_up(
         existing = load_state(state_dir)
         alive = "is running" if existing.owner_alive() else "was left behind by a run that was killed"
         raise MlfoError(f"a network ({existing.topology}) {alive}", hint="`mlfo topo down` removes it first")
-    me = psutil.Process()
-    state = NetworkState(topology.name, topology.source, topology.parameters, backend, me.pid, start_time(me.pid))
+    state = NetworkState(topology.name, topology.source, topology.parameters, backend, os.getpid(), start_time(os.getpid()))
     builder = get_builder(backend)
     builder.checkpoint = lambda: save_state(state, state_dir)
     builder.prepare(state_dir)

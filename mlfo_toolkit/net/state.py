@@ -189,31 +189,14 @@ def teardown(state: NetworkState) -> dict[str, list[str]]:
     removed["hosts"] = [h.name for h in state.hosts if h.pid in gone]
     removed["bridges"] = remove_bridges(state.bridges)
     removed["interfaces"] = remove_interfaces(state.interfaces)
-    removed["cgroups"] = remove_cgroups(state.cgroups)
-    return removed
-
-
-def remove_cgroups(paths: list[str], timeout: float = 10.0) -> list[str]:
-    """Remove these cgroup folders (each before its parent, as listed); those removed. A cgroup is busy while a
-    process that ended in it waits to be reaped: a service whose launcher is gone is init's to reap, which here
-    takes a second or two, so a busy one is tried again until `timeout`."""
-    removed = []
-    pending = [Path(p) for p in paths if Path(p).is_dir()]
-    deadline = time.monotonic() + timeout
-    while pending:
-        busy = []
-        for path in pending:
+    for cgroup in state.cgroups:
+        path = Path(cgroup)
+        if path.is_dir():
             try:
                 path.rmdir()
-                removed.append(str(path))
-            except FileNotFoundError:
-                pass
+                removed["cgroups"].append(cgroup)
             except OSError:
-                busy.append(path)
-        if not busy or time.monotonic() >= deadline:
-            break
-        pending = busy
-        time.sleep(0.1)
+                pass
     return removed
 
 

@@ -41,7 +41,11 @@ def enter_network_namespace(pid: int) -> None:
 
 @contextmanager
 def network_namespace_of(pid: int) -> Iterator[None]:
-    """Inside the network namespace of `pid` for the block, then back in this thread's own (no threads yet)."""
+    """Inside the network namespace of `pid` for the block, then back in this thread's own (no threads yet). Already
+    in it, nothing changes (and no privilege is needed)."""
+    if namespace_inode(pid) == namespace_inode("thread-self"):
+        yield
+        return
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         enter_network_namespace(pid)
@@ -70,11 +74,8 @@ def listening_tcp_ports(pid: int) -> set[int]:
     /proc/PID/net/tcp walks every connection's hash bucket of the machine (10 ms a read here, and `topo up` waits
     for 57 services)."""
     try:
-        if namespace_inode(pid) == namespace_inode("thread-self"):
+        with network_namespace_of(pid):  # a netlink socket belongs to the namespace it was made in
             diag = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
-        else:
-            with network_namespace_of(pid):  # a netlink socket belongs to the namespace it was made in
-                diag = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
     except OSError:
         return set()
     ports: set[int] = set()

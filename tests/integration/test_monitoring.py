@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from mlfo_toolkit.monitoring.prometheus import query_range
-from mlfo_toolkit.net.hosts import listening
+from mlfo_toolkit.util.linux import listening_tcp_ports
 from mlfo_toolkit.util.processes import free_port, wait_for_port
 from tests.helpers import REPO, require_binary
 
@@ -53,9 +53,9 @@ def test_prometheus_scrapes_a_demo_run_and_the_dashboard_has_data(workdir: Path)
         # Not a connect probe: iperf3 takes a connection that sends no test for a failed test and
         # re-opens its socket, which once refused the real client.
         deadline = time.monotonic() + 10
-        while not listening(helpers[0].pid, iperf_port) and time.monotonic() < deadline:
+        while iperf_port not in listening_tcp_ports(helpers[0].pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert listening(helpers[0].pid, iperf_port), "iperf3 -s did not listen within 10 s"
+        assert iperf_port in listening_tcp_ports(helpers[0].pid), "iperf3 -s did not listen within 10 s"
         helpers.append(subprocess.Popen(["iperf3", "-c", "127.0.0.1", "-p", str(iperf_port), "-b", "1M", "-t", "600"], stdout=subprocess.DEVNULL))
         helpers.append(subprocess.Popen(
             [sys.executable, "-m", "mlfo_toolkit", "exporter", "--app", "background", "--match-port", str(iperf_port),
