@@ -100,11 +100,11 @@ class _Settings:
 
     def apply(self, queues: bool) -> list[str]:
         """Run the interfaces' links (up, offloads) or, with `queues`, their queueing; what failed, one line each."""
-        steps: list[tuple[str, list[str], str | None]] = []
-        if queues and self.tc:
-            steps.append(("tc -batch", ["tc", "-batch", "-"], "".join(self.tc)))
-        elif not queues:
-            steps += [("ip -batch", ["ip", "-batch", "-"], "".join(self.ip))] if self.ip else []
+        steps: list[tuple[str, list[str], str | None]]
+        if queues:
+            steps = [("tc -batch", ["tc", "-batch", "-"], "".join(self.tc))] if self.tc else []
+        else:
+            steps = [("ip -batch", ["ip", "-batch", "-"], "".join(self.ip))] if self.ip else []
             steps += [(f"ethtool -K {options[0]}", ["ethtool", "-K", *options], None) for options in self.ethtool]
         where = f"the host of PID {self.pid}" if self.pid is not None else "the machine's namespace"
         failed = []
