@@ -175,6 +175,11 @@ class FlSettings(_Section):
         "(one cohort of 10: rounds about 40 % shorter; 50 clients on 2 cores: slower, the polls saturate the CPU); "
         "0 (default) keeps Flower's 3 s. Tested on Flower 1.42 (mlfo_toolkit/fl/polls.py)"
     )
+    node_key: Literal["P-256", "P-384"] = Field(
+        "P-256", description="the curve of the key each SuperNode the shared executor runs makes for itself and signs its "
+        "every Fleet API request with (Flower's node authentication): P-256, 7x cheaper to sign and check; P-384, Flower's "
+        "own choice (tested on Flower 1.42, mlfo_toolkit/fl/polls.py)"
+    )
     supernode_hot_seconds: float = Field(
         30.0, ge=0, description="how long after its last message a SuperNode stays busy; then it polls every 3 s again"
     )

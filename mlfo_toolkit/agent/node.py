@@ -578,7 +578,7 @@ class NodeAgent:
                     watch=str(log_path), spawn=[*arguments, "--isolation", "process"], cwd=str(run_dir),
                     env={"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0"},
                     poll_seconds=self.config.fl.supernode_poll_seconds, poll_hot_seconds=self.config.fl.supernode_hot_seconds,
-                    wake_dir=str(self._wake_dir(params.server) or ""),
+                    wake_dir=str(self._wake_dir(params.server) or ""), node_key=self.config.fl.node_key,
                     dataset=[params.source, str(self.config.fl.data_dir.resolve())] if app is None else [],
                 ))
             else:

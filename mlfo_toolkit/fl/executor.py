@@ -48,7 +48,7 @@ from mlfo_toolkit.errors import UnreachableError
 from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_PART, TRAIN_START
 from mlfo_toolkit.fl.data import load_dataset_apart
 from mlfo_toolkit.fl.link import run_link, runtime_client
-from mlfo_toolkit.fl.polls import lean_supernode_middleware, quicken_supernode, quiet_telemetry, quiet_uvicorn
+from mlfo_toolkit.fl.polls import lean_supernode_middleware, node_key, quicken_supernode, quiet_telemetry, quiet_uvicorn
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.forks import exit_code, fork_child
@@ -99,6 +99,8 @@ class Registration:
     wake_dir: str = ""
     # [source, data_dir] of mlfo's own app: loaded once here, so every task inherits it instead of loading it again.
     dataset: list[str] = field(default_factory=list)
+    # The curve of the spawned SuperNode's own node key (mlfo_toolkit.fl.polls.node_key); "": Flower's.
+    node_key: str = ""
     # "supernode"; "superlink": `spawn` holds `flower-superlink`'s arguments, `runtime` its Runtime API
     # (mlfo_toolkit.fl.link); "flwr-run": `spawn` holds the arguments of a `flwr` command. Only SuperNodes are polled.
     kind: str = "supernode"
@@ -586,6 +588,8 @@ def _run_supernode(served: _Served, executor_dir: Path) -> int:
 
     quiet_uvicorn(importlib.import_module("flwr.supernode.cli.flower_supernode"))  # the module (its package exports the function)
     lean_supernode_middleware()
+    if registration.node_key:
+        node_key(registration.node_key)
     quicken_supernode(registration.poll_seconds, registration.poll_hot_seconds, wake_folder=registration.wake_dir,
                       executor_folder=str(executor_dir), name=registration.name)
     return exit_code(flower_supernode)

@@ -398,3 +398,42 @@ def test_lean_flower_apps_answer_as_flowers_own_with_fewer_middleware_layers() -
     for key in ("link task", "link no token", "link fleet", "node task", "node no token"):
         assert flower[key]["handed"] > 0 and lean[key]["handed"] == 0, (key, flower[key], lean[key])
     assert lean["link login"]["handed"] == flower["link login"]["handed"] > 0, (flower["link login"], lean["link login"])
+
+
+def test_a_p256_node_key_signs_requests_flowers_superlink_accepts() -> None:
+    """fl.node_key P-256: the key a SuperNode mlfo forked makes for itself is on P-256, and Flower's own SuperLink check
+    (`authenticate_node`) accepts the headers Flower's own signing interceptor puts on its registration; a request
+    signed by another key is refused (401). P-384 leaves Flower's key as it is."""
+    from types import SimpleNamespace
+
+    import httpx
+    from fastapi import HTTPException
+    from flwr.proto.fleet_pb2 import RegisterNodeFleetRequest
+    from flwr.superlink.routers.fleet.node_auth import authenticate_node
+    from flwr.supernode import fleet_http_connection as connection
+    from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+    from mlfo_toolkit.fl.polls import node_key
+
+    flowers = connection.generate_key_pairs
+    try:
+        assert node_key("P-384") is False and connection.generate_key_pairs is flowers
+        assert flowers()[0].curve.name == "secp384r1"  # Flower's own choice, which P-384 keeps
+        assert node_key("P-256") is True
+        private, public = connection.generate_key_pairs()
+    finally:
+        connection.generate_key_pairs = flowers
+    assert private.curve.name == "secp256r1"
+
+    def signed(key: Any, claimed: Any) -> SimpleNamespace:
+        request = httpx.Request("POST", "http://127.0.0.1:9095/v1/fleet/register-node")
+        NodeAuthHttpInterceptor(key, claimed).intercept(SimpleNamespace(request=request), lambda context: None)
+        registration = RegisterNodeFleetRequest(public_key=connection.public_key_to_bytes(claimed))
+        return SimpleNamespace(headers=dict(request.headers), state=SimpleNamespace(protobuf_request=registration))
+
+    authenticate_node(signed(private, public))  # accepted: no exception
+    with pytest.raises(HTTPException) as refused:
+        authenticate_node(signed(flowers()[0], public))  # signed by another key than the one it claims
+    assert refused.value.status_code == 401
+    with pytest.raises(ValueError, match="P-999"):
+        node_key("P-999")
