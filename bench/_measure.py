@@ -65,9 +65,21 @@ def _kind(pid: int) -> str:
     return "other"
 
 
+# (pid, start tick) -> kind, of processes old enough to carry their own title: the command line is read once per
+# process, not on every look (reading and matching every command line twice a second was a twentieth of a core).
+_KNOWN_KINDS: dict[tuple[int, int], str] = {}
+TITLED_AFTER_SECONDS = 1.0  # a fork sets its title at once; until then it shows its parent's command line
+
+
+def _uptime_ticks(tick: int) -> float:
+    with open("/proc/uptime") as uptime:
+        return float(uptime.read().split()[0]) * tick
+
+
 def _cpu_table() -> dict[int, tuple[int, int, str, float, float]]:
     """PID -> (start tick, parent PID, kind, own CPU s, CPU s of its reaped children) of every process, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
+    titled_before = _uptime_ticks(tick) - TITLED_AFTER_SECONDS * tick
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -77,8 +89,14 @@ def _cpu_table() -> dict[int, tuple[int, int, str, float, float]]:
         except OSError:
             continue
         # after the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14) ... starttime(19)
-        table[int(entry)] = (int(fields[19]), int(fields[1]), _kind(int(entry)),
-                             (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick)
+        pid, start = int(entry), int(fields[19])
+        kind = _KNOWN_KINDS.get((pid, start))
+        if kind is None:
+            kind = _kind(pid)
+            if start < titled_before:
+                _KNOWN_KINDS[(pid, start)] = kind
+        table[pid] = (start, int(fields[1]), kind,
+                      (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick)
     return table
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
+import _measure  # noqa: E402
 from _measure import attribute  # noqa: E402
 
 
@@ -29,3 +35,23 @@ def test_time_before_the_window_is_left_out() -> None:
     seen = {(1, 100): (0, "executor", 5.0, 9.0), (2, 200): (1, "task", 1.0, 0.0)}
     by_kind = attribute(seen, before, alive={(1, 100)})
     assert by_kind == {"executor": 1.0 + 2.0, "task": 1.0}
+
+
+TITLED_LATER = "import os, time, setproctitle; time.sleep(0.5); setproctitle.setproctitle(os.environ['TITLE']); time.sleep(5)"
+
+
+def test_a_process_is_known_by_the_title_it_takes_and_its_command_line_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork shows its parent's command line until it sets its title: a young process is looked at again; once it has
+    its title, the bench reads its command line no more (reading every one twice a second was a twentieth of a core)."""
+    child = subprocess.Popen([sys.executable, "-c", TITLED_LATER], env={**os.environ, "TITLE": "flwr-clientapp [bench test]"})
+    try:
+        time.sleep(0.2)
+        assert _measure._cpu_table()[child.pid][2] == "other"  # still `python -c`
+        time.sleep(1.3)
+        assert _measure._cpu_table()[child.pid][2] == "flwr-clientapp"
+        read: list[int] = []
+        monkeypatch.setattr(_measure, "_kind", lambda pid: read.append(pid) or "other")
+        assert _measure._cpu_table()[child.pid][2] == "flwr-clientapp" and child.pid not in read
+    finally:
+        child.kill()
+        child.wait()
