@@ -58,7 +58,7 @@ endif
 
 # Open vSwitch's userspace datapath: this kernel may have no openvswitch module. Its main thread
 # allocates and frees a burst of packet buffers for every port each time it wakes: with tcmalloc
-# (when installed) it takes a quarter less CPU than with glibc's malloc (docs/measurements.md).
+# (when installed) it takes a fifth to a quarter less CPU than with glibc's malloc (docs/measurements.md).
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
 ovs:
 	@if ovs-vsctl --timeout=2 show >/dev/null 2>&1; then echo "Open vSwitch is running"; \
