@@ -21,7 +21,9 @@ demo: install
 	$(BIN)/mlfo demo
 
 # Two workers: the tests that build the emulated network run one after another in one of them (tests/conftest.py).
-test: system install-test faucet
+# The two virtual environments are installed side by side (about 25 s less than one after the other).
+test: system
+	@$(MAKE) --no-print-directory -j2 install-test faucet
 	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 $(BIN)/python:
