@@ -1,6 +1,7 @@
 """Benchmark (run on demand, as root): the seed's experiment in the emulated network.
 
     sudo .venv/bin/python bench/seed_bench.py [--cohorts 5] [--clients 10] [--rounds 20] [--cpus 2] [--supernode-poll 0.2]
+        [--clientapp-processes per-message]
     sudo .venv/bin/python bench/seed_bench.py --cohorts 10     # 10 x 10 x 20 in `topo up 10` (ten campus switches)
         [--controller faucet] [--aggregation hierarchical] [--patch-links]
 
@@ -102,6 +103,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--supernode-poll", type=float, default=0.0,
                         help="fl.supernode_poll_seconds of the network's agents (0: Flower's 3 s, the default)")
+    parser.add_argument("--clientapp-processes", choices=["per-node", "per-message"], default="per-node",
+                        help="fl.clientapp_processes: one ClientApp process kept per SuperNode (the default), or one per message")
     parser.add_argument("--controller", choices=["faucet"], help="bring the network up under this controller")
     parser.add_argument("--patch-links", action="store_true",
                         help="switch-to-switch links as OVS patch ports (`--param patch_links=1`), not shaped veth pairs")
@@ -113,7 +116,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mlfo-seed-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")}
     env.update({"MLFO_PATHS__STATE_DIR": str(workdir / "state"), "MLFO_PATHS__RUNS_DIR": str(workdir / "runs"),
-                "MLFO_FL__SUPERNODE_POLL_SECONDS": str(args.supernode_poll)})
+                "MLFO_FL__SUPERNODE_POLL_SECONDS": str(args.supernode_poll), "MLFO_FL__CLIENTAPP_PROCESSES": args.clientapp_processes})
     if args.cohorts * args.clients > 10 * max(5, args.cohorts):
         sys.exit("the prototype's layout has ten FL clients per campus switch, and max(5, cohorts) campus switches")
     with MachineWatch() as watch_all:

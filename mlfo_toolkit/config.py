@@ -180,6 +180,12 @@ class FlSettings(_Section):
         "every Fleet API request with (Flower's node authentication): P-256, 7x cheaper to sign and check; P-384, Flower's "
         "own choice (tested on Flower 1.42, mlfo_toolkit/fl/polls.py)"
     )
+    clientapp_processes: Literal["per-node", "per-message"] = Field(
+        "per-node", description="how the shared executor runs a SuperNode's ClientApp tasks: per-node, one process kept "
+        "for each SuperNode runs them one after another (as the long-running flwr-clientapp of Flower's process "
+        "isolation); per-message, a fresh process for each message, as Flower's SuperExec starts them (tested on "
+        "Flower 1.42, mlfo_toolkit/fl/polls.py; another Flower gets per-message)"
+    )
     supernode_hot_seconds: float = Field(
         30.0, ge=0, description="how long after its last message a SuperNode stays busy; then it polls every 3 s again"
     )

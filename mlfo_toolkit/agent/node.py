@@ -579,6 +579,7 @@ class NodeAgent:
                     env={"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0"},
                     poll_seconds=self.config.fl.supernode_poll_seconds, poll_hot_seconds=self.config.fl.supernode_hot_seconds,
                     wake_dir=str(self._wake_dir(params.server) or ""), node_key=self.config.fl.node_key,
+                    clientapp_processes=self.config.fl.clientapp_processes,
                     dataset=[params.source, str(self.config.fl.data_dir.resolve())] if app is None else [],
                 ))
             else:

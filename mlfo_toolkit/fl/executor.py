@@ -12,8 +12,10 @@ this executor does, and starts the SuperNodes too, with everything imported once
   namespace and CPU cgroup (the agent's), in a session of its own;
 * it asks each SuperNode for tasks with Flower's `AcquireTask` (as `flower-superexec` does), at once
   when the SuperNode's log grew (it logs every message it pulls), else every few seconds;
-* each task runs in a child forked from the executor that joins the same host and calls Flower's
-  own `run_clientapp`, which pulls the message from the SuperNode and pushes the reply back;
+* each task runs Flower's own `run_clientapp`, which pulls the message from the SuperNode and pushes
+  the reply back, in a child forked from the executor that joins the same host: one child kept for
+  the SuperNode, which runs its tasks one after another (`clientapp_processes: per-node`, the
+  default), or a child per task (`per-message`);
 * an FL server agent's registration of kind "superlink" is forked the same way into the server's host,
   where it runs Flower's own `flower-superlink` and takes its ServerApp task (mlfo_toolkit.fl.link): a
   SuperLink is up in a fraction of a second instead of the 1.5 s a new Python takes to import it,
@@ -38,6 +40,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +51,16 @@ from mlfo_toolkit.errors import UnreachableError
 from mlfo_toolkit.fl.anatomy import TRAIN_END, TRAIN_PART, TRAIN_START
 from mlfo_toolkit.fl.data import load_dataset_apart
 from mlfo_toolkit.fl.link import run_link, runtime_client
-from mlfo_toolkit.fl.polls import lean_supernode_middleware, node_key, quicken_supernode, quiet_telemetry, quiet_uvicorn
+from mlfo_toolkit.fl.polls import (
+    TaskEnded,
+    keep_clientapp_process,
+    lean_supernode_middleware,
+    node_key,
+    quicken_supernode,
+    quiet_telemetry,
+    quiet_uvicorn,
+    tested_flower,
+)
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.forks import exit_code, fork_child
@@ -101,6 +113,10 @@ class Registration:
     dataset: list[str] = field(default_factory=list)
     # The curve of the spawned SuperNode's own node key (mlfo_toolkit.fl.polls.node_key); "": Flower's.
     node_key: str = ""
+    # Its ClientApp tasks: "per-message", a child forked for each (a fresh process per message, as Flower's
+    # SuperExec starts them); "per-node", one child forked for the SuperNode and kept, which runs them one after
+    # another (as the long-running `flwr-clientapp` of Flower's process isolation did before its SuperExec).
+    clientapp_processes: str = "per-message"
     # "supernode"; "superlink": `spawn` holds `flower-superlink`'s arguments, `runtime` its Runtime API
     # (mlfo_toolkit.fl.link); "flwr-run": `spawn` holds the arguments of a `flwr` command. Only SuperNodes are polled.
     kind: str = "supernode"
@@ -233,6 +249,8 @@ class _Served:
     spawned: int | None = None  # the SuperNode (or SuperLink) this executor started for the registration
     woken: bool = False  # the SuperNode said it stored a message (wake-up): a child picks the task up
     pickup: int | None = None  # PID of the child that asks this SuperNode for its task itself
+    worker: int | None = None  # PID of the child kept to run this SuperNode's tasks (clientapp_processes: per-node)
+    inbox: int | None = None  # the write end of its pipe: "?" (ask the SuperNode for a task) or a task's token, a line each
 
     def due(self, now: float, woken: bool = False) -> bool:
         """Poll now if the SuperNode's log grew (it logs every message it pulls) or it was idle too long. A SuperNode
@@ -269,6 +287,8 @@ class Executor:
         self.served: dict[str, _Served] = {}
         self.children: dict[int, str] = {}
         self.spawned: dict[int, str] = {}  # PID -> registration name of the SuperNodes and SuperLinks started here
+        self.workers: dict[int, str] = {}  # PID -> registration name of the children kept to run a SuperNode's tasks
+        self.keeps_tasks = tested_flower()  # per-node ClientApp processes reach into Flower: only on the tested one
         # Registrations whose SuperNode ended (name -> mtime): never started twice, so a SuperNode that
         # died stays dead (its agent shows it lost) instead of coming back as a second node.
         self.ended: dict[str, int] = {}
@@ -371,6 +391,7 @@ class Executor:
 
     def _forget(self, name: str) -> None:
         served = self.served.pop(name)
+        self._end_worker(served)
         if served.spawned is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(served.spawned, signal.SIGTERM)  # reaped (and its exit recorded) in reap()
@@ -406,7 +427,7 @@ class Executor:
                     # the host. The loop never waits on a SuperNode's answer, so 25 tasks start side by side.
                     served.woken = False
                     served.next_poll = now + WAKE_IDLE_POLL_SECONDS
-                    served.pickup = self._fork(served, None)
+                    self._hand(served, None)
                     started += 1
                     continue
                 wakes = self.wake is not None and bool(served.registration.wake_dir)  # it says when it has a message
@@ -433,7 +454,7 @@ class Executor:
                         served.client = None
                     continue
                 if answer.HasField("task") and answer.token:
-                    self._fork(served, answer.token)
+                    self._hand(served, answer.token)
                     served.watched_size = -1  # look again at the next tick: more tasks may be queued
                     started += 1
         finally:
@@ -441,23 +462,75 @@ class Executor:
                 setns(self._home_namespace, CLONE_NEWNET)
         return started
 
+    def _hand(self, served: _Served, token: str | None) -> None:
+        """Run the task with `token`, or (None) have the SuperNode asked for its task: in a child forked for it, or in
+        the child kept for the SuperNode (clientapp_processes: per-node)."""
+        if served.registration.clientapp_processes != "per-node" or not self.keeps_tasks:
+            pid = self._fork(served, token)
+            if token is None:
+                served.pickup = pid
+            return
+        if served.worker is None:
+            self._keep_worker(served)
+        assert served.inbox is not None
+        try:
+            os.write(served.inbox, (token or "?").encode() + b"\n")
+        except BlockingIOError:  # 64 KiB of asks it has not read: it is stuck in a task, and will ask when it is not
+            log.warning("the ClientApp process of %s is not reading its tasks", served.registration.name)
+
     def _fork(self, served: _Served, token: str | None) -> int:
         """A child that runs the task with `token`, or (None) asks the SuperNode for its task first."""
         pid = fork_child(lambda: _run_task(served, token))  # the child never returns into the loop
         self.children[pid] = served.registration.name
         return pid
 
+    def _keep_worker(self, served: _Served) -> None:
+        """Fork the child that runs this SuperNode's tasks from now on; it reads them from a pipe."""
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)  # the loop never waits on a busy child
+        others = [s.inbox for s in self.served.values() if s.inbox is not None]
+
+        def body() -> int:
+            os.close(write_end)
+            for fd in others:  # another SuperNode's: only the executor writes to it
+                os.close(fd)
+            return _serve_tasks(served, read_end)
+
+        # Tied: it ends with the executor (the pipe's write end lives on in the other children forked from it).
+        pid = fork_child(body, tied=True)
+        os.close(read_end)
+        served.worker, served.inbox = pid, write_end
+        self.workers[pid] = served.registration.name
+
+    def _end_worker(self, served: _Served) -> None:
+        """Stop the child kept for this SuperNode (reaped in reap())."""
+        if served.inbox is not None:
+            os.close(served.inbox)
+            served.inbox = None
+        if served.worker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(served.worker, signal.SIGTERM)
+            served.worker = None
+
     def reap(self) -> None:
-        while self.children or self.spawned:
+        while self.children or self.spawned or self.workers:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
                 self.spawned.clear()
+                self.workers.clear()
                 return
             if pid == 0:
                 return
             code = os.waitstatus_to_exitcode(status)
+            if pid in self.workers:
+                name = self.workers.pop(pid)
+                served = self.served.get(name + REGISTRATION_SUFFIX)
+                if served is not None and served.worker == pid:  # it ended on its own: the next task forks a new one
+                    self._end_worker(served)
+                    log.warning("the ClientApp process of %s ended with %d", name, code)
+                continue
             if pid in self.spawned:
                 name = self.spawned.pop(pid)
                 stem = name.removesuffix(REGISTRATION_SUFFIX)
@@ -523,14 +596,16 @@ class Executor:
 
     def close(self, timeout: float = 5.0) -> None:
         """End every running child (tasks and SuperNodes started here), then release the namespaces."""
-        for pid in [*self.children, *self.spawned]:
+        for served in self.served.values():
+            self._end_worker(served)
+        for pid in [*self.children, *self.spawned, *self.workers]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while (self.children or self.spawned) and time.monotonic() < deadline:
+        while (self.children or self.spawned or self.workers) and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)
-        for pid in [*self.children, *self.spawned]:
+        for pid in [*self.children, *self.spawned, *self.workers]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.reap()
@@ -682,6 +757,21 @@ def _install_each_fab_once() -> None:
     setattr(module, "install_from_fab", install_once)  # noqa: B010  (that module only)
 
 
+def _acquire(client: Any) -> str | None:
+    """Ask a SuperNode (its Runtime API `client`) for a ClientApp task, as flower-superexec does: its token, or None."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+
+    answer = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
+    return str(answer.token) if answer.HasField("task") and answer.token else None
+
+
+def _say_where(registration: Registration) -> None:
+    """Where a task runs, for anyone checking that the work stayed on the client's host (its log)."""
+    print(f"mlfo executor: task for {registration.name} (PID {os.getpid()}) in network namespace {namespace_inode('self')}, "
+          f"cpu cgroup {cpu_cgroup('self') or '(the executor s own)'}", flush=True)
+
+
 def _run_task(served: _Served, token: str | None) -> int:
     """In the forked child: become part of the SuperNode's host, then run Flower's ClientApp runtime (with no
     token: ask the SuperNode for its task first, as flower-superexec does; NO_TASK when it has none)."""
@@ -691,23 +781,85 @@ def _run_task(served: _Served, token: str | None) -> int:
     os.environ["FLWR_HOME"] = registration.flwr_home
     served.client = None  # the parent's connection is not the child's to use
     if token is None:
-        from flwr.proto.runtime_pb2 import AcquireTaskRequest
-        from flwr.supercore.constant import TaskType
-
         client = runtime_client(registration.runtime)
-        answer = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
+        token = _acquire(client)
         client.close()
-        if not (answer.HasField("task") and answer.token):
+        if token is None:
             return NO_TASK
-        token = answer.token
-    # Where this task runs, for anyone checking that the work stayed on the client's host.
-    print(f"mlfo executor: task for {registration.name} in network namespace {namespace_inode('self')}, "
-          f"cpu cgroup {cpu_cgroup('self') or '(the executor s own)'}", flush=True)
+    _say_where(registration)
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
     _time_training()
     _install_each_fab_once()
     return exit_code(lambda: run_clientapp(runtime_api_address=registration.runtime, token=token, insecure=True))
+
+
+def _forget_app_modules(apps: str) -> None:
+    """Drop the modules of the installed Flower apps (their files under `apps`) that a task imported, so that the next
+    task imports its app afresh, as a process of its own would: module-level state does not leak from one message to
+    the next, and a run with another version of the app gets its own code (Flower 1.42 loads an app's module once per
+    process). What the app imports from elsewhere (NumPy, PyTorch, mlfo) stays imported."""
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(apps):
+            del sys.modules[name]
+
+
+def _serve_tasks(served: _Served, inbox: int) -> int:
+    """In the child kept for one SuperNode (clientapp_processes: per-node): in the SuperNode's host, run its ClientApp
+    tasks one after another with Flower's own `run_clientapp`, each as a task process of its own would (its pulls, FAB,
+    app, heartbeat, reply and final status), until the executor stops it (SIGTERM) or ends (it is tied to it).
+
+    Each line from `inbox` is a task's token, or "?": ask the SuperNode for its task (it said it stored a message).
+    A child per message pays for the fork, for copying the pages it writes (every object it touches) and for
+    unmapping them at its end, and starts Flower's and the app's code cold every time."""
+    registration = served.registration
+    setproctitle.setproctitle(f"flwr-clientapp [mlfo executor] {registration.name}")
+    _enter_host(served, registration.log)
+    os.environ["FLWR_HOME"] = registration.flwr_home
+    served.client = None  # the parent's connection is not this child's to use
+    from flwr.common.constant import APP_DIR
+    from flwr.supercore.utils import get_flwr_home
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    keep_clientapp_process()
+    _time_training()
+    _install_each_fab_once()
+    apps = f"{get_flwr_home() / APP_DIR}{os.sep}"
+    client: Any = None
+    pending = b""
+    while True:
+        try:
+            data = os.read(inbox, 4096)
+        except InterruptedError:
+            continue
+        if not data:
+            return 0  # nobody can write to it any more
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            token: str | None = line.decode(errors="replace")
+            if token == "?":
+                try:
+                    client = client or runtime_client(registration.runtime)
+                    token = _acquire(client)
+                except Exception as err:  # noqa: BLE001 - a SuperNode going: its wake-ups and the executor's polls ask again
+                    log.debug("AcquireTask on %s failed: %s", registration.name, err)
+                    with contextlib.suppress(Exception):
+                        client.close()
+                    client, token = None, None
+            if not token:
+                continue
+            _say_where(registration)
+            try:
+                run_clientapp(runtime_api_address=registration.runtime, token=token, insecure=True)
+                code = 0
+            except TaskEnded as ended:
+                code = ended.code
+            except Exception:  # noqa: BLE001 - Flower's runtime failed outside the app: this task only
+                traceback.print_exc()
+                code = 1
+            if code != 0:
+                print(f"mlfo executor: task for {registration.name} ended with {code}", flush=True)
+            _forget_app_modules(apps)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -463,3 +463,48 @@ def lean_superlink_middleware() -> bool:
 
     setattr(superlink_main, "create_app", create_app)  # noqa: B010
     return True
+
+
+class TaskEnded(Exception):
+    """A ClientApp task run by `run_clientapp` in a process kept for many (`keep_clientapp_process`) ended with `code`:
+    what `flwr_exit` would have ended a process of its own with."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def keep_clientapp_process() -> bool:
+    """In a process that runs one SuperNode's ClientApp tasks one after another: Flower's `run_clientapp` ends its task
+    without ending the process.
+
+    Flower 1.42's `run_clientapp` is one task's process: it registers its end (push the task's final status, stop its
+    heartbeat, close its client) as exit handlers, installs signal handlers, and ends with `flwr_exit`, which runs
+    those handlers, starts a thread that kills the process 5 s later, and exits. Here, in that module only,
+    `flwr_exit` runs the same handlers (Flower's `trigger_exit_handlers`, both phases, so the SuperNode gets the
+    task's status as before) and raises `TaskEnded(code)` instead; and the signal handlers are not installed (the
+    process keeps its own: SIGTERM ends it, the task in flight with it). Everything else of the task is Flower's: the
+    Runtime API pulls, the FAB, loading the app, the heartbeat, the reply's push. Only on the tested Flower; returns
+    whether it applies."""
+    if not tested_flower():
+        return False
+    from flwr.supercore.exit import exit_handler
+
+    module = importlib.import_module("flwr.supernode.runtime.run_clientapp")  # the module (its package exports the function)
+    if not callable(getattr(module, "flwr_exit", None)) or not callable(getattr(module, "register_signal_handlers", None)):
+        raise MissingDependencyError("Flower's ClientApp runtime ends its tasks elsewhere: mlfo's fl.clientapp_processes "
+                                     "does not fit it", hint="install the Flower version mlfo pins (flwr==1.42.*), or set "
+                                     "fl.clientapp_processes: per-message")
+
+    def end_task(code: int, *args: Any, **kwargs: Any) -> None:
+        exit_handler.trigger_exit_handlers(run_before_force_exit=True)
+        exit_handler.trigger_exit_handlers(run_before_force_exit=False)
+        raise TaskEnded(code)
+
+    def add_exit_handlers(*args: Any, exit_handlers: list[Any] | None = None, **kwargs: Any) -> None:
+        for handler in exit_handlers or []:
+            exit_handler.add_exit_handler(handler)
+
+    setattr(module, "flwr_exit", end_task)  # noqa: B010  (that module only)
+    setattr(module, "register_signal_handlers", add_exit_handlers)  # noqa: B010
+    return True

@@ -20,12 +20,15 @@ from tests.helpers import REPO, processes_under
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("isolation", ["shared", "subprocess"])
+@pytest.mark.parametrize("isolation", ["shared", "shared/per-message", "subprocess"])
 def test_demo_json_trains_and_cleans_up(workdir: Path, isolation: str) -> None:
-    # shared: the executor forks every Flower process; subprocess: Flower's own deployment, the comparison.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")} | {"MLFO_FL__ISOLATION": isolation}
+    # shared: the executor forks every Flower process, and keeps one ClientApp process per SuperNode; per-message:
+    # a ClientApp process forked per message; subprocess: Flower's own deployment, the comparison.
+    isolation, _, processes = isolation.partition("/")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFO_")} | {
+        "MLFO_FL__ISOLATION": isolation, "MLFO_FL__CLIENTAPP_PROCESSES": processes or "per-node"}
     out = subprocess.run(
-        [sys.executable, "-m", "mlfo_toolkit", "demo", "--json", "--cohorts", "1", "--clients", "3", "--rounds", "3"],
+        [sys.executable, "-m", "mlfo_toolkit", "demo", "--json", "--cohorts", "1", "--clients", "3", "--rounds", "4"],
         capture_output=True, text=True, timeout=400, cwd=workdir, env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -33,7 +36,7 @@ def test_demo_json_trains_and_cleans_up(workdir: Path, isolation: str) -> None:
     assert set(summary) >= {"cohorts", "orchestration_seconds", "run_dir"}
     (cohort,) = summary["cohorts"]
     assert isinstance(cohort["name"], str) and cohort["strategy"] == "FedAvg" and cohort["clients"] == 3
-    assert len(cohort["accuracy"]) == len(cohort["loss"]) == 3
+    assert len(cohort["accuracy"]) == len(cohort["loss"]) == 4
     assert cohort["accuracy"][-1] >= 0.85
     assert cohort["accuracy"][-1] > cohort["accuracy"][0] and cohort["loss"][-1] < cohort["loss"][0]
     assert all(isinstance(s, float) and s > 0 for s in summary["orchestration_seconds"])
@@ -41,6 +44,12 @@ def test_demo_json_trains_and_cleans_up(workdir: Path, isolation: str) -> None:
     assert (run_dir / "run.json").is_file()
     assert (run_dir / "accuracy-loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / "executor").exists() == (isolation == "shared")
+    if isolation == "shared":
+        # Each client's tasks ran in the one process kept for its SuperNode, or each in a process of its own.
+        pids = [[line.split("(PID ")[1].split(")")[0] for line in log.read_text().splitlines()
+                 if line.startswith("mlfo executor: task")] for log in run_dir.rglob("clientapp.log")]
+        assert sum(len(p) for p in pids) == sum(cohort["results"]) >= 4, pids  # so a client trained twice or more
+        assert all(len(set(p)) == (1 if processes == "" else len(p)) for p in pids if p), pids
     assert processes_under(workdir) == []
 
 

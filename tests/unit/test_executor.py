@@ -198,3 +198,87 @@ def test_a_task_imports_nothing_the_executor_did_not_preload(tmp_path: Path) -> 
                          env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
+
+
+def test_a_kept_clientapp_process_ends_each_task_as_flower_does_and_lives_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's `run_clientapp` ends its task with `flwr_exit`: its exit handlers push the task's final status to the
+    SuperNode, then the process exits (and a thread kills it 5 s later if it does not). In the process mlfo keeps for a
+    SuperNode, the same handlers run, in Flower's order, and the task ends with its code; the process, its signal
+    handlers and its threads are as they were."""
+    import functools
+    import importlib
+    import signal
+    import threading
+
+    from flwr.supercore.exit import exit_handler
+    from flwr.supercore.telemetry import EventType
+
+    from mlfo_toolkit.fl.polls import TaskEnded, keep_clientapp_process
+
+    module = importlib.import_module("flwr.supernode.runtime.run_clientapp")
+    for name in ("flwr_exit", "register_signal_handlers"):
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    assert keep_clientapp_process()
+    sigterm, threads = signal.getsignal(signal.SIGTERM), threading.active_count()
+    for code in (0, 105):  # two tasks, one after the other; the second failed (Flower's code for an app's exception)
+        ran: list[str] = []
+        module.register_signal_handlers(event_type=EventType.FLWR_CLIENTAPP_RUN_LEAVE, exit_message="Task stopped.",
+                                        exit_handlers=[functools.partial(ran.append, "final status pushed")])
+        exit_handler.add_exit_handler(functools.partial(ran.append, "before the force exit"), run_before_force_exit=True)
+        with pytest.raises(TaskEnded) as ended:
+            module.flwr_exit(code=code, event_type=EventType.FLWR_CLIENTAPP_RUN_LEAVE)
+        assert ended.value.code == code
+        assert ran == ["before the force exit", "final status pushed"]
+        assert exit_handler.registered_exit_handlers == []  # nothing of this task is left for the next
+    assert signal.getsignal(signal.SIGTERM) is sigterm and threading.active_count() == threads
+
+
+def test_the_process_kept_for_a_supernode_outlives_a_failed_ask_and_a_lost_one_is_replaced(tmp_path: Path) -> None:
+    """clientapp_processes: per-node. A SuperNode that cannot be asked (nothing listens) does not end the process kept
+    for it; one that died (killed) is reaped and replaced at the next task, and closing the executor ends it."""
+    folder = tmp_path / "executor"
+    register(folder, Registration("a", "127.0.0.1:1", os.getpid(), str(tmp_path / "a"), str(tmp_path / "a.log"),
+                                  clientapp_processes="per-node"))
+    executor = Executor(folder)
+    executor.refresh()
+    (served,) = executor.served.values()
+    try:
+        executor._hand(served, None)  # "ask your SuperNode": it does not answer
+        first = served.worker
+        assert first is not None
+        time.sleep(1.0)
+        executor.reap()
+        assert served.worker == first and psutil.Process(first).status() != psutil.STATUS_ZOMBIE
+        assert "flwr-clientapp [mlfo executor] a" in " ".join(psutil.Process(first).cmdline())
+        os.kill(first, 9)
+        deadline = time.monotonic() + 5
+        while served.worker is not None and time.monotonic() < deadline:
+            executor.reap()
+            time.sleep(0.05)
+        assert served.worker is None and first not in executor.workers
+        executor._hand(served, None)
+        assert served.worker not in (None, first)
+        second = served.worker
+    finally:
+        executor.close()
+    assert not psutil.pid_exists(second) and executor.workers == {}
+
+
+def test_a_kept_clientapp_process_imports_each_tasks_app_afresh_and_keeps_the_rest(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Module-level state of an app does not pass from one message to the next (nor to another version of the app),
+    as with a process per message; what the app imports from elsewhere stays imported."""
+    import importlib
+
+    from mlfo_toolkit.fl.executor import _forget_app_modules
+
+    app = tmp_path / "apps" / "mlfo.counter.1.0.0.abcdef" / "counter_app"
+    app.mkdir(parents=True)
+    (app / "__init__.py").write_text("import json\nSEEN = []\n")
+    monkeypatch.syspath_prepend(str(app.parent))
+    first = importlib.import_module("counter_app")
+    first.SEEN.append("task 1")
+    _forget_app_modules(f"{tmp_path / 'apps'}{os.sep}")
+    assert "counter_app" not in sys.modules and "json" in sys.modules
+    assert importlib.import_module("counter_app").SEEN == []
+    sys.modules.pop("counter_app")
