@@ -73,7 +73,8 @@ class MlfoSettings(_Section):
     client_memory_mb: int = Field(
         60, ge=0,
         description="memory one FL client takes (measured: a SuperNode forked by the shared executor ~30 MB of its "
-        "own, its ClientApp tasks ~15 MB; 150 with fl.isolation subprocess); 0 turns admission control off",
+        "own, the ClientApp process kept for it (fl.clientapp_processes: per-node) 12-15 MB; 150 with fl.isolation "
+        "subprocess); 0 turns admission control off",
     )
     server_memory_mb: int = Field(
         500, ge=0, description="memory one FL server takes (measured ~400 MB: SuperLink, SuperExec, ServerApp, flwr run)"

@@ -56,6 +56,7 @@ from mlfo_toolkit.fl.polls import (
     keep_clientapp_process,
     lean_supernode_middleware,
     node_key,
+    quick_object_pulls,
     quicken_supernode,
     quiet_telemetry,
     quiet_uvicorn,
@@ -663,6 +664,7 @@ def _run_supernode(served: _Served, executor_dir: Path) -> int:
 
     quiet_uvicorn(importlib.import_module("flwr.supernode.cli.flower_supernode"))  # the module (its package exports the function)
     lean_supernode_middleware()
+    quick_object_pulls()
     if registration.node_key:
         node_key(registration.node_key)
     quicken_supernode(registration.poll_seconds, registration.poll_hot_seconds, wake_folder=registration.wake_dir,
@@ -791,6 +793,7 @@ def _run_task(served: _Served, token: str | None) -> int:
 
     _time_training()
     _install_each_fab_once()
+    quick_object_pulls()
     return exit_code(lambda: run_clientapp(runtime_api_address=registration.runtime, token=token, insecure=True))
 
 
@@ -824,6 +827,7 @@ def _serve_tasks(served: _Served, inbox: int) -> int:
     keep_clientapp_process()
     _time_training()
     _install_each_fab_once()
+    quick_object_pulls()
     apps = f"{get_flwr_home() / APP_DIR}{os.sep}"
     client: Any = None
     pending = b""

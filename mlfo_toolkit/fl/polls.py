@@ -508,3 +508,41 @@ def keep_clientapp_process() -> bool:
     setattr(module, "flwr_exit", end_task)  # noqa: B010  (that module only)
     setattr(module, "register_signal_handlers", add_exit_handlers)  # noqa: B010
     return True
+
+
+# A pulled message whose objects are not all stored yet (the sender pushes the message first, then its objects) is
+# asked again after this, doubling up to Flower's cap; Flower's first wait is 1 s.
+OBJECT_PULL_FIRST_WAIT = 0.05
+_OBJECT_PULLERS = ("flwr.supercore.inflatable.inflatable_utils",  # the ClientApp's pull of its message
+                   "flwr.superlink.grid.http_grid",  # the ServerApp's pull of the replies
+                   "flwr.supernode.start_client_internal")  # the SuperNode's pull of a message from the SuperLink
+
+
+def quick_object_pulls() -> bool:
+    """In a ServerApp, SuperNode or ClientApp process mlfo forked: an object that is not there yet is asked for again
+    after OBJECT_PULL_FIRST_WAIT, not Flower's 1 s.
+
+    Flower stores a message before its objects arrive: a SuperNode pushes its reply, then the reply's objects, and a
+    ServerApp that pulls replies in between (woken by another client's reply) finds the message and waits a whole
+    second for an object pushed a few milliseconds later; so does a SuperNode that pulls a message while the ServerApp
+    still pushes its objects. That second was the upload phase of every other round of one cohort on loopback. The
+    retries, their cap, their limits and the requests are Flower's. Only on the tested Flower; returns whether it
+    applies."""
+    if not tested_flower():
+        return False
+    for name in _OBJECT_PULLERS:
+        module = importlib.import_module(name)
+        flower_pull = getattr(module, "pull_objects", None)
+        if not callable(flower_pull):
+            raise MissingDependencyError(f"Flower's {name} pulls objects elsewhere: mlfo's quick object pulls do not fit it",
+                                         hint="install the Flower version mlfo pins (flwr==1.42.*)")
+        if getattr(flower_pull, "_mlfo_quick", False):
+            continue
+
+        def pull_objects(*args: Any, _flower_pull: Any = flower_pull, initial_backoff: float = OBJECT_PULL_FIRST_WAIT,
+                         **kwargs: Any) -> Any:
+            return _flower_pull(*args, initial_backoff=min(initial_backoff, OBJECT_PULL_FIRST_WAIT), **kwargs)
+
+        pull_objects._mlfo_quick = True  # type: ignore[attr-defined]
+        setattr(module, "pull_objects", pull_objects)  # noqa: B010  (that module only)
+    return True

@@ -282,3 +282,39 @@ def test_a_kept_clientapp_process_imports_each_tasks_app_afresh_and_keeps_the_re
     assert "counter_app" not in sys.modules and "json" in sys.modules
     assert importlib.import_module("counter_app").SEEN == []
     sys.modules.pop("counter_app")
+
+
+def test_an_object_not_there_yet_is_asked_for_again_soon_not_after_flowers_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ServerApp that pulls a reply whose objects are still being pushed waited Flower's first backoff, 1 s: every
+    other round of one cohort on loopback. In the processes mlfo forks the first wait is OBJECT_PULL_FIRST_WAIT, for
+    every puller (ClientApp, ServerApp, SuperNode), whatever wait the caller passed; the rest of the call is Flower's."""
+    import importlib
+
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    from mlfo_toolkit.fl import polls
+
+    asked: list[float] = []
+    for name in polls._OBJECT_PULLERS:
+        module = importlib.import_module(name)
+        monkeypatch.setattr(module, "pull_objects", module.pull_objects)  # restored after the test
+    flower = importlib.import_module(polls._OBJECT_PULLERS[0])
+    monkeypatch.setattr(flower, "pull_objects", lambda *a, initial_backoff=1.0, **k: asked.append(initial_backoff))
+    assert polls.quick_object_pulls()
+    flower.pull_objects(["a"], lambda i: b"")
+    flower.pull_objects(["a"], lambda i: b"", initial_backoff=1)  # as pull_and_inflate_object_from_tree passes it
+    assert asked == [polls.OBJECT_PULL_FIRST_WAIT] * 2
+    assert polls.quick_object_pulls()  # applied twice: still one wrapper
+    flower.pull_objects(["a"], lambda i: b"")
+    assert asked == [polls.OBJECT_PULL_FIRST_WAIT] * 3
+    # Flower's own function behind it: an object missing at the first ask is pulled at the second.
+    grid = importlib.import_module("flwr.superlink.grid.http_grid")
+    tries: list[str] = []
+
+    def pull(object_id: str) -> bytes:
+        tries.append(object_id)
+        if len(tries) == 1:
+            raise ObjectUnavailableError(object_id)
+        return b"content"
+
+    assert grid.pull_objects(["reply"], pull) == {"reply": b"content"} and tries == ["reply", "reply"]
