@@ -66,6 +66,19 @@ def processes_under(folder: Path) -> list[psutil.Process]:
     return found
 
 
+def still_running(pids: list[int]) -> list[int]:
+    """The PIDs of processes that run: not gone, and not ended waiting to be reaped (one that ends while it is looked
+    at is gone too)."""
+    running = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return running
+
+
 def wait_for(check: Callable[[], object], timeout: float = 10.0, step: float = 0.2) -> bool:
     """Poll `check` until it is true or `timeout` seconds passed; whether it came true."""
     deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from mlfo_toolkit.util.processes import free_port
-from tests.helpers import DECOY_RECORD, REPO, require_binary, require_root
+from tests.helpers import DECOY_RECORD, REPO, require_binary, require_root, still_running
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -84,7 +84,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         assert [i for i in state["interfaces"] if Path(f"/sys/class/net/{i}").exists()] == []
         final = json.loads(json.dumps(state))
         pids = [h["pid"] for h in final["hosts"]] + [p["pid"] for p in final["processes"]]
-        assert [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
+        assert still_running(pids) == []
         assert not (workdir / "state" / "network.json").exists()
 
 

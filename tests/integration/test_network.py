@@ -19,7 +19,7 @@ import yaml
 
 from mlfo_toolkit.net.builders.mininet import netem_available
 from mlfo_toolkit.util.processes import free_port
-from tests.helpers import REPO, require_network_tools
+from tests.helpers import REPO, require_network_tools, still_running
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -75,7 +75,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         assert [i for i in state["interfaces"] if Path(f"/sys/class/net/{i}").exists()] == []
         final = json.loads(json.dumps(state))
         pids = [h["pid"] for h in final["hosts"]] + [p["pid"] for p in info.get("processes", final["processes"])]
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = still_running(pids)
         assert alive == [], f"left running: {alive}"
         assert [c for c in state["cgroups"] if Path(c).exists()] == []
         assert not (workdir / "state" / "network.json").exists()
