@@ -73,7 +73,7 @@ class MlfoSettings(_Section):
     client_memory_mb: int = Field(
         60, ge=0,
         description="memory one FL client takes (measured: a SuperNode forked by the shared executor ~30 MB of its "
-        "own, the ClientApp process kept for it (fl.clientapp_processes: per-node) 12-15 MB; 150 with fl.isolation "
+        "own, the ClientApp process kept for it (fl.clientapp_processes: per-node) ~25 MB; 150 with fl.isolation "
         "subprocess); 0 turns admission control off",
     )
     server_memory_mb: int = Field(
