@@ -471,13 +471,20 @@ class Executor:
             if token is None:
                 served.pickup = pid
             return
-        if served.worker is None:
-            self._keep_worker(served)
-        assert served.inbox is not None
-        try:
-            os.write(served.inbox, (token or "?").encode() + b"\n")
-        except BlockingIOError:  # 64 KiB of asks it has not read: it is stuck in a task, and will ask when it is not
-            log.warning("the ClientApp process of %s is not reading its tasks", served.registration.name)
+        line = (token or "?").encode() + b"\n"
+        for _ in range(2):
+            if served.worker is None:
+                self._keep_worker(served)
+            assert served.inbox is not None
+            try:
+                os.write(served.inbox, line)
+                return
+            except BlockingIOError:  # 64 KiB of asks it has not read: it is stuck in a task, and will ask when it is not
+                log.warning("the ClientApp process of %s is not reading its tasks", served.registration.name)
+                return
+            except BrokenPipeError:  # it ended and is not reaped yet: a new one takes the task
+                log.warning("the ClientApp process of %s is gone: starting another", served.registration.name)
+                self._end_worker(served)
 
     def _fork(self, served: _Served, token: str | None) -> int:
         """A child that runs the task with `token`, or (None) asks the SuperNode for its task first."""

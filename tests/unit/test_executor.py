@@ -252,16 +252,27 @@ def test_the_process_kept_for_a_supernode_outlives_a_failed_ask_and_a_lost_one_i
         assert "flwr-clientapp [mlfo executor] a" in " ".join(psutil.Process(first).cmdline())
         os.kill(first, 9)
         deadline = time.monotonic() + 5
-        while served.worker is not None and time.monotonic() < deadline:
+        while psutil.Process(first).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        executor._hand(served, None)  # a message before the executor reaped it: its pipe is broken, a new one takes it
+        second = served.worker
+        assert second not in (None, first) and psutil.Process(second).status() != psutil.STATUS_ZOMBIE
+        deadline = time.monotonic() + 5
+        while first in executor.workers and time.monotonic() < deadline:
             executor.reap()
             time.sleep(0.05)
-        assert served.worker is None and first not in executor.workers
+        assert first not in executor.workers and served.worker == second
+        os.kill(second, 9)  # one that ends between messages is reaped, and the next message forks another
+        while served.worker == second and time.monotonic() < deadline + 5:
+            executor.reap()
+            time.sleep(0.05)
+        assert served.worker is None
         executor._hand(served, None)
-        assert served.worker not in (None, first)
-        second = served.worker
+        assert served.worker not in (None, first, second)
+        third = served.worker
     finally:
         executor.close()
-    assert not psutil.pid_exists(second) and executor.workers == {}
+    assert not psutil.pid_exists(third) and executor.workers == {}
 
 
 def test_a_kept_clientapp_process_imports_each_tasks_app_afresh_and_keeps_the_rest(tmp_path: Path,
