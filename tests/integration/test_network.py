@@ -147,10 +147,11 @@ def test_meter_limits_the_cohort_and_only_it(network: dict[str, Any]) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["port"] == 1 and report["rate_mbit"] == 10
-    # Userspace OVS on two busy cores moves 185-400 Mbit/s; ten times the meter shows it is not the meter.
-    assert report["unmetered_mbit"] >= 100, report
+    # Userspace OVS on two busy cores moves 95-400 Mbit/s (the least with the other test worker's FL run beside it);
+    # five times the meter shows it is not the meter.
+    assert report["unmetered_mbit"] >= 50, report
     assert report["metered_mbit"] <= 12, report
-    assert report["other_cohort_mbit"] >= 100, report
+    assert report["other_cohort_mbit"] >= 50, report
 
     def our_flows(switch: str) -> list[str]:
         dump = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch], capture_output=True, text=True, check=True).stdout
@@ -173,8 +174,9 @@ def test_meter_limits_the_cohort_and_only_it(network: dict[str, Any]) -> None:
     server = spawn_in_host(state, "fed.1", "iperf3-test", ["iperf3", "-s", "-B", "10.0.11.100", "-p", str(IPERF_PORT)], workdir, cpu_limited=False)
     try:
         wait_listening(state, [("fed.1", IPERF_PORT, server)], 20)
-        # Cleared: twice the last meter (50 Mbit/s) and more; CI measured 165 on two busy cores.
-        assert measure_mbit(state, "fc.10", "10.0.11.100", 3) >= 100
+        # Cleared: half as much again as the last meter (50 Mbit/s) allows, which would hold it near 50; a fresh
+        # clone's make test measured 95-165 here, with the other test worker's FL run on the same two cores.
+        assert measure_mbit(state, "fc.10", "10.0.11.100", 3) >= 75
     finally:
         stop_processes([server])
 
