@@ -411,9 +411,6 @@ class Executor:
 
     def poll_once(self) -> int:
         """Ask every served SuperNode for a task; fork a child per task. Returns how many started."""
-        from flwr.proto.runtime_pb2 import AcquireTaskRequest
-        from flwr.supercore.constant import TaskType
-
         started = 0
         now = time.monotonic()
         switched = False
@@ -443,9 +440,7 @@ class Executor:
                     setns(self._home_namespace, CLONE_NEWNET)
                     switched = False
                 try:
-                    answer = self._client(served).AcquireTask(
-                        AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
-                    )
+                    token = _acquire(self._client(served))
                 except Exception as err:  # a SuperNode starting or gone: try it again a little later
                     log.debug("AcquireTask on %s failed: %s", served.registration.name, err)
                     served.retry_at = now + 1.0
@@ -454,8 +449,8 @@ class Executor:
                             served.client.close()
                         served.client = None
                     continue
-                if answer.HasField("task") and answer.token:
-                    self._hand(served, answer.token)
+                if token is not None:
+                    self._hand(served, token)
                     served.watched_size = -1  # look again at the next tick: more tasks may be queued
                     started += 1
         finally:
@@ -571,6 +566,7 @@ class Executor:
         signal.signal(signal.SIGINT, self._request_stop)
         self.preload()
         quiet_telemetry()  # after the imports: the modules that took Flower's `event` by name are loaded
+        quick_object_pulls()  # once here: every SuperNode, ClientApp and ServerApp process forked from here has it
         gc.collect()
         gc.freeze()  # what is loaded now stays shared with every forked child (no copy-on-write of its pages by the GC)
         try:
@@ -671,7 +667,6 @@ def _run_supernode(served: _Served, executor_dir: Path) -> int:
 
     quiet_uvicorn(importlib.import_module("flwr.supernode.cli.flower_supernode"))  # the module (its package exports the function)
     lean_supernode_middleware()
-    quick_object_pulls()
     if registration.node_key:
         node_key(registration.node_key)
     quicken_supernode(registration.poll_seconds, registration.poll_hot_seconds, wake_folder=registration.wake_dir,
@@ -781,14 +776,20 @@ def _say_where(registration: Registration) -> None:
           f"cpu cgroup {cpu_cgroup('self') or '(the executor s own)'}", flush=True)
 
 
-def _run_task(served: _Served, token: str | None) -> int:
-    """In the forked child: become part of the SuperNode's host, then run Flower's ClientApp runtime (with no
-    token: ask the SuperNode for its task first, as flower-superexec does; NO_TASK when it has none)."""
+def _become_clientapp(served: _Served) -> Registration:
+    """In a forked child that runs a SuperNode's ClientApp tasks: its title, the SuperNode's host, its FLWR_HOME."""
     registration = served.registration
     setproctitle.setproctitle(f"flwr-clientapp [mlfo executor] {registration.name}")
     _enter_host(served, registration.log)
     os.environ["FLWR_HOME"] = registration.flwr_home
     served.client = None  # the parent's connection is not the child's to use
+    return registration
+
+
+def _run_task(served: _Served, token: str | None) -> int:
+    """In the forked child: become part of the SuperNode's host, then run Flower's ClientApp runtime (with no
+    token: ask the SuperNode for its task first, as flower-superexec does; NO_TASK when it has none)."""
+    registration = _become_clientapp(served)
     if token is None:
         client = runtime_client(registration.runtime)
         token = _acquire(client)
@@ -800,7 +801,6 @@ def _run_task(served: _Served, token: str | None) -> int:
 
     _time_training()
     _install_each_fab_once()
-    quick_object_pulls()
     return exit_code(lambda: run_clientapp(runtime_api_address=registration.runtime, token=token, insecure=True))
 
 
@@ -822,11 +822,7 @@ def _serve_tasks(served: _Served, inbox: int) -> int:
     Each line from `inbox` is a task's token, or "?": ask the SuperNode for its task (it said it stored a message).
     A child per message pays for the fork, for copying the pages it writes (every object it touches) and for
     unmapping them at its end, and starts Flower's and the app's code cold every time."""
-    registration = served.registration
-    setproctitle.setproctitle(f"flwr-clientapp [mlfo executor] {registration.name}")
-    _enter_host(served, registration.log)
-    os.environ["FLWR_HOME"] = registration.flwr_home
-    served.client = None  # the parent's connection is not this child's to use
+    registration = _become_clientapp(served)
     from flwr.common.constant import APP_DIR
     from flwr.supercore.utils import get_flwr_home
     from flwr.supernode.runtime.run_clientapp import run_clientapp
@@ -834,7 +830,6 @@ def _serve_tasks(served: _Served, inbox: int) -> int:
     keep_clientapp_process()
     _time_training()
     _install_each_fab_once()
-    quick_object_pulls()
     apps = f"{get_flwr_home() / APP_DIR}{os.sep}"
     client: Any = None
     pending = b""

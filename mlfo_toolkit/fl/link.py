@@ -34,7 +34,7 @@ from typing import Any
 
 import setproctitle
 
-from mlfo_toolkit.fl.polls import lean_superlink_middleware, quick_object_pulls, quiet_uvicorn
+from mlfo_toolkit.fl.polls import lean_superlink_middleware, quiet_uvicorn
 from mlfo_toolkit.util.forks import exit_code, fork_child
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,6 @@ def _serverapp(runtime: str, token: str, superlink: int) -> int:
     from flwr.supercore.logger import mirror_output_to_queue, restore_output
     from flwr.superlink.runtime import run_serverapp
 
-    quick_object_pulls()
     queue: Queue[str | None] = Queue()
     mirror_output_to_queue(queue)
     try:

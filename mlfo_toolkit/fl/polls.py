@@ -519,8 +519,8 @@ _OBJECT_PULLERS = ("flwr.supercore.inflatable.inflatable_utils",  # the ClientAp
 
 
 def quick_object_pulls() -> bool:
-    """In a ServerApp, SuperNode or ClientApp process mlfo forked: an object that is not there yet is asked for again
-    after OBJECT_PULL_FIRST_WAIT, not Flower's 1 s.
+    """In the shared executor, before it forks anything: in every ServerApp, SuperNode and ClientApp process it forks,
+    an object that is not there yet is asked for again after OBJECT_PULL_FIRST_WAIT, not Flower's 1 s.
 
     Flower stores a message before its objects arrive: a SuperNode pushes its reply, then the reply's objects, and a
     ServerApp that pulls replies in between (woken by another client's reply) finds the message and waits a whole
