@@ -63,6 +63,7 @@ from mlfo_toolkit.fl.polls import (
     tested_flower,
 )
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
+from mlfo_toolkit.fl.wire import whole_answers, whole_requests
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.forks import exit_code, fork_child
 from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, memory_cgroup, namespace_inode, setns
@@ -567,6 +568,8 @@ class Executor:
         self.preload()
         quiet_telemetry()  # after the imports: the modules that took Flower's `event` by name are loaded
         quick_object_pulls()  # once here: every SuperNode, ClientApp and ServerApp process forked from here has it
+        whole_requests()  # and every Flower HTTP client and server forked from here writes a message once (fl/wire.py)
+        whole_answers()
         gc.collect()
         gc.freeze()  # what is loaded now stays shared with every forked child (no copy-on-write of its pages by the GC)
         try:
