@@ -23,7 +23,7 @@ changes. A write larger than WHOLE_LIMIT goes as it is (no copy of a large model
 They also keep an idle connection longer, the server longer than its clients. Both of Flower's sides
 keep one 5 s (uvicorn's and httpx's defaults), and a SuperNode's requests come a round apart, about as
 long: a client that took up a connection just as the server closed it saw "server disconnected" and
-Flower retried after up to 2 s (10-20 times a run of the seed bench, in the SuperNodes and ClientApps).
+Flower retried after up to 2 s (4-20 times a run of the seed bench, in the SuperNodes and ClientApps).
 A client here drops an idle connection after CLIENT_KEEP_ALIVE, before the server's SERVER_KEEP_ALIVE,
 so a request never meets a connection its server is closing, and a round reuses the last round's.
 """
