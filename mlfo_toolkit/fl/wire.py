@@ -126,7 +126,9 @@ def whole_requests() -> bool:
                                      hint="install the Flower version mlfo pins (flwr==1.42.*)")
     if getattr(flower_init, "_mlfo_whole", False):
         return True
-    probe = client_class("http://127.0.0.1:9")  # made as Flower makes it (no connection yet): its pool is where mlfo looks
+    # Made as Flower makes it for the insecure links mlfo runs (no connection yet; verify=True would load the CA bundle,
+    # 45-70 ms of the executor's start): its pool is where mlfo looks.
+    probe = client_class("http://127.0.0.1:9", verify=False)
     try:
         fits = whole_request_writes(getattr(probe, "_client", None))
     finally:
