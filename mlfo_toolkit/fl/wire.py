@@ -197,7 +197,10 @@ _UVICORN_PROTOCOLS = (("uvicorn.protocols.http.httptools_impl", "HttpToolsProtoc
 
 def whole_answers() -> bool:
     """uvicorn's HTTP protocols (httptools, h11) in this process write an answer's head and body as one write, and keep
-    an idle connection SERVER_KEEP_ALIVE. Whether it applied to any (one whose module is missing is skipped)."""
+    an idle connection SERVER_KEEP_ALIVE. Only on the tested Flower, with `whole_requests` (both halves were measured
+    together); whether it applied to any protocol (one whose module is missing is skipped)."""
+    if not tested_flower():
+        return False
     applied = False
     for module_name, class_name in _UVICORN_PROTOCOLS:
         try:

@@ -125,3 +125,15 @@ def test_an_httpx_that_keeps_its_connections_elsewhere_is_refused_loudly(monkeyp
     with pytest.raises(MissingDependencyError, match="httpx"):
         wire.whole_requests()
     assert ProtobufClient.__init__ is flower_init
+
+
+def test_on_another_flower_both_halves_keep_flowers_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.protobuf.client import ProtobufClient
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from mlfo_toolkit.fl import wire
+
+    client_init, made = ProtobufClient.__init__, HttpToolsProtocol.connection_made
+    monkeypatch.setattr(wire, "tested_flower", lambda: False)
+    assert wire.whole_requests() is False and wire.whole_answers() is False
+    assert ProtobufClient.__init__ is client_init and HttpToolsProtocol.connection_made is made
