@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlfo_toolkit.cli.main import cli
-from tests.helpers import REPO, processes_under, require_network_tools
+from tests.helpers import REPO, processes_under, require_network_tools, still_running
 
 KILL = REPO / "experiments" / "kill-a-client.yaml"
 COHORTS = REPO / "intents" / "cohorts.yaml"
@@ -135,22 +135,13 @@ def test_sigterm_stops_the_run_and_keeps_what_it_measured(workdir: Path) -> None
     partial = json.loads((out / "runs" / "base-r1" / "partial.json").read_text())
     assert len(partial["cohorts"][0]["accuracy"]) >= 2 and partial["events"], partial
     time.sleep(1)
-    assert [pid for pid in children if pid_alive(pid)] == [], "left running after SIGTERM"
+    assert still_running(children) == [], "left running after SIGTERM"
 
 
 def psutil_children(pid: int) -> list[Any]:
     import psutil
 
     return list(psutil.Process(pid).children(recursive=True))
-
-
-def pid_alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.mark.flower

@@ -23,7 +23,7 @@ from mlfo_toolkit.config import Config
 from mlfo_toolkit.orchestrator.campus import CampusMlfo
 from mlfo_toolkit.orchestrator.store import Store
 from mlfo_toolkit.util.processes import free_port, wait_for_port
-from tests.helpers import REPO, processes_under, serve_briefly, wait_for
+from tests.helpers import REPO, processes_under, serve_briefly, still_running, wait_for
 from tests.helpers.orchestra import (
     WELDING,
     Orchestra,
@@ -445,4 +445,4 @@ def test_agent_on_a_host_address_without_a_token_warns(workdir: Path) -> None:
     port = free_port()
     proc, err = serve_briefly(["agent", "--host", "0.0.0.0", "--port", str(port)], workdir, port)
     assert "with no token" in err and "MLFO_API__SOUTHBOUND_TOKEN" in err
-    assert psutil.pid_exists(proc.pid) is False or psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+    assert still_running([proc.pid]) == []
