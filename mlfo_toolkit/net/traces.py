@@ -8,7 +8,7 @@ Replaying is a process of its own (`python -m mlfo_toolkit.net.traces`), started
 an experiment's `trace` event and recorded in the network's state like every other process. It shapes
 both ends of the link through Mininet's HTB class (as `set_link` does) at each row's time and, where
 netem exists, sets delay and loss on a netem qdisc under it. It writes what it applied, one JSON line
-per row, and on SIGTERM or at the end of an unlooped trace puts the link's configured rate back.
+per row (`requested_at` before it began shaping, `at` once the rate was in place), and on SIGTERM or at the end of an unlooped trace puts the link's configured rate back.
 """
 
 from __future__ import annotations
@@ -209,8 +209,9 @@ def replay(state_dir: Path, a: str, b: str, trace: LinkTrace, *, loop: bool, log
             for point in trace.points:
                 due = started + cycle * trace.duration + point.seconds
                 time.sleep(max(0.0, due - time.monotonic()))
+                requested = time.time()
                 set_link(state, ends, rate_mbit=point.rate_mbit)
-                applied: dict[str, Any] = {"at": time.time(), "cycle": cycle, **asdict(point), "netem": netem}
+                applied: dict[str, Any] = {"at": time.time(), "requested_at": requested, "cycle": cycle, **asdict(point), "netem": netem}
                 command = netem_commands(ends[0].interface, point)
                 if command and netem:
                     for end in ends:
