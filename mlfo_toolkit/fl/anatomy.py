@@ -210,10 +210,11 @@ class RoundClock:
         if self.replies is not None:
             self.replies.drain()  # wake-ups of an earlier round's replies
         pushed = list(self.grid.push_messages(messages))
-        if self.waker is not None:
-            self.waker.wake_nodes()
-        pending = {m for m in pushed if m}
         destination = {m: getattr(getattr(msg, "metadata", None), "dst_node_id", None) for m, msg in zip(pushed, messages)}
+        if self.waker is not None:  # a wake-up for each message pushed, to the SuperNode it went to
+            nodes = [destination.get(m) for m in pushed if m]
+            self.waker.wake_for([n for n in nodes if isinstance(n, int)] if all(isinstance(n, int) for n in nodes) else [])
+        pending = {m for m in pushed if m}
         push_end = self.clock()
         if record is not None:
             record.pushed, record.sampled = (push_start, push_end), len(messages)

@@ -62,7 +62,7 @@ from mlfo_toolkit.fl.polls import (
     quiet_uvicorn,
     tested_flower,
 )
-from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket
+from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket, remove_names_of
 from mlfo_toolkit.fl.wire import whole_answers, whole_requests
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.forks import exit_code, fork_child
@@ -546,6 +546,7 @@ class Executor:
                          else "process", stem, pid, code)
                 socket_path = self.node_sockets.pop(pid, None)
                 if socket_path is not None:  # a SuperNode killed by a signal never removed its own
+                    remove_names_of(socket_path.parent, socket_path)
                     socket_path.unlink(missing_ok=True)
                 if name in self.served and self.served[name].spawned == pid:
                     self.ended[name] = self.served[name].mtime

@@ -9,8 +9,10 @@ mlfo forks the SuperNodes it serves from its own executor, so it owns their proc
 differs, in one of two ways:
 
 * **wake-ups** (`fl.wakeups`, the default; `mlfo_toolkit/fl/wake.py`): an idle SuperNode waits on a
-  socket of its own, which the cohort's ServerApp writes to right after it pushed a round's
-  messages, so it pulls at once; with nothing to do it still asks every 10 s (Flower's: 3 s). While
+  socket of its own, which the cohort's ServerApp writes to right after it pushed a message to it,
+  so it pulls at once; with nothing to do it still asks every 10 s (Flower's: 3 s). After its reply
+  went up it waits there too, instead of Flower's pull at once, when the message came with a
+  wake-up of its own (each one does: the next one wakes it). While
   it waits for its ClientApp's reply it is woken when the ClientApp pushes to it (looking every
   0.25 s anyway), the executor is told at once that a message came, and the ServerApp that the
   reply went up.
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from mlfo_toolkit.errors import MissingDependencyError
-from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, NAMED_WAKE_PATIENCE, Waker, WakeSocket, node_socket
+from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, NAMED_WAKE_PATIENCE, TARGETED, Waker, WakeSocket, id_name, node_socket
 from mlfo_toolkit.util.ticks import Ticks
 
 TESTED = ("1.42.",)
@@ -72,6 +74,8 @@ class PollClock:
         self.last_busy = clock.monotonic()  # a SuperNode that just started is about to get its first message
         self.polls = 0
         self.pushed_here = threading.Event()  # the ClientApp pushed to this SuperNode (see `came`)
+        self.targeted = False  # the last wake-up was sent for a message to this SuperNode (see `after_reply`)
+        self.skipped_pulls = 0  # the pulls after a reply that waited for a wake-up instead
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.clock, name)
@@ -96,14 +100,29 @@ class PollClock:
         if self.waker is not None:
             self.waker.wake_server()
 
+    def named(self, node_id: int | None) -> None:
+        """Flower's loop registered this SuperNode as `node_id`: its socket gets that name too, so the ServerApp wakes
+        it (and only it) for each message it pushes to it."""
+        if self.wake is not None and node_id is not None:
+            self.wake.name_as(id_name(node_id))
+
+    def after_reply(self) -> None:
+        """The reply went up. Flower's loop pulls again at once, and nearly always finds nothing: the ServerApp waits
+        for the other replies before it sends more. If the message this SuperNode handled came with a wake-up of its
+        own, every message does: wait for the next one instead (or IDLE_WAIT, the safety net), so that pull finds it."""
+        if self.wake is not None and self.targeted:
+            self.skipped_pulls += 1
+            self.targeted = self.wake.wait_one(IDLE_WAIT) == TARGETED
+
     def sleep(self, seconds: float) -> None:
         now = self.clock.monotonic()
         if seconds >= FLOWER_IDLE_SLEEP:  # a pull found nothing
             self.polls += 1
             if self.wake is not None:
                 # Woken at once when the ServerApp pushed something; else it asks again after IDLE_WAIT (a
-                # wake-up is never lost on one machine, so the idle asks are a safety net, not the path).
-                self.wake.wait(max(seconds, IDLE_WAIT))
+                # wake-up is never lost on one machine, so the idle asks are a safety net, not the path). One
+                # wake-up at a time: a SuperNode sent two messages at once has two, one for each pull.
+                self.targeted = self.wake.wait_one(max(seconds, IDLE_WAIT)) == TARGETED
             else:
                 self.clock.sleep(self.fast if self.fast > 0 and now - self.last_busy < self.hot else seconds)
             return
@@ -147,12 +166,30 @@ def quicken_supernode(fast: float, hot: float, *, wake_folder: str = "", executo
         clock.stored()
         done = push(*args, **kwargs)
         clock.pushed()
+        clock.after_reply()
         return done
 
     setattr(loop, "_push_messages", push_messages)  # noqa: B010
     if wake_folder:
         _tell_of_pushes(clock)
+        _tell_of_node_id(clock)
     return clock
+
+
+def _tell_of_node_id(clock: PollClock) -> None:
+    """Flower's loop stores the node ID the SuperLink gave it in its NodeState: the clock names its socket by it."""
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    original = getattr(InMemoryNodeState, "set_node_id", None)
+    if not callable(original):
+        raise MissingDependencyError("Flower's SuperNode state has no set_node_id: mlfo's wake-ups do not fit it",
+                                     hint="install the Flower version mlfo pins (flwr==1.42.*), or set fl.wakeups: false")
+
+    def set_node_id(self: Any, node_id: int | None) -> None:
+        original(self, node_id)
+        clock.named(node_id)
+
+    setattr(InMemoryNodeState, "set_node_id", set_node_id)  # noqa: B010  (this SuperNode's process only)
 
 
 def _tell_of_pushes(clock: PollClock) -> None:

@@ -7,8 +7,14 @@ one folder (`wake_dir(executor_dir, superlink_address)`):
 
 * each SuperNode the shared executor forks binds `node-<pid>.sock` there and, instead of Flower's
   3 s sleep, waits on it for at most those 3 s;
-* the ServerApp (mlfo's `RoundClock`) sends one byte to every node socket right after it pushed a
-  round's messages, so each SuperNode pulls at once;
+* once registered, a SuperNode also names its socket by its node ID (`id-<node ID>.sock`, a symbolic link to
+  `node-<pid>.sock`); the ServerApp (mlfo's `RoundClock`), right after it pushed a round's messages, sends
+  one wake-up per message to the socket named by its destination (`TARGETED`), so the SuperNodes with a message
+  pull at once and those without do not pull at all. Where a destination has no named socket (a SuperNode
+  that has not named itself, or not forked by mlfo), every node socket gets one plain wake-up instead (`PLAIN`);
+* a SuperNode woken for a message (`TARGETED`) waits for its next wake-up after it pushed its reply, where
+  Flower's loop would pull again at once and (nearly always) find nothing: each message it is sent comes with
+  a wake-up of its own, so nothing waits. After a plain wake-up it pulls at once, as Flower does;
 * a SuperNode that has just pushed its reply sends one byte to `server.sock`, on which the
   ServerApp waits between its looks for replies (at most `server_poll_seconds`);
 * a SuperNode that has just stored a message sends one byte to the executor's `executor.sock`, so
@@ -34,6 +40,9 @@ from pathlib import Path
 SERVER_SOCKET = "server.sock"
 EXECUTOR_SOCKET = "executor.sock"  # in the executor's own folder: a SuperNode stored a message, ask it for the task
 NODE_PREFIX = "node-"
+ID_PREFIX = "id-"  # a SuperNode's socket named by its node ID (a symbolic link to its node-<pid> socket)
+PLAIN = b"!"  # a wake-up for whoever is there: something was pushed, maybe for you
+TARGETED = b"m"  # a wake-up sent for one message to this SuperNode: one per message
 SOCKET_SUFFIX = ".sock"
 FULL_QUEUE_RETRY = 0.005  # seconds between the tries of a named wake-up whose receiver's queue is full
 NAMED_WAKE_PATIENCE = 2.0  # how long a SuperNode tries to tell the executor of a message (its 30 s poll is the net)
@@ -49,6 +58,21 @@ def wake_dir(executor_dir: str | os.PathLike[str] | None, superlink: str) -> Pat
 def node_socket(folder: Path, pid: int) -> Path:
     """Where the SuperNode with this PID waits for wake-ups."""
     return folder / f"{NODE_PREFIX}{pid}{SOCKET_SUFFIX}"
+
+
+def id_name(node_id: int) -> str:
+    """The name of the SuperNode with this (Flower) node ID in its cohort's wake-up folder."""
+    return f"{ID_PREFIX}{node_id}{SOCKET_SUFFIX}"
+
+
+def remove_names_of(folder: Path, socket_path: Path) -> None:
+    """Remove the node-ID names that point at `socket_path` (its SuperNode ended; a killed one never removed them)."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if entry.name.startswith(ID_PREFIX) and entry.is_symlink():
+                with contextlib.suppress(OSError):
+                    if os.readlink(entry.path) == socket_path.name:
+                        os.unlink(entry.path)
 
 
 class HeldFolder:
@@ -84,6 +108,27 @@ class WakeSocket:
         self.sock.setblocking(False)
         self.sock.bind(self.folder.address(path.name))
         self.owner = os.getpid()
+        self.names: list[Path] = []  # its other names (`name_as`)
+
+    def name_as(self, name: str) -> None:
+        """Give this socket a second name in its folder (a symbolic link, replaced if it exists)."""
+        link = self.path.parent / name
+        spare = self.path.parent / f".{name}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            spare.unlink()
+        os.symlink(self.path.name, spare)
+        os.replace(spare, link)
+        self.names.append(link)
+
+    def wait_one(self, timeout: float) -> bytes | None:
+        """Sleep up to `timeout` seconds or until a wake-up is waiting; consume that one (None: timed out)."""
+        ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+        if not ready:
+            return None
+        try:
+            return self.sock.recv(256)
+        except (BlockingIOError, InterruptedError):
+            return None
 
     def wait(self, timeout: float) -> list[bytes]:
         """Sleep up to `timeout` seconds or until woken; returns the wake-ups that came (none: timed out)."""
@@ -100,8 +145,9 @@ class WakeSocket:
 
     def close(self) -> None:
         if os.getpid() == self.owner:  # a forked child never removes its parent's socket
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            for path in (*self.names, self.path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         self.sock.close()
         self.folder.close()
 
@@ -134,6 +180,9 @@ class Waker:
                     self.held.close()  # the folder was removed and made again: hold the new one
                     attempt += 1
                     continue
+                if name.startswith(ID_PREFIX):  # a name whose socket is gone (its SuperNode was killed)
+                    with contextlib.suppress(OSError):
+                        (self.folder / name).unlink()
                 return False
             except OSError as err:
                 if err.errno == errno.ECONNREFUSED:  # bound by a process that is gone
@@ -153,6 +202,19 @@ class Waker:
     def wake_nodes(self) -> int:
         """Wake every SuperNode of the cohort; returns how many sockets took the wake-up."""
         return sum(self._send(name) for name in self._node_names())
+
+    def wake_for(self, destinations: list[int]) -> int:
+        """Wake the SuperNodes these messages went to (node IDs, one per message), one wake-up per message, each on
+        its named socket. If one has no named socket there, or its wake-up finds nobody, every SuperNode gets a
+        plain wake-up as well (`wake_nodes`). Returns how many wake-ups were taken."""
+        try:
+            names = {e.name for e in os.scandir(self.folder) if e.name.startswith(ID_PREFIX)}
+        except FileNotFoundError:
+            return 0
+        if not destinations or any(id_name(node) not in names for node in destinations):
+            return self.wake_nodes()
+        taken = [self._send(id_name(node), TARGETED) for node in destinations]
+        return sum(taken) + (self.wake_nodes() if not all(taken) else 0)
 
     def has_nodes(self) -> bool:
         """Whether any SuperNode waits in the folder."""

@@ -19,7 +19,18 @@ import pytest
 from mlfo_toolkit.fl import models
 from mlfo_toolkit.fl.executor import Executor, Registration, register
 from mlfo_toolkit.fl.polls import REPLY_WAIT, PollClock
-from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, SERVER_SOCKET, Waker, WakeSocket, node_socket, wake_dir
+from mlfo_toolkit.fl.wake import (
+    EXECUTOR_SOCKET,
+    PLAIN,
+    SERVER_SOCKET,
+    TARGETED,
+    Waker,
+    WakeSocket,
+    id_name,
+    node_socket,
+    remove_names_of,
+    wake_dir,
+)
 
 
 @pytest.fixture()
@@ -52,6 +63,62 @@ def test_a_socket_whose_process_died_is_skipped_and_removed(folder: Path) -> Non
     assert not (folder / "node-1.sock").exists() and live.wait(1) == [b"!"]
     assert waker.wake_server() is False  # no ServerApp waits here (yet): nothing happens
     live.close()
+    waker.close()
+
+
+def test_a_push_wakes_only_the_supernodes_it_sent_to_once_per_message(folder: Path) -> None:
+    """A round samples 5 of 10 clients: the other 5 used to pull for nothing. Named by node ID, only the destinations are
+    woken, one wake-up per message; a destination without a name (yet) means every SuperNode gets a plain one."""
+    nodes = {node_id: WakeSocket(node_socket(folder, 100 + node_id)) for node_id in (1, 2, 3)}
+    waker = Waker(folder)
+    assert waker.wake_for([1, 2]) == 3  # nobody named yet: a plain wake-up for each of the three
+    assert all(node.drain() == [PLAIN] for node in nodes.values())
+    for node_id, node in nodes.items():
+        node.name_as(id_name(node_id))
+    assert waker.wake_for([2, 2, 3]) == 3
+    assert nodes[1].wait(0.05) == [] and nodes[2].drain() == [TARGETED, TARGETED] and nodes[3].drain() == [TARGETED]
+    assert waker.wake_for([1, 4]) == 3  # node 4 has no name here: everyone is woken plainly, not only node 1
+    assert [node.drain() for node in nodes.values()] == [[PLAIN], [PLAIN], [PLAIN]]
+    # A SuperNode killed by SIGKILL leaves its names; the executor that reaps it removes them with its socket.
+    remove_names_of(folder, node_socket(folder, 103))
+    node_socket(folder, 103).unlink()
+    assert not (folder / id_name(3)).is_symlink() and (folder / id_name(1)).is_symlink()
+    # A name left behind whose socket is gone: the wake-up falls back to all, and the dead name is removed.
+    (folder / id_name(3)).symlink_to(node_socket(folder, 103).name)
+    assert waker.wake_for([3]) == 2 and not (folder / id_name(3)).is_symlink()
+    nodes[1].close()  # its own names go with it
+    assert not (folder / id_name(1)).exists() and (folder / id_name(2)).is_symlink()
+    for node in nodes.values():
+        node.close()
+    waker.close()
+
+
+def test_a_supernode_woken_for_its_message_waits_for_the_next_instead_of_pulling_after_its_reply(folder: Path) -> None:
+    """Flower's loop pulls again right after a reply went up and finds nothing (the ServerApp waits for the other
+    replies). A SuperNode woken for its message waits for the next wake-up there; one sent two messages has two and
+    pulls for each; one woken plainly pulls at once, as Flower does."""
+    own = WakeSocket(node_socket(folder, os.getpid()))
+    polls = PollClock(0, 30, _Clock(), wake=own, waker=Waker(folder), name="site-client-1")
+    polls.named(7)
+    assert os.readlink(folder / id_name(7)) == node_socket(folder, os.getpid()).name
+    waker = Waker(folder)
+    waker.wake_for([7, 7])  # two messages to this SuperNode in one push
+    started = time.monotonic()
+    polls.sleep(3)  # a pull found nothing: woken at once, by a wake-up for a message
+    assert polls.targeted and time.monotonic() - started < 1
+    polls.after_reply()  # its second wake-up is waiting: back to Flower's loop at once, to pull the second message
+    assert polls.targeted and time.monotonic() - started < 1
+    threading.Timer(0.3, waker.wake_for, args=([7],)).start()  # the next round's message, a while later
+    waited = time.monotonic()
+    polls.after_reply()
+    assert 0.25 < time.monotonic() - waited < 5 and polls.targeted and polls.skipped_pulls == 2
+    waker.wake_nodes()  # a plain wake-up (a destination without a name): Flower's pull after the reply stays
+    polls.sleep(3)
+    assert not polls.targeted
+    waited = time.monotonic()
+    polls.after_reply()
+    assert time.monotonic() - waited < 0.05 and polls.skipped_pulls == 2
+    own.close()
     waker.close()
 
 
@@ -128,10 +195,12 @@ def test_flowers_loop_tells_the_clock_of_every_message_it_stored(tmp_path: Path)
     folder = tmp_path / "wake"
     folder.mkdir()
     executor = WakeSocket(folder / EXECUTOR_SOCKET)
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
     from flwr.supernode.servicer.runtime import runtime_handlers as handlers
 
     saved = (loop.time, loop._push_messages)
     saved_handlers = (handlers.push_messages, handlers.push_object)
+    saved_set_node_id = InMemoryNodeState.set_node_id
     calls: list[str] = []
     loop._push_messages = lambda **kwargs: calls.append("push")
     stored: list[str] = []
@@ -159,9 +228,16 @@ def test_flowers_loop_tells_the_clock_of_every_message_it_stored(tmp_path: Path)
         clock.pushed_here.clear()
         handlers.push_messages(None, None, None)
         assert stored == ["object", "message"] and clock.pushed_here.is_set()
+        # Flower's loop stores the node ID it registered with: the SuperNode's socket is named by it.
+        from flwr.supercore.object_store import ObjectStoreFactory
+
+        state = InMemoryNodeState(ObjectStoreFactory().store())
+        state.set_node_id(4242)
+        assert state.get_node_id() == 4242 and os.readlink(folder / id_name(4242)) == node_socket(folder, os.getpid()).name
     finally:
         loop.time, loop._push_messages = saved
         handlers.push_messages, handlers.push_object = saved_handlers
+        InMemoryNodeState.set_node_id = saved_set_node_id  # type: ignore[method-assign]
         if clock is not None:
             for sock in (clock.wake, clock.waker, clock.executor):
                 if sock is not None:
