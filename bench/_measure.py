@@ -100,11 +100,17 @@ def _cpu_table() -> dict[int, tuple[int, int, str, float, float]]:
     return table
 
 
-def _busy_seconds() -> float:
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+def _cpu_seconds(line: str = "") -> tuple[float, float, float]:
+    """The machine's CPU seconds so far (from /proc/stat's first line, or `line`): busy (user, nice, system, irq,
+    softirq), stolen by the hypervisor (a virtual machine's cores ran another guest while they had work), and all
+    (idle included)."""
+    if not line:
+        with open("/proc/stat") as stat:
+            line = stat.readline()
+    values = [int(v) for v in line.split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = values[0] + values[1] + values[2] + values[5] + values[6]
+    return busy / tick, values[7] / tick, sum(values[:8]) / tick
 
 
 Seen = dict[tuple[int, int], tuple[int, str, float, float]]  # (pid, start) -> (ppid, kind, own CPU s, reaped CPU s)
@@ -162,7 +168,7 @@ class CpuByKind:
 
     def __enter__(self) -> CpuByKind:
         self._before = {(pid, row[0]): row for pid, row in _cpu_table().items()}
-        self._busy_before = _busy_seconds()
+        self._cpu_before = _cpu_seconds()
         self._thread = threading.Thread(target=self._watch, name="cpu-by-kind", daemon=True)
         self._thread.start()
         return self
@@ -171,7 +177,10 @@ class CpuByKind:
         self._stop.set()
         self._thread.join()
         alive = self._look()
-        self.busy = round(_busy_seconds() - self._busy_before, 1)
+        busy, stolen, total = (after - before for after, before in zip(_cpu_seconds(), self._cpu_before, strict=True))
+        self.busy = round(busy, 1)
+        self.stolen = round(stolen, 1)
+        self.stolen_share = stolen / total if total > 0 else 0.0
         self.by_kind = attribute(self._seen, self._before, alive)
 
     def lines(self, per: float, unit: str) -> list[str]:
@@ -181,4 +190,7 @@ class CpuByKind:
             if seconds >= 0.5:
                 rows.append(f"{what:<32} {seconds:>8.1f} {seconds / per:>16.3f}")
         rows.append(f"{'machine (busy, all processes)':<32} {self.busy:>8.1f} {self.busy / per:>16.3f}")
+        # A VM's slow hours: the hypervisor ran another guest on these cores while they had work (not in the figures
+        # above; a process's own CPU time still grows with a noisy neighbour's use of the caches).
+        rows.append(f"stolen by the hypervisor: {self.stolen:.1f} CPU s, {self.stolen_share:.0%} of the cores' time")
         return rows

@@ -58,3 +58,11 @@ def test_a_process_is_known_by_the_title_it_takes_and_its_command_line_is_read_o
     finally:
         child.kill()
         child.wait()
+
+
+def test_time_the_hypervisor_stole_is_not_counted_as_the_machines_work() -> None:
+    """A VM's slow half hours: /proc/stat's steal column grew with the seed bench's round times, and the bench
+    counted it as busy CPU. user nice system idle iowait irq softirq steal (guest columns after)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    busy, stolen, total = _measure._cpu_seconds(f"cpu  {100 * tick} 0 {50 * tick} {30 * tick} {5 * tick} 0 {10 * tick} {20 * tick} 0 0")
+    assert (busy, stolen, total) == (160.0, 20.0, 215.0)
