@@ -212,8 +212,7 @@ class RoundClock:
         pushed = list(self.grid.push_messages(messages))
         destination = {m: getattr(getattr(msg, "metadata", None), "dst_node_id", None) for m, msg in zip(pushed, messages)}
         if self.waker is not None:  # a wake-up for each message pushed, to the SuperNode it went to
-            nodes = [destination.get(m) for m in pushed if m]
-            self.waker.wake_for([n for n in nodes if isinstance(n, int)] if all(isinstance(n, int) for n in nodes) else [])
+            self.waker.wake_for([destination.get(m) for m in pushed if m])
         pending = {m for m in pushed if m}
         push_end = self.clock()
         if record is not None:

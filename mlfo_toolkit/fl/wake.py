@@ -36,6 +36,7 @@ import select
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 SERVER_SOCKET = "server.sock"
 EXECUTOR_SOCKET = "executor.sock"  # in the executor's own folder: a SuperNode stored a message, ask it for the task
@@ -203,17 +204,18 @@ class Waker:
         """Wake every SuperNode of the cohort; returns how many sockets took the wake-up."""
         return sum(self._send(name) for name in self._node_names())
 
-    def wake_for(self, destinations: list[int]) -> int:
+    def wake_for(self, destinations: list[Any]) -> int:
         """Wake the SuperNodes these messages went to (node IDs, one per message), one wake-up per message, each on
-        its named socket. If one has no named socket there, or its wake-up finds nobody, every SuperNode gets a
-        plain wake-up as well (`wake_nodes`). Returns how many wake-ups were taken."""
+        its named socket. If one has no named socket there (or is not a node ID), or its wake-up finds nobody, every
+        SuperNode gets a plain wake-up as well (`wake_nodes`). Returns how many wake-ups were taken."""
         try:
             names = {e.name for e in os.scandir(self.folder) if e.name.startswith(ID_PREFIX)}
         except FileNotFoundError:
             return 0
-        if not destinations or any(id_name(node) not in names for node in destinations):
+        named = [id_name(node) for node in destinations if isinstance(node, int)]
+        if not destinations or len(named) < len(destinations) or not names.issuperset(named):
             return self.wake_nodes()
-        taken = [self._send(id_name(node), TARGETED) for node in destinations]
+        taken = [self._send(name, TARGETED) for name in named]
         return sum(taken) + (self.wake_nodes() if not all(taken) else 0)
 
     def has_nodes(self) -> bool:

@@ -79,6 +79,8 @@ def test_a_push_wakes_only_the_supernodes_it_sent_to_once_per_message(folder: Pa
     assert nodes[1].wait(0.05) == [] and nodes[2].drain() == [TARGETED, TARGETED] and nodes[3].drain() == [TARGETED]
     assert waker.wake_for([1, 4]) == 3  # node 4 has no name here: everyone is woken plainly, not only node 1
     assert [node.drain() for node in nodes.values()] == [[PLAIN], [PLAIN], [PLAIN]]
+    assert waker.wake_for([1, None]) == 3  # a message whose destination is not known: the same
+    assert [node.drain() for node in nodes.values()] == [[PLAIN], [PLAIN], [PLAIN]]
     # A SuperNode killed by SIGKILL leaves its names; the executor that reaps it removes them with its socket.
     remove_names_of(folder, node_socket(folder, 103))
     node_socket(folder, 103).unlink()
