@@ -66,3 +66,38 @@ def test_time_the_hypervisor_stole_is_not_counted_as_the_machines_work() -> None
     tick = os.sysconf("SC_CLK_TCK")
     busy, stolen, total = _measure._cpu_seconds(f"cpu  {100 * tick} 0 {50 * tick} {30 * tick} {5 * tick} 0 {10 * tick} {20 * tick} 0 0")
     assert (busy, stolen, total) == (160.0, 20.0, 215.0)
+
+
+def test_what_children_used_after_their_last_look_counts_for_them_not_their_parent() -> None:
+    """The seed bench showed the executor at 0.035-0.048 CPU s per client-round while its own time during the rounds
+    was a hundredth of that: a hundred SuperNodes and ClientApp processes ending together, each using a little after
+    the bench last looked at it (exit handlers, teardown), which the kernel adds to the executor's reaped time."""
+    executor, supernode, clientapp, short_task = (1, 100), (2, 200), (3, 300), (4, 400)
+    previous = {executor: (0, "executor", 1.0, 0.0), supernode: (1, "supernode", 4.0, 0.0),
+                clientapp: (1, "clientapp", 2.0, 0.5)}
+    # Both ended; the executor reaped 4 + 2 + 0.5 seen and 1.5 more used after the last look.
+    current = {executor: (0, "executor", 1.1, 8.0)}
+    tails, explained = _measure.exit_tails(previous, current)
+    assert tails == pytest.approx({"supernode": 0.75, "clientapp": 0.75}) and explained == pytest.approx({executor: 1.5})
+    seen = {**previous, executor: current[executor]}
+    by_kind = attribute(seen, before={}, alive={executor}, tails=tails, explained=explained)
+    # The ClientApp process counts what it reaped itself (0.5) too.
+    assert by_kind == pytest.approx({"executor": 1.1, "supernode": 4.75, "clientapp": 3.25})
+    assert sum(by_kind.values()) == pytest.approx(1.1 + 8.0)  # every CPU second the three used, once
+
+    # In a look where no seen child ended, what a parent reaped of a task never seen stays its own.
+    later = {executor: (0, "executor", 1.2, 8.3)}
+    assert _measure.exit_tails(current, later) == ({}, {})
+    seen_later = {**seen, executor: later[executor], short_task: (1, "task", 0.0, 0.0)}
+    by_kind = attribute(seen_later, before={}, alive={executor}, tails=tails, explained=explained)
+    assert by_kind["executor"] == pytest.approx(1.2 + 0.3)
+
+
+def test_the_bench_counts_a_childs_exit_as_the_child(tmp_path: Path) -> None:
+    """With /proc: a child that burns CPU after its last look (sampled every 2 s, it works 0.6 s then ends) is counted
+    as its own kind, not as the process that reaped it."""
+    burn = ("import setproctitle, time; setproctitle.setproctitle('flwr-clientapp [bench test]'); time.sleep(1.2);"
+            " end = time.process_time() + 0.6\nwhile time.process_time() < end: pass")
+    with _measure.CpuByKind(every=1.0) as cpu:
+        subprocess.run([sys.executable, "-c", burn], check=True)
+    assert cpu.by_kind.get("flwr-clientapp", 0.0) >= 0.5, cpu.by_kind
