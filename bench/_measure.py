@@ -124,21 +124,33 @@ def exit_tails(previous: Seen, current: Seen) -> tuple[dict[str, float], dict[tu
     the child's whole time when the parent reaps it. The part of that growth the ended children's last-seen times do
     not explain is split evenly among them, and counts for their kinds, not their parent's (it was 0.035-0.048 CPU s
     of the seed bench's client-round shown as the executor's, whose own time while rounds ran is a hundredth of
-    that). Returns that time by kind, and by parent the part of its reaped time it explains."""
+    that). Returns that time by kind, and by parent the part of its reaped time that is not its own to count."""
     parents = {key[0]: key for key in current}
+    gone = [key for key in previous if key not in current]
+    gone_under: dict[int, list[tuple[int, int]]] = {}  # pid -> its children that ended too
+    for key in gone:
+        gone_under.setdefault(previous[key][0], []).append(key)
+
+    def seen_time(key: tuple[int, int]) -> float:
+        """Its last-seen time and that of the processes under it that ended with it (a SuperLink's ServerApp): each
+        of those counts as itself, and all of it is in the reaped time of the process still running above them."""
+        return previous[key][2] + previous[key][3] + sum(seen_time(below) for below in gone_under.get(key[0], []))
+
     ended: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for key, (ppid, *_) in previous.items():
-        parent = parents.get(ppid)
-        if key not in current and parent is not None and parent in previous:
+    for key in gone:
+        parent = parents.get(previous[key][0])
+        if parent is not None and parent in previous:
             ended.setdefault(parent, []).append(key)
     tails: dict[str, float] = {}
     explained: dict[tuple[int, int], float] = {}
     for parent, children in ended.items():
         grown = current[parent][3] - previous[parent][3]
-        tail = max(0.0, grown - sum(previous[child][2] + previous[child][3] for child in children))
+        tail = max(0.0, grown - sum(seen_time(child) for child in children))
         for child in children:
             tails[previous[child][1]] = tails.get(previous[child][1], 0.0) + tail / len(children)
-        explained[parent] = tail
+        # Beyond its children's last-seen time, the parent's reaped growth is theirs: their tails, and the time of
+        # the processes that ended under them, counted as themselves.
+        explained[parent] = max(0.0, grown - sum(previous[child][2] + previous[child][3] for child in children))
     return tails, explained
 
 

@@ -101,3 +101,18 @@ def test_the_bench_counts_a_childs_exit_as_the_child(tmp_path: Path) -> None:
     with _measure.CpuByKind(every=1.0) as cpu:
         subprocess.run([sys.executable, "-c", burn], check=True)
     assert cpu.by_kind.get("flwr-clientapp", 0.0) >= 0.5, cpu.by_kind
+
+
+def test_a_chain_that_ends_together_counts_once() -> None:
+    """An FL server process ends with its SuperLink under it between two looks: the executor's reaped time grows by
+    both, and each counts once, as itself, the part after their last looks for the FL server."""
+    executor, server, superlink = (1, 100), (2, 200), (3, 300)
+    previous = {executor: (0, "executor", 1.0, 0.0), server: (1, "server", 0.5, 0.0),
+                superlink: (2, "superlink", 6.0, 0.0)}
+    current = {executor: (0, "executor", 1.0, 0.5 + 6.0 + 0.25)}  # 0.25 used by the two after their last looks
+    tails, explained = _measure.exit_tails(previous, current)
+    assert tails == pytest.approx({"server": 0.25})
+    seen = {**previous, executor: current[executor]}
+    by_kind = attribute(seen, before={}, alive={executor}, tails=tails, explained=explained)
+    assert by_kind == pytest.approx({"executor": 1.0, "server": 0.75, "superlink": 6.0})
+    assert sum(by_kind.values()) == pytest.approx(1.0 + 6.75)
