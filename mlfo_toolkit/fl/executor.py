@@ -55,6 +55,7 @@ from mlfo_toolkit.fl.polls import (
     TaskEnded,
     keep_clientapp_process,
     lean_supernode_middleware,
+    logged_retries,
     node_key,
     quick_object_pulls,
     quicken_supernode,
@@ -569,6 +570,7 @@ class Executor:
         self.preload()
         quiet_telemetry()  # after the imports: the modules that took Flower's `event` by name are loaded
         quick_object_pulls()  # once here: every SuperNode, ClientApp and ServerApp process forked from here has it
+        logged_retries()  # and logs what a request met before Flower retries it
         whole_requests()  # and every Flower HTTP client and server forked from here writes a message once (fl/wire.py)
         whole_answers()
         gc.collect()

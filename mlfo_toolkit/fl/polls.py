@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib.metadata
+import logging
 import os
 import sys
 import threading
@@ -582,4 +583,38 @@ def quick_object_pulls() -> bool:
 
         pull_objects._mlfo_quick = True  # type: ignore[attr-defined]
         setattr(module, "pull_objects", pull_objects)  # noqa: B010  (that module only)
+    return True
+
+
+_RETRY_MODULE = "flwr.supercore.retry.http_retry"
+RETRY_FAILURE = "Connection attempt failed with exception"
+
+
+def logged_retries() -> bool:
+    """In the shared executor, before it forks anything: every ServerApp, SuperNode and ClientApp process it forks
+    logs why a Flower HTTP request failed before Flower retries it, at WARNING beside Flower's own "Connection attempt
+    failed, retrying" line, instead of at DEBUG (dropped at Flower's INFO level).
+
+    A retry can find its work done: a ServerApp's object push whose first attempt stored the last object and lost its
+    answer is retried into a closed push session (`ObjectPushError`, the run ends). That cost one cohort in some 110
+    cohort runs of the seed bench, and no log said what the first attempt met. Only on the tested Flower; returns
+    whether it applies."""
+    if not tested_flower():
+        return False
+
+    module = importlib.import_module(_RETRY_MODULE)
+    flower_log = getattr(module, "log", None)
+    if not callable(flower_log):
+        raise MissingDependencyError(f"Flower's {_RETRY_MODULE} logs elsewhere: mlfo's retry log does not fit it",
+                                     hint="install the Flower version mlfo pins (flwr==1.42.*)")
+    if getattr(flower_log, "_mlfo_retries", False):
+        return True
+
+    def log(level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level == logging.DEBUG and str(msg).startswith(RETRY_FAILURE):
+            level = logging.WARNING
+        flower_log(level, msg, *args, **kwargs)
+
+    log._mlfo_retries = True  # type: ignore[attr-defined]
+    setattr(module, "log", log)  # noqa: B010  (that module only)
     return True

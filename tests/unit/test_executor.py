@@ -329,3 +329,39 @@ def test_an_object_not_there_yet_is_asked_for_again_soon_not_after_flowers_secon
         return b"content"
 
     assert grid.pull_objects(["reply"], pull) == {"reply": b"content"} and tries == ["reply", "reply"]
+
+
+def test_a_request_flower_retries_logs_what_it_met(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A retried request can find its work done (an object push stored, its answer lost, the retry into a closed push
+    session): in the processes mlfo forks, why the first attempt failed is logged at WARNING, with Flower's own
+    retry invoker and a transport error it retries, where Flower logs it at DEBUG, below its INFO level."""
+    import importlib
+    import logging
+
+    import httpx
+
+    from mlfo_toolkit.fl import polls
+
+    module = importlib.import_module("flwr.supercore.retry.http_retry")
+    monkeypatch.setattr(module, "log", module.log)  # restored after the test
+    monkeypatch.setattr(module, "MAX_RETRY_DELAY", 0.01, raising=False)
+    attempts: list[int] = []
+
+    def push() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return "stored"
+
+    def retried() -> str:
+        with caplog.at_level(logging.INFO, logger="flwr"):
+            return str(module.make_simple_http_retry_invoker().invoke(push))
+
+    assert retried() == "stored" and "Server disconnected" not in caplog.text  # Flower's own: at DEBUG, dropped
+    caplog.clear()
+    attempts.clear()
+    assert polls.logged_retries() and polls.logged_retries()  # applied twice: one wrapper
+    assert retried() == "stored"
+    failures = [r for r in caplog.records if r.getMessage().startswith(polls.RETRY_FAILURE)]
+    assert len(failures) == 1 and failures[0].levelno == logging.WARNING
+    assert "Server disconnected without sending a response" in failures[0].getMessage()
