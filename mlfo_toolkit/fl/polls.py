@@ -556,6 +556,16 @@ _OBJECT_PULLERS = ("flwr.supercore.inflatable.inflatable_utils",  # the ClientAp
                    "flwr.supernode.start_client_internal")  # the SuperNode's pull of a message from the SuperLink
 
 
+def _flower_function(module_name: str, name: str, does: str, lever: str) -> tuple[types.ModuleType, Any]:
+    """Flower's module and the function of it a lever of mlfo's wraps; refused loudly where it is not there."""
+    module = importlib.import_module(module_name)
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise MissingDependencyError(f"Flower's {module_name} {does} elsewhere: mlfo's {lever} cannot hook into it",
+                                     hint="install the Flower version mlfo pins (flwr==1.42.*)")
+    return module, function
+
+
 def quick_object_pulls() -> bool:
     """In the shared executor, before it forks anything: in every ServerApp, SuperNode and ClientApp process it forks,
     an object that is not there yet is asked for again after OBJECT_PULL_FIRST_WAIT, not Flower's 1 s.
@@ -569,11 +579,7 @@ def quick_object_pulls() -> bool:
     if not tested_flower():
         return False
     for name in _OBJECT_PULLERS:
-        module = importlib.import_module(name)
-        flower_pull = getattr(module, "pull_objects", None)
-        if not callable(flower_pull):
-            raise MissingDependencyError(f"Flower's {name} pulls objects elsewhere: mlfo's quick object pulls do not fit it",
-                                         hint="install the Flower version mlfo pins (flwr==1.42.*)")
+        module, flower_pull = _flower_function(name, "pull_objects", "pulls objects", "quick object pulls")
         if getattr(flower_pull, "_mlfo_quick", False):
             continue
 
@@ -601,12 +607,7 @@ def logged_retries() -> bool:
     whether it applies."""
     if not tested_flower():
         return False
-
-    module = importlib.import_module(_RETRY_MODULE)
-    flower_log = getattr(module, "log", None)
-    if not callable(flower_log):
-        raise MissingDependencyError(f"Flower's {_RETRY_MODULE} logs elsewhere: mlfo's retry log does not fit it",
-                                     hint="install the Flower version mlfo pins (flwr==1.42.*)")
+    module, flower_log = _flower_function(_RETRY_MODULE, "log", "logs", "retry log")
     if getattr(flower_log, "_mlfo_retries", False):
         return True
 
