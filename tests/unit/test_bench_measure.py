@@ -37,17 +37,21 @@ def test_time_before_the_window_is_left_out() -> None:
     assert by_kind == {"executor": 1.0 + 2.0, "task": 1.0}
 
 
-TITLED_LATER = "import os, time, setproctitle; time.sleep(0.5); setproctitle.setproctitle(os.environ['TITLE']); time.sleep(5)"
+# Takes its title when told (a line on its standard input), so the look before it is not a race with a loaded machine.
+TITLED_LATER = "import os, sys, time, setproctitle; sys.stdin.readline(); setproctitle.setproctitle(os.environ['TITLE']); time.sleep(5)"
 
 
 def test_a_process_is_known_by_the_title_it_takes_and_its_command_line_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fork shows its parent's command line until it sets its title: a young process is looked at again; once it has
     its title, the bench reads its command line no more (reading every one twice a second was a twentieth of a core)."""
-    child = subprocess.Popen([sys.executable, "-c", TITLED_LATER], env={**os.environ, "TITLE": "flwr-clientapp [bench test]"})
+    child = subprocess.Popen([sys.executable, "-c", TITLED_LATER], env={**os.environ, "TITLE": "flwr-clientapp [bench test]"},
+                             stdin=subprocess.PIPE)
+    assert child.stdin is not None
     try:
         started = time.monotonic()
-        time.sleep(0.2)
         assert _measure._cpu_table()[child.pid][2] == "other"  # still `python -c`
+        child.stdin.write(b"now\n")
+        child.stdin.flush()
         while _measure._cpu_table()[child.pid][2] != "flwr-clientapp" and time.monotonic() - started < 10:
             time.sleep(0.1)  # looked at again while young: the title it took is seen
         time.sleep(max(0.0, started + 1.3 - time.monotonic()))  # and older than a fork's first moments
@@ -57,7 +61,7 @@ def test_a_process_is_known_by_the_title_it_takes_and_its_command_line_is_read_o
         assert _measure._cpu_table()[child.pid][2] == "flwr-clientapp" and child.pid not in read
     finally:
         child.kill()
-        child.wait()
+        child.communicate()
 
 
 def test_time_the_hypervisor_stole_is_not_counted_as_the_machines_work() -> None:
