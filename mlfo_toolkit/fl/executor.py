@@ -61,6 +61,7 @@ from mlfo_toolkit.fl.polls import (
     quicken_supernode,
     quiet_telemetry,
     quiet_uvicorn,
+    repeatable_object_pushes,
     tested_flower,
 )
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket, remove_names_of
@@ -571,6 +572,7 @@ class Executor:
         quiet_telemetry()  # after the imports: the modules that took Flower's `event` by name are loaded
         quick_object_pulls()  # once here: every SuperNode, ClientApp and ServerApp process forked from here has it
         logged_retries()  # and logs what a request met before Flower retries it
+        repeatable_object_pushes()  # and its SuperLinks and SuperNodes answer a repeated object push as the first
         whole_requests()  # and every Flower HTTP client and server forked from here writes a message once (fl/wire.py)
         whole_answers()
         gc.collect()
