@@ -65,7 +65,7 @@ from mlfo_toolkit.fl.polls import (
     tested_flower,
 )
 from mlfo_toolkit.fl.wake import EXECUTOR_SOCKET, Waker, WakeSocket, node_socket, remove_names_of
-from mlfo_toolkit.fl.wire import whole_answers, whole_requests
+from mlfo_toolkit.fl.wire import checked_expiry, whole_answers, whole_requests
 from mlfo_toolkit.util.files import write_json_atomically
 from mlfo_toolkit.util.forks import exit_code, fork_child
 from mlfo_toolkit.util.linux import CLONE_NEWNET, cpu_cgroup, join_cgroup, memory_cgroup, namespace_inode, setns
@@ -575,6 +575,7 @@ class Executor:
         repeatable_object_pushes()  # and its SuperLinks and SuperNodes answer a repeated object push as the first
         whole_requests()  # and every Flower HTTP client and server forked from here writes a message once (fl/wire.py)
         whole_answers()
+        checked_expiry()  # and no connection is closed under a request that just started on it (fl/wire.py)
         gc.collect()
         gc.freeze()  # what is loaded now stays shared with every forked child (no copy-on-write of its pages by the GC)
         try:

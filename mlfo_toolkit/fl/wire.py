@@ -15,7 +15,9 @@ In the processes mlfo's executor forks (SuperLinks, SuperNodes, ServerApps, Clie
 * `whole_requests`: the clients Flower's `ProtobufClient` makes collect a request's writes and send
   them as one when the connection next reads (the answer), with TCP_NODELAY;
 * `whole_answers`: uvicorn's HTTP protocols write an answer's head together with its body, as one
-  write, when they write the body.
+  write, when they write the body;
+* `checked_expiry`: httpcore's pool never closes a connection a request just started on (Flower's
+  object pulls and pushes share a client two at a time).
 
 The bytes on the wire, the requests and their order are Flower's; only how many writes carry them
 changes. A write larger than WHOLE_LIMIT goes as it is (no copy of a large model).
@@ -143,6 +145,40 @@ def whole_requests() -> bool:
 
     init._mlfo_whole = True  # type: ignore[attr-defined]
     client_class.__init__ = init
+    return True
+
+
+def checked_expiry() -> bool:
+    """In this process (and the processes forked from it): httpcore's connection pool decides that a connection is
+    "expired" (its keep-alive ran out, or its server closed it) while nobody can start a request on it.
+
+    httpcore 1.0's pool looks at its connections in every pass (each request's start and end, in any thread): one that
+    is idle and whose socket is readable is taken for closed by its server, and closed. The pass reads the state and
+    polls the socket apart, without the connection's own lock; a thread that was just given that connection can set it
+    active, send its request and get the answer in between, and the pass closes the socket under the answer:
+    `[Errno 9] Bad file descriptor` for the reader, retried by Flower. Flower's object pulls and pushes run two at a
+    time on one client, so the seed bench met it about once a run; when the request was an object push that the
+    server had stored, the retry met `ObjectPushError` and the run ended. Here the check holds the connection's lock,
+    the one a request takes to set it active: the pass sees a connection either idle (nothing sent on it yet) or
+    active (left alone). Returns whether it applies (httpcore 1.x, where that lock is)."""
+    import httpcore  # in the executor only: the CLI's commands do not load it
+    from httpcore._sync.http11 import HTTP11Connection
+
+    flower_check = getattr(HTTP11Connection, "has_expired", None)
+    if not httpcore.__version__.startswith("1.") or not callable(flower_check):
+        return False
+    if getattr(flower_check, "_mlfo_checked", False):
+        return True
+
+    def has_expired(self: Any) -> bool:
+        lock = getattr(self, "_state_lock", None)
+        if lock is None:
+            return bool(flower_check(self))
+        with lock:
+            return bool(flower_check(self))
+
+    has_expired._mlfo_checked = True  # type: ignore[attr-defined]
+    setattr(HTTP11Connection, "has_expired", has_expired)  # noqa: B010  (this process and the ones it forks)
     return True
 
 

@@ -56,11 +56,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 # Imported inside functions outside cli/ (where everything is, for a fast --help), each for its reason:
 # optional extras (docker; flwr-datasets and datasets; mlflow and tensorboardX), root-only system packages (mininet), and heavy imports the processes that
-# import the module never need (Flower, and cryptography for a SuperNode's key, in the agents; scikit-learn and matplotlib
-# outside their use), and numpy.random,
+# import the module never need (Flower, and cryptography for a SuperNode's key, in the agents; httpcore, under Flower's
+# httpx, outside the executor; scikit-learn and matplotlib outside their use), and numpy.random,
 # which NumPy 2 loads on first use and the executor imports before it forks (else every ClientApp task imports it).
 LAZY_IMPORTS = {"docker", "mininet", "flwr", "sklearn", "matplotlib", "mlfo_toolkit.fl.apps", "datasets", "flwr_datasets",
-                "mlflow", "tensorboardX", "numpy.random", "cryptography"}
+                "mlflow", "tensorboardX", "numpy.random", "cryptography", "httpcore"}
 
 
 def _module_name(path: Path) -> str:

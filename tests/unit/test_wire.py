@@ -137,3 +137,102 @@ def test_on_another_flower_both_halves_keep_flowers_writes(monkeypatch: pytest.M
     monkeypatch.setattr(wire, "tested_flower", lambda: False)
     assert wire.whole_requests() is False and wire.whole_answers() is False
     assert ProtobufClient.__init__ is client_init and HttpToolsProtocol.connection_made is made
+
+
+class _Counted:
+    """A keep-alive HTTP/1.1 server on loopback that counts the requests it answered."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        counted = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                counted.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _request_during_a_check(server: _Counted) -> tuple[int, bool, int]:
+    """A connection left idle in an httpx pool; a pass (another thread) checks whether it expired, and while it polls
+    the socket a request starts on that connection. Returns the requests the server answered while the check was
+    still polling, what the check said, and the request's status."""
+    import threading
+    import time
+
+    import httpx
+
+    with httpx.Client() as client:
+        client.get(server.url)  # the connection, idle in the pool
+        connection = client._transport._pool.connections[0]._connection  # type: ignore[attr-defined]
+        stream = connection._network_stream
+        polling, go, checker = threading.Event(), threading.Event(), threading.current_thread()
+        readable = stream.get_extra_info
+
+        def get_extra_info(info: str) -> object:
+            if info == "is_readable" and threading.current_thread() is checker and not go.is_set():
+                polling.set()
+                go.wait(10)
+            return readable(info)
+
+        stream.get_extra_info = get_extra_info
+        said: list[bool] = []
+        check = threading.Thread(target=lambda: said.append(connection.has_expired()))
+        checker = check
+        check.start()
+        assert polling.wait(10)
+        answered_before = server.requests
+        status: list[int] = []
+        request = threading.Thread(target=lambda: status.append(client.get(server.url).status_code))
+        request.start()
+        deadline = time.monotonic() + 1.0
+        while server.requests == answered_before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        during = server.requests - answered_before
+        go.set()
+        check.join(10)
+        request.join(10)
+        return during, said[0], status[0]
+
+
+def test_a_connection_a_pass_is_checking_gets_no_request_until_the_check_is_done() -> None:
+    """httpcore's pool took a connection for closed by its server when it was idle and its socket readable, reading the
+    two apart: a request that started on it in between got its answer, the pass closed the socket under the answer
+    (`Bad file descriptor`, once a seed-bench run, in Flower's two-at-a-time object pulls; a stored object push's
+    retry ended a run). In the processes mlfo forks, the request waits until the check is done, which saw an idle
+    connection with nothing to read: the request is answered on it."""
+    import httpcore
+
+    from mlfo_toolkit.fl import wire
+
+    flower_check = httpcore._sync.http11.HTTP11Connection.has_expired
+    server = _Counted()
+    try:
+        during, _, status = _request_during_a_check(server)
+        assert during == 1 and status == 200  # httpcore's own: the request went out while the check polled
+        try:
+            assert wire.checked_expiry() and wire.checked_expiry()  # applied twice: one wrapper
+            during, expired, status = _request_during_a_check(server)
+        finally:
+            httpcore._sync.http11.HTTP11Connection.has_expired = flower_check
+        assert during == 0 and not expired and status == 200
+    finally:
+        server.close()
