@@ -603,7 +603,8 @@ def repeatable_object_pushes() -> bool:
     last object is stored. A push whose answer is lost (the request reached the state, the answer did not reach the
     pusher) is retried by Flower's client, and the retry found its object no longer pending, or its session ended:
     `stored=False`, and the pusher raises `ObjectPushError`, which ended a ServerApp's run (one cohort in some 110
-    cohort runs of the seed bench). An object's ID is the hash of its content, and the content compared here is the
+    cohort runs of the seed bench; what lost those answers is mended in `fl/wire.py: checked_expiry`, and this stays
+    for any other lost answer: a timeout, a reset). An object's ID is the hash of its content, and the content compared here is the
     whole object: a repeated push of what is stored is answered as the first one was. A push that Flower refuses for
     any other reason (an expired session, whose objects are gone; an object it never asked for and does not hold)
     is refused as before. Only on the tested Flower; returns whether it applies."""
