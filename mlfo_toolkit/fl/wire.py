@@ -164,18 +164,18 @@ def checked_expiry() -> bool:
     import httpcore  # in the executor only: the CLI's commands do not load it
     from httpcore._sync.http11 import HTTP11Connection
 
-    flower_check = getattr(HTTP11Connection, "has_expired", None)
-    if not httpcore.__version__.startswith("1.") or not callable(flower_check):
+    httpcore_check = getattr(HTTP11Connection, "has_expired", None)
+    if not httpcore.__version__.startswith("1.") or not callable(httpcore_check):
         return False
-    if getattr(flower_check, "_mlfo_checked", False):
+    if getattr(httpcore_check, "_mlfo_checked", False):
         return True
 
     def has_expired(self: Any) -> bool:
         lock = getattr(self, "_state_lock", None)
         if lock is None:
-            return bool(flower_check(self))
+            return bool(httpcore_check(self))
         with lock:
-            return bool(flower_check(self))
+            return bool(httpcore_check(self))
 
     has_expired._mlfo_checked = True  # type: ignore[attr-defined]
     setattr(HTTP11Connection, "has_expired", has_expired)  # noqa: B010  (this process and the ones it forks)

@@ -223,7 +223,7 @@ def test_a_connection_a_pass_is_checking_gets_no_request_until_the_check_is_done
 
     from mlfo_toolkit.fl import wire
 
-    flower_check = httpcore._sync.http11.HTTP11Connection.has_expired
+    httpcore_check = httpcore._sync.http11.HTTP11Connection.has_expired
     server = _Counted()
     try:
         during, _, status = _request_during_a_check(server)
@@ -232,7 +232,7 @@ def test_a_connection_a_pass_is_checking_gets_no_request_until_the_check_is_done
             assert wire.checked_expiry() and wire.checked_expiry()  # applied twice: one wrapper
             during, expired, status = _request_during_a_check(server)
         finally:
-            httpcore._sync.http11.HTTP11Connection.has_expired = flower_check
+            httpcore._sync.http11.HTTP11Connection.has_expired = httpcore_check
         assert during == 0 and not expired and status == 200
     finally:
         server.close()
