@@ -64,6 +64,23 @@ def tested_flower() -> bool:
         return False
 
 
+PINNED = "install the Flower version mlfo pins (flwr==1.42.*)"
+WAKEUPS_OFF = PINNED + ", or set fl.wakeups: false"
+
+
+def _flower_function(module_name: str, name: str, does: str, lever: str, hint: str = PINNED) -> tuple[Any, Any]:
+    """The function of Flower's a lever of mlfo's wraps (`name` in the module, or `Class.method`), and where it is
+    (the module, or the class); refused loudly where it is not there."""
+    owner: Any = importlib.import_module(module_name)
+    *classes, attribute = name.split(".")
+    for class_name in classes:
+        owner = getattr(owner, class_name, None)
+    function = getattr(owner, attribute, None)
+    if not callable(function):
+        raise MissingDependencyError(f"Flower's {module_name} {does} elsewhere: mlfo's {lever} cannot hook into it", hint=hint)
+    return owner, function
+
+
 class PollClock:
     """Stands in for the `time` module inside Flower's SuperNode loop; only `sleep` differs. Flower's loop also tells
     it when it stored a message (`stored`) and when the reply went up (`pushed`), see `quicken_supernode`."""
@@ -179,30 +196,22 @@ def quicken_supernode(fast: float, hot: float, *, wake_folder: str = "", executo
 
 def _tell_of_node_id(clock: PollClock) -> None:
     """Flower's loop stores the node ID the SuperLink gave it in its NodeState: the clock names its socket by it."""
-    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
-
-    original = getattr(InMemoryNodeState, "set_node_id", None)
-    if not callable(original):
-        raise MissingDependencyError("Flower's SuperNode state has no set_node_id: mlfo's wake-ups do not fit it",
-                                     hint="install the Flower version mlfo pins (flwr==1.42.*), or set fl.wakeups: false")
+    state_class, original = _flower_function("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState.set_node_id",
+                                             "keeps its node ID", "wake-ups", WAKEUPS_OFF)
 
     def set_node_id(self: Any, node_id: int | None) -> None:
         original(self, node_id)
         clock.named(node_id)
 
-    setattr(InMemoryNodeState, "set_node_id", set_node_id)  # noqa: B010  (this SuperNode's process only)
+    setattr(state_class, "set_node_id", set_node_id)  # noqa: B010  (this SuperNode's process only)
 
 
 def _tell_of_pushes(clock: PollClock) -> None:
     """The SuperNode's Runtime API handlers that store what its ClientApp pushes (the reply, its objects) tell the
     clock when they stored it. Flower's routes look the handlers up on this module at each call."""
-    from flwr.supernode.servicer.runtime import runtime_handlers as handlers
-
     for name in ("push_messages", "push_object"):
-        original = getattr(handlers, name, None)
-        if not callable(original):
-            raise MissingDependencyError(f"Flower's SuperNode has no Runtime handler {name}: mlfo's wake-ups do not fit it",
-                                         hint="install the Flower version mlfo pins (flwr==1.42.*), or set fl.wakeups: false")
+        handlers, original = _flower_function("flwr.supernode.servicer.runtime.runtime_handlers", name,
+                                              "handles its Runtime API", "wake-ups", WAKEUPS_OFF)
 
         def told(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
             answer = _original(*args, **kwargs)
@@ -426,11 +435,9 @@ def node_key(curve: str) -> bool:
     if curve == "P-384" or not tested_flower():
         return False
     from cryptography.hazmat.primitives.asymmetric import ec
-    from flwr.supernode import fleet_http_connection as connection
 
-    if not callable(getattr(connection, "generate_key_pairs", None)):
-        raise MissingDependencyError("Flower's SuperNode makes its node key elsewhere: mlfo's fl.node_key does not fit it",
-                                     hint="install the Flower version mlfo pins (flwr==1.42.*), or set fl.node_key: P-384")
+    connection, _ = _flower_function("flwr.supernode.fleet_http_connection", "generate_key_pairs", "makes its node key",
+                                     "fl.node_key", PINNED + ", or set fl.node_key: P-384")
 
     def generate_key_pairs() -> tuple[ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey]:
         private = ec.generate_private_key(ec.SECP256R1())
@@ -556,16 +563,6 @@ _OBJECT_PULLERS = ("flwr.supercore.inflatable.inflatable_utils",  # the ClientAp
                    "flwr.supernode.start_client_internal")  # the SuperNode's pull of a message from the SuperLink
 
 
-def _flower_function(module_name: str, name: str, does: str, lever: str) -> tuple[types.ModuleType, Any]:
-    """Flower's module and the function of it a lever of mlfo's wraps; refused loudly where it is not there."""
-    module = importlib.import_module(module_name)
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise MissingDependencyError(f"Flower's {module_name} {does} elsewhere: mlfo's {lever} cannot hook into it",
-                                     hint="install the Flower version mlfo pins (flwr==1.42.*)")
-    return module, function
-
-
 def quick_object_pulls() -> bool:
     """In the shared executor, before it forks anything: in every ServerApp, SuperNode and ClientApp process it forks,
     an object that is not there yet is asked for again after OBJECT_PULL_FIRST_WAIT, not Flower's 1 s.
@@ -610,11 +607,8 @@ def repeatable_object_pushes() -> bool:
     is refused as before. Only on the tested Flower; returns whether it applies."""
     if not tested_flower():
         return False
-    state_class = getattr(importlib.import_module(_STATE_MODULE), "InMemoryCoreState", None)
-    flower_store = getattr(state_class, "store_object", None)
-    if state_class is None or not callable(flower_store):
-        raise MissingDependencyError("Flower's in-memory state stores pushed objects elsewhere: mlfo's repeatable object "
-                                     "pushes cannot hook into it", hint="install the Flower version mlfo pins (flwr==1.42.*)")
+    state_class, flower_store = _flower_function(_STATE_MODULE, "InMemoryCoreState.store_object", "stores pushed objects",
+                                                 "repeatable object pushes")
     if getattr(flower_store, "_mlfo_repeatable", False):
         return True
 
