@@ -184,19 +184,18 @@ def _request_during_a_check(server: _Counted) -> tuple[int, bool, int]:
         client.get(server.url)  # the connection, idle in the pool
         connection = client._transport._pool.connections[0]._connection  # type: ignore[attr-defined]
         stream = connection._network_stream
-        polling, go, checker = threading.Event(), threading.Event(), threading.current_thread()
+        polling, go = threading.Event(), threading.Event()
+        said: list[bool] = []
+        check = threading.Thread(target=lambda: said.append(connection.has_expired()))
         readable = stream.get_extra_info
 
         def get_extra_info(info: str) -> object:
-            if info == "is_readable" and threading.current_thread() is checker and not go.is_set():
+            if info == "is_readable" and threading.current_thread() is check and not go.is_set():
                 polling.set()
                 go.wait(10)
             return readable(info)
 
         stream.get_extra_info = get_extra_info
-        said: list[bool] = []
-        check = threading.Thread(target=lambda: said.append(connection.has_expired()))
-        checker = check
         check.start()
         assert polling.wait(10)
         answered_before = server.requests
